@@ -1,0 +1,70 @@
+//! The storage engine interface. SQLite implements it today; PostgreSQL will implement
+//! the same trait, and one shared test suite (`store::conformance`) runs against both.
+
+pub mod sqlite;
+
+#[cfg(test)]
+mod conformance;
+
+use crate::clock::Millis;
+use crate::error::Result;
+use crate::policy::retention::Retention;
+use crate::task::{
+    ClaimedTask, Enqueued, FailAction, LeaseToken, NewTask, TaskId, TaskRecord, TaskStatus,
+    Transition,
+};
+
+/// A lease to renew: the task and the token of the claim that holds it.
+pub type Lease = (TaskId, LeaseToken);
+
+/// Everything the scheduler and the API need from storage. All methods are atomic:
+/// each either commits completely or changes nothing. `queue` scopes every call.
+pub trait Store: Send + Sync {
+    /// Inserts tasks in one transaction; durable when this returns.
+    fn enqueue(&self, queue: &str, tasks: &[NewTask]) -> Result<Vec<Enqueued>>;
+
+    /// Atomically moves up to `limit` ready tasks (highest priority, then oldest) to
+    /// running under a fresh lease owned by `worker`, counting an attempt on each.
+    fn claim(&self, queue: &str, worker: &str, limit: usize, lease_ms: Millis)
+    -> Result<Vec<ClaimedTask>>;
+
+    /// Records a successful run. `LeaseLost` if the lease is no longer this claim's.
+    fn complete(&self, id: TaskId, token: LeaseToken, result: &[u8]) -> Result<()>;
+
+    /// Records a failed run; returns the resulting status (pending for a retry, or dead).
+    fn fail(&self, id: TaskId, token: LeaseToken, error: &str, action: FailAction)
+    -> Result<TaskStatus>;
+
+    /// Extends leases still held; returns, per lease, whether it was still held.
+    fn heartbeat(&self, leases: &[Lease], lease_ms: Millis) -> Result<Vec<bool>>;
+
+    /// Stores a running task's progress (0.0..=1.0); fenced like `complete`.
+    fn progress(&self, id: TaskId, token: LeaseToken, progress: f64) -> Result<()>;
+
+    /// Gives a running task back without using up its attempt (graceful shutdown).
+    fn release(&self, id: TaskId, token: LeaseToken) -> Result<()>;
+
+    /// Returns running tasks whose lease expired to pending (or dead when out of attempts).
+    fn rescue_expired(&self, queue: &str) -> Result<Vec<(TaskId, TaskStatus)>>;
+
+    /// One task with its result.
+    fn get(&self, queue: &str, id: TaskId) -> Result<TaskRecord>;
+
+    /// pending -> cancelled.
+    fn cancel(&self, queue: &str, id: TaskId) -> Result<()>;
+
+    /// dead (or cancelled) -> pending, with a fresh set of attempts.
+    fn requeue(&self, queue: &str, id: TaskId) -> Result<()>;
+
+    /// Every transition of a task, oldest first.
+    fn history(&self, queue: &str, id: TaskId) -> Result<Vec<Transition>>;
+
+    /// Number of tasks in each status (every status present, zero included).
+    fn counts(&self, queue: &str) -> Result<Vec<(TaskStatus, u64)>>;
+
+    /// Deletes finished tasks beyond the retention; returns how many were deleted.
+    fn prune(&self, queue: &str, retention: &Retention) -> Result<u64>;
+
+    /// Earliest `run_at` among pending tasks, to sleep exactly until work is due.
+    fn next_run_at(&self, queue: &str) -> Result<Option<Millis>>;
+}

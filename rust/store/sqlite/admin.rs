@@ -1,0 +1,188 @@
+//! Reads and operator actions: get, cancel, requeue, history, counts, pruning.
+
+use rusqlite::{Connection, OptionalExtension, Transaction};
+
+use super::history;
+use crate::clock::Millis;
+use crate::error::{Error, Result};
+use crate::policy::retention::{Keep, Retention};
+use crate::task::{TaskId, TaskRecord, TaskStatus, Transition};
+
+/// One task and its result.
+pub fn get(conn: &Connection, queue: &str, id: TaskId) -> Result<TaskRecord> {
+    conn.prepare_cached(
+        "SELECT t.id, t.queue, t.name, t.status, t.priority, t.resource_group, t.payload,
+                t.attempts, t.max_attempts, t.run_at, t.unique_key, t.progress, t.lease_owner,
+                t.lease_expires_at, t.last_error, r.result, t.created_at, t.updated_at,
+                t.started_at, t.finished_at
+         FROM tasks t LEFT JOIN task_results r ON r.task_id = t.id
+         WHERE t.id = ?1 AND t.queue = ?2",
+    )?
+    .query_row((id, queue), |r| {
+        Ok(TaskRecord {
+            id: r.get(0)?,
+            queue: r.get(1)?,
+            name: r.get(2)?,
+            status: r.get(3)?,
+            priority: r.get(4)?,
+            resource_group: r.get(5)?,
+            payload: r.get(6)?,
+            attempts: r.get(7)?,
+            max_attempts: r.get(8)?,
+            run_at: r.get(9)?,
+            unique_key: r.get(10)?,
+            progress: r.get(11)?,
+            lease_owner: r.get(12)?,
+            lease_expires_at: r.get(13)?,
+            last_error: r.get(14)?,
+            result: r.get(15)?,
+            created_at: r.get(16)?,
+            updated_at: r.get(17)?,
+            started_at: r.get(18)?,
+            finished_at: r.get(19)?,
+        })
+    })
+    .optional()?
+    .ok_or(Error::UnknownTask(id))
+}
+
+/// The status of a task that exists, or `UnknownTask`.
+fn existing_status(conn: &Connection, queue: &str, id: TaskId) -> Result<TaskStatus> {
+    history::status_of(conn, queue, id)?.ok_or(Error::UnknownTask(id))
+}
+
+/// pending -> cancelled.
+pub fn cancel(tx: &Transaction<'_>, queue: &str, id: TaskId, now: Millis) -> Result<()> {
+    let changed = tx
+        .prepare_cached(
+            "UPDATE tasks SET status = 'cancelled', finished_at = ?3, updated_at = ?3
+             WHERE id = ?1 AND queue = ?2 AND status = 'pending'",
+        )?
+        .execute((id, queue, now))?;
+    if changed == 0 {
+        let status = existing_status(tx, queue, id)?;
+        return Err(Error::InvalidTransition { id, action: "cancel", status });
+    }
+    history::record(tx, id, Some(TaskStatus::Pending), TaskStatus::Cancelled, now, None, None)
+}
+
+/// dead or cancelled -> pending, attempts reset.
+pub fn requeue(tx: &Transaction<'_>, queue: &str, id: TaskId, now: Millis) -> Result<()> {
+    let status = existing_status(tx, queue, id)?;
+    if !matches!(status, TaskStatus::Dead | TaskStatus::Cancelled) {
+        return Err(Error::InvalidTransition { id, action: "requeue", status });
+    }
+    let holder: Option<TaskId> = tx
+        .prepare_cached(
+            "SELECT other.id FROM tasks this JOIN tasks other
+               ON other.queue = this.queue AND other.unique_key = this.unique_key
+             WHERE this.id = ?1 AND other.status IN ('pending', 'running')",
+        )?
+        .query_row([id], |r| r.get(0))
+        .optional()?;
+    if let Some(holder) = holder {
+        return Err(Error::InvalidArgument(format!(
+            "cannot requeue task {id}: its unique key is held by unfinished task {holder}"
+        )));
+    }
+    tx.prepare_cached(
+        "UPDATE tasks SET status = 'pending', attempts = 0, run_at = ?2, updated_at = ?2,
+                          finished_at = NULL, progress = NULL
+         WHERE id = ?1",
+    )?
+    .execute((id, now))?;
+    history::record(tx, id, Some(status), TaskStatus::Pending, now, None, None)
+}
+
+/// Every transition of a task, oldest first.
+pub fn history(conn: &Connection, queue: &str, id: TaskId) -> Result<Vec<Transition>> {
+    existing_status(conn, queue, id)?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT from_status, to_status, at, worker, error FROM task_history
+         WHERE task_id = ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map([id], |r| {
+        Ok(Transition {
+            from: r.get(0)?,
+            to: r.get(1)?,
+            at: r.get(2)?,
+            worker: r.get(3)?,
+            error: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Tasks per status, every status listed.
+pub fn counts(conn: &Connection, queue: &str) -> Result<Vec<(TaskStatus, u64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT status, count(*) FROM tasks WHERE queue = ?1 GROUP BY status",
+    )?;
+    let found: Vec<(TaskStatus, u64)> = stmt
+        .query_map([queue], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(TaskStatus::ALL
+        .into_iter()
+        .map(|s| (s, found.iter().find(|(f, _)| *f == s).map_or(0, |(_, n)| *n)))
+        .collect())
+}
+
+/// Deletes up to `limit` finished tasks that break the retention; returns how many.
+pub fn prune_batch(
+    tx: &Transaction<'_>,
+    queue: &str,
+    retention: &Retention,
+    now: Millis,
+    limit: u64,
+) -> Result<u64> {
+    let mut deleted = 0;
+    for (keep, statuses) in [
+        (&retention.completed, &["completed", "cancelled"][..]),
+        (&retention.dead, &["dead"][..]),
+    ] {
+        for status in statuses {
+            if deleted >= limit {
+                return Ok(deleted);
+            }
+            deleted += prune_status(tx, queue, status, keep, now, limit - deleted)?;
+        }
+    }
+    Ok(deleted)
+}
+
+fn prune_status(
+    tx: &Transaction<'_>,
+    queue: &str,
+    status: &str,
+    keep: &Keep,
+    now: Millis,
+    limit: u64,
+) -> Result<u64> {
+    if keep.keeps_all() {
+        return Ok(0);
+    }
+    // Age: finished before the cutoff. Count: beyond the newest `max_count` by finish time.
+    let cutoff = keep.max_age_ms.map(|age| now - age);
+    let offset = keep.max_count.map(|n| n as i64);
+    let changed = tx
+        .prepare_cached(
+            "DELETE FROM tasks WHERE id IN (
+                 SELECT id FROM tasks
+                 WHERE queue = ?1 AND status = ?2 AND finished_at < ?3
+                 UNION
+                 SELECT id FROM (SELECT id FROM tasks WHERE queue = ?1 AND status = ?2
+                                 ORDER BY finished_at DESC, id DESC
+                                 LIMIT -1 OFFSET coalesce(?4, 0))
+                 WHERE ?4 IS NOT NULL
+                 LIMIT ?5)",
+        )?
+        .execute((queue, status, cutoff, offset, limit as i64))?;
+    Ok(changed as u64)
+}
+
+/// The earliest run_at among pending tasks.
+pub fn next_run_at(conn: &Connection, queue: &str) -> Result<Option<Millis>> {
+    Ok(conn
+        .prepare_cached("SELECT min(run_at) FROM tasks WHERE queue = ?1 AND status = 'pending'")?
+        .query_row([queue], |r| r.get(0))?)
+}

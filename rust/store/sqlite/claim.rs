@@ -1,0 +1,61 @@
+//! The claim: one statement that leases the best ready tasks.
+
+use rusqlite::Transaction;
+
+use super::history;
+use crate::clock::Millis;
+use crate::error::Result;
+use crate::task::{ClaimedTask, LeaseToken, TaskStatus};
+
+/// Leases up to `limit` ready tasks to `worker`, highest priority first, FIFO within a
+/// priority. The `status = 'pending'` literal lets SQLite use the partial `tasks_ready` index.
+pub fn claim(
+    tx: &Transaction<'_>,
+    queue: &str,
+    worker: &str,
+    limit: usize,
+    now: Millis,
+    expires_at: Millis,
+    token: LeaseToken,
+) -> Result<Vec<ClaimedTask>> {
+    let mut stmt = tx.prepare_cached(
+        "UPDATE tasks
+         SET status = 'running', attempts = attempts + 1, lease_owner = ?1, lease_token = ?2,
+             lease_expires_at = ?3, started_at = ?4, updated_at = ?4, progress = NULL
+         WHERE id IN (SELECT id FROM tasks
+                      WHERE queue = ?5 AND status = 'pending' AND run_at <= ?4
+                      ORDER BY priority DESC, id
+                      LIMIT ?6)
+         RETURNING id, name, resource_group, payload, priority, attempts, max_attempts, created_at",
+    )?;
+    let mut tasks = stmt
+        .query_map((worker, token, expires_at, now, queue, limit as i64), |r| {
+            Ok(ClaimedTask {
+                id: r.get(0)?,
+                token,
+                name: r.get(1)?,
+                resource_group: r.get(2)?,
+                payload: r.get(3)?,
+                priority: r.get(4)?,
+                attempt: r.get(5)?,
+                max_attempts: r.get(6)?,
+                created_at: r.get(7)?,
+                lease_expires_at: expires_at,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    // RETURNING does not promise the subquery's order.
+    tasks.sort_unstable_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+    for task in &tasks {
+        history::record(
+            tx,
+            task.id,
+            Some(TaskStatus::Pending),
+            TaskStatus::Running,
+            now,
+            Some(worker),
+            None,
+        )?;
+    }
+    Ok(tasks)
+}

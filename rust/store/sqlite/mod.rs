@@ -1,0 +1,273 @@
+//! The SQLite storage engine: one file, WAL, one writer connection and one reader
+//! connection per process, statements cached, every write in `BEGIN IMMEDIATE`.
+
+mod admin;
+mod claim;
+mod enqueue;
+mod finish;
+mod history;
+pub mod migrations;
+pub mod open;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+
+pub use open::{Durability, Options};
+
+use crate::clock::{Clock, Millis, SystemClock};
+use crate::error::{Error, Result};
+use crate::policy::retention::Retention;
+use crate::store::{Lease, Store};
+use crate::task::{
+    ClaimedTask, Enqueued, FailAction, LeaseToken, NewTask, TaskId, TaskRecord, TaskStatus,
+    Transition,
+};
+use crate::validate;
+
+/// A connection owned by the process that opened it. SQLite forbids using a
+/// connection across `fork()`, so a child finds the pid changed and opens its own.
+struct Slot {
+    pid: u32,
+    conn: Option<Connection>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.pid != std::process::id() {
+            // Closing the parent's connection in a child could release the parent's
+            // POSIX locks; leak it instead.
+            std::mem::forget(self.conn.take());
+        }
+    }
+}
+
+/// A task store in one SQLite file.
+pub struct SqliteStore {
+    path: PathBuf,
+    options: Options,
+    clock: Arc<dyn Clock>,
+    writer: Mutex<Slot>,
+    reader: Mutex<Slot>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing, mode 0600) and migrates the file at `path`.
+    pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Self> {
+        Self::open_with_clock(path, options, Arc::new(SystemClock))
+    }
+
+    /// `open` with an injected clock.
+    pub fn open_with_clock(
+        path: impl AsRef<Path>,
+        options: Options,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        open::prepare_file(&path)?;
+        let mut conn = open::connect(&path, &options)?;
+        migrations::migrate(&mut conn, clock.now_ms()).map_err(|e| with_path(e, &path))?;
+        let pid = std::process::id();
+        Ok(Self {
+            path,
+            options,
+            clock,
+            writer: Mutex::new(Slot { pid, conn: Some(conn) }),
+            reader: Mutex::new(Slot { pid, conn: None }),
+        })
+    }
+
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The options it was opened with.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// The current time by this store's clock.
+    pub fn now_ms(&self) -> Millis {
+        self.clock.now_ms()
+    }
+
+    /// Pragmas as the writer connection reads them back.
+    pub fn pragmas(&self) -> Result<Vec<(String, String)>> {
+        self.with_conn(&self.writer, |conn| open::read_pragmas(conn))
+    }
+
+    /// Schema versions recorded in the file.
+    pub fn schema_versions(&self) -> Result<Vec<i64>> {
+        self.with_conn(&self.reader, |conn| migrations::applied_versions(conn))
+    }
+
+    /// Runs SQLite's `quick_check`; returns its findings ("ok" when intact).
+    pub fn quick_check(&self) -> Result<Vec<String>> {
+        self.with_conn(&self.reader, |conn| {
+            let mut stmt = conn.prepare("PRAGMA quick_check")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    fn lock<'a>(&self, slot: &'a Mutex<Slot>) -> MutexGuard<'a, Slot> {
+        // A panic while holding the lock leaves the connection usable (SQLite rolls
+        // back any open transaction when the statement or transaction is dropped).
+        slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn with_conn<T>(
+        &self,
+        slot: &Mutex<Slot>,
+        f: impl FnOnce(&mut Connection) -> Result<T>,
+    ) -> Result<T> {
+        let mut guard = self.lock(slot);
+        let pid = std::process::id();
+        if guard.pid != pid || guard.conn.is_none() {
+            if guard.pid != pid {
+                std::mem::forget(guard.conn.take());
+            }
+            guard.conn = Some(open::connect(&self.path, &self.options)?);
+            guard.pid = pid;
+        }
+        let conn = guard.conn.as_mut().expect("connection opened above");
+        f(conn).map_err(|e| with_path(e, &self.path))
+    }
+
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction on the writer, committing on success.
+    fn write<T>(&self, f: impl FnOnce(&Transaction<'_>, Millis) -> Result<T>) -> Result<T> {
+        self.with_conn(&self.writer, |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = self.clock.now_ms();
+            let out = f(&tx, now)?;
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection, Millis) -> Result<T>) -> Result<T> {
+        self.with_conn(&self.reader, |conn| f(conn, self.clock.now_ms()))
+    }
+}
+
+fn with_path(err: Error, path: &Path) -> Error {
+    match err {
+        Error::Corrupt { path: p, reason } if p.is_empty() => {
+            Error::Corrupt { path: path.display().to_string(), reason }
+        }
+        other => other,
+    }
+}
+
+fn new_token() -> LeaseToken {
+    // Random, so tokens from different processes never collide in practice; never 0.
+    fastrand::i64(1..i64::MAX)
+}
+
+impl Store for SqliteStore {
+    fn enqueue(&self, queue: &str, tasks: &[NewTask]) -> Result<Vec<Enqueued>> {
+        validate::name("queue", queue)?;
+        for task in tasks {
+            validate::new_task(task, self.options.max_payload)?;
+        }
+        self.write(|tx, now| enqueue::insert_all(tx, queue, tasks, now))
+    }
+
+    fn claim(
+        &self,
+        queue: &str,
+        worker: &str,
+        limit: usize,
+        lease_ms: Millis,
+    ) -> Result<Vec<ClaimedTask>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        validate::name("worker", worker)?;
+        let token = new_token();
+        self.write(|tx, now| claim::claim(tx, queue, worker, limit, now, now + lease_ms, token))
+    }
+
+    fn complete(&self, id: TaskId, token: LeaseToken, result: &[u8]) -> Result<()> {
+        validate::size("result", result.len(), self.options.max_payload)?;
+        self.write(|tx, now| finish::complete(tx, id, token, result, now))
+    }
+
+    fn fail(
+        &self,
+        id: TaskId,
+        token: LeaseToken,
+        error: &str,
+        action: FailAction,
+    ) -> Result<TaskStatus> {
+        self.write(|tx, now| finish::fail(tx, id, token, error, action, now))
+    }
+
+    fn heartbeat(&self, leases: &[Lease], lease_ms: Millis) -> Result<Vec<bool>> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(|tx, now| finish::heartbeat(tx, leases, now, now + lease_ms))
+    }
+
+    fn progress(&self, id: TaskId, token: LeaseToken, progress: f64) -> Result<()> {
+        if !(0.0..=1.0).contains(&progress) {
+            return Err(Error::InvalidArgument(format!(
+                "progress must be between 0.0 and 1.0, got {progress}"
+            )));
+        }
+        self.write(|tx, now| finish::progress(tx, id, token, progress, now))
+    }
+
+    fn release(&self, id: TaskId, token: LeaseToken) -> Result<()> {
+        self.write(|tx, now| finish::release(tx, id, token, now))
+    }
+
+    fn rescue_expired(&self, queue: &str) -> Result<Vec<(TaskId, TaskStatus)>> {
+        self.write(|tx, now| finish::rescue(tx, queue, now))
+    }
+
+    fn get(&self, queue: &str, id: TaskId) -> Result<TaskRecord> {
+        self.read(|conn, _| admin::get(conn, queue, id))
+    }
+
+    fn cancel(&self, queue: &str, id: TaskId) -> Result<()> {
+        self.write(|tx, now| admin::cancel(tx, queue, id, now))
+    }
+
+    fn requeue(&self, queue: &str, id: TaskId) -> Result<()> {
+        self.write(|tx, now| admin::requeue(tx, queue, id, now))
+    }
+
+    fn history(&self, queue: &str, id: TaskId) -> Result<Vec<Transition>> {
+        self.read(|conn, _| admin::history(conn, queue, id))
+    }
+
+    fn counts(&self, queue: &str) -> Result<Vec<(TaskStatus, u64)>> {
+        self.read(|conn, _| admin::counts(conn, queue))
+    }
+
+    fn prune(&self, queue: &str, retention: &Retention) -> Result<u64> {
+        let mut total = 0;
+        // Small transactions, so pruning never holds the write lock for long.
+        loop {
+            let deleted = self.write(|tx, now| admin::prune_batch(tx, queue, retention, now, 1000))?;
+            total += deleted;
+            if deleted < 1000 {
+                return Ok(total);
+            }
+        }
+    }
+
+    fn next_run_at(&self, queue: &str) -> Result<Option<Millis>> {
+        self.read(|conn, _| admin::next_run_at(conn, queue))
+    }
+}

@@ -1,0 +1,195 @@
+//! Opening a database file: path checks, 0600 creation, pragmas read back.
+
+use std::fs::OpenOptions;
+use std::io::{ErrorKind, Read};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::error::{Error, Result};
+
+/// The 16-byte header every SQLite 3 database starts with.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// How hard a commit is made to stick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// synchronous=FULL: a committed task survives power loss.
+    Full,
+    /// synchronous=NORMAL: a committed task survives a process crash; the last
+    /// commits may be lost on power loss.
+    Normal,
+}
+
+impl Durability {
+    /// Parses the Python-facing name.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "full" => Ok(Self::Full),
+            "normal" => Ok(Self::Normal),
+            other => Err(Error::InvalidArgument(format!(
+                "durability must be \"full\" or \"normal\", got {other:?}"
+            ))),
+        }
+    }
+
+    /// The value of `PRAGMA synchronous` this mode sets.
+    pub fn synchronous(self) -> i64 {
+        match self {
+            Self::Full => 2,
+            Self::Normal => 1,
+        }
+    }
+}
+
+/// Settings of a store.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub durability: Durability,
+    /// How long a writer waits for another process's write lock before failing.
+    pub busy_timeout: Duration,
+    /// Largest accepted payload or result, in bytes.
+    pub max_payload: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            durability: Durability::Full,
+            busy_timeout: Duration::from_secs(30),
+            max_payload: crate::validate::DEFAULT_MAX_PAYLOAD,
+        }
+    }
+}
+
+fn path_error(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Path { path: path.display().to_string(), reason: reason.into() }
+}
+
+fn corrupt(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Corrupt { path: path.display().to_string(), reason: reason.into() }
+}
+
+/// Creates the file with mode 0600 if it is missing; refuses a file that is not SQLite
+/// without letting SQLite touch it.
+pub fn prepare_file(path: &Path) -> Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        return Err(path_error(path, format!("directory {} does not exist", parent.display())));
+    }
+    if path.is_dir() {
+        return Err(path_error(path, "it is a directory"));
+    }
+    match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+        Err(e) if matches!(e.kind(), ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem) => {
+            return Err(path_error(path, format!("directory is not writable ({e})")));
+        }
+        Err(e) => return Err(path_error(path, e.to_string())),
+    }
+    let mut header = [0u8; 16];
+    let mut file = OpenOptions::new()
+        .read(true)
+        .open(path)
+        .map_err(|e| path_error(path, format!("cannot read the file ({e})")))?;
+    let mut filled = 0;
+    while filled < header.len() {
+        match file.read(&mut header[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) => return Err(path_error(path, format!("cannot read the file ({e})"))),
+        }
+    }
+    // An empty file is a new database (another process may have just created it).
+    if filled != 0 && (filled < header.len() || &header != SQLITE_HEADER) {
+        return Err(corrupt(path, "the file does not start with the SQLite header"));
+    }
+    Ok(())
+}
+
+/// Opens one connection with every pragma set and checked.
+pub fn connect(path: &Path, options: &Options) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
+    if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+        return Err(path_error(path, "the file is read-only"));
+    }
+    conn.busy_timeout(options.busy_timeout).map_err(|e| open_error(path, e))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    set_wal(&conn, path, options.busy_timeout)?;
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {};
+         PRAGMA temp_store = MEMORY;
+         PRAGMA cache_size = -16384;
+         PRAGMA foreign_keys = OFF;",
+        options.durability.synchronous()
+    ))
+    .map_err(|e| open_error(path, e))?;
+    let synchronous: i64 = conn.pragma_query_value(None, "synchronous", |r| r.get(0))?;
+    if synchronous != options.durability.synchronous() {
+        return Err(Error::Storage(format!(
+            "PRAGMA synchronous reads back {synchronous}, expected {}",
+            options.durability.synchronous()
+        )));
+    }
+    Ok(conn)
+}
+
+/// Switches to WAL and checks it took. Switching needs a brief exclusive lock, which
+/// the busy handler does not always wait for, so a busy answer is retried here.
+fn set_wal(conn: &Connection, path: &Path, patience: Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)) {
+            Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
+            Ok(mode) => {
+                return Err(Error::Storage(format!("journal_mode reads back {mode:?}, not \"wal\"")));
+            }
+            Err(e)
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5 + fastrand::u64(0..10)));
+            }
+            Err(e) => return Err(open_error(path, e)),
+        }
+    }
+}
+
+/// Gives an error met while opening the file its path and the right kind.
+pub fn open_error(path: &Path, err: rusqlite::Error) -> Error {
+    use rusqlite::ErrorCode;
+    match err.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => {
+            corrupt(path, err.to_string())
+        }
+        Some(ErrorCode::CannotOpen) | Some(ErrorCode::ReadOnly) | Some(ErrorCode::PermissionDenied) => {
+            path_error(path, format!("{err} (is the directory writable?)"))
+        }
+        _ => Error::from(err),
+    }
+}
+
+/// The pragmas that matter for durability and concurrency, as the connection reports them.
+pub fn read_pragmas(conn: &Connection) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for name in ["journal_mode", "synchronous", "busy_timeout", "temp_store", "foreign_keys"] {
+        let value: rusqlite::types::Value = conn.pragma_query_value(None, name, |r| r.get(0))?;
+        let text = match value {
+            rusqlite::types::Value::Integer(i) => i.to_string(),
+            rusqlite::types::Value::Text(t) => t,
+            other => format!("{other:?}"),
+        };
+        out.push((name.to_string(), text));
+    }
+    Ok(out)
+}

@@ -1,0 +1,143 @@
+//! Task data as the core sees it: statuses, new tasks, stored records, claims.
+
+use std::fmt;
+
+use crate::clock::Millis;
+use crate::error::Error;
+
+/// Task ids: never reused (AUTOINCREMENT), so they also give FIFO order.
+pub type TaskId = i64;
+
+/// The fencing token of one claim; every later change of the running task must present it.
+pub type LeaseToken = i64;
+
+/// Where a task is in its lifecycle. `as_str` is the spelling in SQL and in Python.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TaskStatus {
+    Pending,
+    Running,
+    Completed,
+    Dead,
+    Cancelled,
+}
+
+impl TaskStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [TaskStatus; 5] =
+        [Self::Pending, Self::Running, Self::Completed, Self::Dead, Self::Cancelled];
+
+    /// The lowercase name stored in the database and shown to users.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Dead => "dead",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses a stored status name.
+    pub fn parse(name: &str) -> Result<Self, Error> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.as_str() == name)
+            .ok_or_else(|| Error::InvalidArgument(format!("unknown task status {name:?}")))
+    }
+}
+
+impl fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl rusqlite::types::FromSql for TaskStatus {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let text = value.as_str()?;
+        Self::parse(text).map_err(|e| rusqlite::types::FromSqlError::Other(Box::new(e)))
+    }
+}
+
+/// A task to insert.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub name: String,
+    pub resource_group: String,
+    pub payload: Vec<u8>,
+    pub priority: i64,
+    /// When it may first run; `None` means now.
+    pub run_at: Option<Millis>,
+    pub max_attempts: i64,
+    /// At most one pending or running task holds a given key.
+    pub unique_key: Option<String>,
+}
+
+/// What enqueueing one task did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enqueued {
+    pub id: TaskId,
+    /// False when an unfinished task with the same unique key already existed: `id` is that task's.
+    pub created: bool,
+}
+
+/// A task handed to a worker by a claim.
+#[derive(Debug, Clone)]
+pub struct ClaimedTask {
+    pub id: TaskId,
+    pub token: LeaseToken,
+    pub name: String,
+    pub resource_group: String,
+    pub payload: Vec<u8>,
+    pub priority: i64,
+    /// This run's number, starting at 1.
+    pub attempt: i64,
+    pub max_attempts: i64,
+    pub created_at: Millis,
+    pub lease_expires_at: Millis,
+}
+
+/// A stored task, as `get` returns it.
+#[derive(Debug, Clone)]
+pub struct TaskRecord {
+    pub id: TaskId,
+    pub queue: String,
+    pub name: String,
+    pub status: TaskStatus,
+    pub priority: i64,
+    pub resource_group: String,
+    pub payload: Vec<u8>,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub run_at: Millis,
+    pub unique_key: Option<String>,
+    pub progress: Option<f64>,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<Millis>,
+    pub last_error: Option<String>,
+    pub result: Option<Vec<u8>>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+}
+
+/// One status change of a task, as recorded in its history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    /// `None` for the enqueue itself.
+    pub from: Option<TaskStatus>,
+    pub to: TaskStatus,
+    pub at: Millis,
+    pub worker: Option<String>,
+    pub error: Option<String>,
+}
+
+/// What to do with a task whose run failed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FailAction {
+    /// Run again after this delay, if attempts remain; otherwise dead.
+    Retry { delay_ms: Millis },
+    /// Dead now, whatever attempts remain.
+    Dead,
+}

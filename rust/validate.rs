@@ -1,0 +1,111 @@
+//! Input checks shared by every storage engine, run before anything is written.
+
+use crate::error::{Error, Result};
+use crate::task::NewTask;
+
+/// Lowest accepted priority.
+pub const PRIORITY_MIN: i64 = -1000;
+/// Highest accepted priority (higher runs first).
+pub const PRIORITY_MAX: i64 = 1000;
+/// Longest accepted task, queue, group or worker name, in bytes.
+pub const NAME_MAX_LEN: usize = 200;
+/// Longest accepted unique key, in bytes.
+pub const UNIQUE_KEY_MAX_LEN: usize = 1000;
+/// Most attempts a task may be given.
+pub const MAX_ATTEMPTS_LIMIT: i64 = 10_000;
+/// Default payload limit: 1 MiB.
+pub const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
+
+/// Checks a task, queue, group or worker name: non-empty, bounded, no control characters.
+pub fn name(kind: &str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(Error::InvalidArgument(format!("{kind} name must not be empty")));
+    }
+    if value.len() > NAME_MAX_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "{kind} name is {} bytes long, over the limit of {NAME_MAX_LEN}",
+            value.len()
+        )));
+    }
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(Error::InvalidArgument(format!(
+            "{kind} name {value:?} contains the control character {c:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a priority against the documented range.
+pub fn priority(value: i64) -> Result<()> {
+    if !(PRIORITY_MIN..=PRIORITY_MAX).contains(&value) {
+        return Err(Error::InvalidArgument(format!(
+            "priority {value} is outside the range {PRIORITY_MIN}..={PRIORITY_MAX}"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a max_attempts value.
+pub fn max_attempts(value: i64) -> Result<()> {
+    if !(1..=MAX_ATTEMPTS_LIMIT).contains(&value) {
+        return Err(Error::InvalidArgument(format!(
+            "max_attempts {value} is outside the range 1..={MAX_ATTEMPTS_LIMIT}"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a blob against a size limit.
+pub fn size(what: &'static str, len: usize, limit: usize) -> Result<()> {
+    if len > limit {
+        return Err(Error::PayloadTooLarge { what, size: len, limit });
+    }
+    Ok(())
+}
+
+/// Checks everything about a new task before it is written.
+pub fn new_task(task: &NewTask, max_payload: usize) -> Result<()> {
+    name("task", &task.name)?;
+    name("resource group", &task.resource_group)?;
+    priority(task.priority)?;
+    max_attempts(task.max_attempts)?;
+    size("payload", task.payload.len(), max_payload)?;
+    if let Some(key) = &task.unique_key {
+        if key.is_empty() || key.len() > UNIQUE_KEY_MAX_LEN {
+            return Err(Error::InvalidArgument(format!(
+                "unique_key must be 1..={UNIQUE_KEY_MAX_LEN} bytes long, got {}",
+                key.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(name("task", "resize").is_ok());
+        assert!(name("task", "").is_err());
+        assert!(name("task", &"x".repeat(NAME_MAX_LEN + 1)).is_err());
+        assert!(name("task", "a\nb").is_err());
+        assert!(name("task", "a\u{7f}b").is_err());
+        assert!(name("task", "é-ok.名前").is_ok());
+    }
+
+    #[test]
+    fn priority_range_is_inclusive() {
+        assert!(priority(PRIORITY_MIN).is_ok());
+        assert!(priority(PRIORITY_MAX).is_ok());
+        assert!(priority(PRIORITY_MAX + 1).is_err());
+        assert!(priority(PRIORITY_MIN - 1).is_err());
+    }
+
+    #[test]
+    fn payload_limit() {
+        assert!(size("payload", 10, 10).is_ok());
+        assert!(matches!(size("payload", 11, 10), Err(Error::PayloadTooLarge { size: 11, .. })));
+    }
+}
