@@ -1,0 +1,87 @@
+"""ferroq: a durable, embedded task queue for Python with a Rust engine.
+
+    q = ferroq.Queue("app.db")
+
+    @q.task(max_attempts=5)
+    def resize(path: str, width: int) -> dict: ...
+
+    resize.enqueue("a.png", width=200)
+    ferroq.Worker(q).run(until_idle=True)
+"""
+
+from . import _core
+from .context import TaskContext, current_task
+from .errors import (
+    CorruptDatabase,
+    DatabasePathError,
+    DiskFull,
+    Fail,
+    FerroqError,
+    InvalidArgument,
+    InvalidTransition,
+    LeaseLost,
+    PayloadError,
+    PayloadTooLarge,
+    ResultTimeout,
+    Retry,
+    SchemaTooNew,
+    StorageError,
+    TaskCancelled,
+    TaskFailed,
+    UnknownTask,
+    UnknownTaskName,
+)
+from .info import STATUSES, TaskError, TaskInfo, Transition
+from .policies import Retention, RetryPolicy
+from .queue import Queue
+from .serializers import JsonSerializer, Serializer
+from .task import BoundTask, Task, TaskCall, TaskHandle, TaskOptions
+from .worker import Worker, WorkerStats
+
+__version__: str = _core.__version__
+
+#: Lowest and highest accepted priority; higher runs first.
+PRIORITY_MIN: int = _core.PRIORITY_MIN
+PRIORITY_MAX: int = _core.PRIORITY_MAX
+
+__all__ = [
+    "BoundTask",
+    "CorruptDatabase",
+    "DatabasePathError",
+    "DiskFull",
+    "Fail",
+    "FerroqError",
+    "InvalidArgument",
+    "InvalidTransition",
+    "JsonSerializer",
+    "LeaseLost",
+    "PRIORITY_MAX",
+    "PRIORITY_MIN",
+    "PayloadError",
+    "PayloadTooLarge",
+    "Queue",
+    "ResultTimeout",
+    "Retention",
+    "Retry",
+    "RetryPolicy",
+    "STATUSES",
+    "SchemaTooNew",
+    "Serializer",
+    "StorageError",
+    "Task",
+    "TaskCall",
+    "TaskCancelled",
+    "TaskContext",
+    "TaskError",
+    "TaskFailed",
+    "TaskHandle",
+    "TaskInfo",
+    "TaskOptions",
+    "Transition",
+    "UnknownTask",
+    "UnknownTaskName",
+    "Worker",
+    "WorkerStats",
+    "current_task",
+    "__version__",
+]

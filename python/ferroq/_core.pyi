@@ -1,0 +1,82 @@
+"""The Rust core. Internal: use the ``ferroq`` package API instead."""
+
+from os import PathLike
+from typing import Any
+
+__version__: str
+PRIORITY_MIN: int
+PRIORITY_MAX: int
+NAME_MAX_LEN: int
+DEFAULT_MAX_PAYLOAD: int
+SCHEMA_VERSION: int
+
+def backoff_delay_ms(base: float, max: float, jitter: float, attempt: int) -> int:
+    """Delay in ms before retrying after the ``attempt``-th failed run (jitter drawn at random)."""
+
+def check_name(kind: str, value: str) -> None:
+    """Raises InvalidArgument unless ``value`` is a valid task/queue/group name."""
+
+def check_priority(value: int) -> None:
+    """Raises InvalidArgument unless ``value`` is within PRIORITY_MIN..=PRIORITY_MAX."""
+
+def check_max_attempts(value: int) -> None:
+    """Raises InvalidArgument unless ``value`` is a valid max_attempts."""
+
+NewTaskTuple = tuple[str, str, bytes, int, int | None, int, str | None]
+ClaimedTuple = tuple[int, int, str, str, bytes, int, int, int, int]
+
+class Store:
+    """One SQLite task store file; every method releases the GIL around storage work."""
+
+    def __init__(
+        self, path: str | PathLike[str], *, durability: str = "full", busy_timeout: float = 30.0,
+        max_payload: int = ...,
+    ) -> None: ...
+    @property
+    def path(self) -> str:
+        """The database file."""
+    @property
+    def max_payload(self) -> int:
+        """Largest accepted payload or result, in bytes."""
+    def now_ms(self) -> int:
+        """Current time in epoch milliseconds by the store's clock."""
+    def enqueue(self, queue: str, tasks: list[NewTaskTuple]) -> list[tuple[int, bool]]:
+        """Inserts tasks in one transaction; (id, created) per task."""
+    def claim(self, queue: str, worker: str, limit: int, lease_ms: int) -> list[ClaimedTuple]:
+        """Leases up to ``limit`` ready tasks: (id, token, name, group, payload, priority, attempt,
+        max_attempts, created_at_ms)."""
+    def complete(self, id: int, token: int, result: bytes) -> None:
+        """running -> completed; LeaseLost if the lease is gone."""
+    def fail(self, id: int, token: int, error: str, retry_delay_ms: int | None) -> str:
+        """running -> pending (retry) or dead; returns the new status."""
+    def heartbeat(self, leases: list[tuple[int, int]], lease_ms: int) -> list[bool]:
+        """Extends leases; whether each was still held."""
+    def progress(self, id: int, token: int, progress: float) -> None:
+        """Stores progress (0..1) of a running task."""
+    def release(self, id: int, token: int) -> None:
+        """running -> pending, giving the attempt back."""
+    def rescue(self, queue: str) -> list[tuple[int, str]]:
+        """Expired leases back to pending (or dead): (id, new status)."""
+    def get(self, queue: str, id: int) -> dict[str, Any]:
+        """One task as a dict of its columns plus ``result``."""
+    def cancel(self, queue: str, id: int) -> None:
+        """pending -> cancelled."""
+    def requeue(self, queue: str, id: int) -> None:
+        """dead or cancelled -> pending."""
+    def history(self, queue: str, id: int) -> list[tuple[str | None, str, int, str | None, str | None]]:
+        """(from, to, at_ms, worker, error) per transition."""
+    def counts(self, queue: str) -> list[tuple[str, int]]:
+        """(status, count) for every status."""
+    def prune(
+        self, queue: str, completed_age_ms: int | None = None, completed_count: int | None = None,
+        dead_age_ms: int | None = None, dead_count: int | None = None,
+    ) -> int:
+        """Deletes finished tasks beyond the limits; how many."""
+    def next_run_at(self, queue: str) -> int | None:
+        """Earliest run_at (ms) among pending tasks."""
+    def pragmas(self) -> list[tuple[str, str]]:
+        """(name, value) of the pragmas that matter, as read back."""
+    def schema_versions(self) -> list[int]:
+        """Migrations recorded in the file."""
+    def quick_check(self) -> list[str]:
+        """SQLite quick_check findings; ["ok"] when intact."""

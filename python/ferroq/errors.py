@@ -1,0 +1,123 @@
+"""The ferroq exception tree, and the signals a processor raises to steer its own fate.
+
+Everything ferroq raises derives from :class:`FerroqError`. The Rust core raises the
+same classes (it imports them from here), so there is one tree for both layers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "FerroqError",
+    "InvalidArgument",
+    "PayloadError",
+    "PayloadTooLarge",
+    "UnknownTask",
+    "UnknownTaskName",
+    "InvalidTransition",
+    "LeaseLost",
+    "TaskFailed",
+    "TaskCancelled",
+    "ResultTimeout",
+    "StorageError",
+    "DatabasePathError",
+    "CorruptDatabase",
+    "DiskFull",
+    "SchemaTooNew",
+    "Retry",
+    "Fail",
+]
+
+
+class FerroqError(Exception):
+    """Base of every error ferroq raises."""
+
+
+class InvalidArgument(FerroqError, ValueError):
+    """An argument is out of range or malformed (a name, a priority, a delay...)."""
+
+
+class PayloadError(InvalidArgument):
+    """A payload or result cannot be stored: not serializable, or too large."""
+
+
+class PayloadTooLarge(PayloadError):
+    """A payload or result is over the queue's ``max_payload`` limit."""
+
+
+class UnknownTask(FerroqError, KeyError):
+    """No task with this id exists in this queue."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownTaskName(UnknownTask):
+    """No processor is registered under this task name."""
+
+
+class InvalidTransition(FerroqError, ValueError):
+    """The action does not apply to a task in its current status (e.g. cancelling a running task)."""
+
+
+class LeaseLost(FerroqError):
+    """The worker's lease on a task expired or was taken over; its late changes are refused."""
+
+
+class TaskFailed(FerroqError):
+    """The task is dead: it failed fatally or ran out of attempts.
+
+    ``error`` holds the stored error (type, message, traceback) of its last run.
+    """
+
+    def __init__(self, task_id: int, error: Any) -> None:
+        self.task_id = task_id
+        self.error = error
+        detail = f"{error.type}: {error.message}" if error is not None else "no error recorded"
+        super().__init__(f"task {task_id} failed: {detail}")
+
+
+class TaskCancelled(FerroqError):
+    """The task was cancelled before it ran, so it has no result."""
+
+
+class ResultTimeout(FerroqError, TimeoutError):
+    """``TaskHandle.result(timeout=...)`` gave up before the task finished."""
+
+
+class StorageError(FerroqError):
+    """The database failed (I/O error, a lock held past the busy timeout, ...)."""
+
+
+class DatabasePathError(StorageError):
+    """The database file cannot be created or opened at that path."""
+
+
+class CorruptDatabase(StorageError):
+    """The file is not a SQLite database or is damaged; ferroq left it untouched."""
+
+
+class DiskFull(StorageError):
+    """The disk is full; the operation was rolled back and nothing was lost."""
+
+
+class SchemaTooNew(StorageError):
+    """The file was written by a newer ferroq."""
+
+
+class Retry(Exception):
+    """Raise from a processor to run the task again after ``delay`` seconds.
+
+    The run still counts as an attempt; when attempts are used up the task goes dead.
+    """
+
+    def __init__(self, delay: float | None = None, reason: str = "") -> None:
+        if delay is not None and not delay >= 0:
+            raise InvalidArgument(f"Retry delay must be >= 0 seconds, got {delay!r}")
+        self.delay = delay
+        super().__init__(reason or (f"retry in {delay}s" if delay is not None else "retry"))
+
+
+class Fail(Exception):
+    """Raise from a processor to send the task to dead at once, whatever attempts remain."""

@@ -1,0 +1,79 @@
+"""Declarative policies the queue and worker enforce."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from . import _core
+from .errors import InvalidArgument
+
+__all__ = ["RetryPolicy", "Retention"]
+
+
+def _non_negative(name: str, value: float | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not math.isfinite(value) or value < 0):
+        raise InvalidArgument(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff: the n-th failed run waits ``min(base_delay * 2**(n-1), max_delay)``
+    seconds, then ``± jitter`` of that at random.
+
+    ``fatal`` lists exception classes that go dead at once. If ``retry_on`` is given,
+    only those classes are retried and every other exception is fatal.
+    """
+
+    base_delay: float = 1.0
+    max_delay: float = 60.0
+    jitter: float = 0.1
+    fatal: tuple[type[BaseException], ...] = ()
+    retry_on: tuple[type[BaseException], ...] | None = None
+
+    def __post_init__(self) -> None:
+        _non_negative("base_delay", self.base_delay)
+        _non_negative("max_delay", self.max_delay)
+        _non_negative("jitter", self.jitter)
+        if self.jitter > 1:
+            raise InvalidArgument(f"jitter is a fraction in [0, 1], got {self.jitter!r}")
+
+    def is_fatal(self, exc: BaseException) -> bool:
+        """Whether this exception should skip the remaining attempts."""
+        if isinstance(exc, self.fatal):
+            return True
+        return self.retry_on is not None and not isinstance(exc, self.retry_on)
+
+    def delay_ms(self, attempt: int) -> int:
+        """Backoff before the next run, after the ``attempt``-th run failed."""
+        return _core.backoff_delay_ms(self.base_delay, self.max_delay, self.jitter, attempt)
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long finished tasks are kept (like BullMQ's removeOnComplete / removeOnFail).
+
+    ``completed_*`` apply to completed and cancelled tasks, ``dead_*`` to dead ones.
+    A task is pruned when it is older than ``*_age`` seconds (since it finished) or
+    falls outside the newest ``*_count``. ``None`` means no limit.
+    """
+
+    completed_age: float | None = None
+    completed_count: int | None = None
+    dead_age: float | None = None
+    dead_count: int | None = None
+    interval: float = field(default=60.0)
+
+    def __post_init__(self) -> None:
+        for name in ("completed_age", "dead_age", "interval"):
+            _non_negative(name, getattr(self, name))
+        for name in ("completed_count", "dead_count"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise InvalidArgument(f"{name} must be an integer >= 0, got {value!r}")
+
+    def as_core_args(self) -> tuple[int | None, int | None, int | None, int | None]:
+        """(completed_age_ms, completed_count, dead_age_ms, dead_count) for the core."""
+        ms = lambda s: None if s is None else int(s * 1000)  # noqa: E731
+        return ms(self.completed_age), self.completed_count, ms(self.dead_age), self.dead_count

@@ -1,0 +1,225 @@
+"""The Queue: one named queue in one SQLite file."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Callable, Iterable, ParamSpec, TypeVar, overload
+
+from . import _core
+from .errors import InvalidArgument, UnknownTaskName
+from .info import STATUSES, TaskError, TaskInfo, Transition, from_ms
+from .policies import Retention, RetryPolicy
+from .serializers import JsonSerializer, Serializer
+from .task import Task, TaskCall, TaskHandle, TaskOptions
+
+__all__ = ["Queue"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Queue:
+    """A durable task queue stored in the SQLite file at ``path`` (created, mode 0600, if missing).
+
+    ``durability="full"`` (default) makes every enqueue and completion survive power loss
+    (synchronous=FULL); ``"normal"`` survives a process crash but may lose the last commits
+    on power loss, and is faster. Several queues (``name``) can share one file.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        name: str = "default",
+        durability: str = "full",
+        retention: Retention | None = None,
+        max_payload: int = _core.DEFAULT_MAX_PAYLOAD,
+        busy_timeout: float = 30.0,
+        serializer: Serializer | None = None,
+    ) -> None:
+        if not isinstance(name, str):
+            raise InvalidArgument(f"queue name must be a str, got {name!r}")
+        _core.check_name("queue", name)
+        if durability not in ("full", "normal"):
+            raise InvalidArgument(f'durability must be "full" or "normal", got {durability!r}')
+        if isinstance(max_payload, bool) or not isinstance(max_payload, int) or max_payload <= 0:
+            raise InvalidArgument(f"max_payload must be a positive int (bytes), got {max_payload!r}")
+        if retention is not None and not isinstance(retention, Retention):
+            raise InvalidArgument(f"retention must be a ferroq.Retention, got {retention!r}")
+        self.name = name
+        self.durability = durability
+        self.retention = retention
+        self.serializer: Serializer = serializer or JsonSerializer()
+        self._store = _core.Store(
+            os.fspath(path), durability=durability, busy_timeout=busy_timeout, max_payload=max_payload
+        )
+        self._tasks: dict[str, Task[Any, Any]] = {}
+        # Wakes idle workers and result waiters in this process; `_changes` makes a wake
+        # that lands between a check and the wait impossible to miss.
+        self._wake = threading.Condition()
+        self._changes = 0
+
+    def __repr__(self) -> str:
+        return f"Queue({str(self.path)!r}, name={self.name!r})"
+
+    @property
+    def path(self) -> str:
+        """The database file."""
+        return str(self._store.path)
+
+    # -- declaring tasks ---------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        priority: int = 0,
+        resource_group: str = "default",
+        max_attempts: int = 3,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(
+        self,
+        fn: Callable[P, R] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        priority: int = 0,
+        resource_group: str = "default",
+        max_attempts: int = 3,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+        """Registers a processor. Use bare (``@q.task``) or with options (``@q.task(priority=5)``).
+
+        The task name defaults to ``module.qualname`` of the function. ``timeout`` (seconds)
+        fails a run that takes longer: async processors are cancelled; a sync processor's
+        thread cannot be killed, so its run is failed and its late result discarded.
+        """
+        options = TaskOptions(priority=priority, resource_group=resource_group, max_attempts=max_attempts,
+                              retry=retry or RetryPolicy(), timeout=timeout)
+
+        def register(fn: Callable[P, R]) -> Task[P, R]:
+            if not callable(fn):
+                raise InvalidArgument(f"@task needs a function, got {fn!r}")
+            task_name = name if name is not None else f"{fn.__module__}.{fn.__qualname__}"
+            if not isinstance(task_name, str):
+                raise InvalidArgument(f"task name must be a str, got {task_name!r}")
+            _core.check_name("task", task_name)
+            if task_name in self._tasks and self._tasks[task_name].fn is not fn:
+                raise InvalidArgument(f"a different function is already registered as task {task_name!r}")
+            task: Task[P, R] = Task(self, fn, task_name, options)
+            self._tasks[task_name] = task
+            return task
+
+        return register(fn) if fn is not None else register
+
+    @property
+    def tasks(self) -> dict[str, Task[Any, Any]]:
+        """Registered processors by task name."""
+        return dict(self._tasks)
+
+    # -- enqueueing --------------------------------------------------------------------
+
+    def enqueue(self, name: str, /, *args: Any, **kwargs: Any) -> TaskHandle[Any]:
+        """Enqueues a registered task by name. Raises ``UnknownTaskName`` if none is registered."""
+        task = self._tasks.get(name)
+        if task is None:
+            raise UnknownTaskName(f"no task named {name!r} is registered on queue {self.name!r}")
+        return task.enqueue(*args, **kwargs)
+
+    def enqueue_many(self, calls: Iterable[TaskCall[Any]]) -> list[int]:
+        """Enqueues many calls (from ``task.call(...)``) in one transaction; returns their ids."""
+        calls = list(calls)
+        for call in calls:
+            if not isinstance(call, TaskCall):
+                raise InvalidArgument(f"enqueue_many takes task.call(...) objects, got {call!r}")
+        if not calls:
+            return []
+        done = self._store.enqueue(self.name, [c.core_tuple() for c in calls])
+        self._notify()
+        return [task_id for task_id, _ in done]
+
+    def _enqueue_one(self, call: TaskCall[R]) -> TaskHandle[R]:
+        ((task_id, created),) = self._store.enqueue(self.name, [call.core_tuple()])
+        self._notify()
+        return TaskHandle(self, task_id, created)
+
+    def _encode_payload(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+        try:
+            return self.serializer.dumps({"args": args, "kwargs": kwargs})
+        except InvalidArgument as e:
+            raise type(e)(f"payload of task {name!r} is {e}") from None
+
+    # -- reading and operating ---------------------------------------------------------
+
+    def handle(self, task_id: int) -> TaskHandle[Any]:
+        """A handle for an existing task id."""
+        return TaskHandle(self, task_id)
+
+    def get(self, task_id: int) -> TaskInfo:
+        """The task as stored now. Raises ``UnknownTask`` if there is none with this id."""
+        return TaskInfo.from_core(self._store.get(self.name, _task_id(task_id)), self.serializer.loads)
+
+    def cancel(self, task_id: int) -> None:
+        """pending -> cancelled. Raises ``InvalidTransition`` if the task is not pending."""
+        self._store.cancel(self.name, _task_id(task_id))
+        self._notify()
+
+    def requeue(self, task_id: int) -> None:
+        """dead (or cancelled) -> pending, with a fresh set of attempts."""
+        self._store.requeue(self.name, _task_id(task_id))
+        self._notify()
+
+    def history(self, task_id: int) -> list[Transition]:
+        """Every status change of the task, oldest first."""
+        return [
+            Transition(frm, to, from_ms(at), worker, TaskError.parse(err))  # type: ignore[arg-type]
+            for frm, to, at, worker, err in self._store.history(self.name, _task_id(task_id))
+        ]
+
+    def counts(self) -> dict[str, int]:
+        """Number of tasks in each status (every status present)."""
+        counts = dict(self._store.counts(self.name))
+        return {status: counts.get(status, 0) for status in STATUSES}
+
+    def prune(self, retention: Retention | None = None) -> int:
+        """Deletes finished tasks beyond ``retention`` (default: the queue's); returns how many.
+        Workers call this periodically when the queue has a retention."""
+        retention = retention or self.retention
+        if retention is None:
+            return 0
+        return int(self._store.prune(self.name, *retention.as_core_args()))
+
+    def pragmas(self) -> dict[str, str]:
+        """SQLite settings as the connection reads them back (journal_mode, synchronous...)."""
+        return dict(self._store.pragmas())
+
+    def check(self) -> list[str]:
+        """SQLite's quick_check: ``["ok"]`` when the file is intact."""
+        return list(self._store.quick_check())
+
+    # -- in-process wake-ups -----------------------------------------------------------
+
+    def _notify(self) -> None:
+        with self._wake:
+            self._changes += 1
+            self._wake.notify_all()
+
+    def _wait_for_change(self, timeout: float, seen: int | None = None) -> None:
+        with self._wake:
+            if seen is None or seen == self._changes:
+                self._wake.wait(timeout)
+
+
+def _task_id(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"task id must be an int, got {value!r}")
+    return value

@@ -1,0 +1,225 @@
+"""Task declarations: the object ``@queue.task`` returns, calls ready to enqueue, handles."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Callable, Generic, ParamSpec, TypeVar
+
+from . import _core
+from .errors import InvalidArgument, ResultTimeout, TaskCancelled, TaskFailed
+from .info import TaskInfo
+from .policies import RetryPolicy
+
+if TYPE_CHECKING:
+    from .queue import Queue
+
+__all__ = ["Task", "TaskOptions", "TaskCall", "TaskHandle", "BoundTask"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """How a task is enqueued and run. Set at declaration, overridable with ``.using()``."""
+
+    priority: int = 0
+    resource_group: str = "default"
+    max_attempts: int = 3
+    retry: RetryPolicy = RetryPolicy()
+    timeout: float | None = None
+    delay: float | None = None
+    run_at: datetime | float | None = None
+    unique_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.priority, bool) or not isinstance(self.priority, int):
+            raise InvalidArgument(f"priority must be an int, got {self.priority!r}")
+        _core.check_priority(self.priority)
+        if not isinstance(self.resource_group, str):
+            raise InvalidArgument(f"resource_group must be a str, got {self.resource_group!r}")
+        _core.check_name("resource group", self.resource_group)
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
+            raise InvalidArgument(f"max_attempts must be an int, got {self.max_attempts!r}")
+        _core.check_max_attempts(self.max_attempts)
+        if not isinstance(self.retry, RetryPolicy):
+            raise InvalidArgument(f"retry must be a ferroq.RetryPolicy, got {self.retry!r}")
+        for name in ("timeout", "delay"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value) or value < 0):
+                raise InvalidArgument(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+        if self.timeout == 0:
+            raise InvalidArgument("timeout must be > 0 seconds (or None for no timeout)")
+        if self.delay is not None and self.run_at is not None:
+            raise InvalidArgument("give either delay or run_at, not both")
+        if self.run_at is not None and not isinstance(self.run_at, (datetime, int, float)):
+            raise InvalidArgument(f"run_at must be a datetime or epoch seconds, got {self.run_at!r}")
+        if self.unique_key is not None and not isinstance(self.unique_key, str):
+            raise InvalidArgument(f"unique_key must be a str, got {self.unique_key!r}")
+
+    def run_at_ms(self) -> int | None:
+        """When the task may first run, in epoch ms; None for now."""
+        if self.delay is not None:
+            return int((time.time() + self.delay) * 1000)
+        if isinstance(self.run_at, datetime):
+            return int(self.run_at.timestamp() * 1000)
+        if self.run_at is not None:
+            return int(self.run_at * 1000)
+        return None
+
+
+@dataclass(frozen=True)
+class TaskCall(Generic[R]):
+    """One invocation, encoded and ready to enqueue (see ``Queue.enqueue_many``)."""
+
+    name: str
+    payload: bytes
+    options: TaskOptions
+
+    def core_tuple(self) -> tuple[str, str, bytes, int, int | None, int, str | None]:
+        o = self.options
+        return (self.name, o.resource_group, self.payload, o.priority, o.run_at_ms(), o.max_attempts, o.unique_key)
+
+
+class TaskHandle(Generic[R]):
+    """A reference to an enqueued task."""
+
+    __slots__ = ("id", "queue", "created")
+
+    def __init__(self, queue: Queue, task_id: int, created: bool = True) -> None:
+        self.queue = queue
+        self.id = task_id
+        #: False when a unique key matched an unfinished task, whose id this is.
+        self.created = created
+
+    def __repr__(self) -> str:
+        return f"TaskHandle(id={self.id}, queue={self.queue.name!r})"
+
+    def info(self) -> TaskInfo:
+        """The task as stored now."""
+        return self.queue.get(self.id)
+
+    def status(self) -> str:
+        return self.info().status
+
+    def cancel(self) -> None:
+        self.queue.cancel(self.id)
+
+    def result(self, timeout: float | None = None) -> R:
+        """Waits for the task to finish and returns its result.
+
+        Raises ``TaskFailed`` (with the stored error) if it went dead, ``TaskCancelled`` if it
+        was cancelled, ``ResultTimeout`` if ``timeout`` seconds pass first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.001
+        while True:
+            info = self.queue.get(self.id)
+            if info.status == "completed":
+                return info.result  # type: ignore[no-any-return]
+            if info.status == "dead":
+                raise TaskFailed(self.id, info.last_error)
+            if info.status == "cancelled":
+                raise TaskCancelled(f"task {self.id} was cancelled")
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ResultTimeout(f"task {self.id} is still {info.status} after {timeout}s")
+                pause = min(pause, left)
+            self.queue._wait_for_change(pause)
+            pause = min(pause * 2, 0.05)
+
+
+class _Enqueuer(Generic[P, R]):
+    """What ``Task`` and ``BoundTask`` share: encoding calls and enqueueing them."""
+
+    queue: Queue
+    name: str
+    options: TaskOptions
+    signature: inspect.Signature
+
+    def call(self, *args: P.args, **kwargs: P.kwargs) -> TaskCall[R]:
+        """Encodes an invocation without enqueueing it (for ``Queue.enqueue_many``)."""
+        try:
+            self.signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise InvalidArgument(f"bad arguments for task {self.name!r}: {e}") from None
+        payload = self.queue._encode_payload(self.name, args, kwargs)
+        return TaskCall(self.name, payload, self.options)
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
+        """Stores one run of this task; durable when it returns."""
+        return self.queue._enqueue_one(self.call(*args, **kwargs))
+
+
+class BoundTask(_Enqueuer[P, R]):
+    """A task with per-call options (from ``Task.using``)."""
+
+    def __init__(self, task: Task[P, R], options: TaskOptions) -> None:
+        self.queue = task.queue
+        self.name = task.name
+        self.signature = task.signature
+        self.options = options
+
+    def using(self, **overrides: Any) -> BoundTask[P, R]:
+        return BoundTask(_task_of(self), _override(self.options, overrides))
+
+
+def _task_of(bound: BoundTask[P, R]) -> Task[P, R]:
+    return bound.queue._tasks[bound.name]  # type: ignore[return-value]
+
+
+def _override(options: TaskOptions, overrides: dict[str, Any]) -> TaskOptions:
+    allowed = {"priority", "resource_group", "max_attempts", "delay", "run_at", "unique_key"}
+    unknown = set(overrides) - allowed
+    if unknown:
+        raise InvalidArgument(f"unknown option(s) for using(): {', '.join(sorted(unknown))}")
+    if "delay" in overrides:
+        overrides.setdefault("run_at", None)
+    elif "run_at" in overrides:
+        overrides.setdefault("delay", None)
+    return replace(options, **overrides)
+
+
+class Task(_Enqueuer[P, R]):
+    """A processor registered on a queue. Calling it runs the function inline;
+    ``enqueue`` stores a run for a worker."""
+
+    def __init__(self, queue: Queue, fn: Callable[P, R], name: str, options: TaskOptions) -> None:
+        self.queue = queue
+        self.fn = fn
+        self.name = name
+        self.options = options
+        self.signature = inspect.signature(fn)
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", name)
+        self.__qualname__ = getattr(fn, "__qualname__", name)
+        self.__module__ = getattr(fn, "__module__", __name__)
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"Task({self.name!r}, queue={self.queue.name!r})"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def using(
+        self,
+        *,
+        priority: int | None = None,
+        delay: float | None = None,
+        run_at: datetime | float | None = None,
+        unique_key: str | None = None,
+        resource_group: str | None = None,
+        max_attempts: int | None = None,
+    ) -> BoundTask[P, R]:
+        """This task with options for the next enqueue: priority, delay (seconds) or run_at,
+        unique_key, resource_group, max_attempts."""
+        given = {k: v for k, v in locals().items() if k != "self" and v is not None}
+        return BoundTask(self, _override(self.options, given))

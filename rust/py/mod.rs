@@ -1,0 +1,49 @@
+//! The Python binding: the only module that imports pyo3. It converts, nothing more.
+
+mod errors;
+mod queue;
+
+use pyo3::prelude::*;
+
+use crate::policy::backoff::Backoff;
+use crate::validate;
+
+/// Delay in milliseconds before retrying after the `attempt`-th failed run.
+#[pyfunction]
+fn backoff_delay_ms(base: f64, max: f64, jitter: f64, attempt: i64) -> i64 {
+    Backoff { base, max, jitter }.sample_ms(attempt)
+}
+
+/// Raises `InvalidArgument` unless `value` is a valid task, queue or group name.
+#[pyfunction]
+fn check_name(kind: &str, value: &str) -> PyResult<()> {
+    Ok(validate::name(kind, value)?)
+}
+
+/// Raises `InvalidArgument` unless `value` is within the priority range.
+#[pyfunction]
+fn check_priority(value: i64) -> PyResult<()> {
+    Ok(validate::priority(value)?)
+}
+
+/// Raises `InvalidArgument` unless `value` is a valid max_attempts.
+#[pyfunction]
+fn check_max_attempts(value: i64) -> PyResult<()> {
+    Ok(validate::max_attempts(value)?)
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<queue::PyStore>()?;
+    m.add_function(wrap_pyfunction!(backoff_delay_ms, m)?)?;
+    m.add_function(wrap_pyfunction!(check_name, m)?)?;
+    m.add_function(wrap_pyfunction!(check_priority, m)?)?;
+    m.add_function(wrap_pyfunction!(check_max_attempts, m)?)?;
+    m.add("PRIORITY_MIN", validate::PRIORITY_MIN)?;
+    m.add("PRIORITY_MAX", validate::PRIORITY_MAX)?;
+    m.add("NAME_MAX_LEN", validate::NAME_MAX_LEN)?;
+    m.add("DEFAULT_MAX_PAYLOAD", validate::DEFAULT_MAX_PAYLOAD)?;
+    m.add("SCHEMA_VERSION", crate::store::sqlite::migrations::latest_version())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

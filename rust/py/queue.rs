@@ -1,0 +1,225 @@
+//! `ferroq._core.Store`: the storage engine as Python sees it. Every method releases the
+//! GIL around storage work and converts plain values; policy lives in `ferroq` (Python).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+
+use crate::clock::Millis;
+use crate::policy::retention::{Keep, Retention};
+use crate::store::Store;
+use crate::store::sqlite::{Durability, Options, SqliteStore};
+use crate::task::{FailAction, NewTask, TaskStatus};
+
+/// (name, resource_group, payload, priority, run_at_ms | None, max_attempts, unique_key | None)
+type NewTaskTuple<'py> = (String, String, Bound<'py, PyBytes>, i64, Option<Millis>, i64, Option<String>);
+
+/// One SQLite task store file.
+#[pyclass(name = "Store", module = "ferroq._core", frozen)]
+pub struct PyStore {
+    store: SqliteStore,
+}
+
+#[pymethods]
+impl PyStore {
+    #[new]
+    #[pyo3(signature = (path, *, durability = "full", busy_timeout = 30.0, max_payload = crate::validate::DEFAULT_MAX_PAYLOAD))]
+    fn new(py: Python<'_>, path: PathBuf, durability: &str, busy_timeout: f64, max_payload: usize) -> PyResult<Self> {
+        if !(busy_timeout.is_finite() && busy_timeout >= 0.0) {
+            return Err(crate::Error::InvalidArgument(format!(
+                "busy_timeout must be a non-negative number of seconds, got {busy_timeout}"
+            ))
+            .into());
+        }
+        let options = Options {
+            durability: Durability::parse(durability)?,
+            busy_timeout: Duration::from_secs_f64(busy_timeout),
+            max_payload,
+        };
+        let store = py.detach(|| SqliteStore::open(path, options))?;
+        Ok(Self { store })
+    }
+
+    /// The database file.
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.store.path().to_path_buf()
+    }
+
+    /// The largest accepted payload or result, in bytes.
+    #[getter]
+    fn max_payload(&self) -> usize {
+        self.store.options().max_payload
+    }
+
+    /// Current time in epoch milliseconds, by the store's clock.
+    fn now_ms(&self) -> Millis {
+        self.store.now_ms()
+    }
+
+    fn enqueue(&self, py: Python<'_>, queue: &str, tasks: Vec<NewTaskTuple<'_>>) -> PyResult<Vec<(i64, bool)>> {
+        let tasks: Vec<NewTask> = tasks
+            .into_iter()
+            .map(|(name, resource_group, payload, priority, run_at, max_attempts, unique_key)| NewTask {
+                name,
+                resource_group,
+                payload: payload.as_bytes().to_vec(),
+                priority,
+                run_at,
+                max_attempts,
+                unique_key,
+            })
+            .collect();
+        let done = py.detach(|| self.store.enqueue(queue, &tasks))?;
+        Ok(done.into_iter().map(|e| (e.id, e.created)).collect())
+    }
+
+    /// Returns tuples (id, token, name, group, payload, priority, attempt, max_attempts, created_at_ms).
+    fn claim<'py>(
+        &self,
+        py: Python<'py>,
+        queue: &str,
+        worker: &str,
+        limit: usize,
+        lease_ms: Millis,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let claimed = py.detach(|| self.store.claim(queue, worker, limit, lease_ms))?;
+        let items = claimed.into_iter().map(|t| {
+            PyTuple::new(
+                py,
+                [
+                    t.id.into_pyobject(py)?.into_any(),
+                    t.token.into_pyobject(py)?.into_any(),
+                    t.name.into_pyobject(py)?.into_any(),
+                    t.resource_group.into_pyobject(py)?.into_any(),
+                    PyBytes::new(py, &t.payload).into_any(),
+                    t.priority.into_pyobject(py)?.into_any(),
+                    t.attempt.into_pyobject(py)?.into_any(),
+                    t.max_attempts.into_pyobject(py)?.into_any(),
+                    t.created_at.into_pyobject(py)?.into_any(),
+                ],
+            )
+        });
+        PyList::new(py, items.collect::<PyResult<Vec<_>>>()?)
+    }
+
+    fn complete(&self, py: Python<'_>, id: i64, token: i64, result: &[u8]) -> PyResult<()> {
+        Ok(py.detach(|| self.store.complete(id, token, result))?)
+    }
+
+    /// `retry_delay_ms=None` means dead now; returns the new status name.
+    #[pyo3(signature = (id, token, error, retry_delay_ms))]
+    fn fail(&self, py: Python<'_>, id: i64, token: i64, error: &str, retry_delay_ms: Option<Millis>) -> PyResult<&'static str> {
+        let action = match retry_delay_ms {
+            Some(delay_ms) => FailAction::Retry { delay_ms },
+            None => FailAction::Dead,
+        };
+        Ok(py.detach(|| self.store.fail(id, token, error, action))?.as_str())
+    }
+
+    fn heartbeat(&self, py: Python<'_>, leases: Vec<(i64, i64)>, lease_ms: Millis) -> PyResult<Vec<bool>> {
+        Ok(py.detach(|| self.store.heartbeat(&leases, lease_ms))?)
+    }
+
+    fn progress(&self, py: Python<'_>, id: i64, token: i64, progress: f64) -> PyResult<()> {
+        Ok(py.detach(|| self.store.progress(id, token, progress))?)
+    }
+
+    fn release(&self, py: Python<'_>, id: i64, token: i64) -> PyResult<()> {
+        Ok(py.detach(|| self.store.release(id, token))?)
+    }
+
+    fn rescue(&self, py: Python<'_>, queue: &str) -> PyResult<Vec<(i64, &'static str)>> {
+        let rescued = py.detach(|| self.store.rescue_expired(queue))?;
+        Ok(rescued.into_iter().map(|(id, s)| (id, s.as_str())).collect())
+    }
+
+    fn get<'py>(&self, py: Python<'py>, queue: &str, id: i64) -> PyResult<Bound<'py, PyDict>> {
+        let t = py.detach(|| self.store.get(queue, id))?;
+        let d = PyDict::new(py);
+        d.set_item("id", t.id)?;
+        d.set_item("queue", t.queue)?;
+        d.set_item("name", t.name)?;
+        d.set_item("status", t.status.as_str())?;
+        d.set_item("priority", t.priority)?;
+        d.set_item("resource_group", t.resource_group)?;
+        d.set_item("payload", PyBytes::new(py, &t.payload))?;
+        d.set_item("attempts", t.attempts)?;
+        d.set_item("max_attempts", t.max_attempts)?;
+        d.set_item("run_at", t.run_at)?;
+        d.set_item("unique_key", t.unique_key)?;
+        d.set_item("progress", t.progress)?;
+        d.set_item("lease_owner", t.lease_owner)?;
+        d.set_item("lease_expires_at", t.lease_expires_at)?;
+        d.set_item("last_error", t.last_error)?;
+        d.set_item("result", t.result.map(|r| PyBytes::new(py, &r)))?;
+        d.set_item("created_at", t.created_at)?;
+        d.set_item("updated_at", t.updated_at)?;
+        d.set_item("started_at", t.started_at)?;
+        d.set_item("finished_at", t.finished_at)?;
+        Ok(d)
+    }
+
+    fn cancel(&self, py: Python<'_>, queue: &str, id: i64) -> PyResult<()> {
+        Ok(py.detach(|| self.store.cancel(queue, id))?)
+    }
+
+    fn requeue(&self, py: Python<'_>, queue: &str, id: i64) -> PyResult<()> {
+        Ok(py.detach(|| self.store.requeue(queue, id))?)
+    }
+
+    /// Tuples (from | None, to, at_ms, worker | None, error | None).
+    #[allow(clippy::type_complexity)]
+    fn history(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        id: i64,
+    ) -> PyResult<Vec<(Option<&'static str>, &'static str, Millis, Option<String>, Option<String>)>> {
+        let rows = py.detach(|| self.store.history(queue, id))?;
+        Ok(rows
+            .into_iter()
+            .map(|t| (t.from.map(TaskStatus::as_str), t.to.as_str(), t.at, t.worker, t.error))
+            .collect())
+    }
+
+    fn counts(&self, py: Python<'_>, queue: &str) -> PyResult<Vec<(&'static str, u64)>> {
+        let counts = py.detach(|| self.store.counts(queue))?;
+        Ok(counts.into_iter().map(|(s, n)| (s.as_str(), n)).collect())
+    }
+
+    #[pyo3(signature = (queue, completed_age_ms=None, completed_count=None, dead_age_ms=None, dead_count=None))]
+    fn prune(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        completed_age_ms: Option<Millis>,
+        completed_count: Option<u64>,
+        dead_age_ms: Option<Millis>,
+        dead_count: Option<u64>,
+    ) -> PyResult<u64> {
+        let retention = Retention {
+            completed: Keep { max_age_ms: completed_age_ms, max_count: completed_count },
+            dead: Keep { max_age_ms: dead_age_ms, max_count: dead_count },
+        };
+        Ok(py.detach(|| self.store.prune(queue, &retention))?)
+    }
+
+    fn next_run_at(&self, py: Python<'_>, queue: &str) -> PyResult<Option<Millis>> {
+        Ok(py.detach(|| self.store.next_run_at(queue))?)
+    }
+
+    fn pragmas(&self, py: Python<'_>) -> PyResult<Vec<(String, String)>> {
+        Ok(py.detach(|| self.store.pragmas())?)
+    }
+
+    fn schema_versions(&self, py: Python<'_>) -> PyResult<Vec<i64>> {
+        Ok(py.detach(|| self.store.schema_versions())?)
+    }
+
+    fn quick_check(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        Ok(py.detach(|| self.store.quick_check())?)
+    }
+}
