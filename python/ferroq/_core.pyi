@@ -1,7 +1,12 @@
 """The Rust core. Internal: use the ``ferroq`` package API instead."""
 
 from os import PathLike
-from typing import Any
+from typing import Any, final
+
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD", "NAME_MAX_LEN", "PRIORITY_MAX", "PRIORITY_MIN", "SCHEMA_VERSION", "Store",
+    "backoff_delay_ms", "check_max_attempts", "check_name", "check_priority", "__version__",
+]
 
 __version__: str
 PRIORITY_MIN: int
@@ -22,16 +27,17 @@ def check_priority(value: int) -> None:
 def check_max_attempts(value: int) -> None:
     """Raises InvalidArgument unless ``value`` is a valid max_attempts."""
 
-NewTaskTuple = tuple[str, str, bytes, int, int | None, int, str | None]
-ClaimedTuple = tuple[int, int, str, str, bytes, int, int, int, int]
+_NewTaskTuple = tuple[str, str, bytes, int, int | None, int, str | None]
+_ClaimedTuple = tuple[int, int, str, str, bytes, int, int, int, int]
 
+@final
 class Store:
     """One SQLite task store file; every method releases the GIL around storage work."""
 
-    def __init__(
-        self, path: str | PathLike[str], *, durability: str = "full", busy_timeout: float = 30.0,
+    def __new__(
+        cls, path: str | PathLike[str], *, durability: str = "full", busy_timeout: float = 30.0,
         max_payload: int = ...,
-    ) -> None: ...
+    ) -> Store: ...
     @property
     def path(self) -> str:
         """The database file."""
@@ -40,9 +46,9 @@ class Store:
         """Largest accepted payload or result, in bytes."""
     def now_ms(self) -> int:
         """Current time in epoch milliseconds by the store's clock."""
-    def enqueue(self, queue: str, tasks: list[NewTaskTuple]) -> list[tuple[int, bool]]:
+    def enqueue(self, queue: str, tasks: list[_NewTaskTuple]) -> list[tuple[int, bool]]:
         """Inserts tasks in one transaction; (id, created) per task."""
-    def claim(self, queue: str, worker: str, limit: int, lease_ms: int) -> list[ClaimedTuple]:
+    def claim(self, queue: str, worker: str, limit: int, lease_ms: int) -> list[_ClaimedTuple]:
         """Leases up to ``limit`` ready tasks: (id, token, name, group, payload, priority, attempt,
         max_attempts, created_at_ms)."""
     def complete(self, id: int, token: int, result: bytes) -> None:

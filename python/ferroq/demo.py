@@ -94,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     print("tasks by status:", q.counts())
     print("urgent thumbnail:", urgent.result(timeout=5))
     print("welcome e-mail:  ", welcome.result(timeout=5))
-    print("delayed reminder:", reminder.result(timeout=5),
-          f"(ran {(q.get(reminder.id).started_at - q.get(reminder.id).created_at).total_seconds():.2f} s after enqueue)")
+    sent = q.get(reminder.id)
+    waited = (sent.started_at - sent.created_at).total_seconds() if sent.started_at else float("nan")
+    print("delayed reminder:", reminder.result(timeout=5), f"(ran {waited:.2f} s after enqueue)")
     info = q.get(flaky.id)
     print(f"flaky inventory sync: {info.status} after {info.attempts} attempts -> {info.result}")
     print("good charge:", ok_charge.result(timeout=5))

@@ -75,5 +75,8 @@ class Retention:
 
     def as_core_args(self) -> tuple[int | None, int | None, int | None, int | None]:
         """(completed_age_ms, completed_count, dead_age_ms, dead_count) for the core."""
-        ms = lambda s: None if s is None else int(s * 1000)  # noqa: E731
-        return ms(self.completed_age), self.completed_count, ms(self.dead_age), self.dead_count
+        return _ms(self.completed_age), self.completed_count, _ms(self.dead_age), self.dead_count
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else int(seconds * 1000)

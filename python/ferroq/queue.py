@@ -71,7 +71,7 @@ class Queue:
     # -- declaring tasks ---------------------------------------------------------------
 
     @overload
-    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    def task(self, fn: Callable[P, R]) -> Task[P, R]: ...
 
     @overload
     def task(
@@ -87,8 +87,7 @@ class Queue:
 
     def task(
         self,
-        fn: Callable[P, R] | None = None,
-        /,
+        fn: Callable[..., Any] | None = None,
         *,
         name: str | None = None,
         priority: int = 0,
@@ -96,7 +95,7 @@ class Queue:
         max_attempts: int = 3,
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
-    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+    ) -> Any:
         """Registers a processor. Use bare (``@q.task``) or with options (``@q.task(priority=5)``).
 
         The task name defaults to ``module.qualname`` of the function. ``timeout`` (seconds)
@@ -106,7 +105,7 @@ class Queue:
         options = TaskOptions(priority=priority, resource_group=resource_group, max_attempts=max_attempts,
                               retry=retry or RetryPolicy(), timeout=timeout)
 
-        def register(fn: Callable[P, R]) -> Task[P, R]:
+        def register(fn: Callable[..., Any]) -> Task[Any, Any]:
             if not callable(fn):
                 raise InvalidArgument(f"@task needs a function, got {fn!r}")
             task_name = name if name is not None else f"{fn.__module__}.{fn.__qualname__}"
@@ -115,7 +114,7 @@ class Queue:
             _core.check_name("task", task_name)
             if task_name in self._tasks and self._tasks[task_name].fn is not fn:
                 raise InvalidArgument(f"a different function is already registered as task {task_name!r}")
-            task: Task[P, R] = Task(self, fn, task_name, options)
+            task: Task[Any, Any] = Task(self, fn, task_name, options)
             self._tasks[task_name] = task
             return task
 

@@ -171,7 +171,7 @@ class BoundTask(_Enqueuer[P, R]):
 
 
 def _task_of(bound: BoundTask[P, R]) -> Task[P, R]:
-    return bound.queue._tasks[bound.name]  # type: ignore[return-value]
+    return bound.queue._tasks[bound.name]
 
 
 def _override(options: TaskOptions, overrides: dict[str, Any]) -> TaskOptions:

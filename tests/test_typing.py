@@ -1,0 +1,35 @@
+"""The shipped types stay honest: stubs match the extension, the package type-checks."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_core_stub_matches_the_extension() -> None:
+    done = run("mypy.stubtest", "ferroq._core")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_package_and_a_user_module_type_check(tmp_path: Path) -> None:
+    user = tmp_path / "user.py"
+    user.write_text(
+        "import ferroq\n"
+        "q = ferroq.Queue('x.db')\n"
+        "@q.task\n"
+        "def f(a: int, b: str = 'x') -> float:\n"
+        "    return 1.0\n"
+        "h: ferroq.TaskHandle[float] = f.enqueue(1, b='y')\n"
+        "r: float = h.result()\n"
+        "f.enqueue('not an int')  # E: wrong argument type\n"
+    )
+    done = run("mypy", "--strict", "python/ferroq", str(user))
+    out = done.stdout
+    # The only error is the deliberate one: signatures survive the decorator.
+    assert "user.py:8: error" in out and 'incompatible type "str"; expected "int"' in out, out
+    assert out.count("error:") == 1, out
