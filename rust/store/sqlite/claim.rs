@@ -8,7 +8,8 @@ use crate::error::Result;
 use crate::task::{ClaimedTask, LeaseToken, TaskStatus};
 
 /// Leases up to `limit` ready tasks to `worker`, highest priority first, FIFO within a
-/// priority. The `status = 'pending'` literal lets SQLite use the partial `tasks_ready` index.
+/// priority. `INDEXED BY`: left alone, the planner prefers `tasks_due` and sorts every ready
+/// task to find the first few (measured: 0.7 ms per claim with 8,000 pending).
 pub fn claim(
     tx: &Transaction<'_>,
     queue: &str,
@@ -22,7 +23,7 @@ pub fn claim(
         "UPDATE tasks
          SET status = 'running', attempts = attempts + 1, lease_owner = ?1, lease_token = ?2,
              lease_expires_at = ?3, started_at = ?4, updated_at = ?4, progress = NULL
-         WHERE id IN (SELECT id FROM tasks
+         WHERE id IN (SELECT id FROM tasks INDEXED BY tasks_ready
                       WHERE queue = ?5 AND status = 'pending' AND run_at <= ?4
                       ORDER BY priority DESC, id
                       LIMIT ?6)

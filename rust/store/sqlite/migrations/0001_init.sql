@@ -25,8 +25,9 @@ CREATE TABLE tasks (
     finished_at      INTEGER
 );
 
--- The claim path: ready tasks by priority, then FIFO.
-CREATE INDEX tasks_ready ON tasks (queue, priority DESC, id) WHERE status = 'pending';
+-- The claim path: pending tasks by priority, then FIFO; run_at rides along so delayed
+-- tasks are skipped inside the index, without visiting their rows.
+CREATE INDEX tasks_ready ON tasks (queue, priority DESC, id, run_at) WHERE status = 'pending';
 -- The rescuer: running tasks by lease expiry.
 CREATE INDEX tasks_leases ON tasks (lease_expires_at) WHERE status = 'running';
 -- Delayed work: when the next pending task becomes due.
