@@ -11,7 +11,11 @@ pub enum Error {
 
     /// A payload or result is larger than the queue's configured limit.
     #[error("{what} is {size} bytes, over the limit of {limit} bytes")]
-    PayloadTooLarge { what: &'static str, size: usize, limit: usize },
+    PayloadTooLarge {
+        what: &'static str,
+        size: usize,
+        limit: usize,
+    },
 
     /// No task with this id exists in this queue.
     #[error("no task with id {0}")]
@@ -24,7 +28,11 @@ pub enum Error {
 
     /// The requested change does not apply to a task in its current status.
     #[error("cannot {action} task {id}: it is {status}")]
-    InvalidTransition { id: TaskId, action: &'static str, status: TaskStatus },
+    InvalidTransition {
+        id: TaskId,
+        action: &'static str,
+        status: TaskStatus,
+    },
 
     /// The database file cannot be created or opened where it was asked for.
     #[error("cannot open database {path}: {reason}")]
@@ -55,9 +63,10 @@ impl From<rusqlite::Error> for Error {
         use rusqlite::ffi::ErrorCode;
         match err.sqlite_error_code() {
             Some(ErrorCode::DiskFull) => Error::DiskFull(err.to_string()),
-            Some(ErrorCode::DatabaseCorrupt) | Some(ErrorCode::NotADatabase) => {
-                Error::Corrupt { path: String::new(), reason: err.to_string() }
-            }
+            Some(ErrorCode::DatabaseCorrupt) | Some(ErrorCode::NotADatabase) => Error::Corrupt {
+                path: String::new(),
+                reason: err.to_string(),
+            },
             _ => Error::Storage(err.to_string()),
         }
     }

@@ -23,8 +23,13 @@ pub enum TaskStatus {
 
 impl TaskStatus {
     /// Every status, in lifecycle order.
-    pub const ALL: [TaskStatus; 5] =
-        [Self::Pending, Self::Running, Self::Completed, Self::Dead, Self::Cancelled];
+    pub const ALL: [TaskStatus; 5] = [
+        Self::Pending,
+        Self::Running,
+        Self::Completed,
+        Self::Dead,
+        Self::Cancelled,
+    ];
 
     /// The lowercase name stored in the database and shown to users.
     pub fn as_str(self) -> &'static str {

@@ -19,7 +19,9 @@ pub const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
 /// Checks a task, queue, group or worker name: non-empty, bounded, no control characters.
 pub fn name(kind: &str, value: &str) -> Result<()> {
     if value.is_empty() {
-        return Err(Error::InvalidArgument(format!("{kind} name must not be empty")));
+        return Err(Error::InvalidArgument(format!(
+            "{kind} name must not be empty"
+        )));
     }
     if value.len() > NAME_MAX_LEN {
         return Err(Error::InvalidArgument(format!(
@@ -58,7 +60,11 @@ pub fn max_attempts(value: i64) -> Result<()> {
 /// Checks a blob against a size limit.
 pub fn size(what: &'static str, len: usize, limit: usize) -> Result<()> {
     if len > limit {
-        return Err(Error::PayloadTooLarge { what, size: len, limit });
+        return Err(Error::PayloadTooLarge {
+            what,
+            size: len,
+            limit,
+        });
     }
     Ok(())
 }
@@ -106,6 +112,9 @@ mod tests {
     #[test]
     fn payload_limit() {
         assert!(size("payload", 10, 10).is_ok());
-        assert!(matches!(size("payload", 11, 10), Err(Error::PayloadTooLarge { size: 11, .. })));
+        assert!(matches!(
+            size("payload", 11, 10),
+            Err(Error::PayloadTooLarge { size: 11, .. })
+        ));
     }
 }

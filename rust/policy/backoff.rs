@@ -33,7 +33,11 @@ impl Backoff {
 mod tests {
     use super::*;
 
-    const POLICY: Backoff = Backoff { base: 1.0, max: 60.0, jitter: 0.1 };
+    const POLICY: Backoff = Backoff {
+        base: 1.0,
+        max: 60.0,
+        jitter: 0.1,
+    };
 
     #[test]
     fn doubles_from_base() {

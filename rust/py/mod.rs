@@ -43,7 +43,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("PRIORITY_MAX", validate::PRIORITY_MAX)?;
     m.add("NAME_MAX_LEN", validate::NAME_MAX_LEN)?;
     m.add("DEFAULT_MAX_PAYLOAD", validate::DEFAULT_MAX_PAYLOAD)?;
-    m.add("SCHEMA_VERSION", crate::store::sqlite::migrations::latest_version())?;
+    m.add(
+        "SCHEMA_VERSION",
+        crate::store::sqlite::migrations::latest_version(),
+    )?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

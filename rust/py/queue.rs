@@ -14,7 +14,15 @@ use crate::store::sqlite::{Durability, Options, SqliteStore};
 use crate::task::{FailAction, NewTask, TaskStatus};
 
 /// (name, resource_group, payload, priority, run_at_ms | None, max_attempts, unique_key | None)
-type NewTaskTuple<'py> = (String, String, Bound<'py, PyBytes>, i64, Option<Millis>, i64, Option<String>);
+type NewTaskTuple<'py> = (
+    String,
+    String,
+    Bound<'py, PyBytes>,
+    i64,
+    Option<Millis>,
+    i64,
+    Option<String>,
+);
 
 /// One SQLite task store file.
 #[pyclass(name = "Store", module = "ferroq._core", frozen)]
@@ -26,7 +34,13 @@ pub struct PyStore {
 impl PyStore {
     #[new]
     #[pyo3(signature = (path, *, durability = "full", busy_timeout = 30.0, max_payload = crate::validate::DEFAULT_MAX_PAYLOAD))]
-    fn new(py: Python<'_>, path: PathBuf, durability: &str, busy_timeout: f64, max_payload: usize) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        durability: &str,
+        busy_timeout: f64,
+        max_payload: usize,
+    ) -> PyResult<Self> {
         if !(busy_timeout.is_finite() && busy_timeout >= 0.0) {
             return Err(crate::Error::InvalidArgument(format!(
                 "busy_timeout must be a non-negative number of seconds, got {busy_timeout}"
@@ -59,18 +73,27 @@ impl PyStore {
         self.store.now_ms()
     }
 
-    fn enqueue(&self, py: Python<'_>, queue: &str, tasks: Vec<NewTaskTuple<'_>>) -> PyResult<Vec<(i64, bool)>> {
+    fn enqueue(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        tasks: Vec<NewTaskTuple<'_>>,
+    ) -> PyResult<Vec<(i64, bool)>> {
         let tasks: Vec<NewTask> = tasks
             .into_iter()
-            .map(|(name, resource_group, payload, priority, run_at, max_attempts, unique_key)| NewTask {
-                name,
-                resource_group,
-                payload: payload.as_bytes().to_vec(),
-                priority,
-                run_at,
-                max_attempts,
-                unique_key,
-            })
+            .map(
+                |(name, resource_group, payload, priority, run_at, max_attempts, unique_key)| {
+                    NewTask {
+                        name,
+                        resource_group,
+                        payload: payload.as_bytes().to_vec(),
+                        priority,
+                        run_at,
+                        max_attempts,
+                        unique_key,
+                    }
+                },
+            )
             .collect();
         let done = py.detach(|| self.store.enqueue(queue, &tasks))?;
         Ok(done.into_iter().map(|e| (e.id, e.created)).collect())
@@ -111,15 +134,29 @@ impl PyStore {
 
     /// `retry_delay_ms=None` means dead now; returns the new status name.
     #[pyo3(signature = (id, token, error, retry_delay_ms))]
-    fn fail(&self, py: Python<'_>, id: i64, token: i64, error: &str, retry_delay_ms: Option<Millis>) -> PyResult<&'static str> {
+    fn fail(
+        &self,
+        py: Python<'_>,
+        id: i64,
+        token: i64,
+        error: &str,
+        retry_delay_ms: Option<Millis>,
+    ) -> PyResult<&'static str> {
         let action = match retry_delay_ms {
             Some(delay_ms) => FailAction::Retry { delay_ms },
             None => FailAction::Dead,
         };
-        Ok(py.detach(|| self.store.fail(id, token, error, action))?.as_str())
+        Ok(py
+            .detach(|| self.store.fail(id, token, error, action))?
+            .as_str())
     }
 
-    fn heartbeat(&self, py: Python<'_>, leases: Vec<(i64, i64)>, lease_ms: Millis) -> PyResult<Vec<bool>> {
+    fn heartbeat(
+        &self,
+        py: Python<'_>,
+        leases: Vec<(i64, i64)>,
+        lease_ms: Millis,
+    ) -> PyResult<Vec<bool>> {
         Ok(py.detach(|| self.store.heartbeat(&leases, lease_ms))?)
     }
 
@@ -133,7 +170,10 @@ impl PyStore {
 
     fn rescue(&self, py: Python<'_>, queue: &str) -> PyResult<Vec<(i64, &'static str)>> {
         let rescued = py.detach(|| self.store.rescue_expired(queue))?;
-        Ok(rescued.into_iter().map(|(id, s)| (id, s.as_str())).collect())
+        Ok(rescued
+            .into_iter()
+            .map(|(id, s)| (id, s.as_str()))
+            .collect())
     }
 
     fn get<'py>(&self, py: Python<'py>, queue: &str, id: i64) -> PyResult<Bound<'py, PyDict>> {
@@ -177,11 +217,27 @@ impl PyStore {
         py: Python<'_>,
         queue: &str,
         id: i64,
-    ) -> PyResult<Vec<(Option<&'static str>, &'static str, Millis, Option<String>, Option<String>)>> {
+    ) -> PyResult<
+        Vec<(
+            Option<&'static str>,
+            &'static str,
+            Millis,
+            Option<String>,
+            Option<String>,
+        )>,
+    > {
         let rows = py.detach(|| self.store.history(queue, id))?;
         Ok(rows
             .into_iter()
-            .map(|t| (t.from.map(TaskStatus::as_str), t.to.as_str(), t.at, t.worker, t.error))
+            .map(|t| {
+                (
+                    t.from.map(TaskStatus::as_str),
+                    t.to.as_str(),
+                    t.at,
+                    t.worker,
+                    t.error,
+                )
+            })
             .collect())
     }
 
@@ -201,8 +257,14 @@ impl PyStore {
         dead_count: Option<u64>,
     ) -> PyResult<u64> {
         let retention = Retention {
-            completed: Keep { max_age_ms: completed_age_ms, max_count: completed_count },
-            dead: Keep { max_age_ms: dead_age_ms, max_count: dead_count },
+            completed: Keep {
+                max_age_ms: completed_age_ms,
+                max_count: completed_count,
+            },
+            dead: Keep {
+                max_age_ms: dead_age_ms,
+                max_count: dead_count,
+            },
         };
         Ok(py.detach(|| self.store.prune(queue, &retention))?)
     }

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use super::sqlite::{Durability, Options, SqliteStore};
 use super::Store;
+use super::sqlite::{Durability, Options, SqliteStore};
 use crate::clock::{Clock, ManualClock};
 use crate::error::Error;
 use crate::policy::retention::{Keep, Retention};
@@ -21,9 +21,17 @@ struct Fixture {
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(1_700_000_000_000));
-    let options = Options { durability: Durability::Normal, ..Options::default() };
-    let store = SqliteStore::open_with_clock(dir.path().join("q.db"), options, clock.clone()).unwrap();
-    Fixture { _dir: dir, clock, store }
+    let options = Options {
+        durability: Durability::Normal,
+        ..Options::default()
+    };
+    let store =
+        SqliteStore::open_with_clock(dir.path().join("q.db"), options, clock.clone()).unwrap();
+    Fixture {
+        _dir: dir,
+        clock,
+        store,
+    }
 }
 
 fn task(name: &str, priority: i64) -> NewTask {
@@ -45,7 +53,10 @@ fn ids(claimed: &[crate::task::ClaimedTask]) -> Vec<i64> {
 #[test]
 fn higher_priority_first_then_fifo() {
     let f = fixture();
-    let e = f.store.enqueue(Q, &[task("a", 0), task("b", 5), task("c", 0), task("d", 5)]).unwrap();
+    let e = f
+        .store
+        .enqueue(Q, &[task("a", 0), task("b", 5), task("c", 0), task("d", 5)])
+        .unwrap();
     let claimed = f.store.claim(Q, "w", 10, LEASE).unwrap();
     assert_eq!(ids(&claimed), vec![e[1].id, e[3].id, e[0].id, e[2].id]);
 }
@@ -59,11 +70,28 @@ fn fifo_survives_deletions_because_ids_are_never_reused() {
     for t in &claimed {
         f.store.complete(t.id, t.token, b"null").unwrap();
     }
-    let keep_none = Keep { max_age_ms: None, max_count: Some(0) };
-    assert_eq!(f.store.prune(Q, &Retention { completed: keep_none, dead: keep_none }).unwrap(), 2);
+    let keep_none = Keep {
+        max_age_ms: None,
+        max_count: Some(0),
+    };
+    assert_eq!(
+        f.store
+            .prune(
+                Q,
+                &Retention {
+                    completed: keep_none,
+                    dead: keep_none
+                }
+            )
+            .unwrap(),
+        2
+    );
     let later = f.store.enqueue(Q, &[task("c", 0), task("d", 0)]).unwrap();
     assert!(later[0].id > first[1].id);
-    assert_eq!(ids(&f.store.claim(Q, "w", 1, LEASE).unwrap()), vec![later[0].id]);
+    assert_eq!(
+        ids(&f.store.claim(Q, "w", 1, LEASE).unwrap()),
+        vec![later[0].id]
+    );
 }
 
 #[test]
@@ -73,11 +101,17 @@ fn delayed_tasks_are_not_claimed_early() {
     delayed.run_at = Some(f.clock.now_ms() + 5_000);
     let e = f.store.enqueue(Q, &[delayed]).unwrap();
     assert!(f.store.claim(Q, "w", 10, LEASE).unwrap().is_empty());
-    assert_eq!(f.store.next_run_at(Q).unwrap(), Some(f.clock.now_ms() + 5_000));
+    assert_eq!(
+        f.store.next_run_at(Q).unwrap(),
+        Some(f.clock.now_ms() + 5_000)
+    );
     f.clock.advance(4_999);
     assert!(f.store.claim(Q, "w", 10, LEASE).unwrap().is_empty());
     f.clock.advance(1);
-    assert_eq!(ids(&f.store.claim(Q, "w", 10, LEASE).unwrap()), vec![e[0].id]);
+    assert_eq!(
+        ids(&f.store.claim(Q, "w", 10, LEASE).unwrap()),
+        vec![e[0].id]
+    );
 }
 
 #[test]
@@ -100,12 +134,24 @@ fn completion_is_fenced_by_the_lease_token() {
     let id = f.store.enqueue(Q, &[task("a", 0)]).unwrap()[0].id;
     let stale = f.store.claim(Q, "w1", 1, LEASE).unwrap().remove(0);
     f.clock.advance(LEASE);
-    assert_eq!(f.store.rescue_expired(Q).unwrap(), vec![(id, TaskStatus::Pending)]);
+    assert_eq!(
+        f.store.rescue_expired(Q).unwrap(),
+        vec![(id, TaskStatus::Pending)]
+    );
     let fresh = f.store.claim(Q, "w2", 1, LEASE).unwrap().remove(0);
     assert_ne!(stale.token, fresh.token);
-    assert!(matches!(f.store.complete(id, stale.token, b"1"), Err(Error::LeaseLost(_))));
-    assert!(matches!(f.store.heartbeat(&[(id, stale.token)], LEASE).unwrap()[..], [false]));
-    assert!(matches!(f.store.progress(id, stale.token, 0.5), Err(Error::LeaseLost(_))));
+    assert!(matches!(
+        f.store.complete(id, stale.token, b"1"),
+        Err(Error::LeaseLost(_))
+    ));
+    assert!(matches!(
+        f.store.heartbeat(&[(id, stale.token)], LEASE).unwrap()[..],
+        [false]
+    ));
+    assert!(matches!(
+        f.store.progress(id, stale.token, 0.5),
+        Err(Error::LeaseLost(_))
+    ));
     assert!(matches!(
         f.store.fail(id, stale.token, "{}", FailAction::Dead),
         Err(Error::LeaseLost(_))
@@ -114,7 +160,10 @@ fn completion_is_fenced_by_the_lease_token() {
     let rec = f.store.get(Q, id).unwrap();
     assert_eq!(rec.status, TaskStatus::Completed);
     assert_eq!(rec.result.as_deref(), Some(&b"2"[..]));
-    assert!(matches!(f.store.complete(id, fresh.token, b"3"), Err(Error::LeaseLost(_))));
+    assert!(matches!(
+        f.store.complete(id, fresh.token, b"3"),
+        Err(Error::LeaseLost(_))
+    ));
 }
 
 #[test]
@@ -124,11 +173,17 @@ fn heartbeats_extend_the_lease() {
     let t = f.store.claim(Q, "w", 1, LEASE).unwrap().remove(0);
     for _ in 0..5 {
         f.clock.advance(LEASE - 1);
-        assert_eq!(f.store.heartbeat(&[(id, t.token)], LEASE).unwrap(), vec![true]);
+        assert_eq!(
+            f.store.heartbeat(&[(id, t.token)], LEASE).unwrap(),
+            vec![true]
+        );
         assert!(f.store.rescue_expired(Q).unwrap().is_empty());
     }
     f.clock.advance(LEASE);
-    assert_eq!(f.store.rescue_expired(Q).unwrap(), vec![(id, TaskStatus::Pending)]);
+    assert_eq!(
+        f.store.rescue_expired(Q).unwrap(),
+        vec![(id, TaskStatus::Pending)]
+    );
 }
 
 #[test]
@@ -139,7 +194,10 @@ fn rescue_kills_tasks_out_of_attempts() {
     let id = f.store.enqueue(Q, &[one_shot]).unwrap()[0].id;
     f.store.claim(Q, "w", 1, LEASE).unwrap();
     f.clock.advance(LEASE);
-    assert_eq!(f.store.rescue_expired(Q).unwrap(), vec![(id, TaskStatus::Dead)]);
+    assert_eq!(
+        f.store.rescue_expired(Q).unwrap(),
+        vec![(id, TaskStatus::Dead)]
+    );
     let rec = f.store.get(Q, id).unwrap();
     assert!(rec.last_error.unwrap().contains("LeaseExpired"));
     assert!(rec.finished_at.is_some());
@@ -152,10 +210,21 @@ fn failures_retry_until_attempts_run_out() {
     for attempt in 1..=3 {
         let t = f.store.claim(Q, "w", 1, LEASE).unwrap().remove(0);
         assert_eq!(t.attempt, attempt);
-        let status = f.store.fail(id, t.token, "{\"n\":1}", FailAction::Retry { delay_ms: 1000 }).unwrap();
+        let status = f
+            .store
+            .fail(
+                id,
+                t.token,
+                "{\"n\":1}",
+                FailAction::Retry { delay_ms: 1000 },
+            )
+            .unwrap();
         if attempt < 3 {
             assert_eq!(status, TaskStatus::Pending);
-            assert!(f.store.claim(Q, "w", 1, LEASE).unwrap().is_empty(), "backoff not honoured");
+            assert!(
+                f.store.claim(Q, "w", 1, LEASE).unwrap().is_empty(),
+                "backoff not honoured"
+            );
             f.clock.advance(1000);
         } else {
             assert_eq!(status, TaskStatus::Dead);
@@ -164,7 +233,10 @@ fn failures_retry_until_attempts_run_out() {
     let history = f.store.history(Q, id).unwrap();
     let path: Vec<_> = history.iter().map(|t| t.to).collect();
     use TaskStatus::*;
-    assert_eq!(path, vec![Pending, Running, Pending, Running, Pending, Running, Dead]);
+    assert_eq!(
+        path,
+        vec![Pending, Running, Pending, Running, Pending, Running, Dead]
+    );
     assert_eq!(history[2].error.as_deref(), Some("{\"n\":1}"));
     assert_eq!(history[1].worker.as_deref(), Some("w"));
 }
@@ -174,17 +246,26 @@ fn fatal_failure_is_dead_at_once_and_requeue_revives() {
     let f = fixture();
     let id = f.store.enqueue(Q, &[task("a", 0)]).unwrap()[0].id;
     let t = f.store.claim(Q, "w", 1, LEASE).unwrap().remove(0);
-    assert_eq!(f.store.fail(id, t.token, "{}", FailAction::Dead).unwrap(), TaskStatus::Dead);
+    assert_eq!(
+        f.store.fail(id, t.token, "{}", FailAction::Dead).unwrap(),
+        TaskStatus::Dead
+    );
     assert!(matches!(
         f.store.cancel(Q, id),
-        Err(Error::InvalidTransition { status: TaskStatus::Dead, .. })
+        Err(Error::InvalidTransition {
+            status: TaskStatus::Dead,
+            ..
+        })
     ));
     f.store.requeue(Q, id).unwrap();
     let rec = f.store.get(Q, id).unwrap();
     assert_eq!((rec.status, rec.attempts), (TaskStatus::Pending, 0));
     assert!(matches!(
         f.store.requeue(Q, id),
-        Err(Error::InvalidTransition { status: TaskStatus::Pending, .. })
+        Err(Error::InvalidTransition {
+            status: TaskStatus::Pending,
+            ..
+        })
     ));
 }
 
@@ -193,9 +274,18 @@ fn cancel_only_pending() {
     let f = fixture();
     let e = f.store.enqueue(Q, &[task("a", 0), task("b", 0)]).unwrap();
     f.store.cancel(Q, e[1].id).unwrap();
-    assert_eq!(ids(&f.store.claim(Q, "w", 10, LEASE).unwrap()), vec![e[0].id]);
-    assert!(matches!(f.store.cancel(Q, e[0].id), Err(Error::InvalidTransition { .. })));
-    assert!(matches!(f.store.cancel(Q, 999), Err(Error::UnknownTask(999))));
+    assert_eq!(
+        ids(&f.store.claim(Q, "w", 10, LEASE).unwrap()),
+        vec![e[0].id]
+    );
+    assert!(matches!(
+        f.store.cancel(Q, e[0].id),
+        Err(Error::InvalidTransition { .. })
+    ));
+    assert!(matches!(
+        f.store.cancel(Q, 999),
+        Err(Error::UnknownTask(999))
+    ));
     assert!(matches!(f.store.get(Q, 999), Err(Error::UnknownTask(999))));
 }
 
@@ -228,7 +318,9 @@ fn release_gives_the_attempt_back() {
 #[test]
 fn counts_list_every_status() {
     let f = fixture();
-    f.store.enqueue(Q, &[task("a", 0), task("b", 0), task("c", 0)]).unwrap();
+    f.store
+        .enqueue(Q, &[task("a", 0), task("b", 0), task("c", 0)])
+        .unwrap();
     let t = f.store.claim(Q, "w", 1, LEASE).unwrap().remove(0);
     f.store.complete(t.id, t.token, b"null").unwrap();
     let counts = f.store.counts(Q).unwrap();
@@ -236,25 +328,55 @@ fn counts_list_every_status() {
     assert!(counts.contains(&(TaskStatus::Pending, 2)));
     assert!(counts.contains(&(TaskStatus::Completed, 1)));
     assert!(counts.contains(&(TaskStatus::Dead, 0)));
-    assert!(f.store.counts("other").unwrap().iter().all(|(_, n)| *n == 0));
+    assert!(
+        f.store
+            .counts("other")
+            .unwrap()
+            .iter()
+            .all(|(_, n)| *n == 0)
+    );
 }
 
 #[test]
 fn retention_by_age_and_count() {
     let f = fixture();
-    let e = f.store.enqueue(Q, &(0..5).map(|_| task("a", 0)).collect::<Vec<_>>()).unwrap();
+    let e = f
+        .store
+        .enqueue(Q, &(0..5).map(|_| task("a", 0)).collect::<Vec<_>>())
+        .unwrap();
     for t in f.store.claim(Q, "w", 5, LEASE).unwrap() {
         f.store.complete(t.id, t.token, b"null").unwrap();
         f.clock.advance(1000);
     }
     // Finished at t0, t0+1s, ..., t0+4s; now t0+5s.
-    let by_count = Retention { completed: Keep { max_age_ms: None, max_count: Some(3) }, ..Default::default() };
+    let by_count = Retention {
+        completed: Keep {
+            max_age_ms: None,
+            max_count: Some(3),
+        },
+        ..Default::default()
+    };
     assert_eq!(f.store.prune(Q, &by_count).unwrap(), 2);
-    assert!(matches!(f.store.get(Q, e[0].id), Err(Error::UnknownTask(_))));
-    assert!(matches!(f.store.history(Q, e[1].id), Err(Error::UnknownTask(_))));
-    let by_age = Retention { completed: Keep { max_age_ms: Some(1500), max_count: None }, ..Default::default() };
+    assert!(matches!(
+        f.store.get(Q, e[0].id),
+        Err(Error::UnknownTask(_))
+    ));
+    assert!(matches!(
+        f.store.history(Q, e[1].id),
+        Err(Error::UnknownTask(_))
+    ));
+    let by_age = Retention {
+        completed: Keep {
+            max_age_ms: Some(1500),
+            max_count: None,
+        },
+        ..Default::default()
+    };
     assert_eq!(f.store.prune(Q, &by_age).unwrap(), 2);
-    assert_eq!(f.store.get(Q, e[4].id).unwrap().status, TaskStatus::Completed);
+    assert_eq!(
+        f.store.get(Q, e[4].id).unwrap().status,
+        TaskStatus::Completed
+    );
     assert_eq!(f.store.prune(Q, &Retention::default()).unwrap(), 0);
 }
 
@@ -263,12 +385,24 @@ fn bad_input_writes_nothing() {
     let f = fixture();
     let mut bad = task("a", 0);
     bad.priority = 1001;
-    assert!(matches!(f.store.enqueue(Q, &[task("ok", 0), bad]), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        f.store.enqueue(Q, &[task("ok", 0), bad]),
+        Err(Error::InvalidArgument(_))
+    ));
     let mut big = task("a", 0);
     big.payload = vec![b'x'; (1 << 20) + 1];
-    assert!(matches!(f.store.enqueue(Q, &[big]), Err(Error::PayloadTooLarge { .. })));
-    assert!(matches!(f.store.enqueue(Q, &[task("", 0)]), Err(Error::InvalidArgument(_))));
-    assert!(matches!(f.store.enqueue("bad\u{0}queue", &[task("a", 0)]), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        f.store.enqueue(Q, &[big]),
+        Err(Error::PayloadTooLarge { .. })
+    ));
+    assert!(matches!(
+        f.store.enqueue(Q, &[task("", 0)]),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        f.store.enqueue("bad\u{0}queue", &[task("a", 0)]),
+        Err(Error::InvalidArgument(_))
+    ));
     assert!(f.store.counts(Q).unwrap().iter().all(|(_, n)| *n == 0));
 }
 

@@ -25,15 +25,25 @@ pub trait Store: Send + Sync {
 
     /// Atomically moves up to `limit` ready tasks (highest priority, then oldest) to
     /// running under a fresh lease owned by `worker`, counting an attempt on each.
-    fn claim(&self, queue: &str, worker: &str, limit: usize, lease_ms: Millis)
-    -> Result<Vec<ClaimedTask>>;
+    fn claim(
+        &self,
+        queue: &str,
+        worker: &str,
+        limit: usize,
+        lease_ms: Millis,
+    ) -> Result<Vec<ClaimedTask>>;
 
     /// Records a successful run. `LeaseLost` if the lease is no longer this claim's.
     fn complete(&self, id: TaskId, token: LeaseToken, result: &[u8]) -> Result<()>;
 
     /// Records a failed run; returns the resulting status (pending for a retry, or dead).
-    fn fail(&self, id: TaskId, token: LeaseToken, error: &str, action: FailAction)
-    -> Result<TaskStatus>;
+    fn fail(
+        &self,
+        id: TaskId,
+        token: LeaseToken,
+        error: &str,
+        action: FailAction,
+    ) -> Result<TaskStatus>;
 
     /// Extends leases still held; returns, per lease, whether it was still held.
     fn heartbeat(&self, leases: &[Lease], lease_ms: Millis) -> Result<Vec<bool>>;

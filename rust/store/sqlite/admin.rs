@@ -61,16 +61,32 @@ pub fn cancel(tx: &Transaction<'_>, queue: &str, id: TaskId, now: Millis) -> Res
         .execute((id, queue, now))?;
     if changed == 0 {
         let status = existing_status(tx, queue, id)?;
-        return Err(Error::InvalidTransition { id, action: "cancel", status });
+        return Err(Error::InvalidTransition {
+            id,
+            action: "cancel",
+            status,
+        });
     }
-    history::record(tx, id, Some(TaskStatus::Pending), TaskStatus::Cancelled, now, None, None)
+    history::record(
+        tx,
+        id,
+        Some(TaskStatus::Pending),
+        TaskStatus::Cancelled,
+        now,
+        None,
+        None,
+    )
 }
 
 /// dead or cancelled -> pending, attempts reset.
 pub fn requeue(tx: &Transaction<'_>, queue: &str, id: TaskId, now: Millis) -> Result<()> {
     let status = existing_status(tx, queue, id)?;
     if !matches!(status, TaskStatus::Dead | TaskStatus::Cancelled) {
-        return Err(Error::InvalidTransition { id, action: "requeue", status });
+        return Err(Error::InvalidTransition {
+            id,
+            action: "requeue",
+            status,
+        });
     }
     let holder: Option<TaskId> = tx
         .prepare_cached(
@@ -115,15 +131,19 @@ pub fn history(conn: &Connection, queue: &str, id: TaskId) -> Result<Vec<Transit
 
 /// Tasks per status, every status listed.
 pub fn counts(conn: &Connection, queue: &str) -> Result<Vec<(TaskStatus, u64)>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT status, count(*) FROM tasks WHERE queue = ?1 GROUP BY status",
-    )?;
+    let mut stmt =
+        conn.prepare_cached("SELECT status, count(*) FROM tasks WHERE queue = ?1 GROUP BY status")?;
     let found: Vec<(TaskStatus, u64)> = stmt
         .query_map([queue], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
         .collect::<rusqlite::Result<_>>()?;
     Ok(TaskStatus::ALL
         .into_iter()
-        .map(|s| (s, found.iter().find(|(f, _)| *f == s).map_or(0, |(_, n)| *n)))
+        .map(|s| {
+            (
+                s,
+                found.iter().find(|(f, _)| *f == s).map_or(0, |(_, n)| *n),
+            )
+        })
         .collect())
 }
 

@@ -7,9 +7,19 @@ use crate::clock::Millis;
 use crate::error::Result;
 use crate::task::{ClaimedTask, LeaseToken, TaskStatus};
 
+/// The claim statement. `INDEXED BY`: left alone, the planner prefers `tasks_due` and sorts
+/// every ready task to find the first few (measured: 0.7 ms per claim with 8,000 pending).
+const CLAIM_SQL: &str = "UPDATE tasks
+         SET status = 'running', attempts = attempts + 1, lease_owner = ?1, lease_token = ?2,
+             lease_expires_at = ?3, started_at = ?4, updated_at = ?4, progress = NULL
+         WHERE id IN (SELECT id FROM tasks INDEXED BY tasks_ready
+                      WHERE queue = ?5 AND status = 'pending' AND run_at <= ?4
+                      ORDER BY priority DESC, id
+                      LIMIT ?6)
+         RETURNING id, name, resource_group, payload, priority, attempts, max_attempts, created_at";
+
 /// Leases up to `limit` ready tasks to `worker`, highest priority first, FIFO within a
-/// priority. `INDEXED BY`: left alone, the planner prefers `tasks_due` and sorts every ready
-/// task to find the first few (measured: 0.7 ms per claim with 8,000 pending).
+/// priority.
 pub fn claim(
     tx: &Transaction<'_>,
     queue: &str,
@@ -19,16 +29,7 @@ pub fn claim(
     expires_at: Millis,
     token: LeaseToken,
 ) -> Result<Vec<ClaimedTask>> {
-    let mut stmt = tx.prepare_cached(
-        "UPDATE tasks
-         SET status = 'running', attempts = attempts + 1, lease_owner = ?1, lease_token = ?2,
-             lease_expires_at = ?3, started_at = ?4, updated_at = ?4, progress = NULL
-         WHERE id IN (SELECT id FROM tasks INDEXED BY tasks_ready
-                      WHERE queue = ?5 AND status = 'pending' AND run_at <= ?4
-                      ORDER BY priority DESC, id
-                      LIMIT ?6)
-         RETURNING id, name, resource_group, payload, priority, attempts, max_attempts, created_at",
-    )?;
+    let mut stmt = tx.prepare_cached(CLAIM_SQL)?;
     let mut tasks = stmt
         .query_map((worker, token, expires_at, now, queue, limit as i64), |r| {
             Ok(ClaimedTask {
@@ -59,4 +60,26 @@ pub fn claim(
         )?;
     }
     Ok(tasks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Options, SqliteStore};
+    use super::CLAIM_SQL;
+
+    #[test]
+    fn claim_walks_the_ready_index_without_sorting() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("q.db"), Options::default()).unwrap();
+        let plan: Vec<String> = store
+            .with_conn(&store.writer, |conn| {
+                let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {CLAIM_SQL}"))?;
+                let rows = stmt.query_map(("w", 1, 2, 3, "q", 10), |r| r.get::<_, String>(3))?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            })
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains("tasks_ready"), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE FOR ORDER BY"), "{plan}");
+    }
 }

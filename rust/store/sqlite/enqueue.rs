@@ -27,7 +27,10 @@ pub fn insert_all(
     for task in tasks {
         // We hold the write lock, so nobody can take the key between this check and the insert.
         if let Some(key) = &task.unique_key {
-            if let Some(id) = find_unique.query_row((queue, key), |r| r.get(0)).optional()? {
+            if let Some(id) = find_unique
+                .query_row((queue, key), |r| r.get(0))
+                .optional()?
+            {
                 out.push(Enqueued { id, created: false });
                 continue;
             }

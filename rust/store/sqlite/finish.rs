@@ -72,12 +72,22 @@ pub fn fail(
              WHERE id = ?1 AND lease_token = ?2 AND status = 'running'
              RETURNING status, lease_owner",
         )?
-        .query_row((id, token, error, retry_at, now), |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row((id, token, error, retry_at, now), |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .optional()?;
     let Some((status, worker)) = row else {
         return Err(Error::LeaseLost(id));
     };
-    history::record(tx, id, Some(TaskStatus::Running), status, now, worker.as_deref(), Some(error))?;
+    history::record(
+        tx,
+        id,
+        Some(TaskStatus::Running),
+        status,
+        now,
+        worker.as_deref(),
+        Some(error),
+    )?;
     Ok(status)
 }
 
@@ -112,7 +122,11 @@ pub fn progress(
              WHERE id = ?1 AND lease_token = ?2 AND status = 'running'",
         )?
         .execute((id, token, progress, now))?;
-    if changed == 0 { Err(Error::LeaseLost(id)) } else { Ok(()) }
+    if changed == 0 {
+        Err(Error::LeaseLost(id))
+    } else {
+        Ok(())
+    }
 }
 
 /// running -> pending now, giving back the attempt the claim counted.
@@ -137,7 +151,9 @@ pub fn release(tx: &Transaction<'_>, id: TaskId, token: LeaseToken, now: Millis)
         TaskStatus::Pending,
         now,
         worker.as_deref(),
-        Some(r#"{"type":"Released","message":"released by its worker at shutdown","traceback":null}"#),
+        Some(
+            r#"{"type":"Released","message":"released by its worker at shutdown","traceback":null}"#,
+        ),
     )
 }
 
@@ -154,7 +170,11 @@ pub fn rescue(tx: &Transaction<'_>, queue: &str, now: Millis) -> Result<Vec<(Tas
              RETURNING id, status, lease_owner",
         )?
         .query_map((queue, now, LEASE_EXPIRED_ERROR), |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, TaskStatus>(1)?, r.get::<_, Option<String>>(2)?))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, TaskStatus>(1)?,
+                r.get::<_, Option<String>>(2)?,
+            ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     for (id, status, worker) in &rescued {
@@ -168,5 +188,8 @@ pub fn rescue(tx: &Transaction<'_>, queue: &str, now: Millis) -> Result<Vec<(Tas
             Some(LEASE_EXPIRED_ERROR),
         )?;
     }
-    Ok(rescued.into_iter().map(|(id, status, _)| (id, status)).collect())
+    Ok(rescued
+        .into_iter()
+        .map(|(id, status, _)| (id, status))
+        .collect())
 }

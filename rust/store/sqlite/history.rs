@@ -20,7 +20,14 @@ pub fn record(
         "INSERT INTO task_history (task_id, from_status, to_status, at, worker, error)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
-    .execute((task_id, from.map(TaskStatus::as_str), to.as_str(), at, worker, error))?;
+    .execute((
+        task_id,
+        from.map(TaskStatus::as_str),
+        to.as_str(),
+        at,
+        worker,
+        error,
+    ))?;
     Ok(())
 }
 

@@ -25,10 +25,16 @@ pub fn migrate(conn: &mut Connection, now: Millis) -> Result<Vec<i64>> {
              applied_at INTEGER NOT NULL
          )",
     )?;
-    let current: i64 =
-        tx.query_row("SELECT coalesce(max(version), 0) FROM schema_migrations", [], |r| r.get(0))?;
+    let current: i64 = tx.query_row(
+        "SELECT coalesce(max(version), 0) FROM schema_migrations",
+        [],
+        |r| r.get(0),
+    )?;
     if current > latest_version() {
-        return Err(Error::SchemaTooNew { found: current, supported: latest_version() });
+        return Err(Error::SchemaTooNew {
+            found: current,
+            supported: latest_version(),
+        });
     }
     let mut applied = Vec::new();
     for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
@@ -60,7 +66,13 @@ mod tests {
         assert_eq!(migrate(&mut conn, 1).unwrap(), vec![1]);
         assert_eq!(migrate(&mut conn, 2).unwrap(), Vec::<i64>::new());
         assert_eq!(applied_versions(&conn).unwrap(), vec![1]);
-        for table in ["tasks", "task_results", "task_history", "metrics", "circuit_breaker_state"] {
+        for table in [
+            "tasks",
+            "task_results",
+            "task_history",
+            "metrics",
+            "circuit_breaker_state",
+        ] {
             let n: i64 = conn
                 .query_row(
                     "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
@@ -76,7 +88,11 @@ mod tests {
     fn refuses_a_newer_schema() {
         let mut conn = Connection::open_in_memory().unwrap();
         migrate(&mut conn, 1).unwrap();
-        conn.execute("INSERT INTO schema_migrations VALUES (999, 0)", []).unwrap();
-        assert!(matches!(migrate(&mut conn, 1), Err(Error::SchemaTooNew { found: 999, .. })));
+        conn.execute("INSERT INTO schema_migrations VALUES (999, 0)", [])
+            .unwrap();
+        assert!(matches!(
+            migrate(&mut conn, 1),
+            Err(Error::SchemaTooNew { found: 999, .. })
+        ));
     }
 }

@@ -54,7 +54,9 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -79,7 +81,10 @@ impl SqliteStore {
             path,
             options,
             clock,
-            writer: Mutex::new(Slot { pid, conn: Some(conn) }),
+            writer: Mutex::new(Slot {
+                pid,
+                conn: Some(conn),
+            }),
             reader: Mutex::new(Slot { pid, conn: None }),
         })
     }
@@ -160,9 +165,10 @@ impl SqliteStore {
 
 fn with_path(err: Error, path: &Path) -> Error {
     match err {
-        Error::Corrupt { path: p, reason } if p.is_empty() => {
-            Error::Corrupt { path: path.display().to_string(), reason }
-        }
+        Error::Corrupt { path: p, reason } if p.is_empty() => Error::Corrupt {
+            path: path.display().to_string(),
+            reason,
+        },
         other => other,
     }
 }
@@ -259,7 +265,8 @@ impl Store for SqliteStore {
         let mut total = 0;
         // Small transactions, so pruning never holds the write lock for long.
         loop {
-            let deleted = self.write(|tx, now| admin::prune_batch(tx, queue, retention, now, 1000))?;
+            let deleted =
+                self.write(|tx, now| admin::prune_batch(tx, queue, retention, now, 1000))?;
             total += deleted;
             if deleted < 1000 {
                 return Ok(total);

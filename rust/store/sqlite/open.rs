@@ -65,11 +65,17 @@ impl Default for Options {
 }
 
 fn path_error(path: &Path, reason: impl Into<String>) -> Error {
-    Error::Path { path: path.display().to_string(), reason: reason.into() }
+    Error::Path {
+        path: path.display().to_string(),
+        reason: reason.into(),
+    }
 }
 
 fn corrupt(path: &Path, reason: impl Into<String>) -> Error {
-    Error::Corrupt { path: path.display().to_string(), reason: reason.into() }
+    Error::Corrupt {
+        path: path.display().to_string(),
+        reason: reason.into(),
+    }
 }
 
 /// Creates the file with mode 0600 if it is missing; refuses a file that is not SQLite
@@ -80,15 +86,28 @@ pub fn prepare_file(path: &Path) -> Result<()> {
         _ => Path::new("."),
     };
     if !parent.is_dir() {
-        return Err(path_error(path, format!("directory {} does not exist", parent.display())));
+        return Err(path_error(
+            path,
+            format!("directory {} does not exist", parent.display()),
+        ));
     }
     if path.is_dir() {
         return Err(path_error(path, "it is a directory"));
     }
-    match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
         Ok(_) => return Ok(()),
         Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-        Err(e) if matches!(e.kind(), ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem
+            ) =>
+        {
             return Err(path_error(path, format!("directory is not writable ({e})")));
         }
         Err(e) => return Err(path_error(path, e.to_string())),
@@ -108,7 +127,10 @@ pub fn prepare_file(path: &Path) -> Result<()> {
     }
     // An empty file is a new database (another process may have just created it).
     if filled != 0 && (filled < header.len() || &header != SQLITE_HEADER) {
-        return Err(corrupt(path, "the file does not start with the SQLite header"));
+        return Err(corrupt(
+            path,
+            "the file does not start with the SQLite header",
+        ));
     }
     Ok(())
 }
@@ -123,7 +145,8 @@ pub fn connect(path: &Path, options: &Options) -> Result<Connection> {
     if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
         return Err(path_error(path, "the file is read-only"));
     }
-    conn.busy_timeout(options.busy_timeout).map_err(|e| open_error(path, e))?;
+    conn.busy_timeout(options.busy_timeout)
+        .map_err(|e| open_error(path, e))?;
     conn.set_prepared_statement_cache_capacity(64);
     set_wal(&conn, path, options.busy_timeout)?;
     conn.execute_batch(&format!(
@@ -152,7 +175,9 @@ fn set_wal(conn: &Connection, path: &Path, patience: Duration) -> Result<()> {
         match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)) {
             Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
             Ok(mode) => {
-                return Err(Error::Storage(format!("journal_mode reads back {mode:?}, not \"wal\"")));
+                return Err(Error::Storage(format!(
+                    "journal_mode reads back {mode:?}, not \"wal\""
+                )));
             }
             Err(e)
                 if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
@@ -172,7 +197,9 @@ pub fn open_error(path: &Path, err: rusqlite::Error) -> Error {
         Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => {
             corrupt(path, err.to_string())
         }
-        Some(ErrorCode::CannotOpen) | Some(ErrorCode::ReadOnly) | Some(ErrorCode::PermissionDenied) => {
+        Some(ErrorCode::CannotOpen)
+        | Some(ErrorCode::ReadOnly)
+        | Some(ErrorCode::PermissionDenied) => {
             path_error(path, format!("{err} (is the directory writable?)"))
         }
         _ => Error::from(err),
@@ -182,7 +209,13 @@ pub fn open_error(path: &Path, err: rusqlite::Error) -> Error {
 /// The pragmas that matter for durability and concurrency, as the connection reports them.
 pub fn read_pragmas(conn: &Connection) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
-    for name in ["journal_mode", "synchronous", "busy_timeout", "temp_store", "foreign_keys"] {
+    for name in [
+        "journal_mode",
+        "synchronous",
+        "busy_timeout",
+        "temp_store",
+        "foreign_keys",
+    ] {
         let value: rusqlite::types::Value = conn.pragma_query_value(None, name, |r| r.get(0))?;
         let text = match value {
             rusqlite::types::Value::Integer(i) => i.to_string(),
