@@ -170,8 +170,10 @@ def job():
     return f"from-{name}"
 
 lease = float(sys.argv[4])
+# A stops once its one task is done; B waits for A's task to be rescued, then runs it.
+until = {"until_idle": True} if name == "A" else {"until_empty": True}
 stats = ferroq.Worker(q, concurrency=1, lease=lease, rescue_interval=0.2, poll_interval=0.1,
-                      name=name).run(until_idle=True)
+                      name=name).run(**until)
 emit(stats.__dict__)
 """
 
@@ -304,8 +306,8 @@ def _use_queue_in_child(q: ferroq.Queue, tag: str, out: Path) -> None:
     echo = q.tasks["echo"]
     handle = echo.enqueue(tag)
     assert q.get(handle.id).args == [tag]
-    stats = ferroq.Worker(q, concurrency=2, lease=5.0, handle_signals=False).run(until_idle=True)
-    assert stats.completed >= 1, stats
+    # Several children may share the work: the handle, not the stats, says it was done.
+    ferroq.Worker(q, concurrency=2, lease=5.0, handle_signals=False).run(until_idle=True)
     assert handle.result(timeout=5) == f"echo:{tag}"
     out.write_text(f"{handle.id} {os.getpid()}")
 

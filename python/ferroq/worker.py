@@ -170,9 +170,10 @@ class Worker:
                  self.id, self.queue.path, self.queue.name, self.concurrency)
         try:
             self._claim_loop(until_idle, until_empty)
-            self._drain()
+            self._drain(self.shutdown_grace)
         finally:
             self._stopping.set()
+            self._drain(0.0)  # on an exception (KeyboardInterrupt...), give running tasks back
             maintenance.join(timeout=5)
             self._pool.close()
             self._stop_loop()
@@ -402,9 +403,10 @@ class Worker:
 
     # -- shutdown ----------------------------------------------------------------------
 
-    def _drain(self) -> None:
-        """After claiming stops: wait for running tasks, then release what is left."""
-        deadline = time.monotonic() + self.shutdown_grace
+    def _drain(self, grace: float) -> None:
+        """After claiming stops: wait up to ``grace`` seconds for running tasks, then release
+        what is left (back to pending, the attempt given back)."""
+        deadline = time.monotonic() + grace
         while self._inflight and not self._hard_stop.is_set() and time.monotonic() < deadline:
             self.queue._wait_for_change(0.1)
         with self._lock:
