@@ -439,6 +439,94 @@ def test_forked_child_exiting_normally_leaves_parent_working(tmp_path: Path, pro
         assert q.get(task_id).result == f"echo:parent{i}"
 
 
+FORK_THEN_PARENT_LEAVES = """
+db, ids_path, done_path, how = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+q = ferroq.Queue(db)
+
+@q.task(name="echo")
+def echo(x):
+    return f"echo:{x}"
+
+echo.enqueue("parent")
+q.counts()  # the parent's writer and reader connections are both open
+pid = os.fork()
+if pid == 0:
+    with open(ids_path, "w") as out:
+        try:
+            for i in range(100):
+                task_id = echo.enqueue(f"child{i}").id  # durable once it returns
+                out.write(f"{task_id}\\n")
+                out.flush()
+                time.sleep(0.01)
+        except BaseException as e:
+            out.write(f"ERR {type(e).__name__}: {e}\\n")
+            out.flush()
+    touch(done_path)
+    os._exit(0)
+emit({"child": pid})
+if how == "parent-exits":
+    os._exit(0)  # e.g. a launcher that forks a worker and leaves
+time.sleep(0.2)
+del q, echo  # the parent is done with its queue; the child is not
+import gc
+gc.collect()
+os.waitpid(pid, 0)
+"""
+
+THIRD_PARTY = """
+q = ferroq.Queue(sys.argv[1])
+
+@q.task(name="echo")
+def echo(x):
+    return f"echo:{x}"
+
+emit(echo.enqueue("third").id)
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["parent-drops-queue", "parent-exits"])
+def test_forked_child_enqueues_survive_the_parent_letting_go(tmp_path: Path, procs: Procs, how: str) -> None:
+    """A child forked after the parent used the queue keeps enqueueing after the parent
+    closes its connections (or exits) and another process opens and closes the file.
+    Every enqueue the child saw return must be in the file."""
+    db, ids_path, done = tmp_path / "q.db", tmp_path / "child-ids.txt", tmp_path / "child-done"
+    parent = procs.start(procs.script("fork_parent", FORK_THEN_PARENT_LEAVES), db, ids_path, done, how,
+                         label="fork-parent")
+    child_pid = None
+    try:
+        child_pid = wait_until(lambda: parent.lines() and parent.last()["child"], 30, "the fork",
+                               children=[parent])
+        if how == "parent-exits":
+            parent.check(timeout=10)
+            time.sleep(0.2)
+            procs.run(procs.script("third_party", THIRD_PARTY), db, timeout=30)
+        wait_until(done.exists, 30, "the forked child to finish its enqueues (did it crash?)")
+        parent.check(timeout=30)
+    finally:
+        if child_pid:
+            try:
+                os.kill(child_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    lines = ids_path.read_text().splitlines()
+    errors = [line for line in lines if line.startswith("ERR")]
+    assert not errors, errors
+    acknowledged = [int(line) for line in lines]
+    assert len(acknowledged) == 100
+
+    q = _queue_with_echo(db)
+    lost = []
+    for task_id in acknowledged:
+        try:
+            q.get(task_id)
+        except ferroq.UnknownTask:
+            lost.append(task_id)
+    assert not lost, (f"{len(lost)} of {len(acknowledged)} enqueues the forked child saw return are not "
+                      f"in the file (first: {lost[:5]}); counts now {q.counts()}")
+    assert q.check() == ["ok"]
+
+
 # -- pragmas as read back -------------------------------------------------------------------
 
 @pytest.mark.timeout(60)

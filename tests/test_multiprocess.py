@@ -138,7 +138,7 @@ def test_concurrent_enqueuers_and_workers(tmp_path: Path, procs: Procs) -> None:
     db = tmp_path / "q.db"
     q = ferroq.Queue(db, durability="normal")
     go = tmp_path / "go"
-    per_enqueuer, n_enqueuers = 400, 3
+    per_enqueuer, n_enqueuers = 1000, 3
 
     workers = [procs.start(procs.script("echo_worker", ECHO_WORKER), db, f"w{i}", go, label=f"worker-{i}")
                for i in range(2)]

@@ -44,6 +44,8 @@ class Store:
     @property
     def max_payload(self) -> int:
         """Largest accepted payload or result, in bytes."""
+    def close(self) -> None:
+        """Closes this process's connections; they reopen on next use."""
     def now_ms(self) -> int:
         """Current time in epoch milliseconds by the store's clock."""
     def enqueue(self, queue: str, tasks: list[_NewTaskTuple]) -> list[tuple[int, bool]]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from typing import Any, Callable, Iterable, ParamSpec, TypeVar, overload
 
 from . import _core
-from .errors import InvalidArgument, UnknownTaskName
+from .errors import CorruptDatabase, InvalidArgument, UnknownTaskName
 from .info import STATUSES, TaskError, TaskInfo, Transition, from_ms
 from .policies import Retention, RetryPolicy
 from .serializers import JsonSerializer, Serializer
@@ -17,6 +18,19 @@ __all__ = ["Queue"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+# Every open store in this process. SQLite connections must not be open across fork():
+# the child would inherit SQLite's lock bookkeeping but not the locks. So all stores close
+# their connections just before a fork; parent and child reopen them on next use.
+_open_stores: weakref.WeakSet[_core.Store] = weakref.WeakSet()
+
+
+def _close_before_fork() -> None:
+    for store in list(_open_stores):
+        store.close()
+
+
+os.register_at_fork(before=_close_before_fork)
 
 
 class Queue:
@@ -54,6 +68,7 @@ class Queue:
         self._store = _core.Store(
             os.fspath(path), durability=durability, busy_timeout=busy_timeout, max_payload=max_payload
         )
+        _open_stores.add(self._store)
         self._tasks: dict[str, Task[Any, Any]] = {}
         # Wakes idle workers and result waiters in this process; `_changes` makes a wake
         # that lands between a check and the wait impossible to miss.
@@ -62,6 +77,16 @@ class Queue:
 
     def __repr__(self) -> str:
         return f"Queue({str(self.path)!r}, name={self.name!r})"
+
+    def close(self) -> None:
+        """Closes the connections; any later call reopens them."""
+        self._store.close()
+
+    def __enter__(self) -> Queue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def path(self) -> str:
@@ -202,8 +227,11 @@ class Queue:
         return dict(self._store.pragmas())
 
     def check(self) -> list[str]:
-        """SQLite's quick_check: ``["ok"]`` when the file is intact."""
-        return list(self._store.quick_check())
+        """SQLite's quick_check: ``["ok"]`` when the file is intact, else the problems found."""
+        try:
+            return list(self._store.quick_check())
+        except CorruptDatabase as e:  # damage bad enough that quick_check cannot finish
+            return [str(e)]
 
     # -- in-process wake-ups -----------------------------------------------------------
 

@@ -25,7 +25,7 @@ type NewTaskTuple<'py> = (
 );
 
 /// One SQLite task store file.
-#[pyclass(name = "Store", module = "ferroq._core", frozen)]
+#[pyclass(name = "Store", module = "ferroq._core", frozen, weakref)]
 pub struct PyStore {
     store: SqliteStore,
 }
@@ -66,6 +66,11 @@ impl PyStore {
     #[getter]
     fn max_payload(&self) -> usize {
         self.store.options().max_payload
+    }
+
+    /// Closes this process's connections; they reopen on next use (see `SqliteStore::close`).
+    fn close(&self, py: Python<'_>) {
+        py.detach(|| self.store.close())
     }
 
     /// Current time in epoch milliseconds, by the store's clock.

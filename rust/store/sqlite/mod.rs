@@ -123,6 +123,20 @@ impl SqliteStore {
         })
     }
 
+    /// Closes this process's connections; the next call reopens them. Called before
+    /// `fork()`: SQLite keeps per-process lock bookkeeping that a child would inherit while
+    /// not inheriting the locks themselves, so with a connection open across the fork the
+    /// child's own connections would believe they hold locks they do not, and another
+    /// process could checkpoint or reset the WAL under them (seen: acknowledged enqueues lost).
+    pub fn close(&self) {
+        for slot in [&self.writer, &self.reader] {
+            let mut guard = self.lock(slot);
+            if guard.pid == std::process::id() {
+                drop(guard.conn.take());
+            }
+        }
+    }
+
     fn lock<'a>(&self, slot: &'a Mutex<Slot>) -> MutexGuard<'a, Slot> {
         // A panic while holding the lock leaves the connection usable (SQLite rolls
         // back any open transaction when the statement or transaction is dropped).

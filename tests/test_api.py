@@ -1,0 +1,644 @@
+"""The public API: enqueueing, handles, task info, results, operator actions, decorators."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+import warnings
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+import ferroq
+
+WAIT = 30.0  # generous: waits end as soon as the condition holds
+
+
+def drain(q: ferroq.Queue, **kwargs: Any) -> ferroq.WorkerStats:
+    """Runs everything that is ready now on one worker thread, then returns."""
+    return ferroq.Worker(q, concurrency=1, **kwargs).run(until_idle=True)
+
+
+def drain_async(q: ferroq.Queue, **kwargs: Any) -> ferroq.WorkerStats:
+    """``drain`` for queues with async processors.
+
+    The worker never closes the event loop it creates for async processors (see
+    ``test_worker_closes_its_event_loop``), so the loop and its sockets would raise
+    ResourceWarning (an error in this suite) in whichever later test collects them.
+    Collect them here, with that one warning silenced.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        stats = ferroq.Worker(q, **kwargs).run(until_idle=True)
+        _join_loop_threads()
+        gc.collect()
+        gc.collect()
+    return stats
+
+
+def _join_loop_threads() -> None:
+    for thread in threading.enumerate():
+        if thread.name == "ferroq-asyncio":
+            thread.join(WAIT)
+
+
+class BackgroundWorker:
+    """A worker on its own thread, for tests that look at a task while it runs."""
+
+    def __init__(self, q: ferroq.Queue, **kwargs: Any) -> None:
+        self.worker = ferroq.Worker(q, handle_signals=False, **kwargs)
+        self.thread = threading.Thread(target=self.worker.run, daemon=True)
+
+    def __enter__(self) -> ferroq.Worker:
+        self.thread.start()
+        return self.worker
+
+    def __exit__(self, *exc: object) -> None:
+        self.worker.stop()
+        self.thread.join(WAIT)
+        assert not self.thread.is_alive(), "worker did not stop"
+
+
+def no_retry_policy() -> ferroq.RetryPolicy:
+    return ferroq.RetryPolicy(base_delay=0, jitter=0)
+
+
+# -- enqueue and TaskInfo ------------------------------------------------------------------
+
+
+def test_enqueue_returns_a_handle_with_an_id(queue: ferroq.Queue) -> None:
+    @queue.task
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    h1 = add.enqueue(1, 2)
+    h2 = add.enqueue(3, b=4)
+    assert isinstance(h1, ferroq.TaskHandle)
+    assert isinstance(h1.id, int) and isinstance(h2.id, int)
+    assert h2.id > h1.id
+    assert h1.created is True
+    assert h1.queue is queue
+    assert h1.status() == "pending"
+    assert queue.handle(h1.id).info() == queue.get(h1.id)
+
+
+def test_get_returns_every_field(queue: ferroq.Queue) -> None:
+    @queue.task(priority=7, resource_group="images", max_attempts=4)
+    def resize(path: str, width: int) -> dict[str, Any]:
+        return {"path": path, "width": width}
+
+    h = resize.enqueue("a.png", width=200)
+    info = queue.get(h.id)
+    assert isinstance(info, ferroq.TaskInfo)
+    assert info.id == h.id
+    assert info.queue == "default"
+    assert info.name == resize.name
+    assert info.status == "pending"
+    assert info.priority == 7
+    assert info.resource_group == "images"
+    assert info.attempts == 0
+    assert info.max_attempts == 4
+    assert isinstance(info.run_at, datetime) and info.run_at.tzinfo is not None
+    assert info.args == ["a.png"] and info.kwargs == {"width": 200}
+    assert info.result is None
+    assert info.last_error is None
+    assert info.unique_key is None
+    assert info.progress is None
+    assert isinstance(info.created_at, datetime) and info.created_at.tzinfo is not None
+    assert info.started_at is None
+    assert info.finished_at is None
+    assert info.run_at >= info.created_at
+
+    drain(queue)
+
+    done = queue.get(h.id)
+    assert done.status == "completed"
+    assert done.attempts == 1
+    assert done.result == {"path": "a.png", "width": 200}
+    assert done.last_error is None
+    assert done.started_at is not None and done.finished_at is not None
+    assert done.created_at <= done.started_at <= done.finished_at
+    assert done.progress == 1.0
+
+
+def test_get_unknown_id_raises_unknown_task(queue: ferroq.Queue) -> None:
+    with pytest.raises(ferroq.UnknownTask):
+        queue.get(12345)
+    with pytest.raises(KeyError):  # UnknownTask is also a KeyError
+        queue.get(12345)
+    with pytest.raises(ferroq.InvalidArgument):
+        queue.get("1")  # type: ignore[arg-type]
+
+
+def test_using_overrides_options_for_one_enqueue(queue: ferroq.Queue) -> None:
+    @queue.task(priority=1)
+    def job() -> None:
+        pass
+
+    h = job.using(priority=-5, resource_group="slow", max_attempts=9, unique_key="k").enqueue()
+    info = queue.get(h.id)
+    assert (info.priority, info.resource_group, info.max_attempts, info.unique_key) == (-5, "slow", 9, "k")
+    assert queue.get(job.enqueue().id).priority == 1  # the task's own options are unchanged
+
+
+def test_enqueue_many_stores_all_calls_in_order(queue: ferroq.Queue) -> None:
+    @queue.task
+    def square(x: int) -> int:
+        return x * x
+
+    ids = queue.enqueue_many(square.call(i) for i in range(5))
+    assert len(ids) == 5 and ids == sorted(ids)
+    assert queue.enqueue_many([]) == []
+    drain(queue)
+    assert [queue.handle(i).result(timeout=WAIT) for i in ids] == [0, 1, 4, 9, 16]
+
+
+# -- results ---------------------------------------------------------------------------------
+
+
+def test_result_returns_the_stored_result(queue: ferroq.Queue) -> None:
+    @queue.task
+    def echo(value: Any) -> Any:
+        return value
+
+    value = {"a": [1, 2.5, "x", None, True], "b": {"nested": "ü"}}
+    h = echo.enqueue(value)
+    drain(queue)
+    assert h.result(timeout=WAIT) == value
+
+
+def test_result_waits_for_a_worker_in_the_background(queue: ferroq.Queue) -> None:
+    @queue.task
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    with BackgroundWorker(queue):
+        assert add.enqueue(20, 22).result(timeout=WAIT) == 42
+
+
+def test_result_raises_task_failed_with_the_stored_error(queue: ferroq.Queue) -> None:
+    @queue.task(max_attempts=1)
+    def explode(x: int) -> None:
+        raise ValueError(f"bad value {x}")
+
+    h = explode.enqueue(7)
+    drain(queue)
+    with pytest.raises(ferroq.TaskFailed) as caught:
+        h.result(timeout=WAIT)
+    err = caught.value.error
+    assert caught.value.task_id == h.id
+    assert isinstance(err, ferroq.TaskError)
+    assert err.type == "ValueError"
+    assert err.message == "bad value 7"
+    assert err.traceback is not None
+    assert "Traceback" in err.traceback and "explode" in err.traceback
+    assert 'raise ValueError(f"bad value {x}")' in err.traceback
+    assert "ValueError: bad value 7" in str(caught.value)
+    assert queue.get(h.id).last_error == err
+
+
+def test_result_raises_result_timeout_when_not_done(queue: ferroq.Queue) -> None:
+    @queue.task
+    def never_run() -> None:
+        pass
+
+    h = never_run.enqueue()
+    with pytest.raises(ferroq.ResultTimeout):
+        h.result(timeout=0.2)
+    with pytest.raises(TimeoutError):  # ResultTimeout is also a TimeoutError
+        h.result(timeout=0)
+    assert h.status() == "pending"
+
+
+# -- cancel / requeue ------------------------------------------------------------------------
+
+
+def test_cancel_pending_task(queue: ferroq.Queue) -> None:
+    ran = []
+
+    @queue.task
+    def job() -> None:
+        ran.append(1)
+
+    h = job.enqueue()
+    h.cancel()
+    info = queue.get(h.id)
+    assert info.status == "cancelled"
+    assert info.finished_at is not None
+    with pytest.raises(ferroq.TaskCancelled):
+        h.result(timeout=WAIT)
+    drain(queue)
+    assert ran == []
+    assert queue.get(h.id).status == "cancelled"
+
+
+def test_cancel_completed_task_is_an_invalid_transition(queue: ferroq.Queue) -> None:
+    @queue.task
+    def job() -> int:
+        return 1
+
+    h = job.enqueue()
+    drain(queue)
+    with pytest.raises(ferroq.InvalidTransition) as caught:
+        queue.cancel(h.id)
+    assert isinstance(caught.value, ValueError)
+    assert "completed" in str(caught.value)
+    assert queue.get(h.id).status == "completed"
+    assert h.result(timeout=WAIT) == 1
+    with pytest.raises(ferroq.InvalidTransition):
+        queue.cancel(h.id)  # twice: still refused, still completed
+    with pytest.raises(ferroq.UnknownTask):
+        queue.cancel(h.id + 1000)
+
+
+def test_cancel_running_task_is_an_invalid_transition(queue: ferroq.Queue) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    @queue.task
+    def block() -> str:
+        started.set()
+        release.wait(WAIT)
+        return "done"
+
+    h = block.enqueue()
+    with BackgroundWorker(queue):
+        assert started.wait(WAIT)
+        assert h.status() == "running"
+        with pytest.raises(ferroq.InvalidTransition):
+            h.cancel()
+        release.set()
+        assert h.result(timeout=WAIT) == "done"
+
+
+def test_requeue_dead_task_runs_it_again(queue: ferroq.Queue) -> None:
+    calls = []
+
+    @queue.task(max_attempts=1)
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("first run fails")
+        return "second run ok"
+
+    h = flaky.enqueue()
+    drain(queue)
+    assert queue.get(h.id).status == "dead"
+
+    queue.requeue(h.id)
+    info = queue.get(h.id)
+    assert info.status == "pending"
+    assert info.attempts == 0
+    assert info.finished_at is None
+
+    drain(queue)
+    assert h.result(timeout=WAIT) == "second run ok"
+    assert len(calls) == 2
+    assert queue.get(h.id).attempts == 1
+
+    with pytest.raises(ferroq.InvalidTransition):
+        queue.requeue(h.id)  # completed tasks are not requeued
+
+
+def test_requeue_cancelled_task(queue: ferroq.Queue) -> None:
+    @queue.task
+    def job() -> str:
+        return "ran"
+
+    h = job.enqueue()
+    h.cancel()
+    queue.requeue(h.id)
+    assert h.status() == "pending"
+    drain(queue)
+    assert h.result(timeout=WAIT) == "ran"
+
+
+# -- history and counts ----------------------------------------------------------------------
+
+
+def test_history_lists_every_transition(queue: ferroq.Queue) -> None:
+    calls = []
+
+    @queue.task(max_attempts=3, retry=no_retry_policy())
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyError("missing")
+        return "ok"
+
+    h = flaky.enqueue()
+    stats = drain(queue, name="worker-1")
+    assert (stats.claimed, stats.retried, stats.completed) == (2, 1, 1)
+
+    history = queue.history(h.id)
+    assert all(isinstance(t, ferroq.Transition) for t in history)
+    assert [(t.from_status, t.to_status) for t in history] == [
+        (None, "pending"),
+        ("pending", "running"),
+        ("running", "pending"),
+        ("pending", "running"),
+        ("running", "completed"),
+    ]
+    assert [t.worker for t in history] == [None, "worker-1", "worker-1", "worker-1", "worker-1"]
+    assert all(isinstance(t.at, datetime) and t.at.tzinfo is not None for t in history)
+    assert [t.at for t in history] == sorted(t.at for t in history)
+
+    errors = [t.error for t in history]
+    assert errors[0] is None and errors[1] is None and errors[3] is None and errors[4] is None
+    retry_error = errors[2]
+    assert retry_error is not None
+    assert retry_error.type == "KeyError"
+    assert "missing" in retry_error.message
+    assert retry_error.traceback is not None and "flaky" in retry_error.traceback
+
+    with pytest.raises(ferroq.UnknownTask):
+        queue.history(h.id + 1000)
+
+
+def test_history_of_cancel_and_requeue(queue: ferroq.Queue) -> None:
+    @queue.task
+    def job() -> None:
+        pass
+
+    h = job.enqueue()
+    h.cancel()
+    queue.requeue(h.id)
+    assert [(t.from_status, t.to_status) for t in queue.history(h.id)] == [
+        (None, "pending"),
+        ("pending", "cancelled"),
+        ("cancelled", "pending"),
+    ]
+
+
+def test_counts_lists_every_status(queue: ferroq.Queue) -> None:
+    assert queue.counts() == {status: 0 for status in ferroq.STATUSES}
+    assert set(ferroq.STATUSES) == {"pending", "running", "completed", "dead", "cancelled"}
+
+    started, release = threading.Event(), threading.Event()
+
+    @queue.task
+    def ok() -> None:
+        pass
+
+    @queue.task(max_attempts=1)
+    def bad() -> None:
+        raise RuntimeError("no")
+
+    @queue.task
+    def block() -> None:
+        started.set()
+        release.wait(WAIT)
+
+    ok.enqueue()
+    ok.enqueue()
+    bad.enqueue()
+    ok.enqueue().cancel()
+    drain(queue)
+    ok.using(delay=3600).enqueue()  # pending, not due
+
+    block.enqueue()
+    with BackgroundWorker(queue):
+        assert started.wait(WAIT)
+        counts = queue.counts()
+        release.set()
+    assert counts == {"pending": 1, "running": 1, "completed": 2, "dead": 1, "cancelled": 1}
+    assert list(counts) == list(ferroq.STATUSES)
+    assert queue.counts() == {"pending": 1, "running": 0, "completed": 3, "dead": 1, "cancelled": 1}
+
+
+def test_queues_sharing_a_file_are_separate(db_path: Any) -> None:
+    a = ferroq.Queue(db_path, name="a", durability="normal")
+    b = ferroq.Queue(db_path, name="b", durability="normal")
+
+    @a.task(name="job")
+    def job_a() -> str:
+        return "a"
+
+    h = job_a.enqueue()
+    assert b.counts()["pending"] == 0
+    with pytest.raises(ferroq.UnknownTask):
+        b.get(h.id)
+    drain(b)
+    assert a.get(h.id).status == "pending"
+    drain(a)
+    assert h.result(timeout=WAIT) == "a"
+
+
+# -- the decorated function ------------------------------------------------------------------
+
+
+def test_calling_the_task_runs_inline(queue: ferroq.Queue) -> None:
+    @queue.task
+    def add(a: int, b: int = 1) -> int:
+        return a + b
+
+    assert add(2, 3) == 5
+    assert add(2) == 3
+    assert queue.counts() == {status: 0 for status in ferroq.STATUSES}
+
+
+def test_decorated_function_keeps_name_and_doc(queue: ferroq.Queue) -> None:
+    def resize(path: str) -> str:
+        """Resizes an image."""
+        return path
+
+    task = queue.task(resize)
+    assert isinstance(task, ferroq.Task)
+    assert task.__name__ == "resize"
+    assert task.__qualname__ == resize.__qualname__
+    assert task.__doc__ == "Resizes an image."
+    assert task.__module__ == resize.__module__
+    assert task.__wrapped__ is resize
+    assert task.name == f"{resize.__module__}.{resize.__qualname__}"
+    assert queue.tasks[task.name] is task
+
+    named = queue.task(name="images.resize")(resize)
+    assert named.name == "images.resize"
+    assert named.__name__ == "resize"
+
+
+def test_registering_a_different_function_under_a_taken_name_is_refused(queue: ferroq.Queue) -> None:
+    @queue.task(name="job")
+    def one() -> None:
+        pass
+
+    with pytest.raises(ferroq.InvalidArgument):
+        @queue.task(name="job")
+        def two() -> None:
+            pass
+
+
+def test_async_processor_runs(queue: ferroq.Queue) -> None:
+    @queue.task
+    async def fetch(x: int) -> dict[str, int]:
+        await asyncio.sleep(0.01)
+        return {"x": x, "double": 2 * x}
+
+    @queue.task(max_attempts=1)
+    async def broken() -> None:
+        await asyncio.sleep(0)
+        raise LookupError("async failure")
+
+    h = fetch.enqueue(21)
+    h_bad = broken.enqueue()
+    drain_async(queue, concurrency=1)
+    assert h.result(timeout=WAIT) == {"x": 21, "double": 42}
+    with pytest.raises(ferroq.TaskFailed) as caught:
+        h_bad.result(timeout=WAIT)
+    assert caught.value.error.type == "LookupError"
+    assert caught.value.error.message == "async failure"
+
+
+def test_async_and_sync_processors_in_one_worker(queue: ferroq.Queue) -> None:
+    @queue.task
+    async def a(x: int) -> int:
+        await asyncio.sleep(0.005)
+        return x + 1
+
+    @queue.task
+    def s(x: int) -> int:
+        return x - 1
+
+    handles = [a.enqueue(i) if i % 2 else s.enqueue(i) for i in range(10)]
+    drain_async(queue, concurrency=4)
+    assert [h.result(timeout=WAIT) for h in handles] == [i + 1 if i % 2 else i - 1 for i in range(10)]
+
+
+def test_worker_closes_its_event_loop(queue: ferroq.Queue) -> None:
+    """A worker that ran async processors must close its event loop when ``run`` returns.
+
+    Today ``Worker._stop_loop`` only stops the loop: it is never closed, so every
+    ``run`` leaks an event loop and its self-pipe socket pair (ResourceWarning)."""
+
+    @queue.task
+    async def job() -> int:
+        return 1
+
+    h = job.enqueue()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ferroq.Worker(queue).run(until_idle=True)
+        _join_loop_threads()
+        gc.collect()
+        gc.collect()
+    assert h.result(timeout=WAIT) == 1
+    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert leaks == [], f"the worker leaked its event loop: {leaks}"
+
+
+# -- current_task() --------------------------------------------------------------------------
+
+
+def test_current_task_gives_id_attempt_and_stores_progress(queue: ferroq.Queue) -> None:
+    seen: list[dict[str, Any]] = []
+
+    @queue.task(max_attempts=2, retry=no_retry_policy(), resource_group="grp")
+    def step() -> str:
+        ctx = ferroq.current_task()
+        ctx.progress(0.5)
+        seen.append({
+            "id": ctx.id,
+            "attempt": ctx.attempt,
+            "max_attempts": ctx.max_attempts,
+            "name": ctx.name,
+            "group": ctx.resource_group,
+            "stored_progress": queue.get(ctx.id).progress,
+            "cancelled": ctx.cancelled(),
+        })
+        if ctx.attempt == 1:
+            raise RuntimeError("try again")
+        return "ok"
+
+    h = step.enqueue()
+    drain(queue)
+    assert h.result(timeout=WAIT) == "ok"
+    assert [s["attempt"] for s in seen] == [1, 2]
+    for s in seen:
+        assert s["id"] == h.id
+        assert s["max_attempts"] == 2
+        assert s["name"] == step.name
+        assert s["group"] == "grp"
+        assert s["stored_progress"] == 0.5
+        assert s["cancelled"] is False
+    assert queue.get(h.id).progress == 1.0  # completion fills it
+
+
+def test_progress_out_of_range_is_refused(queue: ferroq.Queue) -> None:
+    errors: list[BaseException] = []
+
+    @queue.task
+    def step() -> None:
+        ctx = ferroq.current_task()
+        for bad in (1.5, -0.1, "half", True):
+            try:
+                ctx.progress(bad)  # type: ignore[arg-type]
+            except ferroq.InvalidArgument as e:
+                errors.append(e)
+
+    h = step.enqueue()
+    drain(queue)
+    h.result(timeout=WAIT)
+    assert len(errors) == 4
+
+
+def test_current_task_in_async_processor(queue: ferroq.Queue) -> None:
+    @queue.task
+    async def step() -> list[int]:
+        ctx = ferroq.current_task()
+        ctx.progress(0.25)
+        await asyncio.sleep(0)
+        return [ctx.id, ctx.attempt, int(queue.get(ctx.id).progress * 100)]
+
+    h = step.enqueue()
+    drain_async(queue)
+    assert h.result(timeout=WAIT) == [h.id, 1, 25]
+
+
+def test_current_task_outside_a_task_raises() -> None:
+    with pytest.raises(ferroq.FerroqError):
+        ferroq.current_task()
+
+
+# -- enqueue by name ---------------------------------------------------------------------------
+
+
+def test_enqueue_by_name(queue: ferroq.Queue) -> None:
+    @queue.task(name="math.add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    h = queue.enqueue("math.add", 1, b=2)
+    assert queue.get(h.id).name == "math.add"
+    drain(queue)
+    assert h.result(timeout=WAIT) == 3
+
+
+def test_enqueue_by_unregistered_name_raises(queue: ferroq.Queue) -> None:
+    with pytest.raises(ferroq.UnknownTaskName) as caught:
+        queue.enqueue("nope.missing", 1)
+    assert isinstance(caught.value, ferroq.UnknownTask)
+    assert "nope.missing" in str(caught.value)
+    assert queue.counts() == {status: 0 for status in ferroq.STATUSES}
+
+
+def test_error_tree() -> None:
+    leaves = [
+        ferroq.InvalidArgument, ferroq.PayloadError, ferroq.PayloadTooLarge, ferroq.UnknownTask,
+        ferroq.UnknownTaskName, ferroq.InvalidTransition, ferroq.LeaseLost, ferroq.TaskFailed,
+        ferroq.TaskCancelled, ferroq.ResultTimeout, ferroq.StorageError, ferroq.DatabasePathError,
+        ferroq.CorruptDatabase, ferroq.DiskFull, ferroq.SchemaTooNew,
+    ]
+    for cls in leaves:
+        assert issubclass(cls, ferroq.FerroqError), cls
+    assert issubclass(ferroq.PayloadTooLarge, ferroq.PayloadError)
+    assert issubclass(ferroq.PayloadError, ferroq.InvalidArgument)
+    assert issubclass(ferroq.InvalidArgument, ValueError)
+    assert issubclass(ferroq.UnknownTaskName, ferroq.UnknownTask)
+    assert issubclass(ferroq.UnknownTask, KeyError)
+    assert issubclass(ferroq.ResultTimeout, TimeoutError)
+    for cls in (ferroq.DatabasePathError, ferroq.CorruptDatabase, ferroq.DiskFull, ferroq.SchemaTooNew):
+        assert issubclass(cls, ferroq.StorageError)
+    # Signals a processor raises are not errors of ferroq itself.
+    assert not issubclass(ferroq.Retry, ferroq.FerroqError)
+    assert not issubclass(ferroq.Fail, ferroq.FerroqError)
