@@ -435,14 +435,14 @@ def middle_pages(path: Path, count: int) -> tuple[int, int]:
 
 def test_damaged_pages_in_the_middle(pristine_db: Path, damaged_copy: Callable[[int, int], Path]) -> None:
     """Damage inside the file is not noticed at open (opening does not read every page);
-    check() and every read that touches a damaged page raise CorruptDatabase, and no
-    read ever returns wrong data."""
+    check() reports it, every read that touches a damaged page raises CorruptDatabase,
+    and no read ever returns wrong data."""
     path = damaged_copy(*middle_pages(pristine_db, 4))
     q = ferroq.Queue(path, durability="normal")
 
-    with pytest.raises(ferroq.CorruptDatabase) as caught:
-        q.check()
-    assert str(path) in str(caught.value)
+    findings = q.check()
+    assert findings != ["ok"]
+    assert str(path) in " ".join(findings) or any("page" in f for f in findings), findings
     with pytest.raises(ferroq.CorruptDatabase):
         q.counts()
 

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
-from . import _core
+from . import _checks, _core
 from .errors import InvalidArgument
 
 __all__ = ["RetryPolicy", "Retention"]
-
-
-def _non_negative(name: str, value: float | None) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                              or not math.isfinite(value) or value < 0):
-        raise InvalidArgument(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -33,11 +26,18 @@ class RetryPolicy:
     retry_on: tuple[type[BaseException], ...] | None = None
 
     def __post_init__(self) -> None:
-        _non_negative("base_delay", self.base_delay)
-        _non_negative("max_delay", self.max_delay)
-        _non_negative("jitter", self.jitter)
-        if self.jitter > 1:
+        _checks.seconds("base_delay", self.base_delay)
+        _checks.seconds("max_delay", self.max_delay)
+        if isinstance(self.jitter, bool) or not isinstance(self.jitter, (int, float)) or not 0 <= self.jitter <= 1:
             raise InvalidArgument(f"jitter is a fraction in [0, 1], got {self.jitter!r}")
+        for name in ("fatal", "retry_on"):
+            classes = getattr(self, name)
+            if classes is None and name == "retry_on":
+                continue
+            if not isinstance(classes, tuple) or not all(
+                isinstance(c, type) and issubclass(c, BaseException) for c in classes
+            ):
+                raise InvalidArgument(f"{name} must be a tuple of exception classes, got {classes!r}")
 
     def is_fatal(self, exc: BaseException) -> bool:
         """Whether this exception should skip the remaining attempts."""
@@ -66,12 +66,13 @@ class Retention:
     interval: float = field(default=60.0)
 
     def __post_init__(self) -> None:
-        for name in ("completed_age", "dead_age", "interval"):
-            _non_negative(name, getattr(self, name))
+        for name in ("completed_age", "dead_age"):
+            _checks.optional_seconds(name, getattr(self, name))
+        _checks.seconds("interval", self.interval, positive=True)
         for name in ("completed_count", "dead_count"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise InvalidArgument(f"{name} must be an integer >= 0, got {value!r}")
+            if value is not None:
+                _checks.integer(name, value, 0, _checks.INT64_MAX)
 
     def as_core_args(self) -> tuple[int | None, int | None, int | None, int | None]:
         """(completed_age_ms, completed_count, dead_age_ms, dead_count) for the core."""

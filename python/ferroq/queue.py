@@ -7,7 +7,7 @@ import threading
 import weakref
 from typing import Any, Callable, Iterable, ParamSpec, TypeVar, overload
 
-from . import _core
+from . import _checks, _core
 from .errors import CorruptDatabase, InvalidArgument, UnknownTaskName
 from .info import STATUSES, TaskError, TaskInfo, Transition, from_ms
 from .policies import Retention, RetryPolicy
@@ -52,13 +52,11 @@ class Queue:
         busy_timeout: float = 30.0,
         serializer: Serializer | None = None,
     ) -> None:
-        if not isinstance(name, str):
-            raise InvalidArgument(f"queue name must be a str, got {name!r}")
-        _core.check_name("queue", name)
+        _core.check_name("queue", _checks.text("queue name", name))
         if durability not in ("full", "normal"):
             raise InvalidArgument(f'durability must be "full" or "normal", got {durability!r}')
-        if isinstance(max_payload, bool) or not isinstance(max_payload, int) or max_payload <= 0:
-            raise InvalidArgument(f"max_payload must be a positive int (bytes), got {max_payload!r}")
+        _checks.integer("max_payload", max_payload, 1, 2**40)
+        _checks.seconds("busy_timeout", busy_timeout)
         if retention is not None and not isinstance(retention, Retention):
             raise InvalidArgument(f"retention must be a ferroq.Retention, got {retention!r}")
         self.name = name
@@ -134,9 +132,7 @@ class Queue:
             if not callable(fn):
                 raise InvalidArgument(f"@task needs a function, got {fn!r}")
             task_name = name if name is not None else f"{fn.__module__}.{fn.__qualname__}"
-            if not isinstance(task_name, str):
-                raise InvalidArgument(f"task name must be a str, got {task_name!r}")
-            _core.check_name("task", task_name)
+            _core.check_name("task", _checks.text("task name", task_name))
             if task_name in self._tasks and self._tasks[task_name].fn is not fn:
                 raise InvalidArgument(f"a different function is already registered as task {task_name!r}")
             task: Task[Any, Any] = Task(self, fn, task_name, options)
@@ -217,6 +213,8 @@ class Queue:
     def prune(self, retention: Retention | None = None) -> int:
         """Deletes finished tasks beyond ``retention`` (default: the queue's); returns how many.
         Workers call this periodically when the queue has a retention."""
+        if retention is not None and not isinstance(retention, Retention):
+            raise InvalidArgument(f"prune takes a ferroq.Retention, got {retention!r}")
         retention = retention or self.retention
         if retention is None:
             return 0
@@ -247,6 +245,4 @@ class Queue:
 
 
 def _task_id(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidArgument(f"task id must be an int, got {value!r}")
-    return value
+    return _checks.integer("task id", value, -_checks.INT64_MAX - 1, _checks.INT64_MAX)

@@ -3,6 +3,7 @@ unless the user passes a serializer that does so."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol
 
 import orjson
@@ -25,9 +26,24 @@ class JsonSerializer:
 
     def dumps(self, value: Any) -> bytes:
         try:
-            return orjson.dumps(value)
+            data = orjson.dumps(value)
         except TypeError as e:  # orjson.JSONEncodeError subclasses TypeError
             raise PayloadError(f"not JSON-serializable: {e}") from None
+        # orjson writes NaN and infinity as null, which would silently change the value.
+        # Only output with a null in it can hide one, so the walk is skipped otherwise.
+        if b"null" in data and _has_non_finite(value):
+            raise PayloadError("not JSON-serializable: it contains NaN or infinity, which JSON cannot represent")
+        return data
 
     def loads(self, data: bytes) -> Any:
         return orjson.loads(data)
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_non_finite(v) for v in value)
+    return False

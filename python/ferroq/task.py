@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Generic, ParamSpec, TypeVar
 
-from . import _core
+from . import _checks, _core
 from .errors import InvalidArgument, ResultTimeout, TaskCancelled, TaskFailed
 from .info import TaskInfo
 from .policies import RetryPolicy
@@ -37,30 +37,24 @@ class TaskOptions:
     unique_key: str | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.priority, bool) or not isinstance(self.priority, int):
-            raise InvalidArgument(f"priority must be an int, got {self.priority!r}")
-        _core.check_priority(self.priority)
-        if not isinstance(self.resource_group, str):
-            raise InvalidArgument(f"resource_group must be a str, got {self.resource_group!r}")
-        _core.check_name("resource group", self.resource_group)
-        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
-            raise InvalidArgument(f"max_attempts must be an int, got {self.max_attempts!r}")
+        _checks.integer("priority", self.priority, _core.PRIORITY_MIN, _core.PRIORITY_MAX)
+        _core.check_name("resource group", _checks.text("resource_group", self.resource_group))
+        _checks.integer("max_attempts", self.max_attempts, 1, _checks.INT64_MAX)
         _core.check_max_attempts(self.max_attempts)
         if not isinstance(self.retry, RetryPolicy):
             raise InvalidArgument(f"retry must be a ferroq.RetryPolicy, got {self.retry!r}")
-        for name in ("timeout", "delay"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not math.isfinite(value) or value < 0):
-                raise InvalidArgument(f"{name} must be a finite number of seconds >= 0, got {value!r}")
-        if self.timeout == 0:
-            raise InvalidArgument("timeout must be > 0 seconds (or None for no timeout)")
+        _checks.optional_seconds("timeout", self.timeout, positive=True)
+        _checks.optional_seconds("delay", self.delay)
         if self.delay is not None and self.run_at is not None:
             raise InvalidArgument("give either delay or run_at, not both")
-        if self.run_at is not None and not isinstance(self.run_at, (datetime, int, float)):
-            raise InvalidArgument(f"run_at must be a datetime or epoch seconds, got {self.run_at!r}")
-        if self.unique_key is not None and not isinstance(self.unique_key, str):
-            raise InvalidArgument(f"unique_key must be a str, got {self.unique_key!r}")
+        if self.run_at is not None:
+            epoch = self.run_at.timestamp() if isinstance(self.run_at, datetime) else self.run_at
+            if isinstance(epoch, bool) or not isinstance(epoch, (int, float)):
+                raise InvalidArgument(f"run_at must be a datetime or epoch seconds, got {self.run_at!r}")
+            if not (math.isfinite(epoch) and 0 <= epoch <= _checks.SECONDS_MAX * 2):
+                raise InvalidArgument(f"run_at must be a finite time between 1970 and 2170, got {self.run_at!r}")
+        if self.unique_key is not None:
+            _checks.text("unique_key", self.unique_key)
 
     def run_at_ms(self) -> int | None:
         """When the task may first run, in epoch ms; None for now."""

@@ -20,11 +20,14 @@ from typing import Any, Callable
 
 from .context import TaskContext, _current
 from .errors import (
+    CorruptDatabase,
+    DatabasePathError,
     Fail,
     InvalidArgument,
     LeaseLost,
     PayloadError,
     Retry,
+    SchemaTooNew,
     StorageError,
     UnknownTaskName,
 )
@@ -137,6 +140,7 @@ class Worker:
         self._running = False
         self._pool: _ThreadPool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
 
     # -- control -----------------------------------------------------------------------
 
@@ -198,6 +202,8 @@ class Worker:
             if free > 0:
                 try:
                     rows = store.claim(name, self.id, free, lease_ms)
+                except (CorruptDatabase, DatabasePathError, SchemaTooNew):
+                    raise  # retrying cannot help; the operator must act
                 except StorageError as e:
                     log.warning("claim failed, retrying: %s", e)
                     self._stopping.wait(1.0)
@@ -272,10 +278,23 @@ class Worker:
         assert run.task is not None
         _current.set(run.ctx)
         timeout = run.task.options.timeout
+        timed_out = False
+        me = asyncio.current_task()
+        assert me is not None
+
+        def expire() -> None:
+            nonlocal timed_out
+            timed_out = True
+            me.cancel()
+
+        # Our own timer, so a TimeoutError the processor raises itself stays its own error.
+        timer = None if timeout is None else asyncio.get_running_loop().call_later(timeout, expire)
         try:
             args, kwargs = self._decode(run)
-            result = await asyncio.wait_for(run.task.fn(*args, **kwargs), timeout)
-        except asyncio.TimeoutError:
+            result = await run.task.fn(*args, **kwargs)
+        except asyncio.CancelledError:
+            if not timed_out:
+                raise  # the worker is shutting down; the run was already released
             exc = TimeoutError(f"task {run.ctx.name!r} exceeded its timeout of {timeout}s and was cancelled")
             await asyncio.to_thread(self._record_failure, run, exc, None)
         except BaseException as exc:  # noqa: BLE001
@@ -283,6 +302,8 @@ class Worker:
         else:
             await asyncio.to_thread(self._record_success, run, result)
         finally:
+            if timer is not None:
+                timer.cancel()
             self._done(run)
 
     def _done(self, run: _Run) -> None:
@@ -309,14 +330,18 @@ class Worker:
             log.debug("task %d (%s) completed", ctx.id, ctx.name)
 
     def _record_failure(self, run: _Run, exc: BaseException, tb: str | None) -> None:
-        if not run.settle():
-            return
-        policy = run.task.options.retry if run.task is not None else RetryPolicy()
+        if run.settle():
+            self._fail(run, exc, tb, fatal=self._is_fatal(run, exc))
+
+    @staticmethod
+    def _is_fatal(run: _Run, exc: BaseException) -> bool:
+        """Whether the failure skips the remaining attempts: Fail, our own refusals, or the policy."""
         if isinstance(exc, Retry):
-            fatal = False
-        else:
-            fatal = isinstance(exc, (Fail, UnknownTaskName, PayloadError)) or policy.is_fatal(exc)
-        self._fail(run, exc, tb, fatal=fatal)
+            return False
+        if isinstance(exc, (Fail, UnknownTaskName, PayloadError)):
+            return True
+        policy = run.task.options.retry if run.task is not None else RetryPolicy()
+        return policy.is_fatal(exc)
 
     def _fail(self, run: _Run, exc: BaseException, tb: str | None, *, fatal: bool) -> None:
         ctx = run.ctx
@@ -399,7 +424,7 @@ class Worker:
                 exc = TimeoutError(f"task {run.ctx.name!r} exceeded its timeout of {timeout}s "
                                    "(its thread keeps running; its late result will be discarded)")
                 # Settled here; _fail does the recording without settling again.
-                self._fail(run, exc, None, fatal=False)
+                self._fail(run, exc, None, fatal=self._is_fatal(run, exc))
 
     # -- shutdown ----------------------------------------------------------------------
 
@@ -453,13 +478,27 @@ class Worker:
         def serve() -> None:
             asyncio.set_event_loop(loop)
             loop.call_soon(ready.set)
-            loop.run_forever()
+            try:
+                loop.run_forever()
+                # Runs still pending were released by _drain; cancel them and clean up.
+                pending = asyncio.all_tasks(loop)
+                for task in pending:
+                    task.cancel()
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.run_until_complete(loop.shutdown_default_executor())
+            finally:
+                loop.close()
 
-        threading.Thread(target=serve, name="ferroq-asyncio", daemon=True).start()
+        self._loop_thread = threading.Thread(target=serve, name="ferroq-asyncio", daemon=True)
+        self._loop_thread.start()
         ready.wait()
         self._loop = loop
 
     def _stop_loop(self) -> None:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
+            # A processor stuck in blocking code cannot be cancelled; do not wait forever.
+            if self._loop_thread is not None:
+                self._loop_thread.join(timeout=5)
             self._loop = None
