@@ -27,6 +27,10 @@ def test_package_and_a_user_module_type_check(tmp_path: Path) -> None:
         "h: ferroq.TaskHandle[float] = f.enqueue(1, b='y')\n"
         "r: float = h.result()\n"
         "f.enqueue('not an int')  # E: wrong argument type\n"
+        "@q.task(priority=1)\n"
+        "async def g(a: int) -> str:\n"
+        "    return ''\n"
+        "s: str = g.enqueue(1).result()  # an async task's result is the awaited value\n"
     )
     done = run("mypy", "--strict", "python/ferroq", str(user))
     out = done.stdout

@@ -35,7 +35,7 @@ from .info import STATUSES, TaskError, TaskInfo, Transition
 from .policies import Retention, RetryPolicy
 from .queue import Queue
 from .serializers import JsonSerializer, Serializer
-from .task import BoundTask, Task, TaskCall, TaskHandle, TaskOptions
+from .task import AsyncTask, BoundTask, Task, TaskBase, TaskCall, TaskHandle, TaskOptions
 from .worker import Worker, WorkerStats
 
 __version__: str = _core.__version__
@@ -45,6 +45,7 @@ PRIORITY_MIN: int = _core.PRIORITY_MIN
 PRIORITY_MAX: int = _core.PRIORITY_MAX
 
 __all__ = [
+    "AsyncTask",
     "BoundTask",
     "CorruptDatabase",
     "DatabasePathError",
@@ -69,6 +70,7 @@ __all__ = [
     "Serializer",
     "StorageError",
     "Task",
+    "TaskBase",
     "TaskCall",
     "TaskCancelled",
     "TaskContext",

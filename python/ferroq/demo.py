@@ -15,6 +15,7 @@ import random
 import tempfile
 import time
 from collections import Counter
+from typing import Any
 
 import ferroq
 
@@ -27,7 +28,7 @@ class CardDeclined(Exception):
     """A permanent error: retrying cannot help."""
 
 
-def build(path: str) -> tuple[ferroq.Queue, dict[str, ferroq.Task]]:  # type: ignore[type-arg]
+def build(path: str) -> tuple[ferroq.Queue, dict[str, ferroq.TaskBase[..., Any]]]:
     q = ferroq.Queue(path, durability="full", retention=ferroq.Retention(completed_age=7 * 86400))
     calls: Counter[int] = Counter()
 

@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 import weakref
-from typing import Any, Callable, Iterable, ParamSpec, TypeVar, overload
+from typing import Any, Callable, Coroutine, Iterable, ParamSpec, Protocol, TypeVar, overload
 
 from . import _checks, _core
 from .errors import CorruptDatabase, InvalidArgument, UnknownTaskName
 from .info import STATUSES, TaskError, TaskInfo, Transition, from_ms
 from .policies import Retention, RetryPolicy
 from .serializers import JsonSerializer, Serializer
-from .task import Task, TaskCall, TaskHandle, TaskOptions
+from .task import AsyncTask, Task, TaskBase, TaskCall, TaskHandle, TaskOptions
 
 __all__ = ["Queue"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+class TaskDecorator(Protocol):
+    """What ``@q.task(...)`` with options returns."""
+
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncTask[P, R]: ...  # type: ignore[overload-overlap]
+
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
 
 # Every open store in this process. SQLite connections must not be open across fork():
 # the child would inherit SQLite's lock bookkeeping but not the locks. So all stores close
@@ -67,7 +78,7 @@ class Queue:
             os.fspath(path), durability=durability, busy_timeout=busy_timeout, max_payload=max_payload
         )
         _open_stores.add(self._store)
-        self._tasks: dict[str, Task[Any, Any]] = {}
+        self._tasks: dict[str, TaskBase[Any, Any]] = {}
         # Wakes idle workers and result waiters in this process; `_changes` makes a wake
         # that lands between a check and the wait impossible to miss.
         self._wake = threading.Condition()
@@ -94,6 +105,9 @@ class Queue:
     # -- declaring tasks ---------------------------------------------------------------
 
     @overload
+    def task(self, fn: Callable[P, Coroutine[Any, Any, R]]) -> AsyncTask[P, R]: ...  # type: ignore[overload-overlap]
+
+    @overload
     def task(self, fn: Callable[P, R]) -> Task[P, R]: ...
 
     @overload
@@ -106,7 +120,7 @@ class Queue:
         max_attempts: int = 3,
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
-    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+    ) -> TaskDecorator: ...
 
     def task(
         self,
@@ -128,21 +142,22 @@ class Queue:
         options = TaskOptions(priority=priority, resource_group=resource_group, max_attempts=max_attempts,
                               retry=retry or RetryPolicy(), timeout=timeout)
 
-        def register(fn: Callable[..., Any]) -> Task[Any, Any]:
+        def register(fn: Callable[..., Any]) -> TaskBase[Any, Any]:
             if not callable(fn):
                 raise InvalidArgument(f"@task needs a function, got {fn!r}")
             task_name = name if name is not None else f"{fn.__module__}.{fn.__qualname__}"
             _core.check_name("task", _checks.text("task name", task_name))
             if task_name in self._tasks and self._tasks[task_name].fn is not fn:
                 raise InvalidArgument(f"a different function is already registered as task {task_name!r}")
-            task: Task[Any, Any] = Task(self, fn, task_name, options)
+            kind = AsyncTask if inspect.iscoroutinefunction(fn) else Task
+            task: TaskBase[Any, Any] = kind(self, fn, task_name, options)
             self._tasks[task_name] = task
             return task
 
         return register(fn) if fn is not None else register
 
     @property
-    def tasks(self) -> dict[str, Task[Any, Any]]:
+    def tasks(self) -> dict[str, TaskBase[Any, Any]]:
         """Registered processors by task name."""
         return dict(self._tasks)
 

@@ -7,7 +7,7 @@ import math
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Generic, ParamSpec, TypeVar
 
 from . import _checks, _core
 from .errors import InvalidArgument, ResultTimeout, TaskCancelled, TaskFailed
@@ -17,7 +17,7 @@ from .policies import RetryPolicy
 if TYPE_CHECKING:
     from .queue import Queue
 
-__all__ = ["Task", "TaskOptions", "TaskCall", "TaskHandle", "BoundTask"]
+__all__ = ["Task", "AsyncTask", "TaskBase", "TaskOptions", "TaskCall", "TaskHandle", "BoundTask"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -154,7 +154,7 @@ class _Enqueuer(Generic[P, R]):
 class BoundTask(_Enqueuer[P, R]):
     """A task with per-call options (from ``Task.using``)."""
 
-    def __init__(self, task: Task[P, R], options: TaskOptions) -> None:
+    def __init__(self, task: TaskBase[P, R], options: TaskOptions) -> None:
         self.queue = task.queue
         self.name = task.name
         self.signature = task.signature
@@ -164,7 +164,7 @@ class BoundTask(_Enqueuer[P, R]):
         return BoundTask(_task_of(self), _override(self.options, overrides))
 
 
-def _task_of(bound: BoundTask[P, R]) -> Task[P, R]:
+def _task_of(bound: BoundTask[P, R]) -> TaskBase[P, R]:
     return bound.queue._tasks[bound.name]
 
 
@@ -180,11 +180,12 @@ def _override(options: TaskOptions, overrides: dict[str, Any]) -> TaskOptions:
     return replace(options, **overrides)
 
 
-class Task(_Enqueuer[P, R]):
-    """A processor registered on a queue. Calling it runs the function inline;
-    ``enqueue`` stores a run for a worker."""
+class TaskBase(_Enqueuer[P, R]):
+    """A processor registered on a queue; ``R`` is the type of its stored result."""
 
-    def __init__(self, queue: Queue, fn: Callable[P, R], name: str, options: TaskOptions) -> None:
+    fn: Callable[P, Any]
+
+    def __init__(self, queue: Queue, fn: Callable[P, Any], name: str, options: TaskOptions) -> None:
         self.queue = queue
         self.fn = fn
         self.name = name
@@ -200,9 +201,6 @@ class Task(_Enqueuer[P, R]):
     def __repr__(self) -> str:
         return f"Task({self.name!r}, queue={self.queue.name!r})"
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        return self.fn(*args, **kwargs)
-
     def using(
         self,
         *,
@@ -217,3 +215,18 @@ class Task(_Enqueuer[P, R]):
         unique_key, resource_group, max_attempts."""
         given = {k: v for k, v in locals().items() if k != "self" and v is not None}
         return BoundTask(self, _override(self.options, given))
+
+
+class Task(TaskBase[P, R]):
+    """A sync processor. Calling it runs the function inline; ``enqueue`` stores a run."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)  # type: ignore[no-any-return]
+
+
+class AsyncTask(TaskBase[P, R]):
+    """An ``async def`` processor. Calling it returns the coroutine, as the function would;
+    its handles' ``result()`` is the awaited value."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+        return self.fn(*args, **kwargs)  # type: ignore[no-any-return]

@@ -34,7 +34,7 @@ from .errors import (
 from .info import TaskError
 from .policies import RetryPolicy
 from .queue import Queue
-from .task import Task
+from .task import TaskBase
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -59,7 +59,7 @@ class _Run:
     """One claimed task in this worker."""
 
     ctx: TaskContext
-    task: Task[Any, Any] | None
+    task: TaskBase[Any, Any] | None
     payload: bytes
     deadline: float | None
     _settle: threading.Lock = field(default_factory=threading.Lock)
