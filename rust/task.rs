@@ -138,6 +138,24 @@ pub struct Transition {
     pub error: Option<String>,
 }
 
+/// How one run ended, as a worker reports it for a batched flush.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The processor returned this (encoded) result.
+    Completed {
+        id: TaskId,
+        token: LeaseToken,
+        result: Vec<u8>,
+    },
+    /// The processor failed with this (encoded) error.
+    Failed {
+        id: TaskId,
+        token: LeaseToken,
+        error: String,
+        action: FailAction,
+    },
+}
+
 /// What to do with a task whose run failed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum FailAction {

@@ -57,6 +57,11 @@ class Store:
         """running -> completed; LeaseLost if the lease is gone."""
     def fail(self, id: int, token: int, error: str, retry_delay_ms: int | None) -> str:
         """running -> pending (retry) or dead; returns the new status."""
+    def finish_many(
+        self, outcomes: list[tuple[int, int, bytes | None, str | None, int | None]]
+    ) -> list[str | None]:
+        """Records outcomes (id, token, result, error, retry_delay_ms) in one transaction; per
+        outcome the new status, or None if the lease was lost."""
     def heartbeat(self, leases: list[tuple[int, int]], lease_ms: int) -> list[bool]:
         """Extends leases; whether each was still held."""
     def progress(self, id: int, token: int, progress: float) -> None:

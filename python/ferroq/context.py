@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextvars
-import threading
-from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from .errors import FerroqError, InvalidArgument
@@ -18,19 +16,34 @@ __all__ = ["TaskContext", "current_task"]
 _current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar("ferroq_task", default=None)
 
 
-@dataclass(eq=False)
 class TaskContext:
     """The run in progress: its ids and counters, plus progress, heartbeat and cancellation."""
 
-    id: int
-    name: str
-    resource_group: str
-    attempt: int
-    max_attempts: int
-    enqueued_at: datetime
-    token: int
-    worker: Worker = field(repr=False)
-    _stopped: threading.Event = field(default_factory=threading.Event, repr=False)
+    # Slots and plain attributes: one of these is made per run, on the hot path.
+    __slots__ = ("id", "name", "resource_group", "attempt", "max_attempts", "_created_ms", "token",
+                 "worker", "stopped")
+
+    def __init__(self, id: int, name: str, resource_group: str, attempt: int, max_attempts: int,
+                 created_ms: int, token: int, worker: Worker) -> None:
+        self.id = id
+        self.name = name
+        self.resource_group = resource_group
+        self.attempt = attempt
+        self.max_attempts = max_attempts
+        self._created_ms = created_ms
+        self.token = token
+        self.worker = worker
+        #: Set when this run should stop (lease lost, timed out, released at shutdown).
+        self.stopped = False
+
+    def __repr__(self) -> str:
+        return (f"TaskContext(id={self.id}, name={self.name!r}, attempt={self.attempt}/{self.max_attempts}, "
+                f"resource_group={self.resource_group!r})")
+
+    @property
+    def enqueued_at(self) -> datetime:
+        """When the task was enqueued."""
+        return datetime.fromtimestamp(self._created_ms / 1000, tz=timezone.utc)
 
     def progress(self, fraction: float, message: str | None = None) -> None:
         """Stores progress (0.0 to 1.0) on the task. Raises ``LeaseLost`` if the run was taken over."""
@@ -43,9 +56,9 @@ class TaskContext:
         self.worker._heartbeat([self])
 
     def cancelled(self) -> bool:
-        """True once this run should stop: its lease was lost, it timed out, or the worker is stopping
-        and this task is being released. A long processor should check it and return early."""
-        return self._stopped.is_set()
+        """True once this run should stop: its lease was lost, it timed out, or the worker is
+        stopping and gave the task back. A long processor should check it and return early."""
+        return self.stopped
 
 
 def current_task() -> TaskContext:

@@ -1,5 +1,6 @@
-"""The worker: claims tasks, runs processors on threads (sync) or an event loop (async),
-heartbeats their leases, rescues expired leases of dead workers, applies retention."""
+"""The worker: claims tasks in batches into a small local buffer, runs processors on threads
+(sync) or an event loop (async), records outcomes in batched transactions, heartbeats
+leases, rescues expired leases of dead workers, applies retention."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ import socket
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from collections import deque
+from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Callable
+from typing import Any
 
+from . import _checks
 from .context import TaskContext, _current
 from .errors import (
     CorruptDatabase,
@@ -25,7 +27,9 @@ from .errors import (
     Fail,
     InvalidArgument,
     LeaseLost,
+    FerroqError,
     PayloadError,
+    PayloadTooLarge,
     Retry,
     SchemaTooNew,
     StorageError,
@@ -39,6 +43,10 @@ from .task import TaskBase
 __all__ = ["Worker", "WorkerStats"]
 
 log = logging.getLogger("ferroq.worker")
+
+# Storage errors that retrying cannot fix: the worker stops and raises them.
+_FATAL_STORAGE = (CorruptDatabase, DatabasePathError, SchemaTooNew)
+_DEFAULT_POLICY = RetryPolicy()
 
 
 @dataclass
@@ -54,49 +62,36 @@ class WorkerStats:
     rescued: int = 0
 
 
-@dataclass(eq=False)
 class _Run:
-    """One claimed task in this worker."""
+    """One claimed task in this worker, from claim until its outcome is committed."""
 
-    ctx: TaskContext
-    task: TaskBase[Any, Any] | None
-    payload: bytes
-    deadline: float | None
-    _settle: threading.Lock = field(default_factory=threading.Lock)
+    __slots__ = ("ctx", "task", "payload", "deadline", "_settle")
+
+    def __init__(self, ctx: TaskContext, task: TaskBase[Any, Any] | None, payload: bytes) -> None:
+        self.ctx = ctx
+        self.task = task
+        self.payload = payload
+        self.deadline: float | None = None
+        self._settle = threading.Lock()
 
     def settle(self) -> bool:
-        """True for exactly one caller: the one that records this run's outcome."""
+        """True for exactly one caller: the one that decides this run's outcome."""
         return self._settle.acquire(blocking=False)
 
 
-class _ThreadPool:
-    """Daemon threads, so a hung processor never blocks interpreter exit."""
-
-    def __init__(self, size: int, name: str) -> None:
-        self._jobs: queue_module.SimpleQueue[Callable[[], None] | None] = queue_module.SimpleQueue()
-        self._threads = [threading.Thread(target=self._serve, name=f"{name}-{i}", daemon=True) for i in range(size)]
-        for t in self._threads:
-            t.start()
-
-    def _serve(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            job()
-
-    def submit(self, job: Callable[[], None]) -> None:
-        self._jobs.put(job)
-
-    def close(self) -> None:
-        for _ in self._threads:
-            self._jobs.put(None)
+# (run, result bytes | None, error json | None, retry delay ms | None, exception for the log)
+_Outcome = tuple[_Run, "bytes | None", "str | None", "int | None", "BaseException | None"]
 
 
 class Worker:
     """Runs the processors registered on ``queue``.
 
     ``concurrency`` tasks run at once (threads for sync processors, one event loop for
-    async ones). Each claim holds a lease of ``lease`` seconds, renewed every lease/3 while
-    the processor runs; if this process dies, another worker's rescuer returns the task
-    to pending once the lease expires.
+    async ones). The worker claims tasks in batches and keeps up to ``prefetch`` of them
+    buffered, so a thread never waits on the database between tasks; outcomes are
+    committed in batches by one completer thread. Each claim holds a lease of ``lease``
+    seconds, renewed every lease/3; if this process dies, another worker's rescuer
+    returns its tasks to pending once their leases expire.
     """
 
     def __init__(
@@ -105,6 +100,7 @@ class Worker:
         *,
         concurrency: int = 8,
         lease: float = 30.0,
+        prefetch: int | None = None,
         name: str | None = None,
         poll_interval: float = 0.5,
         rescue_interval: float = 1.0,
@@ -113,18 +109,21 @@ class Worker:
     ) -> None:
         if not isinstance(queue, Queue):
             raise InvalidArgument(f"Worker needs a ferroq.Queue, got {queue!r}")
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= 10_000:
-            raise InvalidArgument(f"concurrency must be an int in 1..=10000, got {concurrency!r}")
-        for label, value in (("lease", lease), ("poll_interval", poll_interval),
-                             ("rescue_interval", rescue_interval)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise InvalidArgument(f"{label} must be a number of seconds > 0, got {value!r}")
-        if lease < 0.3:
+        _checks.integer("concurrency", concurrency, 1, 10_000)
+        if prefetch is not None:
+            _checks.integer("prefetch", prefetch, 0, 100_000)
+        if _checks.seconds("lease", lease, positive=True) < 0.3:
             raise InvalidArgument(f"lease must be at least 0.3 seconds, got {lease!r}")
-        if not isinstance(shutdown_grace, (int, float)) or shutdown_grace < 0:
-            raise InvalidArgument(f"shutdown_grace must be >= 0 seconds, got {shutdown_grace!r}")
+        _checks.seconds("poll_interval", poll_interval, positive=True)
+        _checks.seconds("rescue_interval", rescue_interval, positive=True)
+        _checks.seconds("shutdown_grace", shutdown_grace)
+        if name is not None:
+            _checks.text("worker name", name)
         self.queue = queue
+        self._max_payload = queue._store.max_payload
         self.concurrency = concurrency
+        #: Claimed tasks kept waiting for a free thread: small, so others' work is not hoarded.
+        self.prefetch = concurrency if prefetch is None else prefetch
         self.lease = float(lease)
         self.poll_interval = float(poll_interval)
         self.rescue_interval = float(rescue_interval)
@@ -135,10 +134,13 @@ class Worker:
         self.stats = WorkerStats()
         self._inflight: dict[int, _Run] = {}
         self._lock = threading.Lock()
+        self._ready: deque[_Run] = deque()
+        self._ready_cond = threading.Condition()
+        self._outcomes: queue_module.SimpleQueue[list[_Outcome] | None] = queue_module.SimpleQueue()
         self._stopping = threading.Event()
         self._hard_stop = threading.Event()
+        self._closing = False
         self._running = False
-        self._pool: _ThreadPool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
 
@@ -164,11 +166,15 @@ class Worker:
         self.stats = WorkerStats()
         self._stopping.clear()
         self._hard_stop.clear()
-        self._pool = _ThreadPool(self.concurrency, "ferroq-run")
+        self._closing = False
+        threads = [threading.Thread(target=self._runner, name=f"ferroq-run-{i}", daemon=True)
+                   for i in range(self.concurrency)]
+        completer = threading.Thread(target=self._completer, name="ferroq-completer", daemon=True)
+        maintenance = threading.Thread(target=self._maintain, name="ferroq-maintenance", daemon=True)
+        for t in (*threads, completer, maintenance):
+            t.start()
         if any(t.is_async for t in self.queue._tasks.values()):
             self._start_loop()
-        maintenance = threading.Thread(target=self._maintain, name="ferroq-maintenance", daemon=True)
-        maintenance.start()
         previous = self._install_signals()
         log.info("worker %s started on %s (queue %r, concurrency %d)",
                  self.id, self.queue.path, self.queue.name, self.concurrency)
@@ -178,8 +184,12 @@ class Worker:
         finally:
             self._stopping.set()
             self._drain(0.0)  # on an exception (KeyboardInterrupt...), give running tasks back
+            with self._ready_cond:
+                self._closing = True
+                self._ready_cond.notify_all()
+            self._outcomes.put(None)
+            completer.join(timeout=10)
             maintenance.join(timeout=5)
-            self._pool.close()
             self._stop_loop()
             self._restore_signals(previous)
             self._running = False
@@ -195,36 +205,37 @@ class Worker:
     def _claim_loop(self, until_idle: bool, until_empty: bool) -> None:
         store, name = self.queue._store, self.queue.name
         lease_ms = int(self.lease * 1000)
+        target = self.concurrency + self.prefetch
+        # Claim when a quarter of the window is free, so claims come in batches.
+        batch_floor = max(1, target // 4)
         while not self._stopping.is_set():
             seen = self.queue._changes
-            free = self.concurrency - len(self._inflight)
-            rows: list[Any] = []
-            if free > 0:
+            free = target - len(self._inflight)
+            wait = self.poll_interval  # woken earlier by any flush or enqueue in this process
+            if free >= batch_floor or (free > 0 and not self._ready):
                 try:
                     rows = store.claim(name, self.id, free, lease_ms)
-                except (CorruptDatabase, DatabasePathError, SchemaTooNew):
-                    raise  # retrying cannot help; the operator must act
+                except _FATAL_STORAGE:
+                    raise
                 except StorageError as e:
                     log.warning("claim failed, retrying: %s", e)
                     self._stopping.wait(1.0)
                     continue
-            for row in rows:
-                self._start(row)
-            if rows:
-                continue
-            if not self._inflight and (until_idle or (until_empty and self._queue_empty())):
-                return
-            self.queue._wait_for_change(self._idle_wait(free), seen)
+                if rows:
+                    self._start(rows)
+                    continue
+                if not self._inflight and (until_idle or (until_empty and self._queue_empty())):
+                    return
+                wait = self._idle_wait()
+            self.queue._wait_for_change(wait, seen)
 
     def _queue_empty(self) -> bool:
         counts = self.queue.counts()
         return counts["pending"] == 0 and counts["running"] == 0
 
-    def _idle_wait(self, free: int) -> float:
+    def _idle_wait(self) -> float:
         """How long to sleep when nothing was claimed: until the next delayed task is due,
         at most ``poll_interval`` (other processes enqueue without waking us)."""
-        if free <= 0:
-            return self.poll_interval
         try:
             due = self.queue._store.next_run_at(self.queue.name)
         except StorageError:
@@ -233,46 +244,74 @@ class Worker:
             return self.poll_interval
         return min(self.poll_interval, max(0.001, (due - self.queue._store.now_ms()) / 1000))
 
-    def _start(self, row: tuple[Any, ...]) -> None:
-        task_id, token, name, group, payload, _priority, attempt, max_attempts, created_ms = row
-        task = self.queue._tasks.get(name)
-        ctx = TaskContext(task_id, name, group, attempt, max_attempts,
-                          datetime.fromtimestamp(created_ms / 1000, tz=timezone.utc), token, self)
-        timeout = task.options.timeout if task is not None else None
-        run = _Run(ctx, task, payload, None if timeout is None else time.monotonic() + timeout)
-        self._count("claimed", 1)
-        if task is None:
-            exc = UnknownTaskName(f"no processor is registered for task {name!r} in worker {self.id}")
-            self._record_failure(run, exc, None)
-            return
+    def _start(self, rows: list[tuple[Any, ...]]) -> None:
+        tasks = self.queue._tasks
+        ready: list[_Run] = []
+        unknown: list[_Outcome] = []
         with self._lock:
-            self._inflight[task_id] = run
-        if task.is_async:
-            assert self._loop is not None
-            asyncio.run_coroutine_threadsafe(self._run_async(run), self._loop)
-        else:
-            assert self._pool is not None
-            self._pool.submit(lambda: self._run_sync(run))
+            self.stats.claimed += len(rows)
+            for task_id, token, name, group, payload, _priority, attempt, max_attempts, created_ms in rows:
+                task = tasks.get(name)
+                run = _Run(TaskContext(task_id, name, group, attempt, max_attempts, created_ms, token, self),
+                           task, payload)
+                self._inflight[task_id] = run
+                if task is None:
+                    run.settle()
+                    exc = UnknownTaskName(f"no processor is registered for task {name!r} in worker {self.id}")
+                    unknown.append(self._failure(run, exc, None, fatal=True))
+                elif task.is_async:
+                    assert self._loop is not None
+                    asyncio.run_coroutine_threadsafe(self._run_async(run), self._loop)
+                else:
+                    ready.append(run)
+        if unknown:
+            self._outcomes.put(unknown)
+        if ready:
+            with self._ready_cond:
+                self._ready.extend(ready)
+                self._ready_cond.notify(len(ready))
 
     # -- running -----------------------------------------------------------------------
 
-    def _decode(self, run: _Run) -> tuple[list[Any], dict[str, Any]]:
-        data = self.queue.serializer.loads(run.payload)
-        return data["args"], data["kwargs"]
+    def _runner(self) -> None:
+        """A processor thread: takes its fair share of the buffer, runs it, hands the
+        outcomes to the completer in one go."""
+        ready, cond = self._ready, self._ready_cond
+        while True:
+            with cond:
+                while not ready and not self._closing:
+                    cond.wait()
+                if not ready:
+                    return
+                share = max(1, min(len(ready) // self.concurrency, 64))
+                batch = [ready.popleft() for _ in range(min(share, len(ready)))]
+            outcomes = []
+            for run in batch:
+                outcome = self._execute(run)
+                if outcome is not None:
+                    outcomes.append(outcome)
+            if outcomes:
+                self._outcomes.put(outcomes)
 
-    def _run_sync(self, run: _Run) -> None:
+    def _execute(self, run: _Run) -> _Outcome | None:
         assert run.task is not None
+        if run.ctx.stopped:  # its lease was lost while it waited in the buffer
+            if run.settle():
+                with self._lock:
+                    self._inflight.pop(run.ctx.id, None)
+            return None
+        timeout = run.task.options.timeout
+        if timeout is not None:
+            run.deadline = time.monotonic() + timeout
         reset = _current.set(run.ctx)
         try:
-            args, kwargs = self._decode(run)
-            result = run.task.fn(*args, **kwargs)
+            data = self.queue.serializer.loads(run.payload)
+            result = run.task.fn(*data["args"], **data["kwargs"])
         except BaseException as exc:  # noqa: BLE001 - a processor's failure is data, not a crash
-            self._record_failure(run, exc, traceback.format_exc())
-        else:
-            self._record_success(run, result)
+            return self._settled_failure(run, exc, traceback.format_exc())
         finally:
             _current.reset(reset)
-            self._done(run)
+        return self._settled_success(run, result)
 
     async def _run_async(self, run: _Run) -> None:
         assert run.task is not None
@@ -289,49 +328,41 @@ class Worker:
 
         # Our own timer, so a TimeoutError the processor raises itself stays its own error.
         timer = None if timeout is None else asyncio.get_running_loop().call_later(timeout, expire)
+        outcome: _Outcome | None
         try:
-            args, kwargs = self._decode(run)
-            result = await run.task.fn(*args, **kwargs)
+            data = self.queue.serializer.loads(run.payload)
+            result = await run.task.fn(*data["args"], **data["kwargs"])
         except asyncio.CancelledError:
             if not timed_out:
                 raise  # the worker is shutting down; the run was already released
             exc = TimeoutError(f"task {run.ctx.name!r} exceeded its timeout of {timeout}s and was cancelled")
-            await asyncio.to_thread(self._record_failure, run, exc, None)
+            outcome = self._settled_failure(run, exc, None)
         except BaseException as exc:  # noqa: BLE001
-            await asyncio.to_thread(self._record_failure, run, exc, traceback.format_exc())
+            outcome = self._settled_failure(run, exc, traceback.format_exc())
         else:
-            await asyncio.to_thread(self._record_success, run, result)
+            outcome = self._settled_success(run, result)
         finally:
             if timer is not None:
                 timer.cancel()
-            self._done(run)
+        if outcome is not None:
+            self._outcomes.put([outcome])
 
-    def _done(self, run: _Run) -> None:
-        with self._lock:
-            self._inflight.pop(run.ctx.id, None)
-        self.queue._notify()
-
-    def _record_success(self, run: _Run, result: Any) -> None:
+    def _settled_success(self, run: _Run, result: Any) -> _Outcome | None:
         if not run.settle():
-            return
-        ctx = run.ctx
+            return None
         try:
             data = self.queue.serializer.dumps(result)
-            self.queue._store.complete(ctx.id, ctx.token, data)
+            if len(data) > self._max_payload:
+                raise PayloadTooLarge(f"it is {len(data)} bytes, over the limit of {self._max_payload} bytes")
         except PayloadError as e:
-            self._fail(run, PayloadError(f"result of task {ctx.name!r} cannot be stored: {e}"), None, fatal=True)
-        except LeaseLost:
-            self._count("lost", 1)
-            log.warning("task %d (%s) finished after its lease was lost; result discarded", ctx.id, ctx.name)
-        except StorageError as e:
-            log.error("task %d (%s): could not record completion: %s", ctx.id, ctx.name, e)
-        else:
-            self._count("completed", 1)
-            log.debug("task %d (%s) completed", ctx.id, ctx.name)
+            return self._failure(run, PayloadError(f"result of task {run.ctx.name!r} cannot be stored: {e}"),
+                                 None, fatal=True)
+        return (run, data, None, None, None)
 
-    def _record_failure(self, run: _Run, exc: BaseException, tb: str | None) -> None:
-        if run.settle():
-            self._fail(run, exc, tb, fatal=self._is_fatal(run, exc))
+    def _settled_failure(self, run: _Run, exc: BaseException, tb: str | None) -> _Outcome | None:
+        if not run.settle():
+            return None
+        return self._failure(run, exc, tb, fatal=self._is_fatal(run, exc))
 
     @staticmethod
     def _is_fatal(run: _Run, exc: BaseException) -> bool:
@@ -340,36 +371,90 @@ class Worker:
             return False
         if isinstance(exc, (Fail, UnknownTaskName, PayloadError)):
             return True
-        policy = run.task.options.retry if run.task is not None else RetryPolicy()
+        policy = run.task.options.retry if run.task is not None else _DEFAULT_POLICY
         return policy.is_fatal(exc)
 
-    def _fail(self, run: _Run, exc: BaseException, tb: str | None, *, fatal: bool) -> None:
-        ctx = run.ctx
+    def _failure(self, run: _Run, exc: BaseException, tb: str | None, *, fatal: bool) -> _Outcome:
         delay: int | None = None
         if not fatal:
-            policy = run.task.options.retry if run.task is not None else RetryPolicy()
+            policy = run.task.options.retry if run.task is not None else _DEFAULT_POLICY
             if isinstance(exc, Retry) and exc.delay is not None:
                 delay = int(exc.delay * 1000)
             else:
-                delay = policy.delay_ms(ctx.attempt)
-        error = TaskError.from_exception(exc, tb).to_json()
-        try:
-            status = self.queue._store.fail(ctx.id, ctx.token, error, delay)
-        except LeaseLost:
-            self._count("lost", 1)
-            log.warning("task %d (%s) failed after its lease was lost; failure discarded", ctx.id, ctx.name)
-            return
-        except StorageError as e:
-            log.error("task %d (%s): could not record failure: %s", ctx.id, ctx.name, e)
-            return
-        if status == "dead":
-            self._count("dead", 1)
-            log.warning("task %d (%s) is dead after attempt %d: %s: %s",
-                        ctx.id, ctx.name, ctx.attempt, type(exc).__name__, exc)
-        else:
-            self._count("retried", 1)
-            log.info("task %d (%s) failed attempt %d, retrying in %.3fs: %s: %s",
-                     ctx.id, ctx.name, ctx.attempt, (delay or 0) / 1000, type(exc).__name__, exc)
+                delay = policy.delay_ms(run.ctx.attempt)
+        return (run, None, TaskError.from_exception(exc, tb).to_json(), delay, exc)
+
+    # -- recording outcomes --------------------------------------------------------------
+
+    def _completer(self) -> None:
+        """Commits outcomes in batches: whatever has arrived while the last batch was being
+        written goes into the next transaction, each row still fenced by its lease token."""
+        outcomes = self._outcomes
+        closing = False
+        while not closing:
+            first = outcomes.get()
+            if first is None:
+                break
+            batch = list(first)
+            while len(batch) < 2000:
+                try:
+                    more = outcomes.get_nowait()
+                except queue_module.Empty:
+                    break
+                if more is None:
+                    closing = True
+                    break
+                batch.extend(more)
+            self._flush(batch)
+
+    def _flush(self, batch: list[_Outcome]) -> None:
+        rows = [(run.ctx.id, run.ctx.token, data, error, delay) for run, data, error, delay, _ in batch]
+        while True:
+            try:
+                answers = self.queue._store.finish_many(rows)
+                break
+            except _FATAL_STORAGE as e:
+                log.error("cannot record %d outcome(s), the database is unusable: %s", len(rows), e)
+                answers = [None] * len(rows)
+                break
+            except FerroqError as e:
+                if not isinstance(e, StorageError):
+                    # A bug, not the database: never let the completer die over it. The
+                    # tasks keep their leases until expiry and then run again.
+                    log.exception("cannot record %d outcome(s)", len(rows))
+                    answers = [None] * len(rows)
+                    break
+                # Leases stay renewed while we retry (the runs are still in flight); if this
+                # process dies first, the tasks run again: at-least-once, never lost.
+                log.warning("recording %d outcome(s) failed, retrying: %s", len(rows), e)
+                if self._hard_stop.wait(0.5):
+                    answers = [None] * len(rows)
+                    break
+        counts = {"completed": 0, "retried": 0, "dead": 0, "lost": 0}
+        for (run, _data, _error, delay, exc), status in zip(batch, answers):
+            ctx = run.ctx
+            if status is None:
+                counts["lost"] += 1
+                log.warning("task %d (%s) finished after its lease was lost; outcome discarded", ctx.id, ctx.name)
+            elif status == "completed":
+                counts["completed"] += 1
+            elif status == "dead":
+                counts["dead"] += 1
+                log.warning("task %d (%s) is dead after attempt %d: %s: %s",
+                            ctx.id, ctx.name, ctx.attempt, type(exc).__name__, exc)
+            else:
+                counts["retried"] += 1
+                log.info("task %d (%s) failed attempt %d, retrying in %.3fs: %s: %s",
+                         ctx.id, ctx.name, ctx.attempt, (delay or 0) / 1000, type(exc).__name__, exc)
+        with self._lock:
+            for counter, n in counts.items():
+                setattr(self.stats, counter, getattr(self.stats, counter) + n)
+            inflight = self._inflight
+            for run, *_ in batch:
+                # A timed-out run's thread may still be busy; its slot frees when it returns.
+                if inflight.get(run.ctx.id) is run:
+                    del inflight[run.ctx.id]
+        self.queue._notify()
 
     # -- leases, timeouts, rescue, retention -------------------------------------------
 
@@ -379,7 +464,7 @@ class Worker:
         alive = self.queue._store.heartbeat([(c.id, c.token) for c in contexts], int(self.lease * 1000))
         for ctx, held in zip(contexts, alive):
             if not held:
-                ctx._stopped.set()
+                ctx.stopped = True
 
     def _maintain(self) -> None:
         tick = min(0.1, self.lease / 6)
@@ -419,33 +504,41 @@ class Worker:
                     if r.deadline is not None and now >= r.deadline and r.task is not None and not r.task.is_async]
         for run in late:
             if run.settle():
-                run.ctx._stopped.set()
+                run.ctx.stopped = True
                 timeout = run.task.options.timeout if run.task else None
                 exc = TimeoutError(f"task {run.ctx.name!r} exceeded its timeout of {timeout}s "
                                    "(its thread keeps running; its late result will be discarded)")
-                # Settled here; _fail does the recording without settling again.
-                self._fail(run, exc, None, fatal=self._is_fatal(run, exc))
+                self._outcomes.put([self._failure(run, exc, None, fatal=self._is_fatal(run, exc))])
 
     # -- shutdown ----------------------------------------------------------------------
 
     def _drain(self, grace: float) -> None:
-        """After claiming stops: wait up to ``grace`` seconds for running tasks, then release
-        what is left (back to pending, the attempt given back)."""
+        """After claiming stops: give back prefetched tasks at once, wait up to ``grace``
+        seconds for running ones, then give back what is left (back to pending, the attempt
+        returned)."""
+        with self._ready_cond:
+            waiting = list(self._ready)
+            self._ready.clear()
+        self._release(waiting)
         deadline = time.monotonic() + grace
         while self._inflight and not self._hard_stop.is_set() and time.monotonic() < deadline:
             self.queue._wait_for_change(0.1)
         with self._lock:
             left = list(self._inflight.values())
-        for run in left:
-            if run.settle():
-                run.ctx._stopped.set()
-                try:
-                    self.queue._store.release(run.ctx.id, run.ctx.token)
-                    self._count("released", 1)
-                except (LeaseLost, StorageError) as e:
-                    log.warning("could not release task %d at shutdown: %s", run.ctx.id, e)
-        with self._lock:
-            self._inflight.clear()
+        self._release(left)
+
+    def _release(self, runs: list[_Run]) -> None:
+        for run in runs:
+            if not run.settle():
+                continue  # its outcome is already on its way to the completer
+            run.ctx.stopped = True
+            try:
+                self.queue._store.release(run.ctx.id, run.ctx.token)
+                self._count("released")
+            except (LeaseLost, StorageError) as e:
+                log.warning("could not release task %d at shutdown: %s", run.ctx.id, e)
+            with self._lock:
+                self._inflight.pop(run.ctx.id, None)
 
     def _install_signals(self) -> dict[int, Any]:
         if not self.handle_signals or threading.current_thread() is not threading.main_thread():

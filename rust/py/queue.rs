@@ -11,7 +11,7 @@ use crate::clock::Millis;
 use crate::policy::retention::{Keep, Retention};
 use crate::store::Store;
 use crate::store::sqlite::{Durability, Options, SqliteStore};
-use crate::task::{FailAction, NewTask, TaskStatus};
+use crate::task::{FailAction, NewTask, Outcome, TaskStatus};
 
 /// (name, resource_group, payload, priority, run_at_ms | None, max_attempts, unique_key | None)
 type NewTaskTuple<'py> = (
@@ -154,6 +154,49 @@ impl PyStore {
         Ok(py
             .detach(|| self.store.fail(id, token, error, action))?
             .as_str())
+    }
+
+    /// Records outcomes `(id, token, result | None, error | None, retry_delay_ms | None)` in one
+    /// transaction: a result completes, an error fails (retry after the delay, or dead if None).
+    /// Returns per outcome the new status, or None if the lease was lost.
+    #[allow(clippy::type_complexity)]
+    fn finish_many(
+        &self,
+        py: Python<'_>,
+        outcomes: Vec<(
+            i64,
+            i64,
+            Option<Bound<'_, PyBytes>>,
+            Option<String>,
+            Option<Millis>,
+        )>,
+    ) -> PyResult<Vec<Option<&'static str>>> {
+        let outcomes: Vec<Outcome> = outcomes
+            .into_iter()
+            .map(|(id, token, result, error, delay)| match (result, error) {
+                (_, Some(error)) => Outcome::Failed {
+                    id,
+                    token,
+                    error,
+                    action: delay
+                        .map_or(FailAction::Dead, |delay_ms| FailAction::Retry { delay_ms }),
+                },
+                (result, None) => Outcome::Completed {
+                    id,
+                    token,
+                    result: result.map_or_else(|| b"null".to_vec(), |r| r.as_bytes().to_vec()),
+                },
+            })
+            .collect();
+        let answers = py.detach(|| self.store.finish_many(&outcomes))?;
+        answers
+            .into_iter()
+            .map(|answer| match answer {
+                Ok(status) => Ok(Some(status.as_str())),
+                Err(crate::Error::LeaseLost(_)) => Ok(None),
+                Err(other) => Err(other.into()),
+            })
+            .collect()
     }
 
     fn heartbeat(

@@ -416,3 +416,42 @@ fn pragmas_read_back() {
     assert_eq!(get("temp_store"), "2");
     assert_eq!(get("busy_timeout"), "30000");
 }
+
+#[test]
+fn finish_many_fences_each_outcome_on_its_own() {
+    use crate::task::Outcome;
+    let f = fixture();
+    f.store
+        .enqueue(Q, &[task("a", 0), task("b", 0), task("c", 0)])
+        .unwrap();
+    let t = f.store.claim(Q, "w", 3, LEASE).unwrap();
+    let answers = f
+        .store
+        .finish_many(&[
+            Outcome::Completed {
+                id: t[0].id,
+                token: t[0].token,
+                result: b"1".to_vec(),
+            },
+            Outcome::Completed {
+                id: t[1].id,
+                token: t[1].token + 1,
+                result: b"2".to_vec(),
+            },
+            Outcome::Failed {
+                id: t[2].id,
+                token: t[2].token,
+                error: "{}".into(),
+                action: FailAction::Retry { delay_ms: 10 },
+            },
+        ])
+        .unwrap();
+    assert!(matches!(answers[0], Ok(TaskStatus::Completed)));
+    assert!(matches!(answers[1], Err(Error::LeaseLost(id)) if id == t[1].id));
+    assert!(matches!(answers[2], Ok(TaskStatus::Pending)));
+    assert_eq!(
+        f.store.get(Q, t[0].id).unwrap().result.as_deref(),
+        Some(&b"1"[..])
+    );
+    assert_eq!(f.store.get(Q, t[1].id).unwrap().status, TaskStatus::Running);
+}

@@ -10,8 +10,8 @@ use crate::clock::Millis;
 use crate::error::Result;
 use crate::policy::retention::Retention;
 use crate::task::{
-    ClaimedTask, Enqueued, FailAction, LeaseToken, NewTask, TaskId, TaskRecord, TaskStatus,
-    Transition,
+    ClaimedTask, Enqueued, FailAction, LeaseToken, NewTask, Outcome, TaskId, TaskRecord,
+    TaskStatus, Transition,
 };
 
 /// A lease to renew: the task and the token of the claim that holds it.
@@ -44,6 +44,10 @@ pub trait Store: Send + Sync {
         error: &str,
         action: FailAction,
     ) -> Result<TaskStatus>;
+
+    /// Records many outcomes in one transaction, each fenced by its own lease token.
+    /// Per outcome: the new status, or `LeaseLost`. Any other error rolls back the batch.
+    fn finish_many(&self, outcomes: &[Outcome]) -> Result<Vec<Result<TaskStatus>>>;
 
     /// Extends leases still held; returns, per lease, whether it was still held.
     fn heartbeat(&self, leases: &[Lease], lease_ms: Millis) -> Result<Vec<bool>>;

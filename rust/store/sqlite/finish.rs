@@ -6,7 +6,7 @@ use super::history;
 use crate::clock::Millis;
 use crate::error::{Error, Result};
 use crate::store::Lease;
-use crate::task::{FailAction, LeaseToken, TaskId, TaskStatus};
+use crate::task::{FailAction, LeaseToken, Outcome, TaskId, TaskStatus};
 
 /// The error stored on a task whose worker stopped heartbeating.
 const LEASE_EXPIRED_ERROR: &str = r#"{"type":"LeaseExpired","message":"the worker running this task stopped heartbeating (crashed or was killed); its lease expired","traceback":null}"#;
@@ -89,6 +89,34 @@ pub fn fail(
         Some(error),
     )?;
     Ok(status)
+}
+
+/// Records each outcome; a lost lease is that outcome's answer, not the batch's.
+pub fn finish_many(
+    tx: &Transaction<'_>,
+    outcomes: &[Outcome],
+    now: Millis,
+) -> Result<Vec<Result<TaskStatus>>> {
+    let mut answers = Vec::with_capacity(outcomes.len());
+    for outcome in outcomes {
+        let answer = match outcome {
+            Outcome::Completed { id, token, result } => {
+                complete(tx, *id, *token, result, now).map(|()| TaskStatus::Completed)
+            }
+            Outcome::Failed {
+                id,
+                token,
+                error,
+                action,
+            } => fail(tx, *id, *token, error, *action, now),
+        };
+        match answer {
+            Err(Error::LeaseLost(id)) => answers.push(Err(Error::LeaseLost(id))),
+            Err(other) => return Err(other),
+            Ok(status) => answers.push(Ok(status)),
+        }
+    }
+    Ok(answers)
 }
 
 /// Extends every lease still held.

@@ -21,8 +21,8 @@ use crate::error::{Error, Result};
 use crate::policy::retention::Retention;
 use crate::store::{Lease, Store};
 use crate::task::{
-    ClaimedTask, Enqueued, FailAction, LeaseToken, NewTask, TaskId, TaskRecord, TaskStatus,
-    Transition,
+    ClaimedTask, Enqueued, FailAction, LeaseToken, NewTask, Outcome, TaskId, TaskRecord,
+    TaskStatus, Transition,
 };
 use crate::validate;
 
@@ -229,6 +229,18 @@ impl Store for SqliteStore {
         action: FailAction,
     ) -> Result<TaskStatus> {
         self.write(|tx, now| finish::fail(tx, id, token, error, action, now))
+    }
+
+    fn finish_many(&self, outcomes: &[Outcome]) -> Result<Vec<Result<TaskStatus>>> {
+        for outcome in outcomes {
+            if let Outcome::Completed { result, .. } = outcome {
+                validate::size("result", result.len(), self.options.max_payload)?;
+            }
+        }
+        if outcomes.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(|tx, now| finish::finish_many(tx, outcomes, now))
     }
 
     fn heartbeat(&self, leases: &[Lease], lease_ms: Millis) -> Result<Vec<bool>> {
