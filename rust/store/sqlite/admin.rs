@@ -131,8 +131,15 @@ pub fn history(conn: &Connection, queue: &str, id: TaskId) -> Result<Vec<Transit
 
 /// Tasks per status, every status listed.
 pub fn counts(conn: &Connection, queue: &str) -> Result<Vec<(TaskStatus, u64)>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT status, count(*) FROM tasks WHERE queue = ?1 GROUP BY status")?;
+    // One arm per partial index, so counting never walks the whole table.
+    let mut stmt = conn.prepare_cached(
+        "SELECT 'pending', count(*) FROM tasks WHERE queue = ?1 AND status = 'pending'
+         UNION ALL
+         SELECT 'running', count(*) FROM tasks WHERE queue = ?1 AND status = 'running'
+         UNION ALL
+         SELECT status, count(*) FROM tasks
+         WHERE queue = ?1 AND status IN ('completed', 'dead', 'cancelled') GROUP BY status",
+    )?;
     let found: Vec<(TaskStatus, u64)> = stmt
         .query_map([queue], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
         .collect::<rusqlite::Result<_>>()?;
@@ -184,19 +191,23 @@ fn prune_status(
     // Age: finished before the cutoff. Count: beyond the newest `max_count` by finish time.
     let cutoff = keep.max_age_ms.map(|age| now - age);
     let offset = keep.max_count.map(|n| n as i64);
+    // The status is spelled into the SQL (it is one of our constants): the planner can
+    // use the partial `tasks_finished` index only for a literal status.
+    let status = TaskStatus::parse(status)?.as_str();
+    let sql = format!(
+        "DELETE FROM tasks WHERE id IN (
+             SELECT id FROM tasks
+             WHERE queue = ?1 AND status = '{status}' AND finished_at < ?2
+             UNION
+             SELECT id FROM (SELECT id FROM tasks WHERE queue = ?1 AND status = '{status}'
+                             ORDER BY finished_at DESC, id DESC
+                             LIMIT -1 OFFSET coalesce(?3, 0))
+             WHERE ?3 IS NOT NULL
+             LIMIT ?4)"
+    );
     let changed = tx
-        .prepare_cached(
-            "DELETE FROM tasks WHERE id IN (
-                 SELECT id FROM tasks
-                 WHERE queue = ?1 AND status = ?2 AND finished_at < ?3
-                 UNION
-                 SELECT id FROM (SELECT id FROM tasks WHERE queue = ?1 AND status = ?2
-                                 ORDER BY finished_at DESC, id DESC
-                                 LIMIT -1 OFFSET coalesce(?4, 0))
-                 WHERE ?4 IS NOT NULL
-                 LIMIT ?5)",
-        )?
-        .execute((queue, status, cutoff, offset, limit as i64))?;
+        .prepare_cached(&sql)?
+        .execute((queue, cutoff, offset, limit as i64))?;
     Ok(changed as u64)
 }
 

@@ -28,14 +28,15 @@ CREATE TABLE tasks (
 -- The claim path: pending tasks by priority, then FIFO; run_at rides along so delayed
 -- tasks are skipped inside the index, without visiting their rows.
 CREATE INDEX tasks_ready ON tasks (queue, priority DESC, id, run_at) WHERE status = 'pending';
--- The rescuer: running tasks by lease expiry.
-CREATE INDEX tasks_leases ON tasks (lease_expires_at) WHERE status = 'running';
--- Delayed work: when the next pending task becomes due.
+-- The rescuer (and running counts): running tasks by lease expiry.
+CREATE INDEX tasks_leases ON tasks (queue, lease_expires_at) WHERE status = 'running';
+-- Delayed work (and pending counts): when the next pending task becomes due.
 CREATE INDEX tasks_due ON tasks (queue, run_at) WHERE status = 'pending';
--- Counts, listings and retention per status.
-CREATE INDEX tasks_status ON tasks (queue, status, finished_at);
--- Per-group queries (throttles, breakers, listings).
-CREATE INDEX tasks_group ON tasks (queue, resource_group, status);
+-- Counts, listings and retention of finished tasks. Partial, like the two above, so a
+-- claim (pending -> running) touches no index it does not need: every index entry is a
+-- B-tree write on the hot path.
+CREATE INDEX tasks_finished ON tasks (queue, status, finished_at)
+    WHERE status IN ('completed', 'dead', 'cancelled');
 -- At most one unfinished task per unique key.
 CREATE UNIQUE INDEX tasks_unique_key ON tasks (queue, unique_key)
     WHERE unique_key IS NOT NULL AND status IN ('pending', 'running');
@@ -47,7 +48,7 @@ CREATE TABLE task_results (
 );
 
 CREATE TABLE task_history (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    id          INTEGER PRIMARY KEY,
     task_id     INTEGER NOT NULL,
     from_status TEXT,
     to_status   TEXT    NOT NULL,
