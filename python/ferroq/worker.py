@@ -122,8 +122,11 @@ class Worker:
         self.queue = queue
         self._max_payload = queue._store.max_payload
         self.concurrency = concurrency
-        #: Claimed tasks kept waiting for a free thread: small, so others' work is not hoarded.
-        self.prefetch = concurrency if prefetch is None else prefetch
+        #: Claimed tasks kept waiting for a free thread. None: adaptive, about 20 ms of work
+        #: at the observed rate (at least ``concurrency``), so fast tasks are claimed in
+        #: large batches and slow ones are not hoarded from other workers.
+        self.prefetch = prefetch
+        self._rate = 0.0  # completions per second, smoothed
         self.lease = float(lease)
         self.poll_interval = float(poll_interval)
         self.rescue_interval = float(rescue_interval)
@@ -205,10 +208,10 @@ class Worker:
     def _claim_loop(self, until_idle: bool, until_empty: bool) -> None:
         store, name = self.queue._store, self.queue.name
         lease_ms = int(self.lease * 1000)
-        target = self.concurrency + self.prefetch
-        # Claim when a quarter of the window is free, so claims come in batches.
-        batch_floor = max(1, target // 4)
         while not self._stopping.is_set():
+            target = self.concurrency + self._prefetch_now()
+            # Claim when a quarter of the window is free, so claims come in batches.
+            batch_floor = max(1, target // 4)
             seen = self.queue._changes
             free = target - len(self._inflight)
             wait = self.poll_interval  # woken earlier by any flush or enqueue in this process
@@ -228,6 +231,11 @@ class Worker:
                     return
                 wait = self._idle_wait()
             self.queue._wait_for_change(wait, seen)
+
+    def _prefetch_now(self) -> int:
+        if self.prefetch is not None:
+            return self.prefetch
+        return min(1000, max(self.concurrency, int(self._rate * 0.02)))
 
     def _queue_empty(self) -> bool:
         counts = self.queue.counts()
@@ -391,6 +399,7 @@ class Worker:
         written goes into the next transaction, each row still fenced by its lease token."""
         outcomes = self._outcomes
         closing = False
+        last = time.monotonic()
         while not closing:
             first = outcomes.get()
             if first is None:
@@ -406,6 +415,10 @@ class Worker:
                     break
                 batch.extend(more)
             self._flush(batch)
+            now = time.monotonic()
+            # Completions per second, smoothed over flushes; an idle gap decays it.
+            self._rate = 0.8 * self._rate + 0.2 * (len(batch) / max(now - last, 1e-4))
+            last = now
 
     def _flush(self, batch: list[_Outcome]) -> None:
         rows = [(run.ctx.id, run.ctx.token, data, error, delay) for run, data, error, delay, _ in batch]
