@@ -48,17 +48,15 @@ pub fn claim(
         .collect::<rusqlite::Result<Vec<_>>>()?;
     // RETURNING does not promise the subquery's order.
     tasks.sort_unstable_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
-    for task in &tasks {
-        history::record(
-            tx,
-            task.id,
-            Some(TaskStatus::Pending),
-            TaskStatus::Running,
-            now,
-            Some(worker),
-            None,
-        )?;
-    }
+    let ids: Vec<_> = tasks.iter().map(|t| t.id).collect();
+    history::record_many(
+        tx,
+        &ids,
+        TaskStatus::Pending,
+        TaskStatus::Running,
+        now,
+        Some(worker),
+    )?;
     Ok(tasks)
 }
 

@@ -1,5 +1,8 @@
 //! Changes to running tasks, each fenced by the lease token, and the rescuer.
 
+use std::collections::HashSet;
+use std::fmt::Write;
+
 use rusqlite::{OptionalExtension, Transaction};
 
 use super::history;
@@ -101,26 +104,94 @@ pub fn finish_many(
     outcomes: &[Outcome],
     now: Millis,
 ) -> Result<Vec<Result<TaskStatus>>> {
+    let completions: Vec<(TaskId, LeaseToken, &[u8])> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::Completed { id, token, result } => Some((*id, *token, result.as_slice())),
+            Outcome::Failed { .. } => None,
+        })
+        .collect();
+    let completed = complete_many(tx, &completions, now)?;
     let mut answers = Vec::with_capacity(outcomes.len());
     for outcome in outcomes {
-        let answer = match outcome {
-            Outcome::Completed { id, token, result } => {
-                complete(tx, *id, *token, result, now).map(|()| TaskStatus::Completed)
-            }
+        answers.push(match outcome {
+            Outcome::Completed { id, .. } if completed.contains(id) => Ok(TaskStatus::Completed),
+            Outcome::Completed { id, .. } => Err(Error::LeaseLost(*id)),
             Outcome::Failed {
                 id,
                 token,
                 error,
                 action,
-            } => fail(tx, *id, *token, error, *action, now),
-        };
-        match answer {
-            Err(Error::LeaseLost(id)) => answers.push(Err(Error::LeaseLost(id))),
-            Err(other) => return Err(other),
-            Ok(status) => answers.push(Ok(status)),
-        }
+            } => match fail(tx, *id, *token, error, *action, now) {
+                Err(Error::LeaseLost(id)) => Err(Error::LeaseLost(id)),
+                Err(other) => return Err(other),
+                Ok(status) => Ok(status),
+            },
+        });
     }
     Ok(answers)
+}
+
+/// Completes many tasks with one set-based UPDATE (the batch goes in as JSON pairs), each
+/// row fenced by its own token. Returns the ids whose lease still held.
+fn complete_many(
+    tx: &Transaction<'_>,
+    done: &[(TaskId, LeaseToken, &[u8])],
+    now: Millis,
+) -> Result<HashSet<TaskId>> {
+    if done.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let mut pairs = String::with_capacity(done.len() * 32);
+    pairs.push('[');
+    for (i, (id, token, _)) in done.iter().enumerate() {
+        if i > 0 {
+            pairs.push(',');
+        }
+        let _ = write!(pairs, "[{id},{token}]");
+    }
+    pairs.push(']');
+    let finished: Vec<(TaskId, Option<String>)> = tx
+        .prepare_cached(
+            "UPDATE tasks
+             SET status = 'completed', finished_at = ?2, updated_at = ?2, progress = 1.0,
+                 lease_token = NULL, lease_expires_at = NULL
+             FROM (SELECT value ->> 0 AS id, value ->> 1 AS token FROM json_each(?1)) AS done
+             WHERE tasks.id = done.id AND tasks.lease_token = done.token
+               AND tasks.status = 'running'
+             RETURNING tasks.id, tasks.lease_owner",
+        )?
+        .query_map((pairs, now), |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let ids: HashSet<TaskId> = finished.iter().map(|(id, _)| *id).collect();
+    let mut store_result = tx.prepare_cached(
+        "INSERT OR REPLACE INTO task_results (task_id, result, created_at) VALUES (?1, ?2, ?3)",
+    )?;
+    for (id, _, result) in done {
+        // A JSON null result is stored as no row (see `complete`).
+        if ids.contains(id) && *result != b"null" {
+            store_result.execute((id, result, now))?;
+        }
+    }
+    // Usually one worker finished them all: one history statement per worker.
+    let mut by_worker: Vec<(Option<String>, Vec<TaskId>)> = Vec::new();
+    for (id, worker) in finished {
+        match by_worker.iter_mut().find(|(w, _)| *w == worker) {
+            Some((_, list)) => list.push(id),
+            None => by_worker.push((worker, vec![id])),
+        }
+    }
+    for (worker, list) in &by_worker {
+        history::record_many(
+            tx,
+            list,
+            TaskStatus::Running,
+            TaskStatus::Completed,
+            now,
+            worker.as_deref(),
+        )?;
+    }
+    Ok(ids)
 }
 
 /// Extends every lease still held.
