@@ -67,13 +67,18 @@ class TaskOptions:
         return None
 
 
-@dataclass(frozen=True)
 class TaskCall(Generic[R]):
     """One invocation, encoded and ready to enqueue (see ``Queue.enqueue_many``)."""
 
-    name: str
-    payload: bytes
-    options: TaskOptions
+    __slots__ = ("name", "payload", "options")
+
+    def __init__(self, name: str, payload: bytes, options: TaskOptions) -> None:
+        self.name = name
+        self.payload = payload
+        self.options = options
+
+    def __repr__(self) -> str:
+        return f"TaskCall({self.name!r}, payload={self.payload!r})"
 
     def core_tuple(self) -> tuple[str, str, bytes, int, int | None, int, str | None]:
         o = self.options
@@ -129,6 +134,42 @@ class TaskHandle(Generic[R]):
             pause = min(pause * 2, 0.05)
 
 
+class _ArgCheck:
+    """Checks call arguments against a signature. ``Signature.bind`` costs microseconds per
+    call, so plain signatures (positional-or-keyword parameters only) get a fast check, and
+    bind runs only to explain a failure or for other signatures."""
+
+    __slots__ = ("signature", "simple", "index", "total", "required")
+
+    def __init__(self, signature: inspect.Signature) -> None:
+        self.signature = signature
+        params = list(signature.parameters.values())
+        self.simple = all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params)
+        self.index = {p.name: i for i, p in enumerate(params)}
+        self.total = len(params)
+        self.required = [p.name for p in params if p.default is inspect.Parameter.empty]
+
+    def fits(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        n = len(args)
+        if not self.simple or n > self.total:
+            return False
+        if not kwargs:
+            return n >= len(self.required)
+        for key in kwargs:
+            i = self.index.get(key)
+            if i is None or i < n:  # unknown, or also given positionally
+                return False
+        return all(name in kwargs for name in self.required[n:])
+
+    def check(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if self.fits(args, kwargs):
+            return
+        try:
+            self.signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise InvalidArgument(f"bad arguments for task {name!r}: {e}") from None
+
+
 class _Enqueuer(Generic[P, R]):
     """What ``Task`` and ``BoundTask`` share: encoding calls and enqueueing them."""
 
@@ -136,13 +177,11 @@ class _Enqueuer(Generic[P, R]):
     name: str
     options: TaskOptions
     signature: inspect.Signature
+    _args: _ArgCheck
 
     def call(self, *args: P.args, **kwargs: P.kwargs) -> TaskCall[R]:
         """Encodes an invocation without enqueueing it (for ``Queue.enqueue_many``)."""
-        try:
-            self.signature.bind(*args, **kwargs)
-        except TypeError as e:
-            raise InvalidArgument(f"bad arguments for task {self.name!r}: {e}") from None
+        self._args.check(self.name, args, kwargs)
         payload = self.queue._encode_payload(self.name, args, kwargs)
         return TaskCall(self.name, payload, self.options)
 
@@ -158,6 +197,7 @@ class BoundTask(_Enqueuer[P, R]):
         self.queue = task.queue
         self.name = task.name
         self.signature = task.signature
+        self._args = task._args
         self.options = options
 
     def using(self, **overrides: Any) -> BoundTask[P, R]:
@@ -191,6 +231,7 @@ class TaskBase(_Enqueuer[P, R]):
         self.name = name
         self.options = options
         self.signature = inspect.signature(fn)
+        self._args = _ArgCheck(self.signature)
         self.is_async = inspect.iscoroutinefunction(fn)
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", name)

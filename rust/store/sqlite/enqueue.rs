@@ -2,10 +2,9 @@
 
 use rusqlite::{OptionalExtension, Transaction};
 
-use super::history;
 use crate::clock::Millis;
 use crate::error::Result;
-use crate::task::{Enqueued, NewTask, TaskStatus};
+use crate::task::{Enqueued, NewTask};
 
 /// Inserts every task in the caller's transaction.
 pub fn insert_all(
@@ -46,9 +45,11 @@ pub fn insert_all(
             &task.unique_key,
             now,
         ))?;
-        let id = tx.last_insert_rowid();
-        history::record(tx, id, None, TaskStatus::Pending, now, None, None)?;
-        out.push(Enqueued { id, created: true });
+        // No history row: `history` derives the enqueue from created_at.
+        out.push(Enqueued {
+            id: tx.last_insert_rowid(),
+            created: true,
+        });
     }
     Ok(out)
 }
