@@ -3,7 +3,7 @@
 use crate::task::{TaskId, TaskStatus};
 
 /// Everything the core can refuse or fail at.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// An argument is out of range or malformed (names, priorities, attempts, delays).
     #[error("{0}")]

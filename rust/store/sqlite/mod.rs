@@ -5,6 +5,7 @@ mod admin;
 mod claim;
 mod enqueue;
 mod finish;
+mod group;
 mod history;
 pub mod migrations;
 pub mod open;
@@ -16,6 +17,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 pub use open::{Durability, Options};
 
+use self::group::GroupCommit;
 use crate::clock::{Clock, Millis, SystemClock};
 use crate::error::{Error, Result};
 use crate::policy::retention::Retention;
@@ -50,6 +52,7 @@ pub struct SqliteStore {
     clock: Arc<dyn Clock>,
     writer: Mutex<Slot>,
     reader: Mutex<Slot>,
+    enqueues: GroupCommit<(String, Vec<NewTask>), Vec<Enqueued>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -86,6 +89,7 @@ impl SqliteStore {
                 conn: Some(conn),
             }),
             reader: Mutex::new(Slot { pid, conn: None }),
+            enqueues: GroupCommit::new(),
         })
     }
 
@@ -198,7 +202,20 @@ impl Store for SqliteStore {
         for task in tasks {
             validate::new_task(task, self.options.max_payload)?;
         }
-        self.write(|tx, now| enqueue::insert_all(tx, queue, tasks, now))
+        // A large batch is its own group; small concurrent enqueues from many threads
+        // share one transaction (one fsync), each caller still waiting for its commit.
+        if tasks.len() > 64 {
+            return self.write(|tx, now| enqueue::insert_all(tx, queue, tasks, now));
+        }
+        self.enqueues
+            .submit((queue.to_string(), tasks.to_vec()), |requests| {
+                self.write(|tx, now| {
+                    requests
+                        .iter()
+                        .map(|(queue, tasks)| enqueue::insert_all(tx, queue, tasks, now))
+                        .collect()
+                })
+            })
     }
 
     fn claim(
