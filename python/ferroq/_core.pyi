@@ -46,6 +46,12 @@ class Store:
         """Largest accepted payload or result, in bytes."""
     def close(self) -> None:
         """Closes this process's connections; they reopen on next use."""
+    def change_token(self) -> tuple[int, int]:
+        """Where the file stands now, for ``wait_for_change``."""
+    def wait_for_change(self, token: tuple[int, int], timeout: float) -> bool:
+        """Waits until anything commits after ``token`` (this process: at once; another: ~1 ms)."""
+    def notify(self) -> None:
+        """Wakes every ``wait_for_change`` in this process."""
     def now_ms(self) -> int:
         """Current time in epoch milliseconds by the store's clock."""
     def enqueue(self, queue: str, tasks: list[_NewTaskTuple]) -> list[tuple[int, bool]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import threading
 import weakref
 from typing import Any, Callable, Coroutine, Iterable, ParamSpec, Protocol, TypeVar, overload
 
@@ -79,10 +78,6 @@ class Queue:
         )
         _open_stores.add(self._store)
         self._tasks: dict[str, TaskBase[Any, Any]] = {}
-        # Wakes idle workers and result waiters in this process; `_changes` makes a wake
-        # that lands between a check and the wait impossible to miss.
-        self._wake = threading.Condition()
-        self._changes = 0
 
     def __repr__(self) -> str:
         return f"Queue({str(self.path)!r}, name={self.name!r})"
@@ -249,14 +244,8 @@ class Queue:
     # -- in-process wake-ups -----------------------------------------------------------
 
     def _notify(self) -> None:
-        with self._wake:
-            self._changes += 1
-            self._wake.notify_all()
-
-    def _wait_for_change(self, timeout: float, seen: int | None = None) -> None:
-        with self._wake:
-            if seen is None or seen == self._changes:
-                self._wake.wait(timeout)
+        """Wakes this process's waiters (idle workers, result waiters) at once."""
+        self._store.notify()
 
 
 def _task_id(value: Any) -> int:

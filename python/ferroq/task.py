@@ -116,8 +116,9 @@ class TaskHandle(Generic[R]):
         was cancelled, ``ResultTimeout`` if ``timeout`` seconds pass first.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        pause = 0.001
+        store = self.queue._store
         while True:
+            token = store.change_token()
             info = self.queue.get(self.id)
             if info.status == "completed":
                 return info.result  # type: ignore[no-any-return]
@@ -125,13 +126,13 @@ class TaskHandle(Generic[R]):
                 raise TaskFailed(self.id, info.last_error)
             if info.status == "cancelled":
                 raise TaskCancelled(f"task {self.id} was cancelled")
+            pause = 1.0  # a commit anywhere wakes us sooner
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise ResultTimeout(f"task {self.id} is still {info.status} after {timeout}s")
                 pause = min(pause, left)
-            self.queue._wait_for_change(pause)
-            pause = min(pause * 2, 0.05)
+            store.wait_for_change(token, pause)
 
 
 class _ArgCheck:

@@ -212,7 +212,9 @@ class Worker:
             target = self.concurrency + self._prefetch_now()
             # Claim when a quarter of the window is free, so claims come in batches.
             batch_floor = max(1, target // 4)
-            seen = self.queue._changes
+            # Any commit after this point (an enqueue here or in another process, a flush
+            # of outcomes, a stop request) ends the wait below at once.
+            token = store.change_token()
             free = target - len(self._inflight)
             wait = self.poll_interval  # woken earlier by any flush or enqueue in this process
             if free >= batch_floor or (free > 0 and not self._ready):
@@ -227,10 +229,13 @@ class Worker:
                 if rows:
                     self._start(rows)
                     continue
-                if not self._inflight and (until_idle or (until_empty and self._queue_empty())):
+                # Idle only if nothing committed since the claim: a run that finished
+                # meanwhile may have put a retry back in the queue.
+                if (not self._inflight and (until_idle or (until_empty and self._queue_empty()))
+                        and not store.wait_for_change(token, 0)):
                     return
                 wait = self._idle_wait()
-            self.queue._wait_for_change(wait, seen)
+            store.wait_for_change(token, wait)
 
     def _prefetch_now(self) -> int:
         if self.prefetch is not None:
@@ -534,8 +539,9 @@ class Worker:
             self._ready.clear()
         self._release(waiting)
         deadline = time.monotonic() + grace
+        store = self.queue._store
         while self._inflight and not self._hard_stop.is_set() and time.monotonic() < deadline:
-            self.queue._wait_for_change(0.1)
+            store.wait_for_change(store.change_token(), 0.1)
         with self._lock:
             left = list(self._inflight.values())
         self._release(left)

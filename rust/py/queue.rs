@@ -2,7 +2,7 @@
 //! GIL around storage work and converts plain values; policy lives in `ferroq` (Python).
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
@@ -71,6 +71,33 @@ impl PyStore {
     /// Closes this process's connections; they reopen on next use (see `SqliteStore::close`).
     fn close(&self, py: Python<'_>) {
         py.detach(|| self.store.close())
+    }
+
+    /// Where the file stands now: pass it to `wait_for_change`.
+    fn change_token(&self, py: Python<'_>) -> PyResult<(u64, i64)> {
+        Ok(py.detach(|| self.store.change_token())?)
+    }
+
+    /// Waits (GIL released) until anything commits after `token`, or `timeout` seconds pass.
+    /// Signal handlers still run every 50 ms (a second Ctrl-C must not wait for the timeout).
+    fn wait_for_change(&self, py: Python<'_>, token: (u64, i64), timeout: f64) -> PyResult<bool> {
+        const SIGNAL_CHECK: Duration = Duration::from_millis(50);
+        let deadline = Instant::now() + Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
+        loop {
+            let slice = SIGNAL_CHECK.min(deadline.saturating_duration_since(Instant::now()));
+            if py.detach(|| self.store.wait_for_change(token, slice))? {
+                return Ok(true);
+            }
+            py.check_signals()?;
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Wakes every `wait_for_change` in this process.
+    fn notify(&self) {
+        self.store.notify()
     }
 
     /// Current time in epoch milliseconds, by the store's clock.

@@ -9,6 +9,7 @@ mod group;
 mod history;
 pub mod migrations;
 pub mod open;
+mod wakeup;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,6 +19,8 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 pub use open::{Durability, Options};
 
 use self::group::GroupCommit;
+pub use self::wakeup::ChangeToken;
+use self::wakeup::Changes;
 use crate::clock::{Clock, Millis, SystemClock};
 use crate::error::{Error, Result};
 use crate::policy::retention::Retention;
@@ -53,6 +56,7 @@ pub struct SqliteStore {
     writer: Mutex<Slot>,
     reader: Mutex<Slot>,
     enqueues: GroupCommit<(String, Vec<NewTask>), Vec<Enqueued>>,
+    changes: Changes,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -90,6 +94,7 @@ impl SqliteStore {
             }),
             reader: Mutex::new(Slot { pid, conn: None }),
             enqueues: GroupCommit::new(),
+            changes: Changes::default(),
         })
     }
 
@@ -168,11 +173,45 @@ impl SqliteStore {
     /// Runs `f` in one `BEGIN IMMEDIATE` transaction on the writer, committing on success.
     fn write<T>(&self, f: impl FnOnce(&Transaction<'_>, Millis) -> Result<T>) -> Result<T> {
         self.with_conn(&self.writer, |conn| {
+            let before = conn.total_changes();
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now = self.clock.now_ms();
             let out = f(&tx, now)?;
             tx.commit()?;
+            // Only a write that changed rows wakes waiters (an empty claim must not).
+            if conn.total_changes() != before {
+                self.changes.bump();
+            }
             Ok(out)
+        })
+    }
+
+    /// Where the file stands now, for `wait_for_change`.
+    pub fn change_token(&self) -> Result<ChangeToken> {
+        let count = self.changes.count();
+        Ok((count, self.data_version()?))
+    }
+
+    /// Waits until anything commits to the file after `token` was taken (in this process:
+    /// at once; in another: within about a millisecond), or `timeout` passes.
+    pub fn wait_for_change(
+        &self,
+        token: ChangeToken,
+        timeout: std::time::Duration,
+    ) -> Result<bool> {
+        self.changes.wait(token, timeout, || self.data_version())
+    }
+
+    /// Wakes every `wait_for_change` in this process (e.g. a worker asked to stop).
+    pub fn notify(&self) {
+        self.changes.bump();
+    }
+
+    fn data_version(&self) -> Result<i64> {
+        self.with_conn(&self.reader, |conn| {
+            Ok(conn
+                .prepare_cached("PRAGMA data_version")?
+                .query_row([], |r| r.get(0))?)
         })
     }
 
