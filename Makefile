@@ -5,14 +5,15 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.deps-stamp
 
-.PHONY: all build demo test test-rust test-python bench lint fmt clean
+.PHONY: all build demo test test-rust test-python test-benches perf-check bench lint fmt clean
 
 all: build
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet "maturin>=1.7,<2" "orjson>=3.9" "pytest>=8" "pytest-timeout>=2.3" "mypy>=1.10"
+	$(PIP) install --quiet "maturin>=1.7,<2" "orjson>=3.9" "pytest>=8" "pytest-timeout>=2.3" "mypy>=1.10" \
+		"pytest-benchmark>=4"
 	touch $(STAMP)
 
 # Builds the Rust extension (release) into the venv as an editable install.
@@ -22,13 +23,26 @@ build: $(STAMP)
 demo: build
 	$(PY) -m ferroq.demo
 
-test: test-rust test-python
+test: test-rust test-python test-benches perf-check
 
 test-rust:
 	cargo test --quiet
 
 test-python: build
 	$(PY) -m pytest -q
+
+# Each benchmark once, as a test, so the suite never rots (figures come from `make bench`).
+test-benches: build
+	$(PY) -m pytest -q benches --benchmark-disable
+
+# Fails only on a large drop of a ratio to the raw SQLite ceiling (see benches/check_regression.py).
+perf-check: build
+	$(PY) benches/check_regression.py
+
+# Figures: our rates next to raw SQLite in the same run, then the pytest-benchmark suite.
+bench: build
+	$(PY) -m ferroq.bench
+	$(PY) -m pytest -q benches --benchmark-only --benchmark-columns=min,median,mean,ops
 
 lint: build
 	cargo clippy --all-targets --features python -- -D warnings

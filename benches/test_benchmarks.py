@@ -1,0 +1,81 @@
+"""pytest-benchmark suite: `make bench` runs it for figures; `make test` runs each once
+(--benchmark-disable) so the benchmarks themselves never rot. Nothing here asserts speed."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import ferroq
+
+
+def make_queue(path: Path, durability: str) -> tuple[ferroq.Queue, Any]:
+    q = ferroq.Queue(path / f"bench-{durability}.db", durability=durability)
+
+    @q.task(name="noop")
+    def noop(i: int) -> None:
+        return None
+
+    return q, noop
+
+
+@pytest.mark.parametrize("durability", ["full", "normal"])
+def test_single_enqueue(benchmark: Any, tmp_path: Path, durability: str) -> None:
+    benchmark.group = "enqueue"
+    _, noop = make_queue(tmp_path, durability)
+    benchmark(noop.enqueue, 1)
+
+
+def test_enqueue_many_1000(benchmark: Any, tmp_path: Path) -> None:
+    benchmark.group = "enqueue"
+    benchmark.extra_info["tasks_per_round"] = 1000
+    q, noop = make_queue(tmp_path, "normal")
+    benchmark(lambda: q.enqueue_many(noop.call(i) for i in range(1000)))
+
+
+def test_enqueue_16_threads(benchmark: Any, tmp_path: Path) -> None:
+    benchmark.group = "enqueue"
+    benchmark.extra_info["tasks_per_round"] = 16 * 50
+    _, noop = make_queue(tmp_path, "full")
+
+    def round_() -> None:
+        threads = [threading.Thread(target=lambda: [noop.enqueue(i) for i in range(50)]) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    benchmark(round_)
+
+
+@pytest.mark.parametrize("batch", [1, 100])
+def test_claim_and_ack(benchmark: Any, tmp_path: Path, batch: int) -> None:
+    benchmark.group = "claim+ack"
+    benchmark.extra_info["tasks_per_round"] = batch
+    q, noop = make_queue(tmp_path, "normal")
+    q.enqueue_many(noop.call(i) for i in range(100_000))
+    store = q._store
+
+    def round_() -> None:
+        rows = store.claim(q.name, "bench", batch, 30_000)
+        store.finish_many([(r[0], r[1], b"null", None, None) for r in rows])
+
+    benchmark(round_)
+
+
+@pytest.mark.parametrize("durability", ["full", "normal"])
+def test_drain_10k_noop(benchmark: Any, tmp_path: Path, durability: str) -> None:
+    benchmark.group = "drain"
+    benchmark.extra_info["tasks_per_round"] = 10_000
+    q, noop = make_queue(tmp_path, durability)
+
+    def setup() -> None:
+        q.enqueue_many(noop.call(i) for i in range(10_000))
+
+    def drain() -> None:
+        ferroq.Worker(q, concurrency=4, handle_signals=False).run(until_idle=True)
+
+    benchmark.pedantic(drain, setup=setup, rounds=3)

@@ -1,0 +1,261 @@
+"""``python -m ferroq.bench``: throughput and latency figures next to the raw SQLite ceiling
+measured in the same run with the same pragmas.
+
+The ceiling runs in a subprocess with Python's sqlite3 module: never in this process, where
+two SQLite copies would break each other's file locks. Each scenario prints our figure, the
+ceiling, and their ratio; ratios are what the regression check compares (absolute rates
+vary with the machine, ratios much less).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import ferroq
+
+__all__ = ["Figure", "run", "main"]
+
+
+@dataclass
+class Figure:
+    """One scenario's result. ``ceiling``/``ratio`` are None where no raw equivalent exists."""
+
+    scenario: str
+    value: float
+    unit: str
+    ceiling: float | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        return None if not self.ceiling else self.value / self.ceiling
+
+
+_RAW = textwrap.dedent("""
+    import sqlite3, sys, threading, time
+    path, sync, n, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    c = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    c.execute("PRAGMA journal_mode=WAL"); c.execute(f"PRAGMA synchronous={sync}")
+    c.execute("PRAGMA temp_store=MEMORY")
+    c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT, state INTEGER, payload BLOB)")
+    c.execute("CREATE INDEX t_ready ON t (id) WHERE state = 0")
+    row = (b'{"args":[1],"kwargs":{}}',)
+    t = time.perf_counter()
+    if mode == "commit":      # one fsync'd (or not) commit per row
+        for _ in range(n):
+            c.execute("BEGIN IMMEDIATE"); c.execute("INSERT INTO t (state, payload) VALUES (0, ?)", row)
+            c.execute("COMMIT")
+    elif mode == "batch":     # all rows in one transaction
+        c.execute("BEGIN IMMEDIATE")
+        c.executemany("INSERT INTO t (state, payload) VALUES (0, ?)", (row for _ in range(n)))
+        c.execute("COMMIT")
+    elif mode == "claim_ack": # claim 100 -> ack 100, one transaction each
+        c.execute("BEGIN"); c.executemany("INSERT INTO t (state, payload) VALUES (0, ?)", (row for _ in range(n)))
+        c.execute("COMMIT")
+        t = time.perf_counter(); done = 0
+        while done < n:
+            c.execute("BEGIN IMMEDIATE")
+            ids = [r[0] for r in c.execute(
+                "UPDATE t SET state = 1 WHERE id IN (SELECT id FROM t WHERE state = 0 ORDER BY id LIMIT 100)"
+                " RETURNING id")]
+            c.execute("COMMIT")
+            c.execute("BEGIN IMMEDIATE")
+            c.executemany("UPDATE t SET state = 2 WHERE id = ?", ((i,) for i in ids)); c.execute("COMMIT")
+            done += len(ids)
+    print(n / (time.perf_counter() - t))
+""")
+
+
+def raw_rate(sync: str, n: int, mode: str) -> float:
+    """Rows per second SQLite itself does for ``mode``, in a separate process."""
+    with tempfile.TemporaryDirectory() as d:
+        out = subprocess.run([sys.executable, "-c", _RAW, os.path.join(d, "raw.db"), sync, str(n), mode],
+                             capture_output=True, text=True, check=True)
+        return float(out.stdout)
+
+
+def _queue(directory: str, durability: str) -> tuple[ferroq.Queue, ferroq.Task[[int], None]]:
+    q = ferroq.Queue(os.path.join(directory, "bench.db"), durability=durability)
+
+    @q.task(name="noop")
+    def noop(i: int) -> None:
+        return None
+
+    return q, noop
+
+
+def _sync(durability: str) -> str:
+    return "FULL" if durability == "full" else "NORMAL"
+
+
+def bench_enqueue(durability: str, n: int, threads: int) -> Figure:
+    with tempfile.TemporaryDirectory() as d:
+        q, noop = _queue(d, durability)
+        per = max(1, n // threads)
+
+        def work() -> None:
+            for i in range(per):
+                noop.enqueue(i)
+
+        pool = [threading.Thread(target=work) for _ in range(threads)]
+        t = time.perf_counter()
+        for th in pool:
+            th.start()
+        for th in pool:
+            th.join()
+        rate = per * threads / (time.perf_counter() - t)
+    return Figure(f"enqueue, {threads} thread(s), {durability}", rate, "tasks/s", raw_rate(_sync(durability), n, "commit"))
+
+
+def bench_enqueue_many(durability: str, n: int) -> Figure:
+    with tempfile.TemporaryDirectory() as d:
+        q, noop = _queue(d, durability)
+        t = time.perf_counter()
+        q.enqueue_many(noop.call(i) for i in range(n))
+        rate = n / (time.perf_counter() - t)
+    return Figure(f"enqueue_many, {durability}", rate, "tasks/s", raw_rate(_sync(durability), n, "batch"))
+
+
+def _drain_child(path: str, durability: str, concurrency: int, out: Any) -> None:
+    q = ferroq.Queue(path, durability=durability)
+    q.task(name="noop")(lambda i: None)
+    stats = ferroq.Worker(q, concurrency=concurrency, handle_signals=False).run(until_idle=True)
+    out.put(stats.completed)
+
+
+def bench_drain(durability: str, n: int, processes: int, concurrency: int = 4) -> Figure:
+    with tempfile.TemporaryDirectory() as d:
+        q, noop = _queue(d, durability)
+        for start in range(0, n, 50_000):
+            q.enqueue_many(noop.call(i) for i in range(start, min(n, start + 50_000)))
+        ctx = multiprocessing.get_context("spawn")
+        results = ctx.Queue()
+        workers = [ctx.Process(target=_drain_child, args=(q.path, durability, concurrency, results))
+                   for _ in range(processes)]
+        t = time.perf_counter()
+        for w in workers:
+            w.start()
+        done = sum(results.get(timeout=600) for _ in workers)
+        rate = done / (time.perf_counter() - t)
+        for w in workers:
+            w.join()
+    # Start-up of the worker processes is inside the timing: it is part of draining.
+    return Figure(f"drain no-op, {processes} process(es), {durability}", rate, "tasks/s",
+                  raw_rate(_sync(durability), min(n, 200_000), "claim_ack"))
+
+
+def _latency_child(path: str, ready: Any, stop: Any) -> None:
+    q = ferroq.Queue(path, durability="normal")
+    q.task(name="stamp")(_stamp)
+    worker = ferroq.Worker(q, concurrency=4, handle_signals=False)
+
+    def stop_when_told() -> None:
+        stop.wait()
+        worker.stop()
+
+    threading.Thread(target=stop_when_told, daemon=True).start()
+    ready.set()
+    worker.run()
+
+
+def _stamp(sent: float) -> float:
+    return time.time() - sent
+
+
+def bench_latency(rate: float, n: int, cross_process: bool) -> list[Figure]:
+    """Enqueue -> processor start, at a fixed rate, worker idle-waiting (not polling)."""
+    with tempfile.TemporaryDirectory() as d:
+        q = ferroq.Queue(os.path.join(d, "lat.db"), durability="normal")
+        stamp = q.task(name="stamp")(_stamp)
+        if cross_process:
+            ctx = multiprocessing.get_context("spawn")
+            ready, stop = ctx.Event(), ctx.Event()
+            proc = ctx.Process(target=_latency_child, args=(q.path, ready, stop))
+            proc.start()
+            ready.wait(60)
+            time.sleep(0.5)
+
+            def stop_worker() -> None:
+                stop.set()
+                proc.join(30)
+        else:
+            worker = ferroq.Worker(q, concurrency=4, handle_signals=False)
+            th = threading.Thread(target=worker.run, daemon=True)
+            th.start()
+            time.sleep(0.2)
+
+            def stop_worker() -> None:
+                worker.stop()
+                th.join(30)
+        handles = []
+        interval = 1.0 / rate
+        start = time.perf_counter()
+        for i in range(n):
+            # Sleep, never spin: a spinning producer would hold the GIL the worker needs.
+            wait = start + i * interval - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            handles.append(stamp.enqueue(time.time()))
+        waits = [h.result(timeout=60) * 1000 for h in handles]
+        stop_worker()
+    where = "cross-process" if cross_process else "in-process"
+    qs = statistics.quantiles(waits, n=100)
+    return [Figure(f"latency {p} at {rate:,.0f}/s, {where}", qs[i - 1], "ms") for p, i in
+            (("p50", 50), ("p95", 95), ("p99", 99))]
+
+
+def run(quick: bool = False) -> list[Figure]:
+    """Every scenario; ``quick`` uses smaller counts (for the regression check)."""
+    n = 20_000 if quick else 100_000
+    figures = [
+        bench_enqueue("full", 2_000 if quick else 5_000, 1),
+        bench_enqueue("full", 8_000 if quick else 32_000, 16),
+        bench_enqueue("normal", 8_000 if quick else 32_000, 16),
+        bench_enqueue_many("normal", n),
+        bench_drain("normal", n, 1),
+        bench_drain("full", n, 1),
+    ]
+    if not quick:
+        figures.append(bench_drain("normal", n, 2))
+        figures += bench_latency(1_000, 3_000, cross_process=False)
+        figures += bench_latency(1_000, 3_000, cross_process=True)
+    return figures
+
+
+def render(figures: list[Figure]) -> str:
+    lines = [f"{'scenario':<44} {'ferroq':>12} {'raw SQLite':>12} {'ratio':>7}  unit"]
+    for f in figures:
+        ceiling = f"{f.ceiling:>12,.0f}" if f.ceiling else f"{'-':>12}"
+        ratio = f"{f.ratio:>7.2f}" if f.ratio is not None else f"{'-':>7}"
+        value = f"{f.value:>12,.0f}" if f.value >= 100 else f"{f.value:>12.3f}"
+        lines.append(f"{f.scenario:<44} {value} {ceiling} {ratio}  {f.unit}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ferroq.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    parser.add_argument("--quick", action="store_true", help="smaller counts, throughput only")
+    args = parser.parse_args(argv)
+    figures = run(quick=args.quick)
+    if args.output == "json":
+        print(json.dumps([{**asdict(f), "ratio": f.ratio} for f in figures], indent=2))
+    else:
+        print(render(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
