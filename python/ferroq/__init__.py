@@ -35,7 +35,7 @@ from .info import STATUSES, TaskError, TaskInfo, Transition
 from .policies import Retention, RetryPolicy
 from .queue import Queue
 from .serializers import JsonSerializer, Serializer
-from .task import AsyncTask, BoundTask, Task, TaskBase, TaskCall, TaskHandle, TaskOptions
+from .task import AsyncTask, BatchTask, BoundTask, Task, TaskBase, TaskCall, TaskHandle, TaskOptions
 from .worker import Worker, WorkerStats
 
 __version__: str = _core.__version__
@@ -46,6 +46,7 @@ PRIORITY_MAX: int = _core.PRIORITY_MAX
 
 __all__ = [
     "AsyncTask",
+    "BatchTask",
     "BoundTask",
     "CorruptDatabase",
     "DatabasePathError",

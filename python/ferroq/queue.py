@@ -5,19 +5,20 @@ from __future__ import annotations
 import inspect
 import os
 import weakref
-from typing import Any, Callable, Coroutine, Iterable, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, Callable, Coroutine, Iterable, ParamSpec, Protocol, Sequence, TypeVar, overload
 
 from . import _checks, _core
 from .errors import CorruptDatabase, InvalidArgument, UnknownTaskName
 from .info import STATUSES, TaskError, TaskInfo, Transition, from_ms
 from .policies import Retention, RetryPolicy
 from .serializers import JsonSerializer, Serializer
-from .task import AsyncTask, Task, TaskBase, TaskCall, TaskHandle, TaskOptions
+from .task import AsyncTask, BatchTask, Task, TaskBase, TaskCall, TaskHandle, TaskOptions
 
 __all__ = ["Queue"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 class TaskDecorator(Protocol):
     """What ``@q.task(...)`` with options returns."""
@@ -150,6 +151,38 @@ class Queue:
             return task
 
         return register(fn) if fn is not None else register
+
+    def batch_task(
+        self,
+        *,
+        name: str | None = None,
+        max_size: int = 50,
+        max_wait: float = 0.1,
+        priority: int = 0,
+        resource_group: str = "default",
+        max_attempts: int = 3,
+        retry: RetryPolicy | None = None,
+    ) -> Callable[[Callable[[list[T]], Sequence[R | BaseException]]], BatchTask[T, R]]:
+        """Registers a batch processor: ``fn(items) -> results``. Each enqueue carries one
+        item; a worker runs up to ``max_size`` items of one resource group together, waiting
+        at most ``max_wait`` seconds for a batch to fill."""
+        _checks.integer("max_size", max_size, 1, 10_000)
+        _checks.seconds("max_wait", max_wait)
+        options = TaskOptions(priority=priority, resource_group=resource_group, max_attempts=max_attempts,
+                              retry=retry or RetryPolicy())
+
+        def register(fn: Callable[[list[T]], Sequence[R | BaseException]]) -> BatchTask[T, R]:
+            if not callable(fn):
+                raise InvalidArgument(f"@batch_task needs a function, got {fn!r}")
+            task_name = name if name is not None else f"{fn.__module__}.{fn.__qualname__}"
+            _core.check_name("task", _checks.text("task name", task_name))
+            if task_name in self._tasks and self._tasks[task_name].fn is not fn:
+                raise InvalidArgument(f"a different function is already registered as task {task_name!r}")
+            task: BatchTask[T, R] = BatchTask(self, fn, task_name, options, max_size, max_wait)
+            self._tasks[task_name] = task
+            return task
+
+        return register
 
     @property
     def tasks(self) -> dict[str, TaskBase[Any, Any]]:

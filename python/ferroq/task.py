@@ -17,7 +17,7 @@ from .policies import RetryPolicy
 if TYPE_CHECKING:
     from .queue import Queue
 
-__all__ = ["Task", "AsyncTask", "TaskBase", "TaskOptions", "TaskCall", "TaskHandle", "BoundTask"]
+__all__ = ["Task", "AsyncTask", "BatchTask", "TaskBase", "TaskOptions", "TaskCall", "TaskHandle", "BoundTask"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -272,3 +272,29 @@ class AsyncTask(TaskBase[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
         return self.fn(*args, **kwargs)  # type: ignore[no-any-return]
+
+
+T = TypeVar("T")
+
+
+class BatchTask(TaskBase[[T], R]):
+    """A batch processor: each task carries one item; the worker hands the function a list
+    of up to ``max_size`` items of the same resource group, waiting at most ``max_wait``
+    seconds to fill it. The function returns one result per item, in order; an exception
+    instance in that list fails only its own item (a raised exception fails them all)."""
+
+    def __init__(self, queue: Queue, fn: Callable[[list[T]], Any], name: str, options: TaskOptions,
+                 max_size: int, max_wait: float) -> None:
+        super().__init__(queue, fn, name, options)  # type: ignore[arg-type]
+        self.batch_fn = fn
+        if self.is_async:
+            raise InvalidArgument(f"batch task {name!r}: async batch processors are not supported yet")
+        self.max_size = max_size
+        self.max_wait = max_wait
+        # What is enqueued is one item, whatever the function's own signature.
+        self.signature = inspect.Signature([inspect.Parameter("item", inspect.Parameter.POSITIONAL_OR_KEYWORD)])
+        self._args = _ArgCheck(self.signature)
+
+    def __call__(self, items: list[T]) -> list[R | BaseException]:
+        """Runs the batch function inline."""
+        return self.batch_fn(items)  # type: ignore[no-any-return]

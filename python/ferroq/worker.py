@@ -38,7 +38,7 @@ from .errors import (
 from .info import TaskError
 from .policies import RetryPolicy
 from .queue import Queue
-from .task import TaskBase
+from .task import BatchTask, TaskBase
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -77,6 +77,17 @@ class _Run:
     def settle(self) -> bool:
         """True for exactly one caller: the one that decides this run's outcome."""
         return self._settle.acquire(blocking=False)
+
+
+class _Batch:
+    """Runs of one batch task and resource group, handed to the function together."""
+
+    __slots__ = ("task", "runs", "due")
+
+    def __init__(self, task: BatchTask[Any, Any], first: _Run) -> None:
+        self.task = task
+        self.runs = [first]
+        self.due = time.monotonic() + task.max_wait
 
 
 # (run, result bytes | None, error json | None, retry delay ms | None, exception for the log)
@@ -137,7 +148,8 @@ class Worker:
         self.stats = WorkerStats()
         self._inflight: dict[int, _Run] = {}
         self._lock = threading.Lock()
-        self._ready: deque[_Run] = deque()
+        self._ready: deque[_Run | _Batch] = deque()
+        self._forming: dict[tuple[str, str], _Batch] = {}  # batches still filling, by (task, group)
         self._ready_cond = threading.Condition()
         self._outcomes: queue_module.SimpleQueue[list[_Outcome] | None] = queue_module.SimpleQueue()
         self._stopping = threading.Event()
@@ -235,12 +247,27 @@ class Worker:
                         and not store.wait_for_change(token, 0)):
                     return
                 wait = self._idle_wait()
+            wait = min(wait, self._dispatch_due_batches())
             store.wait_for_change(token, wait)
 
     def _prefetch_now(self) -> int:
         if self.prefetch is not None:
             return self.prefetch
-        return min(1000, max(self.concurrency, int(self._rate * 0.02)))
+        # Room for a full batch of every batch task, so batches can fill.
+        floor = max([self.concurrency] + [t.max_size for t in self.queue._tasks.values()
+                                          if isinstance(t, BatchTask)])
+        return min(1000, max(floor, int(self._rate * 0.02)))
+
+    def _dispatch_due_batches(self) -> float:
+        """Hands over batches whose wait is up; returns seconds until the next one is due."""
+        now = time.monotonic()
+        due = [key for key, b in self._forming.items() if b.due <= now]
+        if due:
+            with self._ready_cond:
+                for key in due:
+                    self._ready.append(self._forming.pop(key))
+                self._ready_cond.notify(len(due))
+        return min((b.due - now for b in self._forming.values()), default=self.poll_interval)
 
     def _queue_empty(self) -> bool:
         counts = self.queue.counts()
@@ -259,7 +286,7 @@ class Worker:
 
     def _start(self, rows: list[tuple[Any, ...]]) -> None:
         tasks = self.queue._tasks
-        ready: list[_Run] = []
+        ready: list[_Run | _Batch] = []
         unknown: list[_Outcome] = []
         with self._lock:
             self.stats.claimed += len(rows)
@@ -272,6 +299,15 @@ class Worker:
                     run.settle()
                     exc = UnknownTaskName(f"no processor is registered for task {name!r} in worker {self.id}")
                     unknown.append(self._failure(run, exc, None, fatal=True))
+                elif isinstance(task, BatchTask):
+                    key = (name, group)
+                    forming = self._forming.get(key)
+                    if forming is None:
+                        self._forming[key] = _Batch(task, run)
+                    else:
+                        forming.runs.append(run)
+                        if len(forming.runs) >= task.max_size:
+                            ready.append(self._forming.pop(key))
                 elif task.is_async:
                     assert self._loop is not None
                     asyncio.run_coroutine_threadsafe(self._run_async(run), self._loop)
@@ -298,9 +334,12 @@ class Worker:
                     return
                 share = max(1, min(len(ready) // self.concurrency, 64))
                 batch = [ready.popleft() for _ in range(min(share, len(ready)))]
-            outcomes = []
-            for run in batch:
-                outcome = self._execute(run)
+            outcomes: list[_Outcome] = []
+            for job in batch:
+                if isinstance(job, _Batch):
+                    outcomes.extend(self._execute_batch(job))
+                    continue
+                outcome = self._execute(job)
                 if outcome is not None:
                     outcomes.append(outcome)
             if outcomes:
@@ -325,6 +364,41 @@ class Worker:
         finally:
             _current.reset(reset)
         return self._settled_success(run, result)
+
+    def _execute_batch(self, batch: _Batch) -> list[_Outcome]:
+        runs = []
+        for run in batch.runs:
+            if not run.ctx.stopped:
+                runs.append(run)
+            elif run.settle():  # its lease was lost while the batch filled
+                with self._lock:
+                    self._inflight.pop(run.ctx.id, None)
+        if not runs:
+            return []
+        name = batch.task.name
+        outcomes: list[_Outcome | None]
+        try:
+            items = []
+            for run in runs:
+                data = self.queue.serializer.loads(run.payload)
+                items.append(data["args"][0] if data["args"] else data["kwargs"]["item"])
+            results = batch.task.batch_fn(items)
+            if not isinstance(results, (list, tuple)) or len(results) != len(runs):
+                got = f"{type(results).__name__} of length {len(results)}" if isinstance(results, (list, tuple)) \
+                    else type(results).__name__
+                raise TypeError(f"batch task {name!r} must return a list of {len(runs)} results, got {got}")
+        except BaseException as exc:  # noqa: BLE001 - the whole batch failed
+            tb = traceback.format_exc()
+            outcomes = [self._settled_failure(run, exc, tb) for run in runs]
+        else:
+            outcomes = []
+            for run, result in zip(runs, results):
+                if isinstance(result, BaseException):
+                    item_tb = "".join(traceback.format_exception(result)) if result.__traceback__ else None
+                    outcomes.append(self._settled_failure(run, result, item_tb))
+                else:
+                    outcomes.append(self._settled_success(run, result))
+        return [o for o in outcomes if o is not None]
 
     async def _run_async(self, run: _Run) -> None:
         assert run.task is not None
@@ -537,7 +611,10 @@ class Worker:
         with self._ready_cond:
             waiting = list(self._ready)
             self._ready.clear()
-        self._release(waiting)
+        with self._lock:
+            waiting += list(self._forming.values())
+            self._forming.clear()
+        self._release([run for job in waiting for run in (job.runs if isinstance(job, _Batch) else [job])])
         deadline = time.monotonic() + grace
         store = self.queue._store
         while self._inflight and not self._hard_stop.is_set() and time.monotonic() < deadline:
