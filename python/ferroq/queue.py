@@ -139,18 +139,23 @@ class Queue:
                               retry=retry or RetryPolicy(), timeout=timeout)
 
         def register(fn: Callable[..., Any]) -> TaskBase[Any, Any]:
-            if not callable(fn):
-                raise InvalidArgument(f"@task needs a function, got {fn!r}")
-            task_name = name if name is not None else f"{fn.__module__}.{fn.__qualname__}"
-            _core.check_name("task", _checks.text("task name", task_name))
-            if task_name in self._tasks and self._tasks[task_name].fn is not fn:
-                raise InvalidArgument(f"a different function is already registered as task {task_name!r}")
+            task_name = self._task_name(fn, name)
             kind = AsyncTask if inspect.iscoroutinefunction(fn) else Task
             task: TaskBase[Any, Any] = kind(self, fn, task_name, options)
             self._tasks[task_name] = task
             return task
 
         return register(fn) if fn is not None else register
+
+    def _task_name(self, fn: Callable[..., Any], name: str | None) -> str:
+        """The checked name a function registers under (default ``module.qualname``)."""
+        if not callable(fn):
+            raise InvalidArgument(f"a task needs a function, got {fn!r}")
+        task_name = name if name is not None else f"{fn.__module__}.{fn.__qualname__}"
+        _core.check_name("task", _checks.text("task name", task_name))
+        if task_name in self._tasks and self._tasks[task_name].fn is not fn:
+            raise InvalidArgument(f"a different function is already registered as task {task_name!r}")
+        return task_name
 
     def batch_task(
         self,
@@ -172,12 +177,7 @@ class Queue:
                               retry=retry or RetryPolicy())
 
         def register(fn: Callable[[list[T]], Sequence[R | BaseException]]) -> BatchTask[T, R]:
-            if not callable(fn):
-                raise InvalidArgument(f"@batch_task needs a function, got {fn!r}")
-            task_name = name if name is not None else f"{fn.__module__}.{fn.__qualname__}"
-            _core.check_name("task", _checks.text("task name", task_name))
-            if task_name in self._tasks and self._tasks[task_name].fn is not fn:
-                raise InvalidArgument(f"a different function is already registered as task {task_name!r}")
+            task_name = self._task_name(fn, name)
             task: BatchTask[T, R] = BatchTask(self, fn, task_name, options, max_size, max_wait)
             self._tasks[task_name] = task
             return task
