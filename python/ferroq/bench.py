@@ -215,7 +215,84 @@ def bench_latency(rate: float, n: int, cross_process: bool) -> list[Figure]:
             (("p50", 50), ("p95", 95), ("p99", 99))]
 
 
-def run(quick: bool = False) -> list[Figure]:
+def _claim_ack_rate(q: ferroq.Queue, tasks: int, batch: int = 100) -> float:
+    """Claim + complete ``tasks`` already-enqueued tasks straight through the store."""
+    store = q._store
+    done = 0
+    t = time.perf_counter()
+    while done < tasks:
+        rows = store.claim(q.name, "bench", batch, 30_000)
+        store.finish_many([(r[0], r[1], b"null", None, None) for r in rows])
+        done += len(rows)
+    return done / (time.perf_counter() - t)
+
+
+def bench_claim_with_history(finished: int) -> Figure:
+    """Claim cost with ``finished`` completed tasks retained, next to an empty table."""
+    with tempfile.TemporaryDirectory() as d:
+        q, noop = _queue(d, "normal")
+        for start in range(0, finished, 50_000):
+            q.enqueue_many(noop.call(i) for i in range(start, min(finished, start + 50_000)))
+        _claim_ack_rate(q, finished, batch=1000)
+        q.enqueue_many(noop.call(i) for i in range(20_000))
+        loaded = _claim_ack_rate(q, 20_000)
+    with tempfile.TemporaryDirectory() as d:
+        q, noop = _queue(d, "normal")
+        q.enqueue_many(noop.call(i) for i in range(20_000))
+        empty = _claim_ack_rate(q, 20_000)
+    # The "ceiling" here is the same loop on a table with no finished tasks.
+    return Figure(f"claim+ack with {finished:,} finished retained", loaded, "tasks/s", empty)
+
+
+def _rss(pagesize: int) -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * pagesize
+
+
+def _rss_child(path: str, total: int, out: Any) -> None:
+    import resource
+
+    q = ferroq.Queue(path, durability="normal")
+    done = [0]
+
+    @q.task(name="noop")
+    def noop(i: int) -> None:
+        done[0] += 1
+
+    worker = ferroq.Worker(q, concurrency=4, handle_signals=False)
+    samples: dict[str, int] = {}
+
+    def sample() -> None:
+        while done[0] < 100_000:
+            time.sleep(0.01)
+        samples["100k"] = _rss(resource.getpagesize())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    worker.run(until_idle=True)
+    sampler.join(5)
+    samples["end"] = _rss(resource.getpagesize())
+    out.put((samples, done[0]))
+
+
+def bench_worker_rss(total: int) -> list[Figure]:
+    """Resident memory of a worker process after 100k and after ``total`` processed tasks
+    (enqueued beforehand by this process, so only the worker's own memory is measured)."""
+    with tempfile.TemporaryDirectory() as d:
+        q, noop = _queue(d, "normal")
+        for start in range(0, total, 50_000):
+            q.enqueue_many(noop.call(i) for i in range(start, min(total, start + 50_000)))
+        ctx = multiprocessing.get_context("spawn")
+        out = ctx.Queue()
+        proc = ctx.Process(target=_rss_child, args=(q.path, total, out))
+        proc.start()
+        samples, processed = out.get(timeout=3600)
+        proc.join()
+    return [Figure("worker RSS after 100,000 tasks", samples["100k"] / 2**20, "MiB"),
+            Figure(f"worker RSS after {processed:,} tasks", samples["end"] / 2**20, "MiB")]
+
+
+def run(quick: bool = False, big: bool = False) -> list[Figure]:
     """Every scenario; ``quick`` uses smaller counts (for the regression check)."""
     n = 20_000 if quick else 100_000
     figures = [
@@ -230,6 +307,9 @@ def run(quick: bool = False) -> list[Figure]:
         figures.append(bench_drain("normal", n, 2))
         figures += bench_latency(1_000, 3_000, cross_process=False)
         figures += bench_latency(1_000, 3_000, cross_process=True)
+    if big:
+        figures.append(bench_claim_with_history(1_000_000))
+        figures += bench_worker_rss(1_000_000)
     return figures
 
 
@@ -248,8 +328,10 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
     parser.add_argument("--quick", action="store_true", help="smaller counts, throughput only")
+    parser.add_argument("--big", action="store_true",
+                        help="also claim cost with 1M finished tasks and worker RSS over 1M tasks (minutes)")
     args = parser.parse_args(argv)
-    figures = run(quick=args.quick)
+    figures = run(quick=args.quick, big=args.big)
     if args.output == "json":
         print(json.dumps([{**asdict(f), "ratio": f.ratio} for f in figures], indent=2))
     else:
