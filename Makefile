@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.deps-stamp
 
-.PHONY: all build demo test test-rust test-python test-benches perf-check bench lint fmt clean
+.PHONY: all build demo test test-rust test-python test-benches perf-check bench bench-huey lint fmt clean
 
 all: build
 
@@ -38,6 +38,11 @@ test-benches: build
 # Fails only on a large drop of a ratio to the raw SQLite ceiling (see benches/check_regression.py).
 perf-check: build
 	$(PY) benches/check_regression.py
+
+# Side by side with huey on SQLite, same machine, same run.
+bench-huey: build
+	$(PIP) install --quiet huey
+	$(PY) benches/compare_huey.py
 
 # Figures: our rates next to raw SQLite in the same run, then the pytest-benchmark suite.
 bench: build
