@@ -15,6 +15,9 @@ type Slot<T> = Arc<(Mutex<Option<Result<T>>>, Condvar)>;
 struct State<R, T> {
     waiting: Vec<(R, Slot<T>)>,
     leader: bool,
+    /// The process this state belongs to: a child forked while a leader ran in the parent
+    /// inherits `leader = true` with no thread to honour it, so it starts afresh.
+    pid: u32,
 }
 
 /// Merges concurrent requests of type `R` (answered with `T`) into shared transactions.
@@ -28,6 +31,7 @@ impl<R, T: Clone> GroupCommit<R, T> {
             state: Mutex::new(State {
                 waiting: Vec::new(),
                 leader: false,
+                pid: std::process::id(),
             }),
         }
     }
@@ -39,6 +43,12 @@ impl<R, T: Clone> GroupCommit<R, T> {
         let slot: Slot<T> = Arc::new((Mutex::new(None), Condvar::new()));
         let lead = {
             let mut state = lock(&self.state);
+            let pid = std::process::id();
+            if state.pid != pid {
+                state.waiting.clear();
+                state.leader = false;
+                state.pid = pid;
+            }
             state.waiting.push((request, slot.clone()));
             !std::mem::replace(&mut state.leader, true)
         };
