@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.deps-stamp
 
-.PHONY: all build demo test test-rust test-python test-benches perf-check bench bench-huey lint fmt clean
+.PHONY: all build demo test test-rust test-python test-benches perf-check bench bench-huey bench-asv lint fmt clean
 
 all: build
 
@@ -38,6 +38,13 @@ test-benches: build
 # Fails only on a large drop of a ratio to the raw SQLite ceiling (see benches/check_regression.py).
 perf-check: build
 	$(PY) benches/check_regression.py
+
+# The asv suite on the package `make build` installed (asv can also build each commit: see
+# benches/asv.conf.json).
+bench-asv: build
+	$(PIP) install --quiet asv
+	cd benches && ../$(VENV)/bin/asv machine --yes >/dev/null && \
+		../$(VENV)/bin/asv run --quick --environment existing:$(abspath $(PY)) --show-stderr
 
 # Side by side with huey on SQLite, same machine, same run.
 bench-huey: build

@@ -631,3 +631,46 @@ def test_full_disk_is_a_typed_error_and_loses_nothing(tiny_disk: Path, durabilit
     for n, task_id in enumerate(stored):
         assert q.get(task_id).args == [n, blob]
     del q
+
+
+def test_fork_while_other_threads_use_the_queue(tmp_path: Path) -> None:
+    """Forking while other threads enqueue (group commit leaders, connections mid-call):
+    the child can use the queue at once, and nothing the parent acknowledged is lost."""
+    import signal
+    import threading
+    import warnings
+
+    q = ferroq.Queue(tmp_path / "q.db", durability="normal")
+    job = q.task(name="job")(lambda n: n)
+    stop = threading.Event()
+    acknowledged: list[int] = []
+
+    def spam() -> None:
+        while not stop.is_set():
+            acknowledged.append(job.enqueue(0).id)
+
+    threads = [threading.Thread(target=spam) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(20):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+                pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    signal.signal(signal.SIGALRM, signal.SIG_DFL)  # not pytest-timeout's handler
+                    signal.alarm(20)  # a deadlock would kill the child, failing the test
+                    code = 0 if job.enqueue(1).info().status == "pending" else 2
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    counts = q.counts()
+    assert counts["pending"] == len(acknowledged) + 20
+    assert all(q.get(i).status == "pending" for i in acknowledged[-50:])

@@ -46,6 +46,10 @@ class Store:
         """Largest accepted payload or result, in bytes."""
     def close(self) -> None:
         """Closes this process's connections; they reopen on next use."""
+    def before_fork(self) -> None:
+        """Just before fork(): waits for calls in flight, closes connections, holds the locks."""
+    def after_fork_in_parent(self) -> None:
+        """Right after fork(), in the parent: releases what ``before_fork`` holds."""
     def change_token(self) -> tuple[int, int]:
         """Where the file stands now, for ``wait_for_change``."""
     def wait_for_change(self, token: tuple[int, int], timeout: float) -> bool:

@@ -31,17 +31,33 @@ class TaskDecorator(Protocol):
 
 
 # Every open store in this process. SQLite connections must not be open across fork():
-# the child would inherit SQLite's lock bookkeeping but not the locks. So all stores close
-# their connections just before a fork; parent and child reopen them on next use.
+# the child would inherit SQLite's lock bookkeeping but not the locks. So just before a
+# fork every store waits for calls in flight, closes its connections and stays locked
+# until the fork is done; the parent reopens on next use, the child builds its own.
 _open_stores: weakref.WeakSet[_core.Store] = weakref.WeakSet()
+_forking: list[_core.Store] = []
 
 
-def _close_before_fork() -> None:
-    for store in list(_open_stores):
-        store.close()
+def _before_fork() -> None:
+    _forking[:] = list(_open_stores)
+    for store in _forking:
+        store.before_fork()
 
 
-os.register_at_fork(before=_close_before_fork)
+def _after_fork_in_parent() -> None:
+    for store in _forking:
+        store.after_fork_in_parent()
+    _forking.clear()
+
+
+def _after_fork_in_child() -> None:
+    # The child builds fresh per-process state on first use; it must not touch the
+    # parent's locks (a parent thread waiting on one does not exist here).
+    _forking.clear()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
 
 
 class Queue:

@@ -155,6 +155,7 @@ class Worker:
         self._stopping = threading.Event()
         self._hard_stop = threading.Event()
         self._closing = False
+        self._maintenance_done = threading.Event()
         self._running = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
@@ -182,6 +183,7 @@ class Worker:
         self._stopping.clear()
         self._hard_stop.clear()
         self._closing = False
+        self._maintenance_done.clear()
         threads = [threading.Thread(target=self._runner, name=f"ferroq-run-{i}", daemon=True)
                    for i in range(self.concurrency)]
         completer = threading.Thread(target=self._completer, name="ferroq-completer", daemon=True)
@@ -204,6 +206,7 @@ class Worker:
                 self._ready_cond.notify_all()
             self._outcomes.put(None)
             completer.join(timeout=10)
+            self._maintenance_done.set()  # after the drain: leases are renewed until here
             maintenance.join(timeout=5)
             self._stop_loop()
             self._restore_signals(previous)
@@ -563,7 +566,7 @@ class Worker:
         now = time.monotonic()
         next_heartbeat, next_rescue = now + self.lease / 3, now
         next_prune = now
-        while not (self._stopping.is_set() and not self._inflight):
+        while True:
             now = time.monotonic()
             try:
                 if now >= next_heartbeat:
@@ -588,7 +591,8 @@ class Worker:
                     next_prune = now + retention.interval
             except StorageError as e:
                 log.warning("maintenance step failed, will retry: %s", e)
-            time.sleep(tick)
+            if self._maintenance_done.wait(tick):
+                return
 
     def _expire_timeouts(self, now: float) -> None:
         with self._lock:

@@ -73,6 +73,18 @@ impl PyStore {
         py.detach(|| self.store.close())
     }
 
+    /// Just before fork(): waits for calls in flight, closes the connections, holds the
+    /// store's locks until `after_fork` (see `SqliteStore::before_fork`).
+    fn before_fork(&self, py: Python<'_>) {
+        py.detach(|| self.store.before_fork())
+    }
+
+    /// Right after fork(), in the parent: releases what `before_fork` holds. (The child
+    /// builds its own per-process state and never touches it.)
+    fn after_fork_in_parent(&self) {
+        self.store.after_fork_in_parent()
+    }
+
     /// Where the file stands now: pass it to `wait_for_change`.
     fn change_token(&self, py: Python<'_>) -> PyResult<(u64, i64)> {
         Ok(py.detach(|| self.store.change_token())?)

@@ -70,11 +70,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path().join("q.db"), Options::default()).unwrap();
         let plan: Vec<String> = store
-            .with_conn(&store.writer, |conn| {
-                let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {CLAIM_SQL}"))?;
-                let rows = stmt.query_map(("w", 1, 2, 3, "q", 10), |r| r.get::<_, String>(3))?;
-                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-            })
+            .with_conn(
+                |l| &l.writer,
+                |conn| {
+                    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {CLAIM_SQL}"))?;
+                    let rows =
+                        stmt.query_map(("w", 1, 2, 3, "q", 10), |r| r.get::<_, String>(3))?;
+                    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+                },
+            )
             .unwrap();
         let plan = plan.join("\n");
         assert!(plan.contains("tasks_ready"), "{plan}");

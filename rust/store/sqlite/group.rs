@@ -5,7 +5,9 @@
 //! waiting at that moment in one transaction, hands each caller its own answer, and
 //! repeats while more have queued up meanwhile. A lone caller pays nothing extra.
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex};
 
 use crate::error::Result;
 
@@ -15,9 +17,6 @@ type Slot<T> = Arc<(Mutex<Option<Result<T>>>, Condvar)>;
 struct State<R, T> {
     waiting: Vec<(R, Slot<T>)>,
     leader: bool,
-    /// The process this state belongs to: a child forked while a leader ran in the parent
-    /// inherits `leader = true` with no thread to honour it, so it starts afresh.
-    pid: u32,
 }
 
 /// Merges concurrent requests of type `R` (answered with `T`) into shared transactions.
@@ -31,7 +30,6 @@ impl<R, T: Clone> GroupCommit<R, T> {
             state: Mutex::new(State {
                 waiting: Vec::new(),
                 leader: false,
-                pid: std::process::id(),
             }),
         }
     }
@@ -43,12 +41,6 @@ impl<R, T: Clone> GroupCommit<R, T> {
         let slot: Slot<T> = Arc::new((Mutex::new(None), Condvar::new()));
         let lead = {
             let mut state = lock(&self.state);
-            let pid = std::process::id();
-            if state.pid != pid {
-                state.waiting.clear();
-                state.leader = false;
-                state.pid = pid;
-            }
             state.waiting.push((request, slot.clone()));
             !std::mem::replace(&mut state.leader, true)
         };
@@ -56,12 +48,12 @@ impl<R, T: Clone> GroupCommit<R, T> {
             self.lead(&run);
         }
         let (answer, ready) = &*slot;
-        let mut answer = lock(answer);
+        let mut answer = answer.lock();
         loop {
             if let Some(result) = answer.take() {
                 return result;
             }
-            answer = ready.wait(answer).unwrap_or_else(|p| p.into_inner());
+            ready.wait(&mut answer);
         }
     }
 
@@ -89,8 +81,8 @@ impl<R, T: Clone> GroupCommit<R, T> {
     }
 }
 
-fn lock<X>(m: &Mutex<X>) -> std::sync::MutexGuard<'_, X> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+fn lock<X>(m: &Mutex<X>) -> parking_lot::MutexGuard<'_, X> {
+    m.lock()
 }
 
 #[cfg(test)]

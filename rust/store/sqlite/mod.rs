@@ -7,20 +7,22 @@ mod enqueue;
 mod finish;
 mod group;
 mod history;
+mod local;
 pub mod migrations;
 pub mod open;
 mod wakeup;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 pub use open::{Durability, Options};
 
-use self::group::GroupCommit;
+use self::local::{Local, PerProcess};
 pub use self::wakeup::ChangeToken;
-use self::wakeup::Changes;
 use crate::clock::{Clock, Millis, SystemClock};
 use crate::error::{Error, Result};
 use crate::policy::retention::Retention;
@@ -31,32 +33,12 @@ use crate::task::{
 };
 use crate::validate;
 
-/// A connection owned by the process that opened it. SQLite forbids using a
-/// connection across `fork()`, so a child finds the pid changed and opens its own.
-struct Slot {
-    pid: u32,
-    conn: Option<Connection>,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if self.pid != std::process::id() {
-            // Closing the parent's connection in a child could release the parent's
-            // POSIX locks; leak it instead.
-            std::mem::forget(self.conn.take());
-        }
-    }
-}
-
 /// A task store in one SQLite file.
 pub struct SqliteStore {
     path: PathBuf,
     options: Options,
     clock: Arc<dyn Clock>,
-    writer: Mutex<Slot>,
-    reader: Mutex<Slot>,
-    enqueues: GroupCommit<(String, Vec<NewTask>), Vec<Enqueued>>,
-    changes: Changes,
+    local: PerProcess,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -83,18 +65,11 @@ impl SqliteStore {
         open::prepare_file(&path)?;
         let mut conn = open::connect(&path, &options)?;
         migrations::migrate(&mut conn, clock.now_ms()).map_err(|e| with_path(e, &path))?;
-        let pid = std::process::id();
         Ok(Self {
             path,
             options,
             clock,
-            writer: Mutex::new(Slot {
-                pid,
-                conn: Some(conn),
-            }),
-            reader: Mutex::new(Slot { pid, conn: None }),
-            enqueues: GroupCommit::new(),
-            changes: Changes::default(),
+            local: PerProcess::new(conn),
         })
     }
 
@@ -115,80 +90,96 @@ impl SqliteStore {
 
     /// Pragmas as the writer connection reads them back.
     pub fn pragmas(&self) -> Result<Vec<(String, String)>> {
-        self.with_conn(&self.writer, |conn| open::read_pragmas(conn))
+        self.with_conn(|l| &l.writer, |conn| open::read_pragmas(conn))
     }
 
     /// Schema versions recorded in the file.
     pub fn schema_versions(&self) -> Result<Vec<i64>> {
-        self.with_conn(&self.reader, |conn| migrations::applied_versions(conn))
+        self.with_conn(|l| &l.reader, |conn| migrations::applied_versions(conn))
     }
 
     /// Runs SQLite's `quick_check`; returns its findings ("ok" when intact).
     pub fn quick_check(&self) -> Result<Vec<String>> {
-        self.with_conn(&self.reader, |conn| {
-            let mut stmt = conn.prepare("PRAGMA quick_check")?;
-            let rows = stmt.query_map([], |r| r.get(0))?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
-        })
+        self.with_conn(
+            |l| &l.reader,
+            |conn| {
+                let mut stmt = conn.prepare("PRAGMA quick_check")?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                Ok(rows.collect::<rusqlite::Result<_>>()?)
+            },
+        )
     }
 
-    /// Closes this process's connections; the next call reopens them. Called before
-    /// `fork()`: SQLite keeps per-process lock bookkeeping that a child would inherit while
-    /// not inheriting the locks themselves, so with a connection open across the fork the
-    /// child's own connections would believe they hold locks they do not, and another
-    /// process could checkpoint or reset the WAL under them (seen: acknowledged enqueues lost).
+    /// Closes this process's connections; the next call reopens them.
     pub fn close(&self) {
-        for slot in [&self.writer, &self.reader] {
-            let mut guard = self.lock(slot);
-            if guard.pid == std::process::id() {
-                drop(guard.conn.take());
-            }
-        }
+        let local = self.local.get();
+        drop(local.writer.lock().take());
+        drop(local.reader.lock().take());
     }
 
-    fn lock<'a>(&self, slot: &'a Mutex<Slot>) -> MutexGuard<'a, Slot> {
-        // A panic while holding the lock leaves the connection usable (SQLite rolls
-        // back any open transaction when the statement or transaction is dropped).
-        slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Just before `fork()`: waits for the calls in flight, closes this process's
+    /// connections and keeps them locked until `after_fork_in_parent`. SQLite keeps
+    /// per-process lock bookkeeping that a child would inherit without the locks: with a
+    /// connection open across the fork, another process could checkpoint or reset the WAL
+    /// under the child (seen: acknowledged enqueues lost). The child itself never touches
+    /// these locks: it builds its own per-process state (see `local`).
+    pub fn before_fork(&self) {
+        let local = self.local.get();
+        let mut writer = local.writer.lock();
+        let mut reader = local.reader.lock();
+        drop(writer.take());
+        drop(reader.take());
+        std::mem::forget(writer);
+        std::mem::forget(reader);
+    }
+
+    /// Right after `fork()`, in the parent: releases what `before_fork` holds.
+    pub fn after_fork_in_parent(&self) {
+        let local = self.local.get();
+        // SAFETY: `before_fork` locked both in this process and forgot the guards.
+        unsafe {
+            local.reader.force_unlock();
+            local.writer.force_unlock();
+        }
     }
 
     fn with_conn<T>(
         &self,
-        slot: &Mutex<Slot>,
+        which: impl FnOnce(&Local) -> &Mutex<Option<Connection>>,
         f: impl FnOnce(&mut Connection) -> Result<T>,
     ) -> Result<T> {
-        let mut guard = self.lock(slot);
-        let pid = std::process::id();
-        if guard.pid != pid || guard.conn.is_none() {
-            if guard.pid != pid {
-                std::mem::forget(guard.conn.take());
-            }
-            guard.conn = Some(open::connect(&self.path, &self.options)?);
-            guard.pid = pid;
+        // parking_lot: no poisoning; a panic mid-call leaves the connection usable (SQLite
+        // rolls back any open transaction when it is dropped).
+        let mut slot = which(self.local.get()).lock();
+        if slot.is_none() {
+            *slot = Some(open::connect(&self.path, &self.options)?);
         }
-        let conn = guard.conn.as_mut().expect("connection opened above");
+        let conn = slot.as_mut().expect("connection opened above");
         f(conn).map_err(|e| with_path(e, &self.path))
     }
 
     /// Runs `f` in one `BEGIN IMMEDIATE` transaction on the writer, committing on success.
     fn write<T>(&self, f: impl FnOnce(&Transaction<'_>, Millis) -> Result<T>) -> Result<T> {
-        self.with_conn(&self.writer, |conn| {
-            let before = conn.total_changes();
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let now = self.clock.now_ms();
-            let out = f(&tx, now)?;
-            tx.commit()?;
-            // Only a write that changed rows wakes waiters (an empty claim must not).
-            if conn.total_changes() != before {
-                self.changes.bump();
-            }
-            Ok(out)
-        })
+        self.with_conn(
+            |l| &l.writer,
+            |conn| {
+                let before = conn.total_changes();
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let now = self.clock.now_ms();
+                let out = f(&tx, now)?;
+                tx.commit()?;
+                // Only a write that changed rows wakes waiters (an empty claim must not).
+                if conn.total_changes() != before {
+                    self.local.get().changes.bump();
+                }
+                Ok(out)
+            },
+        )
     }
 
     /// Where the file stands now, for `wait_for_change`.
     pub fn change_token(&self) -> Result<ChangeToken> {
-        let count = self.changes.count();
+        let count = self.local.get().changes.count();
         Ok((count, self.data_version()?))
     }
 
@@ -199,24 +190,30 @@ impl SqliteStore {
         token: ChangeToken,
         timeout: std::time::Duration,
     ) -> Result<bool> {
-        self.changes.wait(token, timeout, || self.data_version())
+        self.local
+            .get()
+            .changes
+            .wait(token, timeout, || self.data_version())
     }
 
     /// Wakes every `wait_for_change` in this process (e.g. a worker asked to stop).
     pub fn notify(&self) {
-        self.changes.bump();
+        self.local.get().changes.bump();
     }
 
     fn data_version(&self) -> Result<i64> {
-        self.with_conn(&self.reader, |conn| {
-            Ok(conn
-                .prepare_cached("PRAGMA data_version")?
-                .query_row([], |r| r.get(0))?)
-        })
+        self.with_conn(
+            |l| &l.reader,
+            |conn| {
+                Ok(conn
+                    .prepare_cached("PRAGMA data_version")?
+                    .query_row([], |r| r.get(0))?)
+            },
+        )
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection, Millis) -> Result<T>) -> Result<T> {
-        self.with_conn(&self.reader, |conn| f(conn, self.clock.now_ms()))
+        self.with_conn(|l| &l.reader, |conn| f(conn, self.clock.now_ms()))
     }
 }
 
@@ -246,7 +243,9 @@ impl Store for SqliteStore {
         if tasks.len() > 64 {
             return self.write(|tx, now| enqueue::insert_all(tx, queue, tasks, now));
         }
-        self.enqueues
+        self.local
+            .get()
+            .enqueues
             .submit((queue.to_string(), tasks.to_vec()), |requests| {
                 self.write(|tx, now| {
                     requests

@@ -5,7 +5,7 @@
 //! connection, checked every millisecond while waiting: it reads the WAL index in shared
 //! memory, so the check is cheap.
 
-use std::sync::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Where the file stood when a caller last looked: (local commits, data_version).
@@ -24,13 +24,13 @@ pub struct Changes {
 impl Changes {
     /// Records a commit (or any event a waiter should see) and wakes every waiter.
     pub fn bump(&self) {
-        *self.count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        *self.count.lock() += 1;
         self.changed.notify_all();
     }
 
     /// This process's commit count.
     pub fn count(&self) -> u64 {
-        *self.count.lock().unwrap_or_else(|p| p.into_inner())
+        *self.count.lock()
     }
 
     /// Waits until the local count moves past `seen`, `data_version()` differs from
@@ -46,7 +46,7 @@ impl Changes {
             if data_version()? != version {
                 return Ok(true);
             }
-            let count = self.count.lock().unwrap_or_else(|p| p.into_inner());
+            let mut count = self.count.lock();
             if *count != seen {
                 return Ok(true);
             }
@@ -55,10 +55,7 @@ impl Changes {
                 return Ok(false);
             }
             let pause = CROSS_PROCESS_CHECK.min(deadline - now);
-            let (count, _) = self
-                .changed
-                .wait_timeout(count, pause)
-                .unwrap_or_else(|p| p.into_inner());
+            self.changed.wait_for(&mut count, pause);
             if *count != seen {
                 return Ok(true);
             }

@@ -1,0 +1,1 @@
+"""asv (airspeed velocity) benchmarks for ferroq: see ../asv.conf.json and benchmarks.py."""

@@ -1,0 +1,85 @@
+//! What a store keeps per process: connections, group commit and wake-up state.
+//!
+//! After `fork()` the child must use none of it: SQLite forbids carrying a connection
+//! across a fork, and a lock held (or waited on) by a parent thread would never be
+//! released in the child, where that thread does not exist. So a child that finds the
+//! pid changed builds its own `Local` and leaves the parent's untouched (leaked: freeing
+//! it could close the parent's connections and drop its file locks).
+
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+use parking_lot::Mutex;
+use rusqlite::Connection;
+
+use super::group::GroupCommit;
+use super::wakeup::Changes;
+use crate::task::{Enqueued, NewTask};
+
+/// One process's share of a store.
+pub struct Local {
+    pub pid: u32,
+    pub writer: Mutex<Option<Connection>>,
+    pub reader: Mutex<Option<Connection>>,
+    pub enqueues: GroupCommit<(String, Vec<NewTask>), Vec<Enqueued>>,
+    pub changes: Changes,
+}
+
+impl Local {
+    fn new(writer: Option<Connection>) -> Self {
+        Self {
+            pid: std::process::id(),
+            writer: Mutex::new(writer),
+            reader: Mutex::new(None),
+            enqueues: GroupCommit::new(),
+            changes: Changes::default(),
+        }
+    }
+}
+
+/// The current process's `Local`, made afresh in a forked child.
+pub struct PerProcess(AtomicPtr<Local>);
+
+impl PerProcess {
+    /// Starts with this process's `Local`, holding an already open writer connection.
+    pub fn new(writer: Connection) -> Self {
+        Self(AtomicPtr::new(Box::into_raw(Box::new(Local::new(Some(
+            writer,
+        ))))))
+    }
+
+    /// This process's `Local`.
+    pub fn get(&self) -> &Local {
+        let current = self.0.load(Ordering::Acquire);
+        // SAFETY: the pointer always comes from Box::into_raw and is freed only in Drop,
+        // when no borrow of `self` remains.
+        let local = unsafe { &*current };
+        if local.pid == std::process::id() {
+            return local;
+        }
+        let fresh = Box::into_raw(Box::new(Local::new(None)));
+        match self
+            .0
+            .compare_exchange(current, fresh, Ordering::AcqRel, Ordering::Acquire)
+        {
+            // The parent's Local is leaked on purpose (see the module comment).
+            // SAFETY: `fresh` is now owned by `self`, like every stored pointer.
+            Ok(_) => unsafe { &*fresh },
+            Err(winner) => {
+                // Another thread of this child got there first; use its Local.
+                // SAFETY: `fresh` was never shared; `winner` is a stored pointer.
+                drop(unsafe { Box::from_raw(fresh) });
+                unsafe { &*winner }
+            }
+        }
+    }
+}
+
+impl Drop for PerProcess {
+    fn drop(&mut self) {
+        let current = *self.0.get_mut();
+        // SAFETY: stored pointers come from Box::into_raw; we have exclusive access.
+        if unsafe { &*current }.pid == std::process::id() {
+            drop(unsafe { Box::from_raw(current) });
+        }
+    }
+}
