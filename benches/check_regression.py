@@ -2,9 +2,7 @@
 the raw SQLite rate measured in the same run) against benches/baseline.json.
 
 Absolute rates swing with the machine; ratios much less. It fails only when a ratio
-falls below TOLERANCE x its baseline, i.e. on a large regression, not on noise. Only the
-scenarios in the baseline are checked: 16-thread group commit is left out, since its ratio
-to single fsync'd commits depends on the disk's fsync latency, not on our code.
+falls below TOLERANCE x its baseline, i.e. on a large regression, not on noise.
 
     .venv/bin/python benches/check_regression.py [--update]
 """
@@ -20,6 +18,8 @@ from ferroq import bench
 
 BASELINE = Path(__file__).with_name("baseline.json")
 TOLERANCE = 0.4
+# Group commit's ratio to single fsync'd commits measures the disk's fsync latency.
+NOT_CHECKED = {"enqueue, 16 thread(s), full"}
 
 
 def main() -> int:
@@ -28,7 +28,8 @@ def main() -> int:
     args = parser.parse_args()
     figures = [f for f in bench.run(quick=True) if f.ratio is not None]
     print(bench.render(figures))
-    measured = {f.scenario: round(f.ratio, 3) for f in figures if f.ratio is not None}
+    measured = {f.scenario: round(f.ratio, 3) for f in figures
+                if f.ratio is not None and f.scenario not in NOT_CHECKED}
     if args.update:
         BASELINE.write_text(json.dumps(measured, indent=2, sort_keys=True) + "\n")
         print(f"baseline written to {BASELINE}")
