@@ -2,8 +2,9 @@
 //!
 //! Commits in this process bump a counter and signal a condition variable (instant wake).
 //! Commits by other processes show as a change of `PRAGMA data_version` on our own
-//! connection, checked every millisecond while waiting: it reads the WAL index in shared
-//! memory, so the check is cheap.
+//! connection: it reads the WAL index in shared memory, so the check is cheap. It runs every
+//! millisecond while the file is busy, backing off to every 5 ms once nothing has changed
+//! for 2 s (measured: an idle worker spent 2.9% of a core polling every millisecond).
 
 use parking_lot::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -11,20 +12,35 @@ use std::time::{Duration, Instant};
 /// Where the file stood when a caller last looked: (local commits, data_version).
 pub type ChangeToken = (u64, i64);
 
-/// How often a waiter looks for commits by other processes.
-const CROSS_PROCESS_CHECK: Duration = Duration::from_millis(1);
+/// How often a waiter looks for commits by other processes while the file is busy...
+const BUSY_CHECK: Duration = Duration::from_millis(1);
+/// ...and once it has been quiet for `QUIET_AFTER`.
+const QUIET_CHECK: Duration = Duration::from_millis(5);
+const QUIET_AFTER: Duration = Duration::from_secs(2);
 
 /// Counts this process's commits and wakes waiters.
-#[derive(Default)]
 pub struct Changes {
     count: Mutex<u64>,
     changed: Condvar,
+    /// When a change was last seen, by anyone in this process.
+    last_change: Mutex<Instant>,
+}
+
+impl Default for Changes {
+    fn default() -> Self {
+        Self {
+            count: Mutex::new(0),
+            changed: Condvar::new(),
+            last_change: Mutex::new(Instant::now()),
+        }
+    }
 }
 
 impl Changes {
     /// Records a commit (or any event a waiter should see) and wakes every waiter.
     pub fn bump(&self) {
         *self.count.lock() += 1;
+        *self.last_change.lock() = Instant::now();
         self.changed.notify_all();
     }
 
@@ -44,6 +60,7 @@ impl Changes {
         let deadline = Instant::now() + timeout;
         loop {
             if data_version()? != version {
+                *self.last_change.lock() = Instant::now();
                 return Ok(true);
             }
             let mut count = self.count.lock();
@@ -54,7 +71,8 @@ impl Changes {
             if now >= deadline {
                 return Ok(false);
             }
-            let pause = CROSS_PROCESS_CHECK.min(deadline - now);
+            let quiet = now.duration_since(*self.last_change.lock()) > QUIET_AFTER;
+            let pause = if quiet { QUIET_CHECK } else { BUSY_CHECK }.min(deadline - now);
             self.changed.wait_for(&mut count, pause);
             if *count != seen {
                 return Ok(true);
