@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 import ferroq
+from workers import BackgroundWorker
 
 WAIT = 30.0  # generous: waits end as soon as the condition holds
 NO_BACKOFF = ferroq.RetryPolicy(base_delay=0, jitter=0)
@@ -61,19 +62,6 @@ def wait_for(condition: Any, what: str) -> None:
         time.sleep(0.01)
 
 
-class BackgroundWorker:
-    def __init__(self, q: ferroq.Queue, **kwargs: Any) -> None:
-        self.worker = ferroq.Worker(q, handle_signals=False, **kwargs)
-        self.thread = threading.Thread(target=self.worker.run, daemon=True)
-
-    def __enter__(self) -> ferroq.Worker:
-        self.thread.start()
-        return self.worker
-
-    def __exit__(self, *exc: object) -> None:
-        self.worker.stop()
-        self.thread.join(WAIT)
-        assert not self.thread.is_alive(), "worker did not stop"
 
 
 class QuotaExceeded(Exception):
