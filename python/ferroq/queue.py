@@ -223,12 +223,10 @@ class Queue:
         if not calls:
             return []
         done = self._store.enqueue(self.name, [c.core_tuple() for c in calls])
-        self._notify()
         return [task_id for task_id, _ in done]
 
     def _enqueue_one(self, call: TaskCall[R]) -> TaskHandle[R]:
         ((task_id, created),) = self._store.enqueue(self.name, [call.core_tuple()])
-        self._notify()
         return TaskHandle(self, task_id, created)
 
     def _encode_payload(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
@@ -250,12 +248,10 @@ class Queue:
     def cancel(self, task_id: int) -> None:
         """pending -> cancelled. Raises ``InvalidTransition`` if the task is not pending."""
         self._store.cancel(self.name, _task_id(task_id))
-        self._notify()
 
     def requeue(self, task_id: int) -> None:
         """dead (or cancelled) -> pending, with a fresh set of attempts."""
         self._store.requeue(self.name, _task_id(task_id))
-        self._notify()
 
     def history(self, task_id: int) -> list[Transition]:
         """Every status change of the task, oldest first."""
@@ -293,7 +289,8 @@ class Queue:
     # -- in-process wake-ups -----------------------------------------------------------
 
     def _notify(self) -> None:
-        """Wakes this process's waiters (idle workers, result waiters) at once."""
+        """Wakes this process's waiters (idle workers, result waiters) at once. Every write
+        that changes rows does this by itself; this is for other events (a stop request)."""
         self._store.notify()
 
 
