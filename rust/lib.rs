@@ -5,6 +5,7 @@
 pub mod clock;
 pub mod error;
 pub mod policy;
+pub mod resource_group;
 pub mod store;
 pub mod task;
 pub mod validate;

@@ -153,7 +153,27 @@ pub enum Outcome {
         token: LeaseToken,
         error: String,
         action: FailAction,
+        impact: FailureImpact,
     },
+}
+
+/// What a failure means for the task's resource group (the retry policy and breaker
+/// classify the exception in Python).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FailureImpact {
+    /// Counts toward the group's circuit breaker.
+    pub counts: bool,
+    /// A Retry-After from the resource: no task of the group starts for this long.
+    pub hold_ms: Option<Millis>,
+}
+
+impl Default for FailureImpact {
+    fn default() -> Self {
+        Self {
+            counts: true,
+            hold_ms: None,
+        }
+    }
 }
 
 /// What to do with a task whose run failed.

@@ -1,4 +1,6 @@
 //! Policies the core enforces: pure functions here, persisted state beside the store.
 
 pub mod backoff;
+pub mod breaker;
 pub mod retention;
+pub mod throttle;

@@ -8,11 +8,15 @@ mod conformance;
 
 use crate::clock::Millis;
 use crate::error::Result;
+use crate::policy::breaker::CircuitState;
 use crate::policy::retention::Retention;
+use crate::resource_group::{Event, GroupConfig, GroupInfo};
 use crate::task::{
     ClaimedTask, Enqueued, FailAction, LeaseToken, NewTask, Outcome, TaskId, TaskRecord,
     TaskStatus, Transition,
 };
+
+pub use sqlite::CircuitCommand;
 
 /// A lease to renew: the task and the token of the claim that holds it.
 pub type Lease = (TaskId, LeaseToken);
@@ -81,4 +85,48 @@ pub trait Store: Send + Sync {
 
     /// Earliest `run_at` among pending tasks, to sleep exactly until work is due.
     fn next_run_at(&self, queue: &str) -> Result<Option<Millis>>;
+
+    /// Stores a resource group's breaker and throttle settings (shared by every process).
+    fn configure_group(&self, queue: &str, group: &str, config: &GroupConfig) -> Result<()>;
+
+    /// Pauses (or resumes) a group: its tasks stay pending. Returns whether it changed.
+    fn set_group_paused(&self, queue: &str, group: &str, paused: bool) -> Result<bool>;
+
+    /// Pauses (or resumes) a whole queue. Returns whether it changed.
+    fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<bool>;
+
+    /// Whether the queue is paused.
+    fn queue_paused(&self, queue: &str) -> Result<bool>;
+
+    /// Opens, closes or resets a group's breaker by hand; returns its state after.
+    fn circuit(
+        &self,
+        queue: &str,
+        group: &str,
+        command: &CircuitCommand,
+        reason: &str,
+    ) -> Result<CircuitState>;
+
+    /// A group as it stands now.
+    fn group_info(&self, queue: &str, group: &str) -> Result<GroupInfo>;
+
+    /// Groups with settings or with unfinished tasks.
+    fn group_names(&self, queue: &str) -> Result<Vec<String>>;
+
+    /// Group and queue events after id `after`, oldest first.
+    fn events(
+        &self,
+        queue: &str,
+        group: Option<&str>,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<Event>>;
+
+    /// The earliest future time a group held by time (rate, open breaker, Retry-After)
+    /// may start a task again: when an idle worker should look again.
+    fn next_unblock_at(&self, queue: &str) -> Result<Option<Millis>>;
+
+    /// Priority aging: raises by `step` (up to `max`) the priority of each pending task
+    /// that has waited `every_ms` since it was enqueued or last raised. Returns how many.
+    fn age_priorities(&self, queue: &str, every_ms: Millis, step: i64, max: i64) -> Result<u64>;
 }

@@ -232,3 +232,26 @@ pub fn next_run_at(conn: &Connection, queue: &str) -> Result<Option<Millis>> {
         .prepare_cached("SELECT min(run_at) FROM tasks WHERE queue = ?1 AND status = 'pending'")?
         .query_row([queue], |r| r.get(0))?)
 }
+
+/// Raises the priority of up to `limit` pending tasks of `queue` that waited `every_ms`
+/// since they were enqueued, retried or last raised (`updated_at` marks the last raise).
+pub fn age_batch(
+    tx: &Transaction<'_>,
+    queue: &str,
+    every_ms: Millis,
+    step: i64,
+    max: i64,
+    now: Millis,
+    limit: usize,
+) -> Result<u64> {
+    let aged = tx
+        .prepare_cached(
+            "UPDATE tasks SET priority = min(priority + ?3, ?4), updated_at = ?5
+             WHERE id IN (SELECT id FROM tasks INDEXED BY tasks_due
+                          WHERE queue = ?1 AND status = 'pending' AND run_at <= ?5
+                            AND updated_at <= ?5 - ?2 AND priority < ?4
+                          LIMIT ?6)",
+        )?
+        .execute((queue, every_ms, step, max, now, limit as i64))?;
+    Ok(aged as u64)
+}

@@ -1,11 +1,15 @@
 //! The claim: one statement that leases the best ready tasks.
 
+use std::collections::HashMap;
+
 use rusqlite::Transaction;
 
 use super::history;
+use super::json;
+use super::resource_groups::{self, Group};
 use crate::clock::Millis;
 use crate::error::Result;
-use crate::task::{ClaimedTask, LeaseToken, TaskStatus};
+use crate::task::{ClaimedTask, LeaseToken, TaskId, TaskStatus};
 
 /// The claim statement. `INDEXED BY`: left alone, the planner prefers `tasks_due` and sorts
 /// every ready task to find the first few (measured: 0.7 ms per claim with 8,000 pending).
@@ -18,8 +22,23 @@ const CLAIM_SQL: &str = "UPDATE tasks
                       LIMIT ?6)
          RETURNING id, name, resource_group, payload, priority, attempts, max_attempts, created_at";
 
+/// Claims only from these groups' pending tasks, or from all but these; the ids to lease
+/// are then chosen by priority and id across both, as one ordered queue.
+const CANDIDATES_EXCEPT: &str = "SELECT id, priority FROM tasks INDEXED BY tasks_ready
+         WHERE queue = ?1 AND status = 'pending' AND run_at <= ?2
+           AND resource_group NOT IN (SELECT value FROM json_each(?3))
+         ORDER BY priority DESC, id LIMIT ?4";
+const CANDIDATES_OF: &str = "SELECT id, priority FROM tasks INDEXED BY tasks_ready
+         WHERE queue = ?1 AND status = 'pending' AND run_at <= ?2 AND resource_group = ?3
+         ORDER BY priority DESC, id LIMIT ?4";
+const CLAIM_IDS_SQL: &str = "UPDATE tasks
+         SET status = 'running', attempts = attempts + 1, lease_owner = ?1, lease_token = ?2,
+             lease_expires_at = ?3, started_at = ?4, updated_at = ?4, progress = NULL
+         WHERE id IN (SELECT value FROM json_each(?5)) AND status = 'pending'
+         RETURNING id, name, resource_group, payload, priority, attempts, max_attempts, created_at";
+
 /// Leases up to `limit` ready tasks to `worker`, highest priority first, FIFO within a
-/// priority.
+/// priority, skipping what paused queues and groups, open breakers and throttles hold back.
 pub fn claim(
     tx: &Transaction<'_>,
     queue: &str,
@@ -29,23 +48,24 @@ pub fn claim(
     expires_at: Millis,
     token: LeaseToken,
 ) -> Result<Vec<ClaimedTask>> {
-    let mut stmt = tx.prepare_cached(CLAIM_SQL)?;
-    let mut tasks = stmt
-        .query_map((worker, token, expires_at, now, queue, limit as i64), |r| {
-            Ok(ClaimedTask {
-                id: r.get(0)?,
-                token,
-                name: r.get(1)?,
-                resource_group: r.get(2)?,
-                payload: r.get(3)?,
-                priority: r.get(4)?,
-                attempt: r.get(5)?,
-                max_attempts: r.get(6)?,
-                created_at: r.get(7)?,
-                lease_expires_at: expires_at,
-            })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    if resource_groups::queue_paused(tx, queue)? {
+        return Ok(Vec::new());
+    }
+    let mut groups = resource_groups::load_all(tx, queue)?;
+    let mut tasks = if groups.is_empty() {
+        claim_any(tx, queue, worker, limit, now, expires_at, token)?
+    } else {
+        claim_within_limits(
+            tx,
+            queue,
+            &mut groups,
+            worker,
+            limit,
+            now,
+            expires_at,
+            token,
+        )?
+    };
     // RETURNING does not promise the subquery's order.
     tasks.sort_unstable_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
     let ids: Vec<_> = tasks.iter().map(|t| t.id).collect();
@@ -60,28 +80,152 @@ pub fn claim(
     Ok(tasks)
 }
 
+/// The common case: no group of the queue has limits.
+fn claim_any(
+    tx: &Transaction<'_>,
+    queue: &str,
+    worker: &str,
+    limit: usize,
+    now: Millis,
+    expires_at: Millis,
+    token: LeaseToken,
+) -> Result<Vec<ClaimedTask>> {
+    let mut stmt = tx.prepare_cached(CLAIM_SQL)?;
+    let rows = stmt.query_map((worker, token, expires_at, now, queue, limit as i64), |r| {
+        claimed(r, token, expires_at)
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn claim_within_limits(
+    tx: &Transaction<'_>,
+    queue: &str,
+    groups: &mut [Group],
+    worker: &str,
+    limit: usize,
+    now: Millis,
+    expires_at: Millis,
+    token: LeaseToken,
+) -> Result<Vec<ClaimedTask>> {
+    resource_groups::poll_breakers(tx, queue, groups, now)?;
+    let running = if groups.iter().any(Group::needs_running) {
+        resource_groups::running_by_group(tx, queue, now)?
+    } else {
+        HashMap::new()
+    };
+    let allowances: Vec<Option<u64>> = groups
+        .iter()
+        .map(|g| g.allowance(running.get(&g.name).copied().unwrap_or(0), now))
+        .collect();
+    if allowances.iter().all(Option::is_none) {
+        return claim_any(tx, queue, worker, limit, now, expires_at, token);
+    }
+    let limited: Vec<&str> = groups
+        .iter()
+        .zip(&allowances)
+        .filter(|(_, a)| a.is_some())
+        .map(|(g, _)| g.name.as_str())
+        .collect();
+    let mut candidates: Vec<(TaskId, i64)> = Vec::with_capacity(limit);
+    let mut except = tx.prepare_cached(CANDIDATES_EXCEPT)?;
+    for row in except.query_map(
+        (
+            queue,
+            now,
+            json::strings(limited.iter().copied()),
+            limit as i64,
+        ),
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )? {
+        candidates.push(row?);
+    }
+    let mut of = tx.prepare_cached(CANDIDATES_OF)?;
+    for (g, allowed) in groups.iter().zip(&allowances) {
+        let take = allowed.map_or(0, |a| a.min(limit as u64));
+        if take == 0 {
+            continue;
+        }
+        for row in of.query_map((queue, now, &g.name, take as i64), |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })? {
+            candidates.push(row?);
+        }
+    }
+    candidates.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    candidates.truncate(limit);
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids = json::ids(candidates.iter().map(|c| c.0));
+    let tasks = tx
+        .prepare_cached(CLAIM_IDS_SQL)?
+        .query_map((worker, token, expires_at, now, ids), |r| {
+            claimed(r, token, expires_at)
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for g in groups.iter_mut() {
+        if g.tokens_now(now).is_some() {
+            let n = tasks.iter().filter(|t| t.resource_group == g.name).count();
+            g.consume(n, now);
+            resource_groups::save(tx, queue, g, now)?;
+        }
+    }
+    Ok(tasks)
+}
+
+fn claimed(
+    r: &rusqlite::Row<'_>,
+    token: LeaseToken,
+    expires_at: Millis,
+) -> rusqlite::Result<ClaimedTask> {
+    Ok(ClaimedTask {
+        id: r.get(0)?,
+        token,
+        name: r.get(1)?,
+        resource_group: r.get(2)?,
+        payload: r.get(3)?,
+        priority: r.get(4)?,
+        attempt: r.get(5)?,
+        max_attempts: r.get(6)?,
+        created_at: r.get(7)?,
+        lease_expires_at: expires_at,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{Options, SqliteStore};
-    use super::CLAIM_SQL;
+    use super::{CANDIDATES_EXCEPT, CANDIDATES_OF, CLAIM_IDS_SQL, CLAIM_SQL};
 
-    #[test]
-    fn claim_walks_the_ready_index_without_sorting() {
+    fn plan(sql: &str, params: impl rusqlite::Params) -> String {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path().join("q.db"), Options::default()).unwrap();
-        let plan: Vec<String> = store
+        store
             .with_conn(
                 |l| &l.writer,
                 |conn| {
-                    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {CLAIM_SQL}"))?;
-                    let rows =
-                        stmt.query_map(("w", 1, 2, 3, "q", 10), |r| r.get::<_, String>(3))?;
+                    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                    let rows = stmt.query_map(params, |r| r.get::<_, String>(3))?;
                     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
                 },
             )
-            .unwrap();
-        let plan = plan.join("\n");
-        assert!(plan.contains("tasks_ready"), "{plan}");
-        assert!(!plan.contains("TEMP B-TREE FOR ORDER BY"), "{plan}");
+            .unwrap()
+            .join("\n")
+    }
+
+    #[test]
+    fn claim_walks_the_ready_index_without_sorting() {
+        for plan in [
+            plan(CLAIM_SQL, ("w", 1, 2, 3, "q", 10)),
+            plan(CANDIDATES_EXCEPT, ("q", 1, "[\"a\"]", 10)),
+            plan(CANDIDATES_OF, ("q", 1, "a", 10)),
+        ] {
+            assert!(plan.contains("tasks_ready"), "{plan}");
+            assert!(!plan.contains("TEMP B-TREE FOR ORDER BY"), "{plan}");
+        }
+        // The claim-by-ids lookup goes by primary key, never by scanning the table.
+        let by_ids = plan(CLAIM_IDS_SQL, ("w", 1, 2, 3, "[1,2]"));
+        assert!(by_ids.contains("INTEGER PRIMARY KEY"), "{by_ids}");
     }
 }

@@ -6,10 +6,11 @@ use std::fmt::Write;
 use rusqlite::{OptionalExtension, Transaction};
 
 use super::history;
+use super::resource_groups::{self, RunEnd, RunEndKind};
 use crate::clock::Millis;
 use crate::error::{Error, Result};
 use crate::store::Lease;
-use crate::task::{FailAction, LeaseToken, Outcome, TaskId, TaskStatus};
+use crate::task::{FailAction, FailureImpact, LeaseToken, Outcome, TaskId, TaskStatus};
 
 /// The error stored on a task whose worker stopped heartbeating.
 const LEASE_EXPIRED_ERROR: &str = r#"{"type":"LeaseExpired","message":"the worker running this task stopped heartbeating (crashed or was killed); its lease expired","traceback":null}"#;
@@ -22,19 +23,22 @@ pub fn complete(
     result: &[u8],
     now: Millis,
 ) -> Result<()> {
-    let worker: Option<Option<String>> = tx
+    let row: Option<(Option<String>, RunEnd)> = tx
         .prepare_cached(
             "UPDATE tasks
              SET status = 'completed', finished_at = ?3, updated_at = ?3, progress = 1.0,
                  lease_token = NULL, lease_expires_at = NULL
              WHERE id = ?1 AND lease_token = ?2 AND status = 'running'
-             RETURNING lease_owner",
+             RETURNING lease_owner, queue, resource_group, started_at",
         )?
-        .query_row((id, token, now), |r| r.get(0))
+        .query_row((id, token, now), |r| {
+            Ok((r.get(0)?, run_end(r, 1, RunEndKind::Succeeded)?))
+        })
         .optional()?;
-    let Some(worker) = worker else {
+    let Some((worker, end)) = row else {
         return Err(Error::LeaseLost(id));
     };
+    resource_groups::account(tx, &[end], now)?;
     // A JSON null result (most fire-and-forget tasks) is stored as no row: one B-tree write
     // fewer per completion, and reads give back None all the same.
     if result != b"null" {
@@ -61,13 +65,29 @@ pub fn fail(
     token: LeaseToken,
     error: &str,
     action: FailAction,
+    impact: FailureImpact,
     now: Millis,
 ) -> Result<TaskStatus> {
+    let (status, end) = fail_one(tx, id, token, error, action, impact, now)?;
+    resource_groups::account(tx, &[end], now)?;
+    Ok(status)
+}
+
+/// `fail` without the group accounting (the batch does it once).
+fn fail_one(
+    tx: &Transaction<'_>,
+    id: TaskId,
+    token: LeaseToken,
+    error: &str,
+    action: FailAction,
+    impact: FailureImpact,
+    now: Millis,
+) -> Result<(TaskStatus, RunEnd)> {
     let retry_at = match action {
         FailAction::Retry { delay_ms } => Some(now + delay_ms.max(0)),
         FailAction::Dead => None,
     };
-    let row: Option<(TaskStatus, Option<String>)> = tx
+    let row: Option<(TaskStatus, Option<String>, RunEnd)> = tx
         .prepare_cached(
             "UPDATE tasks
              SET status = CASE WHEN ?4 IS NOT NULL AND attempts < max_attempts
@@ -77,13 +97,17 @@ pub fn fail(
                                     THEN NULL ELSE ?5 END,
                  last_error = ?3, updated_at = ?5, lease_token = NULL, lease_expires_at = NULL
              WHERE id = ?1 AND lease_token = ?2 AND status = 'running'
-             RETURNING status, lease_owner",
+             RETURNING status, lease_owner, queue, resource_group, started_at",
         )?
         .query_row((id, token, error, retry_at, now), |r| {
-            Ok((r.get(0)?, r.get(1)?))
+            let kind = RunEndKind::Failed {
+                counts: impact.counts,
+                hold_ms: impact.hold_ms,
+            };
+            Ok((r.get(0)?, r.get(1)?, run_end(r, 2, kind)?))
         })
         .optional()?;
-    let Some((status, worker)) = row else {
+    let Some((status, worker, end)) = row else {
         return Err(Error::LeaseLost(id));
     };
     history::record(
@@ -95,7 +119,18 @@ pub fn fail(
         worker.as_deref(),
         Some(error),
     )?;
-    Ok(status)
+    Ok((status, end))
+}
+
+/// The group-facing facts of a finished run, from `queue, resource_group, started_at`
+/// at column `first` of a RETURNING row.
+fn run_end(r: &rusqlite::Row<'_>, first: usize, kind: RunEndKind) -> rusqlite::Result<RunEnd> {
+    Ok(RunEnd {
+        queue: r.get(first)?,
+        group: r.get(first + 1)?,
+        started_at: r.get(first + 2)?,
+        kind,
+    })
 }
 
 /// Records each outcome; a lost lease is that outcome's answer, not the batch's.
@@ -111,7 +146,7 @@ pub fn finish_many(
             Outcome::Failed { .. } => None,
         })
         .collect();
-    let completed = complete_many(tx, &completions, now)?;
+    let (completed, mut ends) = complete_many(tx, &completions, now)?;
     let mut answers = Vec::with_capacity(outcomes.len());
     for outcome in outcomes {
         answers.push(match outcome {
@@ -122,25 +157,30 @@ pub fn finish_many(
                 token,
                 error,
                 action,
-            } => match fail(tx, *id, *token, error, *action, now) {
+                impact,
+            } => match fail_one(tx, *id, *token, error, *action, *impact, now) {
                 Err(Error::LeaseLost(id)) => Err(Error::LeaseLost(id)),
                 Err(other) => return Err(other),
-                Ok(status) => Ok(status),
+                Ok((status, end)) => {
+                    ends.push(end);
+                    Ok(status)
+                }
             },
         });
     }
+    resource_groups::account(tx, &ends, now)?;
     Ok(answers)
 }
 
 /// Completes many tasks with one set-based UPDATE (the batch goes in as JSON pairs), each
-/// row fenced by its own token. Returns the ids whose lease still held.
+/// row fenced by its own token. Returns the ids whose lease still held, with their runs.
 fn complete_many(
     tx: &Transaction<'_>,
     done: &[(TaskId, LeaseToken, &[u8])],
     now: Millis,
-) -> Result<HashSet<TaskId>> {
+) -> Result<(HashSet<TaskId>, Vec<RunEnd>)> {
     if done.is_empty() {
-        return Ok(HashSet::new());
+        return Ok((HashSet::new(), Vec::new()));
     }
     let mut pairs = String::with_capacity(done.len() * 32);
     pairs.push('[');
@@ -151,7 +191,7 @@ fn complete_many(
         let _ = write!(pairs, "[{id},{token}]");
     }
     pairs.push(']');
-    let finished: Vec<(TaskId, Option<String>)> = tx
+    let finished: Vec<(TaskId, Option<String>, RunEnd)> = tx
         .prepare_cached(
             "UPDATE tasks
              SET status = 'completed', finished_at = ?2, updated_at = ?2, progress = 1.0,
@@ -159,11 +199,14 @@ fn complete_many(
              FROM (SELECT value ->> 0 AS id, value ->> 1 AS token FROM json_each(?1)) AS done
              WHERE tasks.id = done.id AND tasks.lease_token = done.token
                AND tasks.status = 'running'
-             RETURNING tasks.id, tasks.lease_owner",
+             RETURNING tasks.id, tasks.lease_owner, tasks.queue, tasks.resource_group,
+                       tasks.started_at",
         )?
-        .query_map((pairs, now), |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map((pairs, now), |r| {
+            Ok((r.get(0)?, r.get(1)?, run_end(r, 2, RunEndKind::Succeeded)?))
+        })?
         .collect::<rusqlite::Result<_>>()?;
-    let ids: HashSet<TaskId> = finished.iter().map(|(id, _)| *id).collect();
+    let ids: HashSet<TaskId> = finished.iter().map(|(id, _, _)| *id).collect();
     let mut store_result = tx.prepare_cached(
         "INSERT OR REPLACE INTO task_results (task_id, result, created_at) VALUES (?1, ?2, ?3)",
     )?;
@@ -175,7 +218,9 @@ fn complete_many(
     }
     // Usually one worker finished them all: one history statement per worker.
     let mut by_worker: Vec<(Option<String>, Vec<TaskId>)> = Vec::new();
-    for (id, worker) in finished {
+    let mut ends = Vec::with_capacity(finished.len());
+    for (id, worker, end) in finished {
+        ends.push(end);
         match by_worker.iter_mut().find(|(w, _)| *w == worker) {
             Some((_, list)) => list.push(id),
             None => by_worker.push((worker, vec![id])),
@@ -191,7 +236,7 @@ fn complete_many(
             worker.as_deref(),
         )?;
     }
-    Ok(ids)
+    Ok((ids, ends))
 }
 
 /// Extends every lease still held.

@@ -43,15 +43,7 @@ pub fn record_many(
     if ids.is_empty() {
         return Ok(());
     }
-    let mut json = String::with_capacity(ids.len() * 12 + 2);
-    json.push('[');
-    for (i, id) in ids.iter().enumerate() {
-        if i > 0 {
-            json.push(',');
-        }
-        json.push_str(&id.to_string());
-    }
-    json.push(']');
+    let json = super::json::ids(ids.iter().copied());
     conn.prepare_cached(
         "INSERT INTO task_history (task_id, from_status, to_status, at, worker)
          SELECT value, ?2, ?3, ?4, ?5 FROM json_each(?1)",

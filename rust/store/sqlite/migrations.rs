@@ -9,7 +9,10 @@ use crate::clock::Millis;
 use crate::error::{Error, Result};
 
 /// (version, SQL), in order. Never edit a released migration: add a new one.
-pub const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/0001_init.sql")),
+    (2, include_str!("migrations/0002_groups.sql")),
+];
 
 /// The newest schema version this build knows.
 pub fn latest_version() -> i64 {
@@ -63,15 +66,18 @@ mod tests {
     #[test]
     fn applies_once_and_records_versions() {
         let mut conn = Connection::open_in_memory().unwrap();
-        assert_eq!(migrate(&mut conn, 1).unwrap(), vec![1]);
+        assert_eq!(migrate(&mut conn, 1).unwrap(), vec![1, 2]);
         assert_eq!(migrate(&mut conn, 2).unwrap(), Vec::<i64>::new());
-        assert_eq!(applied_versions(&conn).unwrap(), vec![1]);
+        assert_eq!(applied_versions(&conn).unwrap(), vec![1, 2]);
         for table in [
             "tasks",
             "task_results",
             "task_history",
             "metrics",
             "circuit_breaker_state",
+            "resource_groups",
+            "queues",
+            "events",
         ] {
             let n: i64 = conn
                 .query_row(

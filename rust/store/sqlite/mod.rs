@@ -4,12 +4,15 @@
 mod admin;
 mod claim;
 mod enqueue;
+mod events;
 mod finish;
 mod group;
 mod history;
+mod json;
 mod local;
 pub mod migrations;
 pub mod open;
+mod resource_groups;
 mod wakeup;
 
 use std::path::{Path, PathBuf};
@@ -22,14 +25,17 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 pub use open::{Durability, Options};
 
 use self::local::{Local, PerProcess};
+pub use self::resource_groups::CircuitCommand;
 pub use self::wakeup::ChangeToken;
 use crate::clock::{Clock, Millis, SystemClock};
 use crate::error::{Error, Result};
+use crate::policy::breaker::CircuitState;
 use crate::policy::retention::Retention;
+use crate::resource_group::{self, Event, GroupConfig, GroupInfo};
 use crate::store::{Lease, Store};
 use crate::task::{
-    ClaimedTask, Enqueued, FailAction, LeaseToken, NewTask, Outcome, TaskId, TaskRecord,
-    TaskStatus, Transition,
+    ClaimedTask, Enqueued, FailAction, FailureImpact, LeaseToken, NewTask, Outcome, TaskId,
+    TaskRecord, TaskStatus, Transition,
 };
 use crate::validate;
 
@@ -283,7 +289,9 @@ impl Store for SqliteStore {
         error: &str,
         action: FailAction,
     ) -> Result<TaskStatus> {
-        self.write(|tx, now| finish::fail(tx, id, token, error, action, now))
+        self.write(|tx, now| {
+            finish::fail(tx, id, token, error, action, FailureImpact::default(), now)
+        })
     }
 
     fn finish_many(&self, outcomes: &[Outcome]) -> Result<Vec<Result<TaskStatus>>> {
@@ -357,5 +365,91 @@ impl Store for SqliteStore {
 
     fn next_run_at(&self, queue: &str) -> Result<Option<Millis>> {
         self.read(|conn, _| admin::next_run_at(conn, queue))
+    }
+
+    fn configure_group(&self, queue: &str, group: &str, config: &GroupConfig) -> Result<()> {
+        validate::name("queue", queue)?;
+        validate::name("resource group", group)?;
+        resource_group::validate(config)?;
+        self.write(|tx, now| resource_groups::configure(tx, queue, group, config, now))
+    }
+
+    fn set_group_paused(&self, queue: &str, group: &str, paused: bool) -> Result<bool> {
+        validate::name("queue", queue)?;
+        validate::name("resource group", group)?;
+        self.write(|tx, now| resource_groups::set_paused(tx, queue, group, paused, now))
+    }
+
+    fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<bool> {
+        validate::name("queue", queue)?;
+        self.write(|tx, now| resource_groups::set_queue_paused(tx, queue, paused, now))
+    }
+
+    fn queue_paused(&self, queue: &str) -> Result<bool> {
+        self.read(|conn, _| resource_groups::queue_paused(conn, queue))
+    }
+
+    fn circuit(
+        &self,
+        queue: &str,
+        group: &str,
+        command: &CircuitCommand,
+        reason: &str,
+    ) -> Result<CircuitState> {
+        validate::name("queue", queue)?;
+        validate::name("resource group", group)?;
+        if let CircuitCommand::Open {
+            duration_ms: Some(d),
+        } = command
+        {
+            if *d <= 0 {
+                return Err(Error::InvalidArgument(format!(
+                    "an open duration must be positive, got {d} ms"
+                )));
+            }
+        }
+        self.write(|tx, now| resource_groups::command(tx, queue, group, command, reason, now))
+    }
+
+    fn group_info(&self, queue: &str, group: &str) -> Result<GroupInfo> {
+        validate::name("resource group", group)?;
+        self.read(|conn, now| resource_groups::info(conn, queue, group, now))
+    }
+
+    fn group_names(&self, queue: &str) -> Result<Vec<String>> {
+        self.read(|conn, _| resource_groups::names(conn, queue))
+    }
+
+    fn events(
+        &self,
+        queue: &str,
+        group: Option<&str>,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
+        self.read(|conn, _| events::read(conn, queue, group, after, limit))
+    }
+
+    fn next_unblock_at(&self, queue: &str) -> Result<Option<Millis>> {
+        self.read(|conn, now| resource_groups::next_unblock_at(conn, queue, now))
+    }
+
+    fn age_priorities(&self, queue: &str, every_ms: Millis, step: i64, max: i64) -> Result<u64> {
+        if every_ms <= 0 || step <= 0 {
+            return Err(Error::InvalidArgument(
+                "priority aging needs a positive interval and step".into(),
+            ));
+        }
+        validate::priority(max)?;
+        let mut total = 0;
+        // Small transactions, like pruning: aging never holds the write lock for long.
+        loop {
+            let aged =
+                self.write(|tx, now| admin::age_batch(tx, queue, every_ms, step, max, now, 1000))?;
+            total += aged;
+            if aged < 1000 {
+                return Ok(total);
+            }
+        }
     }
 }

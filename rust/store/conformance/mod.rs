@@ -9,16 +9,18 @@ use crate::error::Error;
 use crate::policy::retention::{Keep, Retention};
 use crate::task::{FailAction, NewTask, TaskStatus};
 
-const Q: &str = "default";
-const LEASE: i64 = 30_000;
+mod groups;
 
-struct Fixture {
+pub(super) const Q: &str = "default";
+pub(super) const LEASE: i64 = 30_000;
+
+pub(super) struct Fixture {
     _dir: tempfile::TempDir,
-    clock: Arc<ManualClock>,
-    store: SqliteStore,
+    pub clock: Arc<ManualClock>,
+    pub store: SqliteStore,
 }
 
-fn fixture() -> Fixture {
+pub(super) fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(1_700_000_000_000));
     let options = Options {
@@ -34,7 +36,7 @@ fn fixture() -> Fixture {
     }
 }
 
-fn task(name: &str, priority: i64) -> NewTask {
+pub(super) fn task(name: &str, priority: i64) -> NewTask {
     NewTask {
         name: name.into(),
         resource_group: "default".into(),
@@ -46,7 +48,7 @@ fn task(name: &str, priority: i64) -> NewTask {
     }
 }
 
-fn ids(claimed: &[crate::task::ClaimedTask]) -> Vec<i64> {
+pub(super) fn ids(claimed: &[crate::task::ClaimedTask]) -> Vec<i64> {
     claimed.iter().map(|t| t.id).collect()
 }
 
@@ -443,6 +445,7 @@ fn finish_many_fences_each_outcome_on_its_own() {
                 token: t[2].token,
                 error: "{}".into(),
                 action: FailAction::Retry { delay_ms: 10 },
+                impact: Default::default(),
             },
         ])
         .unwrap();

@@ -1,0 +1,381 @@
+//! Resource groups: pause, circuit breaker, throttle and priority aging, as every storage
+//! engine must enforce them in the claim.
+
+use super::{LEASE, Q, fixture, ids, task};
+use crate::policy::breaker::{BreakerConfig, CircuitState};
+use crate::policy::throttle::{Adaptive, ThrottleConfig};
+use crate::resource_group::GroupConfig;
+use crate::store::{CircuitCommand, Store};
+use crate::task::{FailAction, FailureImpact, NewTask, Outcome, TaskStatus};
+
+fn in_group(group: &str, priority: i64) -> NewTask {
+    NewTask {
+        resource_group: group.into(),
+        ..task("t", priority)
+    }
+}
+
+const BREAKER: BreakerConfig = BreakerConfig {
+    failure_threshold: 2,
+    window_ms: 10_000,
+    open_ms: 1_000,
+    max_open_ms: 8_000,
+    half_open_probes: 1,
+};
+
+fn breaker_only() -> GroupConfig {
+    GroupConfig {
+        breaker: Some(BREAKER),
+        throttle: None,
+    }
+}
+
+fn throttle(rate: Option<f64>, burst: f64, max_concurrency: Option<u32>) -> GroupConfig {
+    GroupConfig {
+        breaker: None,
+        throttle: Some(ThrottleConfig {
+            rate,
+            burst,
+            max_concurrency,
+            adaptive: None,
+        }),
+    }
+}
+
+fn fail_all(f: &super::Fixture, tasks: &[crate::task::ClaimedTask], impact: FailureImpact) {
+    let outcomes: Vec<Outcome> = tasks
+        .iter()
+        .map(|t| Outcome::Failed {
+            id: t.id,
+            token: t.token,
+            error: "{}".into(),
+            action: FailAction::Retry { delay_ms: 0 },
+            impact,
+        })
+        .collect();
+    f.store.finish_many(&outcomes).unwrap();
+}
+
+#[test]
+fn an_open_breaker_holds_its_group_pending_and_a_probe_closes_it() {
+    let f = fixture();
+    f.store.configure_group(Q, "pay", &breaker_only()).unwrap();
+    f.store
+        .enqueue(
+            Q,
+            &[in_group("pay", 0), in_group("pay", 0), in_group("pay", 0)],
+        )
+        .unwrap();
+    let first = f.store.claim(Q, "w", 2, LEASE).unwrap();
+    fail_all(&f, &first, FailureImpact::default());
+    assert_eq!(
+        f.store.group_info(Q, "pay").unwrap().circuit,
+        CircuitState::Open
+    );
+    // Other groups run; the open group's tasks stay pending with their attempts.
+    let other = f.store.enqueue(Q, &[task("x", 0)]).unwrap();
+    assert_eq!(
+        ids(&f.store.claim(Q, "w", 10, LEASE).unwrap()),
+        vec![other[0].id]
+    );
+    let info = f.store.group_info(Q, "pay").unwrap();
+    assert_eq!((info.pending, info.running), (3, 0));
+    assert_eq!(f.store.get(Q, first[0].id).unwrap().attempts, 1);
+    // After open_for: half-open lets exactly one probe through.
+    f.clock.advance(1_000);
+    let probe = f.store.claim(Q, "w", 10, LEASE).unwrap();
+    assert_eq!(probe.len(), 1);
+    assert_eq!(
+        f.store.group_info(Q, "pay").unwrap().circuit,
+        CircuitState::HalfOpen
+    );
+    assert!(f.store.claim(Q, "w", 10, LEASE).unwrap().is_empty());
+    f.store
+        .complete(probe[0].id, probe[0].token, b"null")
+        .unwrap();
+    assert_eq!(
+        f.store.group_info(Q, "pay").unwrap().circuit,
+        CircuitState::Closed
+    );
+    assert_eq!(f.store.claim(Q, "w", 10, LEASE).unwrap().len(), 2);
+    let kinds: Vec<String> = f
+        .store
+        .events(Q, Some("pay"), 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        ["circuit_opened", "circuit_half_open", "circuit_closed"]
+    );
+}
+
+#[test]
+fn a_failed_probe_reopens_for_longer() {
+    let f = fixture();
+    f.store.configure_group(Q, "pay", &breaker_only()).unwrap();
+    f.store
+        .enqueue(Q, &[in_group("pay", 0), in_group("pay", 0)])
+        .unwrap();
+    let first = f.store.claim(Q, "w", 2, LEASE).unwrap();
+    fail_all(&f, &first, FailureImpact::default());
+    f.clock.advance(1_000);
+    let probe = f.store.claim(Q, "w", 10, LEASE).unwrap();
+    fail_all(&f, &probe, FailureImpact::default());
+    let info = f.store.group_info(Q, "pay").unwrap();
+    assert_eq!(info.circuit, CircuitState::Open);
+    assert_eq!(info.open_until, Some(f.store.now_ms() + 2_000));
+}
+
+#[test]
+fn uncounted_failures_leave_the_breaker_closed() {
+    let f = fixture();
+    f.store.configure_group(Q, "pay", &breaker_only()).unwrap();
+    f.store
+        .enqueue(Q, &[in_group("pay", 0), in_group("pay", 0)])
+        .unwrap();
+    let claimed = f.store.claim(Q, "w", 2, LEASE).unwrap();
+    let ignored = FailureImpact {
+        counts: false,
+        hold_ms: None,
+    };
+    fail_all(&f, &claimed, ignored);
+    assert_eq!(
+        f.store.group_info(Q, "pay").unwrap().circuit,
+        CircuitState::Closed
+    );
+}
+
+#[test]
+fn operators_open_close_and_reset_a_breaker() {
+    let f = fixture();
+    f.store.enqueue(Q, &[in_group("pay", 0)]).unwrap();
+    let open = CircuitCommand::Open { duration_ms: None };
+    assert_eq!(
+        f.store.circuit(Q, "pay", &open, "maintenance").unwrap(),
+        CircuitState::Open
+    );
+    f.clock.advance(1_000_000);
+    assert!(f.store.claim(Q, "w", 10, LEASE).unwrap().is_empty());
+    assert_eq!(
+        f.store.next_unblock_at(Q).unwrap(),
+        None,
+        "open by hand has no end"
+    );
+    assert_eq!(
+        f.store
+            .circuit(Q, "pay", &CircuitCommand::Close, "done")
+            .unwrap(),
+        CircuitState::Closed
+    );
+    assert_eq!(f.store.claim(Q, "w", 10, LEASE).unwrap().len(), 1);
+    let timed = CircuitCommand::Open {
+        duration_ms: Some(500),
+    };
+    f.store.circuit(Q, "pay", &timed, "x").unwrap();
+    assert_eq!(
+        f.store.next_unblock_at(Q).unwrap(),
+        Some(f.store.now_ms() + 500)
+    );
+    assert_eq!(
+        f.store
+            .circuit(Q, "pay", &CircuitCommand::Reset, "y")
+            .unwrap(),
+        CircuitState::Closed
+    );
+    let reasons: Vec<String> = f
+        .store
+        .events(Q, Some("pay"), 0, 100)
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| e.detail)
+        .collect();
+    assert!(reasons[0].contains("operator: maintenance"), "{reasons:?}");
+}
+
+#[test]
+fn max_concurrency_counts_live_leases_across_claims() {
+    let f = fixture();
+    f.store
+        .configure_group(Q, "api", &throttle(None, 1.0, Some(2)))
+        .unwrap();
+    let tasks: Vec<NewTask> = (0..5).map(|_| in_group("api", 0)).collect();
+    f.store.enqueue(Q, &tasks).unwrap();
+    let a = f.store.claim(Q, "w1", 10, LEASE).unwrap();
+    assert_eq!(a.len(), 2);
+    assert!(f.store.claim(Q, "w2", 10, LEASE).unwrap().is_empty());
+    f.store.complete(a[0].id, a[0].token, b"null").unwrap();
+    assert_eq!(f.store.claim(Q, "w2", 10, LEASE).unwrap().len(), 1);
+    // A dead worker's slot frees when its lease expires, before any rescue runs.
+    f.clock.advance(LEASE + 1);
+    assert_eq!(f.store.claim(Q, "w3", 10, LEASE).unwrap().len(), 2);
+}
+
+#[test]
+fn the_rate_bucket_is_shared_and_refills() {
+    let f = fixture();
+    f.store
+        .configure_group(Q, "api", &throttle(Some(2.0), 3.0, None))
+        .unwrap();
+    let tasks: Vec<NewTask> = (0..10).map(|_| in_group("api", 0)).collect();
+    f.store.enqueue(Q, &tasks).unwrap();
+    assert_eq!(
+        f.store.claim(Q, "w1", 10, LEASE).unwrap().len(),
+        3,
+        "the burst"
+    );
+    assert!(f.store.claim(Q, "w2", 10, LEASE).unwrap().is_empty());
+    assert_eq!(
+        f.store.next_unblock_at(Q).unwrap(),
+        Some(f.store.now_ms() + 500)
+    );
+    f.clock.advance(1_000);
+    assert_eq!(f.store.claim(Q, "w2", 10, LEASE).unwrap().len(), 2);
+}
+
+#[test]
+fn limits_keep_priority_order_across_groups() {
+    let f = fixture();
+    f.store
+        .configure_group(Q, "api", &throttle(None, 1.0, Some(1)))
+        .unwrap();
+    let e = f
+        .store
+        .enqueue(
+            Q,
+            &[
+                in_group("api", 9),
+                in_group("api", 9),
+                task("a", 5),
+                task("b", 10),
+            ],
+        )
+        .unwrap();
+    let claimed = f.store.claim(Q, "w", 3, LEASE).unwrap();
+    assert_eq!(ids(&claimed), vec![e[3].id, e[0].id, e[2].id]);
+}
+
+#[test]
+fn paused_groups_and_queues_are_skipped() {
+    let f = fixture();
+    let e = f
+        .store
+        .enqueue(Q, &[in_group("pay", 0), task("x", 0)])
+        .unwrap();
+    assert!(f.store.set_group_paused(Q, "pay", true).unwrap());
+    assert!(
+        !f.store.set_group_paused(Q, "pay", true).unwrap(),
+        "already paused"
+    );
+    assert_eq!(
+        ids(&f.store.claim(Q, "w", 10, LEASE).unwrap()),
+        vec![e[1].id]
+    );
+    assert!(f.store.set_queue_paused(Q, true).unwrap());
+    f.store.set_group_paused(Q, "pay", false).unwrap();
+    assert!(f.store.claim(Q, "w", 10, LEASE).unwrap().is_empty());
+    f.store.set_queue_paused(Q, false).unwrap();
+    assert_eq!(
+        ids(&f.store.claim(Q, "w", 10, LEASE).unwrap()),
+        vec![e[0].id]
+    );
+}
+
+#[test]
+fn a_retry_after_holds_the_group() {
+    let f = fixture();
+    f.store
+        .configure_group(Q, "api", &throttle(None, 1.0, Some(5)))
+        .unwrap();
+    f.store
+        .enqueue(Q, &[in_group("api", 0), in_group("api", 0)])
+        .unwrap();
+    let one = f.store.claim(Q, "w", 1, LEASE).unwrap();
+    let hold = FailureImpact {
+        counts: false,
+        hold_ms: Some(2_000),
+    };
+    fail_all(&f, &one, hold);
+    assert!(f.store.claim(Q, "w", 10, LEASE).unwrap().is_empty());
+    assert_eq!(
+        f.store.next_unblock_at(Q).unwrap(),
+        Some(f.store.now_ms() + 2_000)
+    );
+    f.clock.advance(2_000);
+    assert_eq!(f.store.claim(Q, "w", 10, LEASE).unwrap().len(), 2);
+}
+
+#[test]
+fn adaptive_cap_halves_on_errors_and_grows_back() {
+    let f = fixture();
+    let config = GroupConfig {
+        breaker: None,
+        throttle: Some(ThrottleConfig {
+            rate: None,
+            burst: 1.0,
+            max_concurrency: Some(8),
+            adaptive: Some(Adaptive {
+                min_concurrency: 1,
+                target_latency_ms: None,
+                error_rate: 0.2,
+                cooldown_ms: 0,
+            }),
+        }),
+    };
+    f.store.configure_group(Q, "api", &config).unwrap();
+    let tasks: Vec<NewTask> = (0..40).map(|_| in_group("api", 0)).collect();
+    f.store.enqueue(Q, &tasks).unwrap();
+    let batch = f.store.claim(Q, "w", 8, LEASE).unwrap();
+    assert_eq!(batch.len(), 8);
+    fail_all(&f, &batch, FailureImpact::default());
+    assert_eq!(
+        f.store.group_info(Q, "api").unwrap().concurrency_limit,
+        Some(4)
+    );
+    for _ in 0..3 {
+        let batch = f.store.claim(Q, "w", 8, LEASE).unwrap();
+        assert!(batch.len() <= 5);
+        for t in &batch {
+            f.store.complete(t.id, t.token, b"null").unwrap();
+        }
+    }
+    let limit = f
+        .store
+        .group_info(Q, "api")
+        .unwrap()
+        .concurrency_limit
+        .unwrap();
+    assert!(limit > 4, "grew back: {limit}");
+    let kinds: Vec<String> = f
+        .store
+        .events(Q, Some("api"), 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert!(kinds.iter().all(|k| k == "throttle_changed") && !kinds.is_empty());
+}
+
+#[test]
+fn aging_raises_waiting_tasks_up_to_the_cap() {
+    let f = fixture();
+    let e = f.store.enqueue(Q, &[task("old", 0)]).unwrap();
+    f.clock.advance(1_000);
+    let fresh = f.store.enqueue(Q, &[task("new", 1)]).unwrap();
+    assert_eq!(f.store.age_priorities(Q, 1_000, 2, 3).unwrap(), 1);
+    assert_eq!(
+        f.store.age_priorities(Q, 1_000, 2, 3).unwrap(),
+        0,
+        "raised just now"
+    );
+    f.clock.advance(1_000);
+    assert_eq!(f.store.age_priorities(Q, 1_000, 2, 3).unwrap(), 2);
+    assert_eq!(f.store.get(Q, e[0].id).unwrap().priority, 3, "capped");
+    let claimed = f.store.claim(Q, "w", 1, LEASE).unwrap();
+    assert_eq!(ids(&claimed), vec![e[0].id]);
+    assert_eq!(
+        f.store.get(Q, fresh[0].id).unwrap().status,
+        TaskStatus::Pending
+    );
+}

@@ -1,0 +1,63 @@
+-- ferroq schema 2: resource groups (pause, throttle, circuit breaker), paused queues, events.
+
+-- The claim filters on the group inside the index (restricted groups are skipped without
+-- reading their rows).
+DROP INDEX tasks_ready;
+CREATE INDEX tasks_ready ON tasks (queue, priority DESC, id, run_at, resource_group)
+    WHERE status = 'pending';
+
+-- A row only for a group that has settings or was paused: the claim reads this table, and
+-- a queue with no row here takes the unrestricted path.
+CREATE TABLE resource_groups (
+    queue             TEXT    NOT NULL,
+    resource_group    TEXT    NOT NULL,
+    paused            INTEGER NOT NULL DEFAULT 0,
+    -- Throttle (NULL: none).
+    rate              REAL,
+    burst             REAL,
+    tokens            REAL,
+    tokens_at         INTEGER,
+    max_concurrency   INTEGER,
+    -- Adaptive mode: the current cap moves between min_concurrency and max_concurrency.
+    adaptive          INTEGER NOT NULL DEFAULT 0,
+    min_concurrency   INTEGER,
+    target_latency_ms INTEGER,
+    error_rate        REAL,
+    cooldown_ms       INTEGER,
+    concurrency_limit REAL,
+    last_cut_at       INTEGER,
+    -- A processor's Retry-After: nothing of the group starts before this.
+    blocked_until     INTEGER,
+    -- Circuit breaker settings (NULL: none); its state is in circuit_breaker_state.
+    breaker_threshold INTEGER,
+    breaker_window_ms INTEGER,
+    breaker_open_ms   INTEGER,
+    breaker_max_open_ms INTEGER,
+    breaker_probes    INTEGER,
+    updated_at        INTEGER NOT NULL,
+    PRIMARY KEY (queue, resource_group)
+) WITHOUT ROWID;
+
+CREATE TABLE queues (
+    queue      TEXT    PRIMARY KEY,
+    paused     INTEGER NOT NULL DEFAULT 0,
+    updated_at INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Counted failures still inside the window (JSON array of times) and openings since the
+-- breaker last closed (sets the next open time).
+ALTER TABLE circuit_breaker_state ADD COLUMN recent_failures TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE circuit_breaker_state ADD COLUMN trips INTEGER NOT NULL DEFAULT 0;
+
+-- Lifecycle events of groups and queues (circuit transitions, throttle changes, pause),
+-- in order; tailable from other processes by id.
+CREATE TABLE events (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    at             INTEGER NOT NULL,
+    queue          TEXT    NOT NULL,
+    resource_group TEXT,
+    task_id        INTEGER,
+    kind           TEXT    NOT NULL,
+    detail         TEXT
+);
+CREATE INDEX events_by_group ON events (queue, resource_group, id);

@@ -1,0 +1,643 @@
+//! Resource groups in the file: settings, pause, token buckets, adaptive caps and breaker
+//! state, read and written inside the claim's and the finish's transactions so that every
+//! worker process sees one set of limits.
+
+use std::collections::HashMap;
+
+use rusqlite::{Connection, OptionalExtension, Row, Transaction};
+
+use super::events;
+use super::json;
+use crate::clock::Millis;
+use crate::error::Result;
+use crate::policy::breaker::{BreakerConfig, BreakerState, Change, CircuitState};
+use crate::policy::throttle::{self, Adaptive, Sample, ThrottleConfig};
+use crate::resource_group::{GroupConfig, GroupInfo};
+
+/// A group's row with its breaker state, as loaded for one transaction.
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub name: String,
+    pub paused: bool,
+    pub config: GroupConfig,
+    pub tokens: Option<f64>,
+    pub tokens_at: Option<Millis>,
+    pub concurrency_limit: Option<f64>,
+    pub last_cut_at: Option<Millis>,
+    pub blocked_until: Option<Millis>,
+    pub breaker: BreakerState,
+}
+
+const SELECT_GROUPS: &str =
+    "SELECT g.resource_group, g.paused, g.rate, g.burst, g.tokens, g.tokens_at,
+        g.max_concurrency, g.adaptive, g.min_concurrency, g.target_latency_ms, g.error_rate,
+        g.cooldown_ms, g.concurrency_limit, g.last_cut_at, g.blocked_until,
+        g.breaker_threshold, g.breaker_window_ms, g.breaker_open_ms, g.breaker_max_open_ms,
+        g.breaker_probes,
+        b.state, b.recent_failures, b.opened_at, b.open_until, b.trips
+    FROM resource_groups g
+    LEFT JOIN circuit_breaker_state b
+        ON b.queue = g.queue AND b.resource_group = g.resource_group";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<Group> {
+    let rate: Option<f64> = r.get(2)?;
+    let max_concurrency: Option<u32> = r.get(6)?;
+    let adaptive: bool = r.get(7)?;
+    let throttle = (rate.is_some() || max_concurrency.is_some()).then(|| ThrottleConfig {
+        rate,
+        burst: r.get::<_, Option<f64>>(3).ok().flatten().unwrap_or(1.0),
+        max_concurrency,
+        adaptive: adaptive.then(|| Adaptive {
+            min_concurrency: r.get::<_, Option<u32>>(8).ok().flatten().unwrap_or(1),
+            target_latency_ms: r.get(9).ok().flatten(),
+            error_rate: r.get::<_, Option<f64>>(10).ok().flatten().unwrap_or(0.1),
+            cooldown_ms: r.get::<_, Option<i64>>(11).ok().flatten().unwrap_or(1000),
+        }),
+    });
+    let threshold: Option<u32> = r.get(15)?;
+    let breaker = match threshold {
+        Some(failure_threshold) => Some(BreakerConfig {
+            failure_threshold,
+            window_ms: r.get(16)?,
+            open_ms: r.get(17)?,
+            max_open_ms: r.get(18)?,
+            half_open_probes: r.get(19)?,
+        }),
+        None => None,
+    };
+    let state: Option<String> = r.get(20)?;
+    let failures: Option<String> = r.get(21)?;
+    Ok(Group {
+        name: r.get(0)?,
+        paused: r.get(1)?,
+        config: GroupConfig { breaker, throttle },
+        tokens: r.get(4)?,
+        tokens_at: r.get(5)?,
+        concurrency_limit: r.get(12)?,
+        last_cut_at: r.get(13)?,
+        blocked_until: r.get(14)?,
+        breaker: BreakerState {
+            state: state
+                .as_deref()
+                .and_then(CircuitState::parse)
+                .unwrap_or(CircuitState::Closed),
+            failures: parse_times(failures.as_deref().unwrap_or("[]")),
+            opened_at: r.get(22)?,
+            open_until: r.get(23)?,
+            trips: r.get::<_, Option<u32>>(24)?.unwrap_or(0),
+        },
+    })
+}
+
+/// Every group of `queue` that has a row (settings, a pause or a forced breaker).
+pub fn load_all(conn: &Connection, queue: &str) -> Result<Vec<Group>> {
+    let mut stmt = conn.prepare_cached(&format!("{SELECT_GROUPS} WHERE g.queue = ?1"))?;
+    let rows = stmt.query_map([queue], from_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// One group's row, if it has one.
+pub fn load(conn: &Connection, queue: &str, group: &str) -> Result<Option<Group>> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "{SELECT_GROUPS} WHERE g.queue = ?1 AND g.resource_group = ?2"
+        ))?
+        .query_row((queue, group), from_row)
+        .optional()?)
+}
+
+/// Writes back a group's moving state (tokens, cap, hold, breaker).
+pub fn save(tx: &Transaction<'_>, queue: &str, g: &Group, now: Millis) -> Result<()> {
+    tx.prepare_cached(
+        "UPDATE resource_groups SET tokens = ?3, tokens_at = ?4, concurrency_limit = ?5,
+             last_cut_at = ?6, blocked_until = ?7
+         WHERE queue = ?1 AND resource_group = ?2",
+    )?
+    .execute((
+        queue,
+        &g.name,
+        g.tokens,
+        g.tokens_at,
+        g.concurrency_limit,
+        g.last_cut_at,
+        g.blocked_until,
+    ))?;
+    let b = &g.breaker;
+    tx.prepare_cached(
+        "INSERT INTO circuit_breaker_state
+             (queue, resource_group, state, failures, opened_at, open_until, recent_failures,
+              trips, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (queue, resource_group) DO UPDATE SET state = ?3, failures = ?4,
+             opened_at = ?5, open_until = ?6, recent_failures = ?7, trips = ?8, updated_at = ?9",
+    )?
+    .execute((
+        queue,
+        &g.name,
+        b.state.as_str(),
+        b.failures.len() as i64,
+        b.opened_at,
+        b.open_until,
+        format_times(&b.failures),
+        b.trips,
+        now,
+    ))?;
+    Ok(())
+}
+
+/// Records a breaker transition as an event.
+pub fn record_change(
+    tx: &Transaction<'_>,
+    queue: &str,
+    group: &str,
+    change: &Change,
+    now: Millis,
+) -> Result<()> {
+    let detail = format!(
+        r#"{{"from":"{}","to":"{}","reason":{}}}"#,
+        change.from.as_str(),
+        change.to.as_str(),
+        json::string(&change.reason)
+    );
+    let kind = match change.to {
+        CircuitState::Open => "circuit_opened",
+        CircuitState::HalfOpen => "circuit_half_open",
+        CircuitState::Closed => "circuit_closed",
+    };
+    events::record(tx, queue, Some(group), kind, &detail, now)
+}
+
+/// Running tasks per group (live leases only: a crashed worker's slot frees at expiry).
+pub fn running_by_group(
+    conn: &Connection,
+    queue: &str,
+    now: Millis,
+) -> Result<HashMap<String, u32>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT resource_group, count(*) FROM tasks INDEXED BY tasks_leases
+         WHERE queue = ?1 AND status = 'running' AND lease_expires_at > ?2
+         GROUP BY resource_group",
+    )?;
+    let rows = stmt.query_map((queue, now), |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+impl Group {
+    /// The running cap now, if any.
+    pub fn cap(&self) -> Option<u32> {
+        let t = self.config.throttle.as_ref()?;
+        let max = t.max_concurrency?;
+        Some(match (t.adaptive, self.concurrency_limit) {
+            (Some(_), Some(limit)) => (limit.floor() as u32).clamp(1, max),
+            _ => max,
+        })
+    }
+
+    /// Tokens in the bucket at `now`, if the group has a rate.
+    pub fn tokens_now(&self, now: Millis) -> Option<f64> {
+        let t = self.config.throttle.as_ref()?;
+        let rate = t.rate?;
+        Some(match (self.tokens, self.tokens_at) {
+            (Some(tokens), Some(at)) => throttle::refill(tokens, at, now, rate, t.burst),
+            _ => t.burst,
+        })
+    }
+
+    /// How many tasks of this group may start now: `None` means no limit.
+    pub fn allowance(&self, running: u32, now: Millis) -> Option<u64> {
+        if self.paused || self.blocked_until.is_some_and(|t| t > now) {
+            return Some(0);
+        }
+        let mut allowed: Option<u64> = None;
+        let mut limit = |n: u64| allowed = Some(allowed.map_or(n, |a| a.min(n)));
+        match self.breaker.state {
+            CircuitState::Open => limit(0),
+            CircuitState::HalfOpen => {
+                let probes = self.config.breaker.map_or(1, |b| b.half_open_probes);
+                limit(u64::from(probes.saturating_sub(running)));
+            }
+            CircuitState::Closed => {}
+        }
+        if let Some(cap) = self.cap() {
+            limit(u64::from(cap.saturating_sub(running)));
+        }
+        if let Some(tokens) = self.tokens_now(now) {
+            limit(tokens.max(0.0).floor() as u64);
+        }
+        allowed
+    }
+
+    /// Whether the claim needs the running count of this group.
+    pub fn needs_running(&self) -> bool {
+        self.cap().is_some() || self.breaker.state == CircuitState::HalfOpen
+    }
+
+    /// Takes `n` tokens for tasks just claimed.
+    pub fn consume(&mut self, n: usize, now: Millis) {
+        if let Some(tokens) = self.tokens_now(now) {
+            self.tokens = Some(tokens - n as f64);
+            self.tokens_at = Some(now);
+        }
+    }
+
+    /// The earliest future time at which this group may start a task again, if it is
+    /// held by time (a Retry-After, an open breaker, an empty bucket).
+    pub fn unblocks_at(&self, now: Millis) -> Option<Millis> {
+        let mut at: Option<Millis> = None;
+        let mut later = |t: Millis| {
+            if t > now {
+                at = Some(at.map_or(t, |a| a.max(t)));
+            }
+        };
+        if let Some(t) = self.blocked_until {
+            later(t);
+        }
+        if self.breaker.state == CircuitState::Open {
+            // Open by hand with no end: only a person (a change to the file) reopens it.
+            later(self.breaker.open_until.unwrap_or(Millis::MAX));
+        }
+        if let (Some(tokens), Some(rate)) = (
+            self.tokens_now(now),
+            self.config.throttle.and_then(|t| t.rate),
+        ) {
+            later(throttle::next_token_at(tokens, now, rate));
+        }
+        at.filter(|&t| t != Millis::MAX)
+    }
+}
+
+/// What the finish path reports about one run, for the group's breaker and throttle.
+#[derive(Debug, Clone)]
+pub struct RunEnd {
+    pub queue: String,
+    pub group: String,
+    pub started_at: Option<Millis>,
+    pub kind: RunEndKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RunEndKind {
+    Succeeded,
+    /// `counts`: toward the breaker (policy decides); `hold_ms`: a Retry-After for the group.
+    Failed {
+        counts: bool,
+        hold_ms: Option<Millis>,
+    },
+}
+
+/// Feeds finished runs to their groups' breakers and adaptive caps. Groups without a row
+/// cost one indexed lookup per flush.
+pub fn account(tx: &Transaction<'_>, ends: &[RunEnd], now: Millis) -> Result<()> {
+    let mut keys: Vec<(&str, &str)> = ends
+        .iter()
+        .map(|e| (e.queue.as_str(), e.group.as_str()))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    for (queue, name) in keys {
+        let Some(mut g) = load(tx, queue, name)? else {
+            continue;
+        };
+        let mine = ends.iter().filter(|e| e.queue == queue && e.group == name);
+        let mut sample = Sample::default();
+        let target = g
+            .config
+            .throttle
+            .and_then(|t| t.adaptive)
+            .and_then(|a| a.target_latency_ms);
+        for end in mine {
+            let change = match end.kind {
+                RunEndKind::Succeeded => {
+                    sample.succeeded += 1;
+                    if let (Some(target), Some(start)) = (target, end.started_at) {
+                        if now - start > target {
+                            sample.slow += 1;
+                        }
+                    }
+                    g.breaker.on_success()
+                }
+                RunEndKind::Failed { counts, hold_ms } => {
+                    if let Some(hold) = hold_ms {
+                        g.blocked_until = Some(g.blocked_until.unwrap_or(0).max(now + hold));
+                        sample.failed += 1;
+                    }
+                    if counts {
+                        sample.failed += u32::from(hold_ms.is_none());
+                        match g.config.breaker {
+                            Some(cfg) => g.breaker.on_failure(&cfg, now),
+                            None => None,
+                        }
+                    } else {
+                        None
+                    }
+                }
+            };
+            if let Some(change) = change {
+                record_change(tx, queue, name, &change, now)?;
+            }
+        }
+        adapt(tx, queue, &mut g, sample, now)?;
+        save(tx, queue, &g, now)?;
+    }
+    Ok(())
+}
+
+/// Moves an adaptive cap by AIMD and records a change of its whole part.
+fn adapt(
+    tx: &Transaction<'_>,
+    queue: &str,
+    g: &mut Group,
+    sample: Sample,
+    now: Millis,
+) -> Result<()> {
+    let Some(t) = g.config.throttle else {
+        return Ok(());
+    };
+    let (Some(adaptive), Some(max)) = (t.adaptive, t.max_concurrency) else {
+        return Ok(());
+    };
+    let before = g.concurrency_limit.unwrap_or(f64::from(max));
+    let (after, cut) = throttle::aimd(before, max, &adaptive, sample, now, g.last_cut_at);
+    g.concurrency_limit = Some(after);
+    if cut {
+        g.last_cut_at = Some(now);
+    }
+    if before.floor() != after.floor() {
+        let detail = format!(
+            r#"{{"concurrency_limit":{},"previous":{},"reason":"{}"}}"#,
+            after.floor(),
+            before.floor(),
+            if cut {
+                "errors or slow runs"
+            } else {
+                "runs succeeding"
+            }
+        );
+        events::record(tx, queue, Some(&g.name), "throttle_changed", &detail, now)?;
+    }
+    Ok(())
+}
+
+/// Stores a group's settings (creating its row), keeping its moving state where it still
+/// applies.
+pub fn configure(
+    tx: &Transaction<'_>,
+    queue: &str,
+    name: &str,
+    config: &GroupConfig,
+    now: Millis,
+) -> Result<()> {
+    ensure_row(tx, queue, name, now)?;
+    let before = load(tx, queue, name)?.expect("row ensured above");
+    let t = config.throttle;
+    let b = config.breaker;
+    let adaptive = t.and_then(|t| t.adaptive);
+    // A new or changed cap starts at its maximum; an unchanged one keeps where AIMD put it.
+    let limit = match (adaptive, t.and_then(|t| t.max_concurrency)) {
+        (Some(_), Some(max))
+            if before.config.throttle.and_then(|t| t.max_concurrency) == Some(max) =>
+        {
+            Some(
+                before
+                    .concurrency_limit
+                    .unwrap_or(f64::from(max))
+                    .min(f64::from(max)),
+            )
+        }
+        (Some(_), Some(max)) => Some(f64::from(max)),
+        _ => None,
+    };
+    let rate = t.and_then(|t| t.rate);
+    let tokens = match (rate, before.tokens_now(now)) {
+        (Some(_), Some(tokens)) => Some(tokens.min(t.map_or(1.0, |t| t.burst))),
+        (Some(_), None) => t.map(|t| t.burst),
+        _ => None,
+    };
+    tx.prepare_cached(
+        "UPDATE resource_groups SET rate = ?3, burst = ?4, tokens = ?5, tokens_at = ?6,
+             max_concurrency = ?7, adaptive = ?8, min_concurrency = ?9, target_latency_ms = ?10,
+             error_rate = ?11, cooldown_ms = ?12, concurrency_limit = ?13,
+             breaker_threshold = ?14, breaker_window_ms = ?15, breaker_open_ms = ?16,
+             breaker_max_open_ms = ?17, breaker_probes = ?18, updated_at = ?19
+         WHERE queue = ?1 AND resource_group = ?2",
+    )?
+    .execute(rusqlite::params![
+        queue,
+        name,
+        rate,
+        rate.and(t.map(|t| t.burst)),
+        tokens,
+        tokens.map(|_| now),
+        t.and_then(|t| t.max_concurrency),
+        adaptive.is_some(),
+        adaptive.map(|a| a.min_concurrency),
+        adaptive.and_then(|a| a.target_latency_ms),
+        adaptive.map(|a| a.error_rate),
+        adaptive.map(|a| a.cooldown_ms),
+        limit,
+        b.map(|b| b.failure_threshold),
+        b.map(|b| b.window_ms),
+        b.map(|b| b.open_ms),
+        b.map(|b| b.max_open_ms),
+        b.map(|b| b.half_open_probes),
+        now,
+    ])?;
+    Ok(())
+}
+
+/// Creates the group's row if it has none.
+pub fn ensure_row(tx: &Transaction<'_>, queue: &str, name: &str, now: Millis) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO resource_groups (queue, resource_group, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT DO NOTHING",
+    )?
+    .execute((queue, name, now))?;
+    Ok(())
+}
+
+/// Pauses or resumes a group (claims skip a paused group; its tasks stay pending).
+pub fn set_paused(
+    tx: &Transaction<'_>,
+    queue: &str,
+    name: &str,
+    paused: bool,
+    now: Millis,
+) -> Result<bool> {
+    ensure_row(tx, queue, name, now)?;
+    let changed = tx
+        .prepare_cached(
+            "UPDATE resource_groups SET paused = ?3, updated_at = ?4
+             WHERE queue = ?1 AND resource_group = ?2 AND paused != ?3",
+        )?
+        .execute((queue, name, paused, now))?;
+    if changed > 0 {
+        let kind = if paused {
+            "group_paused"
+        } else {
+            "group_resumed"
+        };
+        events::record(tx, queue, Some(name), kind, "{}", now)?;
+    }
+    Ok(changed > 0)
+}
+
+/// Pauses or resumes a whole queue.
+pub fn set_queue_paused(
+    tx: &Transaction<'_>,
+    queue: &str,
+    paused: bool,
+    now: Millis,
+) -> Result<bool> {
+    tx.prepare_cached(
+        "INSERT INTO queues (queue, updated_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+    )?
+    .execute((queue, now))?;
+    let changed = tx
+        .prepare_cached(
+            "UPDATE queues SET paused = ?2, updated_at = ?3 WHERE queue = ?1 AND paused != ?2",
+        )?
+        .execute((queue, paused, now))?;
+    if changed > 0 {
+        let kind = if paused {
+            "queue_paused"
+        } else {
+            "queue_resumed"
+        };
+        events::record(tx, queue, None, kind, "{}", now)?;
+    }
+    Ok(changed > 0)
+}
+
+/// Whether the whole queue is paused.
+pub fn queue_paused(conn: &Connection, queue: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT paused FROM queues WHERE queue = ?1")?
+        .query_row([queue], |r| r.get(0))
+        .optional()?
+        .unwrap_or(false))
+}
+
+/// What an operator can do to a breaker.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CircuitCommand {
+    Open { duration_ms: Option<Millis> },
+    Close,
+    Reset,
+}
+
+/// Applies an operator's command to a group's breaker; returns the state after it.
+pub fn command(
+    tx: &Transaction<'_>,
+    queue: &str,
+    name: &str,
+    command: &CircuitCommand,
+    reason: &str,
+    now: Millis,
+) -> Result<CircuitState> {
+    ensure_row(tx, queue, name, now)?;
+    let mut g = load(tx, queue, name)?.expect("row ensured above");
+    let reason = format!("operator: {reason}");
+    let change = match command {
+        CircuitCommand::Open { duration_ms } => g.breaker.force_open(now, *duration_ms, reason),
+        CircuitCommand::Close => g.breaker.force_close(reason),
+        CircuitCommand::Reset => g.breaker.reset(reason),
+    };
+    if let Some(change) = change {
+        record_change(tx, queue, name, &change, now)?;
+    }
+    save(tx, queue, &g, now)?;
+    Ok(g.breaker.state)
+}
+
+/// Moves due breakers of `groups` from open to half-open (recorded), in the claim.
+pub fn poll_breakers(
+    tx: &Transaction<'_>,
+    queue: &str,
+    groups: &mut [Group],
+    now: Millis,
+) -> Result<()> {
+    for g in groups.iter_mut() {
+        if let Some(change) = g.breaker.poll(now) {
+            record_change(tx, queue, &g.name, &change, now)?;
+            save(tx, queue, g, now)?;
+        }
+    }
+    Ok(())
+}
+
+/// One group as it stands, with its pending and running counts.
+pub fn info(conn: &Connection, queue: &str, name: &str, now: Millis) -> Result<GroupInfo> {
+    let g = load(conn, queue, name)?;
+    let (pending, running): (i64, i64) = conn
+        .prepare_cached(
+            "SELECT count(*) FILTER (WHERE status = 'pending'),
+                    count(*) FILTER (WHERE status = 'running')
+             FROM tasks WHERE queue = ?1 AND resource_group = ?2
+               AND status IN ('pending', 'running')",
+        )?
+        .query_row((queue, name), |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let g = g.unwrap_or_else(|| Group {
+        name: name.to_string(),
+        paused: false,
+        config: GroupConfig::default(),
+        tokens: None,
+        tokens_at: None,
+        concurrency_limit: None,
+        last_cut_at: None,
+        blocked_until: None,
+        breaker: BreakerState::default(),
+    });
+    let mut breaker = g.breaker.clone();
+    // Report what the next claim will see.
+    breaker.poll(now);
+    Ok(GroupInfo {
+        queue: queue.to_string(),
+        name: g.name.clone(),
+        paused: g.paused,
+        config: g.config,
+        circuit: breaker.state,
+        recent_failures: breaker.failures.len() as u32,
+        open_until: breaker.open_until,
+        trips: breaker.trips,
+        tokens: g.tokens_now(now),
+        concurrency_limit: g.cap(),
+        blocked_until: g.blocked_until.filter(|&t| t > now),
+        running: running as u64,
+        pending: pending as u64,
+    })
+}
+
+/// Names of the groups of `queue`: those with tasks pending or running, or with a row.
+pub fn names(conn: &Connection, queue: &str) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT resource_group FROM resource_groups WHERE queue = ?1
+         UNION
+         SELECT DISTINCT resource_group FROM tasks WHERE queue = ?1 AND status IN ('pending', 'running')
+         ORDER BY 1",
+    )?;
+    let rows = stmt.query_map([queue], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The earliest future time a group of `queue` held by time may start a task again.
+pub fn next_unblock_at(conn: &Connection, queue: &str, now: Millis) -> Result<Option<Millis>> {
+    if queue_paused(conn, queue)? {
+        return Ok(None);
+    }
+    Ok(load_all(conn, queue)?
+        .iter()
+        .filter_map(|g| g.unblocks_at(now))
+        .min())
+}
+
+fn parse_times(json: &str) -> Vec<Millis> {
+    json.trim_matches(|c| c == '[' || c == ']')
+        .split(',')
+        .filter_map(|t| t.trim().parse().ok())
+        .collect()
+}
+
+fn format_times(times: &[Millis]) -> String {
+    let list: Vec<String> = times.iter().map(|t| t.to_string()).collect();
+    format!("[{}]", list.join(","))
+}
