@@ -228,7 +228,7 @@ def test_eight_processes_create_the_same_new_file(tmp_path: Path, procs: Procs, 
     ids = [r["id"] for r in reports]
     assert len(set(ids)) == 8
     for r in reports:
-        assert r["versions"] == [ferroq._core.SCHEMA_VERSION], r
+        assert r["versions"] == list(range(1, ferroq._core.SCHEMA_VERSION + 1)), r
         assert r["pragmas"]["journal_mode"] == "wal" and r["pragmas"]["synchronous"] == "2", r
         assert r["check"] == ["ok"]
         assert r["counts"]["pending"] >= 1
@@ -241,7 +241,8 @@ def test_eight_processes_create_the_same_new_file(tmp_path: Path, procs: Procs, 
         "tasks": "SELECT count(*) FROM tasks",
         "history": "SELECT count(*) FROM task_history",
     })
-    assert probe["migrations"] == [[ferroq._core.SCHEMA_VERSION, 1]]
+    versions = list(range(1, ferroq._core.SCHEMA_VERSION + 1))
+    assert probe["migrations"] == [[v, 1] for v in versions]
     assert probe["journal"] == [["wal"]]
     # Enqueues store no history row (history() derives them from created_at).
     assert probe["tasks"] == [[8]] and probe["history"] == [[0]]
@@ -250,4 +251,4 @@ def test_eight_processes_create_the_same_new_file(tmp_path: Path, procs: Procs, 
     q = ferroq.Queue(db)
     assert q.counts()["pending"] == 8
     assert sorted(q.get(i).args[0] for i in ids) == list(range(8))
-    assert q._store.schema_versions() == [ferroq._core.SCHEMA_VERSION]
+    assert q._store.schema_versions() == versions

@@ -68,10 +68,11 @@ class Store:
     def fail(self, id: int, token: int, error: str, retry_delay_ms: int | None) -> str:
         """running -> pending (retry) or dead; returns the new status."""
     def finish_many(
-        self, outcomes: list[tuple[int, int, bytes | None, str | None, int | None]]
+        self, outcomes: list[tuple[int, int, bytes | None, str | None, int | None, bool, int | None]]
     ) -> list[str | None]:
-        """Records outcomes (id, token, result, error, retry_delay_ms) in one transaction; per
-        outcome the new status, or None if the lease was lost."""
+        """Records outcomes (id, token, result, error, retry_delay_ms, counts_toward_breaker,
+        group_hold_ms) in one transaction; per outcome the new status, or None if the lease
+        was lost."""
     def heartbeat(self, leases: list[tuple[int, int]], lease_ms: int) -> list[bool]:
         """Extends leases; whether each was still held."""
     def progress(self, id: int, token: int, progress: float) -> None:
@@ -103,3 +104,33 @@ class Store:
         """Migrations recorded in the file."""
     def quick_check(self) -> list[str]:
         """SQLite quick_check findings; ["ok"] when intact."""
+    def configure_group(
+        self, queue: str, group: str,
+        breaker: tuple[int, int, int, int, int] | None,
+        throttle: tuple[float | None, float, int | None, tuple[int, int | None, float, int] | None] | None,
+    ) -> None:
+        """Stores a group's breaker (threshold, window_ms, open_ms, max_open_ms, probes) and
+        throttle (rate, burst, max_concurrency, adaptive (min, target_latency_ms, error_rate,
+        cooldown_ms))."""
+    def set_group_paused(self, queue: str, group: str, paused: bool) -> bool:
+        """Pauses or resumes a group; whether it changed."""
+    def set_queue_paused(self, queue: str, paused: bool) -> bool:
+        """Pauses or resumes a queue; whether it changed."""
+    def queue_paused(self, queue: str) -> bool:
+        """Whether the queue is paused."""
+    def circuit(
+        self, queue: str, group: str, command: str, duration_ms: int | None = None, reason: str = ""
+    ) -> str:
+        """Opens, closes or resets a group's breaker; its state after."""
+    def group_info(self, queue: str, group: str) -> dict[str, Any]:
+        """A group's pause, breaker, throttle and task counts."""
+    def group_names(self, queue: str) -> list[str]:
+        """Groups with settings or unfinished tasks."""
+    def events(
+        self, queue: str, group: str | None = None, after: int = 0, limit: int = 1000
+    ) -> list[tuple[int, int, str, str | None, int | None, str, str | None]]:
+        """(id, at_ms, queue, group, task_id, kind, detail_json) after id ``after``."""
+    def next_unblock_at(self, queue: str) -> int | None:
+        """Earliest future time (ms) a group held by time may start a task again."""
+    def age_priorities(self, queue: str, every_ms: int, step: int, max: int) -> int:
+        """Raises the priority of pending tasks that waited; how many."""

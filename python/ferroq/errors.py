@@ -121,3 +121,35 @@ class Retry(Exception):
 
 class Fail(Exception):
     """Raise from a processor to send the task to dead at once, whatever attempts remain."""
+
+
+class ValidationError(Fail):
+    """Raise from a processor when the task itself is wrong (bad input): dead at once, no
+    retries, and never counted by a circuit breaker (the resource is fine; the task is not)."""
+
+
+class TransientError(Exception):
+    """Raise (or subclass) for a passing failure such as a network blip: retried with backoff,
+    and counted by the group's circuit breaker."""
+
+
+class InfrastructureError(TransientError):
+    """Raise (or subclass) when a resource is down (a database, an upstream service):
+    retried with backoff, and counted by the group's circuit breaker. A breaker set to
+    ``CircuitBreaker(counts=(InfrastructureError,))`` counts only these."""
+
+
+class RateLimited(Retry):
+    """Raise from a processor when the resource asks to slow down (HTTP 429 with a Retry-After).
+
+    The task runs again after ``retry_after`` seconds without using up an attempt, and is
+    never counted by a circuit breaker. If the task's resource group has a ``Throttle``, the
+    whole group waits that long (every worker, every process), and an adaptive throttle
+    lowers its concurrency.
+    """
+
+    def __init__(self, retry_after: float, reason: str = "") -> None:
+        if isinstance(retry_after, bool) or not isinstance(retry_after, (int, float)) or not retry_after >= 0:
+            raise InvalidArgument(f"RateLimited retry_after must be >= 0 seconds, got {retry_after!r}")
+        super().__init__(delay=retry_after, reason=reason or f"rate limited, retry after {retry_after}s")
+        self.retry_after = float(retry_after)

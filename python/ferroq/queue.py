@@ -9,8 +9,9 @@ from typing import Any, Callable, Coroutine, Iterable, ParamSpec, Protocol, Sequ
 
 from . import _checks, _core
 from .errors import CorruptDatabase, InvalidArgument, UnknownTaskName
+from .groups import Circuit, Event, GroupState, ResourceGroup, group_name
 from .info import STATUSES, TaskError, TaskInfo, Transition, from_ms
-from .policies import Retention, RetryPolicy
+from .policies import CircuitBreaker, PriorityAging, Retention, RetryPolicy, Throttle
 from .serializers import JsonSerializer, Serializer
 from .task import AsyncTask, BatchTask, Task, TaskBase, TaskCall, TaskHandle, TaskOptions
 
@@ -60,6 +61,16 @@ os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
                     after_in_child=_after_fork_in_child)
 
 
+class _Unset:
+    """The default of ``Queue.group`` settings: leave them as they are."""
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_UNSET = _Unset()
+
+
 class Queue:
     """A durable task queue stored in the SQLite file at ``path`` (created, mode 0600, if missing).
 
@@ -75,6 +86,7 @@ class Queue:
         name: str = "default",
         durability: str = "full",
         retention: Retention | None = None,
+        priority_aging: PriorityAging | None = None,
         max_payload: int = _core.DEFAULT_MAX_PAYLOAD,
         busy_timeout: float = 30.0,
         serializer: Serializer | None = None,
@@ -86,15 +98,19 @@ class Queue:
         _checks.seconds("busy_timeout", busy_timeout)
         if retention is not None and not isinstance(retention, Retention):
             raise InvalidArgument(f"retention must be a ferroq.Retention, got {retention!r}")
+        if priority_aging is not None and not isinstance(priority_aging, PriorityAging):
+            raise InvalidArgument(f"priority_aging must be a ferroq.PriorityAging, got {priority_aging!r}")
         self.name = name
         self.durability = durability
         self.retention = retention
+        self.priority_aging = priority_aging
         self.serializer: Serializer = serializer or JsonSerializer()
         self._store = _core.Store(
             os.fspath(path), durability=durability, busy_timeout=busy_timeout, max_payload=max_payload
         )
         _open_stores.add(self._store)
         self._tasks: dict[str, TaskBase[Any, Any]] = {}
+        self._groups: dict[str, ResourceGroup] = {}
 
     def __repr__(self) -> str:
         return f"Queue({str(self.path)!r}, name={self.name!r})"
@@ -128,7 +144,7 @@ class Queue:
         *,
         name: str | None = None,
         priority: int = 0,
-        resource_group: str = "default",
+        resource_group: str | ResourceGroup = "default",
         max_attempts: int = 3,
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
@@ -140,7 +156,7 @@ class Queue:
         *,
         name: str | None = None,
         priority: int = 0,
-        resource_group: str = "default",
+        resource_group: str | ResourceGroup = "default",
         max_attempts: int = 3,
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
@@ -151,7 +167,7 @@ class Queue:
         fails a run that takes longer: async processors are cancelled; a sync processor's
         thread cannot be killed, so its run is failed and its late result discarded.
         """
-        options = TaskOptions(priority=priority, resource_group=resource_group, max_attempts=max_attempts,
+        options = TaskOptions(priority=priority, resource_group=group_name(resource_group), max_attempts=max_attempts,
                               retry=retry or RetryPolicy(), timeout=timeout)
 
         def register(fn: Callable[..., Any]) -> TaskBase[Any, Any]:
@@ -180,7 +196,7 @@ class Queue:
         max_size: int = 50,
         max_wait: float = 0.1,
         priority: int = 0,
-        resource_group: str = "default",
+        resource_group: str | ResourceGroup = "default",
         max_attempts: int = 3,
         retry: RetryPolicy | None = None,
     ) -> Callable[[Callable[[list[T]], Sequence[R | BaseException]]], BatchTask[T, R]]:
@@ -189,7 +205,7 @@ class Queue:
         at most ``max_wait`` seconds for a batch to fill."""
         _checks.integer("max_size", max_size, 1, 10_000)
         _checks.seconds("max_wait", max_wait)
-        options = TaskOptions(priority=priority, resource_group=resource_group, max_attempts=max_attempts,
+        options = TaskOptions(priority=priority, resource_group=group_name(resource_group), max_attempts=max_attempts,
                               retry=retry or RetryPolicy())
 
         def register(fn: Callable[[list[T]], Sequence[R | BaseException]]) -> BatchTask[T, R]:
@@ -285,6 +301,71 @@ class Queue:
             return list(self._store.quick_check())
         except CorruptDatabase as e:  # damage bad enough that quick_check cannot finish
             return [str(e)]
+
+    # -- resource groups, pausing, events ------------------------------------------------
+
+    def group(
+        self,
+        name: str,
+        *,
+        breaker: CircuitBreaker | None | _Unset = _UNSET,
+        throttle: Throttle | None | _Unset = _UNSET,
+    ) -> ResourceGroup:
+        """The resource group ``name`` of this queue. Given ``breaker`` and/or ``throttle``,
+        stores them in the database, where every worker process on the file enforces them
+        (the last process to declare a group sets its limits; ``None`` removes one). Without
+        them, returns the group as declared so far."""
+        _core.check_name("resource group", _checks.text("group name", name))
+        if breaker is not _UNSET and breaker is not None and not isinstance(breaker, CircuitBreaker):
+            raise InvalidArgument(f"breaker must be a ferroq.CircuitBreaker or None, got {breaker!r}")
+        if throttle is not _UNSET and throttle is not None and not isinstance(throttle, Throttle):
+            raise InvalidArgument(f"throttle must be a ferroq.Throttle or None, got {throttle!r}")
+        known = self._groups.get(name)
+        if isinstance(breaker, _Unset) and isinstance(throttle, _Unset):
+            return known or ResourceGroup(self, name, None, None)
+        new_breaker = (known.breaker if known else None) if isinstance(breaker, _Unset) else breaker
+        new_throttle = (known.throttle if known else None) if isinstance(throttle, _Unset) else throttle
+        self._store.configure_group(
+            self.name, name,
+            None if new_breaker is None else new_breaker.as_core_args(),
+            None if new_throttle is None else new_throttle.as_core_args(),
+        )
+        group = self._groups[name] = ResourceGroup(self, name, new_breaker, new_throttle)
+        self._notify()
+        return group
+
+    def circuit(self, group: str | ResourceGroup) -> Circuit:
+        """The circuit breaker of a resource group (``.state``, ``.open()``, ``.close()``...)."""
+        name = group_name(group)
+        _core.check_name("resource group", _checks.text("group name", name))
+        return Circuit(self, name)
+
+    def groups(self) -> list[GroupState]:
+        """Every group with settings or unfinished tasks, as it stands now."""
+        return [GroupState.from_core(self._store.group_info(self.name, n)) for n in self._store.group_names(self.name)]
+
+    def pause(self) -> bool:
+        """Stops every worker of this queue from claiming (tasks stay pending; running ones
+        finish), until ``resume()``; persisted. Returns False if it was already paused."""
+        return bool(self._store.set_queue_paused(self.name, True))
+
+    def resume(self) -> bool:
+        """Lets workers claim again. Returns False if the queue was not paused."""
+        changed = bool(self._store.set_queue_paused(self.name, False))
+        self._notify()
+        return changed
+
+    @property
+    def paused(self) -> bool:
+        return bool(self._store.queue_paused(self.name))
+
+    def events(self, *, after: int = 0, group: str | ResourceGroup | None = None, limit: int = 1000) -> list[Event]:
+        """Recorded group and queue events with id greater than ``after``, oldest first (pass
+        the last id seen to tail them, from any process)."""
+        _checks.integer("after", after, 0, _checks.INT64_MAX)
+        _checks.integer("limit", limit, 1, 1_000_000)
+        name = None if group is None else group_name(group)
+        return [Event.from_core(row) for row in self._store.events(self.name, name, after, limit)]
 
     # -- in-process wake-ups -----------------------------------------------------------
 

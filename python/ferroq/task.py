@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Coroutine, Generic, ParamSpec, 
 
 from . import _checks, _core
 from .errors import InvalidArgument, ResultTimeout, TaskCancelled, TaskFailed
+from .groups import ResourceGroup, group_name
 from .info import TaskInfo
 from .policies import RetryPolicy
 
@@ -214,6 +215,8 @@ def _override(options: TaskOptions, overrides: dict[str, Any]) -> TaskOptions:
     unknown = set(overrides) - allowed
     if unknown:
         raise InvalidArgument(f"unknown option(s) for using(): {', '.join(sorted(unknown))}")
+    if "resource_group" in overrides:
+        overrides["resource_group"] = group_name(overrides["resource_group"])
     if "delay" in overrides:
         overrides.setdefault("run_at", None)
     elif "run_at" in overrides:
@@ -250,7 +253,7 @@ class TaskBase(_Enqueuer[P, R]):
         delay: float | None = None,
         run_at: datetime | float | None = None,
         unique_key: str | None = None,
-        resource_group: str | None = None,
+        resource_group: str | ResourceGroup | None = None,
         max_attempts: int | None = None,
     ) -> BoundTask[P, R]:
         """This task with options for the next enqueue: priority, delay (seconds) or run_at,

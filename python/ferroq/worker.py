@@ -30,13 +30,14 @@ from .errors import (
     FerroqError,
     PayloadError,
     PayloadTooLarge,
+    RateLimited,
     Retry,
     SchemaTooNew,
     StorageError,
     UnknownTaskName,
 )
 from .info import TaskError
-from .policies import RetryPolicy
+from .policies import CircuitBreaker, RetryPolicy
 from .queue import Queue
 from .task import BatchTask, TaskBase
 
@@ -47,6 +48,7 @@ log = logging.getLogger("ferroq.worker")
 # Storage errors that retrying cannot fix: the worker stops and raises them.
 _FATAL_STORAGE = (CorruptDatabase, DatabasePathError, SchemaTooNew)
 _DEFAULT_POLICY = RetryPolicy()
+_DEFAULT_BREAKER = CircuitBreaker()
 
 
 @dataclass
@@ -90,8 +92,9 @@ class _Batch:
         self.due = time.monotonic() + task.max_wait
 
 
-# (run, result bytes | None, error json | None, retry delay ms | None, exception for the log)
-_Outcome = tuple[_Run, "bytes | None", "str | None", "int | None", "BaseException | None"]
+# (run, result bytes | None, error json | None, retry delay ms | None, exception for the log,
+#  counts toward the group's breaker, Retry-After hold of the group in ms | None)
+_Outcome = tuple[_Run, "bytes | None", "str | None", "int | None", "BaseException | None", bool, "int | None"]
 
 
 class Worker:
@@ -277,15 +280,17 @@ class Worker:
         return counts["pending"] == 0 and counts["running"] == 0
 
     def _idle_wait(self) -> float:
-        """How long to sleep when nothing was claimed: until the next delayed task is due,
-        at most ``poll_interval`` (other processes enqueue without waking us)."""
+        """How long to sleep when nothing was claimed: until the next delayed task is due or
+        a held group (rate limit, open breaker, Retry-After) may start again, at most
+        ``poll_interval``. Any commit to the file ends the wait sooner."""
+        store, name = self.queue._store, self.queue.name
         try:
-            due = self.queue._store.next_run_at(self.queue.name)
+            times = [t for t in (store.next_run_at(name), store.next_unblock_at(name)) if t is not None]
         except StorageError:
             return self.poll_interval
-        if due is None:
+        if not times:
             return self.poll_interval
-        return min(self.poll_interval, max(0.001, (due - self.queue._store.now_ms()) / 1000))
+        return min(self.poll_interval, max(0.001, (min(times) - store.now_ms()) / 1000))
 
     def _start(self, rows: list[tuple[Any, ...]]) -> None:
         tasks = self.queue._tasks
@@ -447,7 +452,7 @@ class Worker:
         except PayloadError as e:
             return self._failure(run, PayloadError(f"result of task {run.ctx.name!r} cannot be stored: {e}"),
                                  None, fatal=True)
-        return (run, data, None, None, None)
+        return (run, data, None, None, None, False, None)
 
     def _settled_failure(self, run: _Run, exc: BaseException, tb: str | None) -> _Outcome | None:
         if not run.settle():
@@ -472,7 +477,18 @@ class Worker:
                 delay = int(exc.delay * 1000)
             else:
                 delay = policy.delay_ms(run.ctx.attempt)
-        return (run, None, TaskError.from_exception(exc, tb).to_json(), delay, exc)
+        # A rate limit holds the group (and gives the attempt back); the group's breaker
+        # policy decides whether anything else counts toward opening it.
+        hold = delay if isinstance(exc, RateLimited) else None
+        counts = (hold is None and not isinstance(exc, (UnknownTaskName, PayloadError))
+                  and self._breaker_policy(run.ctx.resource_group).counts_failure(exc))
+        return (run, None, TaskError.from_exception(exc, tb).to_json(), delay, exc, counts, hold)
+
+    def _breaker_policy(self, group: str) -> CircuitBreaker:
+        declared = self.queue._groups.get(group)
+        if declared is not None and declared.breaker is not None:
+            return declared.breaker
+        return _DEFAULT_BREAKER
 
     # -- recording outcomes --------------------------------------------------------------
 
@@ -503,7 +519,8 @@ class Worker:
             last = now
 
     def _flush(self, batch: list[_Outcome]) -> None:
-        rows = [(run.ctx.id, run.ctx.token, data, error, delay) for run, data, error, delay, _ in batch]
+        rows = [(run.ctx.id, run.ctx.token, data, error, delay, counts, hold)
+                for run, data, error, delay, _, counts, hold in batch]
         while True:
             try:
                 answers = self.queue._store.finish_many(rows)
@@ -526,7 +543,7 @@ class Worker:
                     answers = [None] * len(rows)
                     break
         counts = {"completed": 0, "retried": 0, "dead": 0, "lost": 0}
-        for (run, _data, _error, delay, exc), status in zip(batch, answers):
+        for (run, _data, _error, delay, exc, _counts, _hold), status in zip(batch, answers):
             ctx = run.ctx
             if status is None:
                 counts["lost"] += 1
@@ -565,7 +582,7 @@ class Worker:
         tick = min(0.1, self.lease / 6)
         now = time.monotonic()
         next_heartbeat, next_rescue = now + self.lease / 3, now
-        next_prune = now
+        next_prune = next_aging = now
         while True:
             now = time.monotonic()
             try:
@@ -583,6 +600,12 @@ class Worker:
                                     len(rescued), rescued[:10])
                         self.queue._notify()
                     next_rescue = now + self.rescue_interval
+                aging = self.queue.priority_aging
+                if aging is not None and now >= next_aging and not self._stopping.is_set():
+                    self.queue._store.age_priorities(self.queue.name, max(1, int(aging.every * 1000)),
+                                                     aging.step, aging.max_priority)
+                    # A few passes per interval, so no task waits much more than `every`.
+                    next_aging = now + aging.every / 4
                 retention = self.queue.retention
                 if retention is not None and now >= next_prune and not self._stopping.is_set():
                     pruned = self.queue.prune()

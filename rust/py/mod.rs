@@ -1,6 +1,7 @@
 //! The Python binding: the only module that imports pyo3. It converts, nothing more.
 
 mod errors;
+mod groups;
 mod queue;
 
 use pyo3::prelude::*;

@@ -11,7 +11,7 @@ use crate::clock::Millis;
 use crate::policy::retention::{Keep, Retention};
 use crate::store::Store;
 use crate::store::sqlite::{Durability, Options, SqliteStore};
-use crate::task::{FailAction, NewTask, Outcome, TaskStatus};
+use crate::task::{FailAction, FailureImpact, NewTask, Outcome, TaskStatus};
 
 /// (name, resource_group, payload, priority, run_at_ms | None, max_attempts, unique_key | None)
 type NewTaskTuple<'py> = (
@@ -27,7 +27,7 @@ type NewTaskTuple<'py> = (
 /// One SQLite task store file.
 #[pyclass(name = "Store", module = "ferroq._core", frozen, weakref)]
 pub struct PyStore {
-    store: SqliteStore,
+    pub(super) store: SqliteStore,
 }
 
 #[pymethods]
@@ -208,24 +208,29 @@ impl PyStore {
             Option<Bound<'_, PyBytes>>,
             Option<String>,
             Option<Millis>,
+            bool,
+            Option<Millis>,
         )>,
     ) -> PyResult<Vec<Option<&'static str>>> {
         let outcomes: Vec<Outcome> = outcomes
             .into_iter()
-            .map(|(id, token, result, error, delay)| match (result, error) {
-                (_, Some(error)) => Outcome::Failed {
-                    id,
-                    token,
-                    error,
-                    action: delay
-                        .map_or(FailAction::Dead, |delay_ms| FailAction::Retry { delay_ms }),
+            .map(
+                |(id, token, result, error, delay, counts, hold_ms)| match (result, error) {
+                    (_, Some(error)) => Outcome::Failed {
+                        id,
+                        token,
+                        error,
+                        action: delay
+                            .map_or(FailAction::Dead, |delay_ms| FailAction::Retry { delay_ms }),
+                        impact: FailureImpact { counts, hold_ms },
+                    },
+                    (result, None) => Outcome::Completed {
+                        id,
+                        token,
+                        result: result.map_or_else(|| b"null".to_vec(), |r| r.as_bytes().to_vec()),
+                    },
                 },
-                (result, None) => Outcome::Completed {
-                    id,
-                    token,
-                    result: result.map_or_else(|| b"null".to_vec(), |r| r.as_bytes().to_vec()),
-                },
-            })
+            )
             .collect();
         let answers = py.detach(|| self.store.finish_many(&outcomes))?;
         answers

@@ -87,19 +87,22 @@ fn fail_one(
         FailAction::Retry { delay_ms } => Some(now + delay_ms.max(0)),
         FailAction::Dead => None,
     };
+    // A rate limit is the resource's doing, not the task's: the attempt is given back.
+    let refund = i64::from(impact.hold_ms.is_some() && retry_at.is_some());
     let row: Option<(TaskStatus, Option<String>, RunEnd)> = tx
         .prepare_cached(
             "UPDATE tasks
-             SET status = CASE WHEN ?4 IS NOT NULL AND attempts < max_attempts
+             SET status = CASE WHEN ?4 IS NOT NULL AND attempts - ?6 < max_attempts
                                THEN 'pending' ELSE 'dead' END,
-                 run_at = coalesce(CASE WHEN attempts < max_attempts THEN ?4 END, run_at),
-                 finished_at = CASE WHEN ?4 IS NOT NULL AND attempts < max_attempts
+                 run_at = coalesce(CASE WHEN attempts - ?6 < max_attempts THEN ?4 END, run_at),
+                 finished_at = CASE WHEN ?4 IS NOT NULL AND attempts - ?6 < max_attempts
                                     THEN NULL ELSE ?5 END,
+                 attempts = attempts - ?6,
                  last_error = ?3, updated_at = ?5, lease_token = NULL, lease_expires_at = NULL
              WHERE id = ?1 AND lease_token = ?2 AND status = 'running'
              RETURNING status, lease_owner, queue, resource_group, started_at",
         )?
-        .query_row((id, token, error, retry_at, now), |r| {
+        .query_row((id, token, error, retry_at, now, refund), |r| {
             let kind = RunEndKind::Failed {
                 counts: impact.counts,
                 hold_ms: impact.hold_ms,
