@@ -344,14 +344,26 @@ class Worker:
                 batch = [ready.popleft() for _ in range(min(share, len(ready)))]
             outcomes: list[_Outcome] = []
             for job in batch:
-                if isinstance(job, _Batch):
-                    outcomes.extend(self._execute_batch(job))
-                    continue
-                outcome = self._execute(job)
-                if outcome is not None:
-                    outcomes.append(outcome)
+                try:
+                    if isinstance(job, _Batch):
+                        outcomes.extend(self._execute_batch(job))
+                        continue
+                    outcome = self._execute(job)
+                    if outcome is not None:
+                        outcomes.append(outcome)
+                except Exception as exc:  # noqa: BLE001 - a bug of ours must not kill the thread
+                    log.exception("internal error while running %s", job)
+                    outcomes.extend(self._internal_failure(job, exc))
             if outcomes:
                 self._outcomes.put(outcomes)
+
+    def _internal_failure(self, job: _Run | _Batch, exc: Exception) -> list[_Outcome]:
+        """Fails the unsettled runs of a job that hit a bug in the worker (retried per the
+        default policy), so none is left holding its lease forever."""
+        error = TaskError.from_exception(exc, traceback.format_exc()).to_json()
+        runs = job.runs if isinstance(job, _Batch) else [job]
+        return [(run, None, error, _DEFAULT_POLICY.delay_ms(run.ctx.attempt), exc, False, None)
+                for run in runs if run.settle()]
 
     def _execute(self, run: _Run) -> _Outcome | None:
         assert run.task is not None
