@@ -23,7 +23,7 @@ import threading
 import time
 import traceback
 from multiprocessing.connection import Connection, wait
-from typing import TYPE_CHECKING, Any, Iterable, cast
+from typing import TYPE_CHECKING, Any, Iterable
 
 from . import errors as _errors
 from .context import TaskContext, _current
@@ -38,18 +38,20 @@ if TYPE_CHECKING:
 
 __all__ = ["START_METHOD", "ChildError", "ProcessPool", "Slot", "check_importable"]
 
-# Why not "fork": the worker process has threads (runners, completer, maintenance) and a
-# Rust store with its own locks, and children are respawned while those threads are busy;
-# a fork copies any lock another thread holds at that instant (Python 3.12 warns about
-# forking a multi-threaded process for this reason). "forkserver" forks children from a
-# small single-threaded server that imported the main module once, so replacing a child
-# after a crash or a timeout costs milliseconds, not a fresh interpreter; "spawn" where
-# there is no forkserver (Windows). Both find processors by reference (module + qualified
-# name), and a script must start its worker under `if __name__ == "__main__":`.
-START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-# (typed as the spawn context: typeshed knows Process only on the concrete contexts; the
-# forkserver one has the same API)
-_mp = cast("multiprocessing.context.SpawnContext", multiprocessing.get_context(START_METHOD))
+# Start method: "spawn", a fresh interpreter per child. Not "fork": the worker process has
+# threads (runners, completer, maintenance) and a Rust store with its own locks, and
+# children are replaced while those threads are busy; a fork copies any lock another
+# thread holds at that instant (Python 3.12 warns about forking a multi-threaded process
+# for this reason). Not "forkserver" either: it would save only the interpreter start (a
+# child still imports ferroq and the user's module, ~0.1 s either way: before 3.14 the
+# server does not preload __main__), for a long-lived helper process and global settings
+# shared with user code, with __main__ handling that differs between Python versions.
+# Spawn costs ~0.15 s per child, paid at worker start (all children at once) and after a
+# crash or a timeout. Children find processors by reference (module + qualified name), and
+# a script must start its worker under `if __name__ == "__main__":` (the child re-imports
+# the script under another name).
+START_METHOD = "spawn"
+_mp = multiprocessing.get_context("spawn")
 
 STARTUP_TIMEOUT = 60.0  # a child imports the user's modules, which may be slow
 _TICK = 0.1  # how often a runner waiting on its child checks for a stop or a lost lease
@@ -105,17 +107,20 @@ def _child_main(conn: Connection, serializer: Serializer) -> None:
 
 
 def _die_with_parent() -> None:
-    """A child must not outlive its worker, even one SIGKILLed mid-task. A thread watches
-    the worker's end of the launch pipe; on Linux PR_SET_PDEATHSIG also covers a task
-    holding the GIL (the child's parent is the forkserver, which exits with the worker)."""
+    """A child must not outlive its worker, even one SIGKILLed mid-task: on Linux the kernel
+    kills it (PR_SET_PDEATHSIG, which works even while a task holds the GIL); elsewhere a
+    thread watching the worker's end of the launch pipe exits the process."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             pass
-    parent = multiprocessing.parent_process()
-    if parent is None:
-        return
+        else:
+            if os.getppid() == parent.pid:
+                return  # (else the worker died before the prctl: the watcher sees it at once)
     sentinel = parent.sentinel
 
     def watch() -> None:
@@ -342,7 +347,7 @@ class Slot:
         return self._reap(child)
 
     def stop(self) -> None:
-        """Asks an idle child to exit (it finishes no task: it has none)."""
+        """Asks an idle child to exit (it has no task to finish)."""
         child = self.child
         if child is not None:
             try:
@@ -356,6 +361,12 @@ class Slot:
         if child is not None:
             child.process.join(timeout)
             self.kill()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stops the child. The runner thread calls this before it exits: the kernel kills a
+        child whose spawning thread exits (PR_SET_PDEATHSIG is per thread)."""
+        self.stop()
+        self.reap(timeout)
 
     @staticmethod
     def _reap(child: _Child) -> int | None:
@@ -522,7 +533,8 @@ class ProcessPool:
             raise
 
     def close(self, grace: float = 5.0) -> None:
-        """Stops idle children and reaps them; kills any that do not exit within ``grace``."""
+        """Stops idle children and reaps them; kills any that do not exit within ``grace``.
+        (Each runner closes its own child as it exits; this is for the rest.)"""
         for slot in self.slots:
             slot.stop()
         deadline = time.monotonic() + grace

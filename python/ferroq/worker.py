@@ -368,6 +368,13 @@ class Worker:
     def _runner(self, slot: Slot | None) -> None:
         """A processor thread: takes its fair share of the buffer, runs it (here, or in its
         ``slot``'s child process), hands the outcomes to the completer in one go."""
+        try:
+            self._run_jobs(slot)
+        finally:
+            if slot is not None:
+                slot.close()
+
+    def _run_jobs(self, slot: Slot | None) -> None:
         ready, cond = self._ready, self._ready_cond
         while True:
             with cond:
