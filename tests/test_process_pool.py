@@ -90,14 +90,20 @@ def late(seconds):
 
 
 @q.task(name="aio", retry=FAST)
-async def aio(x):
+async def aio(x, barrier):
     ctx = ferroq.current_task()
     record("start")
     ctx.progress(0.5)
-    await asyncio.sleep(0.01)
+    try:
+        ctx.progress(7)
+    except ferroq.InvalidArgument as e:  # refused by the parent's store, raised here
+        refused = str(e)
+    while not os.path.exists(barrier):  # the test reads the progress meanwhile
+        await asyncio.sleep(0.01)
     record("end")
     return {"x": x * 2, "id": ctx.id, "name": ctx.name, "attempt": ctx.attempt,
-            "max_attempts": ctx.max_attempts, "pid": os.getpid(), "cancelled": ctx.cancelled()}
+            "max_attempts": ctx.max_attempts, "pid": os.getpid(), "cancelled": ctx.cancelled(),
+            "refused": refused}
 
 
 @q.task(name="aio_hang", timeout=0.3, max_attempts=1)
@@ -365,7 +371,8 @@ def test_thread_mode_timeout_fails_the_run_and_discards_the_late_result(tmp_path
     db, log = tmp_path / "q.db", tmp_path / "runs.log"
     q = client(db)
     task_id = q.enqueue("late", 1.0).id
-    worker = start(procs, db, log, "empty", concurrency=2, pool="thread")
+    q.enqueue("slow", 1.5)  # keeps the worker up until the late run has returned
+    worker = start(procs, db, log, "empty", concurrency=3, pool="thread")
     worker.check(60)
     info = q.get(task_id)
     assert (info.status, info.attempts, info.result) == ("completed", 2, "on time")
@@ -381,9 +388,13 @@ def test_thread_mode_timeout_fails_the_run_and_discards_the_late_result(tmp_path
 def test_async_processors_run_in_the_child_with_their_context(tmp_path: Path, procs: Procs) -> None:
     db, log = tmp_path / "q.db", tmp_path / "runs.log"
     q = client(db)
-    good = q.enqueue("aio", 21).id
+    barrier = tmp_path / "barrier"
+    good = q.enqueue("aio", 21, str(barrier)).id
     stuck = q.enqueue("aio_hang").id
     worker = start(procs, db, log, "empty", concurrency=2)
+    # progress() in the child is stored by the parent, which holds the lease.
+    wait_until(lambda: q.get(good).progress == 0.5, 60, "the progress to be stored", children=[worker])
+    barrier.touch()
     stats = finish(worker, log)
 
     info = q.get(good)
@@ -392,7 +403,7 @@ def test_async_processors_run_in_the_child_with_their_context(tmp_path: Path, pr
     assert result["pid"] != worker.pid
     assert {k: result[k] for k in ("x", "id", "name", "attempt", "max_attempts", "cancelled")} == \
         {"x": 42, "id": good, "name": "aio", "attempt": 1, "max_attempts": 3, "cancelled": False}
-    assert info.progress == 0.5  # forwarded to the parent, which holds the lease
+    assert result["refused"].startswith("progress must be between 0.0 and 1.0")
     dead = q.get(stuck)
     assert dead.status == "dead" and dead.last_error is not None
     assert dead.last_error.type == "TimeoutError" and "killed" in dead.last_error.message

@@ -67,7 +67,10 @@ _ErrorInfo = tuple[str, str, str, "str | None", list[str], "float | None"]
 
 
 def _class_name(cls: type) -> str:
-    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    module = cls.__module__
+    if module == "__mp_main__":  # a child imports the script under this name; the parent calls it __main__
+        module = "__main__"
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
 
 
 def _reference(task: TaskBase[Any, Any]) -> tuple[str, str, str]:

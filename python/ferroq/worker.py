@@ -385,13 +385,22 @@ class Worker:
                 share = max(1, min(len(ready) // self.concurrency, 64))
                 batch = [ready.popleft() for _ in range(min(share, len(ready)))]
             outcomes: list[_Outcome] = []
-            for job in batch:
+            flushed = time.monotonic()
+            for n, job in enumerate(batch):
+                if self._stopping.is_set():
+                    # Stopping: start nothing new; the rest of this share goes back at once.
+                    self._release([run for j in batch[n:] for run in (j.runs if isinstance(j, _Batch) else [j])])
+                    break
                 if isinstance(job, _Batch):
                     outcomes.extend(self._execute_batch(job) if slot is None else slot.run_batch(job))
-                    continue
-                outcome = self._execute(job) if slot is None else slot.run(job)
-                if outcome is not None:
-                    outcomes.append(outcome)
+                else:
+                    outcome = self._execute(job) if slot is None else slot.run(job)
+                    if outcome is not None:
+                        outcomes.append(outcome)
+                now = time.monotonic()
+                if outcomes and now - flushed > 0.005:  # slow tasks: no outcome waits behind the next run
+                    self._outcomes.put(outcomes)
+                    outcomes, flushed = [], now
             if outcomes:
                 self._outcomes.put(outcomes)
 
