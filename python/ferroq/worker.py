@@ -153,7 +153,6 @@ class Worker:
                                       f"and {queue.serializer!r} cannot be pickled: {e}") from None
         #: "thread" or "process".
         self.pool = pool
-        self._pool: ProcessPool | None = None
         self.queue = queue
         self._max_payload = queue._store.max_payload
         self.concurrency = concurrency
@@ -212,7 +211,7 @@ class Worker:
         if self.pool == "process":
             try:  # before anything is claimed: a task no child can find, a child that cannot start
                 check_importable(self.queue._tasks.values())
-                pool = self._pool = ProcessPool(self, self.concurrency)
+                pool = ProcessPool(self, self.concurrency)
                 pool.start()
             except BaseException:
                 self._running = False
@@ -244,7 +243,6 @@ class Worker:
                 for t in threads:
                     t.join(timeout=10)
                 pool.close()
-                self._pool = None
             self._outcomes.put(None)
             completer.join(timeout=10)
             self._maintenance_done.set()  # after the drain: leases are renewed until here
