@@ -110,8 +110,8 @@ class Worker:
     ``concurrency`` tasks run at once: with ``pool="thread"`` (default) on threads for
     sync processors and one event loop for async ones; with ``pool="process"`` each in one
     of ``concurrency`` child processes, so a timeout kills the run and a crash (segfault,
-    ``os._exit``, out of memory) costs one attempt, not the worker (see ``ferroq.pool``). The worker claims tasks in batches and keeps up to ``prefetch`` of them
-    buffered, so a thread never waits on the database between tasks; outcomes are
+    ``os._exit``, out of memory) costs one attempt, not the worker (see ``ferroq.pool``).
+    The worker claims tasks in batches and keeps up to ``prefetch`` of them buffered, so a thread never waits on the database between tasks; outcomes are
     committed in batches by one completer thread. Each claim holds a lease of ``lease``
     seconds, renewed every lease/3; if this process dies, another worker's rescuer
     returns its tasks to pending once their leases expire.
@@ -350,7 +350,7 @@ class Worker:
                         forming.runs.append(run)
                         if len(forming.runs) >= task.max_size:
                             ready.append(self._forming.pop(key))
-                elif task.is_async and self._loop is not None:
+                elif task.is_async and self._loop is not None:  # (a process pool's children run async too)
                     asyncio.run_coroutine_threadsafe(self._run_async(run), self._loop)
                 else:
                     ready.append(run)
