@@ -111,8 +111,9 @@ class Worker:
     sync processors and one event loop for async ones; with ``pool="process"`` each in one
     of ``concurrency`` child processes, so a timeout kills the run and a crash (segfault,
     ``os._exit``, out of memory) costs one attempt, not the worker (see ``ferroq.pool``).
-    The worker claims tasks in batches and keeps up to ``prefetch`` of them buffered, so a thread never waits on the database between tasks; outcomes are
-    committed in batches by one completer thread. Each claim holds a lease of ``lease``
+    The worker claims tasks in batches and keeps up to ``prefetch`` of them buffered, so
+    a thread never waits on the database between tasks; outcomes are committed in batches
+    by one completer thread. Each claim holds a lease of ``lease``
     seconds, renewed every lease/3; if this process dies, another worker's rescuer
     returns its tasks to pending once their leases expire.
     """
