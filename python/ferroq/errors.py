@@ -25,6 +25,8 @@ __all__ = [
     "CorruptDatabase",
     "DiskFull",
     "SchemaTooNew",
+    "TaskNotImportable",
+    "ProcessCrashed",
     "Retry",
     "Fail",
 ]
@@ -104,6 +106,17 @@ class DiskFull(StorageError):
 
 class SchemaTooNew(StorageError):
     """The file was written by a newer ferroq."""
+
+
+class TaskNotImportable(InvalidArgument):
+    """A process-pool worker cannot run this task: its processor must be importable by
+    reference (module + qualified name) in a child process, and it is not (a lambda, a
+    nested function, or a task defined under ``if __name__ == "__main__":``)."""
+
+
+class ProcessCrashed(FerroqError):
+    """The child process running a task died (``os._exit``, a segfault, killed by the OOM
+    killer...). The run costs one attempt and is retried per policy; the worker lives on."""
 
 
 class Retry(Exception):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import math
+from typing import Callable
 
 from . import _checks, _core
 from .errors import Fail, InvalidArgument, Retry
@@ -123,11 +124,17 @@ class CircuitBreaker:
         _exception_classes("counts", self.counts)
         _exception_classes("ignores", self.ignores)
 
-    def counts_failure(self, exc: BaseException) -> bool:
-        """Whether this failure of a task of the group counts toward opening the breaker."""
-        if isinstance(exc, (Fail, Retry)):
+    def counts_failure(
+        self,
+        exc: BaseException,
+        matches: Callable[[BaseException, tuple[type[BaseException], ...]], bool] = isinstance,
+    ) -> bool:
+        """Whether this failure of a task of the group counts toward opening the breaker.
+        ``matches`` is the instance check (a worker passes one that also understands errors
+        described by a child process)."""
+        if matches(exc, (Fail, Retry)):
             return False
-        return isinstance(exc, self.counts) and not isinstance(exc, self.ignores)
+        return matches(exc, self.counts) and not matches(exc, self.ignores)
 
     def as_core_args(self) -> tuple[int, int, int, int, int]:
         """(threshold, window_ms, open_ms, max_open_ms, probes) for the core."""

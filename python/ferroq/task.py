@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 import time
@@ -10,7 +11,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Coroutine, Generic, ParamSpec, TypeVar
 
 from . import _checks, _core
-from .errors import InvalidArgument, ResultTimeout, TaskCancelled, TaskFailed
+from .errors import InvalidArgument, ResultTimeout, TaskCancelled, TaskFailed, TaskNotImportable
 from .groups import ResourceGroup, group_name
 from .info import TaskInfo
 from .policies import RetryPolicy
@@ -246,6 +247,15 @@ class TaskBase(_Enqueuer[P, R]):
     def __repr__(self) -> str:
         return f"Task({self.name!r}, queue={self.queue.name!r})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles by reference (module + qualified name), as functions do: the other process
+        imports the module and finds the same task there. Raises ``TaskNotImportable`` for a
+        task that cannot be found that way (a lambda, a nested function)."""
+        if by_reference(self.__module__, self.__qualname__, self.name) is not self:
+            raise TaskNotImportable(f"task {self.name!r} cannot be pickled by reference: "
+                                    f"{self.__module__}.{self.__qualname__} is a different object")
+        return (_unpickle_task, (self.__module__, self.__qualname__, self.name))
+
     def using(
         self,
         *,
@@ -260,6 +270,37 @@ class TaskBase(_Enqueuer[P, R]):
         unique_key, resource_group, max_attempts."""
         given = {k: v for k, v in locals().items() if k != "self" and v is not None}
         return BoundTask(self, _override(self.options, given))
+
+
+_IMPORTABLE_HINT = (
+    "a process-pool worker's child process imports each processor by its module and qualified name, "
+    "so define it at the top level of a module (not as a lambda or a nested function); in a script, "
+    'define tasks outside the `if __name__ == "__main__":` block that starts the worker'
+)
+
+
+def by_reference(module: str, qualname: str, name: str) -> Any:
+    """The object at ``module.qualname`` in this process: how a task is found again in a
+    child process. Raises ``TaskNotImportable`` with the reason when there is none."""
+    if "<lambda>" in qualname or "<locals>" in qualname:
+        raise TaskNotImportable(f"task {name!r} ({module}.{qualname}) cannot be found by reference: "
+                                f"{_IMPORTABLE_HINT}")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except Exception as e:  # noqa: BLE001 - ImportError, AttributeError, or whatever the import raised
+        where = " (the script, re-imported in the child without its __main__ block)" if module == "__main__" else ""
+        raise TaskNotImportable(f"task {name!r} cannot be found by reference as {module}.{qualname}{where}: "
+                                f"{type(e).__name__}: {e}; {_IMPORTABLE_HINT}") from None
+    return obj
+
+
+def _unpickle_task(module: str, qualname: str, name: str) -> TaskBase[Any, Any]:
+    obj = by_reference(module, qualname, name)
+    if not isinstance(obj, TaskBase) or obj.name != name:
+        raise TaskNotImportable(f"task {name!r}: {module}.{qualname} is {obj!r}, not that task")
+    return obj
 
 
 class Task(TaskBase[P, R]):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pickle
 import queue as queue_module
 import secrets
 import signal
@@ -29,7 +30,6 @@ from .errors import (
     LeaseLost,
     FerroqError,
     PayloadError,
-    PayloadTooLarge,
     RateLimited,
     Retry,
     SchemaTooNew,
@@ -38,6 +38,7 @@ from .errors import (
 )
 from .info import TaskError
 from .policies import CircuitBreaker, RetryPolicy
+from .pool import ChildError, ProcessPool, Slot, check_importable
 from .queue import Queue
 from .task import BatchTask, TaskBase
 
@@ -51,6 +52,11 @@ _DEFAULT_POLICY = RetryPolicy()
 _DEFAULT_BREAKER = CircuitBreaker()
 
 
+def _matches(exc: BaseException, classes: tuple[type[BaseException], ...]) -> bool:
+    """isinstance, also for an error a child process described by its class names."""
+    return exc.matches(classes) if isinstance(exc, ChildError) else isinstance(exc, classes)
+
+
 @dataclass
 class WorkerStats:
     """What one ``Worker.run`` did."""
@@ -62,6 +68,15 @@ class WorkerStats:
     lost: int = 0
     released: int = 0
     rescued: int = 0
+    timed_out: int = 0
+    #: Process pool only: child processes that died under a task, and replacements started.
+    crashed: int = 0
+    respawned: int = 0
+
+
+def _describe(exc: BaseException | None) -> str:
+    # A child's error already reads "Type: message".
+    return str(exc) if isinstance(exc, ChildError) else f"{type(exc).__name__}: {exc}"
 
 
 class _Run:
@@ -100,10 +115,13 @@ _Outcome = tuple[_Run, "bytes | None", "str | None", "int | None", "BaseExceptio
 class Worker:
     """Runs the processors registered on ``queue``.
 
-    ``concurrency`` tasks run at once (threads for sync processors, one event loop for
-    async ones). The worker claims tasks in batches and keeps up to ``prefetch`` of them
-    buffered, so a thread never waits on the database between tasks; outcomes are
-    committed in batches by one completer thread. Each claim holds a lease of ``lease``
+    ``concurrency`` tasks run at once: with ``pool="thread"`` (default) on threads for
+    sync processors and one event loop for async ones; with ``pool="process"`` each in one
+    of ``concurrency`` child processes, so a timeout kills the run and a crash (segfault,
+    ``os._exit``, out of memory) costs one attempt, not the worker (see ``ferroq.pool``).
+    The worker claims tasks in batches and keeps up to ``prefetch`` of them buffered, so
+    a thread never waits on the database between tasks; outcomes are committed in batches
+    by one completer thread. Each claim holds a lease of ``lease``
     seconds, renewed every lease/3; if this process dies, another worker's rescuer
     returns its tasks to pending once their leases expire.
     """
@@ -120,6 +138,7 @@ class Worker:
         rescue_interval: float = 1.0,
         shutdown_grace: float = 30.0,
         handle_signals: bool = True,
+        pool: str = "thread",
     ) -> None:
         if not isinstance(queue, Queue):
             raise InvalidArgument(f"Worker needs a ferroq.Queue, got {queue!r}")
@@ -133,6 +152,16 @@ class Worker:
         _checks.seconds("shutdown_grace", shutdown_grace)
         if name is not None:
             _checks.text("worker name", name)
+        if not isinstance(pool, str) or pool not in ("thread", "process"):
+            raise InvalidArgument(f'pool must be "thread" or "process", got {pool!r}')
+        if pool == "process":
+            try:  # each child gets its own copy
+                pickle.dumps(queue.serializer)
+            except Exception as e:  # noqa: BLE001 - pickling can fail in many ways
+                raise InvalidArgument(f'pool="process" sends the queue\'s serializer to its child processes, '
+                                      f"and {queue.serializer!r} cannot be pickled: {e}") from None
+        #: "thread" or "process".
+        self.pool = pool
         self.queue = queue
         self._max_payload = queue._store.max_payload
         self.concurrency = concurrency
@@ -187,13 +216,23 @@ class Worker:
         self._hard_stop.clear()
         self._closing = False
         self._maintenance_done.clear()
-        threads = [threading.Thread(target=self._runner, name=f"ferroq-run-{i}", daemon=True)
+        pool = None
+        if self.pool == "process":
+            try:  # before anything is claimed: a task no child can find, a child that cannot start
+                check_importable(self.queue._tasks.values())
+                pool = ProcessPool(self, self.concurrency)
+                pool.start()
+            except BaseException:
+                self._running = False
+                raise
+        threads = [threading.Thread(target=self._runner, args=(None if pool is None else pool.slots[i],),
+                                    name=f"ferroq-run-{i}", daemon=True)
                    for i in range(self.concurrency)]
         completer = threading.Thread(target=self._completer, name="ferroq-completer", daemon=True)
         maintenance = threading.Thread(target=self._maintain, name="ferroq-maintenance", daemon=True)
         for t in (*threads, completer, maintenance):
             t.start()
-        if any(t.is_async for t in self.queue._tasks.values()):
+        if pool is None and any(t.is_async for t in self.queue._tasks.values()):
             self._start_loop()
         previous = self._install_signals()
         log.info("worker %s started on %s (queue %r, concurrency %d)",
@@ -207,6 +246,12 @@ class Worker:
             with self._ready_cond:
                 self._closing = True
                 self._ready_cond.notify_all()
+            if pool is not None:
+                # Runners only wait on their children here (a released run's child is killed
+                # within a tick), so joining them is safe; then no child is left running.
+                for t in threads:
+                    t.join(timeout=10)
+                pool.close()
             self._outcomes.put(None)
             completer.join(timeout=10)
             self._maintenance_done.set()  # after the drain: leases are renewed until here
@@ -316,8 +361,7 @@ class Worker:
                         forming.runs.append(run)
                         if len(forming.runs) >= task.max_size:
                             ready.append(self._forming.pop(key))
-                elif task.is_async:
-                    assert self._loop is not None
+                elif task.is_async and self._loop is not None:  # (a process pool's children run async too)
                     asyncio.run_coroutine_threadsafe(self._run_async(run), self._loop)
                 else:
                     ready.append(run)
@@ -330,9 +374,16 @@ class Worker:
 
     # -- running -----------------------------------------------------------------------
 
-    def _runner(self) -> None:
-        """A processor thread: takes its fair share of the buffer, runs it, hands the
-        outcomes to the completer in one go."""
+    def _runner(self, slot: Slot | None) -> None:
+        """A processor thread: takes its fair share of the buffer, runs it (here, or in its
+        ``slot``'s child process), hands the outcomes to the completer in one go."""
+        try:
+            self._run_jobs(slot)
+        finally:
+            if slot is not None:
+                slot.close()
+
+    def _run_jobs(self, slot: Slot | None) -> None:
         ready, cond = self._ready, self._ready_cond
         while True:
             with cond:
@@ -343,19 +394,38 @@ class Worker:
                 share = max(1, min(len(ready) // self.concurrency, 64))
                 batch = [ready.popleft() for _ in range(min(share, len(ready)))]
             outcomes: list[_Outcome] = []
-            for job in batch:
+            flushed = time.monotonic()
+            for n, job in enumerate(batch):
+                if self._stopping.is_set():
+                    # Stopping: start nothing new; the rest of this share goes back at once.
+                    self._release([run for j in batch[n:] for run in (j.runs if isinstance(j, _Batch) else [j])])
+                    break
                 try:
                     if isinstance(job, _Batch):
-                        outcomes.extend(self._execute_batch(job))
-                        continue
-                    outcome = self._execute(job)
-                    if outcome is not None:
-                        outcomes.append(outcome)
+                        outcomes.extend(self._execute_batch(job) if slot is None else slot.run_batch(job))
+                    else:
+                        outcome = self._execute(job) if slot is None else slot.run(job)
+                        if outcome is not None:
+                            outcomes.append(outcome)
                 except Exception as exc:  # noqa: BLE001 - a bug of ours must not kill the thread
                     log.exception("internal error while running %s", job)
                     outcomes.extend(self._internal_failure(job, exc))
+                now = time.monotonic()
+                if outcomes and now - flushed > 0.005:  # slow tasks: no outcome waits behind the next run
+                    self._outcomes.put(outcomes)
+                    outcomes, flushed = [], now
             if outcomes:
                 self._outcomes.put(outcomes)
+
+    def _skip_stopped(self, run: _Run) -> bool:
+        """True (and the run forgotten) if it must not run: its lease was lost while it waited,
+        or it was given back."""
+        if not run.ctx.stopped:
+            return False
+        if run.settle():
+            with self._lock:
+                self._inflight.pop(run.ctx.id, None)
+        return True
 
     def _internal_failure(self, job: _Run | _Batch, exc: Exception) -> list[_Outcome]:
         """Fails the unsettled runs of a job that hit a bug in the worker (retried per the
@@ -367,10 +437,7 @@ class Worker:
 
     def _execute(self, run: _Run) -> _Outcome | None:
         assert run.task is not None
-        if run.ctx.stopped:  # its lease was lost while it waited in the buffer
-            if run.settle():
-                with self._lock:
-                    self._inflight.pop(run.ctx.id, None)
+        if self._skip_stopped(run):
             return None
         timeout = run.task.options.timeout
         if timeout is not None:
@@ -386,13 +453,7 @@ class Worker:
         return self._settled_success(run, result)
 
     def _execute_batch(self, batch: _Batch) -> list[_Outcome]:
-        runs = []
-        for run in batch.runs:
-            if not run.ctx.stopped:
-                runs.append(run)
-            elif run.settle():  # its lease was lost while the batch filled
-                with self._lock:
-                    self._inflight.pop(run.ctx.id, None)
+        runs = [run for run in batch.runs if not self._skip_stopped(run)]
         if not runs:
             return []
         name = batch.task.name
@@ -442,6 +503,7 @@ class Worker:
         except asyncio.CancelledError:
             if not timed_out:
                 raise  # the worker is shutting down; the run was already released
+            self._count("timed_out")
             exc = TimeoutError(f"task {run.ctx.name!r} exceeded its timeout of {timeout}s and was cancelled")
             outcome = self._settled_failure(run, exc, None)
         except BaseException as exc:  # noqa: BLE001
@@ -459,11 +521,20 @@ class Worker:
             return None
         try:
             data = self.queue.serializer.dumps(result)
-            if len(data) > self._max_payload:
-                raise PayloadTooLarge(f"it is {len(data)} bytes, over the limit of {self._max_payload} bytes")
         except PayloadError as e:
             return self._failure(run, PayloadError(f"result of task {run.ctx.name!r} cannot be stored: {e}"),
                                  None, fatal=True)
+        return self._encoded(run, data)
+
+    def _settled_encoded(self, run: _Run, data: bytes) -> _Outcome | None:
+        """A result a child process already encoded."""
+        return self._encoded(run, data) if run.settle() else None
+
+    def _encoded(self, run: _Run, data: bytes) -> _Outcome:
+        if len(data) > self._max_payload:
+            exc = PayloadError(f"result of task {run.ctx.name!r} cannot be stored: it is {len(data)} bytes, "
+                               f"over the limit of {self._max_payload} bytes")
+            return self._failure(run, exc, None, fatal=True)
         return (run, data, None, None, None, False, None)
 
     def _settled_failure(self, run: _Run, exc: BaseException, tb: str | None) -> _Outcome | None:
@@ -479,22 +550,23 @@ class Worker:
         if isinstance(exc, (Fail, UnknownTaskName, PayloadError)):
             return True
         policy = run.task.options.retry if run.task is not None else _DEFAULT_POLICY
+        if isinstance(exc, ChildError):
+            return exc.is_fatal(policy)
         return policy.is_fatal(exc)
 
     def _failure(self, run: _Run, exc: BaseException, tb: str | None, *, fatal: bool) -> _Outcome:
         delay: int | None = None
         if not fatal:
             policy = run.task.options.retry if run.task is not None else _DEFAULT_POLICY
-            if isinstance(exc, Retry) and exc.delay is not None:
-                delay = int(exc.delay * 1000)
-            else:
-                delay = policy.delay_ms(run.ctx.attempt)
+            hinted = exc.delay if isinstance(exc, (Retry, ChildError)) else None
+            delay = policy.delay_ms(run.ctx.attempt) if hinted is None else int(hinted * 1000)
+        error = exc.task_error() if isinstance(exc, ChildError) else TaskError.from_exception(exc, tb)
         # A rate limit holds the group (and gives the attempt back); the group's breaker
         # policy decides whether anything else counts toward opening it.
-        hold = delay if isinstance(exc, RateLimited) else None
-        counts = (hold is None and not isinstance(exc, (UnknownTaskName, PayloadError))
-                  and self._breaker_policy(run.ctx.resource_group).counts_failure(exc))
-        return (run, None, TaskError.from_exception(exc, tb).to_json(), delay, exc, counts, hold)
+        hold = delay if _matches(exc, (RateLimited,)) else None
+        counts = (hold is None and not _matches(exc, (UnknownTaskName, PayloadError))
+                  and self._breaker_policy(run.ctx.resource_group).counts_failure(exc, _matches))
+        return (run, None, error.to_json(), delay, exc, counts, hold)
 
     def _breaker_policy(self, group: str) -> CircuitBreaker:
         declared = self.queue._groups.get(group)
@@ -564,12 +636,12 @@ class Worker:
                 counts["completed"] += 1
             elif status == "dead":
                 counts["dead"] += 1
-                log.warning("task %d (%s) is dead after attempt %d: %s: %s",
-                            ctx.id, ctx.name, ctx.attempt, type(exc).__name__, exc)
+                log.warning("task %d (%s) is dead after attempt %d: %s",
+                            ctx.id, ctx.name, ctx.attempt, _describe(exc))
             else:
                 counts["retried"] += 1
-                log.info("task %d (%s) failed attempt %d, retrying in %.3fs: %s: %s",
-                         ctx.id, ctx.name, ctx.attempt, (delay or 0) / 1000, type(exc).__name__, exc)
+                log.info("task %d (%s) failed attempt %d, retrying in %.3fs: %s",
+                         ctx.id, ctx.name, ctx.attempt, (delay or 0) / 1000, _describe(exc))
         with self._lock:
             for counter, n in counts.items():
                 setattr(self.stats, counter, getattr(self.stats, counter) + n)
@@ -637,6 +709,7 @@ class Worker:
             if run.settle():
                 run.ctx.stopped = True
                 timeout = run.task.options.timeout if run.task else None
+                self._count("timed_out")
                 exc = TimeoutError(f"task {run.ctx.name!r} exceeded its timeout of {timeout}s "
                                    "(its thread keeps running; its late result will be discarded)")
                 self._outcomes.put([self._failure(run, exc, None, fatal=self._is_fatal(run, exc))])
