@@ -297,7 +297,11 @@ fn a_retry_after_holds_the_group() {
         hold_ms: Some(2_000),
     };
     fail_all(&f, &one, hold);
-    assert_eq!(f.store.get(Q, one[0].id).unwrap().attempts, 0, "attempt given back");
+    assert_eq!(
+        f.store.get(Q, one[0].id).unwrap().attempts,
+        0,
+        "attempt given back"
+    );
     assert!(f.store.claim(Q, "w", 10, LEASE).unwrap().is_empty());
     assert_eq!(
         f.store.next_unblock_at(Q).unwrap(),

@@ -458,3 +458,42 @@ fn finish_many_fences_each_outcome_on_its_own() {
     );
     assert_eq!(f.store.get(Q, t[1].id).unwrap().status, TaskStatus::Running);
 }
+
+#[test]
+fn history_lists_every_run_whatever_ended_it() {
+    let f = fixture();
+    let id = f.store.enqueue(Q, &[task("a", 0)]).unwrap()[0].id;
+    let first = f.store.claim(Q, "w1", 1, LEASE).unwrap().remove(0);
+    f.clock.advance(10);
+    f.store.release(id, first.token).unwrap();
+    f.clock.advance(10);
+    f.store.claim(Q, "w2", 1, LEASE).unwrap();
+    f.clock.advance(LEASE + 1);
+    f.store.rescue_expired(Q).unwrap();
+    f.clock.advance(10);
+    let last = f.store.claim(Q, "w3", 1, LEASE).unwrap().remove(0);
+    let running = f.store.history(Q, id).unwrap();
+    assert_eq!(running.last().unwrap().to, TaskStatus::Running);
+    f.clock.advance(10);
+    f.store.complete(id, last.token, b"null").unwrap();
+    let history = f.store.history(Q, id).unwrap();
+    use TaskStatus::*;
+    let path: Vec<_> = history
+        .iter()
+        .map(|t| (t.to, t.worker.as_deref().unwrap_or("-")))
+        .collect();
+    assert_eq!(
+        path,
+        vec![
+            (Pending, "-"),
+            (Running, "w1"),
+            (Pending, "w1"),
+            (Running, "w2"),
+            (Pending, "w2"),
+            (Running, "w3"),
+            (Completed, "w3"),
+        ]
+    );
+    assert!(history.windows(2).all(|w| w[0].at <= w[1].at), "{history:?}");
+    assert_eq!(running.len() + 1, history.len());
+}

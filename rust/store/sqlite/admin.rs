@@ -111,14 +111,75 @@ pub fn requeue(tx: &Transaction<'_>, queue: &str, id: TaskId, now: Millis) -> Re
 }
 
 /// Every transition of a task, oldest first.
+///
+/// The common path writes no history rows, which saves B-tree writes per task: the enqueue
+/// is the task's `created_at`; the current or last run's claim is its `started_at` and
+/// `lease_owner` (while running, and once completed); the completion is its `finished_at`.
+/// Rows are written only for runs that end otherwise (their claim with them), and for
+/// operator actions. Files written before this kept every transition as a row: a derived
+/// transition equal to a stored one is not repeated.
 pub fn history(conn: &Connection, queue: &str, id: TaskId) -> Result<Vec<Transition>> {
-    // The enqueue itself is not stored as a row (the task's created_at records it), which
-    // saves two B-tree writes per enqueued task.
-    let created_at: Millis = conn
-        .prepare_cached("SELECT created_at FROM tasks WHERE id = ?1 AND queue = ?2")?
-        .query_row((id, queue), |r| r.get(0))
+    let (created_at, status, started_at, finished_at, worker): (
+        Millis,
+        TaskStatus,
+        Option<Millis>,
+        Option<Millis>,
+        Option<String>,
+    ) = conn
+        .prepare_cached(
+            "SELECT created_at, status, started_at, finished_at, lease_owner FROM tasks
+             WHERE id = ?1 AND queue = ?2",
+        )?
+        .query_row((id, queue), |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
         .optional()?
         .ok_or(Error::UnknownTask(id))?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT from_status, to_status, at, worker, error FROM task_history
+         WHERE task_id = ?1 ORDER BY id",
+    )?;
+    let stored = stmt
+        .query_map([id], |r| {
+            Ok(Transition {
+                from: r.get(0)?,
+                to: r.get(1)?,
+                at: r.get(2)?,
+                worker: r.get(3)?,
+                error: r.get(4)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let derived = |from, to, at: Option<Millis>| {
+        at.map(|at| Transition {
+            from: Some(from),
+            to,
+            at,
+            worker: worker.clone(),
+            error: None,
+        })
+    };
+    let mut tail = Vec::new();
+    if matches!(status, TaskStatus::Running | TaskStatus::Completed) {
+        tail.extend(derived(
+            TaskStatus::Pending,
+            TaskStatus::Running,
+            started_at,
+        ));
+    }
+    if status == TaskStatus::Completed {
+        tail.extend(derived(
+            TaskStatus::Running,
+            TaskStatus::Completed,
+            finished_at,
+        ));
+    }
+    let is_stored = |t: &Transition| {
+        stored
+            .iter()
+            .any(|s| (s.from, s.to, s.at) == (t.from, t.to, t.at))
+    };
+    tail.retain(|t| !is_stored(t));
     let enqueued = Transition {
         from: None,
         to: TaskStatus::Pending,
@@ -126,22 +187,10 @@ pub fn history(conn: &Connection, queue: &str, id: TaskId) -> Result<Vec<Transit
         worker: None,
         error: None,
     };
-    let mut stmt = conn.prepare_cached(
-        "SELECT from_status, to_status, at, worker, error FROM task_history
-         WHERE task_id = ?1 ORDER BY id",
-    )?;
-    let rows = stmt.query_map([id], |r| {
-        Ok(Transition {
-            from: r.get(0)?,
-            to: r.get(1)?,
-            at: r.get(2)?,
-            worker: r.get(3)?,
-            error: r.get(4)?,
-        })
-    })?;
-    std::iter::once(Ok(enqueued))
-        .chain(rows.map(|r| r.map_err(Error::from)))
-        .collect()
+    Ok(std::iter::once(enqueued)
+        .chain(stored)
+        .chain(tail)
+        .collect())
 }
 
 /// Tasks per status, every status listed.
@@ -254,4 +303,53 @@ pub fn age_batch(
         )?
         .execute((queue, every_ms, step, max, now, limit as i64))?;
     Ok(aged as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Options, SqliteStore};
+    use crate::store::Store;
+    use crate::task::{NewTask, TaskStatus};
+
+    #[test]
+    fn history_written_before_derivation_is_not_doubled() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("q.db"), Options::default()).unwrap();
+        let new = NewTask {
+            name: "t".into(),
+            resource_group: "default".into(),
+            payload: b"{}".to_vec(),
+            priority: 0,
+            run_at: None,
+            max_attempts: 3,
+            unique_key: None,
+        };
+        let id = store.enqueue("q", &[new]).unwrap()[0].id;
+        let t = store.claim("q", "w", 1, 30_000).unwrap().remove(0);
+        store.complete(id, t.token, b"null").unwrap();
+        // What an older ferroq stored for the same run.
+        store
+            .with_conn(
+                |l| &l.writer,
+                |conn| {
+                    conn.execute(
+                        "INSERT INTO task_history (task_id, from_status, to_status, at, worker)
+                         SELECT id, 'pending', 'running', started_at, lease_owner FROM tasks
+                         UNION ALL
+                         SELECT id, 'running', 'completed', finished_at, lease_owner FROM tasks",
+                        [],
+                    )?;
+                    Ok(())
+                },
+            )
+            .unwrap();
+        let path: Vec<_> = store
+            .history("q", id)
+            .unwrap()
+            .iter()
+            .map(|t| t.to)
+            .collect();
+        use TaskStatus::*;
+        assert_eq!(path, vec![Pending, Running, Completed]);
+    }
 }

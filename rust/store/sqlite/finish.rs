@@ -23,19 +23,17 @@ pub fn complete(
     result: &[u8],
     now: Millis,
 ) -> Result<()> {
-    let row: Option<(Option<String>, RunEnd)> = tx
+    let end: Option<RunEnd> = tx
         .prepare_cached(
             "UPDATE tasks
              SET status = 'completed', finished_at = ?3, updated_at = ?3, progress = 1.0,
                  lease_token = NULL, lease_expires_at = NULL
              WHERE id = ?1 AND lease_token = ?2 AND status = 'running'
-             RETURNING lease_owner, queue, resource_group, started_at",
+             RETURNING queue, resource_group, started_at",
         )?
-        .query_row((id, token, now), |r| {
-            Ok((r.get(0)?, run_end(r, 1, RunEndKind::Succeeded)?))
-        })
+        .query_row((id, token, now), |r| run_end(r, 0, RunEndKind::Succeeded))
         .optional()?;
-    let Some((worker, end)) = row else {
+    let Some(end) = end else {
         return Err(Error::LeaseLost(id));
     };
     resource_groups::account(tx, &[end], now)?;
@@ -47,15 +45,9 @@ pub fn complete(
         )?
         .execute((id, result, now))?;
     }
-    history::record(
-        tx,
-        id,
-        Some(TaskStatus::Running),
-        TaskStatus::Completed,
-        now,
-        worker.as_deref(),
-        None,
-    )
+    // No history row: a completed task's last run is in its started_at, finished_at and
+    // lease_owner (`admin::history` derives both transitions).
+    Ok(())
 }
 
 /// running -> pending (retry after a delay, attempts left) or dead.
@@ -113,13 +105,13 @@ fn fail_one(
     let Some((status, worker, end)) = row else {
         return Err(Error::LeaseLost(id));
     };
-    history::record(
+    history::record_run_end(
         tx,
         id,
-        Some(TaskStatus::Running),
+        end.started_at,
+        worker.as_deref(),
         status,
         now,
-        worker.as_deref(),
         Some(error),
     )?;
     Ok((status, end))
@@ -194,7 +186,7 @@ fn complete_many(
         let _ = write!(pairs, "[{id},{token}]");
     }
     pairs.push(']');
-    let finished: Vec<(TaskId, Option<String>, RunEnd)> = tx
+    let finished: Vec<(TaskId, RunEnd)> = tx
         .prepare_cached(
             "UPDATE tasks
              SET status = 'completed', finished_at = ?2, updated_at = ?2, progress = 1.0,
@@ -202,14 +194,13 @@ fn complete_many(
              FROM (SELECT value ->> 0 AS id, value ->> 1 AS token FROM json_each(?1)) AS done
              WHERE tasks.id = done.id AND tasks.lease_token = done.token
                AND tasks.status = 'running'
-             RETURNING tasks.id, tasks.lease_owner, tasks.queue, tasks.resource_group,
-                       tasks.started_at",
+             RETURNING tasks.id, tasks.queue, tasks.resource_group, tasks.started_at",
         )?
         .query_map((pairs, now), |r| {
-            Ok((r.get(0)?, r.get(1)?, run_end(r, 2, RunEndKind::Succeeded)?))
+            Ok((r.get(0)?, run_end(r, 1, RunEndKind::Succeeded)?))
         })?
         .collect::<rusqlite::Result<_>>()?;
-    let ids: HashSet<TaskId> = finished.iter().map(|(id, _, _)| *id).collect();
+    let ids: HashSet<TaskId> = finished.iter().map(|(id, _)| *id).collect();
     let mut store_result = tx.prepare_cached(
         "INSERT OR REPLACE INTO task_results (task_id, result, created_at) VALUES (?1, ?2, ?3)",
     )?;
@@ -219,26 +210,8 @@ fn complete_many(
             store_result.execute((id, result, now))?;
         }
     }
-    // Usually one worker finished them all: one history statement per worker.
-    let mut by_worker: Vec<(Option<String>, Vec<TaskId>)> = Vec::new();
-    let mut ends = Vec::with_capacity(finished.len());
-    for (id, worker, end) in finished {
-        ends.push(end);
-        match by_worker.iter_mut().find(|(w, _)| *w == worker) {
-            Some((_, list)) => list.push(id),
-            None => by_worker.push((worker, vec![id])),
-        }
-    }
-    for (worker, list) in &by_worker {
-        history::record_many(
-            tx,
-            list,
-            TaskStatus::Running,
-            TaskStatus::Completed,
-            now,
-            worker.as_deref(),
-        )?;
-    }
+    // No history rows (see `complete`).
+    let ends = finished.into_iter().map(|(_, end)| end).collect();
     Ok((ids, ends))
 }
 
@@ -282,26 +255,26 @@ pub fn progress(
 
 /// running -> pending now, giving back the attempt the claim counted.
 pub fn release(tx: &Transaction<'_>, id: TaskId, token: LeaseToken, now: Millis) -> Result<()> {
-    let worker: Option<Option<String>> = tx
+    let row: Option<(Option<String>, Option<Millis>)> = tx
         .prepare_cached(
             "UPDATE tasks
              SET status = 'pending', attempts = max(attempts - 1, 0), run_at = ?3, updated_at = ?3,
                  lease_token = NULL, lease_expires_at = NULL
              WHERE id = ?1 AND lease_token = ?2 AND status = 'running'
-             RETURNING lease_owner",
+             RETURNING lease_owner, started_at",
         )?
-        .query_row((id, token, now), |r| r.get(0))
+        .query_row((id, token, now), |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    let Some(worker) = worker else {
+    let Some((worker, started_at)) = row else {
         return Err(Error::LeaseLost(id));
     };
-    history::record(
+    history::record_run_end(
         tx,
         id,
-        Some(TaskStatus::Running),
+        started_at,
+        worker.as_deref(),
         TaskStatus::Pending,
         now,
-        worker.as_deref(),
         Some(
             r#"{"type":"Released","message":"released by its worker at shutdown","traceback":null}"#,
         ),
@@ -318,29 +291,30 @@ pub fn rescue(tx: &Transaction<'_>, queue: &str, now: Millis) -> Result<Vec<(Tas
                  run_at = ?2, updated_at = ?2, last_error = ?3,
                  lease_token = NULL, lease_expires_at = NULL
              WHERE status = 'running' AND lease_expires_at <= ?2 AND queue = ?1
-             RETURNING id, status, lease_owner",
+             RETURNING id, status, lease_owner, started_at",
         )?
         .query_map((queue, now, LEASE_EXPIRED_ERROR), |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, TaskStatus>(1)?,
                 r.get::<_, Option<String>>(2)?,
+                r.get::<_, Option<Millis>>(3)?,
             ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    for (id, status, worker) in &rescued {
-        history::record(
+    for (id, status, worker, started_at) in &rescued {
+        history::record_run_end(
             tx,
             *id,
-            Some(TaskStatus::Running),
+            *started_at,
+            worker.as_deref(),
             *status,
             now,
-            worker.as_deref(),
             Some(LEASE_EXPIRED_ERROR),
         )?;
     }
     Ok(rescued
         .into_iter()
-        .map(|(id, status, _)| (id, status))
+        .map(|(id, status, _, _)| (id, status))
         .collect())
 }

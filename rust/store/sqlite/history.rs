@@ -31,6 +31,40 @@ pub fn record(
     Ok(())
 }
 
+/// Appends the end of a run that did not complete: its claim (pending -> running when it
+/// started, which claims no longer record, see `admin::history`) and the transition that
+/// ended it.
+pub fn record_run_end(
+    conn: &Connection,
+    task_id: TaskId,
+    started_at: Option<Millis>,
+    worker: Option<&str>,
+    to: TaskStatus,
+    at: Millis,
+    error: Option<&str>,
+) -> Result<()> {
+    if let Some(started_at) = started_at {
+        record(
+            conn,
+            task_id,
+            Some(TaskStatus::Pending),
+            TaskStatus::Running,
+            started_at,
+            worker,
+            None,
+        )?;
+    }
+    record(
+        conn,
+        task_id,
+        Some(TaskStatus::Running),
+        to,
+        at,
+        worker,
+        error,
+    )
+}
+
 /// Appends the same transition for many tasks in one statement (ids go in as a JSON array).
 pub fn record_many(
     conn: &Connection,
