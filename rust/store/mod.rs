@@ -83,7 +83,9 @@ pub trait Store: Send + Sync {
     /// Deletes finished tasks beyond the retention; returns how many were deleted.
     fn prune(&self, queue: &str, retention: &Retention) -> Result<u64>;
 
-    /// Earliest `run_at` among pending tasks, to sleep exactly until work is due.
+    /// Earliest `run_at` among pending tasks that were delayed (enqueued with a delay, or
+    /// waiting out a retry's backoff): how long an idle worker may sleep. A task due at
+    /// once may be left out: the claim finds those.
     fn next_run_at(&self, queue: &str) -> Result<Option<Millis>>;
 
     /// Stores a resource group's breaker and throttle settings (shared by every process).

@@ -494,6 +494,9 @@ fn history_lists_every_run_whatever_ended_it() {
             (Completed, "w3"),
         ]
     );
-    assert!(history.windows(2).all(|w| w[0].at <= w[1].at), "{history:?}");
+    assert!(
+        history.windows(2).all(|w| w[0].at <= w[1].at),
+        "{history:?}"
+    );
     assert_eq!(running.len() + 1, history.len());
 }

@@ -275,10 +275,13 @@ fn prune_status(
     Ok(changed as u64)
 }
 
-/// The earliest run_at among pending tasks.
+const NEXT_RUN_AT_SQL: &str = "SELECT min(run_at) FROM tasks INDEXED BY tasks_due
+     WHERE queue = ?1 AND status = 'pending' AND run_at > created_at";
+
+/// The earliest run_at among delayed pending tasks (see `Store::next_run_at`).
 pub fn next_run_at(conn: &Connection, queue: &str) -> Result<Option<Millis>> {
     Ok(conn
-        .prepare_cached("SELECT min(run_at) FROM tasks WHERE queue = ?1 AND status = 'pending'")?
+        .prepare_cached(NEXT_RUN_AT_SQL)?
         .query_row([queue], |r| r.get(0))?)
 }
 
@@ -296,7 +299,7 @@ pub fn age_batch(
     let aged = tx
         .prepare_cached(
             "UPDATE tasks SET priority = min(priority + ?3, ?4), updated_at = ?5
-             WHERE id IN (SELECT id FROM tasks INDEXED BY tasks_due
+             WHERE id IN (SELECT id FROM tasks INDEXED BY tasks_ready
                           WHERE queue = ?1 AND status = 'pending' AND run_at <= ?5
                             AND updated_at <= ?5 - ?2 AND priority < ?4
                           LIMIT ?6)",
@@ -310,6 +313,25 @@ mod tests {
     use super::super::{Options, SqliteStore};
     use crate::store::Store;
     use crate::task::{NewTask, TaskStatus};
+
+    #[test]
+    fn next_run_at_searches_the_delayed_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("q.db"), Options::default()).unwrap();
+        let plan: Vec<String> = store
+            .with_conn(
+                |l| &l.reader,
+                |conn| {
+                    let mut stmt =
+                        conn.prepare(&format!("EXPLAIN QUERY PLAN {}", super::NEXT_RUN_AT_SQL))?;
+                    let rows = stmt.query_map(["q"], |r| r.get::<_, String>(3))?;
+                    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+                },
+            )
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains("INDEX tasks_due (queue=?)"), "{plan}");
+    }
 
     #[test]
     fn history_written_before_derivation_is_not_doubled() {

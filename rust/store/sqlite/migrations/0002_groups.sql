@@ -1,10 +1,17 @@
--- ferroq schema 2: resource groups (pause, throttle, circuit breaker), paused queues, events.
+-- ferroq schema 2: resource groups (pause, throttle, circuit breaker), paused queues, events;
+-- leaner claim indexes.
 
 -- The claim filters on the group inside the index (restricted groups are skipped without
 -- reading their rows).
 DROP INDEX tasks_ready;
 CREATE INDEX tasks_ready ON tasks (queue, priority DESC, id, run_at, resource_group)
     WHERE status = 'pending';
+
+-- Only delayed tasks (a delay, a retry's backoff): a task due at once never enters this
+-- index, so its claim writes one index entry fewer. next_run_at() reads it to sleep until
+-- delayed work is due; tasks due now are found by the claim itself.
+DROP INDEX tasks_due;
+CREATE INDEX tasks_due ON tasks (queue, run_at) WHERE status = 'pending' AND run_at > created_at;
 
 -- A row only for a group that has settings or was paused: the claim reads this table, and
 -- a queue with no row here takes the unrestricted path.
