@@ -99,6 +99,8 @@ pub struct ClaimedTask {
     pub attempt: i64,
     pub max_attempts: i64,
     pub created_at: Millis,
+    /// When it was due (its delay or backoff ended).
+    pub run_at: Millis,
     pub lease_expires_at: Millis,
 }
 
@@ -146,6 +148,8 @@ pub enum Outcome {
         id: TaskId,
         token: LeaseToken,
         result: Vec<u8>,
+        /// How long the processor ran, as the worker measured it (for metrics).
+        run_us: Option<u64>,
     },
     /// The processor failed with this (encoded) error.
     Failed {
@@ -154,6 +158,7 @@ pub enum Outcome {
         error: String,
         action: FailAction,
         impact: FailureImpact,
+        run_us: Option<u64>,
     },
 }
 

@@ -17,6 +17,11 @@ use crate::task::{
 };
 
 pub use sqlite::CircuitCommand;
+pub use sqlite::health::WorkerInfo;
+
+use std::collections::HashMap;
+
+use crate::metrics::{Series, SeriesMap};
 
 /// A lease to renew: the task and the token of the claim that holds it.
 pub type Lease = (TaskId, LeaseToken);
@@ -56,8 +61,15 @@ pub trait Store: Send + Sync {
     /// Extends leases still held; returns, per lease, whether it was still held.
     fn heartbeat(&self, leases: &[Lease], lease_ms: Millis) -> Result<Vec<bool>>;
 
-    /// Stores a running task's progress (0.0..=1.0); fenced like `complete`.
-    fn progress(&self, id: TaskId, token: LeaseToken, progress: f64) -> Result<()>;
+    /// Stores a running task's progress (0.0..=1.0) and an optional message; fenced like
+    /// `complete`. Recorded as a "progress" event.
+    fn progress(
+        &self,
+        id: TaskId,
+        token: LeaseToken,
+        progress: f64,
+        message: Option<&str>,
+    ) -> Result<()>;
 
     /// Gives a running task back without using up its attempt (graceful shutdown).
     fn release(&self, id: TaskId, token: LeaseToken) -> Result<()>;
@@ -131,4 +143,59 @@ pub trait Store: Send + Sync {
     /// Priority aging: raises by `step` (up to `max`) the priority of each pending task
     /// that has waited `every_ms` since it was enqueued or last raised. Returns how many.
     fn age_priorities(&self, queue: &str, every_ms: Millis, step: i64, max: i64) -> Result<u64>;
+
+    /// Adds what this process recorded since its last flush into the `metrics` table.
+    fn flush_metrics(&self) -> Result<()>;
+
+    /// Counters and histograms per resource group of `queue` since `since` (all processes,
+    /// as flushed), from raw intervals if within `raw_keep_ms`, else from hours.
+    fn metrics(
+        &self,
+        queue: &str,
+        since: Millis,
+        raw_keep_ms: Millis,
+    ) -> Result<HashMap<String, Series>>;
+
+    /// What this process recorded since it started (for a scrape of this process).
+    fn metrics_totals(&self) -> SeriesMap;
+
+    /// Deletes events, metrics and worker registrations past their retention; returns how
+    /// many rows went.
+    fn prune_observability(&self, keep: &ObservabilityRetention) -> Result<u64>;
+
+    /// Registers or renews a worker.
+    fn worker_seen(&self, worker: &WorkerInfo) -> Result<()>;
+
+    /// Marks a worker stopped.
+    fn worker_stopped(&self, id: &str) -> Result<()>;
+
+    /// Registered workers of a queue.
+    fn workers(&self, queue: &str) -> Result<Vec<WorkerInfo>>;
+
+    /// When the longest-waiting due task became due.
+    fn oldest_due(&self, queue: &str) -> Result<Option<Millis>>;
+
+    /// Tasks that went dead since `since`.
+    fn dead_since(&self, queue: &str, since: Millis) -> Result<u64>;
+}
+
+/// How long observability rows are kept.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ObservabilityRetention {
+    pub events_ms: Millis,
+    pub raw_metrics_ms: Millis,
+    pub hourly_metrics_ms: Millis,
+    pub workers_ms: Millis,
+}
+
+impl Default for ObservabilityRetention {
+    fn default() -> Self {
+        const DAY: Millis = 86_400_000;
+        Self {
+            events_ms: 7 * DAY,
+            raw_metrics_ms: DAY,
+            hourly_metrics_ms: 30 * DAY,
+            workers_ms: DAY,
+        }
+    }
 }

@@ -51,6 +51,7 @@ fn fail_all(f: &super::Fixture, tasks: &[crate::task::ClaimedTask], impact: Fail
             error: "{}".into(),
             action: FailAction::Retry { delay_ms: 0 },
             impact,
+            run_us: None,
         })
         .collect();
     f.store.finish_many(&outcomes).unwrap();

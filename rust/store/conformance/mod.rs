@@ -10,6 +10,7 @@ use crate::policy::retention::{Keep, Retention};
 use crate::task::{FailAction, NewTask, TaskStatus};
 
 mod groups;
+mod observability;
 
 pub(super) const Q: &str = "default";
 pub(super) const LEASE: i64 = 30_000;
@@ -151,7 +152,7 @@ fn completion_is_fenced_by_the_lease_token() {
         [false]
     ));
     assert!(matches!(
-        f.store.progress(id, stale.token, 0.5),
+        f.store.progress(id, stale.token, 0.5, None),
         Err(Error::LeaseLost(_))
     ));
     assert!(matches!(
@@ -434,11 +435,13 @@ fn finish_many_fences_each_outcome_on_its_own() {
                 id: t[0].id,
                 token: t[0].token,
                 result: b"1".to_vec(),
+                run_us: None,
             },
             Outcome::Completed {
                 id: t[1].id,
                 token: t[1].token + 1,
                 result: b"2".to_vec(),
+                run_us: None,
             },
             Outcome::Failed {
                 id: t[2].id,
@@ -446,6 +449,7 @@ fn finish_many_fences_each_outcome_on_its_own() {
                 error: "{}".into(),
                 action: FailAction::Retry { delay_ms: 10 },
                 impact: Default::default(),
+                run_us: None,
             },
         ])
         .unwrap();

@@ -2,6 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension, Transaction};
 
+use super::events;
 use super::history;
 use crate::clock::Millis;
 use crate::error::{Error, Result};
@@ -52,21 +53,24 @@ fn existing_status(conn: &Connection, queue: &str, id: TaskId) -> Result<TaskSta
 }
 
 /// pending -> cancelled.
-pub fn cancel(tx: &Transaction<'_>, queue: &str, id: TaskId, now: Millis) -> Result<()> {
-    let changed = tx
+/// pending -> cancelled; returns the task's resource group.
+pub fn cancel(tx: &Transaction<'_>, queue: &str, id: TaskId, now: Millis) -> Result<String> {
+    let group: Option<String> = tx
         .prepare_cached(
             "UPDATE tasks SET status = 'cancelled', finished_at = ?3, updated_at = ?3
-             WHERE id = ?1 AND queue = ?2 AND status = 'pending'",
+             WHERE id = ?1 AND queue = ?2 AND status = 'pending'
+             RETURNING resource_group",
         )?
-        .execute((id, queue, now))?;
-    if changed == 0 {
+        .query_row((id, queue, now), |r| r.get(0))
+        .optional()?;
+    let Some(group) = group else {
         let status = existing_status(tx, queue, id)?;
         return Err(Error::InvalidTransition {
             id,
             action: "cancel",
             status,
         });
-    }
+    };
     history::record(
         tx,
         id,
@@ -75,7 +79,9 @@ pub fn cancel(tx: &Transaction<'_>, queue: &str, id: TaskId, now: Millis) -> Res
         now,
         None,
         None,
-    )
+    )?;
+    events::record_task(tx, queue, Some(&group), Some(id), "cancelled", "{}", now)?;
+    Ok(group)
 }
 
 /// dead or cancelled -> pending, attempts reset.

@@ -4,6 +4,8 @@ use std::collections::HashMap;
 
 use rusqlite::Transaction;
 
+use super::events;
+use super::finish::TaskEvents;
 use super::json;
 use super::resource_groups::{self, Group};
 use crate::clock::Millis;
@@ -19,7 +21,8 @@ const CLAIM_SQL: &str = "UPDATE tasks
                       WHERE queue = ?5 AND status = 'pending' AND run_at <= ?4
                       ORDER BY priority DESC, id
                       LIMIT ?6)
-         RETURNING id, name, resource_group, payload, priority, attempts, max_attempts, created_at";
+         RETURNING id, name, resource_group, payload, priority, attempts, max_attempts, created_at,
+                   run_at";
 
 /// Claims only from these groups' pending tasks, or from all but these; the ids to lease
 /// are then chosen by priority and id across both, as one ordered queue.
@@ -34,7 +37,8 @@ const CLAIM_IDS_SQL: &str = "UPDATE tasks
          SET status = 'running', attempts = attempts + 1, lease_owner = ?1, lease_token = ?2,
              lease_expires_at = ?3, started_at = ?4, updated_at = ?4, progress = NULL
          WHERE id IN (SELECT value FROM json_each(?5)) AND status = 'pending'
-         RETURNING id, name, resource_group, payload, priority, attempts, max_attempts, created_at";
+         RETURNING id, name, resource_group, payload, priority, attempts, max_attempts, created_at,
+                   run_at";
 
 /// Leases up to `limit` ready tasks to `worker`, highest priority first, FIFO within a
 /// priority, skipping what paused queues and groups, open breakers and throttles hold back.
@@ -46,6 +50,7 @@ pub fn claim(
     now: Millis,
     expires_at: Millis,
     token: LeaseToken,
+    task_events: TaskEvents,
 ) -> Result<Vec<ClaimedTask>> {
     if resource_groups::queue_paused(tx, queue)? {
         return Ok(Vec::new());
@@ -69,6 +74,17 @@ pub fn claim(
     tasks.sort_unstable_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
     // No history row: the claim is in the task's started_at and lease_owner until the run
     // ends, and a run that ends other than completed records it then (`admin::history`).
+    if task_events == TaskEvents::All {
+        for t in &tasks {
+            let detail = format!(
+                r#"{{"worker":{},"attempt":{}}}"#,
+                json::string(worker),
+                t.attempt
+            );
+            let group = Some(t.resource_group.as_str());
+            events::record_task(tx, queue, group, Some(t.id), "started", &detail, now)?;
+        }
+    }
     Ok(tasks)
 }
 
@@ -181,6 +197,7 @@ fn claimed(
         attempt: r.get(5)?,
         max_attempts: r.get(6)?,
         created_at: r.get(7)?,
+        run_at: r.get(8)?,
         lease_expires_at: expires_at,
     })
 }

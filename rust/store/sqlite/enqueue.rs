@@ -2,6 +2,9 @@
 
 use rusqlite::{OptionalExtension, Transaction};
 
+use super::events;
+use super::finish::TaskEvents;
+use super::json;
 use crate::clock::Millis;
 use crate::error::Result;
 use crate::task::{Enqueued, NewTask};
@@ -11,6 +14,7 @@ pub fn insert_all(
     tx: &Transaction<'_>,
     queue: &str,
     tasks: &[NewTask],
+    task_events: TaskEvents,
     now: Millis,
 ) -> Result<Vec<Enqueued>> {
     let mut find_unique = tx.prepare_cached(
@@ -46,10 +50,13 @@ pub fn insert_all(
             now,
         ))?;
         // No history row: `history` derives the enqueue from created_at.
-        out.push(Enqueued {
-            id: tx.last_insert_rowid(),
-            created: true,
-        });
+        let id = tx.last_insert_rowid();
+        if task_events == TaskEvents::All {
+            let detail = format!(r#"{{"name":{}}}"#, json::string(&task.name));
+            let group = Some(task.resource_group.as_str());
+            events::record_task(tx, queue, group, Some(id), "enqueued", &detail, now)?;
+        }
+        out.push(Enqueued { id, created: true });
     }
     Ok(out)
 }

@@ -6,8 +6,9 @@ use rusqlite::{Connection, Transaction};
 use crate::clock::Millis;
 use crate::error::Result;
 use crate::resource_group::Event;
+use crate::task::TaskId;
 
-/// Appends one event in the caller's transaction.
+/// Appends one event of a group or queue in the caller's transaction.
 pub fn record(
     tx: &Transaction<'_>,
     queue: &str,
@@ -16,14 +17,40 @@ pub fn record(
     detail: &str,
     now: Millis,
 ) -> Result<()> {
+    record_task(tx, queue, group, None, kind, detail, now)
+}
+
+/// Appends one event (of a task when `task_id` is given) in the caller's transaction.
+pub fn record_task(
+    tx: &Transaction<'_>,
+    queue: &str,
+    group: Option<&str>,
+    task_id: Option<TaskId>,
+    kind: &str,
+    detail: &str,
+    now: Millis,
+) -> Result<()> {
     tx.prepare_cached(
-        "INSERT INTO events (at, queue, resource_group, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO events (at, queue, resource_group, task_id, kind, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
-    .execute((now, queue, group, kind, detail))?;
+    .execute((now, queue, group, task_id, kind, detail))?;
     Ok(())
 }
 
-/// Events of `queue` after id `after` (oldest first), optionally of one group only.
+/// Deletes events older than `before`, at most `limit`; returns how many.
+pub fn prune(tx: &Transaction<'_>, before: Millis, limit: usize) -> Result<u64> {
+    let n = tx
+        .prepare_cached(
+            "DELETE FROM events WHERE id IN
+                 (SELECT id FROM events WHERE at < ?1 ORDER BY id LIMIT ?2)",
+        )?
+        .execute((before, limit as i64))?;
+    Ok(n as u64)
+}
+
+/// Events of `queue` after id `after` (oldest first); with `group`, that group's own events
+/// (circuit, throttle, pause), not its tasks'.
 pub fn read(
     conn: &Connection,
     queue: &str,
@@ -31,11 +58,17 @@ pub fn read(
     after: i64,
     limit: usize,
 ) -> Result<Vec<Event>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, at, queue, resource_group, task_id, kind, detail FROM events
-         WHERE queue = ?1 AND (?2 IS NULL OR resource_group = ?2) AND id > ?3
-         ORDER BY id LIMIT ?4",
-    )?;
+    let mut stmt = conn.prepare_cached(match group {
+        None => {
+            "SELECT id, at, queue, resource_group, task_id, kind, detail FROM events
+             WHERE id > ?3 AND queue = ?1 AND ?2 IS NULL ORDER BY id LIMIT ?4"
+        }
+        Some(_) => {
+            "SELECT id, at, queue, resource_group, task_id, kind, detail FROM events
+             WHERE queue = ?1 AND resource_group = ?2 AND task_id IS NULL AND id > ?3
+             ORDER BY id LIMIT ?4"
+        }
+    })?;
     let rows = stmt.query_map((queue, group, after, limit as i64), |r| {
         Ok(Event {
             id: r.get(0)?,

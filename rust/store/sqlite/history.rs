@@ -65,27 +65,6 @@ pub fn record_run_end(
     )
 }
 
-/// Appends the same transition for many tasks in one statement (ids go in as a JSON array).
-pub fn record_many(
-    conn: &Connection,
-    ids: &[TaskId],
-    from: TaskStatus,
-    to: TaskStatus,
-    at: Millis,
-    worker: Option<&str>,
-) -> Result<()> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let json = super::json::ids(ids.iter().copied());
-    conn.prepare_cached(
-        "INSERT INTO task_history (task_id, from_status, to_status, at, worker)
-         SELECT value, ?2, ?3, ?4, ?5 FROM json_each(?1)",
-    )?
-    .execute((json, from.as_str(), to.as_str(), at, worker))?;
-    Ok(())
-}
-
 /// The status of a task in `queue`, or `None` if there is no such task.
 pub fn status_of(conn: &Connection, queue: &str, id: TaskId) -> Result<Option<TaskStatus>> {
     Ok(conn

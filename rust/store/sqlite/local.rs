@@ -13,6 +13,7 @@ use rusqlite::Connection;
 
 use super::group::GroupCommit;
 use super::wakeup::Changes;
+use crate::metrics::Recorder;
 use crate::task::{Enqueued, NewTask};
 
 /// One process's share of a store.
@@ -22,6 +23,8 @@ pub struct Local {
     pub reader: Mutex<Option<Connection>>,
     pub enqueues: GroupCommit<(String, Vec<NewTask>), Vec<Enqueued>>,
     pub changes: Changes,
+    /// This process's counters and histograms (a child starts from zero).
+    pub metrics: Mutex<Recorder>,
 }
 
 impl Local {
@@ -32,6 +35,7 @@ impl Local {
             reader: Mutex::new(None),
             enqueues: GroupCommit::new(),
             changes: Changes::default(),
+            metrics: Mutex::new(Recorder::default()),
         }
     }
 }

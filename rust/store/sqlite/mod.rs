@@ -7,9 +7,11 @@ mod enqueue;
 mod events;
 mod finish;
 mod group;
+pub mod health;
 mod history;
 mod json;
 mod local;
+mod metrics;
 pub mod migrations;
 pub mod open;
 mod resource_groups;
@@ -24,20 +26,26 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 pub use open::{Durability, Options};
 
+pub use self::finish::TaskEvents;
 use self::local::{Local, PerProcess};
 pub use self::resource_groups::CircuitCommand;
+use self::resource_groups::RunEnd;
 pub use self::wakeup::ChangeToken;
 use crate::clock::{Clock, Millis, SystemClock};
 use crate::error::{Error, Result};
+use crate::metrics::Counter;
+use crate::metrics::{Series, SeriesMap};
 use crate::policy::breaker::CircuitState;
 use crate::policy::retention::Retention;
 use crate::resource_group::{self, Event, GroupConfig, GroupInfo};
-use crate::store::{Lease, Store};
+use crate::store::{Lease, ObservabilityRetention, Store};
 use crate::task::{
     ClaimedTask, Enqueued, FailAction, FailureImpact, LeaseToken, NewTask, Outcome, TaskId,
     TaskRecord, TaskStatus, Transition,
 };
 use crate::validate;
+use health::WorkerInfo;
+use std::collections::HashMap;
 
 /// A task store in one SQLite file.
 pub struct SqliteStore {
@@ -218,6 +226,40 @@ impl SqliteStore {
         )
     }
 
+    fn count_enqueued(&self, queue: &str, tasks: &[NewTask], done: &[Enqueued]) {
+        let mut metrics = self.local.get().metrics.lock();
+        for (task, e) in tasks.iter().zip(done) {
+            if e.created {
+                metrics.count(queue, &task.resource_group, Counter::Enqueued, 1);
+            }
+        }
+    }
+
+    /// Counts committed run ends by outcome, and their durations (as the worker measured
+    /// them; from the claim for a completion reported without one).
+    fn record_runs(&self, ends: &[RunEnd], now: Millis) {
+        if ends.is_empty() {
+            return;
+        }
+        let mut metrics = self.local.get().metrics.lock();
+        for e in ends {
+            let counter = match e.status {
+                TaskStatus::Completed => Counter::Completed,
+                TaskStatus::Pending => Counter::Retried,
+                TaskStatus::Dead => Counter::Dead,
+                _ => continue,
+            };
+            metrics.count(&e.queue, &e.group, counter, 1);
+            let run_us = e.run_us.or_else(|| match (e.status, e.started_at) {
+                (TaskStatus::Completed, Some(start)) => Some(ms_to_us(now - start)),
+                _ => None,
+            });
+            if let Some(us) = run_us {
+                metrics.run(&e.queue, &e.group, us);
+            }
+        }
+    }
+
     fn read<T>(&self, f: impl FnOnce(&Connection, Millis) -> Result<T>) -> Result<T> {
         self.with_conn(|l| &l.reader, |conn| f(conn, self.clock.now_ms()))
     }
@@ -231,6 +273,13 @@ fn with_path(err: Error, path: &Path) -> Error {
         },
         other => other,
     }
+}
+
+/// The longest progress message kept (a status line, not a log).
+const PROGRESS_MESSAGE_MAX: usize = 1024;
+
+fn ms_to_us(ms: Millis) -> u64 {
+    (ms.max(0) as u64).saturating_mul(1000)
 }
 
 fn new_token() -> LeaseToken {
@@ -247,19 +296,28 @@ impl Store for SqliteStore {
         // A large batch is its own group; small concurrent enqueues from many threads
         // share one transaction (one fsync), each caller still waiting for its commit.
         if tasks.len() > 64 {
-            return self.write(|tx, now| enqueue::insert_all(tx, queue, tasks, now));
+            let done = self.write(|tx, now| {
+                enqueue::insert_all(tx, queue, tasks, self.options.task_events, now)
+            })?;
+            self.count_enqueued(queue, tasks, &done);
+            return Ok(done);
         }
-        self.local
-            .get()
-            .enqueues
-            .submit((queue.to_string(), tasks.to_vec()), |requests| {
-                self.write(|tx, now| {
-                    requests
-                        .iter()
-                        .map(|(queue, tasks)| enqueue::insert_all(tx, queue, tasks, now))
-                        .collect()
-                })
-            })
+        let done =
+            self.local
+                .get()
+                .enqueues
+                .submit((queue.to_string(), tasks.to_vec()), |requests| {
+                    self.write(|tx, now| {
+                        requests
+                            .iter()
+                            .map(|(queue, tasks)| {
+                                enqueue::insert_all(tx, queue, tasks, self.options.task_events, now)
+                            })
+                            .collect()
+                    })
+                })?;
+        self.count_enqueued(queue, tasks, &done);
+        Ok(done)
     }
 
     fn claim(
@@ -274,12 +332,27 @@ impl Store for SqliteStore {
         }
         validate::name("worker", worker)?;
         let token = new_token();
-        self.write(|tx, now| claim::claim(tx, queue, worker, limit, now, now + lease_ms, token))
+        let events = self.options.task_events;
+        let (tasks, now) = self.write(|tx, now| {
+            let tasks = claim::claim(tx, queue, worker, limit, now, now + lease_ms, token, events)?;
+            Ok((tasks, now))
+        })?;
+        let mut metrics = self.local.get().metrics.lock();
+        for t in &tasks {
+            metrics.count(queue, &t.resource_group, Counter::Started, 1);
+            let due = t.run_at.max(t.created_at);
+            metrics.wait(queue, &t.resource_group, ms_to_us(now - due));
+        }
+        Ok(tasks)
     }
 
     fn complete(&self, id: TaskId, token: LeaseToken, result: &[u8]) -> Result<()> {
         validate::size("result", result.len(), self.options.max_payload)?;
-        self.write(|tx, now| finish::complete(tx, id, token, result, now))
+        let events = self.options.task_events;
+        let (end, now) =
+            self.write(|tx, now| Ok((finish::complete(tx, id, token, result, events, now)?, now)))?;
+        self.record_runs(std::slice::from_ref(&end), now);
+        Ok(())
     }
 
     fn fail(
@@ -289,9 +362,15 @@ impl Store for SqliteStore {
         error: &str,
         action: FailAction,
     ) -> Result<TaskStatus> {
-        self.write(|tx, now| {
-            finish::fail(tx, id, token, error, action, FailureImpact::default(), now)
-        })
+        let (end, now) = self.write(|tx, now| {
+            let impact = FailureImpact::default();
+            Ok((
+                finish::fail(tx, id, token, error, action, impact, None, now)?,
+                now,
+            ))
+        })?;
+        self.record_runs(std::slice::from_ref(&end), now);
+        Ok(end.status)
     }
 
     fn finish_many(&self, outcomes: &[Outcome]) -> Result<Vec<Result<TaskStatus>>> {
@@ -303,7 +382,13 @@ impl Store for SqliteStore {
         if outcomes.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(|tx, now| finish::finish_many(tx, outcomes, now))
+        let events = self.options.task_events;
+        let (answers, ends, now) = self.write(|tx, now| {
+            let (answers, ends) = finish::finish_many(tx, outcomes, events, now)?;
+            Ok((answers, ends, now))
+        })?;
+        self.record_runs(&ends, now);
+        Ok(answers)
     }
 
     fn heartbeat(&self, leases: &[Lease], lease_ms: Millis) -> Result<Vec<bool>> {
@@ -313,13 +398,22 @@ impl Store for SqliteStore {
         self.write(|tx, now| finish::heartbeat(tx, leases, now, now + lease_ms))
     }
 
-    fn progress(&self, id: TaskId, token: LeaseToken, progress: f64) -> Result<()> {
+    fn progress(
+        &self,
+        id: TaskId,
+        token: LeaseToken,
+        progress: f64,
+        message: Option<&str>,
+    ) -> Result<()> {
         if !(0.0..=1.0).contains(&progress) {
             return Err(Error::InvalidArgument(format!(
                 "progress must be between 0.0 and 1.0, got {progress}"
             )));
         }
-        self.write(|tx, now| finish::progress(tx, id, token, progress, now))
+        if let Some(m) = message {
+            validate::size("progress message", m.len(), PROGRESS_MESSAGE_MAX)?;
+        }
+        self.write(|tx, now| finish::progress(tx, id, token, progress, message, now))
     }
 
     fn release(&self, id: TaskId, token: LeaseToken) -> Result<()> {
@@ -327,7 +421,9 @@ impl Store for SqliteStore {
     }
 
     fn rescue_expired(&self, queue: &str) -> Result<Vec<(TaskId, TaskStatus)>> {
-        self.write(|tx, now| finish::rescue(tx, queue, now))
+        let (ends, now) = self.write(|tx, now| Ok((finish::rescue(tx, queue, now)?, now)))?;
+        self.record_runs(&ends, now);
+        Ok(ends.iter().map(|e| (e.task_id, e.status)).collect())
     }
 
     fn get(&self, queue: &str, id: TaskId) -> Result<TaskRecord> {
@@ -335,7 +431,13 @@ impl Store for SqliteStore {
     }
 
     fn cancel(&self, queue: &str, id: TaskId) -> Result<()> {
-        self.write(|tx, now| admin::cancel(tx, queue, id, now))
+        let group = self.write(|tx, now| admin::cancel(tx, queue, id, now))?;
+        self.local
+            .get()
+            .metrics
+            .lock()
+            .count(queue, &group, Counter::Cancelled, 1);
+        Ok(())
     }
 
     fn requeue(&self, queue: &str, id: TaskId) -> Result<()> {
@@ -451,5 +553,70 @@ impl Store for SqliteStore {
                 return Ok(total);
             }
         }
+    }
+
+    fn flush_metrics(&self) -> Result<()> {
+        let recorder = &self.local.get().metrics;
+        let taken = recorder.lock().take_interval();
+        if taken.is_empty() {
+            return Ok(());
+        }
+        match self.write(|tx, now| metrics::flush(tx, &taken, now)) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // Kept for the next flush: a busy or full disk must not lose figures.
+                recorder.lock().restore_interval(taken);
+                Err(e)
+            }
+        }
+    }
+
+    fn metrics(
+        &self,
+        queue: &str,
+        since: Millis,
+        raw_keep_ms: Millis,
+    ) -> Result<HashMap<String, Series>> {
+        self.read(|conn, now| metrics::read(conn, queue, since, now, raw_keep_ms))
+    }
+
+    fn metrics_totals(&self) -> SeriesMap {
+        self.local.get().metrics.lock().totals().clone()
+    }
+
+    fn prune_observability(&self, keep: &ObservabilityRetention) -> Result<u64> {
+        let mut total = self.write(|tx, now| health::prune_workers(tx, now, keep.workers_ms))?;
+        // Small transactions, like task pruning.
+        loop {
+            let n = self.write(|tx, now| {
+                Ok(events::prune(tx, now - keep.events_ms, 1000)?
+                    + metrics::prune(tx, now, keep.raw_metrics_ms, keep.hourly_metrics_ms, 1000)?)
+            })?;
+            total += n;
+            if n == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    fn worker_seen(&self, worker: &WorkerInfo) -> Result<()> {
+        validate::name("worker", &worker.id)?;
+        self.write(|tx, now| health::worker_seen(tx, worker, now))
+    }
+
+    fn worker_stopped(&self, id: &str) -> Result<()> {
+        self.write(|tx, now| health::worker_stopped(tx, id, now))
+    }
+
+    fn workers(&self, queue: &str) -> Result<Vec<WorkerInfo>> {
+        self.read(|conn, _| health::workers(conn, queue))
+    }
+
+    fn oldest_due(&self, queue: &str) -> Result<Option<Millis>> {
+        self.read(|conn, now| health::oldest_due(conn, queue, now))
+    }
+
+    fn dead_since(&self, queue: &str, since: Millis) -> Result<u64> {
+        self.read(|conn, _| health::dead_since(conn, queue, since))
     }
 }

@@ -52,6 +52,8 @@ pub struct Options {
     pub busy_timeout: Duration,
     /// Largest accepted payload or result, in bytes.
     pub max_payload: usize,
+    /// Which task transitions are written to the events table.
+    pub task_events: super::TaskEvents,
 }
 
 impl Default for Options {
@@ -60,6 +62,7 @@ impl Default for Options {
             durability: Durability::Full,
             busy_timeout: Duration::from_secs(30),
             max_payload: crate::validate::DEFAULT_MAX_PAYLOAD,
+            task_events: super::TaskEvents::Failures,
         }
     }
 }

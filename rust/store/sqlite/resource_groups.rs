@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::policy::breaker::{BreakerConfig, BreakerState, Change, CircuitState};
 use crate::policy::throttle::{self, Adaptive, Sample, ThrottleConfig};
 use crate::resource_group::{GroupConfig, GroupInfo};
+use crate::task::{TaskId, TaskStatus};
 
 /// A group's row with its breaker state, as loaded for one transaction.
 #[derive(Debug, Clone)]
@@ -266,13 +267,40 @@ impl Group {
     }
 }
 
-/// What the finish path reports about one run, for the group's breaker and throttle.
+/// What the finish path reports about one run: for the group's breaker and throttle, the
+/// task events and the metrics.
 #[derive(Debug, Clone)]
 pub struct RunEnd {
+    pub task_id: TaskId,
+    /// The task's status after the run: completed, pending (a retry) or dead.
+    pub status: TaskStatus,
     pub queue: String,
     pub group: String,
     pub started_at: Option<Millis>,
     pub kind: RunEndKind,
+    /// How long the processor ran, as the worker measured it.
+    pub run_us: Option<u64>,
+}
+
+impl RunEnd {
+    /// Appends an event of this run's task.
+    pub fn record_event(
+        &self,
+        tx: &Transaction<'_>,
+        kind: &str,
+        detail: &str,
+        now: Millis,
+    ) -> Result<()> {
+        events::record_task(
+            tx,
+            &self.queue,
+            Some(&self.group),
+            Some(self.task_id),
+            kind,
+            detail,
+            now,
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -1,5 +1,5 @@
--- ferroq schema 2: resource groups (pause, throttle, circuit breaker), paused queues, events;
--- leaner claim indexes.
+-- ferroq schema 2: resource groups (pause, throttle, circuit breaker), paused queues, events,
+-- workers, metrics keys, progress messages; leaner claim indexes.
 
 -- The claim filters on the group inside the index (restricted groups are skipped without
 -- reading their rows).
@@ -67,4 +67,26 @@ CREATE TABLE events (
     kind           TEXT    NOT NULL,
     detail         TEXT
 );
-CREATE INDEX events_by_group ON events (queue, resource_group, id);
+-- A group's own events (its circuit's transitions...) without walking task events.
+CREATE INDEX events_by_group ON events (queue, resource_group, id) WHERE task_id IS NULL;
+
+-- What a processor said with its progress (ctx.progress(0.4, "resizing")).
+ALTER TABLE tasks ADD COLUMN progress_message TEXT;
+
+-- Worker processes, for health: each renews last_seen while it runs.
+CREATE TABLE workers (
+    id          TEXT    PRIMARY KEY,
+    queue       TEXT    NOT NULL,
+    hostname    TEXT    NOT NULL,
+    pid         INTEGER NOT NULL,
+    concurrency INTEGER NOT NULL,
+    pool        TEXT    NOT NULL,
+    started_at  INTEGER NOT NULL,
+    last_seen   INTEGER NOT NULL,
+    stopped_at  INTEGER
+) WITHOUT ROWID;
+
+-- One row per (queue, name, resolution, interval, group): every worker adds its interval
+-- into the same row, so a reader sums over time only.
+DROP INDEX metrics_time;
+CREATE UNIQUE INDEX metrics_key ON metrics (queue, name, bucket_ms, bucket_start, resource_group);

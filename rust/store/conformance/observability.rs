@@ -1,0 +1,193 @@
+//! Metrics, task events, worker registrations and their retention.
+
+use super::{LEASE, Q, fixture, task};
+use crate::metrics::Counter;
+use crate::store::{ObservabilityRetention, Store, WorkerInfo};
+use crate::task::{FailAction, Outcome};
+
+#[test]
+fn metrics_count_every_outcome_and_keep_run_times() {
+    let f = fixture();
+    f.store
+        .enqueue(Q, &[task("a", 0), task("b", 0), task("c", 0)])
+        .unwrap();
+    f.clock.advance(250);
+    let t = f.store.claim(Q, "w", 3, LEASE).unwrap();
+    let outcomes: Vec<Outcome> = t
+        .iter()
+        .enumerate()
+        .map(|(i, t)| match i {
+            2 => Outcome::Failed {
+                id: t.id,
+                token: t.token,
+                error: "{}".into(),
+                action: FailAction::Retry { delay_ms: 0 },
+                impact: Default::default(),
+                run_us: Some(9_000),
+            },
+            _ => Outcome::Completed {
+                id: t.id,
+                token: t.token,
+                result: b"null".to_vec(),
+                run_us: Some(1_000 * (i as u64 + 1)),
+            },
+        })
+        .collect();
+    f.store.finish_many(&outcomes).unwrap();
+    let since = f.store.now_ms() - 60_000;
+    assert!(
+        f.store.metrics(Q, since, 86_400_000).unwrap().is_empty(),
+        "not flushed yet"
+    );
+    f.store.flush_metrics().unwrap();
+    f.store.flush_metrics().unwrap(); // nothing new: adds nothing
+    let by_group = f.store.metrics(Q, since, 86_400_000).unwrap();
+    let s = &by_group["default"];
+    let counts: Vec<u64> = [
+        Counter::Enqueued,
+        Counter::Started,
+        Counter::Completed,
+        Counter::Retried,
+    ]
+    .into_iter()
+    .map(|c| s.count(c))
+    .collect();
+    assert_eq!(counts, [3, 3, 2, 1]);
+    assert_eq!(s.wait.count(), 3);
+    let wait = s.wait.quantile_us(0.5) as f64;
+    assert!(
+        (wait - 250_000.0).abs() < 250_000.0 * 0.03,
+        "due to claim: {wait} µs"
+    );
+    assert_eq!(s.run.count(), 3);
+    assert_eq!(s.run.max_us(), 9_000);
+    // Hours hold the same figures, for windows past the raw retention.
+    let hours = f.store.metrics(Q, since, 1).unwrap();
+    assert_eq!(hours["default"].count(Counter::Completed), 2);
+    assert_eq!(
+        f.store.metrics_totals()[Q]["default"].count(Counter::Enqueued),
+        3
+    );
+}
+
+#[test]
+fn failures_progress_and_cancels_are_events() {
+    let f = fixture();
+    let e = f.store.enqueue(Q, &[task("a", 0), task("b", 0)]).unwrap();
+    f.store.cancel(Q, e[1].id).unwrap();
+    let t = f.store.claim(Q, "w", 1, LEASE).unwrap().remove(0);
+    f.store
+        .progress(t.id, t.token, 0.4, Some("resizing"))
+        .unwrap();
+    f.store
+        .fail(t.id, t.token, r#"{"type":"E"}"#, FailAction::Dead)
+        .unwrap();
+    let events = f.store.events(Q, None, 0, 100).unwrap();
+    let kinds: Vec<(&str, Option<i64>)> = events
+        .iter()
+        .map(|e| (e.kind.as_str(), e.task_id))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("cancelled", Some(e[1].id)),
+            ("progress", Some(t.id)),
+            ("failed", Some(t.id)),
+            ("dead", Some(t.id)),
+        ]
+    );
+    assert!(
+        events[1]
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains(r#""message":"resizing""#)
+    );
+    assert_eq!(f.store.get(Q, t.id).unwrap().progress, Some(0.4));
+    let after = f.store.events(Q, None, events[1].id, 100).unwrap();
+    assert_eq!(after.len(), 2, "a cursor resumes after the last id seen");
+}
+
+#[test]
+fn workers_register_renew_and_expire() {
+    let f = fixture();
+    let w = WorkerInfo {
+        id: "host:1:ab".into(),
+        queue: Q.into(),
+        hostname: "host".into(),
+        pid: 1,
+        concurrency: 8,
+        pool: "thread".into(),
+        started_at: 0,
+        last_seen: 0,
+        stopped_at: None,
+    };
+    f.store.worker_seen(&w).unwrap();
+    f.clock.advance(5_000);
+    f.store.worker_seen(&w).unwrap();
+    let seen = f.store.workers(Q).unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].last_seen - seen[0].started_at, 5_000);
+    f.store.worker_stopped(&w.id).unwrap();
+    assert!(f.store.workers(Q).unwrap()[0].stopped_at.is_some());
+    f.clock.advance(2 * 86_400_000);
+    assert!(
+        f.store
+            .prune_observability(&ObservabilityRetention::default())
+            .unwrap()
+            >= 1
+    );
+    assert!(f.store.workers(Q).unwrap().is_empty());
+}
+
+#[test]
+fn retention_prunes_old_events_and_metrics() {
+    let f = fixture();
+    let e = f.store.enqueue(Q, &[task("a", 0)]).unwrap();
+    f.store.cancel(Q, e[0].id).unwrap();
+    f.store.flush_metrics().unwrap();
+    let keep = ObservabilityRetention::default();
+    assert_eq!(f.store.prune_observability(&keep).unwrap(), 0, "all fresh");
+    f.clock.advance(keep.raw_metrics_ms + 20_000);
+    let since = f.store.now_ms() - keep.raw_metrics_ms - 60_000;
+    let hourly_before = f
+        .store
+        .metrics(Q, since - 86_400_000, keep.raw_metrics_ms)
+        .unwrap();
+    assert!(
+        f.store.prune_observability(&keep).unwrap() >= 2,
+        "raw intervals went"
+    );
+    assert_eq!(
+        f.store.events(Q, None, 0, 10).unwrap().len(),
+        1,
+        "events stay a week"
+    );
+    let hourly = f
+        .store
+        .metrics(Q, since - 86_400_000, keep.raw_metrics_ms)
+        .unwrap();
+    assert_eq!(hourly, hourly_before, "hours stay a month");
+    f.clock.advance(keep.hourly_metrics_ms);
+    f.store.prune_observability(&keep).unwrap();
+    assert!(f.store.events(Q, None, 0, 10).unwrap().is_empty());
+    assert!(
+        f.store
+            .metrics(Q, 0, keep.raw_metrics_ms)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn health_figures() {
+    let f = fixture();
+    f.store.enqueue(Q, &[task("a", 0), task("b", 0)]).unwrap();
+    let enqueued_at = f.store.now_ms();
+    f.clock.advance(1_000);
+    assert_eq!(f.store.oldest_due(Q).unwrap(), Some(enqueued_at));
+    let t = f.store.claim(Q, "w", 1, LEASE).unwrap().remove(0);
+    f.store.fail(t.id, t.token, "{}", FailAction::Dead).unwrap();
+    assert_eq!(f.store.dead_since(Q, enqueued_at).unwrap(), 1);
+    assert_eq!(f.store.dead_since(Q, f.store.now_ms() + 1).unwrap(), 0);
+}

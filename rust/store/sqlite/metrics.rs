@@ -1,0 +1,166 @@
+//! The `metrics` table: each worker adds what it recorded since its last flush into the
+//! row of the current 10-second interval and of the current hour (every writer adds into
+//! the same rows: one row per queue, group, metric and interval), so readers only sum over
+//! time. Raw intervals are kept a day, hours a month (defaults; see `prune`).
+
+use std::collections::HashMap;
+
+use rusqlite::{Connection, OptionalExtension, Transaction};
+
+use crate::clock::Millis;
+use crate::error::Result;
+use crate::metrics::{Counter, Histogram, Series, SeriesMap};
+
+/// The raw resolution.
+pub const INTERVAL_MS: Millis = 10_000;
+/// The rolled-up resolution.
+pub const HOUR_MS: Millis = 3_600_000;
+
+const WAIT: &str = "wait";
+const RUN: &str = "run";
+
+/// Adds `taken` into the current interval's and hour's rows.
+pub fn flush(tx: &Transaction<'_>, taken: &SeriesMap, now: Millis) -> Result<()> {
+    for bucket_ms in [INTERVAL_MS, HOUR_MS] {
+        let start = now - now.rem_euclid(bucket_ms);
+        for (queue, groups) in taken {
+            for (group, series) in groups {
+                for counter in Counter::ALL {
+                    let n = series.count(counter);
+                    if n > 0 {
+                        add(
+                            tx,
+                            queue,
+                            group,
+                            counter.as_str(),
+                            bucket_ms,
+                            start,
+                            n as f64,
+                            None,
+                        )?;
+                    }
+                }
+                for (name, h) in [(WAIT, &series.wait), (RUN, &series.run)] {
+                    if !h.is_empty() {
+                        add(
+                            tx,
+                            queue,
+                            group,
+                            name,
+                            bucket_ms,
+                            start,
+                            h.count() as f64,
+                            Some(h),
+                        )?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn add(
+    tx: &Transaction<'_>,
+    queue: &str,
+    group: &str,
+    name: &str,
+    bucket_ms: Millis,
+    start: Millis,
+    value: f64,
+    histogram: Option<&Histogram>,
+) -> Result<()> {
+    let merged = match histogram {
+        None => None,
+        Some(h) => {
+            let stored: Option<Option<Vec<u8>>> = tx
+                .prepare_cached(
+                    "SELECT histogram FROM metrics WHERE queue = ?1 AND name = ?2
+                     AND bucket_ms = ?3 AND bucket_start = ?4 AND resource_group = ?5",
+                )?
+                .query_row((queue, name, bucket_ms, start, group), |r| r.get(0))
+                .optional()?;
+            let mut sum = stored
+                .flatten()
+                .and_then(|b| Histogram::from_bytes(&b))
+                .unwrap_or_default();
+            sum.merge(h);
+            Some(sum.to_bytes())
+        }
+    };
+    tx.prepare_cached(
+        "INSERT INTO metrics (bucket_start, bucket_ms, queue, resource_group, name, value, histogram)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (queue, name, bucket_ms, bucket_start, resource_group)
+         DO UPDATE SET value = value + excluded.value, histogram = excluded.histogram",
+    )?
+    .execute((start, bucket_ms, queue, group, name, value, merged))?;
+    Ok(())
+}
+
+/// Sums per group over `[since, now]`: from the raw rows when the window is within a day,
+/// else from the hourly rows (whole hours: the window is widened to the hour it starts in).
+pub fn read(
+    conn: &Connection,
+    queue: &str,
+    since: Millis,
+    now: Millis,
+    raw_keep_ms: Millis,
+) -> Result<HashMap<String, Series>> {
+    let bucket_ms = if now - since <= raw_keep_ms {
+        INTERVAL_MS
+    } else {
+        HOUR_MS
+    };
+    let from = since - since.rem_euclid(bucket_ms);
+    let mut stmt = conn.prepare_cached(
+        "SELECT resource_group, name, value, histogram FROM metrics
+         WHERE queue = ?1 AND bucket_ms = ?2 AND bucket_start >= ?3",
+    )?;
+    let mut rows = stmt.query((queue, bucket_ms, from))?;
+    let mut out: HashMap<String, Series> = HashMap::new();
+    while let Some(r) = rows.next()? {
+        let group: String = r.get(0)?;
+        let name: String = r.get(1)?;
+        let value: f64 = r.get(2)?;
+        let blob: Option<Vec<u8>> = r.get(3)?;
+        let series = out.entry(group).or_default();
+        if let Some(counter) = Counter::parse(&name) {
+            series.counts[counter as usize] += value as u64;
+        } else if let Some(h) = blob.as_deref().and_then(Histogram::from_bytes) {
+            match name.as_str() {
+                WAIT => series.wait.merge(&h),
+                RUN => series.run.merge(&h),
+                _ => {}
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes raw rows older than `raw_keep_ms` and hourly rows older than `hour_keep_ms`, at
+/// most `limit` at a time; returns how many.
+pub fn prune(
+    tx: &Transaction<'_>,
+    now: Millis,
+    raw_keep_ms: Millis,
+    hour_keep_ms: Millis,
+    limit: usize,
+) -> Result<u64> {
+    let n = tx
+        .prepare_cached(
+            "DELETE FROM metrics WHERE id IN (
+                 SELECT id FROM metrics
+                 WHERE (bucket_ms = ?1 AND bucket_start < ?2) OR (bucket_ms = ?3 AND bucket_start < ?4)
+                 LIMIT ?5)",
+        )?
+        .execute((
+            INTERVAL_MS,
+            now - raw_keep_ms,
+            HOUR_MS,
+            now - hour_keep_ms,
+            limit as i64,
+        ))?;
+    Ok(n as u64)
+}
