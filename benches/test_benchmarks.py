@@ -61,7 +61,7 @@ def test_claim_and_ack(benchmark: Any, tmp_path: Path, batch: int) -> None:
 
     def round_() -> None:
         rows = store.claim(q.name, "bench", batch, 30_000)
-        store.finish_many([(r[0], r[1], b"null", None, None, False, None) for r in rows])
+        store.finish_many([(r[0], r[1], b"null", None, None, False, None, None) for r in rows])
 
     benchmark(round_)
 

@@ -38,6 +38,7 @@ from .errors import (
     ValidationError,
 )
 from .groups import Circuit, Event, GroupState, ResourceGroup
+from .observe import GroupMetrics, Health, HealthCheck, Observability, Percentiles, Subscription, WorkerState
 from .info import STATUSES, TaskError, TaskInfo, Transition
 from .policies import CircuitBreaker, PriorityAging, Retention, RetryPolicy, Throttle
 from .queue import Queue
@@ -63,16 +64,21 @@ __all__ = [
     "Event",
     "Fail",
     "FerroqError",
+    "GroupMetrics",
     "GroupState",
+    "Health",
+    "HealthCheck",
     "InfrastructureError",
     "InvalidArgument",
     "InvalidTransition",
     "JsonSerializer",
     "LeaseLost",
+    "Observability",
     "PRIORITY_MAX",
     "PRIORITY_MIN",
     "PayloadError",
     "PayloadTooLarge",
+    "Percentiles",
     "PriorityAging",
     "ProcessCrashed",
     "Queue",
@@ -86,6 +92,7 @@ __all__ = [
     "SchemaTooNew",
     "Serializer",
     "StorageError",
+    "Subscription",
     "Task",
     "TaskBase",
     "TaskCall",
@@ -104,6 +111,7 @@ __all__ = [
     "UnknownTaskName",
     "ValidationError",
     "Worker",
+    "WorkerState",
     "WorkerStats",
     "current_task",
     "__version__",

@@ -36,7 +36,7 @@ class Store:
 
     def __new__(
         cls, path: str | PathLike[str], *, durability: str = "full", busy_timeout: float = 30.0,
-        max_payload: int = ...,
+        max_payload: int = ..., task_events: str = "failures",
     ) -> Store: ...
     @property
     def path(self) -> str:
@@ -68,15 +68,15 @@ class Store:
     def fail(self, id: int, token: int, error: str, retry_delay_ms: int | None) -> str:
         """running -> pending (retry) or dead; returns the new status."""
     def finish_many(
-        self, outcomes: list[tuple[int, int, bytes | None, str | None, int | None, bool, int | None]]
+        self, outcomes: list[tuple[int, int, bytes | None, str | None, int | None, bool, int | None, int | None]]
     ) -> list[str | None]:
         """Records outcomes (id, token, result, error, retry_delay_ms, counts_toward_breaker,
-        group_hold_ms) in one transaction; per outcome the new status, or None if the lease
+        group_hold_ms, run_us) in one transaction; per outcome the new status, or None if the lease
         was lost."""
     def heartbeat(self, leases: list[tuple[int, int]], lease_ms: int) -> list[bool]:
         """Extends leases; whether each was still held."""
-    def progress(self, id: int, token: int, progress: float) -> None:
-        """Stores progress (0..1) of a running task."""
+    def progress(self, id: int, token: int, progress: float, message: str | None = None) -> None:
+        """Stores progress (0..1) and a message on a running task; a "progress" event."""
     def release(self, id: int, token: int) -> None:
         """running -> pending, giving the attempt back."""
     def rescue(self, queue: str) -> list[tuple[int, str]]:
@@ -134,3 +134,26 @@ class Store:
         """Earliest future time (ms) a group held by time may start a task again."""
     def age_priorities(self, queue: str, every_ms: int, step: int, max: int) -> int:
         """Raises the priority of pending tasks that waited; how many."""
+    def last_event_id(self) -> int:
+        """The newest event's id (0 if none)."""
+    def flush_metrics(self) -> None:
+        """Adds this process's figures since the last flush into the metrics table."""
+    def metrics(self, queue: str, since_ms: int, raw_keep_ms: int) -> dict[str, dict[str, Any]]:
+        """{group: {counter: n, "wait"/"run": (count, sum_us, max_us, p50_us, p95_us, p99_us)}}."""
+    def metrics_totals(
+        self, bounds_us: list[int]
+    ) -> list[tuple[str, str, dict[str, int], tuple[int, int, list[int]], tuple[int, int, list[int]]]]:
+        """This process's totals: (queue, group, counters, wait buckets, run buckets)."""
+    def prune_observability(self, events_ms: int, raw_metrics_ms: int, hourly_metrics_ms: int,
+                            workers_ms: int) -> int:
+        """Deletes events, metrics and worker rows past their ages; how many."""
+    def worker_seen(self, id: str, queue: str, hostname: str, pid: int, concurrency: int, pool: str) -> None:
+        """Registers or renews a worker."""
+    def worker_stopped(self, id: str) -> None:
+        """Marks a worker stopped."""
+    def workers(self, queue: str) -> list[dict[str, Any]]:
+        """Registered workers, most recently seen first."""
+    def oldest_due(self, queue: str) -> int | None:
+        """When (ms) the longest-waiting due task became due."""
+    def dead_since(self, queue: str, since_ms: int) -> int:
+        """Tasks that went dead since since_ms."""

@@ -222,7 +222,7 @@ def _claim_ack_rate(q: ferroq.Queue, tasks: int, batch: int = 100) -> float:
     t = time.perf_counter()
     while done < tasks:
         rows = store.claim(q.name, "bench", batch, 30_000)
-        store.finish_many([(r[0], r[1], b"null", None, None, False, None) for r in rows])
+        store.finish_many([(r[0], r[1], b"null", None, None, False, None, None) for r in rows])
         done += len(rows)
     return done / (time.perf_counter() - t)
 

@@ -46,10 +46,13 @@ class TaskContext:
         return datetime.fromtimestamp(self._created_ms / 1000, tz=timezone.utc)
 
     def progress(self, fraction: float, message: str | None = None) -> None:
-        """Stores progress (0.0 to 1.0) on the task. Raises ``LeaseLost`` if the run was taken over."""
+        """Stores progress (0.0 to 1.0) and an optional short message on the task, and records
+        a ``progress`` event. Raises ``LeaseLost`` if the run was taken over."""
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
             raise InvalidArgument(f"progress must be a number between 0 and 1, got {fraction!r}")
-        self.worker.queue._store.progress(self.id, self.token, float(fraction))
+        if message is not None and not isinstance(message, str):
+            raise InvalidArgument(f"progress message must be a str, got {message!r}")
+        self.worker.queue._store.progress(self.id, self.token, float(fraction), message)
 
     def heartbeat(self) -> None:
         """Extends the lease now (the worker also does so on its own while the processor runs)."""

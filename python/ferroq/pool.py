@@ -157,7 +157,9 @@ class _ChildContext(TaskContext):
     def progress(self, fraction: float, message: str | None = None) -> None:
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
             raise InvalidArgument(f"progress must be a number between 0 and 1, got {fraction!r}")
-        self._ask("progress", float(fraction))
+        if message is not None and not isinstance(message, str):
+            raise InvalidArgument(f"progress message must be a str, got {message!r}")
+        self._ask("progress", float(fraction), message)
 
     def heartbeat(self) -> None:
         self._ask("heartbeat")
@@ -394,6 +396,7 @@ class Slot:
         assert task is not None
         c = run.ctx
         fields: _Fields = (c.id, c.name, c.resource_group, c.attempt, c.max_attempts, c._created_ms)
+        run.started = time.perf_counter()
         reply = self._call(("run", _reference(task), run.payload, fields), [run], task.options.timeout)
         if isinstance(reply, BaseException):
             return w._settled_failure(run, reply, None)
@@ -415,6 +418,9 @@ class Slot:
         if not runs:
             return []
         task = batch.task
+        started = time.perf_counter()
+        for run in runs:
+            run.started = started
         reply = self._call(("batch", _reference(task), [r.payload for r in runs], None), runs, task.options.timeout)
         outcomes: list[_Outcome | None]
         if isinstance(reply, BaseException):
@@ -495,7 +501,7 @@ class Slot:
         ctx = run.ctx
         try:
             if request[0] == "progress":
-                self.worker.queue._store.progress(ctx.id, ctx.token, request[1])
+                self.worker.queue._store.progress(ctx.id, ctx.token, request[1], request[2])
                 value: Any = None
             elif request[0] == "heartbeat":
                 self.worker._heartbeat([ctx])

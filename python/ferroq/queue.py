@@ -11,6 +11,7 @@ from . import _checks, _core
 from .errors import CorruptDatabase, InvalidArgument, UnknownTaskName
 from .groups import Circuit, Event, GroupState, ResourceGroup, group_name
 from .info import STATUSES, TaskError, TaskInfo, Transition, from_ms
+from .observe import Observability, Observable
 from .policies import CircuitBreaker, PriorityAging, Retention, RetryPolicy, Throttle
 from .serializers import JsonSerializer, Serializer
 from .task import AsyncTask, BatchTask, Task, TaskBase, TaskCall, TaskHandle, TaskOptions
@@ -71,7 +72,7 @@ class _Unset:
 _UNSET = _Unset()
 
 
-class Queue:
+class Queue(Observable):
     """A durable task queue stored in the SQLite file at ``path`` (created, mode 0600, if missing).
 
     ``durability="full"`` (default) makes every enqueue and completion survive power loss
@@ -90,6 +91,8 @@ class Queue:
         max_payload: int = _core.DEFAULT_MAX_PAYLOAD,
         busy_timeout: float = 30.0,
         serializer: Serializer | None = None,
+        events: str = "failures",
+        observability: Observability | None = None,
     ) -> None:
         _core.check_name("queue", _checks.text("queue name", name))
         if durability not in ("full", "normal"):
@@ -98,15 +101,24 @@ class Queue:
         _checks.seconds("busy_timeout", busy_timeout)
         if retention is not None and not isinstance(retention, Retention):
             raise InvalidArgument(f"retention must be a ferroq.Retention, got {retention!r}")
+        if events not in ("failures", "all"):
+            raise InvalidArgument(f'events must be "failures" or "all", got {events!r}')
+        if observability is not None and not isinstance(observability, Observability):
+            raise InvalidArgument(f"observability must be a ferroq.Observability, got {observability!r}")
         if priority_aging is not None and not isinstance(priority_aging, PriorityAging):
             raise InvalidArgument(f"priority_aging must be a ferroq.PriorityAging, got {priority_aging!r}")
         self.name = name
         self.durability = durability
         self.retention = retention
         self.priority_aging = priority_aging
+        #: Which task transitions become rows of the events table: "failures" (failed,
+        #: retried, dead, cancelled, progress) or "all" (also enqueued, started, completed).
+        self.task_events = events
+        self.observability = observability or Observability()
         self.serializer: Serializer = serializer or JsonSerializer()
         self._store = _core.Store(
-            os.fspath(path), durability=durability, busy_timeout=busy_timeout, max_payload=max_payload
+            os.fspath(path), durability=durability, busy_timeout=busy_timeout, max_payload=max_payload,
+            task_events=events,
         )
         _open_stores.add(self._store)
         self._tasks: dict[str, TaskBase[Any, Any]] = {}

@@ -50,6 +50,14 @@ log = logging.getLogger("ferroq.worker")
 _FATAL_STORAGE = (CorruptDatabase, DatabasePathError, SchemaTooNew)
 _DEFAULT_POLICY = RetryPolicy()
 _DEFAULT_BREAKER = CircuitBreaker()
+#: How often a worker renews its registration, and flushes its metrics to the file.
+WORKER_SEEN_INTERVAL = 2.0
+METRICS_INTERVAL = 10.0
+
+
+def _stop_clock(run: _Run) -> None:
+    if run.started is not None and run.run_us is None:
+        run.run_us = int((time.perf_counter() - run.started) * 1_000_000)
 
 
 def _matches(exc: BaseException, classes: tuple[type[BaseException], ...]) -> bool:
@@ -82,13 +90,16 @@ def _describe(exc: BaseException | None) -> str:
 class _Run:
     """One claimed task in this worker, from claim until its outcome is committed."""
 
-    __slots__ = ("ctx", "task", "payload", "deadline", "_settle")
+    __slots__ = ("ctx", "task", "payload", "deadline", "started", "run_us", "_settle")
 
     def __init__(self, ctx: TaskContext, task: TaskBase[Any, Any] | None, payload: bytes) -> None:
         self.ctx = ctx
         self.task = task
         self.payload = payload
         self.deadline: float | None = None
+        #: perf_counter() when its processor started, and how long it ran (for metrics).
+        self.started: float | None = None
+        self.run_us: int | None = None
         self._settle = threading.Lock()
 
     def settle(self) -> bool:
@@ -259,6 +270,7 @@ class Worker:
             self._stop_loop()
             self._restore_signals(previous)
             self._running = False
+            self._unregister()
             log.info("worker %s stopped: %s", self.id, self.stats)
         return self.stats
 
@@ -445,6 +457,7 @@ class Worker:
         reset = _current.set(run.ctx)
         try:
             data = self.queue.serializer.loads(run.payload)
+            run.started = time.perf_counter()
             result = run.task.fn(*data["args"], **data["kwargs"])
         except BaseException as exc:  # noqa: BLE001 - a processor's failure is data, not a crash
             return self._settled_failure(run, exc, traceback.format_exc())
@@ -463,6 +476,9 @@ class Worker:
             for run in runs:
                 data = self.queue.serializer.loads(run.payload)
                 items.append(data["args"][0] if data["args"] else data["kwargs"]["item"])
+            started = time.perf_counter()
+            for run in runs:
+                run.started = started
             results = batch.task.batch_fn(items)
             if not isinstance(results, (list, tuple)) or len(results) != len(runs):
                 got = f"{type(results).__name__} of length {len(results)}" if isinstance(results, (list, tuple)) \
@@ -499,6 +515,7 @@ class Worker:
         outcome: _Outcome | None
         try:
             data = self.queue.serializer.loads(run.payload)
+            run.started = time.perf_counter()
             result = await run.task.fn(*data["args"], **data["kwargs"])
         except asyncio.CancelledError:
             if not timed_out:
@@ -535,6 +552,7 @@ class Worker:
             exc = PayloadError(f"result of task {run.ctx.name!r} cannot be stored: it is {len(data)} bytes, "
                                f"over the limit of {self._max_payload} bytes")
             return self._failure(run, exc, None, fatal=True)
+        _stop_clock(run)
         return (run, data, None, None, None, False, None)
 
     def _settled_failure(self, run: _Run, exc: BaseException, tb: str | None) -> _Outcome | None:
@@ -566,6 +584,7 @@ class Worker:
         hold = delay if _matches(exc, (RateLimited,)) else None
         counts = (hold is None and not _matches(exc, (UnknownTaskName, PayloadError))
                   and self._breaker_policy(run.ctx.resource_group).counts_failure(exc, _matches))
+        _stop_clock(run)
         return (run, None, error.to_json(), delay, exc, counts, hold)
 
     def _breaker_policy(self, group: str) -> CircuitBreaker:
@@ -603,7 +622,7 @@ class Worker:
             last = now
 
     def _flush(self, batch: list[_Outcome]) -> None:
-        rows = [(run.ctx.id, run.ctx.token, data, error, delay, counts, hold)
+        rows = [(run.ctx.id, run.ctx.token, data, error, delay, counts, hold, run.run_us)
                 for run, data, error, delay, _, counts, hold in batch]
         while True:
             try:
@@ -666,10 +685,19 @@ class Worker:
         tick = min(0.1, self.lease / 6)
         now = time.monotonic()
         next_heartbeat, next_rescue = now + self.lease / 3, now
-        next_prune = next_aging = now
+        next_prune = next_aging = next_seen = next_metrics = next_observe_prune = now
         while True:
             now = time.monotonic()
             try:
+                if now >= next_seen:
+                    self._register()
+                    next_seen = now + WORKER_SEEN_INTERVAL
+                if now >= next_metrics:
+                    self.queue._store.flush_metrics()
+                    next_metrics = now + METRICS_INTERVAL
+                if now >= next_observe_prune and not self._stopping.is_set():
+                    self.queue.observability.prune(self.queue)
+                    next_observe_prune = now + 60.0
                 if now >= next_heartbeat:
                     with self._lock:
                         contexts = [r.ctx for r in self._inflight.values()]
@@ -700,6 +728,18 @@ class Worker:
                 log.warning("maintenance step failed, will retry: %s", e)
             if self._maintenance_done.wait(tick):
                 return
+
+    def _register(self) -> None:
+        """Registers this worker in the file (or renews it), for health checks."""
+        self.queue._store.worker_seen(self.id, self.queue.name, socket.gethostname(), os.getpid(),
+                                      self.concurrency, self.pool)
+
+    def _unregister(self) -> None:
+        try:
+            self.queue._store.flush_metrics()
+            self.queue._store.worker_stopped(self.id)
+        except StorageError as e:
+            log.warning("could not record worker %s stopping: %s", self.id, e)
 
     def _expire_timeouts(self, now: float) -> None:
         with self._lock:

@@ -59,6 +59,10 @@ impl Histogram {
         self.total
     }
 
+    pub fn sum_us(&self) -> u64 {
+        self.sum_us.min(u128::from(u64::MAX)) as u64
+    }
+
     pub fn max_us(&self) -> u64 {
         self.max_us
     }

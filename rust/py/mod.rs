@@ -2,6 +2,7 @@
 
 mod errors;
 mod groups;
+mod observe;
 mod queue;
 
 use pyo3::prelude::*;
@@ -35,6 +36,9 @@ fn check_max_attempts(value: i64) -> PyResult<()> {
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // Rust-side log records (breaker transitions, migrations) go to logging "ferroq._core".
+    // try_init: a second import of the module (subinterpreters, reloads) keeps the first.
+    let _ = pyo3_log::try_init();
     m.add_class::<queue::PyStore>()?;
     m.add_function(wrap_pyfunction!(backoff_delay_ms, m)?)?;
     m.add_function(wrap_pyfunction!(check_name, m)?)?;

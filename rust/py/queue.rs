@@ -10,7 +10,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use crate::clock::Millis;
 use crate::policy::retention::{Keep, Retention};
 use crate::store::Store;
-use crate::store::sqlite::{Durability, Options, SqliteStore};
+use crate::store::sqlite::{Durability, Options, SqliteStore, TaskEvents};
 use crate::task::{FailAction, FailureImpact, NewTask, Outcome, TaskStatus};
 
 /// (name, resource_group, payload, priority, run_at_ms | None, max_attempts, unique_key | None)
@@ -33,13 +33,14 @@ pub struct PyStore {
 #[pymethods]
 impl PyStore {
     #[new]
-    #[pyo3(signature = (path, *, durability = "full", busy_timeout = 30.0, max_payload = crate::validate::DEFAULT_MAX_PAYLOAD))]
+    #[pyo3(signature = (path, *, durability = "full", busy_timeout = 30.0, max_payload = crate::validate::DEFAULT_MAX_PAYLOAD, task_events = "failures"))]
     fn new(
         py: Python<'_>,
         path: PathBuf,
         durability: &str,
         busy_timeout: f64,
         max_payload: usize,
+        task_events: &str,
     ) -> PyResult<Self> {
         if !(busy_timeout.is_finite() && busy_timeout >= 0.0) {
             return Err(crate::Error::InvalidArgument(format!(
@@ -51,6 +52,16 @@ impl PyStore {
             durability: Durability::parse(durability)?,
             busy_timeout: Duration::from_secs_f64(busy_timeout),
             max_payload,
+            task_events: match task_events {
+                "failures" => TaskEvents::Failures,
+                "all" => TaskEvents::All,
+                other => {
+                    return Err(crate::Error::InvalidArgument(format!(
+                        "events must be \"failures\" or \"all\", got {other:?}"
+                    ))
+                    .into());
+                }
+            },
         };
         let store = py.detach(|| SqliteStore::open(path, options))?;
         Ok(Self { store })
@@ -210,12 +221,13 @@ impl PyStore {
             Option<Millis>,
             bool,
             Option<Millis>,
+            Option<u64>,
         )>,
     ) -> PyResult<Vec<Option<&'static str>>> {
         let outcomes: Vec<Outcome> = outcomes
             .into_iter()
             .map(
-                |(id, token, result, error, delay, counts, hold_ms)| match (result, error) {
+                |(id, token, result, error, delay, counts, hold_ms, run_us)| match (result, error) {
                     (_, Some(error)) => Outcome::Failed {
                         id,
                         token,
@@ -223,11 +235,13 @@ impl PyStore {
                         action: delay
                             .map_or(FailAction::Dead, |delay_ms| FailAction::Retry { delay_ms }),
                         impact: FailureImpact { counts, hold_ms },
+                        run_us,
                     },
                     (result, None) => Outcome::Completed {
                         id,
                         token,
                         result: result.map_or_else(|| b"null".to_vec(), |r| r.as_bytes().to_vec()),
+                        run_us,
                     },
                 },
             )
@@ -252,8 +266,16 @@ impl PyStore {
         Ok(py.detach(|| self.store.heartbeat(&leases, lease_ms))?)
     }
 
-    fn progress(&self, py: Python<'_>, id: i64, token: i64, progress: f64) -> PyResult<()> {
-        Ok(py.detach(|| self.store.progress(id, token, progress))?)
+    #[pyo3(signature = (id, token, progress, message=None))]
+    fn progress(
+        &self,
+        py: Python<'_>,
+        id: i64,
+        token: i64,
+        progress: f64,
+        message: Option<&str>,
+    ) -> PyResult<()> {
+        Ok(py.detach(|| self.store.progress(id, token, progress, message))?)
     }
 
     fn release(&self, py: Python<'_>, id: i64, token: i64) -> PyResult<()> {

@@ -144,6 +144,9 @@ pub trait Store: Send + Sync {
     /// that has waited `every_ms` since it was enqueued or last raised. Returns how many.
     fn age_priorities(&self, queue: &str, every_ms: Millis, step: i64, max: i64) -> Result<u64>;
 
+    /// The id of the newest event (0 if none): where a tail of new events starts.
+    fn last_event_id(&self) -> Result<i64>;
+
     /// Adds what this process recorded since its last flush into the `metrics` table.
     fn flush_metrics(&self) -> Result<()>;
 

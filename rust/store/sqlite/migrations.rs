@@ -49,6 +49,9 @@ pub fn migrate(conn: &mut Connection, now: Millis) -> Result<Vec<i64>> {
         applied.push(*version);
     }
     tx.commit()?;
+    if !applied.is_empty() {
+        log::info!("applied schema migrations {applied:?}");
+    }
     Ok(applied)
 }
 

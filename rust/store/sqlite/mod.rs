@@ -555,6 +555,14 @@ impl Store for SqliteStore {
         }
     }
 
+    fn last_event_id(&self) -> Result<i64> {
+        self.read(|conn, _| {
+            Ok(conn
+                .prepare_cached("SELECT coalesce(max(id), 0) FROM events")?
+                .query_row([], |r| r.get(0))?)
+        })
+    }
+
     fn flush_metrics(&self) -> Result<()> {
         let recorder = &self.local.get().metrics;
         let taken = recorder.lock().take_interval();

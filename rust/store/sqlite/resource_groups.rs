@@ -160,6 +160,12 @@ pub fn record_change(
         change.to.as_str(),
         json::string(&change.reason)
     );
+    log::warn!(
+        "circuit of group {group:?} (queue {queue:?}): {} -> {}: {}",
+        change.from.as_str(),
+        change.to.as_str(),
+        change.reason
+    );
     let kind = match change.to {
         CircuitState::Open => "circuit_opened",
         CircuitState::HalfOpen => "circuit_half_open",

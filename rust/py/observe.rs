@@ -1,0 +1,171 @@
+//! `Store` methods for metrics, workers and health: plain values out (durations in µs);
+//! `ferroq.observe` turns them into Python objects.
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use super::queue::PyStore;
+use crate::clock::Millis;
+use crate::metrics::{Counter, Histogram, Series};
+use crate::store::{ObservabilityRetention, Store, WorkerInfo};
+
+/// (count, sum_us, max_us, p50_us, p95_us, p99_us)
+type Summary = (u64, u64, u64, u64, u64, u64);
+/// (count, sum_us, cumulative counts at each bound)
+type Buckets = (u64, u64, Vec<u64>);
+
+fn summary(h: &Histogram) -> Summary {
+    (
+        h.count(),
+        h.sum_us(),
+        h.max_us(),
+        h.quantile_us(0.5),
+        h.quantile_us(0.95),
+        h.quantile_us(0.99),
+    )
+}
+
+fn series_dict<'py>(py: Python<'py>, s: &Series) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    for c in Counter::ALL {
+        d.set_item(c.as_str(), s.count(c))?;
+    }
+    d.set_item("wait", summary(&s.wait))?;
+    d.set_item("run", summary(&s.run))?;
+    Ok(d)
+}
+
+#[pymethods]
+impl PyStore {
+    fn last_event_id(&self, py: Python<'_>) -> PyResult<i64> {
+        Ok(py.detach(|| self.store.last_event_id())?)
+    }
+
+    /// Adds this process's figures since its last flush into the metrics table.
+    fn flush_metrics(&self, py: Python<'_>) -> PyResult<()> {
+        Ok(py.detach(|| self.store.flush_metrics())?)
+    }
+
+    /// {group: {counter: n, "wait": summary, "run": summary}} over [since_ms, now].
+    fn metrics<'py>(
+        &self,
+        py: Python<'py>,
+        queue: &str,
+        since_ms: Millis,
+        raw_keep_ms: Millis,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let by_group = py.detach(|| self.store.metrics(queue, since_ms, raw_keep_ms))?;
+        let d = PyDict::new(py);
+        for (group, s) in &by_group {
+            d.set_item(group, series_dict(py, s)?)?;
+        }
+        Ok(d)
+    }
+
+    /// This process's totals since it started, per (queue, group): counters, and each
+    /// histogram as (count, sum_us, cumulative counts at `bounds_us`).
+    #[allow(clippy::type_complexity)]
+    fn metrics_totals<'py>(
+        &self,
+        py: Python<'py>,
+        bounds_us: Vec<u64>,
+    ) -> PyResult<Vec<(String, String, Bound<'py, PyDict>, Buckets, Buckets)>> {
+        let totals = self.store.metrics_totals();
+        let buckets = |h: &Histogram| -> Buckets {
+            let cumulative = bounds_us.iter().map(|&b| h.count_at_most(b)).collect();
+            (h.count(), h.sum_us(), cumulative)
+        };
+        let mut out = Vec::new();
+        for (queue, groups) in &totals {
+            for (group, s) in groups {
+                let counts = PyDict::new(py);
+                for c in Counter::ALL {
+                    counts.set_item(c.as_str(), s.count(c))?;
+                }
+                out.push((
+                    queue.clone(),
+                    group.clone(),
+                    counts,
+                    buckets(&s.wait),
+                    buckets(&s.run),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    fn prune_observability(
+        &self,
+        py: Python<'_>,
+        events_ms: Millis,
+        raw_metrics_ms: Millis,
+        hourly_metrics_ms: Millis,
+        workers_ms: Millis,
+    ) -> PyResult<u64> {
+        let keep = ObservabilityRetention {
+            events_ms,
+            raw_metrics_ms,
+            hourly_metrics_ms,
+            workers_ms,
+        };
+        Ok(py.detach(|| self.store.prune_observability(&keep))?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn worker_seen(
+        &self,
+        py: Python<'_>,
+        id: String,
+        queue: String,
+        hostname: String,
+        pid: i64,
+        concurrency: i64,
+        pool: String,
+    ) -> PyResult<()> {
+        let worker = WorkerInfo {
+            id,
+            queue,
+            hostname,
+            pid,
+            concurrency,
+            pool,
+            started_at: 0,
+            last_seen: 0,
+            stopped_at: None,
+        };
+        Ok(py.detach(|| self.store.worker_seen(&worker))?)
+    }
+
+    fn worker_stopped(&self, py: Python<'_>, id: &str) -> PyResult<()> {
+        Ok(py.detach(|| self.store.worker_stopped(id))?)
+    }
+
+    /// Registered workers as dicts, most recently seen first.
+    fn workers<'py>(&self, py: Python<'py>, queue: &str) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let workers = py.detach(|| self.store.workers(queue))?;
+        workers
+            .into_iter()
+            .map(|w| {
+                let d = PyDict::new(py);
+                d.set_item("id", w.id)?;
+                d.set_item("queue", w.queue)?;
+                d.set_item("hostname", w.hostname)?;
+                d.set_item("pid", w.pid)?;
+                d.set_item("concurrency", w.concurrency)?;
+                d.set_item("pool", w.pool)?;
+                d.set_item("started_at", w.started_at)?;
+                d.set_item("last_seen", w.last_seen)?;
+                d.set_item("stopped_at", w.stopped_at)?;
+                Ok(d)
+            })
+            .collect()
+    }
+
+    fn oldest_due(&self, py: Python<'_>, queue: &str) -> PyResult<Option<Millis>> {
+        Ok(py.detach(|| self.store.oldest_due(queue))?)
+    }
+
+    fn dead_since(&self, py: Python<'_>, queue: &str, since_ms: Millis) -> PyResult<u64> {
+        Ok(py.detach(|| self.store.dead_since(queue, since_ms))?)
+    }
+}
