@@ -152,5 +152,6 @@ def test_a_concurrency_cap_of_3_holds_across_2_processes_of_8_threads(tmp_path: 
     assert max(inside) <= 3, f"up to {max(inside)} ran at once"
     assert max(inside) == 3, "the cap was reached (the test can see a breach)"
     assert sorted(int(r[1]) for r in lines(log) if r[0] == "done") == sorted(ids), "each ran exactly once"
-    assert len({r[3] for r in starts}) == 2, "both processes ran tasks"
+    # Which process wins a freed slot is a race (the one that freed it often claims again at
+    # once), so the test does not require both to have run tasks: the cap is in the file.
     assert not os.listdir(tmp_path / "running")
