@@ -209,3 +209,15 @@ def test_prometheus_exposition_in_base_units(queue: ferroq.Queue) -> None:
     assert 'ferroq_queue_depth{queue="default",status="completed"} 5.0' in text
     assert 'ferroq_circuit_state{group="api",queue="default",state="closed"} 1.0' in text
     assert 'ferroq_group_concurrency_limit{group="api",queue="default"} 3.0' in text
+
+
+def test_task_log_records_carry_structured_fields(queue: ferroq.Queue, caplog: pytest.LogCaptureFixture) -> None:
+    @queue.task(max_attempts=1, resource_group="api")
+    def bad() -> None:
+        raise ValueError("no")
+
+    h = bad.enqueue()
+    with caplog.at_level("WARNING", logger="ferroq.worker"):
+        ferroq.Worker(queue, handle_signals=False).run(until_idle=True)
+    (record,) = [r for r in caplog.records if getattr(r, "ferroq_outcome", None) == "dead"]
+    assert (record.ferroq_task_id, record.ferroq_group, record.ferroq_attempt) == (h.id, "api", 1)  # type: ignore[attr-defined]

@@ -650,17 +650,19 @@ class Worker:
             ctx = run.ctx
             if status is None:
                 counts["lost"] += 1
-                log.warning("task %d (%s) finished after its lease was lost; outcome discarded", ctx.id, ctx.name)
+                log.warning("task %d (%s) finished after its lease was lost; outcome discarded", ctx.id, ctx.name,
+                            extra=self._log_extra(ctx, "lost"))
             elif status == "completed":
                 counts["completed"] += 1
             elif status == "dead":
                 counts["dead"] += 1
                 log.warning("task %d (%s) is dead after attempt %d: %s",
-                            ctx.id, ctx.name, ctx.attempt, _describe(exc))
+                            ctx.id, ctx.name, ctx.attempt, _describe(exc), extra=self._log_extra(ctx, "dead"))
             else:
                 counts["retried"] += 1
                 log.info("task %d (%s) failed attempt %d, retrying in %.3fs: %s",
-                         ctx.id, ctx.name, ctx.attempt, (delay or 0) / 1000, _describe(exc))
+                         ctx.id, ctx.name, ctx.attempt, (delay or 0) / 1000, _describe(exc),
+                         extra=self._log_extra(ctx, "retried"))
         with self._lock:
             for counter, n in counts.items():
                 setattr(self.stats, counter, getattr(self.stats, counter) + n)
@@ -728,6 +730,12 @@ class Worker:
                 log.warning("maintenance step failed, will retry: %s", e)
             if self._maintenance_done.wait(tick):
                 return
+
+    def _log_extra(self, ctx: TaskContext, outcome: str) -> dict[str, Any]:
+        """Structured fields on task log records (for JSON log formatters)."""
+        return {"ferroq_task_id": ctx.id, "ferroq_task": ctx.name, "ferroq_queue": self.queue.name,
+                "ferroq_group": ctx.resource_group, "ferroq_attempt": ctx.attempt,
+                "ferroq_outcome": outcome, "ferroq_worker": self.id}
 
     def _register(self) -> None:
         """Registers this worker in the file (or renews it), for health checks."""
