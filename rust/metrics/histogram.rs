@@ -95,6 +95,18 @@ impl Histogram {
         self.max_us = self.max_us.max(other.max_us);
     }
 
+    /// Takes `other`'s counts out again (undoes `merge`; the max stays).
+    pub fn unmerge(&mut self, other: &Histogram) {
+        if other.total == 0 || self.counts.is_empty() {
+            return;
+        }
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a = a.saturating_sub(*b);
+        }
+        self.total = self.total.saturating_sub(other.total);
+        self.sum_us = self.sum_us.saturating_sub(other.sum_us);
+    }
+
     /// The value at quantile `q` (0..=1) in microseconds: the middle of the bucket holding
     /// the q-th value, never above the largest value recorded.
     pub fn quantile_us(&self, q: f64) -> u64 {

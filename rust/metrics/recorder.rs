@@ -76,8 +76,11 @@ pub type SeriesMap = HashMap<String, HashMap<String, Series>>;
 
 #[derive(Debug, Default)]
 pub struct Recorder {
+    /// Since the last flush.
     interval: SeriesMap,
-    total: SeriesMap,
+    /// Everything flushed before (`totals` adds the interval on read): each event is
+    /// recorded once, on the hot path, and merged into the totals once per flush.
+    flushed: SeriesMap,
 }
 
 fn series<'a>(map: &'a mut SeriesMap, queue: &str, group: &str) -> &'a mut Series {
@@ -91,41 +94,83 @@ fn series<'a>(map: &'a mut SeriesMap, queue: &str, group: &str) -> &'a mut Serie
     groups.get_mut(group).expect("inserted above")
 }
 
-impl Recorder {
-    pub fn count(&mut self, queue: &str, group: &str, counter: Counter, n: u64) {
-        for map in [&mut self.interval, &mut self.total] {
-            series(map, queue, group).counts[counter as usize] += n;
+fn merge_into(target: &mut SeriesMap, source: &SeriesMap) {
+    for (queue, groups) in source {
+        for (group, s) in groups {
+            series(target, queue, group).merge(s);
         }
+    }
+}
+
+impl Recorder {
+    /// The series of one queue and group, for several updates in a row.
+    pub fn series(&mut self, queue: &str, group: &str) -> &mut Series {
+        series(&mut self.interval, queue, group)
+    }
+
+    pub fn count(&mut self, queue: &str, group: &str, counter: Counter, n: u64) {
+        self.series(queue, group).counts[counter as usize] += n;
     }
 
     pub fn wait(&mut self, queue: &str, group: &str, us: u64) {
-        for map in [&mut self.interval, &mut self.total] {
-            series(map, queue, group).wait.record(us);
-        }
+        self.series(queue, group).wait.record(us);
     }
 
     pub fn run(&mut self, queue: &str, group: &str, us: u64) {
-        for map in [&mut self.interval, &mut self.total] {
-            series(map, queue, group).run.record(us);
-        }
+        self.series(queue, group).run.record(us);
     }
 
     /// Takes what was recorded since the last call (for a flush to the table).
     pub fn take_interval(&mut self) -> SeriesMap {
-        std::mem::take(&mut self.interval)
+        let taken = std::mem::take(&mut self.interval);
+        merge_into(&mut self.flushed, &taken);
+        taken
     }
 
     /// Puts back an interval whose flush failed, so nothing is lost.
     pub fn restore_interval(&mut self, taken: SeriesMap) {
-        for (queue, groups) in taken {
+        let mut back = SeriesMap::new();
+        merge_into(&mut back, &taken);
+        // It was merged into the totals when taken: take it out again.
+        for (queue, groups) in &taken {
             for (group, s) in groups {
-                series(&mut self.interval, &queue, &group).merge(&s);
+                let total = series(&mut self.flushed, queue, group);
+                for (a, b) in total.counts.iter_mut().zip(s.counts) {
+                    *a -= b;
+                }
+                total.wait.unmerge(&s.wait);
+                total.run.unmerge(&s.run);
             }
         }
+        merge_into(&mut back, &self.interval);
+        self.interval = back;
     }
 
     /// Everything since the process started.
-    pub fn totals(&self) -> &SeriesMap {
-        &self.total
+    pub fn totals(&self) -> SeriesMap {
+        let mut all = self.flushed.clone();
+        merge_into(&mut all, &self.interval);
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_survive_flushes_and_failed_flushes() {
+        let mut r = Recorder::default();
+        r.count("q", "g", Counter::Started, 2);
+        r.run("q", "g", 100);
+        let taken = r.take_interval();
+        assert_eq!(taken["q"]["g"].count(Counter::Started), 2);
+        r.count("q", "g", Counter::Started, 1);
+        assert_eq!(r.totals()["q"]["g"].count(Counter::Started), 3);
+        let again = r.take_interval();
+        r.restore_interval(again);
+        assert_eq!(r.totals()["q"]["g"].count(Counter::Started), 3);
+        assert_eq!(r.take_interval()["q"]["g"].count(Counter::Started), 1);
+        assert_eq!(r.totals()["q"]["g"].run.count(), 1);
     }
 }

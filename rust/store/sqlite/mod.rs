@@ -242,20 +242,23 @@ impl SqliteStore {
             return;
         }
         let mut metrics = self.local.get().metrics.lock();
-        for e in ends {
-            let counter = match e.status {
-                TaskStatus::Completed => Counter::Completed,
-                TaskStatus::Pending => Counter::Retried,
-                TaskStatus::Dead => Counter::Dead,
-                _ => continue,
-            };
-            metrics.count(&e.queue, &e.group, counter, 1);
-            let run_us = e.run_us.or_else(|| match (e.status, e.started_at) {
-                (TaskStatus::Completed, Some(start)) => Some(ms_to_us(now - start)),
-                _ => None,
-            });
-            if let Some(us) = run_us {
-                metrics.run(&e.queue, &e.group, us);
+        for same in ends.chunk_by(|a, b| a.queue == b.queue && a.group == b.group) {
+            let series = metrics.series(&same[0].queue, &same[0].group);
+            for e in same {
+                let counter = match e.status {
+                    TaskStatus::Completed => Counter::Completed,
+                    TaskStatus::Pending => Counter::Retried,
+                    TaskStatus::Dead => Counter::Dead,
+                    _ => continue,
+                };
+                series.counts[counter as usize] += 1;
+                let run_us = e.run_us.or_else(|| match (e.status, e.started_at) {
+                    (TaskStatus::Completed, Some(start)) => Some(ms_to_us(now - start)),
+                    _ => None,
+                });
+                if let Some(us) = run_us {
+                    series.run.record(us);
+                }
             }
         }
     }
@@ -338,10 +341,15 @@ impl Store for SqliteStore {
             Ok((tasks, now))
         })?;
         let mut metrics = self.local.get().metrics.lock();
-        for t in &tasks {
-            metrics.count(queue, &t.resource_group, Counter::Started, 1);
-            let due = t.run_at.max(t.created_at);
-            metrics.wait(queue, &t.resource_group, ms_to_us(now - due));
+        // Claims usually take runs of one group: one lookup per run, not per task.
+        for same_group in tasks.chunk_by(|a, b| a.resource_group == b.resource_group) {
+            let series = metrics.series(queue, &same_group[0].resource_group);
+            series.counts[Counter::Started as usize] += same_group.len() as u64;
+            for t in same_group {
+                series
+                    .wait
+                    .record(ms_to_us(now - t.run_at.max(t.created_at)));
+            }
         }
         Ok(tasks)
     }
@@ -589,7 +597,7 @@ impl Store for SqliteStore {
     }
 
     fn metrics_totals(&self) -> SeriesMap {
-        self.local.get().metrics.lock().totals().clone()
+        self.local.get().metrics.lock().totals()
     }
 
     fn prune_observability(&self, keep: &ObservabilityRetention) -> Result<u64> {
