@@ -53,6 +53,8 @@ _DEFAULT_BREAKER = CircuitBreaker()
 #: How often a worker renews its registration, and flushes its metrics to the file.
 WORKER_SEEN_INTERVAL = 2.0
 METRICS_INTERVAL = 10.0
+#: The adaptive prefetch holds about 50 ms of work, at most this many tasks.
+PREFETCH_MAX = 5000
 
 
 def _stop_clock(run: _Run) -> None:
@@ -176,7 +178,7 @@ class Worker:
         self.queue = queue
         self._max_payload = queue._store.max_payload
         self.concurrency = concurrency
-        #: Claimed tasks kept waiting for a free thread. None: adaptive, about 20 ms of work
+        #: Claimed tasks kept waiting for a free thread. None: adaptive, about 50 ms of work
         #: at the observed rate (at least ``concurrency``), so fast tasks are claimed in
         #: large batches and slow ones are not hoarded from other workers.
         self.prefetch = prefetch
@@ -319,7 +321,7 @@ class Worker:
         # Room for a full batch of every batch task, so batches can fill.
         floor = max([self.concurrency] + [t.max_size for t in self.queue._tasks.values()
                                           if isinstance(t, BatchTask)])
-        return min(1000, max(floor, int(self._rate * 0.02)))
+        return min(PREFETCH_MAX, max(floor, int(self._rate * 0.05)))
 
     def _dispatch_due_batches(self) -> float:
         """Hands over batches whose wait is up; returns seconds until the next one is due."""
