@@ -173,8 +173,10 @@ def _stamp(sent: float) -> float:
     return time.time() - sent
 
 
-def bench_latency(rate: float, n: int, cross_process: bool) -> list[Figure]:
-    """Enqueue -> processor start, at a fixed rate, worker idle-waiting (not polling)."""
+def bench_latency(rate: float, seconds: float, cross_process: bool, label: str = "") -> list[Figure]:
+    """Enqueue -> processor start at a fixed rate, the worker waking on commits (not
+    polling). Above 1,000/s the producer enqueues each millisecond's tasks together (one
+    ``enqueue_many``), each stamped with the time it was sent."""
     with tempfile.TemporaryDirectory() as d:
         q = ferroq.Queue(os.path.join(d, "lat.db"), durability="normal")
         stamp = q.task(name="stamp")(_stamp)
@@ -198,21 +200,30 @@ def bench_latency(rate: float, n: int, cross_process: bool) -> list[Figure]:
             def stop_worker() -> None:
                 worker.stop()
                 th.join(30)
-        handles = []
-        interval = 1.0 / rate
+        ids: list[int] = []
+        tick = max(1.0 / rate, 0.001)
+        per_tick = max(1, round(rate * tick))
+        ticks = int(seconds / tick)
         start = time.perf_counter()
-        for i in range(n):
+        for i in range(ticks):
             # Sleep, never spin: a spinning producer would hold the GIL the worker needs.
-            wait = start + i * interval - time.perf_counter()
+            wait = start + i * tick - time.perf_counter()
             if wait > 0:
                 time.sleep(wait)
-            handles.append(stamp.enqueue(time.time()))
-        waits = [h.result(timeout=60) * 1000 for h in handles]
+            if per_tick == 1:
+                ids.append(stamp.enqueue(time.time()).id)
+            else:
+                sent = time.time()
+                ids += q.enqueue_many([stamp.call(sent) for _ in range(per_tick)])
+        achieved = len(ids) / (time.perf_counter() - start)
+        waits = [q.handle(i).result(timeout=120) * 1000 for i in ids]
         stop_worker()
     where = "cross-process" if cross_process else "in-process"
     qs = statistics.quantiles(waits, n=100)
-    return [Figure(f"latency {p} at {rate:,.0f}/s, {where}", qs[i - 1], "ms") for p, i in
-            (("p50", 50), ("p95", 95), ("p99", 99))]
+    name = label or f"at {rate:,.0f}/s"
+    return [Figure(f"latency {p} {name}, {where}", qs[i - 1], "ms") for p, i in
+            (("p50", 50), ("p95", 95), ("p99", 99))] + (
+        [Figure(f"latency load {name}, {where}", achieved, "tasks/s")] if label else [])
 
 
 def _claim_ack_rate(q: ferroq.Queue, tasks: int, batch: int = 100) -> float:
@@ -305,8 +316,12 @@ def run(quick: bool = False, big: bool = False) -> list[Figure]:
     ]
     if not quick:
         figures.append(bench_drain("normal", n, 2))
-        figures += bench_latency(1_000, 3_000, cross_process=False)
-        figures += bench_latency(1_000, 3_000, cross_process=True)
+        figures += bench_latency(1_000, 3.0, cross_process=False)
+        figures += bench_latency(1_000, 3.0, cross_process=True)
+        # The issue's load point: half the peak drain rate measured above, in this run.
+        half = figures[4].value / 2
+        figures += bench_latency(half, 3.0, cross_process=False, label="at half peak")
+        figures += bench_latency(half, 3.0, cross_process=True, label="at half peak")
     if big:
         figures.append(bench_claim_with_history(1_000_000))
         figures += bench_worker_rss(1_000_000)
