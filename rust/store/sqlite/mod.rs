@@ -9,6 +9,7 @@ mod finish;
 mod group;
 mod history;
 mod json;
+mod listing;
 mod local;
 pub mod migrations;
 pub mod open;
