@@ -2,6 +2,7 @@
 
 mod errors;
 mod groups;
+mod listing;
 mod queue;
 
 use pyo3::prelude::*;
