@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 import orjson
@@ -121,6 +122,15 @@ def export(ctx: click.Context, db: str | None, queue_name: str | None, status: t
     """
     statuses = split_list(status)
     out = sys.stdout.buffer
+    try:
+        _export(ctx, db, queue_name, statuses, group, name, page_size, out)
+    except BrokenPipeError:
+        # `ferroq export | head`: the reader has what it wanted; not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _export(ctx: click.Context, db: str | None, queue_name: str | None, statuses: list[str], group: str | None,
+            name: str | None, page_size: int, out: BinaryIO) -> None:
     with open_queue(settings(ctx, db, queue_name)) as q:
         # The total is known cheaply only per status (counts use the status indexes).
         total = None if group or name else sum(n for st, n in q.counts().items() if not statuses or st in statuses)
