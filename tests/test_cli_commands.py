@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from click.testing import CliRunner, Result
 
 import ferroq
 from ferroq.cli import main
+from procs import child_env
 
 
 class Fail(Exception):
@@ -245,3 +247,19 @@ def test_a_locked_database_is_reported_without_a_traceback(shop: ferroq.Queue, d
 def test_an_invalid_queue_name_is_a_usage_error(shop: ferroq.Queue, db_path: Path) -> None:
     assert run(db_path, "--queue", "", "status").exit_code == 2
     assert os.path.exists(db_path)
+
+
+def test_status_watch_refreshes_until_interrupted(shop: ferroq.Queue, db_path: Path) -> None:
+    watch = subprocess.Popen([sys.executable, "-m", "ferroq.cli", "--db", str(db_path), "status", "--watch",
+                              "--interval", "0.1", "-o", "json"], env=child_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)
+    shop.group("api").pause()
+    time.sleep(1.0)
+    watch.send_signal(signal.SIGINT)
+    out, err = watch.communicate(timeout=30)
+    assert watch.returncode == 0, err
+    frames = [json.loads(line) for line in out.splitlines()]
+    assert len(frames) >= 3 and "Traceback" not in err
+    paused = [{g["name"]: g["paused"] for g in f["queues"][0]["groups"]}["api"] for f in frames]
+    assert paused[0] is False and paused[-1] is True  # a later refresh sees the change
