@@ -157,3 +157,29 @@ class Store:
         """When (ms) the longest-waiting due task became due."""
     def dead_since(self, queue: str, since_ms: int) -> int:
         """Tasks that went dead since since_ms."""
+    # -- operations (rust/py/listing.rs) --
+    def list_tasks(
+        self, queue: str, statuses: list[str], group: str | None, name: str | None, after: int | None,
+        newest_first: bool, limit: int,
+    ) -> list[dict[str, Any]]:
+        """One page of tasks (dicts like ``get``) by id after ``after`` (descending if ``newest_first``)."""
+    def count_finished(
+        self, queue: str, status: str, finished_before: int | None, group: str | None, name: str | None
+    ) -> int:
+        """Finished tasks of ``status`` matching, finished before the time (ms)."""
+    def purge_batch(
+        self, queue: str, status: str, finished_before: int | None, group: str | None, name: str | None,
+        after: tuple[int, int] | None, limit: int,
+    ) -> tuple[int, list[int], tuple[int, int] | None]:
+        """Deletes one batch in one transaction: (deleted, [], next cursor or None when done)."""
+    def requeue_batch(
+        self, queue: str, status: str, finished_before: int | None, group: str | None, name: str | None,
+        after: tuple[int, int] | None, limit: int,
+    ) -> tuple[int, list[int], tuple[int, int] | None]:
+        """Requeues one batch of dead/cancelled tasks: (requeued, skipped ids, next cursor or None)."""
+    def claim_in_groups(
+        self, queue: str, groups: list[str], worker: str, limit: int, lease_ms: int
+    ) -> list[_ClaimedTuple]:
+        """``claim``, from these resource groups' tasks only."""
+    def queue_names(self) -> list[str]:
+        """Queues with tasks, settings or a pause in the file."""

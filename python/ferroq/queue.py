@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import builtins
 import inspect
 import os
 import weakref
-from typing import Any, Callable, Coroutine, Iterable, ParamSpec, Protocol, Sequence, TypeVar, overload
+from dataclasses import dataclass
+from typing import Any, Callable, Coroutine, Iterable, Iterator, ParamSpec, Protocol, Sequence, TypeVar, overload
 
 from . import _checks, _core
 from .errors import CorruptDatabase, InvalidArgument, UnknownTaskName
@@ -16,7 +18,7 @@ from .policies import CircuitBreaker, PriorityAging, Retention, RetryPolicy, Thr
 from .serializers import JsonSerializer, Serializer
 from .task import AsyncTask, BatchTask, Task, TaskBase, TaskCall, TaskHandle, TaskOptions
 
-__all__ = ["Queue"]
+__all__ = ["Queue", "Requeued"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -385,6 +387,154 @@ class Queue(Observable):
         """Wakes this process's waiters (idle workers, result waiters) at once. Every write
         that changes rows does this by itself; this is for other events (a stop request)."""
         self._store.notify()
+
+    # == operations: listings, bulk requeue and purge (the CLI, dashboards) ==============
+    # Keyset pagination by id and small transactions: a listing page costs the same deep in
+    # a million tasks as at the start, and bulk changes never hold the write lock for long.
+
+    def list(
+        self,
+        *,
+        status: str | Iterable[str] | None = None,
+        group: str | ResourceGroup | None = None,
+        name: str | None = None,
+        limit: int = 100,
+        after_id: int | None = None,
+        newest_first: bool = False,
+    ) -> builtins.list[TaskInfo]:
+        """Tasks matching the filters, by id (oldest first, or ``newest_first``), at most
+        ``limit``. For the next page pass the last id seen as ``after_id`` ("after" in the
+        listing's order: smaller ids when ``newest_first``)."""
+        _checks.integer("limit", limit, 0, 100_000)
+        if after_id is not None:
+            _task_id(after_id)
+        rows = self._store.list_tasks(self.name, _statuses(status), _group_or_none(group), name, after_id,
+                                      bool(newest_first), limit)
+        return [TaskInfo.from_core(row, self.serializer.loads) for row in rows]
+
+    def iter_tasks(
+        self,
+        *,
+        status: str | Iterable[str] | None = None,
+        group: str | ResourceGroup | None = None,
+        name: str | None = None,
+        newest_first: bool = False,
+        page_size: int = 500,
+    ) -> Iterator[TaskInfo]:
+        """Every matching task, read ``page_size`` at a time: memory stays flat whatever
+        the number of tasks (exports)."""
+        _checks.integer("page_size", page_size, 1, 100_000)
+        after: int | None = None
+        while True:
+            page = self.list(status=status, group=group, name=name, limit=page_size, after_id=after,
+                             newest_first=newest_first)
+            yield from page
+            if len(page) < page_size:
+                return
+            after = page[-1].id
+
+    def count_finished(
+        self,
+        status: str | Iterable[str],
+        *,
+        older_than: float | None = None,
+        group: str | ResourceGroup | None = None,
+        name: str | None = None,
+    ) -> int:
+        """Finished tasks (``completed``, ``dead`` or ``cancelled``) that ``purge`` with the
+        same arguments would delete."""
+        return sum(self._store.count_finished(self.name, s, self._cutoff(older_than), _group_or_none(group), name)
+                   for s in _statuses(status))
+
+    def purge(
+        self,
+        status: str | Iterable[str],
+        *,
+        older_than: float | None = None,
+        group: str | ResourceGroup | None = None,
+        name: str | None = None,
+        batch_size: int = 1000,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Deletes finished tasks of ``status`` (``completed``, ``dead``, ``cancelled``)
+        that finished more than ``older_than`` seconds ago (default: all), with their
+        results and history, ``batch_size`` per transaction. ``progress(n)`` is called
+        after each batch with the number deleted so far. Returns how many."""
+        _checks.integer("batch_size", batch_size, 1, 100_000)
+        statuses = _statuses(status)
+        if not statuses:
+            raise InvalidArgument("purge needs at least one status")
+        cutoff, group_, total = self._cutoff(older_than), _group_or_none(group), 0
+        for s in statuses:
+            cursor: tuple[int, int] | None = None
+            while True:
+                done, _, cursor = self._store.purge_batch(self.name, s, cutoff, group_, name, cursor, batch_size)
+                total += done
+                if progress is not None:
+                    progress(total)
+                if cursor is None:
+                    break
+        return total
+
+    def retry_dead(
+        self,
+        *,
+        group: str | ResourceGroup | None = None,
+        name: str | None = None,
+        status: str = "dead",
+        batch_size: int = 500,
+        progress: Callable[[int], None] | None = None,
+    ) -> Requeued:
+        """Requeues every dead (or, with ``status="cancelled"``, cancelled) task matching,
+        with fresh attempts, ``batch_size`` per transaction; ``progress(n)`` after each
+        batch. A task whose unique key an unfinished task now holds stays as it is and is
+        listed in ``skipped``."""
+        _checks.integer("batch_size", batch_size, 1, 100_000)
+        if status not in ("dead", "cancelled"):
+            raise InvalidArgument(f'retry_dead takes status "dead" or "cancelled", got {status!r}')
+        group_, done, skipped = _group_or_none(group), 0, []
+        cursor: tuple[int, int] | None = None
+        while True:
+            n, held, cursor = self._store.requeue_batch(self.name, status, None, group_, name, cursor, batch_size)
+            done += n
+            skipped.extend(held)
+            if progress is not None:
+                progress(done + len(skipped))
+            if cursor is None:
+                break
+        if done:
+            self._notify()
+        return Requeued(done, skipped)
+
+    def queue_names(self) -> builtins.list[str]:
+        """Every queue in this file (with tasks, group settings or a pause)."""
+        return self._store.queue_names()
+
+    def _cutoff(self, older_than: float | None) -> int | None:
+        seconds = _checks.optional_seconds("older_than", older_than)
+        return None if seconds is None else self._store.now_ms() - int(seconds * 1000)
+
+
+@dataclass(frozen=True)
+class Requeued:
+    """What ``Queue.retry_dead`` did: how many tasks went back to pending, and which stayed."""
+
+    count: int
+    skipped: list[int]
+
+
+def _statuses(status: str | Iterable[str] | None) -> list[str]:
+    if status is None:
+        return []
+    found = [status] if isinstance(status, str) else list(status)
+    for s in found:
+        if s not in STATUSES:
+            raise InvalidArgument(f"unknown status {s!r}: use one of {', '.join(STATUSES)}")
+    return found
+
+
+def _group_or_none(group: str | ResourceGroup | None) -> str | None:
+    return None if group is None else group_name(group)
 
 
 def _task_id(value: Any) -> int:

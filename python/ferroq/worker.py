@@ -18,9 +18,9 @@ import traceback
 from collections import deque
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import Any, Iterable
 
-from . import _checks
+from . import _checks, _core
 from .context import TaskContext, _current
 from .errors import (
     CorruptDatabase,
@@ -84,6 +84,15 @@ class WorkerStats:
     respawned: int = 0
 
 
+def _group_names(groups: Iterable[str]) -> tuple[str, ...]:
+    names = (groups,) if isinstance(groups, str) else tuple(groups)
+    if not names:
+        raise InvalidArgument("groups must name at least one resource group (None: every group)")
+    for g in names:
+        _core.check_name("resource group", _checks.text("group name", g))
+    return names
+
+
 def _describe(exc: BaseException | None) -> str:
     # A child's error already reads "Type: message".
     return str(exc) if isinstance(exc, ChildError) else f"{type(exc).__name__}: {exc}"
@@ -136,7 +145,8 @@ class Worker:
     a thread never waits on the database between tasks; outcomes are committed in batches
     by one completer thread. Each claim holds a lease of ``lease``
     seconds, renewed every lease/3; if this process dies, another worker's rescuer
-    returns its tasks to pending once their leases expire.
+    returns its tasks to pending once their leases expire. ``groups=[...]`` dedicates the
+    worker to those resource groups: it claims no other group's tasks.
     """
 
     def __init__(
@@ -152,6 +162,7 @@ class Worker:
         shutdown_grace: float = 30.0,
         handle_signals: bool = True,
         pool: str = "thread",
+        groups: Iterable[str] | None = None,
     ) -> None:
         if not isinstance(queue, Queue):
             raise InvalidArgument(f"Worker needs a ferroq.Queue, got {queue!r}")
@@ -175,6 +186,8 @@ class Worker:
                                       f"and {queue.serializer!r} cannot be pickled: {e}") from None
         #: "thread" or "process".
         self.pool = pool
+        #: Claim only tasks of these resource groups (None: every group).
+        self.groups: tuple[str, ...] | None = None if groups is None else _group_names(groups)
         self.queue = queue
         self._max_payload = queue._store.max_payload
         self.concurrency = concurrency
@@ -296,7 +309,8 @@ class Worker:
             wait = self.poll_interval  # woken earlier by any flush or enqueue in this process
             if free >= batch_floor or (free > 0 and not self._ready):
                 try:
-                    rows = store.claim(name, self.id, free, lease_ms)
+                    rows = (store.claim(name, self.id, free, lease_ms) if self.groups is None
+                            else store.claim_in_groups(name, list(self.groups), self.id, free, lease_ms))
                 except _FATAL_STORAGE:
                     raise
                 except StorageError as e:
@@ -335,6 +349,9 @@ class Worker:
         return min((b.due - now for b in self._forming.values()), default=self.poll_interval)
 
     def _queue_empty(self) -> bool:
+        if self.groups is not None:  # only the groups this worker serves
+            states = [self.queue.group(g).state() for g in self.groups]
+            return all(st.pending == 0 and st.running == 0 for st in states)
         counts = self.queue.counts()
         return counts["pending"] == 0 and counts["running"] == 0
 

@@ -2,6 +2,7 @@
 
 mod errors;
 mod groups;
+mod listing;
 mod observe;
 mod queue;
 

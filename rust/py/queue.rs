@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
+use crate::task::ClaimedTask;
+
 use crate::clock::Millis;
 use crate::policy::retention::{Keep, Retention};
 use crate::store::Store;
@@ -164,22 +166,7 @@ impl PyStore {
         lease_ms: Millis,
     ) -> PyResult<Bound<'py, PyList>> {
         let claimed = py.detach(|| self.store.claim(queue, worker, limit, lease_ms))?;
-        let items = claimed.into_iter().map(|t| {
-            PyTuple::new(
-                py,
-                [
-                    t.id.into_pyobject(py)?.into_any(),
-                    t.token.into_pyobject(py)?.into_any(),
-                    t.name.into_pyobject(py)?.into_any(),
-                    t.resource_group.into_pyobject(py)?.into_any(),
-                    PyBytes::new(py, &t.payload).into_any(),
-                    t.priority.into_pyobject(py)?.into_any(),
-                    t.attempt.into_pyobject(py)?.into_any(),
-                    t.max_attempts.into_pyobject(py)?.into_any(),
-                    t.created_at.into_pyobject(py)?.into_any(),
-                ],
-            )
-        });
+        let items = claimed.into_iter().map(|t| claimed_tuple(py, t));
         PyList::new(py, items.collect::<PyResult<Vec<_>>>()?)
     }
 
@@ -292,28 +279,7 @@ impl PyStore {
 
     fn get<'py>(&self, py: Python<'py>, queue: &str, id: i64) -> PyResult<Bound<'py, PyDict>> {
         let t = py.detach(|| self.store.get(queue, id))?;
-        let d = PyDict::new(py);
-        d.set_item("id", t.id)?;
-        d.set_item("queue", t.queue)?;
-        d.set_item("name", t.name)?;
-        d.set_item("status", t.status.as_str())?;
-        d.set_item("priority", t.priority)?;
-        d.set_item("resource_group", t.resource_group)?;
-        d.set_item("payload", PyBytes::new(py, &t.payload))?;
-        d.set_item("attempts", t.attempts)?;
-        d.set_item("max_attempts", t.max_attempts)?;
-        d.set_item("run_at", t.run_at)?;
-        d.set_item("unique_key", t.unique_key)?;
-        d.set_item("progress", t.progress)?;
-        d.set_item("lease_owner", t.lease_owner)?;
-        d.set_item("lease_expires_at", t.lease_expires_at)?;
-        d.set_item("last_error", t.last_error)?;
-        d.set_item("result", t.result.map(|r| PyBytes::new(py, &r)))?;
-        d.set_item("created_at", t.created_at)?;
-        d.set_item("updated_at", t.updated_at)?;
-        d.set_item("started_at", t.started_at)?;
-        d.set_item("finished_at", t.finished_at)?;
-        Ok(d)
+        super::listing::task_dict(py, t)
     }
 
     fn cancel(&self, py: Python<'_>, queue: &str, id: i64) -> PyResult<()> {
@@ -398,4 +364,22 @@ impl PyStore {
     fn quick_check(&self, py: Python<'_>) -> PyResult<Vec<String>> {
         Ok(py.detach(|| self.store.quick_check())?)
     }
+}
+
+/// (id, token, name, group, payload, priority, attempt, max_attempts, created_at_ms)
+pub(super) fn claimed_tuple(py: Python<'_>, t: ClaimedTask) -> PyResult<Bound<'_, PyTuple>> {
+    PyTuple::new(
+        py,
+        [
+            t.id.into_pyobject(py)?.into_any(),
+            t.token.into_pyobject(py)?.into_any(),
+            t.name.into_pyobject(py)?.into_any(),
+            t.resource_group.into_pyobject(py)?.into_any(),
+            PyBytes::new(py, &t.payload).into_any(),
+            t.priority.into_pyobject(py)?.into_any(),
+            t.attempt.into_pyobject(py)?.into_any(),
+            t.max_attempts.into_pyobject(py)?.into_any(),
+            t.created_at.into_pyobject(py)?.into_any(),
+        ],
+    )
 }

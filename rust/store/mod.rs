@@ -1,6 +1,7 @@
 //! The storage engine interface. SQLite implements it today; PostgreSQL will implement
 //! the same trait, and one shared test suite (`store::conformance`) runs against both.
 
+pub mod operations;
 pub mod sqlite;
 
 #[cfg(test)]
@@ -16,6 +17,7 @@ use crate::task::{
     TaskStatus, Transition,
 };
 
+pub use operations::Operations;
 pub use sqlite::CircuitCommand;
 pub use sqlite::health::WorkerInfo;
 

@@ -10,6 +10,7 @@ use crate::policy::retention::{Keep, Retention};
 use crate::task::{FailAction, NewTask, TaskStatus};
 
 mod groups;
+mod listing;
 mod observability;
 
 pub(super) const Q: &str = "default";

@@ -4,6 +4,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction};
 
 use super::events;
 use super::history;
+use super::listing::{self, RECORD_COLUMNS};
 use crate::clock::Millis;
 use crate::error::{Error, Result};
 use crate::policy::retention::{Keep, Retention};
@@ -11,38 +12,11 @@ use crate::task::{TaskId, TaskRecord, TaskStatus, Transition};
 
 /// One task and its result.
 pub fn get(conn: &Connection, queue: &str, id: TaskId) -> Result<TaskRecord> {
-    conn.prepare_cached(
-        "SELECT t.id, t.queue, t.name, t.status, t.priority, t.resource_group, t.payload,
-                t.attempts, t.max_attempts, t.run_at, t.unique_key, t.progress, t.lease_owner,
-                t.lease_expires_at, t.last_error, r.result, t.created_at, t.updated_at,
-                t.started_at, t.finished_at
-         FROM tasks t LEFT JOIN task_results r ON r.task_id = t.id
-         WHERE t.id = ?1 AND t.queue = ?2",
-    )?
-    .query_row((id, queue), |r| {
-        Ok(TaskRecord {
-            id: r.get(0)?,
-            queue: r.get(1)?,
-            name: r.get(2)?,
-            status: r.get(3)?,
-            priority: r.get(4)?,
-            resource_group: r.get(5)?,
-            payload: r.get(6)?,
-            attempts: r.get(7)?,
-            max_attempts: r.get(8)?,
-            run_at: r.get(9)?,
-            unique_key: r.get(10)?,
-            progress: r.get(11)?,
-            lease_owner: r.get(12)?,
-            lease_expires_at: r.get(13)?,
-            last_error: r.get(14)?,
-            result: r.get(15)?,
-            created_at: r.get(16)?,
-            updated_at: r.get(17)?,
-            started_at: r.get(18)?,
-            finished_at: r.get(19)?,
-        })
-    })
+    conn.prepare_cached(&format!(
+        "SELECT {RECORD_COLUMNS} FROM tasks t LEFT JOIN task_results r ON r.task_id = t.id
+         WHERE t.id = ?1 AND t.queue = ?2"
+    ))?
+    .query_row((id, queue), listing::record)
     .optional()?
     .ok_or(Error::UnknownTask(id))
 }
@@ -268,8 +242,10 @@ fn prune_status(
         "DELETE FROM tasks WHERE id IN (
              SELECT id FROM tasks
              WHERE queue = ?1 AND status = '{status}' AND finished_at < ?2
+               AND status IN ('completed', 'dead', 'cancelled')
              UNION
              SELECT id FROM (SELECT id FROM tasks WHERE queue = ?1 AND status = '{status}'
+                              AND status IN ('completed', 'dead', 'cancelled')
                              ORDER BY finished_at DESC, id DESC
                              LIMIT -1 OFFSET coalesce(?3, 0))
              WHERE ?3 IS NOT NULL
@@ -337,6 +313,32 @@ mod tests {
             .unwrap();
         let plan = plan.join("\n");
         assert!(plan.contains("INDEX tasks_due (queue=?)"), "{plan}");
+    }
+
+    #[test]
+    fn pruning_and_dead_counts_use_the_finished_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("q.db"), Options::default()).unwrap();
+        let sqls = [
+            "SELECT id FROM tasks WHERE queue = ?1 AND status = 'dead' AND finished_at < ?2
+               AND status IN ('completed', 'dead', 'cancelled')",
+            "SELECT count(*) FROM tasks WHERE queue = ?1 AND status = 'dead' AND finished_at >= ?2
+               AND status IN ('completed', 'dead', 'cancelled')",
+        ];
+        for sql in sqls {
+            let plan: Vec<String> = store
+                .with_conn(
+                    |l| &l.reader,
+                    |conn| {
+                        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                        let rows = stmt.query_map(("q", 1), |r| r.get::<_, String>(3))?;
+                        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+                    },
+                )
+                .unwrap();
+            let plan = plan.join("\n");
+            assert!(plan.contains("tasks_finished"), "{plan}");
+        }
     }
 
     #[test]

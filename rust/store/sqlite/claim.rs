@@ -70,12 +70,25 @@ pub fn claim(
             token,
         )?
     };
+    settle(tx, queue, worker, &mut tasks, task_events, now)?;
+    Ok(tasks)
+}
+
+/// What every claim does with what it leased: orders it, and records "started" events.
+fn settle(
+    tx: &Transaction<'_>,
+    queue: &str,
+    worker: &str,
+    tasks: &mut [ClaimedTask],
+    task_events: TaskEvents,
+    now: Millis,
+) -> Result<()> {
     // RETURNING does not promise the subquery's order.
     tasks.sort_unstable_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
     // No history row: the claim is in the task's started_at and lease_owner until the run
     // ends, and a run that ends other than completed records it then (`admin::history`).
     if task_events == TaskEvents::All {
-        for t in &tasks {
+        for t in tasks.iter() {
             let detail = format!(
                 r#"{{"worker":{},"attempt":{}}}"#,
                 json::string(worker),
@@ -85,7 +98,7 @@ pub fn claim(
             events::record_task(tx, queue, group, Some(t.id), "started", &detail, now)?;
         }
     }
-    Ok(tasks)
+    Ok(())
 }
 
 /// The common case: no group of the queue has limits.
@@ -160,6 +173,24 @@ fn claim_within_limits(
             candidates.push(row?);
         }
     }
+    lease_candidates(
+        tx, queue, groups, candidates, worker, limit, now, expires_at, token,
+    )
+}
+
+/// Leases the best `limit` of `candidates` (id, priority) and takes their groups' tokens.
+#[allow(clippy::too_many_arguments)]
+fn lease_candidates(
+    tx: &Transaction<'_>,
+    queue: &str,
+    groups: &mut [Group],
+    mut candidates: Vec<(TaskId, i64)>,
+    worker: &str,
+    limit: usize,
+    now: Millis,
+    expires_at: Millis,
+    token: LeaseToken,
+) -> Result<Vec<ClaimedTask>> {
     candidates.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     candidates.truncate(limit);
     if candidates.is_empty() {
@@ -179,6 +210,65 @@ fn claim_within_limits(
             resource_groups::save(tx, queue, g, now)?;
         }
     }
+    Ok(tasks)
+}
+
+/// `claim` for a worker dedicated to some groups (`only`: sorted, no duplicates): the
+/// best ready tasks of those groups only, each group within its limits.
+#[allow(clippy::too_many_arguments)]
+pub fn claim_in_groups(
+    tx: &Transaction<'_>,
+    queue: &str,
+    only: &[String],
+    worker: &str,
+    limit: usize,
+    now: Millis,
+    expires_at: Millis,
+    token: LeaseToken,
+    task_events: TaskEvents,
+) -> Result<Vec<ClaimedTask>> {
+    if resource_groups::queue_paused(tx, queue)? {
+        return Ok(Vec::new());
+    }
+    let mut groups = resource_groups::load_all(tx, queue)?;
+    groups.retain(|g| only.binary_search(&g.name).is_ok());
+    resource_groups::poll_breakers(tx, queue, &mut groups, now)?;
+    let running = if groups.iter().any(Group::needs_running) {
+        resource_groups::running_by_group(tx, queue, now)?
+    } else {
+        HashMap::new()
+    };
+    let mut candidates: Vec<(TaskId, i64)> = Vec::with_capacity(limit);
+    let mut of = tx.prepare_cached(CANDIDATES_OF)?;
+    for name in only {
+        // A group without a row has no limits.
+        let allowed = groups
+            .iter()
+            .find(|g| &g.name == name)
+            .and_then(|g| g.allowance(running.get(&g.name).copied().unwrap_or(0), now));
+        let take = allowed.map_or(limit as u64, |a| a.min(limit as u64));
+        if take == 0 {
+            continue;
+        }
+        for row in of.query_map((queue, now, name, take as i64), |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })? {
+            candidates.push(row?);
+        }
+    }
+    drop(of);
+    let mut tasks = lease_candidates(
+        tx,
+        queue,
+        &mut groups,
+        candidates,
+        worker,
+        limit,
+        now,
+        expires_at,
+        token,
+    )?;
+    settle(tx, queue, worker, &mut tasks, task_events, now)?;
     Ok(tasks)
 }
 

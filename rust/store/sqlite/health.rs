@@ -92,8 +92,10 @@ pub fn oldest_due(conn: &Connection, queue: &str, now: Millis) -> Result<Option<
 pub fn dead_since(conn: &Connection, queue: &str, since: Millis) -> Result<u64> {
     let n: i64 = conn
         .prepare_cached(
+            // The IN repeats the partial index's condition, so the planner may use it.
             "SELECT count(*) FROM tasks
-             WHERE queue = ?1 AND status = 'dead' AND finished_at >= ?2",
+             WHERE queue = ?1 AND status = 'dead' AND finished_at >= ?2
+               AND status IN ('completed', 'dead', 'cancelled')",
         )?
         .query_row((queue, since), |r| r.get(0))?;
     Ok(n as u64)

@@ -10,6 +10,7 @@ mod group;
 pub mod health;
 mod history;
 mod json;
+mod listing;
 mod local;
 mod metrics;
 pub mod migrations;
@@ -224,6 +225,21 @@ impl SqliteStore {
                     .query_row([], |r| r.get(0))?)
             },
         )
+    }
+
+    /// Counts committed claims, and how long each task waited since it was due.
+    fn record_claims(&self, queue: &str, tasks: &[ClaimedTask], now: Millis) {
+        let mut metrics = self.local.get().metrics.lock();
+        // Claims usually take runs of one group: one lookup per run, not per task.
+        for same_group in tasks.chunk_by(|a, b| a.resource_group == b.resource_group) {
+            let series = metrics.series(queue, &same_group[0].resource_group);
+            series.counts[Counter::Started as usize] += same_group.len() as u64;
+            for t in same_group {
+                series
+                    .wait
+                    .record(ms_to_us(now - t.run_at.max(t.created_at)));
+            }
+        }
     }
 
     fn count_enqueued(&self, queue: &str, tasks: &[NewTask], done: &[Enqueued]) {

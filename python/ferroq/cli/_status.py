@@ -1,0 +1,107 @@
+"""``ferroq status``: depths per status, pauses and resource groups, once or live."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+import click
+from rich.console import Group as Stack
+from rich.live import Live
+from rich.table import Table
+
+from ..info import STATUSES
+from ..queue import Queue
+from ._common import Settings, ago, console, db_options, dumps, open_queue, option, output_option, settings
+
+
+def collect(s: Settings) -> dict[str, Any]:
+    """What ``status`` shows, as plain data (the JSON output). Rates and wait/run
+    percentiles join each queue's entry (a ``metrics`` key) once the core records them;
+    nothing here estimates them."""
+    with open_queue(s) as q:
+        names = [s.queue] if s.queue_given else (q.queue_names() or [s.queue])
+        return {"queues": [_queue_entry(Queue(q.path, name=n, busy_timeout=s.busy_timeout)) for n in names]}
+
+
+def _queue_entry(q: Queue) -> dict[str, Any]:
+    with q:
+        return {
+            "name": q.name,
+            "paused": q.paused,
+            "counts": q.counts(),
+            "groups": [asdict(g) for g in q.groups()],
+        }
+
+
+def _limit(g: dict[str, Any]) -> str:
+    if g["concurrency_limit"] is None:
+        return f"{g['running']}"
+    return f"{g['running']}/{g['concurrency_limit']}" + (" (adaptive)" if g["adaptive"] else "")
+
+
+def _circuit(g: dict[str, Any]) -> str:
+    if not g["has_breaker"] and g["circuit"] == "closed":
+        return "-"
+    text = str(g["circuit"])
+    if g["circuit"] == "open":
+        text += f" (half-open {ago(g['open_until'])})" if g["open_until"] else " (until closed)"
+    elif g["recent_failures"]:
+        text += f" ({g['recent_failures']} failures)"
+    return text
+
+
+def render(data: dict[str, Any]) -> Stack:
+    queues = Table(title="Queues", title_justify="left")
+    for col in ("queue", "state", *STATUSES):
+        queues.add_column(col, justify="left" if col in ("queue", "state") else "right")
+    groups = Table(title="Resource groups", title_justify="left")
+    for col in ("queue", "group", "state", "pending", "running/limit", "rate", "tokens", "circuit", "held until"):
+        groups.add_column(col, justify="right" if col in ("pending", "running/limit", "tokens") else "left")
+    for entry in data["queues"]:
+        counts = entry["counts"]
+        queues.add_row(entry["name"], "paused" if entry["paused"] else "running",
+                       *(f"{counts[st]:,}" for st in STATUSES))
+        for g in entry["groups"]:
+            groups.add_row(
+                entry["name"], g["name"], "paused" if g["paused"] else "active", f"{g['pending']:,}", _limit(g),
+                "-" if g["rate"] is None else f"{g['rate']:g}/s",
+                "-" if g["tokens"] is None else f"{g['tokens']:.1f}",
+                _circuit(g), ago(g["blocked_until"]) if g["blocked_until"] else "-",
+            )
+    return Stack(queues, groups) if groups.row_count else Stack(queues)
+
+
+@click.command()
+@db_options
+@output_option
+@option("--watch", is_flag=True, help="Refresh live until Ctrl-C (with -o json: one JSON line per refresh).")
+@option("--interval", type=click.FloatRange(0.1, 3600), default=1.0, show_default=True,
+        help="Seconds between refreshes with --watch.")
+@click.pass_context
+def status(ctx: click.Context, db: str | None, queue_name: str | None, output: str, watch: bool,
+           interval: float) -> None:
+    """Depths per status, pauses, and each resource group's limits and circuit.
+
+    Every queue in the file, or only --queue when given.
+    """
+    s = settings(ctx, db, queue_name)
+    if not watch:
+        data = collect(s)
+        if output == "json":
+            click.echo(dumps(data))
+        else:
+            console().print(render(data))
+        return
+    try:
+        if output == "json":
+            while True:
+                click.echo(dumps(collect(s), pretty=False))
+                time.sleep(interval)
+        with Live(render(collect(s)), console=console(), auto_refresh=False) as live:
+            while True:
+                time.sleep(interval)
+                live.update(render(collect(s)), refresh=True)
+    except KeyboardInterrupt:
+        return

@@ -1,0 +1,144 @@
+"""Reading tasks: ``ferroq list``, ``ferroq inspect ID``, ``ferroq export``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime
+from typing import Any, BinaryIO
+
+import click
+import orjson
+from rich.markup import escape
+from rich.table import Table
+
+from ..info import STATUSES, TaskInfo
+from ._common import ago, console, db_options, dumps, open_queue, option, output_option, progress_bar, settings, \
+    split_list, stamp
+
+STATUS_OPTION = option("--status", multiple=True, metavar="STATUS",
+                       help=f"Only these statuses ({', '.join(STATUSES)}); repeat or comma-separate.")
+
+
+def _error_line(t: TaskInfo, width: int = 60) -> str:
+    if t.last_error is None:
+        return ""
+    text = f"{t.last_error.type}: {t.last_error.message}".replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@click.command("list")
+@db_options
+@output_option
+@STATUS_OPTION
+@option("--group", default=None, help="Only this resource group.")
+@option("--name", default=None, help="Only this task name.")
+@option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True, help="At most this many.")
+@option("--after", "after_id", type=int, default=None,
+        help="Page on: tasks after this id in the listing order (the last id of the previous page).")
+@option("--oldest-first", is_flag=True, help="Oldest first (default: newest first).")
+@click.pass_context
+def list_command(ctx: click.Context, db: str | None, queue_name: str | None, output: str, status: tuple[str, ...],
+                 group: str | None, name: str | None, limit: int, after_id: int | None, oldest_first: bool) -> None:
+    """Tasks by id, newest first, filtered by status, group and name."""
+    with open_queue(settings(ctx, db, queue_name)) as q:
+        tasks = q.list(status=split_list(status), group=group, name=name, limit=limit, after_id=after_id,
+                       newest_first=not oldest_first)
+    if output == "json":
+        click.echo(dumps(tasks))
+        return
+    table = Table(box=None, pad_edge=False)
+    for col in ("id", "name", "status", "group", "prio", "tries", "created", "finished", "last error"):
+        table.add_column(col, justify="right" if col in ("id", "prio", "tries") else "left", no_wrap=True)
+    for t in tasks:
+        table.add_row(str(t.id), escape(t.name), t.status, escape(t.resource_group), str(t.priority),
+                      f"{t.attempts}/{t.max_attempts}", ago(t.created_at), ago(t.finished_at),
+                      escape(_error_line(t)))
+    out = console()
+    out.print(table)
+    if len(tasks) == limit:
+        out.print(f"[dim]more: --after {tasks[-1].id}[/dim]")
+    elif not tasks:
+        out.print("no tasks match")
+
+
+@click.command()
+@db_options
+@output_option
+@click.argument("task_id", metavar="ID", type=int)
+@click.pass_context
+def inspect(ctx: click.Context, db: str | None, queue_name: str | None, output: str, task_id: int) -> None:
+    """One task: its fields, arguments, result, last error with traceback, and history."""
+    with open_queue(settings(ctx, db, queue_name)) as q:
+        info, history = q.get(task_id), q.history(task_id)
+    if output == "json":
+        click.echo(dumps({"task": info, "history": history}))
+        return
+    out = console()
+    fields = Table.grid(padding=(0, 2))
+    fields.add_column(style="bold")
+    fields.add_column()
+    rows: list[tuple[str, Any]] = [
+        ("id", info.id), ("queue", info.queue), ("name", info.name), ("status", info.status),
+        ("resource group", info.resource_group), ("priority", info.priority),
+        ("attempts", f"{info.attempts}/{info.max_attempts}"), ("unique key", info.unique_key),
+        ("progress", info.progress), ("created", info.created_at), ("run at", info.run_at),
+        ("started", info.started_at), ("finished", info.finished_at), ("lease owner", info.lease_owner),
+        ("lease expires", info.lease_expires_at),
+        ("args", dumps(info.args, pretty=False)), ("kwargs", dumps(info.kwargs, pretty=False)),
+        ("result", dumps(info.result, pretty=False)),
+    ]
+    for key, value in rows:
+        if value is not None:
+            fields.add_row(key, escape(stamp(value) if isinstance(value, datetime) else str(value)))
+    out.print(fields)
+    if info.last_error is not None:
+        out.print(f"\n[bold]last error[/bold]: {escape(info.last_error.type)}: {escape(info.last_error.message)}")
+        if info.last_error.traceback:
+            out.print(escape(info.last_error.traceback.rstrip()), soft_wrap=True)
+    table = Table(title="history", title_justify="left", box=None, pad_edge=False)
+    for col in ("at", "from", "to", "worker", "error"):
+        table.add_column(col, no_wrap=col != "error")
+    for tr in history:
+        error = "" if tr.error is None else f"{tr.error.type}: {tr.error.message}"
+        table.add_row(stamp(tr.at), tr.from_status or "-", tr.to_status, escape(tr.worker or "-"), escape(error))
+    out.print()
+    out.print(table)
+
+
+@click.command()
+@db_options
+@STATUS_OPTION
+@option("--group", default=None, help="Only this resource group.")
+@option("--name", default=None, help="Only this task name.")
+@option("--page-size", type=click.IntRange(1, 100_000), default=1000, show_default=True,
+        help="Tasks read per query (memory is bounded by one page).")
+@click.pass_context
+def export(ctx: click.Context, db: str | None, queue_name: str | None, status: tuple[str, ...], group: str | None,
+           name: str | None, page_size: int) -> None:
+    """Every matching task as JSON lines on stdout, oldest first (ferroq export > tasks.jsonl).
+
+    Streams page by page: memory stays flat whatever the number of tasks.
+    """
+    statuses = split_list(status)
+    out = sys.stdout.buffer
+    try:
+        _export(ctx, db, queue_name, statuses, group, name, page_size, out)
+    except BrokenPipeError:
+        # `ferroq export | head`: the reader has what it wanted; not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _export(ctx: click.Context, db: str | None, queue_name: str | None, statuses: list[str], group: str | None,
+            name: str | None, page_size: int, out: BinaryIO) -> None:
+    with open_queue(settings(ctx, db, queue_name)) as q:
+        # The total is known cheaply only per status (counts use the status indexes).
+        total = None if group or name else sum(n for st, n in q.counts().items() if not statuses or st in statuses)
+        with progress_bar("exporting") as progress:
+            bar = progress.add_task("exporting", total=total)
+            for i, info in enumerate(q.iter_tasks(status=statuses, group=group, name=name, page_size=page_size), 1):
+                out.write(orjson.dumps(info, default=str) + b"\n")
+                if i % page_size == 0:
+                    progress.update(bar, completed=i)
+    out.flush()
+

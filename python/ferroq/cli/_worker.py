@@ -1,0 +1,74 @@
+"""``ferroq worker MODULE:QUEUE``: runs a worker on a queue declared in your code."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+import click
+
+from ..queue import Queue
+from ..worker import Worker
+from ._common import CliError, Exit, option, split_list
+
+
+def load_queue(spec: str) -> Queue:
+    """``package.module:attr`` (or just the module, if it holds exactly one Queue), imported
+    with the working directory on ``sys.path`` as ``python -m`` would."""
+    module_name, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise CliError(f"cannot import {module_name!r}: {e}", Exit.USAGE) from None
+    if not attr:
+        found = [name for name, v in vars(module).items() if isinstance(v, Queue)]
+        if len(found) != 1:
+            raise CliError(f"{module_name} holds {len(found)} Queue objects; name one as MODULE:QUEUE", Exit.USAGE)
+        attr = found[0]
+    target: object = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise CliError(f"{module_name} has no attribute {attr!r}", Exit.USAGE)
+        target = getattr(target, part)
+    if not isinstance(target, Queue):
+        raise CliError(f"{spec} is a {type(target).__name__}, not a ferroq.Queue", Exit.USAGE)
+    return target
+
+
+@click.command()
+@click.argument("spec", metavar="MODULE:QUEUE")
+@option("--concurrency", type=click.IntRange(1, 10_000), default=None,
+        help="Runner threads (default 8).")
+@option("--processes", type=click.IntRange(1, 1_000), default=None,
+        help="Run processors in N child processes (pool='process') instead of threads.")
+@option("--groups", default=None, help="Claim only tasks of these resource groups (comma-separated).")
+@option("--lease", type=float, default=30.0, show_default=True, help="Lease seconds (renewed every lease/3).")
+@option("--prefetch", type=click.IntRange(0, 100_000), default=None, help="Buffered tasks (default: adaptive).")
+@option("--shutdown-grace", type=float, default=30.0, show_default=True,
+        help="Seconds running tasks get to finish on SIGTERM/SIGINT.")
+@option("--name", default=None, help="Worker id (default host:pid:random).")
+@option("--until-idle", is_flag=True, help="Stop when nothing is ready to run.")
+@option("--until-empty", is_flag=True, help="Stop when nothing is pending or running (waits for delays).")
+@option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+        default="info", show_default=True, help="Log level (stderr).")
+def worker(spec: str, concurrency: int | None, processes: int | None, groups: str | None, lease: float,
+           prefetch: int | None, shutdown_grace: float, name: str | None, until_idle: bool, until_empty: bool,
+           log_level: str) -> None:
+    """Run a worker on the queue MODULE:QUEUE (e.g. myapp.tasks:queue) until SIGINT/SIGTERM.
+
+    The database is the one the Queue in your code opens (--db does not apply).
+    """
+    if concurrency is not None and processes is not None:
+        raise CliError("give --concurrency (threads) or --processes (child processes), not both", Exit.USAGE)
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    q = load_queue(spec)
+    only = split_list((groups,)) if groups else None
+    w = Worker(q, concurrency=processes or concurrency or 8, pool="process" if processes else "thread",
+               lease=lease, prefetch=prefetch, shutdown_grace=shutdown_grace, name=name, groups=only)
+    stats = w.run(until_idle=until_idle, until_empty=until_empty)
+    logging.getLogger("ferroq.cli").info("done: %s", stats)

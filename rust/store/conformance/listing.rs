@@ -1,0 +1,281 @@
+//! Operations: listings, bulk requeue and purge, claims restricted to groups.
+
+use super::{LEASE, Q, fixture, ids, task};
+use crate::clock::Clock;
+use crate::policy::throttle::ThrottleConfig;
+use crate::resource_group::GroupConfig;
+use crate::store::Store;
+use crate::store::operations::{Finished, Operations, Page, TaskFilter};
+use crate::task::{FailAction, NewTask, TaskStatus};
+
+fn in_group(group: &str, priority: i64) -> NewTask {
+    NewTask {
+        resource_group: group.into(),
+        ..task("t", priority)
+    }
+}
+
+fn page(after: Option<i64>, newest_first: bool, limit: usize) -> Page {
+    Page {
+        after,
+        newest_first,
+        limit,
+    }
+}
+
+fn dead(status: TaskStatus) -> Finished {
+    Finished {
+        status,
+        finished_before: None,
+        group: None,
+        name: None,
+    }
+}
+
+/// Claims everything ready and fails it fatally.
+fn kill_all(f: &super::Fixture) {
+    for t in f.store.claim(Q, "w", 1000, LEASE).unwrap() {
+        f.store.fail(t.id, t.token, "{}", FailAction::Dead).unwrap();
+    }
+}
+
+#[test]
+fn listing_pages_by_id_both_ways_with_filters() {
+    let f = fixture();
+    let e = f
+        .store
+        .enqueue(
+            Q,
+            &[
+                in_group("a", 0),
+                in_group("b", 0),
+                in_group("a", 9),
+                task("other", 0),
+            ],
+        )
+        .unwrap();
+    let all: Vec<i64> = e.iter().map(|x| x.id).collect();
+    let none = TaskFilter::default();
+    let first = f.store.list(Q, &none, page(None, false, 2)).unwrap();
+    let second = f
+        .store
+        .list(Q, &none, page(Some(first[1].id), false, 2))
+        .unwrap();
+    let got: Vec<i64> = first.iter().chain(&second).map(|t| t.id).collect();
+    assert_eq!(got, all);
+    let newest = f.store.list(Q, &none, page(None, true, 3)).unwrap();
+    assert_eq!(
+        newest.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![all[3], all[2], all[1]]
+    );
+    let of_a = TaskFilter {
+        group: Some("a".into()),
+        ..TaskFilter::default()
+    };
+    let a: Vec<i64> = f
+        .store
+        .list(Q, &of_a, page(None, false, 10))
+        .unwrap()
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(a, vec![all[0], all[2]]);
+    let named = TaskFilter {
+        name: Some("other".into()),
+        ..TaskFilter::default()
+    };
+    assert_eq!(
+        f.store.list(Q, &named, page(None, false, 10)).unwrap()[0].id,
+        all[3]
+    );
+    // The highest priority task runs; only it is running.
+    let claimed = f.store.claim(Q, "w", 1, LEASE).unwrap();
+    let running = TaskFilter {
+        statuses: vec![TaskStatus::Running],
+        ..TaskFilter::default()
+    };
+    let listed = f.store.list(Q, &running, page(None, false, 10)).unwrap();
+    assert_eq!(
+        ids(&claimed),
+        listed.iter().map(|t| t.id).collect::<Vec<_>>()
+    );
+    assert!(
+        f.store
+            .list("elsewhere", &none, page(None, false, 10))
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn purge_deletes_only_what_matches_in_batches() {
+    let f = fixture();
+    f.store
+        .enqueue(Q, &[task("x", 0), task("x", 0), task("y", 0)])
+        .unwrap();
+    let claimed = f.store.claim(Q, "w", 10, LEASE).unwrap();
+    f.store
+        .complete(claimed[0].id, claimed[0].token, b"1")
+        .unwrap();
+    f.clock.advance(10_000);
+    let cutoff = f.clock.now_ms();
+    f.store
+        .complete(claimed[1].id, claimed[1].token, b"2")
+        .unwrap();
+    f.store
+        .fail(claimed[2].id, claimed[2].token, "{}", FailAction::Dead)
+        .unwrap();
+    f.store.enqueue(Q, &[task("x", 0)]).unwrap();
+
+    let old = Finished {
+        finished_before: Some(cutoff),
+        ..dead(TaskStatus::Completed)
+    };
+    assert_eq!(f.store.count_finished(Q, &old).unwrap(), 1);
+    assert_eq!(
+        f.store
+            .count_finished(Q, &dead(TaskStatus::Completed))
+            .unwrap(),
+        2
+    );
+    let step = f.store.purge_batch(Q, &old, None, 10).unwrap();
+    assert_eq!((step.done, step.next), (1, None));
+    assert!(f.store.get(Q, claimed[0].id).is_err());
+    // Small batches hand back a cursor until nothing is left.
+    let all_completed = dead(TaskStatus::Completed);
+    f.store.enqueue(Q, &[task("z", 0)]).unwrap();
+    let more = f.store.claim(Q, "w", 10, LEASE).unwrap();
+    for t in &more {
+        f.store.complete(t.id, t.token, b"null").unwrap();
+    }
+    let (mut total, mut cursor) = (0, None);
+    loop {
+        let step = f.store.purge_batch(Q, &all_completed, cursor, 1).unwrap();
+        total += step.done;
+        cursor = step.next;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert_eq!(total, 3);
+    let counts = f.store.counts(Q).unwrap();
+    assert!(
+        counts.contains(&(TaskStatus::Dead, 1)) && counts.contains(&(TaskStatus::Completed, 0))
+    );
+    let pending = dead(TaskStatus::Pending);
+    assert!(f.store.purge_batch(Q, &pending, None, 10).is_err());
+}
+
+#[test]
+fn requeue_batch_revives_dead_tasks_and_skips_held_unique_keys() {
+    let f = fixture();
+    let keyed = NewTask {
+        unique_key: Some("k".into()),
+        ..task("t", 0)
+    };
+    f.store
+        .enqueue(Q, &[keyed.clone(), in_group("a", 0), in_group("b", 0)])
+        .unwrap();
+    kill_all(&f);
+    // A new task takes the unique key: requeueing the dead holder would break it.
+    let holder = f.store.enqueue(Q, &[keyed]).unwrap()[0].id;
+    let of_b = Finished {
+        group: Some("b".into()),
+        ..dead(TaskStatus::Dead)
+    };
+    assert_eq!(f.store.requeue_batch(Q, &of_b, None, 10).unwrap().done, 1);
+    let step = f
+        .store
+        .requeue_batch(Q, &dead(TaskStatus::Dead), None, 10)
+        .unwrap();
+    assert_eq!(step.done, 1);
+    assert_eq!(step.skipped.len(), 1);
+    let counts = f.store.counts(Q).unwrap();
+    assert!(counts.contains(&(TaskStatus::Pending, 3)) && counts.contains(&(TaskStatus::Dead, 1)));
+    let revived = f.store.claim(Q, "w", 10, LEASE).unwrap();
+    assert!(revived.iter().all(|t| t.attempt == 1));
+    assert!(revived.iter().any(|t| t.id == holder));
+    assert!(
+        f.store
+            .requeue_batch(Q, &dead(TaskStatus::Completed), None, 10)
+            .is_err()
+    );
+}
+
+#[test]
+fn claims_restricted_to_groups_take_only_those_and_keep_their_limits() {
+    let f = fixture();
+    let e = f
+        .store
+        .enqueue(
+            Q,
+            &[
+                in_group("a", 0),
+                in_group("b", 5),
+                in_group("c", 9),
+                in_group("a", 1),
+                in_group("b", 0),
+            ],
+        )
+        .unwrap();
+    let only = vec!["a".to_string(), "b".to_string()];
+    // Unlimited groups: best first across the chosen groups, c never.
+    let got = f.store.claim_in_groups(Q, &only, "w", 2, LEASE).unwrap();
+    assert_eq!(ids(&got), vec![e[1].id, e[3].id]);
+    // A cap of 1 on "a", with one of its tasks running: "a" gives nothing now.
+    let capped = GroupConfig {
+        breaker: None,
+        throttle: Some(ThrottleConfig {
+            rate: None,
+            burst: 1.0,
+            max_concurrency: Some(1),
+            adaptive: None,
+        }),
+    };
+    f.store.configure_group(Q, "a", &capped).unwrap();
+    let got = f.store.claim_in_groups(Q, &only, "w", 10, LEASE).unwrap();
+    assert_eq!(ids(&got), vec![e[4].id]);
+    // A paused group gives nothing; a paused queue nothing at all.
+    f.store.set_group_paused(Q, "c", true).unwrap();
+    assert!(
+        f.store
+            .claim_in_groups(Q, &["c".into()], "w", 10, LEASE)
+            .unwrap()
+            .is_empty()
+    );
+    f.store.set_group_paused(Q, "c", false).unwrap();
+    f.store.set_queue_paused(Q, true).unwrap();
+    assert!(
+        f.store
+            .claim_in_groups(Q, &["c".into()], "w", 10, LEASE)
+            .unwrap()
+            .is_empty()
+    );
+    f.store.set_queue_paused(Q, false).unwrap();
+    assert_eq!(
+        ids(&f
+            .store
+            .claim_in_groups(Q, &["c".into()], "w", 10, LEASE)
+            .unwrap()),
+        vec![e[2].id]
+    );
+    assert!(f.store.claim_in_groups(Q, &[], "w", 10, LEASE).is_err());
+    assert!(
+        f.store
+            .claim_in_groups(Q, &["".into()], "w", 10, LEASE)
+            .is_err()
+    );
+}
+
+#[test]
+fn queue_names_lists_queues_with_tasks_or_settings() {
+    let f = fixture();
+    f.store.enqueue("one", &[task("t", 0)]).unwrap();
+    f.store.set_queue_paused("two", true).unwrap();
+    f.store.enqueue(Q, &[task("t", 0)]).unwrap();
+    kill_all(&f);
+    assert_eq!(
+        f.store.queue_names().unwrap(),
+        vec!["default", "one", "two"]
+    );
+}

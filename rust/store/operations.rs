@@ -1,0 +1,90 @@
+//! What operators (the CLI, a dashboard) and dedicated workers need beyond the scheduler:
+//! listings by keyset pagination, bulk requeue and purge in small transactions, and claims
+//! restricted to some resource groups. A separate trait so the scheduler's `Store` stays
+//! small; every engine implements both.
+
+use crate::clock::Millis;
+use crate::error::Result;
+use crate::task::{ClaimedTask, TaskId, TaskRecord, TaskStatus};
+
+use super::Store;
+
+/// Which tasks a listing returns. Empty `statuses`: every status.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub statuses: Vec<TaskStatus>,
+    pub group: Option<String>,
+    pub name: Option<String>,
+}
+
+/// One page of a listing: ids strictly after `after` in the listing's order (ascending id,
+/// or descending with `newest_first`). Keyset, never OFFSET: a page costs the same at the
+/// millionth row as at the first.
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    pub after: Option<TaskId>,
+    pub newest_first: bool,
+    pub limit: usize,
+}
+
+/// Finished tasks of one status (completed, dead or cancelled), finished before a time.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub status: TaskStatus,
+    pub finished_before: Option<Millis>,
+    pub group: Option<String>,
+    pub name: Option<String>,
+}
+
+/// Where a bulk operation stands: pass `next` back to go on; `None` when it is done.
+pub type Cursor = (Millis, TaskId);
+
+/// What one batch of a bulk operation did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Step {
+    /// Tasks changed (deleted or requeued).
+    pub done: u64,
+    /// Tasks left as they were (a requeue whose unique key an unfinished task holds).
+    pub skipped: Vec<TaskId>,
+    pub next: Option<Cursor>,
+}
+
+pub trait Operations: Store {
+    /// Tasks matching `filter`, one page, with payloads and results.
+    fn list(&self, queue: &str, filter: &TaskFilter, page: Page) -> Result<Vec<TaskRecord>>;
+
+    /// How many finished tasks match (what `purge` or a bulk requeue would touch).
+    fn count_finished(&self, queue: &str, which: &Finished) -> Result<u64>;
+
+    /// Deletes up to `limit` matching finished tasks after `after`, in one transaction.
+    fn purge_batch(
+        &self,
+        queue: &str,
+        which: &Finished,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Step>;
+
+    /// Moves up to `limit` matching dead or cancelled tasks after `after` back to pending
+    /// with fresh attempts, in one transaction.
+    fn requeue_batch(
+        &self,
+        queue: &str,
+        which: &Finished,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Step>;
+
+    /// `Store::claim`, taking only tasks of `groups` (still within each group's limits).
+    fn claim_in_groups(
+        &self,
+        queue: &str,
+        groups: &[String],
+        worker: &str,
+        limit: usize,
+        lease_ms: Millis,
+    ) -> Result<Vec<ClaimedTask>>;
+
+    /// Queues present in the file: with tasks, settings or a pause.
+    fn queue_names(&self) -> Result<Vec<String>>;
+}

@@ -1,0 +1,347 @@
+//! Listings, bulk requeue and purge for operators, and claims restricted to some groups
+//! (see `store::Operations`).
+
+use rusqlite::{Connection, Row, Transaction};
+
+use super::{SqliteStore, admin, claim, json};
+use crate::clock::Millis;
+use crate::error::{Error, Result};
+use crate::store::operations::{Cursor, Finished, Operations, Page, Step, TaskFilter};
+use crate::task::{ClaimedTask, TaskId, TaskRecord, TaskStatus};
+use crate::validate;
+
+/// The columns of a `TaskRecord`, for `FROM tasks t LEFT JOIN task_results r`.
+pub const RECORD_COLUMNS: &str = "t.id, t.queue, t.name, t.status, t.priority, t.resource_group,
+    t.payload, t.attempts, t.max_attempts, t.run_at, t.unique_key, t.progress, t.lease_owner,
+    t.lease_expires_at, t.last_error, r.result, t.created_at, t.updated_at, t.started_at,
+    t.finished_at";
+
+/// A row selected with `RECORD_COLUMNS`.
+pub fn record(r: &Row<'_>) -> rusqlite::Result<TaskRecord> {
+    Ok(TaskRecord {
+        id: r.get(0)?,
+        queue: r.get(1)?,
+        name: r.get(2)?,
+        status: r.get(3)?,
+        priority: r.get(4)?,
+        resource_group: r.get(5)?,
+        payload: r.get(6)?,
+        attempts: r.get(7)?,
+        max_attempts: r.get(8)?,
+        run_at: r.get(9)?,
+        unique_key: r.get(10)?,
+        progress: r.get(11)?,
+        lease_owner: r.get(12)?,
+        lease_expires_at: r.get(13)?,
+        last_error: r.get(14)?,
+        result: r.get(15)?,
+        created_at: r.get(16)?,
+        updated_at: r.get(17)?,
+        started_at: r.get(18)?,
+        finished_at: r.get(19)?,
+    })
+}
+
+/// A listing walks the table by primary key from the cursor (`NOT INDEXED` keeps the
+/// rowid range but no secondary index, whose order is not id order): a page costs the rows
+/// read until it is full, and a whole listing (an export) is one pass over the table.
+fn list_sql(newest_first: bool) -> String {
+    let (cmp, order) = if newest_first {
+        ("<", "DESC")
+    } else {
+        (">", "ASC")
+    };
+    format!(
+        "SELECT {RECORD_COLUMNS} FROM tasks AS t NOT INDEXED
+             LEFT JOIN task_results r ON r.task_id = t.id
+         WHERE t.id {cmp} ?2 AND t.queue = ?1
+           AND (?3 IS NULL OR t.status IN (SELECT value FROM json_each(?3)))
+           AND (?4 IS NULL OR t.resource_group = ?4) AND (?5 IS NULL OR t.name = ?5)
+         ORDER BY t.id {order} LIMIT ?6"
+    )
+}
+
+pub fn list(
+    conn: &Connection,
+    queue: &str,
+    filter: &TaskFilter,
+    page: Page,
+) -> Result<Vec<TaskRecord>> {
+    let after = page.after.unwrap_or(if page.newest_first {
+        TaskId::MAX
+    } else {
+        TaskId::MIN
+    });
+    let statuses = (!filter.statuses.is_empty())
+        .then(|| json::strings(filter.statuses.iter().map(|s| s.as_str())));
+    let mut stmt = conn.prepare_cached(&list_sql(page.newest_first))?;
+    let rows = stmt.query_map(
+        (
+            queue,
+            after,
+            statuses,
+            &filter.group,
+            &filter.name,
+            page.limit as i64,
+        ),
+        record,
+    )?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Finished tasks of one status in `tasks_finished` order, so each batch of a bulk
+/// operation reads only its own entries. The status is spelled into the SQL, next to the
+/// index's own condition: SQLite uses a partial index only when the query repeats its
+/// `WHERE` (it does not see that `status = 'dead'` implies it).
+fn finished_sql(select: &str, status: TaskStatus) -> Result<String> {
+    if !matches!(
+        status,
+        TaskStatus::Completed | TaskStatus::Dead | TaskStatus::Cancelled
+    ) {
+        return Err(Error::InvalidArgument(format!(
+            "only finished tasks (completed, dead, cancelled) can be selected here, not {status}"
+        )));
+    }
+    let status = status.as_str();
+    Ok(format!(
+        "SELECT {select} FROM tasks INDEXED BY tasks_finished
+         WHERE queue = ?1 AND status IN ('completed', 'dead', 'cancelled')
+           AND status = '{status}' AND finished_at < ?2
+           AND (?3 IS NULL OR resource_group = ?3) AND (?4 IS NULL OR name = ?4)"
+    ))
+}
+
+fn before(which: &Finished) -> Millis {
+    which.finished_before.unwrap_or(Millis::MAX)
+}
+
+pub fn count_finished(conn: &Connection, queue: &str, which: &Finished) -> Result<u64> {
+    let sql = finished_sql("count(*)", which.status)?;
+    let n: i64 = conn
+        .prepare_cached(&sql)?
+        .query_row((queue, before(which), &which.group, &which.name), |r| {
+            r.get(0)
+        })?;
+    Ok(n as u64)
+}
+
+/// The next batch of matching finished tasks: (finished_at, id), in index order.
+fn select_batch(
+    tx: &Transaction<'_>,
+    queue: &str,
+    which: &Finished,
+    after: Option<Cursor>,
+    limit: usize,
+) -> Result<Vec<Cursor>> {
+    let sql = format!(
+        "{} AND (finished_at, id) > (?5, ?6) ORDER BY finished_at, id LIMIT ?7",
+        finished_sql("finished_at, id", which.status)?
+    );
+    let (at, id) = after.unwrap_or((Millis::MIN, TaskId::MIN));
+    let mut stmt = tx.prepare_cached(&sql)?;
+    let rows = stmt.query_map(
+        (
+            queue,
+            before(which),
+            &which.group,
+            &which.name,
+            at,
+            id,
+            limit as i64,
+        ),
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+fn next(batch: &[Cursor], limit: usize) -> Option<Cursor> {
+    (batch.len() >= limit).then(|| *batch.last().expect("a full batch"))
+}
+
+pub fn purge_batch(
+    tx: &Transaction<'_>,
+    queue: &str,
+    which: &Finished,
+    after: Option<Cursor>,
+    limit: usize,
+) -> Result<Step> {
+    let batch = select_batch(tx, queue, which, after, limit)?;
+    // The `tasks_pruned` trigger takes results and history with each task.
+    let done = tx
+        .prepare_cached("DELETE FROM tasks WHERE id IN (SELECT value FROM json_each(?1))")?
+        .execute([json::ids(batch.iter().map(|c| c.1))])?;
+    Ok(Step {
+        done: done as u64,
+        skipped: Vec::new(),
+        next: next(&batch, limit),
+    })
+}
+
+pub fn requeue_batch(
+    tx: &Transaction<'_>,
+    queue: &str,
+    which: &Finished,
+    after: Option<Cursor>,
+    limit: usize,
+    now: Millis,
+) -> Result<Step> {
+    if which.status == TaskStatus::Completed {
+        return Err(Error::InvalidArgument(
+            "only dead or cancelled tasks can be requeued".into(),
+        ));
+    }
+    let batch = select_batch(tx, queue, which, after, limit)?;
+    let mut step = Step {
+        next: next(&batch, limit),
+        ..Step::default()
+    };
+    for &(_, id) in &batch {
+        match admin::requeue(tx, queue, id, now) {
+            Ok(()) => step.done += 1,
+            // Its unique key is held by an unfinished task: leave it dead, report it.
+            Err(Error::InvalidArgument(_)) => step.skipped.push(id),
+            Err(other) => return Err(other),
+        }
+    }
+    Ok(step)
+}
+
+pub fn queue_names(conn: &Connection) -> Result<Vec<String>> {
+    // One arm per partial index, so no arm walks the table.
+    let mut stmt = conn.prepare_cached(
+        "SELECT queue FROM queues
+         UNION SELECT queue FROM resource_groups
+         UNION SELECT DISTINCT queue FROM tasks WHERE status = 'pending'
+         UNION SELECT DISTINCT queue FROM tasks WHERE status = 'running'
+         UNION SELECT DISTINCT queue FROM tasks WHERE status IN ('completed', 'dead', 'cancelled')
+         ORDER BY 1",
+    )?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+impl Operations for SqliteStore {
+    fn list(&self, queue: &str, filter: &TaskFilter, page: Page) -> Result<Vec<TaskRecord>> {
+        if page.limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.read(|conn, _| list(conn, queue, filter, page))
+    }
+
+    fn count_finished(&self, queue: &str, which: &Finished) -> Result<u64> {
+        self.read(|conn, _| count_finished(conn, queue, which))
+    }
+
+    fn purge_batch(
+        &self,
+        queue: &str,
+        which: &Finished,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Step> {
+        self.write(|tx, _| purge_batch(tx, queue, which, after, limit.max(1)))
+    }
+
+    fn requeue_batch(
+        &self,
+        queue: &str,
+        which: &Finished,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Step> {
+        self.write(|tx, now| requeue_batch(tx, queue, which, after, limit.max(1), now))
+    }
+
+    fn claim_in_groups(
+        &self,
+        queue: &str,
+        groups: &[String],
+        worker: &str,
+        limit: usize,
+        lease_ms: Millis,
+    ) -> Result<Vec<ClaimedTask>> {
+        if groups.is_empty() {
+            return Err(Error::InvalidArgument(
+                "a claim restricted to groups needs at least one group".into(),
+            ));
+        }
+        for g in groups {
+            validate::name("resource group", g)?;
+        }
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        validate::name("worker", worker)?;
+        let mut only = groups.to_vec();
+        only.sort_unstable();
+        only.dedup();
+        let token = super::new_token();
+        let events = self.options.task_events;
+        let (tasks, now) = self.write(|tx, now| {
+            let tasks = claim::claim_in_groups(
+                tx,
+                queue,
+                &only,
+                worker,
+                limit,
+                now,
+                now + lease_ms,
+                token,
+                events,
+            )?;
+            Ok((tasks, now))
+        })?;
+        self.record_claims(queue, &tasks, now);
+        Ok(tasks)
+    }
+
+    fn queue_names(&self) -> Result<Vec<String>> {
+        self.read(|conn, _| queue_names(conn))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Options, SqliteStore};
+    use super::{finished_sql, list_sql};
+    use crate::task::TaskStatus;
+
+    fn plan(sql: &str, params: impl rusqlite::Params) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("q.db"), Options::default()).unwrap();
+        store
+            .with_conn(
+                |l| &l.reader,
+                |conn| {
+                    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                    let rows = stmt.query_map(params, |r| r.get::<_, String>(3))?;
+                    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+                },
+            )
+            .unwrap()
+            .join("\n")
+    }
+
+    #[test]
+    fn a_listing_page_is_a_primary_key_range_without_sorting() {
+        for newest_first in [false, true] {
+            let p = plan(
+                &list_sql(newest_first),
+                ("q", 5, None::<String>, None::<String>, None::<String>, 10),
+            );
+            assert!(p.contains("INTEGER PRIMARY KEY (rowid"), "{p}");
+            assert!(!p.contains("TEMP B-TREE"), "{p}");
+        }
+    }
+
+    #[test]
+    fn bulk_batches_walk_the_finished_index_without_sorting() {
+        let sql = format!(
+            "{} AND (finished_at, id) > (?5, ?6) ORDER BY finished_at, id LIMIT ?7",
+            finished_sql("finished_at, id", TaskStatus::Dead).unwrap()
+        );
+        let p = plan(&sql, ("q", 1, None::<String>, None::<String>, 0, 0, 10));
+        assert!(p.contains("tasks_finished"), "{p}");
+        assert!(!p.contains("TEMP B-TREE"), "{p}");
+    }
+}

@@ -1,0 +1,97 @@
+"""``ferroq worker MODULE:QUEUE`` in real processes: runs the tasks declared in a module,
+with threads or child processes, and only the resource groups it is given."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import ferroq
+
+from procs import child_env
+
+APP = '''
+import ferroq
+
+queue = ferroq.Queue({db!r}, durability="normal")
+
+@queue.task(name="double", resource_group="cpu")
+def double(n: int) -> int:
+    return n * 2
+
+@queue.task(name="send", resource_group="mail")
+def send(to: str) -> str:
+    return "sent " + to
+'''
+
+
+def make_app(tmp_path: Path) -> tuple[Path, ferroq.Queue]:
+    db = tmp_path / "app.db"
+    (tmp_path / "app.py").write_text(textwrap.dedent(APP.format(db=str(db))))
+    q = ferroq.Queue(db, durability="normal")
+    return db, q
+
+
+def ferroq_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ferroq.cli", *args], cwd=tmp_path, env=child_env(),
+                          capture_output=True, text=True, timeout=120)
+
+
+def enqueue(q: ferroq.Queue, name: str, n: int, group: str, arg: object) -> None:
+    """Enqueues by name, as the app's code would (the processor itself lives in app.py)."""
+    task = q.tasks.get(name) or q.task(name=name, resource_group=group)(lambda x: x)
+    q.enqueue_many([task.call(arg) for _ in range(n)])
+
+
+def test_worker_runs_a_modules_queue_until_empty(tmp_path: Path) -> None:
+    db, q = make_app(tmp_path)
+    enqueue(q, "double", 20, "cpu", 21)
+    done = ferroq_cli(tmp_path, "worker", "app:queue", "--until-empty", "--concurrency", "4")
+    assert done.returncode == 0, done.stderr
+    assert q.counts()["completed"] == 20
+    assert {t.result for t in q.list(status="completed")} == {42}
+    assert "started on" in done.stderr  # logged at --log-level info
+
+
+def test_worker_with_processes_uses_the_process_pool(tmp_path: Path) -> None:
+    db, q = make_app(tmp_path)
+    enqueue(q, "send", 5, "mail", "ada")
+    done = ferroq_cli(tmp_path, "worker", "app", "--until-empty", "--processes", "2", "--log-level", "warning")
+    assert done.returncode == 0, done.stderr
+    assert [t.result for t in q.list(status="completed")] == ["sent ada"] * 5
+
+
+def test_worker_claims_only_its_groups(tmp_path: Path) -> None:
+    db, q = make_app(tmp_path)
+    enqueue(q, "double", 5, "cpu", 1)
+    enqueue(q, "send", 5, "mail", "bob")
+    done = ferroq_cli(tmp_path, "worker", "app:queue", "--groups", "mail", "--until-empty")
+    assert done.returncode == 0, done.stderr
+    assert {t.resource_group for t in q.list(status="completed")} == {"mail"}
+    assert {t.resource_group for t in q.list(status="pending")} == {"cpu"}
+
+
+def test_worker_obeys_a_pause_made_by_the_cli(tmp_path: Path) -> None:
+    db, q = make_app(tmp_path)
+    enqueue(q, "double", 3, "cpu", 1)
+    enqueue(q, "send", 3, "mail", "eve")
+    assert ferroq_cli(tmp_path, "--db", str(db), "pause", "mail").returncode == 0
+    done = ferroq_cli(tmp_path, "worker", "app:queue", "--until-idle")
+    assert done.returncode == 0, done.stderr
+    assert q.counts()["completed"] == 3 and q.counts()["pending"] == 3
+    assert ferroq_cli(tmp_path, "--db", str(db), "resume", "mail").returncode == 0
+    assert ferroq_cli(tmp_path, "worker", "app:queue", "--until-idle").returncode == 0
+    assert q.counts()["completed"] == 6
+
+
+def test_worker_reports_a_bad_target_without_a_traceback(tmp_path: Path) -> None:
+    make_app(tmp_path)
+    for spec, message in (("nosuchmodule:q", "cannot import"), ("app:nope", "no attribute"),
+                          ("app:double", "not a ferroq.Queue")):
+        done = ferroq_cli(tmp_path, "worker", spec)
+        assert done.returncode == 2, done.stderr
+        assert message in done.stderr and "Traceback" not in done.stderr
+    both = ferroq_cli(tmp_path, "worker", "app:queue", "--concurrency", "2", "--processes", "2")
+    assert both.returncode == 2 and "not both" in both.stderr
