@@ -13,7 +13,7 @@ import click
 
 from .. import __version__
 from ..errors import FerroqError
-from . import _bench, _control, _status, _tasks, _worker
+from . import _bench, _control, _observe, _status, _tasks, _worker
 from ._common import EXIT_CODES_HELP, CliError, Exit, Settings, option, translate
 
 __all__ = ["main"]
@@ -57,6 +57,7 @@ _COMMANDS = [
     _status.status,
     _tasks.list_command, _tasks.inspect, _tasks.export,
     _control.retry, _control.cancel, _control.purge, _control.pause, _control.resume,
+    _observe.stats, _observe.health, _observe.events,
     _bench.bench_command,
 ]
 for _command in _COMMANDS:

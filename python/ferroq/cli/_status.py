@@ -13,13 +13,18 @@ from rich.table import Table
 
 from ..info import STATUSES
 from ..queue import Queue
+from ._observe import stats_data
 from ._common import Settings, ago, console, db_options, dumps, open_queue, option, output_option, settings
 
 
+#: The window of the rates and percentiles ``status`` shows.
+STATUS_WINDOW = 60.0
+
+
 def collect(s: Settings) -> dict[str, Any]:
-    """What ``status`` shows, as plain data (the JSON output). Rates and wait/run
-    percentiles join each queue's entry (a ``metrics`` key) once the core records them;
-    nothing here estimates them."""
+    """What ``status`` shows, as plain data (the JSON output): per queue, depths, pauses,
+    groups, and per group the last minute's rates and wait/run percentiles (as workers
+    flushed them: every 10 s)."""
     with open_queue(s) as q:
         names = [s.queue] if s.queue_given else (q.queue_names() or [s.queue])
         return {"queues": [_queue_entry(Queue(q.path, name=n, busy_timeout=s.busy_timeout)) for n in names]}
@@ -27,12 +32,29 @@ def collect(s: Settings) -> dict[str, Any]:
 
 def _queue_entry(q: Queue) -> dict[str, Any]:
     with q:
+        metrics = q.metrics(window=STATUS_WINDOW)
+        states = q.groups()
+        # Groups that only ran tasks lately (no settings, nothing left) still show their rates.
+        known = {g.name for g in states}
+        states += [q.group(name).state() for name in sorted(set(metrics) - known)]
         return {
             "name": q.name,
             "paused": q.paused,
             "counts": q.counts(),
-            "groups": [asdict(g) for g in q.groups()],
+            "groups": [asdict(g) for g in states],
+            "metrics": {g: stats_data(m) for g, m in metrics.items()},
         }
+
+
+def _rates(m: dict[str, Any] | None) -> list[str]:
+    """done/s, failed/s, wait p95 and run p95 (ms) over the status window."""
+    if m is None:
+        return ["-"] * 4
+    window = m["window"]
+    wait, run = m["wait"], m["run"]
+    return [f"{m['completed'] / window:,.1f}", f"{m['failed'] / window:,.1f}",
+            f"{wait['p95'] * 1000:,.1f}ms" if wait["count"] else "-",
+            f"{run['p95'] * 1000:,.1f}ms" if run["count"] else "-"]
 
 
 def _limit(g: dict[str, Any]) -> str:
@@ -57,15 +79,19 @@ def render(data: dict[str, Any]) -> Stack:
     for col in ("queue", "state", *STATUSES):
         queues.add_column(col, justify="left" if col in ("queue", "state") else "right")
     groups = Table(title="Resource groups", title_justify="left")
-    for col in ("queue", "group", "state", "pending", "running/limit", "rate", "tokens", "circuit", "held until"):
-        groups.add_column(col, justify="right" if col in ("pending", "running/limit", "tokens") else "left")
+    numeric = ("pending", "running/limit", "tokens", "done/s", "failed/s", "wait p95", "run p95")
+    for col in ("queue", "group", "state", "pending", "running/limit", "done/s", "failed/s", "wait p95",
+                "run p95", "rate", "tokens", "circuit", "held until"):
+        groups.add_column(col, justify="right" if col in numeric else "left")
     for entry in data["queues"]:
         counts = entry["counts"]
         queues.add_row(entry["name"], "paused" if entry["paused"] else "running",
                        *(f"{counts[st]:,}" for st in STATUSES))
         for g in entry["groups"]:
+            m = entry["metrics"].get(g["name"])
             groups.add_row(
                 entry["name"], g["name"], "paused" if g["paused"] else "active", f"{g['pending']:,}", _limit(g),
+                *_rates(m),
                 "-" if g["rate"] is None else f"{g['rate']:g}/s",
                 "-" if g["tokens"] is None else f"{g['tokens']:.1f}",
                 _circuit(g), ago(g["blocked_until"]) if g["blocked_until"] else "-",

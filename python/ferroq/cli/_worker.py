@@ -55,9 +55,12 @@ def load_queue(spec: str) -> Queue:
 @option("--until-empty", is_flag=True, help="Stop when nothing is pending or running (waits for delays).")
 @option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
         default="info", show_default=True, help="Log level (stderr).")
+@option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+        help="Serve Prometheus metrics on this port (0: any free port, logged).")
+@option("--metrics-host", default="0.0.0.0", show_default=True, help="Address for --metrics-port.")
 def worker(spec: str, concurrency: int | None, processes: int | None, groups: str | None, lease: float,
            prefetch: int | None, shutdown_grace: float, name: str | None, until_idle: bool, until_empty: bool,
-           log_level: str) -> None:
+           log_level: str, metrics_port: int | None, metrics_host: str) -> None:
     """Run a worker on the queue MODULE:QUEUE (e.g. myapp.tasks:queue) until SIGINT/SIGTERM.
 
     The database is the one the Queue in your code opens (--db does not apply).
@@ -67,8 +70,25 @@ def worker(spec: str, concurrency: int | None, processes: int | None, groups: st
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     q = load_queue(spec)
+    if metrics_port is not None:
+        _serve_metrics(q, metrics_host, metrics_port)
     only = split_list((groups,)) if groups else None
     w = Worker(q, concurrency=processes or concurrency or 8, pool="process" if processes else "thread",
                lease=lease, prefetch=prefetch, shutdown_grace=shutdown_grace, name=name, groups=only)
     stats = w.run(until_idle=until_idle, until_empty=until_empty)
     logging.getLogger("ferroq.cli").info("done: %s", stats)
+
+
+def _serve_metrics(q: Queue, host: str, port: int) -> None:
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from ..prometheus import FerroqCollector
+
+    registry = CollectorRegistry()
+    registry.register(FerroqCollector(q))
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as e:
+        raise CliError(f"cannot serve metrics on {host}:{port}: {e}", Exit.FAILED) from None
+    logging.getLogger("ferroq.cli").info("serving Prometheus metrics on http://%s:%d/metrics",
+                                         host, server.server_port)

@@ -1,0 +1,121 @@
+"""Reading what the queue did: ``ferroq stats`` (rates and percentiles), ``ferroq health``
+(exit 0/1) and ``ferroq events`` (tail lifecycle events, from any process)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from ..observe import GroupMetrics, Percentiles
+from ._common import Duration, Exit, console, db_options, dumps, open_queue, option, output_option, settings, \
+    split_list, stamp
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:,.1f}"
+
+
+def stats_data(m: GroupMetrics) -> dict[str, Any]:
+    data = asdict(m)
+    data.update(failed=m.failed, error_rate=m.error_rate,
+                rates={c: m.rate(c) for c in ("enqueued", "started", "completed", "retried", "dead")})
+    return data
+
+
+def _percentile_cells(p: Percentiles) -> list[str]:
+    return [_ms(p.p50), _ms(p.p95), _ms(p.p99), _ms(p.max)] if p.count else ["-"] * 4
+
+
+@click.command()
+@db_options
+@output_option
+@option("--window", type=Duration(), default="1h", show_default=True,
+        help="How far back: 90s, 15m, 1h, 7d (beyond a day: hourly figures).")
+@click.pass_context
+def stats(ctx: click.Context, db: str | None, queue_name: str | None, output: str, window: float) -> None:
+    """Throughput, error rate and wait/run percentiles per resource group, summed over every
+    worker (workers flush their figures every 10 s and when they stop)."""
+    s = settings(ctx, db, queue_name)
+    with open_queue(s) as q:
+        by_group = q.metrics(window=window)
+    if output == "json":
+        click.echo(dumps({"queue": s.queue, "window": window,
+                          "groups": {g: stats_data(m) for g, m in by_group.items()}}))
+        return
+    table = Table(title=f"Queue {s.queue!r}, last {window:g}s (times in ms)", title_justify="left")
+    for col in ("group", "completed", "done/s", "retried", "dead", "errors", "wait p50", "p95", "p99", "max",
+                "run p50", "p95", "p99", "max"):
+        table.add_column(col, justify="left" if col == "group" else "right")
+    for g, m in by_group.items():
+        table.add_row(escape(g), f"{m.completed:,}", f"{m.rate('completed'):,.1f}", f"{m.retried:,}", f"{m.dead:,}",
+                      f"{m.error_rate:.1%}", *_percentile_cells(m.wait), *_percentile_cells(m.run))
+    if not by_group:
+        console().print(f"no figures for queue {s.queue!r} in the last {window:g}s")
+        return
+    console().print(table)
+
+
+@click.command()
+@db_options
+@output_option
+@option("--max-pending-age", type=Duration(), default="5m", show_default=True,
+        help="Unhealthy if a due task has waited longer.")
+@option("--dead-window", type=Duration(), default="1h", show_default=True, help="Window for --max-dead.")
+@option("--max-dead", type=click.IntRange(0), default=None, help="Unhealthy if more tasks went dead in the window.")
+@option("--require-workers/--no-require-workers", default=True, show_default=True,
+        help="Unhealthy without a live worker.")
+@click.pass_context
+def health(ctx: click.Context, db: str | None, queue_name: str | None, output: str, max_pending_age: float,
+           dead_window: float, max_dead: int | None, require_workers: bool) -> None:
+    """Database intact, workers alive, nothing waiting too long: exit 0 if healthy, 1 if not."""
+    s = settings(ctx, db, queue_name)
+    with open_queue(s) as q:
+        h = q.health(max_pending_age=max_pending_age, dead_window=dead_window, max_dead=max_dead,
+                     require_workers=require_workers)
+    if output == "json":
+        click.echo(dumps(asdict(h)))
+    else:
+        for c in h.checks:
+            mark = "[green]ok[/]" if c.ok else "[red]FAIL[/]"
+            console().print(f"{mark} {c.name}: {escape(c.detail)}")
+        console().print("[green]healthy[/]" if h.ok else "[red]unhealthy[/]")
+    if not h.ok:
+        ctx.exit(Exit.FAILED)
+
+
+@click.command()
+@db_options
+@output_option
+@option("--after", "after_id", type=click.IntRange(0), default=None,
+        help="Start after this event id (default: the last 20 events).")
+@option("--kind", "kinds", multiple=True, metavar="KIND",
+        help="Only these kinds (failed, dead, circuit_opened, ...); repeat or comma-separate.")
+@option("--follow", "-f", is_flag=True, help="Keep printing new events until Ctrl-C.")
+@click.pass_context
+def events(ctx: click.Context, db: str | None, queue_name: str | None, output: str, after_id: int | None,
+           kinds: tuple[str, ...], follow: bool) -> None:
+    """Lifecycle events in commit order, from every process: task failures, retries, dead
+    tasks, cancels, progress (all transitions with Queue(events="all")), circuit and
+    throttle changes, pauses. One JSON line per event with -o json."""
+    s = settings(ctx, db, queue_name)
+    wanted = set(split_list(kinds)) or None
+    with open_queue(s) as q:
+        if after_id is None:
+            last = q._store.last_event_id()
+            recent = q.events(after=max(0, last - 1000))
+            after_id = recent[-20].id - 1 if len(recent) >= 20 else 0
+        stream = q.watch_events(after=after_id, kinds=wanted, timeout=None if follow else 0)
+        try:
+            for e in stream:
+                if output == "json":
+                    click.echo(dumps(asdict(e), pretty=False))
+                else:
+                    where = f"task {e.task_id}" if e.task_id is not None else f"group {e.group}" if e.group else "queue"
+                    console().print(f"{e.id:>8} {stamp(e.at)} [bold]{e.kind}[/] {escape(where)} "
+                                    f"{escape(dumps(e.detail, pretty=False)) if e.detail else ''}")
+        except KeyboardInterrupt:
+            return
