@@ -249,17 +249,20 @@ def test_an_invalid_queue_name_is_a_usage_error(shop: ferroq.Queue, db_path: Pat
     assert os.path.exists(db_path)
 
 
-def test_status_watch_refreshes_until_interrupted(shop: ferroq.Queue, db_path: Path) -> None:
-    watch = subprocess.Popen([sys.executable, "-m", "ferroq.cli", "--db", str(db_path), "status", "--watch",
-                              "--interval", "0.1", "-o", "json"], env=child_env(), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    time.sleep(2.0)
-    shop.group("api").pause()
-    time.sleep(1.0)
-    watch.send_signal(signal.SIGINT)
-    out, err = watch.communicate(timeout=30)
+def test_status_watch_refreshes_until_interrupted(shop: ferroq.Queue, db_path: Path, tmp_path: Path) -> None:
+    # stdout to a file, not a pipe: unread, a pipe fills up and blocks the watcher's writes.
+    out_path = tmp_path / "watch.out"
+    with open(out_path, "w") as out_file:
+        watch = subprocess.Popen([sys.executable, "-m", "ferroq.cli", "--db", str(db_path), "status", "--watch",
+                                  "--interval", "0.1", "-o", "json"], env=child_env(), stdout=out_file,
+                                 stderr=subprocess.PIPE, text=True)
+        time.sleep(2.0)
+        shop.group("api").pause()
+        time.sleep(1.0)
+        watch.send_signal(signal.SIGINT)
+        _, err = watch.communicate(timeout=30)
     assert watch.returncode == 0, err
-    frames = [json.loads(line) for line in out.splitlines()]
+    frames = [json.loads(line) for line in out_path.read_text().splitlines()]
     assert len(frames) >= 3 and "Traceback" not in err
     paused = [{g["name"]: g["paused"] for g in f["queues"][0]["groups"]}["api"] for f in frames]
     assert paused[0] is False and paused[-1] is True  # a later refresh sees the change
