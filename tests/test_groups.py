@@ -277,3 +277,22 @@ def test_group_handles_and_listing(queue: ferroq.Queue) -> None:
     assert queue.group("pay").state().has_breaker and queue.group("pay").state().rate == 5.0
     queue.group("pay", throttle=None)
     assert queue.group("pay").state().rate is None
+
+
+def test_buffered_tasks_of_a_group_whose_circuit_opens_are_given_back(queue: ferroq.Queue) -> None:
+    queue.group("pay", breaker=ferroq.CircuitBreaker(failure_threshold=2, open_for=60))
+    runs: list[int] = []
+
+    @queue.task(resource_group="pay", max_attempts=5, retry=ferroq.RetryPolicy(base_delay=60))
+    def charge(n: int) -> None:
+        runs.append(n)
+        time.sleep(0.02)  # a call that times out: its failure is recorded while others wait
+        raise ConnectionError("down")
+
+    handles = [charge.enqueue(i) for i in range(20)]
+    stats = ferroq.Worker(queue, handle_signals=False, concurrency=1, prefetch=20).run(until_idle=True)
+    assert stats.claimed == 20, "all 20 were in the worker's buffer"
+    assert len(runs) < 20 and stats.released == 20 - len(runs)
+    assert queue.circuit("pay").state == "open"
+    untouched = [queue.get(h.id) for h in handles if h.id not in {handles[i].id for i in runs}]
+    assert untouched and all(t.status == "pending" and t.attempts == 0 for t in untouched)

@@ -690,7 +690,30 @@ class Worker:
                 # A timed-out run's thread may still be busy; its slot frees when it returns.
                 if inflight.get(run.ctx.id) is run:
                     del inflight[run.ctx.id]
+        counted = {run.ctx.resource_group for run, _d, _e, _dl, _x, counts_, _h in batch if counts_}
+        if counted and any(s is not None for s in answers):
+            self._give_back_held(counted)
         self.queue._notify()
+
+    def _give_back_held(self, groups: set[str]) -> None:
+        """After failures that count toward a breaker: if one opened, give back this worker's
+        claimed but not yet started tasks of that group (buffered, or in a runner's share),
+        so they stay pending with their attempts instead of running against an open circuit."""
+        try:
+            opened = {g for g in groups if self.queue._store.group_info(self.queue.name, g)["circuit"] == "open"}
+        except StorageError:
+            return
+        if not opened:
+            return
+        with self._lock:
+            waiting = [run for run in self._inflight.values()
+                       if run.started is None and run.ctx.resource_group in opened]
+        # _release settles each run first: one a runner starts meanwhile keeps its outcome.
+        # A runner skips a released run when it reaches it (its context is stopped).
+        if waiting:
+            log.warning("circuit of group(s) %s opened: giving back %d claimed task(s) not started yet",
+                        ", ".join(sorted(opened)), len(waiting))
+            self._release(waiting)
 
     # -- leases, timeouts, rescue, retention -------------------------------------------
 
@@ -811,7 +834,7 @@ class Worker:
                 self.queue._store.release(run.ctx.id, run.ctx.token)
                 self._count("released")
             except (LeaseLost, StorageError) as e:
-                log.warning("could not release task %d at shutdown: %s", run.ctx.id, e)
+                log.warning("could not give back task %d: %s", run.ctx.id, e)
             with self._lock:
                 self._inflight.pop(run.ctx.id, None)
 
