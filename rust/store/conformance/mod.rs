@@ -505,3 +505,25 @@ fn history_lists_every_run_whatever_ended_it() {
     );
     assert_eq!(running.len() + 1, history.len());
 }
+
+#[test]
+fn large_batches_keep_order_ids_and_unique_keys() {
+    let f = fixture();
+    let mut tasks: Vec<NewTask> = (0..300)
+        .map(|i| NewTask {
+            payload: format!("{{\"i\":{i}}}").into_bytes(),
+            ..task("t", 0)
+        })
+        .collect();
+    tasks[150].unique_key = Some("k".into());
+    tasks[151].unique_key = Some("k".into());
+    let done = f.store.enqueue(Q, &tasks).unwrap();
+    assert_eq!(done.len(), 300);
+    assert!(!done[151].created && done[151].id == done[150].id, "the key was taken");
+    let ids: Vec<i64> = done.iter().filter(|e| e.created).map(|e| e.id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids rise in enqueue order");
+    for (i, e) in done.iter().enumerate().filter(|(i, _)| *i != 151) {
+        let payload = f.store.get(Q, e.id).unwrap().payload;
+        assert_eq!(payload, format!("{{\"i\":{i}}}").into_bytes(), "task {i}");
+    }
+}
