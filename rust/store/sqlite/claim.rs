@@ -42,6 +42,7 @@ const CLAIM_IDS_SQL: &str = "UPDATE tasks
 
 /// Leases up to `limit` ready tasks to `worker`, highest priority first, FIFO within a
 /// priority, skipping what paused queues and groups, open breakers and throttles hold back.
+#[allow(clippy::too_many_arguments)]
 pub fn claim(
     tx: &Transaction<'_>,
     queue: &str,
