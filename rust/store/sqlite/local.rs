@@ -6,6 +6,7 @@
 //! pid changed builds its own `Local` and leaves the parent's untouched (leaked: freeing
 //! it could close the parent's connections and drop its file locks).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 use parking_lot::Mutex;
@@ -22,7 +23,9 @@ pub struct Local {
     pub writer: Mutex<Option<Connection>>,
     pub reader: Mutex<Option<Connection>>,
     pub enqueues: GroupCommit<(String, Vec<NewTask>), Vec<Enqueued>>,
-    pub changes: Changes,
+    pub changes: Arc<Changes>,
+    /// Whether `changes` is subscribed to the file watch (done once, on the first wait).
+    pub watched: std::sync::Once,
     /// This process's counters and histograms (a child starts from zero).
     pub metrics: Mutex<Recorder>,
 }
@@ -34,7 +37,8 @@ impl Local {
             writer: Mutex::new(writer),
             reader: Mutex::new(None),
             enqueues: GroupCommit::new(),
-            changes: Changes::default(),
+            changes: Arc::default(),
+            watched: std::sync::Once::new(),
             metrics: Mutex::new(Recorder::default()),
         }
     }

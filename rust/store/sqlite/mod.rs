@@ -2,6 +2,7 @@
 //! connection per process, statements cached, every write in `BEGIN IMMEDIATE`.
 
 mod admin;
+mod busy;
 mod claim;
 mod enqueue;
 mod events;
@@ -17,6 +18,7 @@ pub mod migrations;
 pub mod open;
 mod resource_groups;
 mod wakeup;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -165,6 +167,7 @@ impl SqliteStore {
     ) -> Result<T> {
         // parking_lot: no poisoning; a panic mid-call leaves the connection usable (SQLite
         // rolls back any open transaction when it is dropped).
+        busy::set_patience(self.options.busy_timeout);
         let mut slot = which(self.local.get()).lock();
         if slot.is_none() {
             *slot = Some(open::connect(&self.path, &self.options)?);
@@ -205,10 +208,13 @@ impl SqliteStore {
         token: ChangeToken,
         timeout: std::time::Duration,
     ) -> Result<bool> {
-        self.local
-            .get()
-            .changes
-            .wait(token, timeout, || self.data_version())
+        let local = self.local.get();
+        local.watched.call_once(|| {
+            if watch::subscribe(&self.path, &local.changes) {
+                local.changes.set_watched();
+            }
+        });
+        local.changes.wait(token, timeout, || self.data_version())
     }
 
     /// Wakes every `wait_for_change` in this process (e.g. a worker asked to stop).

@@ -144,11 +144,13 @@ pub fn connect(path: &Path, options: &Options) -> Result<Connection> {
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
         | OpenFlags::SQLITE_OPEN_URI;
-    let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
+    let mut conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
     if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
         return Err(path_error(path, "the file is read-only"));
     }
-    conn.busy_timeout(options.busy_timeout)
+    // Our handler, not SQLite's busy timeout (see `busy`); the patience is per call.
+    super::busy::set_patience(options.busy_timeout);
+    conn.busy_handler(Some(super::busy::handler))
         .map_err(|e| open_error(path, e))?;
     conn.set_prepared_statement_cache_capacity(64);
     set_wal(&conn, path, options.busy_timeout)?;
@@ -212,13 +214,7 @@ pub fn open_error(path: &Path, err: rusqlite::Error) -> Error {
 /// The pragmas that matter for durability and concurrency, as the connection reports them.
 pub fn read_pragmas(conn: &Connection) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
-    for name in [
-        "journal_mode",
-        "synchronous",
-        "busy_timeout",
-        "temp_store",
-        "foreign_keys",
-    ] {
+    for name in ["journal_mode", "synchronous", "temp_store", "foreign_keys"] {
         let value: rusqlite::types::Value = conn.pragma_query_value(None, name, |r| r.get(0))?;
         let text = match value {
             rusqlite::types::Value::Integer(i) => i.to_string(),
