@@ -68,6 +68,7 @@ impl Changes {
     }
 
     /// How many times the file watch woke this process's waiters.
+    #[cfg(test)]
     pub fn pokes(&self) -> u64 {
         self.pokes.load(std::sync::atomic::Ordering::Relaxed)
     }
