@@ -298,27 +298,12 @@ mod tests {
 
     #[test]
     fn next_run_at_searches_the_delayed_index() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path().join("q.db"), Options::default()).unwrap();
-        let plan: Vec<String> = store
-            .with_conn(
-                |l| &l.reader,
-                |conn| {
-                    let mut stmt =
-                        conn.prepare(&format!("EXPLAIN QUERY PLAN {}", super::NEXT_RUN_AT_SQL))?;
-                    let rows = stmt.query_map(["q"], |r| r.get::<_, String>(3))?;
-                    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-                },
-            )
-            .unwrap();
-        let plan = plan.join("\n");
+        let plan = super::super::query_plan(super::NEXT_RUN_AT_SQL, ["q"]);
         assert!(plan.contains("INDEX tasks_due (queue=?)"), "{plan}");
     }
 
     #[test]
     fn pruning_and_dead_counts_use_the_finished_index() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path().join("q.db"), Options::default()).unwrap();
         let sqls = [
             "SELECT id FROM tasks WHERE queue = ?1 AND status = 'dead' AND finished_at < ?2
                AND status IN ('completed', 'dead', 'cancelled')",
@@ -326,17 +311,7 @@ mod tests {
                AND status IN ('completed', 'dead', 'cancelled')",
         ];
         for sql in sqls {
-            let plan: Vec<String> = store
-                .with_conn(
-                    |l| &l.reader,
-                    |conn| {
-                        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
-                        let rows = stmt.query_map(("q", 1), |r| r.get::<_, String>(3))?;
-                        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-                    },
-                )
-                .unwrap();
-            let plan = plan.join("\n");
+            let plan = super::super::query_plan(sql, ("q", 1));
             assert!(plan.contains("tasks_finished"), "{plan}");
         }
     }

@@ -130,12 +130,7 @@ fn claim_within_limits(
     expires_at: Millis,
     token: LeaseToken,
 ) -> Result<Vec<ClaimedTask>> {
-    resource_groups::poll_breakers(tx, queue, groups, now)?;
-    let running = if groups.iter().any(Group::needs_running) {
-        resource_groups::running_by_group(tx, queue, now)?
-    } else {
-        HashMap::new()
-    };
+    let running = breakers_and_running(tx, queue, groups, now)?;
     let allowances: Vec<Option<u64>> = groups
         .iter()
         .map(|g| g.allowance(running.get(&g.name).copied().unwrap_or(0), now))
@@ -233,12 +228,7 @@ pub fn claim_in_groups(
     }
     let mut groups = resource_groups::load_all(tx, queue)?;
     groups.retain(|g| only.binary_search(&g.name).is_ok());
-    resource_groups::poll_breakers(tx, queue, &mut groups, now)?;
-    let running = if groups.iter().any(Group::needs_running) {
-        resource_groups::running_by_group(tx, queue, now)?
-    } else {
-        HashMap::new()
-    };
+    let running = breakers_and_running(tx, queue, &mut groups, now)?;
     let mut candidates: Vec<(TaskId, i64)> = Vec::with_capacity(limit);
     let mut of = tx.prepare_cached(CANDIDATES_OF)?;
     for name in only {
@@ -273,6 +263,22 @@ pub fn claim_in_groups(
     Ok(tasks)
 }
 
+/// What every limited claim reads first: breakers due to turn half-open do so, and the
+/// running count of each group whose allowance depends on it.
+fn breakers_and_running(
+    tx: &Transaction<'_>,
+    queue: &str,
+    groups: &mut [Group],
+    now: Millis,
+) -> Result<HashMap<String, u32>> {
+    resource_groups::poll_breakers(tx, queue, groups, now)?;
+    if groups.iter().any(Group::needs_running) {
+        resource_groups::running_by_group(tx, queue, now)
+    } else {
+        Ok(HashMap::new())
+    }
+}
+
 fn claimed(
     r: &rusqlite::Row<'_>,
     token: LeaseToken,
@@ -295,24 +301,8 @@ fn claimed(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Options, SqliteStore};
+    use super::super::query_plan as plan;
     use super::{CANDIDATES_EXCEPT, CANDIDATES_OF, CLAIM_IDS_SQL, CLAIM_SQL};
-
-    fn plan(sql: &str, params: impl rusqlite::Params) -> String {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path().join("q.db"), Options::default()).unwrap();
-        store
-            .with_conn(
-                |l| &l.writer,
-                |conn| {
-                    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
-                    let rows = stmt.query_map(params, |r| r.get::<_, String>(3))?;
-                    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-                },
-            )
-            .unwrap()
-            .join("\n")
-    }
 
     #[test]
     fn claim_walks_the_ready_index_without_sorting() {

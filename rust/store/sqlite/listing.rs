@@ -302,25 +302,9 @@ impl Operations for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Options, SqliteStore};
+    use super::super::query_plan as plan;
     use super::{finished_sql, list_sql};
     use crate::task::TaskStatus;
-
-    fn plan(sql: &str, params: impl rusqlite::Params) -> String {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path().join("q.db"), Options::default()).unwrap();
-        store
-            .with_conn(
-                |l| &l.reader,
-                |conn| {
-                    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
-                    let rows = stmt.query_map(params, |r| r.get::<_, String>(3))?;
-                    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-                },
-            )
-            .unwrap()
-            .join("\n")
-    }
 
     #[test]
     fn a_listing_page_is_a_primary_key_range_without_sorting() {

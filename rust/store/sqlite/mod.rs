@@ -290,6 +290,24 @@ impl SqliteStore {
     }
 }
 
+/// `EXPLAIN QUERY PLAN` of `sql` on a fresh file, one line per step (for plan tests).
+#[cfg(test)]
+pub(crate) fn query_plan(sql: &str, params: impl rusqlite::Params) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("q.db"), Options::default()).unwrap();
+    store
+        .with_conn(
+            |l| &l.reader,
+            |conn| {
+                let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                let rows = stmt.query_map(params, |r| r.get::<_, String>(3))?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            },
+        )
+        .unwrap()
+        .join("\n")
+}
+
 fn with_path(err: Error, path: &Path) -> Error {
     match err {
         Error::Corrupt { path: p, reason } if p.is_empty() => Error::Corrupt {
@@ -362,17 +380,7 @@ impl Store for SqliteStore {
             let tasks = claim::claim(tx, queue, worker, limit, now, now + lease_ms, token, events)?;
             Ok((tasks, now))
         })?;
-        let mut metrics = self.local.get().metrics.lock();
-        // Claims usually take runs of one group: one lookup per run, not per task.
-        for same_group in tasks.chunk_by(|a, b| a.resource_group == b.resource_group) {
-            let series = metrics.series(queue, &same_group[0].resource_group);
-            series.counts[Counter::Started as usize] += same_group.len() as u64;
-            for t in same_group {
-                series
-                    .wait
-                    .record(ms_to_us(now - t.run_at.max(t.created_at)));
-            }
-        }
+        self.record_claims(queue, &tasks, now);
         Ok(tasks)
     }
 
