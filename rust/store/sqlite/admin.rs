@@ -182,7 +182,7 @@ pub fn counts(conn: &Connection, queue: &str) -> Result<Vec<(TaskStatus, u64)>> 
          SELECT 'running', count(*) FROM tasks WHERE queue = ?1 AND status = 'running'
          UNION ALL
          SELECT status, count(*) FROM tasks
-         WHERE queue = ?1 AND status IN ('completed', 'dead', 'cancelled') GROUP BY status",
+         WHERE queue = ?1 AND status NOT IN ('pending', 'running') GROUP BY status",
     )?;
     let found: Vec<(TaskStatus, u64)> = stmt
         .query_map([queue], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
@@ -242,10 +242,10 @@ fn prune_status(
         "DELETE FROM tasks WHERE id IN (
              SELECT id FROM tasks
              WHERE queue = ?1 AND status = '{status}' AND finished_at < ?2
-               AND status IN ('completed', 'dead', 'cancelled')
+               AND status NOT IN ('pending', 'running')
              UNION
              SELECT id FROM (SELECT id FROM tasks WHERE queue = ?1 AND status = '{status}'
-                              AND status IN ('completed', 'dead', 'cancelled')
+                              AND status NOT IN ('pending', 'running')
                              ORDER BY finished_at DESC, id DESC
                              LIMIT -1 OFFSET coalesce(?3, 0))
              WHERE ?3 IS NOT NULL
@@ -306,9 +306,9 @@ mod tests {
     fn pruning_and_dead_counts_use_the_finished_index() {
         let sqls = [
             "SELECT id FROM tasks WHERE queue = ?1 AND status = 'dead' AND finished_at < ?2
-               AND status IN ('completed', 'dead', 'cancelled')",
+               AND status NOT IN ('pending', 'running')",
             "SELECT count(*) FROM tasks WHERE queue = ?1 AND status = 'dead' AND finished_at >= ?2
-               AND status IN ('completed', 'dead', 'cancelled')",
+               AND status NOT IN ('pending', 'running')",
         ];
         for sql in sqls {
             let plan = super::super::query_plan(sql, ("q", 1));

@@ -95,7 +95,7 @@ pub fn dead_since(conn: &Connection, queue: &str, since: Millis) -> Result<u64> 
             // The IN repeats the partial index's condition, so the planner may use it.
             "SELECT count(*) FROM tasks
              WHERE queue = ?1 AND status = 'dead' AND finished_at >= ?2
-               AND status IN ('completed', 'dead', 'cancelled')",
+               AND status NOT IN ('pending', 'running')",
         )?
         .query_row((queue, since), |r| r.get(0))?;
     Ok(n as u64)

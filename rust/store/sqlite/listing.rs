@@ -105,7 +105,7 @@ fn finished_sql(select: &str, status: TaskStatus) -> Result<String> {
     let status = status.as_str();
     Ok(format!(
         "SELECT {select} FROM tasks INDEXED BY tasks_finished
-         WHERE queue = ?1 AND status IN ('completed', 'dead', 'cancelled')
+         WHERE queue = ?1 AND status NOT IN ('pending', 'running')
            AND status = '{status}' AND finished_at < ?2
            AND (?3 IS NULL OR resource_group = ?3) AND (?4 IS NULL OR name = ?4)"
     ))
@@ -213,7 +213,7 @@ pub fn queue_names(conn: &Connection) -> Result<Vec<String>> {
          UNION SELECT queue FROM resource_groups
          UNION SELECT DISTINCT queue FROM tasks WHERE status = 'pending'
          UNION SELECT DISTINCT queue FROM tasks WHERE status = 'running'
-         UNION SELECT DISTINCT queue FROM tasks WHERE status IN ('completed', 'dead', 'cancelled')
+         UNION SELECT DISTINCT queue FROM tasks WHERE status NOT IN ('pending', 'running')
          ORDER BY 1",
     )?;
     let rows = stmt.query_map([], |r| r.get(0))?;

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 pub const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_groups.sql")),
+    (3, include_str!("migrations/0003_cheaper_status_checks.sql")),
 ];
 
 /// The newest schema version this build knows.
@@ -21,6 +22,11 @@ pub fn latest_version() -> i64 {
 
 /// Applies every migration the file lacks; returns the versions applied by this call.
 pub fn migrate(conn: &mut Connection, now: Millis) -> Result<Vec<i64>> {
+    migrate_through(conn, now, latest_version())
+}
+
+/// `migrate`, stopping at version `last` (tests build files of older versions with it).
+fn migrate_through(conn: &mut Connection, now: Millis, last: i64) -> Result<Vec<i64>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -40,7 +46,10 @@ pub fn migrate(conn: &mut Connection, now: Millis) -> Result<Vec<i64>> {
         });
     }
     let mut applied = Vec::new();
-    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+    for (version, sql) in MIGRATIONS
+        .iter()
+        .filter(|(v, _)| *v > current && *v <= last)
+    {
         tx.execute_batch(sql)?;
         tx.execute(
             "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
@@ -69,9 +78,9 @@ mod tests {
     #[test]
     fn applies_once_and_records_versions() {
         let mut conn = Connection::open_in_memory().unwrap();
-        assert_eq!(migrate(&mut conn, 1).unwrap(), vec![1, 2]);
+        assert_eq!(migrate(&mut conn, 1).unwrap(), vec![1, 2, 3]);
         assert_eq!(migrate(&mut conn, 2).unwrap(), Vec::<i64>::new());
-        assert_eq!(applied_versions(&conn).unwrap(), vec![1, 2]);
+        assert_eq!(applied_versions(&conn).unwrap(), vec![1, 2, 3]);
         for table in [
             "tasks",
             "task_results",
@@ -90,6 +99,114 @@ mod tests {
                 )
                 .unwrap();
             assert_eq!(n, 1, "{table}");
+        }
+    }
+
+    /// Version 3 rebuilds the tasks table: every row, result, history entry and the id
+    /// sequence must come through, and the new constraints must hold.
+    #[test]
+    fn rebuilding_the_tasks_table_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("q.db")).unwrap();
+        assert_eq!(migrate_through(&mut conn, 1, 2).unwrap(), vec![1, 2]);
+        conn.execute_batch(
+            "INSERT INTO tasks (queue, name, resource_group, payload, priority, run_at, status,
+                                max_attempts, created_at, updated_at, finished_at, unique_key,
+                                progress_message)
+             VALUES ('q', 'a', 'g', x'01', 0, 1, 'pending', 3, 1, 1, NULL, 'k1', NULL),
+                    ('q', 'b', 'g', x'02', 5, 1, 'running', 3, 1, 1, NULL, NULL, 'half'),
+                    ('q', 'c', 'g', x'03', 0, 1, 'completed', 3, 1, 2, 2, NULL, NULL),
+                    ('q', 'd', 'g', x'04', 0, 1, 'dead', 3, 1, 3, 3, NULL, NULL),
+                    ('q', 'e', 'g', x'05', 0, 1, 'completed', 3, 1, 4, 4, NULL, NULL);
+             INSERT INTO task_results VALUES (3, x'aa', 2);
+             INSERT INTO task_history (task_id, from_status, to_status, at) VALUES (4, 'running', 'dead', 3);
+             DELETE FROM tasks WHERE id = 5;",
+        )
+        .unwrap();
+        let dump = |conn: &Connection| -> Vec<String> {
+            let mut stmt = conn
+                .prepare("SELECT quote(id) || quote(name) || quote(payload) || quote(status) || quote(unique_key) || quote(progress_message) || quote(finished_at) FROM tasks ORDER BY id")
+                .unwrap();
+            stmt.query_map([], |r| r.get(0))
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect()
+        };
+        let before = dump(&conn);
+        assert_eq!(migrate(&mut conn, 5).unwrap(), vec![3]);
+        assert_eq!(dump(&conn), before);
+        let one = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(
+            one("SELECT count(*) FROM task_results WHERE task_id = 3"),
+            1
+        );
+        assert_eq!(
+            one("SELECT count(*) FROM task_history WHERE task_id = 4"),
+            1
+        );
+        assert_eq!(
+            one("SELECT seq FROM sqlite_sequence WHERE name = 'tasks'"),
+            5
+        );
+        assert_eq!(one("SELECT count(*) FROM sqlite_sequence"), 1);
+        let quick: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(quick, "ok");
+        // The CHECK still refuses an unknown status; the unique key still holds while pending.
+        let insert = "INSERT INTO tasks (queue, name, resource_group, payload, priority, run_at,
+                          status, max_attempts, created_at, updated_at, unique_key)
+                      VALUES ('q', 'f', 'g', x'06', 0, 1, ?1, 3, 1, 1, ?2)";
+        assert!(conn.execute(insert, ("lost", None::<&str>)).is_err());
+        assert!(conn.execute(insert, ("pending", Some("k1"))).is_err());
+        conn.execute(insert, ("pending", None::<&str>)).unwrap();
+        assert_eq!(conn.last_insert_rowid(), 6, "ids are never reused");
+        // The trigger came back: pruning a task takes its result and history along.
+        conn.execute_batch("DELETE FROM tasks WHERE id IN (3, 4)")
+            .unwrap();
+        assert_eq!(one("SELECT count(*) FROM task_results"), 0);
+        assert_eq!(one("SELECT count(*) FROM task_history"), 0);
+        for index in [
+            "tasks_ready",
+            "tasks_leases",
+            "tasks_due",
+            "tasks_finished",
+            "tasks_unique_key",
+        ] {
+            let n: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = ?1",
+                    [index],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(n, 1, "{index}");
+        }
+    }
+
+    /// Writing a status must not build a temporary table per row (what `IN` with three or
+    /// more constants in a CHECK or partial index costs: see migration 3).
+    #[test]
+    fn status_writes_build_no_temporary_tables() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn, 1).unwrap();
+        for sql in [
+            "UPDATE tasks SET status = 'running' WHERE id = 1",
+            "UPDATE tasks SET status = 'completed', finished_at = 2 WHERE id = 1",
+            "INSERT INTO tasks (queue, name, resource_group, payload, priority, run_at, status,
+                                max_attempts, created_at, updated_at)
+             VALUES ('q', 'a', 'g', x'01', 0, 1, 'pending', 3, 1, 1)",
+        ] {
+            let mut stmt = conn.prepare(&format!("EXPLAIN {sql}")).unwrap();
+            let ops: Vec<String> = stmt
+                .query_map([], |r| r.get(1))
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect();
+            assert!(
+                !ops.iter().any(|op| op == "OpenEphemeral"),
+                "{sql}: {ops:?}"
+            );
         }
     }
 
