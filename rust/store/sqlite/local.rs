@@ -6,13 +6,16 @@
 //! pid changed builds its own `Local` and leaves the parent's untouched (leaked: freeing
 //! it could close the parent's connections and drop its file locks).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 use parking_lot::Mutex;
 use rusqlite::Connection;
 
+use super::checkpoint::Checkpointer;
 use super::group::GroupCommit;
+use super::open::Options;
 use super::wakeup::Changes;
 use crate::metrics::Recorder;
 use crate::task::{Enqueued, NewTask};
@@ -28,10 +31,12 @@ pub struct Local {
     pub watched: std::sync::Once,
     /// This process's counters and histograms (a child starts from zero).
     pub metrics: Mutex<Recorder>,
+    /// Moves the WAL into the database off the commit path.
+    pub checkpointer: Arc<Checkpointer>,
 }
 
 impl Local {
-    fn new(writer: Option<Connection>) -> Self {
+    fn new(writer: Option<Connection>, checkpointer: Arc<Checkpointer>) -> Self {
         Self {
             pid: std::process::id(),
             writer: Mutex::new(writer),
@@ -40,33 +45,50 @@ impl Local {
             changes: Arc::default(),
             watched: std::sync::Once::new(),
             metrics: Mutex::new(Recorder::default()),
+            checkpointer,
         }
     }
 }
 
+impl Drop for Local {
+    fn drop(&mut self) {
+        self.checkpointer.shut_down();
+    }
+}
+
 /// The current process's `Local`, made afresh in a forked child.
-pub struct PerProcess(AtomicPtr<Local>);
+pub struct PerProcess {
+    current: AtomicPtr<Local>,
+    path: PathBuf,
+    options: Options,
+}
 
 impl PerProcess {
     /// Starts with this process's `Local`, holding an already open writer connection.
-    pub fn new(writer: Connection) -> Self {
-        Self(AtomicPtr::new(Box::into_raw(Box::new(Local::new(Some(
-            writer,
-        ))))))
+    pub fn new(mut writer: Connection, path: PathBuf, options: Options) -> rusqlite::Result<Self> {
+        let checkpointer = Checkpointer::new(path.clone(), options.clone());
+        checkpointer.attach(&mut writer)?;
+        let local = Local::new(Some(writer), checkpointer);
+        Ok(Self {
+            current: AtomicPtr::new(Box::into_raw(Box::new(local))),
+            path,
+            options,
+        })
     }
 
     /// This process's `Local`.
     pub fn get(&self) -> &Local {
-        let current = self.0.load(Ordering::Acquire);
+        let current = self.current.load(Ordering::Acquire);
         // SAFETY: the pointer always comes from Box::into_raw and is freed only in Drop,
         // when no borrow of `self` remains.
         let local = unsafe { &*current };
         if local.pid == std::process::id() {
             return local;
         }
-        let fresh = Box::into_raw(Box::new(Local::new(None)));
+        let checkpointer = Checkpointer::new(self.path.clone(), self.options.clone());
+        let fresh = Box::into_raw(Box::new(Local::new(None, checkpointer)));
         match self
-            .0
+            .current
             .compare_exchange(current, fresh, Ordering::AcqRel, Ordering::Acquire)
         {
             // The parent's Local is leaked on purpose (see the module comment).
@@ -84,7 +106,7 @@ impl PerProcess {
 
 impl Drop for PerProcess {
     fn drop(&mut self) {
-        let current = *self.0.get_mut();
+        let current = *self.current.get_mut();
         // SAFETY: stored pointers come from Box::into_raw; we have exclusive access.
         if unsafe { &*current }.pid == std::process::id() {
             drop(unsafe { Box::from_raw(current) });

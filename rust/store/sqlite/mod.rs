@@ -3,6 +3,7 @@
 
 mod admin;
 mod busy;
+mod checkpoint;
 mod claim;
 mod enqueue;
 mod events;
@@ -83,10 +84,11 @@ impl SqliteStore {
         let mut conn = open::connect(&path, &options)?;
         migrations::migrate(&mut conn, clock.now_ms()).map_err(|e| with_path(e, &path))?;
         Ok(Self {
+            clock,
+            local: PerProcess::new(conn, path.clone(), options.clone())
+                .map_err(|e| with_path(e.into(), &path))?,
             path,
             options,
-            clock,
-            local: PerProcess::new(conn),
         })
     }
 
@@ -132,6 +134,7 @@ impl SqliteStore {
         let local = self.local.get();
         drop(local.writer.lock().take());
         drop(local.reader.lock().take());
+        drop(local.checkpointer.conn.lock().take());
     }
 
     /// Just before `fork()`: waits for the calls in flight, closes this process's
@@ -144,10 +147,13 @@ impl SqliteStore {
         let local = self.local.get();
         let mut writer = local.writer.lock();
         let mut reader = local.reader.lock();
+        let mut checkpointer = local.checkpointer.conn.lock();
         drop(writer.take());
         drop(reader.take());
+        drop(checkpointer.take());
         std::mem::forget(writer);
         std::mem::forget(reader);
+        std::mem::forget(checkpointer);
     }
 
     /// Right after `fork()`, in the parent: releases what `before_fork` holds.
@@ -155,6 +161,7 @@ impl SqliteStore {
         let local = self.local.get();
         // SAFETY: `before_fork` locked both in this process and forgot the guards.
         unsafe {
+            local.checkpointer.conn.force_unlock();
             local.reader.force_unlock();
             local.writer.force_unlock();
         }
@@ -168,9 +175,15 @@ impl SqliteStore {
         // parking_lot: no poisoning; a panic mid-call leaves the connection usable (SQLite
         // rolls back any open transaction when it is dropped).
         busy::set_patience(self.options.busy_timeout);
-        let mut slot = which(self.local.get()).lock();
+        let local = self.local.get();
+        let mutex = which(local);
+        let mut slot = mutex.lock();
         if slot.is_none() {
-            *slot = Some(open::connect(&self.path, &self.options)?);
+            let mut conn = open::connect(&self.path, &self.options)?;
+            if std::ptr::eq(mutex, &local.writer) {
+                local.checkpointer.attach(&mut conn)?;
+            }
+            *slot = Some(conn);
         }
         let conn = slot.as_mut().expect("connection opened above");
         f(conn).map_err(|e| with_path(e, &self.path))
@@ -374,6 +387,9 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         validate::name("worker", worker)?;
+        if !self.read(|conn, now| claim::any_ready(conn, queue, now))? {
+            return Ok(Vec::new());
+        }
         let token = new_token();
         let events = self.options.task_events;
         let (tasks, now) = self.write(|tx, now| {

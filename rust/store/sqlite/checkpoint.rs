@@ -1,0 +1,224 @@
+//! Checkpoints off the commit path.
+//!
+//! SQLite's default copies the WAL back into the database (with an fsync) inside
+//! whichever commit takes the WAL past 1,000 pages. Measured here at 45,000 tasks/s with a
+//! producer and a worker process: commits took ~330 µs instead of ~50 µs, and the
+//! enqueue -> start p95 went from 2.6 to 11 ms. So the writer's commit hook only asks this
+//! process's checkpointer thread, which runs PASSIVE checkpoints on its own connection
+//! (they never wait for, nor block, readers and writers). A commit still checkpoints
+//! inline if the WAL grows far past the mark (the thread fell behind), so it stays bounded.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::{Condvar, Mutex};
+use rusqlite::Connection;
+
+use super::open::{self, Options};
+
+/// WAL pages after which a commit asks for a background checkpoint (SQLite's own mark).
+pub const BACKGROUND_AT: i32 = 1_000;
+/// WAL pages after which the committing connection checkpoints itself (~64 MiB).
+pub const INLINE_AT: i32 = 16_000;
+
+#[derive(Default)]
+struct State {
+    requested: bool,
+    closed: bool,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// One process's checkpointer: a thread started on the first request.
+pub struct Checkpointer {
+    path: PathBuf,
+    options: Options,
+    /// Its connection: locked while checkpointing, and by `before_fork` (no connection may
+    /// cross a fork).
+    pub conn: Mutex<Option<Connection>>,
+    state: Mutex<State>,
+    wake: Condvar,
+    /// Checkpoints run, for tests.
+    done: std::sync::atomic::AtomicU64,
+}
+
+impl Checkpointer {
+    pub fn new(path: PathBuf, options: Options) -> Arc<Self> {
+        Arc::new(Self {
+            path,
+            options,
+            conn: Mutex::new(None),
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+            done: Default::default(),
+        })
+    }
+
+    /// Makes `writer` hand its checkpoints to this checkpointer.
+    pub fn attach(self: &Arc<Self>, writer: &mut Connection) -> rusqlite::Result<()> {
+        let me = Arc::downgrade(self);
+        writer.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages| {
+            if pages >= INLINE_AT {
+                // Best effort, like SQLite's own: a busy checkpoint is retried next commit.
+                let _ = wal.checkpoint();
+            } else if pages >= BACKGROUND_AT
+                && let Some(me) = me.upgrade()
+            {
+                me.request();
+            }
+            Ok(())
+        }))
+    }
+
+    /// Asks for a checkpoint soon; requests made while one runs are merged.
+    pub fn request(self: &Arc<Self>) {
+        let mut state = self.state.lock();
+        if state.closed || state.requested {
+            return;
+        }
+        state.requested = true;
+        if state.thread.is_none() {
+            let me = self.clone();
+            state.thread = std::thread::Builder::new()
+                .name("ferroq-checkpoint".into())
+                .spawn(move || me.run())
+                .ok();
+        }
+        self.wake.notify_one();
+    }
+
+    /// Checkpoints run so far by the thread.
+    #[cfg(test)]
+    pub fn checkpoints(&self) -> u64 {
+        self.done.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops the thread (after the checkpoint in progress) and closes its connection.
+    pub fn shut_down(&self) {
+        let thread = {
+            let mut state = self.state.lock();
+            state.closed = true;
+            self.wake.notify_one();
+            state.thread.take()
+        };
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+        drop(self.conn.lock().take());
+    }
+
+    fn run(self: Arc<Self>) {
+        loop {
+            {
+                let mut state = self.state.lock();
+                while !state.requested && !state.closed {
+                    self.wake.wait(&mut state);
+                }
+                if state.closed {
+                    return;
+                }
+                state.requested = false;
+            }
+            if let Err(e) = self.checkpoint() {
+                log::warn!(
+                    "background checkpoint of {} failed: {e}",
+                    self.path.display()
+                );
+                drop(self.conn.lock().take()); // reopened on the next request
+            }
+        }
+    }
+
+    fn checkpoint(&self) -> crate::error::Result<()> {
+        let mut slot = self.conn.lock();
+        if slot.is_none() {
+            *slot = Some(open::connect(&self.path, &self.options)?);
+        }
+        let conn = slot.as_ref().expect("opened above");
+        // (busy, WAL frames, frames checkpointed): busy only means another process is
+        // checkpointing, which is as good.
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Durability, Options, SqliteStore};
+    use super::INLINE_AT;
+    use crate::store::Store;
+    use crate::task::NewTask;
+
+    fn store(dir: &tempfile::TempDir) -> SqliteStore {
+        let options = Options {
+            durability: Durability::Normal,
+            ..Options::default()
+        };
+        SqliteStore::open(dir.path().join("q.db"), options).unwrap()
+    }
+
+    /// Enqueues `batches` transactions of 100 tasks of ~4 KiB (about a page each).
+    fn write_pages(store: &SqliteStore, batches: usize) {
+        let task = NewTask {
+            name: "t".into(),
+            resource_group: "default".into(),
+            payload: vec![b'x'; 4000],
+            priority: 0,
+            run_at: None,
+            max_attempts: 1,
+            unique_key: None,
+        };
+        let tasks = vec![task; 100];
+        for _ in 0..batches {
+            store.enqueue("q", &tasks).unwrap();
+        }
+    }
+
+    /// Frames in the WAL now (read through a connection of its own).
+    fn wal_frames(dir: &tempfile::TempDir) -> i64 {
+        let conn = rusqlite::Connection::open(dir.path().join("q.db")).unwrap();
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+            .unwrap()
+    }
+
+    #[test]
+    fn commits_hand_checkpoints_to_the_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        write_pages(&store, 30); // ~3,000 pages: past the background mark
+        let checkpointer = store.local.get().checkpointer.clone();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while checkpointer.checkpoints() == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(
+            checkpointer.checkpoints() > 0,
+            "no background checkpoint ran"
+        );
+        assert_eq!(store.quick_check().unwrap(), vec!["ok".to_string()]);
+        let counts = store.counts("q").unwrap();
+        assert!(
+            counts.contains(&(crate::task::TaskStatus::Pending, 3_000)),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn a_stalled_checkpointer_does_not_let_the_wal_grow_past_the_inline_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let checkpointer = store.local.get().checkpointer.clone();
+        {
+            // The thread cannot checkpoint while this is held: only commits can.
+            let _stalled = checkpointer.conn.lock();
+            write_pages(&store, (INLINE_AT as usize) / 100 + 40);
+            let frames = wal_frames(&dir);
+            assert!(
+                frames < i64::from(INLINE_AT) + 500,
+                "{frames} frames in the WAL"
+            );
+            assert_eq!(checkpointer.checkpoints(), 0);
+        }
+    }
+}
