@@ -555,6 +555,8 @@ class Worker:
     def _settled_success(self, run: _Run, result: Any) -> _Outcome | None:
         if not run.settle():
             return None
+        if result is None:  # most processors return nothing; the store keeps no row for null
+            return self._encoded(run, b"null")
         try:
             data = self.queue.serializer.dumps(result)
         except PayloadError as e:
