@@ -250,9 +250,12 @@ impl SqliteStore {
 
     fn count_enqueued(&self, queue: &str, tasks: &[NewTask], done: &[Enqueued]) {
         let mut metrics = self.local.get().metrics.lock();
-        for (task, e) in tasks.iter().zip(done) {
-            if e.created {
-                metrics.count(queue, &task.resource_group, Counter::Enqueued, 1);
+        let pairs: Vec<(&NewTask, &Enqueued)> = tasks.iter().zip(done).collect();
+        // A batch is usually one group: one lookup per run, not per task.
+        for run in pairs.chunk_by(|a, b| a.0.resource_group == b.0.resource_group) {
+            let created = run.iter().filter(|(_, e)| e.created).count() as u64;
+            if created > 0 {
+                metrics.count(queue, &run[0].0.resource_group, Counter::Enqueued, created);
             }
         }
     }
