@@ -58,6 +58,11 @@ class TaskOptions:
         if self.unique_key is not None:
             _checks.text("unique_key", self.unique_key)
 
+    def core_options(self) -> tuple[str, int, int | None, int, str | None]:
+        """(resource_group, priority, run_at_ms, max_attempts, unique_key) as the core takes
+        them; run_at_ms is computed now."""
+        return (self.resource_group, self.priority, self.run_at_ms(), self.max_attempts, self.unique_key)
+
     def run_at_ms(self) -> int | None:
         """When the task may first run, in epoch ms; None for now."""
         if self.delay is not None:
@@ -83,8 +88,8 @@ class TaskCall(Generic[R]):
         return f"TaskCall({self.name!r}, payload={self.payload!r})"
 
     def core_tuple(self) -> tuple[str, str, bytes, int, int | None, int, str | None]:
-        o = self.options
-        return (self.name, o.resource_group, self.payload, o.priority, o.run_at_ms(), o.max_attempts, o.unique_key)
+        group, priority, run_at, max_attempts, unique_key = self.options.core_options()
+        return (self.name, group, self.payload, priority, run_at, max_attempts, unique_key)
 
 
 class TaskHandle(Generic[R]):

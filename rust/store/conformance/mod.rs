@@ -38,11 +38,11 @@ pub(super) fn fixture() -> Fixture {
     }
 }
 
-pub(super) fn task(name: &str, priority: i64) -> NewTask {
+pub(super) fn task(name: &str, priority: i64) -> NewTask<'_> {
     NewTask {
         name: name.into(),
         resource_group: "default".into(),
-        payload: b"{}".to_vec(),
+        payload: b"{}".into(),
         priority,
         run_at: None,
         max_attempts: 3,
@@ -394,7 +394,7 @@ fn bad_input_writes_nothing() {
         Err(Error::InvalidArgument(_))
     ));
     let mut big = task("a", 0);
-    big.payload = vec![b'x'; (1 << 20) + 1];
+    big.payload = vec![b'x'; (1 << 20) + 1].into();
     assert!(matches!(
         f.store.enqueue(Q, &[big]),
         Err(Error::PayloadTooLarge { .. })
@@ -526,11 +526,11 @@ fn batches_store_every_task_as_given_whatever_their_mix() {
             } else {
                 "default".into()
             },
-            payload: format!("{{\"i\":{i}}}").into_bytes(),
+            payload: format!("{{\"i\":{i}}}").into_bytes().into(),
             priority: if mixed { i64::from(i % 5) } else { 2 },
             run_at: (mixed && i % 7 == 0).then_some(now + 1000 + i64::from(i)),
             max_attempts: if mixed { 1 + i64::from(i % 4) } else { 3 },
-            unique_key: (i == 272 || i == 276).then(|| format!("k{i}")),
+            unique_key: (i == 272 || i == 276).then(|| format!("k{i}").into()),
         });
     }
     let done = f.store.enqueue(Q, &tasks).unwrap();
@@ -543,20 +543,23 @@ fn batches_store_every_task_as_given_whatever_their_mix() {
     for (task, e) in tasks.iter().zip(&done) {
         let got = f.store.get(Q, e.id).unwrap();
         let want = (
-            &task.name,
-            &task.resource_group,
-            &task.payload,
+            &*task.name,
+            &*task.resource_group,
+            &*task.payload,
             task.priority,
         );
         assert_eq!(
-            (&got.name, &got.resource_group, &got.payload, got.priority),
+            (
+                &*got.name,
+                &*got.resource_group,
+                &*got.payload,
+                got.priority
+            ),
             want
         );
         assert_eq!(got.run_at, task.run_at.unwrap_or(now));
-        assert_eq!(
-            (got.max_attempts, &got.unique_key),
-            (task.max_attempts, &task.unique_key)
-        );
+        assert_eq!(got.max_attempts, task.max_attempts);
+        assert_eq!(got.unique_key.as_deref(), task.unique_key.as_deref());
         assert_eq!((got.status, got.created_at), (TaskStatus::Pending, now));
     }
 }
@@ -566,7 +569,7 @@ fn large_batches_keep_order_ids_and_unique_keys() {
     let f = fixture();
     let mut tasks: Vec<NewTask> = (0..300)
         .map(|i| NewTask {
-            payload: format!("{{\"i\":{i}}}").into_bytes(),
+            payload: format!("{{\"i\":{i}}}").into_bytes().into(),
             ..task("t", 0)
         })
         .collect();

@@ -44,7 +44,7 @@ pub fn insert_all(
         for (task, e) in tasks.iter().zip(&out) {
             if e.created {
                 let detail = format!(r#"{{"name":{}}}"#, json::string(&task.name));
-                let group = Some(task.resource_group.as_str());
+                let group = Some(&*task.resource_group);
                 events::record_task(tx, queue, group, Some(e.id), "enqueued", &detail, now)?;
             }
         }

@@ -348,20 +348,22 @@ impl Store for SqliteStore {
             self.count_enqueued(queue, tasks, &done);
             return Ok(done);
         }
-        let done =
-            self.local
-                .get()
-                .enqueues
-                .submit((queue.to_string(), tasks.to_vec()), |requests| {
-                    self.write(|tx, now| {
-                        requests
-                            .iter()
-                            .map(|(queue, tasks)| {
-                                enqueue::insert_all(tx, queue, tasks, self.options.task_events, now)
-                            })
-                            .collect()
-                    })
-                })?;
+        let done = self.local.get().enqueues.submit(
+            (
+                queue.to_string(),
+                tasks.iter().map(NewTask::to_owned).collect(),
+            ),
+            |requests| {
+                self.write(|tx, now| {
+                    requests
+                        .iter()
+                        .map(|(queue, tasks)| {
+                            enqueue::insert_all(tx, queue, tasks, self.options.task_events, now)
+                        })
+                        .collect()
+                })
+            },
+        )?;
         self.count_enqueued(queue, tasks, &done);
         Ok(done)
     }
