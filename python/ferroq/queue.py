@@ -254,12 +254,6 @@ class Queue(Observable):
         ((task_id, created),) = self._store.enqueue(self.name, [call.core_tuple()])
         return TaskHandle(self, task_id, created)
 
-    def _encode_payload(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-        try:
-            return self.serializer.dumps({"args": args, "kwargs": kwargs})
-        except InvalidArgument as e:
-            raise type(e)(f"payload of task {name!r} is {e}") from None
-
     # -- reading and operating ---------------------------------------------------------
 
     def handle(self, task_id: int) -> TaskHandle[Any]:
