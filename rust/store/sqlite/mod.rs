@@ -250,12 +250,21 @@ impl SqliteStore {
 
     fn count_enqueued(&self, queue: &str, tasks: &[NewTask], done: &[Enqueued]) {
         let mut metrics = self.local.get().metrics.lock();
-        let pairs: Vec<(&NewTask, &Enqueued)> = tasks.iter().zip(done).collect();
         // A batch is usually one group: one lookup per run, not per task.
-        for run in pairs.chunk_by(|a, b| a.0.resource_group == b.0.resource_group) {
-            let created = run.iter().filter(|(_, e)| e.created).count() as u64;
+        let mut at = 0;
+        for run in tasks.chunk_by(|a, b| a.resource_group == b.resource_group) {
+            let created = done[at..at + run.len()]
+                .iter()
+                .filter(|e| e.created)
+                .count();
+            at += run.len();
             if created > 0 {
-                metrics.count(queue, &run[0].0.resource_group, Counter::Enqueued, created);
+                metrics.count(
+                    queue,
+                    &run[0].resource_group,
+                    Counter::Enqueued,
+                    created as u64,
+                );
             }
         }
     }
@@ -336,9 +345,7 @@ fn new_token() -> LeaseToken {
 impl Store for SqliteStore {
     fn enqueue(&self, queue: &str, tasks: &[NewTask]) -> Result<Vec<Enqueued>> {
         validate::name("queue", queue)?;
-        for task in tasks {
-            validate::new_task(task, self.options.max_payload)?;
-        }
+        validate::new_tasks(tasks, self.options.max_payload)?;
         // A large batch is its own group; small concurrent enqueues from many threads
         // share one transaction (one fsync), each caller still waiting for its commit.
         if tasks.len() > 64 {
