@@ -168,6 +168,22 @@ def test_enqueue_many_mixes_tasks_and_options_in_one_call(queue: ferroq.Queue) -
     assert queue.get(ids[-1]).run_at.timestamp() <= time.time()
 
 
+def test_enqueue_many_counts_a_delay_from_the_end_of_the_iterable(queue: ferroq.Queue) -> None:
+    @queue.task
+    def later(x: int) -> int:
+        return x
+
+    done_at = []
+
+    def calls() -> Any:
+        yield later.using(delay=60).call(1)
+        time.sleep(0.05)  # a slow source: the delay must not start before it ends
+        done_at.append(time.time())
+
+    (task_id,) = queue.enqueue_many(calls())
+    assert queue.get(task_id).run_at.timestamp() >= done_at[0] + 60 - 0.001
+
+
 def test_enqueue_many_runs_in_fifo_order_within_a_priority(queue: ferroq.Queue) -> None:
     seen: list[int] = []
 

@@ -1,7 +1,7 @@
 """The Rust core. Internal: use the ``ferroq`` package API instead."""
 
-from os import PathLike
 from collections.abc import Iterable
+from os import PathLike
 from typing import Any, final
 
 __all__ = [

@@ -39,7 +39,6 @@ struct Call<'py> {
 
 /// A `TaskOptions` as the core takes it, from its `core_options()`.
 struct CallOptions<'py> {
-    source: Bound<'py, PyAny>,
     resource_group: Bound<'py, PyString>,
     priority: i64,
     run_at: Option<Millis>,
@@ -54,7 +53,6 @@ impl<'py> CallOptions<'py> {
             .call_method0(intern!(py, "core_options"))?
             .extract()?;
         Ok(Self {
-            source,
             resource_group,
             priority,
             run_at,
@@ -197,7 +195,8 @@ impl PyStore {
     /// Inserts `calls` (any iterable of `call_type` instances: `TaskCall`) in one
     /// transaction, reading their attributes directly; returns their ids in order.
     /// Names and payloads are borrowed, not copied, and the calls of one task share its
-    /// options object, whose fields (`options.core_options()`) are read once.
+    /// options object, whose fields (`options.core_options()`) are read once, after the
+    /// last call.
     fn enqueue_calls<'py>(
         &self,
         py: Python<'py>,
@@ -205,7 +204,7 @@ impl PyStore {
         calls: &Bound<'py, PyAny>,
         call_type: &Bound<'py, PyType>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let mut options: Vec<CallOptions<'py>> = Vec::new();
+        let mut sources: Vec<Bound<'py, PyAny>> = Vec::new();
         let mut read: Vec<Call<'py>> = Vec::new();
         for call in calls.try_iter()? {
             let call = call?;
@@ -231,16 +230,11 @@ impl PyStore {
             };
             let opts = call.getattr(intern!(py, "options"))?;
             // Usually the same object as the last call's (one task's calls), or a recent one.
-            let index = match options
-                .iter()
-                .rev()
-                .take(8)
-                .position(|o| o.source.is(&opts))
-            {
-                Some(back) => options.len() - 1 - back,
+            let index = match sources.iter().rev().take(8).position(|o| o.is(&opts)) {
+                Some(back) => sources.len() - 1 - back,
                 None => {
-                    options.push(CallOptions::read(opts)?);
-                    options.len() - 1
+                    sources.push(opts);
+                    sources.len() - 1
                 }
             };
             read.push(Call {
@@ -252,6 +246,11 @@ impl PyStore {
         if read.is_empty() {
             return Ok(PyList::empty(py));
         }
+        // Read once the iterable is exhausted, as before: a delay counts from here.
+        let options: Vec<CallOptions> = sources
+            .into_iter()
+            .map(CallOptions::read)
+            .collect::<PyResult<_>>()?;
         let mut tasks = Vec::with_capacity(read.len());
         for call in &read {
             let o = &options[call.options];
