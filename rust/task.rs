@@ -1,5 +1,6 @@
 //! Task data as the core sees it: statuses, new tasks, stored records, claims.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use crate::clock::Millis;
@@ -64,18 +65,34 @@ impl rusqlite::types::FromSql for TaskStatus {
     }
 }
 
-/// A task to insert.
+/// A task to insert. Its text and payload may be borrowed, so a batch from Python goes in
+/// without a copy of each.
 #[derive(Debug, Clone)]
-pub struct NewTask {
-    pub name: String,
-    pub resource_group: String,
-    pub payload: Vec<u8>,
+pub struct NewTask<'a> {
+    pub name: Cow<'a, str>,
+    pub resource_group: Cow<'a, str>,
+    pub payload: Cow<'a, [u8]>,
     pub priority: i64,
     /// When it may first run; `None` means now.
     pub run_at: Option<Millis>,
     pub max_attempts: i64,
     /// At most one pending or running task holds a given key.
-    pub unique_key: Option<String>,
+    pub unique_key: Option<Cow<'a, str>>,
+}
+
+impl NewTask<'_> {
+    /// The same task owning its data (to hand to another thread).
+    pub fn to_owned(&self) -> NewTask<'static> {
+        NewTask {
+            name: Cow::Owned(self.name.to_string()),
+            resource_group: Cow::Owned(self.resource_group.to_string()),
+            payload: Cow::Owned(self.payload.to_vec()),
+            priority: self.priority,
+            run_at: self.run_at,
+            max_attempts: self.max_attempts,
+            unique_key: self.unique_key.as_ref().map(|k| Cow::Owned(k.to_string())),
+        }
+    }
 }
 
 /// What enqueueing one task did.

@@ -69,19 +69,27 @@ pub fn size(what: &'static str, len: usize, limit: usize) -> Result<()> {
     Ok(())
 }
 
-/// Checks everything about a new task before it is written.
-pub fn new_task(task: &NewTask, max_payload: usize) -> Result<()> {
-    name("task", &task.name)?;
-    name("resource group", &task.resource_group)?;
-    priority(task.priority)?;
-    max_attempts(task.max_attempts)?;
-    size("payload", task.payload.len(), max_payload)?;
-    if let Some(key) = &task.unique_key {
-        if key.is_empty() || key.len() > UNIQUE_KEY_MAX_LEN {
-            return Err(Error::InvalidArgument(format!(
-                "unique_key must be 1..={UNIQUE_KEY_MAX_LEN} bytes long, got {}",
-                key.len()
-            )));
+/// Checks everything about new tasks before they are written. Consecutive tasks usually
+/// share their name and group (one task's calls): those are checked once per run.
+pub fn new_tasks(tasks: &[NewTask], max_payload: usize) -> Result<()> {
+    let mut checked: Option<&NewTask> = None;
+    for task in tasks {
+        if !checked.is_some_and(|c| c.name == task.name && c.resource_group == task.resource_group)
+        {
+            name("task", &task.name)?;
+            name("resource group", &task.resource_group)?;
+            checked = Some(task);
+        }
+        priority(task.priority)?;
+        max_attempts(task.max_attempts)?;
+        size("payload", task.payload.len(), max_payload)?;
+        if let Some(key) = &task.unique_key {
+            if key.is_empty() || key.len() > UNIQUE_KEY_MAX_LEN {
+                return Err(Error::InvalidArgument(format!(
+                    "unique_key must be 1..={UNIQUE_KEY_MAX_LEN} bytes long, got {}",
+                    key.len()
+                )));
+            }
         }
     }
     Ok(())
@@ -107,6 +115,50 @@ mod tests {
         assert!(priority(PRIORITY_MAX).is_ok());
         assert!(priority(PRIORITY_MAX + 1).is_err());
         assert!(priority(PRIORITY_MIN - 1).is_err());
+    }
+
+    #[test]
+    fn every_task_of_a_batch_is_checked_whatever_came_before() {
+        let good = NewTask {
+            name: "t".into(),
+            resource_group: "default".into(),
+            payload: b"{}".into(),
+            priority: 0,
+            run_at: None,
+            max_attempts: 3,
+            unique_key: None,
+        };
+        assert!(new_tasks(&[good.clone(), good.clone()], 10).is_ok());
+        let bad = [
+            NewTask {
+                name: "a\nb".into(),
+                ..good.clone()
+            },
+            NewTask {
+                resource_group: "".into(),
+                ..good.clone()
+            },
+            NewTask {
+                priority: PRIORITY_MAX + 1,
+                ..good.clone()
+            },
+            NewTask {
+                max_attempts: 0,
+                ..good.clone()
+            },
+            NewTask {
+                payload: vec![b'x'; 11].into(),
+                ..good.clone()
+            },
+            NewTask {
+                unique_key: Some("".into()),
+                ..good.clone()
+            },
+        ];
+        for task in bad {
+            let batch = [good.clone(), good.clone(), task, good.clone()];
+            assert!(new_tasks(&batch, 10).is_err(), "{:?}", batch[2]);
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import threading
+import time
 import warnings
 from datetime import datetime
 from typing import Any
@@ -139,6 +140,76 @@ def test_enqueue_many_stores_all_calls_in_order(queue: ferroq.Queue) -> None:
     assert queue.enqueue_many([]) == []
     drain(queue)
     assert [queue.handle(i).result(timeout=WAIT) for i in ids] == [0, 1, 4, 9, 16]
+
+
+def test_enqueue_many_mixes_tasks_and_options_in_one_call(queue: ferroq.Queue) -> None:
+    @queue.task(max_attempts=2)
+    def a(x: int) -> int:
+        return x
+
+    @queue.task(name="other.b", priority=1, resource_group="slow")
+    def b(x: int, tag: str = "") -> int:
+        return x
+
+    urgent, later, grouped = b.using(priority=9), a.using(delay=600), a.using(resource_group="g")
+    calls = [a.call(i) for i in range(130)]  # one task's calls first, then a mix
+    calls += [b.call(1000 + i, tag="t") if i % 2 else a.call(1000 + i) for i in range(130)]
+    calls += [urgent.call(1), later.call(2), grouped.call(3), b.call(4), a.call(5)]
+    before = time.time()
+    ids = queue.enqueue_many(iter(calls))
+    assert len(ids) == len(calls) and ids == sorted(set(ids))
+    for call, task_id in zip(calls, ids):
+        info = queue.get(task_id)
+        assert (info.name, info.status, info.unique_key) == (call.name, "pending", None)
+        assert (info.priority, info.resource_group) == (call.options.priority, call.options.resource_group)
+        assert info.max_attempts == call.options.max_attempts
+        assert call.payload == ferroq.JsonSerializer().dumps({"args": info.args, "kwargs": info.kwargs})
+    assert queue.get(ids[-4]).run_at.timestamp() >= before + 599
+    assert queue.get(ids[-1]).run_at.timestamp() <= time.time()
+
+
+def test_enqueue_many_counts_a_delay_from_the_end_of_the_iterable(queue: ferroq.Queue) -> None:
+    @queue.task
+    def later(x: int) -> int:
+        return x
+
+    done_at = []
+
+    def calls() -> Any:
+        yield later.using(delay=60).call(1)
+        time.sleep(0.05)  # a slow source: the delay must not start before it ends
+        done_at.append(time.time())
+
+    (task_id,) = queue.enqueue_many(calls())
+    assert queue.get(task_id).run_at.timestamp() >= done_at[0] + 60 - 0.001
+
+
+def test_enqueue_many_runs_in_fifo_order_within_a_priority(queue: ferroq.Queue) -> None:
+    seen: list[int] = []
+
+    @queue.task
+    def record(i: int) -> None:
+        seen.append(i)
+
+    ids = queue.enqueue_many(record.call(i) for i in range(300))
+    ids += queue.enqueue_many(record.call(i) for i in range(300, 310))
+    assert ids == sorted(ids) and len(set(ids)) == 310
+    drain(queue)
+    assert seen == list(range(310))
+
+
+def test_enqueue_many_deduplicates_unique_keys_within_the_batch(queue: ferroq.Queue) -> None:
+    @queue.task
+    def sync(account: str) -> None:
+        return None
+
+    keyed = sync.using(unique_key="acct")
+    ids = queue.enqueue_many([sync.call("a"), keyed.call("b"), sync.call("c"), keyed.call("d")] +
+                             [sync.call(str(i)) for i in range(200)])
+    assert ids[1] == ids[3] and len(set(ids)) == 203
+    assert queue.get(ids[1]).args == ["b"]  # the first call with the key holds it
+    assert queue.enqueue_many([keyed.call("e")]) == [ids[1]]
+    assert queue.counts()["pending"] == 203
 
 
 # -- results ---------------------------------------------------------------------------------

@@ -145,6 +145,30 @@ def test_payload_over_the_queue_limit(db_path: Path) -> None:
     assert q.counts()["pending"] == 1
 
 
+def test_enqueue_many_refuses_a_bad_item_anywhere_and_writes_nothing(queue: ferroq.Queue, add: Any) -> None:
+    def calls_then(bad: Any) -> Iterator[Any]:
+        yield from (add.call(i, 1) for i in range(300))
+        yield bad
+
+    for bad in ["not a call", None, add]:
+        with pytest.raises(ferroq.InvalidArgument, match="enqueue_many takes task.call"):
+            queue.enqueue_many(calls_then(bad))
+    # Hand-made calls that the serializer did not make.
+    with pytest.raises(ferroq.PayloadError, match="payload must be bytes"):
+        queue.enqueue_many([add.call(1, 2), ferroq.TaskCall("math.add", bytearray(b"{}"), add.options)])
+    with pytest.raises(ferroq.InvalidArgument, match="name must be a str"):
+        queue.enqueue_many([ferroq.TaskCall(7, b"{}", add.options)])  # type: ignore[arg-type]
+    with pytest.raises(ferroq.InvalidArgument):
+        queue.enqueue_many([ferroq.TaskCall("bad\nname", b"{}", add.options)])
+    assert_nothing_written(queue)
+
+    class MyCall(ferroq.TaskCall[int]):
+        __slots__ = ()
+
+    call = add.call(1, 2)
+    assert len(queue.enqueue_many([MyCall(call.name, call.payload, call.options)])) == 1
+
+
 def test_payload_over_the_default_one_mib_limit(queue: ferroq.Queue) -> None:
     @queue.task(name="echo")
     def echo(text: str) -> str:

@@ -246,24 +246,13 @@ class Queue(Observable):
 
     def enqueue_many(self, calls: Iterable[TaskCall[Any]]) -> list[int]:
         """Enqueues many calls (from ``task.call(...)``) in one transaction; returns their ids."""
-        calls = list(calls)
-        for call in calls:
-            if not isinstance(call, TaskCall):
-                raise InvalidArgument(f"enqueue_many takes task.call(...) objects, got {call!r}")
-        if not calls:
-            return []
-        done = self._store.enqueue(self.name, [c.core_tuple() for c in calls])
-        return [task_id for task_id, _ in done]
+        # The core reads each call as the iterable yields it: no list or tuple per call here,
+        # and calls from a generator die young (cheap for the garbage collector).
+        return self._store.enqueue_calls(self.name, calls, TaskCall)
 
     def _enqueue_one(self, call: TaskCall[R]) -> TaskHandle[R]:
         ((task_id, created),) = self._store.enqueue(self.name, [call.core_tuple()])
         return TaskHandle(self, task_id, created)
-
-    def _encode_payload(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-        try:
-            return self.serializer.dumps({"args": args, "kwargs": kwargs})
-        except InvalidArgument as e:
-            raise type(e)(f"payload of task {name!r} is {e}") from None
 
     # -- reading and operating ---------------------------------------------------------
 

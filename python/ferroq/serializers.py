@@ -27,13 +27,16 @@ class JsonSerializer:
     def dumps(self, value: Any) -> bytes:
         try:
             # orjson's bytes keep their ~4 KiB growth buffer (measured: 4,097 B held for a
-            # 24-byte payload), which adds up in a large enqueue_many: copy to size.
-            data = memoryview(orjson.dumps(value)).tobytes()
+            # 24-byte payload), which adds up in a large enqueue_many: copy to size (%b
+            # formatting: half the cost of memoryview(...).tobytes()).
+            data = b"%b" % (orjson.dumps(value),)
         except TypeError as e:  # orjson.JSONEncodeError subclasses TypeError
             raise PayloadError(f"not JSON-serializable: {e}") from None
         # orjson writes NaN and infinity as null, which would silently change the value.
         # Only output with a null in it can hide one, so the walk is skipped otherwise.
-        if b"null" in data and _has_non_finite(value):
+        # (find, not `in`: bytes.__contains__ first tries the operand as an int and builds
+        # a TypeError message to discard, twice the cost.)
+        if data.find(b"null") >= 0 and _has_non_finite(value):
             raise PayloadError("not JSON-serializable: it contains NaN or infinity, which JSON cannot represent")
         return data
 

@@ -6,6 +6,7 @@ use pyo3::import_exception;
 use crate::error::Error;
 
 import_exception!(ferroq.errors, InvalidArgument);
+import_exception!(ferroq.errors, PayloadError);
 import_exception!(ferroq.errors, PayloadTooLarge);
 import_exception!(ferroq.errors, UnknownTask);
 import_exception!(ferroq.errors, LeaseLost);

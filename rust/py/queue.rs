@@ -1,12 +1,15 @@
 //! `ferroq._core.Store`: the storage engine as Python sees it. Every method releases the
 //! GIL around storage work and converts plain values; policy lives in `ferroq` (Python).
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
 
+use super::errors::{InvalidArgument, PayloadError};
 use crate::task::ClaimedTask;
 
 use crate::clock::Millis;
@@ -25,6 +28,39 @@ type NewTaskTuple<'py> = (
     i64,
     Option<String>,
 );
+
+/// A `TaskCall` as `enqueue_calls` read it (kept alive: its name and payload are borrowed).
+struct Call<'py> {
+    name: Bound<'py, PyString>,
+    payload: Bound<'py, PyBytes>,
+    /// Index into the distinct options read.
+    options: usize,
+}
+
+/// A `TaskOptions` as the core takes it, from its `core_options()`.
+struct CallOptions<'py> {
+    resource_group: Bound<'py, PyString>,
+    priority: i64,
+    run_at: Option<Millis>,
+    max_attempts: i64,
+    unique_key: Option<Bound<'py, PyString>>,
+}
+
+impl<'py> CallOptions<'py> {
+    fn read(source: Bound<'py, PyAny>) -> PyResult<Self> {
+        let py = source.py();
+        let (resource_group, priority, run_at, max_attempts, unique_key) = source
+            .call_method0(intern!(py, "core_options"))?
+            .extract()?;
+        Ok(Self {
+            resource_group,
+            priority,
+            run_at,
+            max_attempts,
+            unique_key,
+        })
+    }
+}
 
 /// One SQLite task store file.
 #[pyclass(name = "Store", module = "ferroq._core", frozen, weakref)]
@@ -137,23 +173,104 @@ impl PyStore {
         tasks: Vec<NewTaskTuple<'_>>,
     ) -> PyResult<Vec<(i64, bool)>> {
         let tasks: Vec<NewTask> = tasks
-            .into_iter()
+            .iter()
             .map(
                 |(name, resource_group, payload, priority, run_at, max_attempts, unique_key)| {
                     NewTask {
-                        name,
-                        resource_group,
-                        payload: payload.as_bytes().to_vec(),
-                        priority,
-                        run_at,
-                        max_attempts,
-                        unique_key,
+                        name: name.into(),
+                        resource_group: resource_group.into(),
+                        payload: payload.as_bytes().into(),
+                        priority: *priority,
+                        run_at: *run_at,
+                        max_attempts: *max_attempts,
+                        unique_key: unique_key.as_deref().map(Cow::Borrowed),
                     }
                 },
             )
             .collect();
         let done = py.detach(|| self.store.enqueue(queue, &tasks))?;
         Ok(done.into_iter().map(|e| (e.id, e.created)).collect())
+    }
+
+    /// Inserts `calls` (any iterable of `call_type` instances: `TaskCall`) in one
+    /// transaction, reading their attributes directly; returns their ids in order.
+    /// Names and payloads are borrowed, not copied, and the calls of one task share its
+    /// options object, whose fields (`options.core_options()`) are read once, after the
+    /// last call.
+    fn enqueue_calls<'py>(
+        &self,
+        py: Python<'py>,
+        queue: &str,
+        calls: &Bound<'py, PyAny>,
+        call_type: &Bound<'py, PyType>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let mut sources: Vec<Bound<'py, PyAny>> = Vec::new();
+        let mut read: Vec<Call<'py>> = Vec::new();
+        for call in calls.try_iter()? {
+            let call = call?;
+            if !call.is_instance(call_type)? {
+                return Err(InvalidArgument::new_err(format!(
+                    "enqueue_many takes task.call(...) objects, got {}",
+                    call.repr()?
+                )));
+            }
+            let name = call.getattr(intern!(py, "name"))?;
+            let Ok(name) = name.cast_into::<PyString>() else {
+                return Err(InvalidArgument::new_err(format!(
+                    "a task name must be a str, got {}",
+                    call.repr()?
+                )));
+            };
+            let payload = call.getattr(intern!(py, "payload"))?;
+            let Ok(payload) = payload.cast_into::<PyBytes>() else {
+                return Err(PayloadError::new_err(format!(
+                    "a payload must be bytes (what the serializer's dumps returns), got {}",
+                    call.repr()?
+                )));
+            };
+            let opts = call.getattr(intern!(py, "options"))?;
+            // Usually the same object as the last call's (one task's calls), or a recent one.
+            let index = match sources.iter().rev().take(8).position(|o| o.is(&opts)) {
+                Some(back) => sources.len() - 1 - back,
+                None => {
+                    sources.push(opts);
+                    sources.len() - 1
+                }
+            };
+            read.push(Call {
+                name,
+                payload,
+                options: index,
+            });
+        }
+        if read.is_empty() {
+            return Ok(PyList::empty(py));
+        }
+        // Read once the iterable is exhausted, as before: a delay counts from here.
+        let options: Vec<CallOptions> = sources
+            .into_iter()
+            .map(CallOptions::read)
+            .collect::<PyResult<_>>()?;
+        let mut tasks = Vec::with_capacity(read.len());
+        for call in &read {
+            let o = &options[call.options];
+            tasks.push(NewTask {
+                name: Cow::Borrowed(call.name.to_str()?),
+                resource_group: Cow::Borrowed(o.resource_group.to_str()?),
+                payload: Cow::Borrowed(call.payload.as_bytes()),
+                priority: o.priority,
+                run_at: o.run_at,
+                max_attempts: o.max_attempts,
+                unique_key: o
+                    .unique_key
+                    .as_ref()
+                    .map(|k| k.to_str())
+                    .transpose()?
+                    .map(Cow::Borrowed),
+            });
+        }
+        let done = py.detach(|| self.store.enqueue(queue, &tasks))?;
+        PyList::new(py, done.iter().map(|e| e.id))
     }
 
     /// Returns tuples (id, token, name, group, payload, priority, attempt, max_attempts, created_at_ms).

@@ -8,7 +8,7 @@ use crate::resource_group::GroupConfig;
 use crate::store::{CircuitCommand, Store};
 use crate::task::{FailAction, FailureImpact, NewTask, Outcome, TaskStatus};
 
-fn in_group(group: &str, priority: i64) -> NewTask {
+fn in_group(group: &str, priority: i64) -> NewTask<'_> {
     NewTask {
         resource_group: group.into(),
         ..task("t", priority)

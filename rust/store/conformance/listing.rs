@@ -8,7 +8,7 @@ use crate::store::Store;
 use crate::store::operations::{Finished, Operations, Page, TaskFilter};
 use crate::task::{FailAction, NewTask, TaskStatus};
 
-fn in_group(group: &str, priority: i64) -> NewTask {
+fn in_group(group: &str, priority: i64) -> NewTask<'_> {
     NewTask {
         resource_group: group.into(),
         ..task("t", priority)

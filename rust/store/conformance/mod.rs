@@ -38,11 +38,11 @@ pub(super) fn fixture() -> Fixture {
     }
 }
 
-pub(super) fn task(name: &str, priority: i64) -> NewTask {
+pub(super) fn task(name: &str, priority: i64) -> NewTask<'_> {
     NewTask {
         name: name.into(),
         resource_group: "default".into(),
-        payload: b"{}".to_vec(),
+        payload: b"{}".into(),
         priority,
         run_at: None,
         max_attempts: 3,
@@ -394,7 +394,7 @@ fn bad_input_writes_nothing() {
         Err(Error::InvalidArgument(_))
     ));
     let mut big = task("a", 0);
-    big.payload = vec![b'x'; (1 << 20) + 1];
+    big.payload = vec![b'x'; (1 << 20) + 1].into();
     assert!(matches!(
         f.store.enqueue(Q, &[big]),
         Err(Error::PayloadTooLarge { .. })
@@ -506,11 +506,70 @@ fn history_lists_every_run_whatever_ended_it() {
 }
 
 #[test]
+fn batches_store_every_task_as_given_whatever_their_mix() {
+    let f = fixture();
+    let now = f.clock.now_ms();
+    // 272 keyless tasks (statements of 128, 128 and 16 rows), then one-row inserts around two
+    // unique keys; uniform runs and mixed ones (name, group, priority, delay and attempts
+    // varying row to row).
+    let mut tasks = Vec::new();
+    for i in 0..(128 + 128 + 16 + 7) {
+        let mixed = (128..256).contains(&i) || i >= 270;
+        tasks.push(NewTask {
+            name: if mixed && i % 2 == 0 {
+                "even".into()
+            } else {
+                "t".into()
+            },
+            resource_group: if mixed && i % 3 == 0 {
+                "g3".into()
+            } else {
+                "default".into()
+            },
+            payload: format!("{{\"i\":{i}}}").into_bytes().into(),
+            priority: if mixed { i64::from(i % 5) } else { 2 },
+            run_at: (mixed && i % 7 == 0).then_some(now + 1000 + i64::from(i)),
+            max_attempts: if mixed { 1 + i64::from(i % 4) } else { 3 },
+            unique_key: (i == 272 || i == 276).then(|| format!("k{i}").into()),
+        });
+    }
+    let done = f.store.enqueue(Q, &tasks).unwrap();
+    assert_eq!(done.len(), tasks.len());
+    assert!(done.iter().all(|e| e.created));
+    assert!(
+        done.windows(2).all(|w| w[0].id < w[1].id),
+        "ids rise in enqueue order"
+    );
+    for (task, e) in tasks.iter().zip(&done) {
+        let got = f.store.get(Q, e.id).unwrap();
+        let want = (
+            &*task.name,
+            &*task.resource_group,
+            &*task.payload,
+            task.priority,
+        );
+        assert_eq!(
+            (
+                &*got.name,
+                &*got.resource_group,
+                &*got.payload,
+                got.priority
+            ),
+            want
+        );
+        assert_eq!(got.run_at, task.run_at.unwrap_or(now));
+        assert_eq!(got.max_attempts, task.max_attempts);
+        assert_eq!(got.unique_key.as_deref(), task.unique_key.as_deref());
+        assert_eq!((got.status, got.created_at), (TaskStatus::Pending, now));
+    }
+}
+
+#[test]
 fn large_batches_keep_order_ids_and_unique_keys() {
     let f = fixture();
     let mut tasks: Vec<NewTask> = (0..300)
         .map(|i| NewTask {
-            payload: format!("{{\"i\":{i}}}").into_bytes(),
+            payload: format!("{{\"i\":{i}}}").into_bytes().into(),
             ..task("t", 0)
         })
         .collect();

@@ -323,7 +323,7 @@ mod tests {
         let new = NewTask {
             name: "t".into(),
             resource_group: "default".into(),
-            payload: b"{}".to_vec(),
+            payload: b"{}".into(),
             priority: 0,
             run_at: None,
             max_attempts: 3,

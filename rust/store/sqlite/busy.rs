@@ -51,11 +51,11 @@ mod tests {
     use crate::store::Store;
     use crate::task::NewTask;
 
-    fn new_task() -> NewTask {
+    fn new_task() -> NewTask<'static> {
         NewTask {
             name: "t".into(),
             resource_group: "default".into(),
-            payload: b"{}".to_vec(),
+            payload: b"{}".into(),
             priority: 0,
             run_at: None,
             max_attempts: 1,

@@ -25,7 +25,7 @@ pub struct Local {
     pub pid: u32,
     pub writer: Mutex<Option<Connection>>,
     pub reader: Mutex<Option<Connection>>,
-    pub enqueues: GroupCommit<(String, Vec<NewTask>), Vec<Enqueued>>,
+    pub enqueues: GroupCommit<(String, Vec<NewTask<'static>>), Vec<Enqueued>>,
     pub changes: Arc<Changes>,
     /// Whether `changes` is subscribed to the file watch (done once, on the first wait).
     pub watched: std::sync::Once,

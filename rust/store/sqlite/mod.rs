@@ -263,9 +263,21 @@ impl SqliteStore {
 
     fn count_enqueued(&self, queue: &str, tasks: &[NewTask], done: &[Enqueued]) {
         let mut metrics = self.local.get().metrics.lock();
-        for (task, e) in tasks.iter().zip(done) {
-            if e.created {
-                metrics.count(queue, &task.resource_group, Counter::Enqueued, 1);
+        // A batch is usually one group: one lookup per run, not per task.
+        let mut at = 0;
+        for run in tasks.chunk_by(|a, b| a.resource_group == b.resource_group) {
+            let created = done[at..at + run.len()]
+                .iter()
+                .filter(|e| e.created)
+                .count();
+            at += run.len();
+            if created > 0 {
+                metrics.count(
+                    queue,
+                    &run[0].resource_group,
+                    Counter::Enqueued,
+                    created as u64,
+                );
             }
         }
     }
@@ -346,9 +358,7 @@ fn new_token() -> LeaseToken {
 impl Store for SqliteStore {
     fn enqueue(&self, queue: &str, tasks: &[NewTask]) -> Result<Vec<Enqueued>> {
         validate::name("queue", queue)?;
-        for task in tasks {
-            validate::new_task(task, self.options.max_payload)?;
-        }
+        validate::new_tasks(tasks, self.options.max_payload)?;
         // A large batch is its own group; small concurrent enqueues from many threads
         // share one transaction (one fsync), each caller still waiting for its commit.
         if tasks.len() > 64 {
@@ -358,20 +368,22 @@ impl Store for SqliteStore {
             self.count_enqueued(queue, tasks, &done);
             return Ok(done);
         }
-        let done =
-            self.local
-                .get()
-                .enqueues
-                .submit((queue.to_string(), tasks.to_vec()), |requests| {
-                    self.write(|tx, now| {
-                        requests
-                            .iter()
-                            .map(|(queue, tasks)| {
-                                enqueue::insert_all(tx, queue, tasks, self.options.task_events, now)
-                            })
-                            .collect()
-                    })
-                })?;
+        let done = self.local.get().enqueues.submit(
+            (
+                queue.to_string(),
+                tasks.iter().map(NewTask::to_owned).collect(),
+            ),
+            |requests| {
+                self.write(|tx, now| {
+                    requests
+                        .iter()
+                        .map(|(queue, tasks)| {
+                            enqueue::insert_all(tx, queue, tasks, self.options.task_events, now)
+                        })
+                        .collect()
+                })
+            },
+        )?;
         self.count_enqueued(queue, tasks, &done);
         Ok(done)
     }

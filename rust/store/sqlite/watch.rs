@@ -174,7 +174,7 @@ mod tests {
         let task = NewTask {
             name: "t".into(),
             resource_group: "default".into(),
-            payload: b"{}".to_vec(),
+            payload: b"{}".into(),
             priority: 0,
             run_at: None,
             max_attempts: 1,
