@@ -163,7 +163,7 @@ mod tests {
         let task = NewTask {
             name: "t".into(),
             resource_group: "default".into(),
-            payload: vec![b'x'; 4000],
+            payload: vec![b'x'; 4000].into(),
             priority: 0,
             run_at: None,
             max_attempts: 1,
