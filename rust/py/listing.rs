@@ -4,7 +4,7 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
-use super::queue::{PyStore, claimed_tuple};
+use super::queue::{PyStore, claimed_list};
 use crate::clock::Millis;
 use crate::store::Operations;
 use crate::store::operations::{Cursor, Finished, Page, Step, TaskFilter};
@@ -158,11 +158,7 @@ impl PyStore {
             self.store
                 .claim_in_groups(queue, &groups, worker, limit, lease_ms)
         })?;
-        let items = claimed
-            .into_iter()
-            .map(|t| claimed_tuple(py, t))
-            .collect::<PyResult<Vec<_>>>()?;
-        PyList::new(py, items)
+        claimed_list(py, claimed)
     }
 
     fn queue_names(&self, py: Python<'_>) -> PyResult<Vec<String>> {

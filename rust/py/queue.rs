@@ -283,8 +283,7 @@ impl PyStore {
         lease_ms: Millis,
     ) -> PyResult<Bound<'py, PyList>> {
         let claimed = py.detach(|| self.store.claim(queue, worker, limit, lease_ms))?;
-        let items = claimed.into_iter().map(|t| claimed_tuple(py, t));
-        PyList::new(py, items.collect::<PyResult<Vec<_>>>()?)
+        claimed_list(py, claimed)
     }
 
     fn complete(&self, py: Python<'_>, id: i64, token: i64, result: &[u8]) -> PyResult<()> {
@@ -483,20 +482,55 @@ impl PyStore {
     }
 }
 
-/// (id, token, name, group, payload, priority, attempt, max_attempts, created_at_ms)
-pub(super) fn claimed_tuple(py: Python<'_>, t: ClaimedTask) -> PyResult<Bound<'_, PyTuple>> {
-    PyTuple::new(
-        py,
-        [
-            t.id.into_pyobject(py)?.into_any(),
-            t.token.into_pyobject(py)?.into_any(),
-            t.name.into_pyobject(py)?.into_any(),
-            t.resource_group.into_pyobject(py)?.into_any(),
-            PyBytes::new(py, &t.payload).into_any(),
-            t.priority.into_pyobject(py)?.into_any(),
-            t.attempt.into_pyobject(py)?.into_any(),
-            t.max_attempts.into_pyobject(py)?.into_any(),
-            t.created_at.into_pyobject(py)?.into_any(),
-        ],
-    )
+/// Claimed tasks as tuples (id, token, name, group, payload, priority, attempt,
+/// max_attempts, created_at_ms). Rows of a claim share their token and mostly their name
+/// and group: each is made once per run of equal values, not once per row (the worker
+/// converts thousands of rows a second while holding the GIL; an equal str object also
+/// hashes for free in its dict lookups).
+pub(super) fn claimed_list(
+    py: Python<'_>,
+    claimed: Vec<ClaimedTask>,
+) -> PyResult<Bound<'_, PyList>> {
+    let mut token: Option<(i64, Bound<'_, PyAny>)> = None;
+    let mut name: Option<(String, Bound<'_, PyAny>)> = None;
+    let mut group: Option<(String, Bound<'_, PyAny>)> = None;
+    let mut rows = Vec::with_capacity(claimed.len());
+    for t in claimed {
+        let token = reuse(&mut token, t.token, |v| Ok(v.into_pyobject(py)?.into_any()))?;
+        let name = reuse(&mut name, t.name, |v| Ok(v.into_pyobject(py)?.into_any()))?;
+        let group = reuse(&mut group, t.resource_group, |v| {
+            Ok(v.into_pyobject(py)?.into_any())
+        })?;
+        rows.push(PyTuple::new(
+            py,
+            [
+                t.id.into_pyobject(py)?.into_any(),
+                token,
+                name,
+                group,
+                PyBytes::new(py, &t.payload).into_any(),
+                t.priority.into_pyobject(py)?.into_any(),
+                t.attempt.into_pyobject(py)?.into_any(),
+                t.max_attempts.into_pyobject(py)?.into_any(),
+                t.created_at.into_pyobject(py)?.into_any(),
+            ],
+        )?);
+    }
+    PyList::new(py, rows)
+}
+
+/// The Python object for `value`: the previous one if `value` equals the previous value.
+fn reuse<'py, T: PartialEq + Clone>(
+    previous: &mut Option<(T, Bound<'py, PyAny>)>,
+    value: T,
+    make: impl FnOnce(T) -> PyResult<Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    if let Some((last, object)) = previous
+        && *last == value
+    {
+        return Ok(object.clone());
+    }
+    let object = make(value.clone())?;
+    *previous = Some((value, object.clone()));
+    Ok(object)
 }
