@@ -399,9 +399,6 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         validate::name("worker", worker)?;
-        if !self.read(|conn, now| claim::any_ready(conn, queue, now))? {
-            return Ok(Vec::new());
-        }
         let token = new_token();
         let events = self.options.task_events;
         let (tasks, now) = self.write(|tx, now| {

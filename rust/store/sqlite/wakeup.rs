@@ -19,8 +19,14 @@ const BUSY_CHECK: Duration = Duration::from_millis(1);
 /// ...and once it has been quiet for `QUIET_AFTER`.
 const QUIET_CHECK: Duration = Duration::from_millis(5);
 const QUIET_AFTER: Duration = Duration::from_secs(2);
-/// With the file watch in place it wakes waiters on every commit; checks are a fallback.
+/// With the file watch in place it wakes waiters on every commit; checks are a fallback...
 const WATCHED_CHECK: Duration = Duration::from_millis(50);
+/// ...except just after the watch saw the WAL written: the watch fires on the write, but
+/// the commit shows only once the writer has synced and published it, and nothing marks
+/// that moment. With `synchronous=FULL` the 100 µs second poke often came too early, and
+/// the task waited for the next commit (measured at 200 tasks/s: p95 6 ms instead of 1).
+const WRITTEN_CHECK: Duration = Duration::from_micros(250);
+const WRITTEN_FOR: Duration = Duration::from_millis(20);
 
 /// Counts this process's commits and wakes waiters.
 pub struct Changes {
@@ -32,6 +38,8 @@ pub struct Changes {
     watched: std::sync::atomic::AtomicBool,
     /// Wake-ups from the file watch (for tests and diagnostics).
     pokes: std::sync::atomic::AtomicU64,
+    /// When the file watch last saw the WAL written.
+    last_poke: Mutex<Instant>,
 }
 
 impl Default for Changes {
@@ -42,6 +50,11 @@ impl Default for Changes {
             last_change: Mutex::new(Instant::now()),
             watched: std::sync::atomic::AtomicBool::new(false),
             pokes: std::sync::atomic::AtomicU64::new(0),
+            last_poke: Mutex::new(
+                Instant::now()
+                    .checked_sub(WRITTEN_FOR)
+                    .unwrap_or_else(Instant::now),
+            ),
         }
     }
 }
@@ -64,6 +77,7 @@ impl Changes {
     pub fn poke(&self) {
         self.pokes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *self.last_poke.lock() = Instant::now();
         self.changed.notify_all();
     }
 
@@ -71,6 +85,21 @@ impl Changes {
     #[cfg(test)]
     pub fn pokes(&self) -> u64 {
         self.pokes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How long a waiter may sleep before it looks at `data_version` again.
+    fn check_interval(&self, now: Instant) -> Duration {
+        if self.watched.load(std::sync::atomic::Ordering::Relaxed) {
+            if now.duration_since(*self.last_poke.lock()) < WRITTEN_FOR {
+                WRITTEN_CHECK
+            } else {
+                WATCHED_CHECK
+            }
+        } else if now.duration_since(*self.last_change.lock()) > QUIET_AFTER {
+            QUIET_CHECK
+        } else {
+            BUSY_CHECK
+        }
     }
 
     /// This process's commit count.
@@ -100,18 +129,30 @@ impl Changes {
             if now >= deadline {
                 return Ok(false);
             }
-            let pause = if self.watched.load(std::sync::atomic::Ordering::Relaxed) {
-                WATCHED_CHECK
-            } else if now.duration_since(*self.last_change.lock()) > QUIET_AFTER {
-                QUIET_CHECK
-            } else {
-                BUSY_CHECK
-            }
-            .min(deadline - now);
+            let pause = self.check_interval(now).min(deadline - now);
             self.changed.wait_for(&mut count, pause);
             if *count != seen {
                 return Ok(true);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The watch fires when the WAL is written, before the commit shows: right after a
+    /// poke, waiters look often (the commit shows once the writer has synced, with no
+    /// event of its own); otherwise they rely on the next poke.
+    #[test]
+    fn waiters_look_often_just_after_the_wal_is_written() {
+        let changes = Changes::default();
+        changes.set_watched();
+        assert_eq!(changes.check_interval(Instant::now()), WATCHED_CHECK);
+        changes.poke();
+        assert_eq!(changes.check_interval(Instant::now()), WRITTEN_CHECK);
+        let later = Instant::now() + WRITTEN_FOR;
+        assert_eq!(changes.check_interval(later), WATCHED_CHECK);
     }
 }
