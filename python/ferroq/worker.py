@@ -54,7 +54,7 @@ _DEFAULT_BREAKER = CircuitBreaker()
 WORKER_SEEN_INTERVAL = 2.0
 METRICS_INTERVAL = 10.0
 #: The adaptive prefetch holds about 50 ms of work, at most this many tasks.
-PREFETCH_MAX = 5000
+PREFETCH_MAX = 10_000
 
 
 def _stop_clock(run: _Run) -> None:
