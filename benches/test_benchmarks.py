@@ -79,3 +79,18 @@ def test_drain_10k_noop(benchmark: Any, tmp_path: Path, durability: str) -> None
         ferroq.Worker(q, concurrency=4, handle_signals=False).run(until_idle=True)
 
     benchmark.pedantic(drain, setup=setup, rounds=3)
+
+
+def test_store_and_worker_costs_script_runs() -> None:
+    """benches/store_costs.py (the per-task cost breakdown) on a small count, so it never rots:
+    every figure is a positive number of microseconds."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("store_costs", Path(__file__).with_name("store_costs.py"))
+    assert spec is not None and spec.loader is not None
+    costs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(costs)
+    claim_us, finish_us = costs.store_costs(2_000, 500)
+    python = costs.python_costs(tasks=200, repeats=2)
+    assert claim_us > 0 and finish_us > 0
+    assert set(python) == {"start", "run", "record"} and all(v > 0 for v in python.values())

@@ -1,0 +1,106 @@
+"""Where a drained task's time goes: the store's claim and record costs per task (no worker,
+one thread), next to the worker's Python per task (start, run, record, with the store's
+answers faked so only Python is timed).
+
+    .venv/bin/python benches/store_costs.py [--tasks 200000] [--batch 500]
+
+Single-threaded and best-of-N, so it is steadier than a drain on a shared machine: use it
+to compare two builds of the hot path, then confirm with a drain (`python -m ferroq.bench`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from typing import Any
+
+import ferroq
+
+
+def store_costs(tasks: int, batch: int) -> tuple[float, float]:
+    """µs per task for claim and for finish_many, `batch` at a time."""
+    with tempfile.TemporaryDirectory() as d:
+        q = ferroq.Queue(os.path.join(d, "q.db"), durability="normal")
+        noop = q.task(name="noop")(lambda i: None)
+        for start in range(0, tasks, 50_000):
+            q.enqueue_many(noop.call(i) for i in range(start, min(tasks, start + 50_000)))
+        store = q._store
+        claim_s = finish_s = 0.0
+        done = 0
+        while True:
+            t0 = time.perf_counter()
+            rows = store.claim(q.name, "bench", batch, 60_000)
+            t1 = time.perf_counter()
+            if not rows:
+                break
+            outcomes: list[Any] = [(r[0], r[1], b"null", None, None, False, None, 1) for r in rows]
+            t2 = time.perf_counter()
+            store.finish_many(outcomes)
+            finish_s += time.perf_counter() - t2
+            claim_s += t1 - t0
+            done += len(rows)
+        q.close()
+    return claim_s / done * 1e6, finish_s / done * 1e6
+
+
+class _Answers:
+    """Stands in for the store when timing the worker's Python: every outcome completes."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.max_payload = store.max_payload
+
+    def finish_many(self, rows: list[Any]) -> list[str]:
+        return ["completed"] * len(rows)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def python_costs(tasks: int = 2000, repeats: int = 15) -> dict[str, float]:
+    """µs per task of the worker's own Python, best of `repeats`: start (claimed rows into
+    runs), run (a no-op processor), record (outcomes handed over and bookkept)."""
+    with tempfile.TemporaryDirectory() as d:
+        q = ferroq.Queue(os.path.join(d, "q.db"), durability="normal")
+        q.task(name="noop")(lambda i: None)
+        worker = ferroq.Worker(q, concurrency=4, handle_signals=False)
+        worker.id = "bench"
+        real = q._store
+        q._store = _Answers(real)  # type: ignore[assignment]
+        rows = [(i, 7, "noop", "default", b'{"args":[1],"kwargs":{}}', 0, 1, 3, 0) for i in range(tasks)]
+        best = {"start": float("inf"), "run": float("inf"), "record": float("inf")}
+        try:
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                worker._start(rows)
+                t1 = time.perf_counter()
+                runs: list[Any] = list(worker._ready)
+                worker._ready.clear()
+                outcomes = [worker._execute(run) for run in runs]
+                t2 = time.perf_counter()
+                worker._flush([o for o in outcomes if o is not None])
+                t3 = time.perf_counter()
+                for key, seconds in (("start", t1 - t0), ("run", t2 - t1), ("record", t3 - t2)):
+                    best[key] = min(best[key], seconds / tasks * 1e6)
+        finally:
+            q._store = real
+            q.close()
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, default=500)
+    args = parser.parse_args()
+    claim_us, finish_us = store_costs(args.tasks, args.batch)
+    print(f"store, {args.batch} a batch:  claim {claim_us:.2f} µs/task   finish {finish_us:.2f} µs/task")
+    py = python_costs()
+    print("worker Python:        " + "   ".join(f"{k} {v:.2f} µs/task" for k, v in py.items())
+          + f"   total {sum(py.values()):.2f}")
+
+
+if __name__ == "__main__":
+    main()
