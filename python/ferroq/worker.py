@@ -62,6 +62,13 @@ def _stop_clock(run: _Run) -> None:
         run.run_us = int((time.perf_counter() - run.started) * 1_000_000)
 
 
+def _completed_null(run: _Run) -> _Outcome:
+    """The outcome of a run that returned None, the usual result: stored as null without the
+    serializer (the store keeps no result row for it)."""
+    _stop_clock(run)
+    return (run, b"null", None, None, None, False, None)
+
+
 def _matches(exc: BaseException, classes: tuple[type[BaseException], ...]) -> bool:
     """isinstance, also for an error a child process described by its class names."""
     return exc.matches(classes) if isinstance(exc, ChildError) else isinstance(exc, classes)
@@ -482,11 +489,8 @@ class Worker:
             return self._settled_failure(run, exc, traceback.format_exc())
         finally:
             _current.reset(reset)
-        if result is None:  # the usual no-op result, inline (a few calls less per task)
-            if not run.settle():
-                return None
-            run.run_us = int((time.perf_counter() - run.started) * 1_000_000)
-            return (run, b"null", None, None, None, False, None)
+        if result is None:  # the usual result, without the general path's calls
+            return _completed_null(run) if run.settle() else None
         return self._settled_success(run, result)
 
     def _execute_batch(self, batch: _Batch) -> list[_Outcome]:
@@ -560,8 +564,8 @@ class Worker:
     def _settled_success(self, run: _Run, result: Any) -> _Outcome | None:
         if not run.settle():
             return None
-        if result is None:  # most processors return nothing; the store keeps no row for null
-            return self._encoded(run, b"null")
+        if result is None:
+            return _completed_null(run)
         try:
             data = self.queue.serializer.dumps(result)
         except PayloadError as e:
