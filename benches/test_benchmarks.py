@@ -94,3 +94,18 @@ def test_store_and_worker_costs_script_runs() -> None:
     python = costs.python_costs(tasks=200, repeats=2)
     assert claim_us > 0 and finish_us > 0
     assert set(python) == {"start", "run", "record"} and all(v > 0 for v in python.values())
+
+
+def test_group_commit_ceiling_script_runs() -> None:
+    """benches/group_commit_ceiling.py on a short run: every caller's request is answered
+    (the figure is positive) and answers are grouped when many threads wait at once."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ceiling", Path(__file__).with_name("group_commit_ceiling.py"))
+    assert spec is not None and spec.loader is not None
+    ceiling = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ceiling)
+    one = ceiling.measure(threads=1, seconds=0.3, size=4096)
+    assert one.commits_per_s > 0 and one.callers_per_fsync == 1.0
+    many = ceiling.measure(threads=8, seconds=0.5, size=4096)
+    assert many.commits_per_s > 0 and many.callers_per_fsync > 1.0
