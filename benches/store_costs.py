@@ -2,7 +2,7 @@
 one thread), next to the worker's Python per task (start, run, record, with the store's
 answers faked so only Python is timed).
 
-    .venv/bin/python benches/store_costs.py [--tasks 200000] [--batch 500]
+    .venv/bin/python benches/store_costs.py [--tasks 200000] [--batch 500] [--payload 1000 4000 16000]
 
 Single-threaded and best-of-N, so it is steadier than a drain on a shared machine: use it
 to compare two builds of the hot path, then confirm with a drain (`python -m ferroq.bench`).
@@ -19,13 +19,15 @@ from typing import Any
 import ferroq
 
 
-def store_costs(tasks: int, batch: int) -> tuple[float, float]:
-    """µs per task for claim and for finish_many, `batch` at a time."""
+def store_costs(tasks: int, batch: int, payload: int = 0) -> tuple[float, float]:
+    """µs per task for claim and for finish_many, `batch` at a time; each task's argument is
+    its number, or a string of `payload` characters."""
     with tempfile.TemporaryDirectory() as d:
         q = ferroq.Queue(os.path.join(d, "q.db"), durability="normal")
         noop = q.task(name="noop")(lambda i: None)
+        arg = "x" * payload
         for start in range(0, tasks, 50_000):
-            q.enqueue_many(noop.call(i) for i in range(start, min(tasks, start + 50_000)))
+            q.enqueue_many(noop.call(arg or i) for i in range(start, min(tasks, start + 50_000)))
         store = q._store
         claim_s = finish_s = 0.0
         done = 0
@@ -94,9 +96,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--payload", type=int, nargs="*", default=[],
+                        help="also measure the store with string arguments of these lengths")
     args = parser.parse_args()
     claim_us, finish_us = store_costs(args.tasks, args.batch)
     print(f"store, {args.batch} a batch:  claim {claim_us:.2f} µs/task   finish {finish_us:.2f} µs/task")
+    for size in args.payload:
+        claim_us, finish_us = store_costs(min(args.tasks, 60_000), args.batch, size)
+        print(f"  {size:>6}-char argument:  claim {claim_us:.2f} µs/task   finish {finish_us:.2f} µs/task")
     py = python_costs()
     print("worker Python:        " + "   ".join(f"{k} {v:.2f} µs/task" for k, v in py.items())
           + f"   total {sum(py.values()):.2f}")

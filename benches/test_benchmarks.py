@@ -91,6 +91,7 @@ def test_store_and_worker_costs_script_runs() -> None:
     costs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(costs)
     claim_us, finish_us = costs.store_costs(2_000, 500)
+    assert min(costs.store_costs(600, 500, payload=5_000)) > 0
     python = costs.python_costs(tasks=200, repeats=2)
     assert claim_us > 0 and finish_us > 0
     assert set(python) == {"start", "run", "record"} and all(v > 0 for v in python.values())

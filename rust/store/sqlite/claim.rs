@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::Transaction;
+use rusqlite::{OptionalExtension, Transaction};
 
 use super::events;
 use super::finish::TaskEvents;
@@ -75,7 +75,8 @@ pub fn claim(
     Ok(tasks)
 }
 
-/// What every claim does with what it leased: orders it, and records "started" events.
+/// What every claim does with what it leased: orders it, reads the payloads stored apart,
+/// and records "started" events.
 fn settle(
     tx: &Transaction<'_>,
     queue: &str,
@@ -86,6 +87,19 @@ fn settle(
 ) -> Result<()> {
     // RETURNING does not promise the subquery's order.
     tasks.sort_unstable_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+    // An empty payload in the row means a large one in `task_payloads` (or a payload that
+    // really is empty, which has no row there).
+    let mut apart = None;
+    for t in tasks.iter_mut().filter(|t| t.payload.is_empty()) {
+        let stmt = match &mut apart {
+            Some(stmt) => stmt,
+            None => apart
+                .insert(tx.prepare_cached("SELECT payload FROM task_payloads WHERE task_id = ?1")?),
+        };
+        if let Some(payload) = stmt.query_row([t.id], |r| r.get(0)).optional()? {
+            t.payload = payload;
+        }
+    }
     // No history row: the claim is in the task's started_at and lease_owner until the run
     // ends, and a run that ends other than completed records it then (`admin::history`).
     if task_events == TaskEvents::All {

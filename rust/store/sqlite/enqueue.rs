@@ -16,6 +16,28 @@ use crate::task::{Enqueued, NewTask};
 /// still avoids the one-row path. At most 6 parameters a row: far below SQLite's limit.
 const TIERS: [usize; 2] = [128, 16];
 
+/// Payloads longer than this go to `task_payloads` (see migration 4); the task's row keeps
+/// an empty one. Below it, rewriting the payload with the row costs less than the extra insert.
+pub const INLINE_PAYLOAD_MAX: usize = 256;
+
+/// What the task row stores: the payload itself, or nothing if it is stored apart.
+fn row_payload<'a>(task: &'a NewTask) -> &'a [u8] {
+    if task.payload.len() > INLINE_PAYLOAD_MAX {
+        &[]
+    } else {
+        &task.payload
+    }
+}
+
+/// Stores the payload of task `id` apart if it is too large for the row.
+fn store_apart(tx: &Transaction<'_>, id: i64, task: &NewTask) -> Result<()> {
+    if task.payload.len() > INLINE_PAYLOAD_MAX {
+        tx.prepare_cached("INSERT INTO task_payloads (task_id, payload) VALUES (?1, ?2)")?
+            .execute((id, &task.payload))?;
+    }
+    Ok(())
+}
+
 /// Inserts every task in the caller's transaction.
 pub fn insert_all(
     tx: &Transaction<'_>,
@@ -123,7 +145,7 @@ fn insert_chunk(
         stmt.raw_bind_parameter(6, first.max_attempts)?;
         stmt.raw_bind_parameter(7, now)?;
         for (i, task) in chunk.iter().enumerate() {
-            stmt.raw_bind_parameter(8 + i, &task.payload)?;
+            stmt.raw_bind_parameter(8 + i, row_payload(task))?;
         }
     } else {
         stmt.raw_bind_parameter(2, now)?;
@@ -131,7 +153,7 @@ fn insert_chunk(
             let p = 3 + 6 * i;
             stmt.raw_bind_parameter(p, &task.name)?;
             stmt.raw_bind_parameter(p + 1, &task.resource_group)?;
-            stmt.raw_bind_parameter(p + 2, &task.payload)?;
+            stmt.raw_bind_parameter(p + 2, row_payload(task))?;
             stmt.raw_bind_parameter(p + 3, task.priority)?;
             stmt.raw_bind_parameter(p + 4, run_at(task))?;
             stmt.raw_bind_parameter(p + 5, task.max_attempts)?;
@@ -146,6 +168,9 @@ fn insert_chunk(
     }
     let last = tx.last_insert_rowid();
     let first_id = last - inserted as i64 + 1;
+    for (id, task) in (first_id..=last).zip(chunk) {
+        store_apart(tx, id, task)?;
+    }
     out.extend((first_id..=last).map(|id| Enqueued { id, created: true }));
     Ok(())
 }
@@ -181,18 +206,17 @@ fn insert_one(
         queue,
         &task.name,
         &task.resource_group,
-        &task.payload,
+        row_payload(task),
         task.priority,
         task.run_at.unwrap_or(now),
         task.max_attempts,
         &task.unique_key,
         now,
     ))?;
+    let id = tx.last_insert_rowid();
+    store_apart(tx, id, task)?;
     // No history row: `history` derives the enqueue from created_at.
-    out.push(Enqueued {
-        id: tx.last_insert_rowid(),
-        created: true,
-    });
+    out.push(Enqueued { id, created: true });
     Ok(())
 }
 
@@ -235,5 +259,110 @@ mod tests {
             )
             .unwrap();
         assert!(!all.to_uppercase().contains("INSERT INTO TASKS"), "{all}");
+    }
+
+    fn task(payload: Vec<u8>, unique_key: Option<&str>) -> crate::task::NewTask<'static> {
+        crate::task::NewTask {
+            name: "t".into(),
+            resource_group: "default".into(),
+            payload: payload.into(),
+            priority: 0,
+            run_at: None,
+            max_attempts: 1,
+            unique_key: unique_key.map(|k| std::borrow::Cow::Owned(k.to_string())),
+        }
+    }
+
+    fn count(store: &SqliteStore, sql: &str) -> i64 {
+        store
+            .with_conn(
+                |l| &l.reader,
+                |conn| Ok(conn.query_row(sql, [], |r| r.get(0))?),
+            )
+            .unwrap()
+    }
+
+    /// Payloads over the inline limit live in `task_payloads` (the row keeps an empty one),
+    /// whichever insert path took them; claims, reads and listings give every payload back
+    /// byte for byte, an empty one included; deleting a task deletes its payload.
+    #[test]
+    fn large_payloads_are_stored_apart_and_read_back_whole() {
+        use super::INLINE_PAYLOAD_MAX;
+        use crate::policy::retention::{Keep, Retention};
+        use crate::store::Store;
+        use crate::store::operations::{Operations, Page, TaskFilter};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("q.db"), Options::default()).unwrap();
+        let sized = |n: usize, seed: u8| -> Vec<u8> { (0..n).map(|i| seed ^ (i as u8)).collect() };
+        let mut payloads: Vec<Vec<u8>> = Vec::new();
+        // Multi-row inserts (16 and 128 rows), mixing sizes around the limit...
+        for i in 0..144 {
+            let n = match i % 4 {
+                0 => INLINE_PAYLOAD_MAX,
+                1 => INLINE_PAYLOAD_MAX + 1,
+                2 => 3,
+                _ => 20_000,
+            };
+            payloads.push(sized(n, i as u8));
+        }
+        let batch: Vec<_> = payloads.iter().map(|p| task(p.clone(), None)).collect();
+        let mut ids: Vec<i64> = store
+            .enqueue("q", &batch)
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        // ...single-row inserts (a unique key), and an empty payload.
+        for (i, n) in [0usize, 5000, 10].into_iter().enumerate() {
+            payloads.push(sized(n, 7));
+            let one = task(payloads.last().unwrap().clone(), Some(&format!("k{i}")));
+            ids.push(store.enqueue("q", &[one]).unwrap()[0].id);
+        }
+        let large = payloads
+            .iter()
+            .filter(|p| p.len() > INLINE_PAYLOAD_MAX)
+            .count() as i64;
+        assert_eq!(count(&store, "SELECT count(*) FROM task_payloads"), large);
+        assert_eq!(
+            count(
+                &store,
+                "SELECT count(*) FROM tasks WHERE length(payload) = 0"
+            ),
+            large + 1
+        );
+        for (id, payload) in ids.iter().zip(&payloads) {
+            assert_eq!(&store.get("q", *id).unwrap().payload, payload, "get {id}");
+        }
+        let page = Page {
+            after: None,
+            newest_first: false,
+            limit: 1000,
+        };
+        let listed = store.list("q", &TaskFilter::default(), page).unwrap();
+        assert_eq!(listed.len(), payloads.len());
+        for (record, payload) in listed.iter().zip(&payloads) {
+            assert_eq!(&record.payload, payload, "list {}", record.id);
+        }
+        let claimed = store.claim("q", "w", 1000, 60_000).unwrap();
+        assert_eq!(claimed.len(), payloads.len());
+        for (t, payload) in claimed.iter().zip(&payloads) {
+            assert_eq!(&t.payload, payload, "claim {}", t.id);
+            store.complete(t.id, t.token, b"null").unwrap();
+        }
+        let drop_all = Keep {
+            max_age_ms: None,
+            max_count: Some(0),
+        };
+        let pruned = store
+            .prune(
+                "q",
+                &Retention {
+                    completed: drop_all,
+                    dead: drop_all,
+                },
+            )
+            .unwrap();
+        assert_eq!(pruned, payloads.len() as u64);
+        assert_eq!(count(&store, "SELECT count(*) FROM task_payloads"), 0);
     }
 }

@@ -11,8 +11,12 @@ use crate::task::{ClaimedTask, TaskId, TaskRecord, TaskStatus};
 use crate::validate;
 
 /// The columns of a `TaskRecord`, for `FROM tasks t LEFT JOIN task_results r`.
+/// A large payload is stored apart (schema 4), its row keeping an empty one.
 pub const RECORD_COLUMNS: &str = "t.id, t.queue, t.name, t.status, t.priority, t.resource_group,
-    t.payload, t.attempts, t.max_attempts, t.run_at, t.unique_key, t.progress, t.lease_owner,
+    CASE WHEN length(t.payload) = 0
+         THEN coalesce((SELECT p.payload FROM task_payloads p WHERE p.task_id = t.id), t.payload)
+         ELSE t.payload END,
+    t.attempts, t.max_attempts, t.run_at, t.unique_key, t.progress, t.lease_owner,
     t.lease_expires_at, t.last_error, r.result, t.created_at, t.updated_at, t.started_at,
     t.finished_at";
 

@@ -13,6 +13,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_groups.sql")),
     (3, include_str!("migrations/0003_cheaper_status_checks.sql")),
+    (4, include_str!("migrations/0004_large_payloads_apart.sql")),
 ];
 
 /// The newest schema version this build knows.
@@ -78,11 +79,12 @@ mod tests {
     #[test]
     fn applies_once_and_records_versions() {
         let mut conn = Connection::open_in_memory().unwrap();
-        assert_eq!(migrate(&mut conn, 1).unwrap(), vec![1, 2, 3]);
+        assert_eq!(migrate(&mut conn, 1).unwrap(), vec![1, 2, 3, 4]);
         assert_eq!(migrate(&mut conn, 2).unwrap(), Vec::<i64>::new());
-        assert_eq!(applied_versions(&conn).unwrap(), vec![1, 2, 3]);
+        assert_eq!(applied_versions(&conn).unwrap(), vec![1, 2, 3, 4]);
         for table in [
             "tasks",
+            "task_payloads",
             "task_results",
             "task_history",
             "metrics",
@@ -133,7 +135,7 @@ mod tests {
                 .collect()
         };
         let before = dump(&conn);
-        assert_eq!(migrate(&mut conn, 5).unwrap(), vec![3]);
+        assert_eq!(migrate_through(&mut conn, 5, 3).unwrap(), vec![3]);
         assert_eq!(dump(&conn), before);
         let one = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
         assert_eq!(
@@ -208,6 +210,32 @@ mod tests {
                 "{sql}: {ops:?}"
             );
         }
+    }
+
+    /// Version 4 only adds `task_payloads`: payloads already in task rows stay there, and
+    /// deleting such a task still works (its trigger finds no payload row).
+    #[test]
+    fn schema_4_leaves_existing_payloads_in_their_rows() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        assert_eq!(migrate_through(&mut conn, 1, 3).unwrap(), vec![1, 2, 3]);
+        let big = vec![7u8; 5000];
+        conn.execute(
+            "INSERT INTO tasks (queue, name, resource_group, payload, priority, run_at, status,
+                                max_attempts, created_at, updated_at)
+             VALUES ('q', 'a', 'g', ?1, 0, 1, 'pending', 3, 1, 1)",
+            [&big],
+        )
+        .unwrap();
+        assert_eq!(migrate(&mut conn, 2).unwrap(), vec![4]);
+        let kept: Vec<u8> = conn
+            .query_row("SELECT payload FROM tasks WHERE id = 1", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(kept, big);
+        conn.execute("DELETE FROM tasks WHERE id = 1", []).unwrap();
+        let left: i64 = conn
+            .query_row("SELECT count(*) FROM tasks", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
     }
 
     #[test]
