@@ -44,13 +44,13 @@ class Figure:
 
 _RAW = textwrap.dedent("""
     import sqlite3, sys, threading, time
-    path, sync, n, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    path, sync, n, mode, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
     c = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     c.execute("PRAGMA journal_mode=WAL"); c.execute(f"PRAGMA synchronous={sync}")
     c.execute("PRAGMA temp_store=MEMORY")
     c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT, state INTEGER, payload BLOB)")
     c.execute("CREATE INDEX t_ready ON t (id) WHERE state = 0")
-    row = (b'{"args":[1],"kwargs":{}}',)
+    row = (b'{"args":["' + b"x" * size + b'"],"kwargs":{}}' if size else b'{"args":[1],"kwargs":{}}',)
     t = time.perf_counter()
     if mode == "commit":      # one fsync'd (or not) commit per row
         for _ in range(n):
@@ -77,19 +77,21 @@ _RAW = textwrap.dedent("""
 """)
 
 
-def raw_rate(sync: str, n: int, mode: str) -> float:
-    """Rows per second SQLite itself does for ``mode``, in a separate process."""
+def raw_rate(sync: str, n: int, mode: str, payload: int = 0) -> float:
+    """Rows per second SQLite itself does for ``mode``, in a separate process; ``payload``:
+    rows carry a string argument of that many characters (else a number)."""
     with tempfile.TemporaryDirectory() as d:
-        out = subprocess.run([sys.executable, "-c", _RAW, os.path.join(d, "raw.db"), sync, str(n), mode],
+        out = subprocess.run([sys.executable, "-c", _RAW, os.path.join(d, "raw.db"), sync, str(n), mode,
+                              str(payload)],
                              capture_output=True, text=True, check=True)
         return float(out.stdout)
 
 
-def _queue(directory: str, durability: str) -> tuple[ferroq.Queue, ferroq.Task[[int], None]]:
+def _queue(directory: str, durability: str) -> tuple[ferroq.Queue, ferroq.Task[[int | str], None]]:
     q = ferroq.Queue(os.path.join(directory, "bench.db"), durability=durability)
 
     @q.task(name="noop")
-    def noop(i: int) -> None:
+    def noop(i: int | str) -> None:
         return None
 
     return q, noop
@@ -129,16 +131,18 @@ def bench_enqueue_many(durability: str, n: int) -> Figure:
 
 def _drain_child(path: str, durability: str, concurrency: int, out: Any) -> None:
     q = ferroq.Queue(path, durability=durability)
-    q.task(name="noop")(lambda i: None)
+    q.task(name="noop")(lambda i: None)  # i: a number, or a string (payload)
     stats = ferroq.Worker(q, concurrency=concurrency, handle_signals=False).run(until_idle=True)
     out.put(stats.completed)
 
 
-def bench_drain(durability: str, n: int, processes: int, concurrency: int = 4) -> Figure:
+def bench_drain(durability: str, n: int, processes: int, concurrency: int = 4, payload: int = 0) -> Figure:
+    """``payload``: each task's argument is a string of that many characters (else its number)."""
     with tempfile.TemporaryDirectory() as d:
         q, noop = _queue(d, durability)
+        text = "x" * payload
         for start in range(0, n, 50_000):
-            q.enqueue_many(noop.call(i) for i in range(start, min(n, start + 50_000)))
+            q.enqueue_many(noop.call(text or i) for i in range(start, min(n, start + 50_000)))
         ctx = multiprocessing.get_context("spawn")
         results = ctx.Queue()
         workers = [ctx.Process(target=_drain_child, args=(q.path, durability, concurrency, results))
@@ -151,8 +155,10 @@ def bench_drain(durability: str, n: int, processes: int, concurrency: int = 4) -
         for w in workers:
             w.join()
     # Start-up of the worker processes is inside the timing: it is part of draining.
-    return Figure(f"drain no-op, {processes} process(es), {durability}", rate, "tasks/s",
-                  raw_rate(_sync(durability), min(n, 200_000), "claim_ack"))
+    name = (f"drain no-op, {payload:,} B args, {processes} proc., {durability}" if payload
+            else f"drain no-op, {processes} process(es), {durability}")
+    return Figure(name, rate, "tasks/s",
+                  raw_rate(_sync(durability), min(n, 200_000), "claim_ack", payload))
 
 
 def _latency_child(path: str, ready: Any, stop: Any) -> None:
@@ -319,6 +325,7 @@ def run(quick: bool = False, big: bool = False) -> list[Figure]:
     ]
     if not quick:
         figures.append(bench_drain("normal", drained, 2))
+        figures.append(bench_drain("normal", n, 1, payload=2_000))
         figures += bench_latency(1_000, 3.0, cross_process=False)
         figures += bench_latency(1_000, 3.0, cross_process=True)
         # The issue's load point: half the peak drain rate measured above, in this run.
