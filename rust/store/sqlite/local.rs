@@ -23,7 +23,9 @@ use crate::task::{Enqueued, NewTask};
 /// One process's share of a store.
 pub struct Local {
     pub pid: u32,
-    pub writer: Mutex<Option<Connection>>,
+    /// Shared with the checkpointer, which holds it to keep this process's writes out while
+    /// it finishes a checkpoint (see `Checkpointer::checkpoint`).
+    pub writer: Arc<Mutex<Option<Connection>>>,
     pub reader: Mutex<Option<Connection>>,
     pub enqueues: GroupCommit<(String, Vec<NewTask<'static>>), Vec<Enqueued>>,
     pub changes: Arc<Changes>,
@@ -37,9 +39,11 @@ pub struct Local {
 
 impl Local {
     fn new(writer: Option<Connection>, checkpointer: Arc<Checkpointer>) -> Self {
+        let writer = Arc::new(Mutex::new(writer));
+        checkpointer.set_writer(Arc::downgrade(&writer));
         Self {
             pid: std::process::id(),
-            writer: Mutex::new(writer),
+            writer,
             reader: Mutex::new(None),
             enqueues: GroupCommit::new(),
             changes: Arc::default(),

@@ -180,7 +180,7 @@ impl SqliteStore {
         let mut slot = mutex.lock();
         if slot.is_none() {
             let mut conn = open::connect(&self.path, &self.options)?;
-            if std::ptr::eq(mutex, &local.writer) {
+            if std::ptr::eq(mutex, &*local.writer) {
                 local.checkpointer.attach(&mut conn)?;
             }
             *slot = Some(conn);
