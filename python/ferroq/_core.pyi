@@ -128,6 +128,8 @@ class Store:
         """Opens, closes or resets a group's breaker; its state after."""
     def group_info(self, queue: str, group: str) -> dict[str, Any]:
         """A group's pause, breaker, throttle and task counts."""
+    def circuit_state(self, queue: str, group: str) -> str:
+        """The group's circuit ("closed", "open", "half_open") without counting its tasks."""
     def group_names(self, queue: str) -> list[str]:
         """Groups with settings or unfinished tasks."""
     def events(

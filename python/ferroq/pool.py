@@ -21,7 +21,6 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -32,6 +31,7 @@ from .info import TaskError
 from .policies import RetryPolicy
 from .serializers import Serializer
 from .task import TaskBase, by_reference
+from .tracebacks import format_traceback
 
 if TYPE_CHECKING:
     from .worker import Worker, _Batch, _Outcome, _Run
@@ -224,7 +224,7 @@ class _ChildRunner:
             else:
                 result = fn(*data["args"], **data["kwargs"])
         except BaseException as exc:  # noqa: BLE001 - a processor's failure is data, not a crash
-            return ("err", _describe(exc, traceback.format_exc()))
+            return ("err", _describe(exc, format_traceback(exc)))
         finally:
             _current.reset(reset)
         return self.encode(name, result)
@@ -241,11 +241,11 @@ class _ChildRunner:
                     else type(results).__name__
                 raise TypeError(f"batch task {name!r} must return a list of {len(items)} results, got {got}")
         except BaseException as exc:  # noqa: BLE001 - the whole batch failed
-            return ("err", _describe(exc, traceback.format_exc()))
+            return ("err", _describe(exc, format_traceback(exc)))
         out: list[tuple[Any, ...]] = []
         for result in results:
             if isinstance(result, BaseException):
-                tb = "".join(traceback.format_exception(result)) if result.__traceback__ else None
+                tb = format_traceback(result) if result.__traceback__ else None
                 out.append(("err", _describe(result, tb)))
             else:
                 out.append(self.encode(name, result))

@@ -14,7 +14,6 @@ import signal
 import socket
 import threading
 import time
-import traceback
 from collections import deque
 from dataclasses import dataclass
 from types import FrameType
@@ -41,6 +40,7 @@ from .policies import CircuitBreaker, RetryPolicy
 from .pool import ChildError, ProcessPool, Slot, check_importable
 from .queue import Queue
 from .task import BatchTask, TaskBase
+from .tracebacks import format_traceback
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -468,7 +468,7 @@ class Worker:
     def _internal_failure(self, job: _Run | _Batch, exc: Exception) -> list[_Outcome]:
         """Fails the unsettled runs of a job that hit a bug in the worker (retried per the
         default policy), so none is left holding its lease forever."""
-        error = TaskError.from_exception(exc, traceback.format_exc()).to_json()
+        error = TaskError.from_exception(exc, format_traceback(exc)).to_json()
         runs = job.runs if isinstance(job, _Batch) else [job]
         return [(run, None, error, _DEFAULT_POLICY.delay_ms(run.ctx.attempt), exc, False, None)
                 for run in runs if run.settle()]
@@ -486,7 +486,7 @@ class Worker:
             run.started = time.perf_counter()
             result = run.task.fn(*data["args"], **data["kwargs"])
         except BaseException as exc:  # noqa: BLE001 - a processor's failure is data, not a crash
-            return self._settled_failure(run, exc, traceback.format_exc())
+            return self._settled_failure(run, exc, format_traceback(exc))
         finally:
             _current.reset(reset)
         if result is None:  # the usual result, without the general path's calls
@@ -513,13 +513,13 @@ class Worker:
                     else type(results).__name__
                 raise TypeError(f"batch task {name!r} must return a list of {len(runs)} results, got {got}")
         except BaseException as exc:  # noqa: BLE001 - the whole batch failed
-            tb = traceback.format_exc()
+            tb = format_traceback(exc)
             outcomes = [self._settled_failure(run, exc, tb) for run in runs]
         else:
             outcomes = []
             for run, result in zip(runs, results):
                 if isinstance(result, BaseException):
-                    item_tb = "".join(traceback.format_exception(result)) if result.__traceback__ else None
+                    item_tb = format_traceback(result) if result.__traceback__ else None
                     outcomes.append(self._settled_failure(run, result, item_tb))
                 else:
                     outcomes.append(self._settled_success(run, result))
@@ -552,7 +552,7 @@ class Worker:
             exc = TimeoutError(f"task {run.ctx.name!r} exceeded its timeout of {timeout}s and was cancelled")
             outcome = self._settled_failure(run, exc, None)
         except BaseException as exc:  # noqa: BLE001
-            outcome = self._settled_failure(run, exc, traceback.format_exc())
+            outcome = self._settled_failure(run, exc, format_traceback(exc))
         else:
             outcome = self._settled_success(run, result)
         finally:
@@ -715,7 +715,7 @@ class Worker:
         claimed but not yet started tasks of that group (buffered, or in a runner's share),
         so they stay pending with their attempts instead of running against an open circuit."""
         try:
-            opened = {g for g in groups if self.queue._store.group_info(self.queue.name, g)["circuit"] == "open"}
+            opened = {g for g in groups if self.queue._store.circuit_state(self.queue.name, g) == "open"}
         except StorageError:
             return
         if not opened:

@@ -113,6 +113,13 @@ impl PyStore {
         Ok(state.as_str())
     }
 
+    /// "closed", "open" or "half_open": the circuit as the next claim will see it.
+    fn circuit_state(&self, py: Python<'_>, queue: &str, group: &str) -> PyResult<&'static str> {
+        Ok(py
+            .detach(|| self.store.circuit_state(queue, group))?
+            .as_str())
+    }
+
     fn group_info<'py>(
         &self,
         py: Python<'py>,

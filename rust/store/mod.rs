@@ -126,6 +126,12 @@ pub trait Store: Send + Sync {
     /// A group as it stands now.
     fn group_info(&self, queue: &str, group: &str) -> Result<GroupInfo>;
 
+    /// A group's circuit as the next claim will see it: `group_info`'s `circuit` without
+    /// counting the group's tasks (a worker asks after every batch with failures).
+    fn circuit_state(&self, queue: &str, group: &str) -> Result<CircuitState> {
+        Ok(self.group_info(queue, group)?.circuit)
+    }
+
     /// Groups with settings or with unfinished tasks.
     fn group_names(&self, queue: &str) -> Result<Vec<String>>;
 

@@ -112,6 +112,34 @@ fn an_open_breaker_holds_its_group_pending_and_a_probe_closes_it() {
     );
 }
 
+/// `circuit_state` (what a worker asks after failures) agrees with `group_info` at every
+/// step: no row at all, open, due to turn half-open, half-open, closed again.
+#[test]
+fn circuit_state_agrees_with_group_info() {
+    let f = fixture();
+    let agree = |expected: CircuitState| {
+        assert_eq!(f.store.group_info(Q, "pay").unwrap().circuit, expected);
+        assert_eq!(f.store.circuit_state(Q, "pay").unwrap(), expected);
+    };
+    agree(CircuitState::Closed);
+    f.store.configure_group(Q, "pay", &breaker_only()).unwrap();
+    f.store
+        .enqueue(Q, &[in_group("pay", 0), in_group("pay", 0)])
+        .unwrap();
+    let first = f.store.claim(Q, "w", 2, LEASE).unwrap();
+    fail_all(&f, &first, FailureImpact::default());
+    agree(CircuitState::Open);
+    f.clock.advance(1_000);
+    agree(CircuitState::HalfOpen); // as the next claim will see it
+    let probe = f.store.claim(Q, "w", 10, LEASE).unwrap();
+    agree(CircuitState::HalfOpen);
+    f.store
+        .complete(probe[0].id, probe[0].token, b"null")
+        .unwrap();
+    agree(CircuitState::Closed);
+    assert!(f.store.circuit_state(Q, "").is_err());
+}
+
 #[test]
 fn a_failed_probe_reopens_for_longer() {
     let f = fixture();

@@ -581,6 +581,11 @@ impl Store for SqliteStore {
         self.read(|conn, now| resource_groups::info(conn, queue, group, now))
     }
 
+    fn circuit_state(&self, queue: &str, group: &str) -> Result<CircuitState> {
+        validate::name("resource group", group)?;
+        self.read(|conn, now| resource_groups::circuit_state(conn, queue, group, now))
+    }
+
     fn group_names(&self, queue: &str) -> Result<Vec<String>> {
         self.read(|conn, _| resource_groups::names(conn, queue))
     }

@@ -600,6 +600,20 @@ pub fn poll_breakers(
 }
 
 /// One group as it stands, with its pending and running counts.
+/// The circuit of group `name` as the next claim will see it (closed if it has no row).
+pub fn circuit_state(
+    conn: &Connection,
+    queue: &str,
+    name: &str,
+    now: Millis,
+) -> Result<CircuitState> {
+    Ok(load(conn, queue, name)?.map_or(CircuitState::Closed, |g| {
+        let mut breaker = g.breaker;
+        breaker.poll(now);
+        breaker.state
+    }))
+}
+
 pub fn info(conn: &Connection, queue: &str, name: &str, now: Millis) -> Result<GroupInfo> {
     let g = load(conn, queue, name)?;
     let (pending, running): (i64, i64) = conn
