@@ -161,6 +161,38 @@ def bench_drain(durability: str, n: int, processes: int, concurrency: int = 4, p
                   raw_rate(_sync(durability), min(n, 200_000), "claim_ack", payload))
 
 
+def _always_fails(i: int) -> None:
+    raise ConnectionError(f"downstream unavailable for task {i}")
+
+
+#: Retries come due long after the bench: each task fails once.
+_LATER = ferroq.RetryPolicy(base_delay=3600.0, max_delay=3600.0)
+
+
+def _failing_child(path: str, out: Any) -> None:
+    q = ferroq.Queue(path, durability="normal")
+    q.task(name="flaky", retry=_LATER)(_always_fails)
+    out.put(ferroq.Worker(q, concurrency=4, handle_signals=False).run(until_idle=True).retried)
+
+
+def bench_drain_failing(n: int) -> Figure:
+    """A downstream outage: every task raises and is scheduled for a retry (the failure
+    path: traceback, retry policy, breaker accounting, history and events)."""
+    with tempfile.TemporaryDirectory() as d:
+        q = ferroq.Queue(os.path.join(d, "bench.db"), durability="normal")
+        flaky = q.task(name="flaky", retry=_LATER)(_always_fails)
+        q.enqueue_many(flaky.call(i) for i in range(n))
+        ctx = multiprocessing.get_context("spawn")
+        results = ctx.Queue()
+        proc = ctx.Process(target=_failing_child, args=(q.path, results))
+        t = time.perf_counter()
+        proc.start()
+        failed = results.get(timeout=600)
+        rate = failed / (time.perf_counter() - t)
+        proc.join()
+    return Figure("drain, every task fails (retried later)", rate, "tasks/s")
+
+
 def _latency_child(path: str, ready: Any, stop: Any) -> None:
     q = ferroq.Queue(path, durability="normal")
     q.task(name="stamp")(_stamp)
@@ -326,6 +358,7 @@ def run(quick: bool = False, big: bool = False) -> list[Figure]:
     if not quick:
         figures.append(bench_drain("normal", drained, 2))
         figures.append(bench_drain("normal", n, 1, payload=2_000))
+        figures.append(bench_drain_failing(n // 2))
         figures += bench_latency(1_000, 3.0, cross_process=False)
         figures += bench_latency(1_000, 3.0, cross_process=True)
         # The issue's load point: half the peak drain rate measured above, in this run.
