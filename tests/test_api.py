@@ -110,6 +110,24 @@ def test_get_returns_every_field(queue: ferroq.Queue) -> None:
     assert done.progress == 1.0
 
 
+def test_using_builds_the_same_options_as_declaring_them(queue: ferroq.Queue) -> None:
+    """using() checks only the options it changes: the result must still equal options
+    built (and checked) from scratch, and leave the task's own options alone."""
+    from dataclasses import replace
+
+    @queue.task(priority=3, max_attempts=5, resource_group="a")
+    def job(x: int) -> None: ...
+
+    declared = job.options
+    every: list[dict[str, Any]] = [{"unique_key": "k"}, {"priority": -2, "delay": 1.5},
+                                   {"resource_group": "b", "max_attempts": 1}, {"run_at": 2_000_000_000.0}]
+    for changes in every:
+        expected = replace(declared, **{**changes, **({"run_at": None} if "delay" in changes else {})})
+        assert job.using(**changes).options == expected
+        assert hash(job.using(**changes).options) == hash(expected)
+    assert job.options is declared and job.options.unique_key is None
+
+
 def test_large_arguments_reach_the_processor_whole(queue: ferroq.Queue) -> None:
     """Payloads over a few hundred bytes are stored apart from the task row: every way of
     enqueueing and reading gives them back unchanged, next to small ones."""
