@@ -129,15 +129,24 @@ def bench_enqueue_many(durability: str, n: int) -> Figure:
     return Figure(f"enqueue_many, {durability}", rate, "tasks/s", raw_rate(_sync(durability), n, "batch"))
 
 
-def _drain_child(path: str, durability: str, concurrency: int, out: Any) -> None:
+async def _async_noop(i: int | str) -> None:
+    return None
+
+
+def _drain_child(path: str, durability: str, concurrency: int, out: Any, is_async: bool = False) -> None:
     q = ferroq.Queue(path, durability=durability)
-    q.task(name="noop")(lambda i: None)  # i: a number, or a string (payload)
+    if is_async:
+        q.task(name="noop")(_async_noop)
+    else:
+        q.task(name="noop")(lambda i: None)  # i: a number, or a string (payload)
     stats = ferroq.Worker(q, concurrency=concurrency, handle_signals=False).run(until_idle=True)
     out.put(stats.completed)
 
 
-def bench_drain(durability: str, n: int, processes: int, concurrency: int = 4, payload: int = 0) -> Figure:
-    """``payload``: each task's argument is a string of that many characters (else its number)."""
+def bench_drain(durability: str, n: int, processes: int, concurrency: int = 4, payload: int = 0,
+                is_async: bool = False) -> Figure:
+    """``payload``: each task's argument is a string of that many characters (else its number);
+    ``is_async``: the worker runs an ``async def`` processor (on its event loop)."""
     with tempfile.TemporaryDirectory() as d:
         q, noop = _queue(d, durability)
         text = "x" * payload
@@ -145,7 +154,7 @@ def bench_drain(durability: str, n: int, processes: int, concurrency: int = 4, p
             q.enqueue_many(noop.call(text or i) for i in range(start, min(n, start + 50_000)))
         ctx = multiprocessing.get_context("spawn")
         results = ctx.Queue()
-        workers = [ctx.Process(target=_drain_child, args=(q.path, durability, concurrency, results))
+        workers = [ctx.Process(target=_drain_child, args=(q.path, durability, concurrency, results, is_async))
                    for _ in range(processes)]
         t = time.perf_counter()
         for w in workers:
@@ -156,6 +165,7 @@ def bench_drain(durability: str, n: int, processes: int, concurrency: int = 4, p
             w.join()
     # Start-up of the worker processes is inside the timing: it is part of draining.
     name = (f"drain no-op, {payload:,} B args, {processes} proc., {durability}" if payload
+            else f"drain async no-op, {processes} process(es), {durability}" if is_async
             else f"drain no-op, {processes} process(es), {durability}")
     return Figure(name, rate, "tasks/s",
                   raw_rate(_sync(durability), min(n, 200_000), "claim_ack", payload))
@@ -359,6 +369,7 @@ def run(quick: bool = False, big: bool = False) -> list[Figure]:
         figures.append(bench_drain("normal", drained, 2))
         figures.append(bench_drain("normal", n, 1, payload=2_000))
         figures.append(bench_drain_failing(n // 2))
+        figures.append(bench_drain("normal", n, 1, is_async=True))
         figures += bench_latency(1_000, 3.0, cross_process=False)
         figures += bench_latency(1_000, 3.0, cross_process=True)
         # The issue's load point: half the peak drain rate measured above, in this run.

@@ -223,6 +223,7 @@ class Worker:
         self._maintenance_done = threading.Event()
         self._running = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._async_tasks: set[asyncio.Task[None]] = set()
         self._loop_thread: threading.Thread | None = None
 
     # -- control -----------------------------------------------------------------------
@@ -379,6 +380,7 @@ class Worker:
         tasks = self.queue._tasks
         ready: list[_Run | _Batch] = []
         unknown: list[_Outcome] = []
+        coroutines: list[_Run] = []
         with self._lock:
             self.stats.claimed += len(rows)
             for task_id, token, name, group, payload, _priority, attempt, max_attempts, created_ms in rows:
@@ -400,11 +402,14 @@ class Worker:
                         if len(forming.runs) >= task.max_size:
                             ready.append(self._forming.pop(key))
                 elif task.is_async and self._loop is not None:  # (a process pool's children run async too)
-                    asyncio.run_coroutine_threadsafe(self._run_async(run), self._loop)
+                    coroutines.append(run)
                 else:
                     ready.append(run)
         if unknown:
             self._outcomes.put(unknown)
+        if coroutines and self._loop is not None:
+            # One wake-up of the loop per claim, not per task: each is a write to its pipe.
+            self._loop.call_soon_threadsafe(self._spawn_async, coroutines)
         if ready:
             with self._ready_cond:
                 self._ready.extend(ready)
@@ -524,6 +529,15 @@ class Worker:
                 else:
                     outcomes.append(self._settled_success(run, result))
         return [o for o in outcomes if o is not None]
+
+    def _spawn_async(self, runs: list[_Run]) -> None:
+        """In the event loop: starts a task per run, holding it until it ends (the loop
+        itself keeps only weak references to its tasks)."""
+        assert self._loop is not None
+        for run in runs:
+            task = self._loop.create_task(self._run_async(run))
+            self._async_tasks.add(task)
+            task.add_done_callback(self._async_tasks.discard)
 
     async def _run_async(self, run: _Run) -> None:
         assert run.task is not None
