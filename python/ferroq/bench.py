@@ -10,6 +10,7 @@ vary with the machine, ratios much less).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -21,7 +22,7 @@ import textwrap
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import ferroq
 
@@ -97,13 +98,25 @@ def _queue(directory: str, durability: str) -> tuple[ferroq.Queue, ferroq.Task[[
     return q, noop
 
 
+@contextlib.contextmanager
+def _closing(made: tuple[ferroq.Queue, ferroq.Task[[int | str], None]]) -> Iterator[
+        tuple[ferroq.Queue, ferroq.Task[[int | str], None]]]:
+    """Closes a scenario's queue before its file is deleted. Left to the garbage collector
+    (a queue and its tasks refer to each other), its connections were closed (SQLite
+    checkpoints on the last close) inside a later scenario's collection, with the GIL held:
+    in-process latency then showed 20-35 ms pauses that belonged to no scenario."""
+    try:
+        yield made
+    finally:
+        made[0].close()
+
+
 def _sync(durability: str) -> str:
     return "FULL" if durability == "full" else "NORMAL"
 
 
 def bench_enqueue(durability: str, n: int, threads: int) -> Figure:
-    with tempfile.TemporaryDirectory() as d:
-        q, noop = _queue(d, durability)
+    with tempfile.TemporaryDirectory() as d, _closing(_queue(d, durability)) as (q, noop):
         per = max(1, n // threads)
 
         def work() -> None:
@@ -121,8 +134,7 @@ def bench_enqueue(durability: str, n: int, threads: int) -> Figure:
 
 
 def bench_enqueue_many(durability: str, n: int) -> Figure:
-    with tempfile.TemporaryDirectory() as d:
-        q, noop = _queue(d, durability)
+    with tempfile.TemporaryDirectory() as d, _closing(_queue(d, durability)) as (q, noop):
         t = time.perf_counter()
         q.enqueue_many(noop.call(i) for i in range(n))
         rate = n / (time.perf_counter() - t)
@@ -147,8 +159,7 @@ def bench_drain(durability: str, n: int, processes: int, concurrency: int = 4, p
                 is_async: bool = False) -> Figure:
     """``payload``: each task's argument is a string of that many characters (else its number);
     ``is_async``: the worker runs an ``async def`` processor (on its event loop)."""
-    with tempfile.TemporaryDirectory() as d:
-        q, noop = _queue(d, durability)
+    with tempfile.TemporaryDirectory() as d, _closing(_queue(d, durability)) as (q, noop):
         text = "x" * payload
         for start in range(0, n, 50_000):
             q.enqueue_many(noop.call(text or i) for i in range(start, min(n, start + 50_000)))
@@ -188,8 +199,7 @@ def _failing_child(path: str, out: Any) -> None:
 def bench_drain_failing(n: int) -> Figure:
     """A downstream outage: every task raises and is scheduled for a retry (the failure
     path: traceback, retry policy, breaker accounting, history and events)."""
-    with tempfile.TemporaryDirectory() as d:
-        q = ferroq.Queue(os.path.join(d, "bench.db"), durability="normal")
+    with tempfile.TemporaryDirectory() as d, ferroq.Queue(os.path.join(d, "bench.db"), durability="normal") as q:
         flaky = q.task(name="flaky", retry=_LATER)(_always_fails)
         q.enqueue_many(flaky.call(i) for i in range(n))
         ctx = multiprocessing.get_context("spawn")
@@ -225,8 +235,7 @@ def bench_latency(rate: float, seconds: float, cross_process: bool, label: str =
     """Enqueue -> processor start at a fixed rate, the worker waking on commits (not
     polling). Above 1,000/s the producer enqueues each millisecond's tasks together (one
     ``enqueue_many``), each stamped with the time it was sent."""
-    with tempfile.TemporaryDirectory() as d:
-        q = ferroq.Queue(os.path.join(d, "lat.db"), durability="normal")
+    with tempfile.TemporaryDirectory() as d, ferroq.Queue(os.path.join(d, "lat.db"), durability="normal") as q:
         stamp = q.task(name="stamp")(_stamp)
         if cross_process:
             ctx = multiprocessing.get_context("spawn")
@@ -288,15 +297,13 @@ def _claim_ack_rate(q: ferroq.Queue, tasks: int, batch: int = 100) -> float:
 
 def bench_claim_with_history(finished: int) -> Figure:
     """Claim cost with ``finished`` completed tasks retained, next to an empty table."""
-    with tempfile.TemporaryDirectory() as d:
-        q, noop = _queue(d, "normal")
+    with tempfile.TemporaryDirectory() as d, _closing(_queue(d, "normal")) as (q, noop):
         for start in range(0, finished, 50_000):
             q.enqueue_many(noop.call(i) for i in range(start, min(finished, start + 50_000)))
         _claim_ack_rate(q, finished, batch=1000)
         q.enqueue_many(noop.call(i) for i in range(20_000))
         loaded = _claim_ack_rate(q, 20_000)
-    with tempfile.TemporaryDirectory() as d:
-        q, noop = _queue(d, "normal")
+    with tempfile.TemporaryDirectory() as d, _closing(_queue(d, "normal")) as (q, noop):
         q.enqueue_many(noop.call(i) for i in range(20_000))
         empty = _claim_ack_rate(q, 20_000)
     # The "ceiling" here is the same loop on a table with no finished tasks.
@@ -337,8 +344,7 @@ def _rss_child(path: str, total: int, out: Any) -> None:
 def bench_worker_rss(total: int) -> list[Figure]:
     """Resident memory of a worker process after 100k and after ``total`` processed tasks
     (enqueued beforehand by this process, so only the worker's own memory is measured)."""
-    with tempfile.TemporaryDirectory() as d:
-        q, noop = _queue(d, "normal")
+    with tempfile.TemporaryDirectory() as d, _closing(_queue(d, "normal")) as (q, noop):
         for start in range(0, total, 50_000):
             q.enqueue_many(noop.call(i) for i in range(start, min(total, start + 50_000)))
         ctx = multiprocessing.get_context("spawn")

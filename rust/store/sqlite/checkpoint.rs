@@ -52,6 +52,9 @@ pub struct Checkpointer {
     wake: Condvar,
     /// Checkpoints run, for tests.
     done: std::sync::atomic::AtomicU64,
+    /// Set by `go_dormant` (the store closed its connections): a request from before that
+    /// must not reopen the file, which may be gone by now. The next request clears it.
+    dormant: std::sync::atomic::AtomicBool,
 }
 
 impl Checkpointer {
@@ -64,6 +67,7 @@ impl Checkpointer {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
             done: Default::default(),
+            dormant: Default::default(),
         })
     }
 
@@ -93,8 +97,17 @@ impl Checkpointer {
         let _ = self.writer.set(writer);
     }
 
+    /// The store is closing (called with its writer held, so no commit asks meanwhile):
+    /// requests made before must not reopen the file. The caller then closes `conn`.
+    pub fn go_dormant(&self) {
+        self.dormant
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Asks for a checkpoint soon; requests made while one runs are merged.
     pub fn request(self: &Arc<Self>) {
+        self.dormant
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         let mut state = self.state.lock();
         if state.closed || state.requested {
             return;
@@ -178,6 +191,9 @@ impl Checkpointer {
     fn pass(&self) -> crate::error::Result<i64> {
         let mut slot = self.conn.lock();
         if slot.is_none() {
+            if self.dormant.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(0);
+            }
             *slot = Some(open::connect(&self.path, &self.options)?);
         }
         let conn = slot.as_ref().expect("opened above");
@@ -196,11 +212,15 @@ mod tests {
     use crate::task::NewTask;
 
     fn store(dir: &tempfile::TempDir) -> SqliteStore {
+        store_at(dir, "q.db")
+    }
+
+    fn store_at(dir: &tempfile::TempDir, name: &str) -> SqliteStore {
         let options = Options {
             durability: Durability::Normal,
             ..Options::default()
         };
-        SqliteStore::open(dir.path().join("q.db"), options).unwrap()
+        SqliteStore::open(dir.path().join(name), options).unwrap()
     }
 
     /// Enqueues `batches` transactions of 100 tasks of ~4 KiB (about a page each).
@@ -277,6 +297,33 @@ mod tests {
         );
         assert!(frames >= super::RESTART_AT, "{frames} frames");
         assert_eq!(store.quick_check().unwrap(), vec!["ok".to_string()]);
+    }
+
+    /// After `close`, a checkpoint asked for before it must not reopen (or recreate) the
+    /// file: the caller may have deleted it. A store used again checkpoints as before.
+    #[test]
+    fn a_closed_store_is_not_reopened_by_its_checkpointer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        write_pages(&store, 1);
+        let checkpointer = store.local.get().checkpointer.clone();
+        store.close();
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(format!("q.db{suffix}")));
+        }
+        checkpointer.checkpoint().unwrap(); // what the thread does with an earlier request
+        assert!(!dir.path().join("q.db").exists());
+        assert!(checkpointer.conn.lock().is_none());
+
+        let again = store_at(&dir, "r.db");
+        let checkpointer = again.local.get().checkpointer.clone();
+        again.close();
+        write_pages(&again, 30); // reopened by the call; commits ask again
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while checkpointer.checkpoints() == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(checkpointer.checkpoints() > 0, "no checkpoint after reuse");
     }
 
     #[test]

@@ -129,10 +129,15 @@ impl SqliteStore {
         )
     }
 
-    /// Closes this process's connections; the next call reopens them.
+    /// Closes this process's connections; the next call reopens them. Nothing reopens the
+    /// file meanwhile (a checkpoint asked for before the close is dropped), so the caller
+    /// may delete it.
     pub fn close(&self) {
         let local = self.local.get();
-        drop(local.writer.lock().take());
+        let mut writer = local.writer.lock(); // no commit can ask for a checkpoint now
+        local.checkpointer.go_dormant();
+        drop(writer.take());
+        drop(writer);
         drop(local.reader.lock().take());
         drop(local.checkpointer.conn.lock().take());
     }
