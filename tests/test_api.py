@@ -505,6 +505,21 @@ def test_counts_lists_every_status(queue: ferroq.Queue) -> None:
     assert queue.counts() == {"pending": 1, "running": 0, "completed": 3, "dead": 1, "cancelled": 1}
 
 
+def test_queues_dropped_without_close_lose_nothing(db_path: Any) -> None:
+    """A queue left to the garbage collector is closed on a thread of its own, while new
+    queues keep opening the same file: every enqueue stays, the file stays intact."""
+    for round_ in range(20):
+        q = ferroq.Queue(db_path, durability="normal")
+        t = q.task(name="t")(lambda i: None)
+        q.enqueue_many(t.call(i) for i in range(500))
+        t.enqueue(round_)
+        del q, t
+        gc.collect()  # a queue and its tasks refer to each other: only the collector frees them
+    with ferroq.Queue(db_path) as q:
+        assert q.counts()["pending"] == 20 * 501
+        assert q.check() == ["ok"]
+
+
 def test_queues_sharing_a_file_are_separate(db_path: Any) -> None:
     a = ferroq.Queue(db_path, name="a", durability="normal")
     b = ferroq.Queue(db_path, name="b", durability="normal")
