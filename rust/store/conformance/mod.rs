@@ -190,6 +190,26 @@ fn heartbeats_extend_the_lease() {
     );
 }
 
+/// A heartbeat of many leases (more than one transaction's worth in SQLite) answers each
+/// in order, a lost one included, and renews every one still held.
+#[test]
+fn a_large_heartbeat_answers_every_lease_in_order() {
+    let f = fixture();
+    let tasks: Vec<_> = (0..1_300).map(|_| task("a", 0)).collect();
+    f.store.enqueue(Q, &tasks).unwrap();
+    let claimed = f.store.claim(Q, "w", 2_000, LEASE).unwrap();
+    assert_eq!(claimed.len(), 1_300);
+    let mut leases: Vec<_> = claimed.iter().map(|t| (t.id, t.token)).collect();
+    leases[700].1 += 1; // a token that is not the lease's
+    f.clock.advance(LEASE - 1);
+    let held = f.store.heartbeat(&leases, LEASE).unwrap();
+    assert_eq!(held.len(), 1_300);
+    assert!(held.iter().enumerate().all(|(i, &h)| h == (i != 700)));
+    f.clock.advance(2);
+    let rescued = f.store.rescue_expired(Q).unwrap();
+    assert_eq!(rescued, vec![(claimed[700].id, TaskStatus::Pending)]);
+}
+
 #[test]
 fn rescue_kills_tasks_out_of_attempts() {
     let f = fixture();

@@ -351,6 +351,9 @@ fn with_path(err: Error, path: &Path) -> Error {
 /// The longest progress message kept (a status line, not a log).
 const PROGRESS_MESSAGE_MAX: usize = 1024;
 
+/// Leases renewed per transaction (~0.7 ms of write lock).
+const HEARTBEAT_CHUNK: usize = 500;
+
 fn ms_to_us(ms: Millis) -> u64 {
     (ms.max(0) as u64).saturating_mul(1000)
 }
@@ -460,10 +463,14 @@ impl Store for SqliteStore {
     }
 
     fn heartbeat(&self, leases: &[Lease], lease_ms: Millis) -> Result<Vec<bool>> {
-        if leases.is_empty() {
-            return Ok(Vec::new());
+        // In small transactions, like pruning: a worker with 10,000 tasks claimed renews
+        // them all at once, which held the write lock 13 ms (1.3 µs a lease) and stalled
+        // every claim and enqueue on the file meanwhile.
+        let mut held = Vec::with_capacity(leases.len());
+        for chunk in leases.chunks(HEARTBEAT_CHUNK) {
+            held.extend(self.write(|tx, now| finish::heartbeat(tx, chunk, now, now + lease_ms))?);
         }
-        self.write(|tx, now| finish::heartbeat(tx, leases, now, now + lease_ms))
+        Ok(held)
     }
 
     fn progress(
