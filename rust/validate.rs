@@ -119,15 +119,7 @@ mod tests {
 
     #[test]
     fn every_task_of_a_batch_is_checked_whatever_came_before() {
-        let good = NewTask {
-            name: "t".into(),
-            resource_group: "default".into(),
-            payload: b"{}".into(),
-            priority: 0,
-            run_at: None,
-            max_attempts: 3,
-            unique_key: None,
-        };
+        let good = crate::store::conformance::task("t", 0);
         assert!(new_tasks(&[good.clone(), good.clone()], 10).is_ok());
         let bad = [
             NewTask {

@@ -88,27 +88,20 @@ def raw_rate(sync: str, n: int, mode: str, payload: int = 0) -> float:
         return float(out.stdout)
 
 
-def _queue(directory: str, durability: str) -> tuple[ferroq.Queue, ferroq.Task[[int | str], None]]:
-    q = ferroq.Queue(os.path.join(directory, "bench.db"), durability=durability)
-
-    @q.task(name="noop")
-    def noop(i: int | str) -> None:
-        return None
-
-    return q, noop
-
-
 @contextlib.contextmanager
-def _closing(made: tuple[ferroq.Queue, ferroq.Task[[int | str], None]]) -> Iterator[
-        tuple[ferroq.Queue, ferroq.Task[[int | str], None]]]:
-    """Closes a scenario's queue before its file is deleted. Left to the garbage collector
-    (a queue and its tasks refer to each other), its connections were closed (SQLite
-    checkpoints on the last close) inside a later scenario's collection, with the GIL held:
-    in-process latency then showed 20-35 ms pauses that belonged to no scenario."""
-    try:
-        yield made
-    finally:
-        made[0].close()
+def _scratch(durability: str) -> Iterator[tuple[ferroq.Queue, ferroq.Task[[int | str], None]]]:
+    """A queue with a no-op task on a new file, closed before the file is deleted. Left to
+    the garbage collector (a queue and its tasks refer to each other), a queue was closed
+    inside a later scenario's collection, with the GIL held (SQLite checkpoints on the
+    last close): in-process latency then showed 20-35 ms pauses that belonged to no scenario."""
+    with tempfile.TemporaryDirectory() as d, \
+            ferroq.Queue(os.path.join(d, "bench.db"), durability=durability) as q:
+
+        @q.task(name="noop")
+        def noop(i: int | str) -> None:
+            return None
+
+        yield q, noop
 
 
 def _sync(durability: str) -> str:
@@ -116,7 +109,7 @@ def _sync(durability: str) -> str:
 
 
 def bench_enqueue(durability: str, n: int, threads: int) -> Figure:
-    with tempfile.TemporaryDirectory() as d, _closing(_queue(d, durability)) as (q, noop):
+    with _scratch(durability) as (q, noop):
         per = max(1, n // threads)
 
         def work() -> None:
@@ -134,7 +127,7 @@ def bench_enqueue(durability: str, n: int, threads: int) -> Figure:
 
 
 def bench_enqueue_many(durability: str, n: int) -> Figure:
-    with tempfile.TemporaryDirectory() as d, _closing(_queue(d, durability)) as (q, noop):
+    with _scratch(durability) as (q, noop):
         t = time.perf_counter()
         q.enqueue_many(noop.call(i) for i in range(n))
         rate = n / (time.perf_counter() - t)
@@ -159,7 +152,7 @@ def bench_drain(durability: str, n: int, processes: int, concurrency: int = 4, p
                 is_async: bool = False) -> Figure:
     """``payload``: each task's argument is a string of that many characters (else its number);
     ``is_async``: the worker runs an ``async def`` processor (on its event loop)."""
-    with tempfile.TemporaryDirectory() as d, _closing(_queue(d, durability)) as (q, noop):
+    with _scratch(durability) as (q, noop):
         text = "x" * payload
         for start in range(0, n, 50_000):
             q.enqueue_many(noop.call(text or i) for i in range(start, min(n, start + 50_000)))
@@ -297,13 +290,13 @@ def _claim_ack_rate(q: ferroq.Queue, tasks: int, batch: int = 100) -> float:
 
 def bench_claim_with_history(finished: int) -> Figure:
     """Claim cost with ``finished`` completed tasks retained, next to an empty table."""
-    with tempfile.TemporaryDirectory() as d, _closing(_queue(d, "normal")) as (q, noop):
+    with _scratch("normal") as (q, noop):
         for start in range(0, finished, 50_000):
             q.enqueue_many(noop.call(i) for i in range(start, min(finished, start + 50_000)))
         _claim_ack_rate(q, finished, batch=1000)
         q.enqueue_many(noop.call(i) for i in range(20_000))
         loaded = _claim_ack_rate(q, 20_000)
-    with tempfile.TemporaryDirectory() as d, _closing(_queue(d, "normal")) as (q, noop):
+    with _scratch("normal") as (q, noop):
         q.enqueue_many(noop.call(i) for i in range(20_000))
         empty = _claim_ack_rate(q, 20_000)
     # The "ceiling" here is the same loop on a table with no finished tasks.
@@ -344,7 +337,7 @@ def _rss_child(path: str, total: int, out: Any) -> None:
 def bench_worker_rss(total: int) -> list[Figure]:
     """Resident memory of a worker process after 100k and after ``total`` processed tasks
     (enqueued beforehand by this process, so only the worker's own memory is measured)."""
-    with tempfile.TemporaryDirectory() as d, _closing(_queue(d, "normal")) as (q, noop):
+    with _scratch("normal") as (q, noop):
         for start in range(0, total, 50_000):
             q.enqueue_many(noop.call(i) for i in range(start, min(total, start + 50_000)))
         ctx = multiprocessing.get_context("spawn")

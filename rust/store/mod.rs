@@ -5,7 +5,7 @@ pub mod operations;
 pub mod sqlite;
 
 #[cfg(test)]
-mod conformance;
+pub(crate) mod conformance;
 
 use crate::clock::Millis;
 use crate::error::Result;

@@ -57,6 +57,16 @@ fn fail_all(f: &super::Fixture, tasks: &[crate::task::ClaimedTask], impact: Fail
     f.store.finish_many(&outcomes).unwrap();
 }
 
+/// Gives group "pay" a breaker and fails its first two tasks: the circuit opens.
+fn trip_breaker(f: &super::Fixture) {
+    f.store.configure_group(Q, "pay", &breaker_only()).unwrap();
+    f.store
+        .enqueue(Q, &[in_group("pay", 0), in_group("pay", 0)])
+        .unwrap();
+    let first = f.store.claim(Q, "w", 2, LEASE).unwrap();
+    fail_all(f, &first, FailureImpact::default());
+}
+
 #[test]
 fn an_open_breaker_holds_its_group_pending_and_a_probe_closes_it() {
     let f = fixture();
@@ -122,12 +132,7 @@ fn circuit_state_agrees_with_group_info() {
         assert_eq!(f.store.circuit_state(Q, "pay").unwrap(), expected);
     };
     agree(CircuitState::Closed);
-    f.store.configure_group(Q, "pay", &breaker_only()).unwrap();
-    f.store
-        .enqueue(Q, &[in_group("pay", 0), in_group("pay", 0)])
-        .unwrap();
-    let first = f.store.claim(Q, "w", 2, LEASE).unwrap();
-    fail_all(&f, &first, FailureImpact::default());
+    trip_breaker(&f);
     agree(CircuitState::Open);
     f.clock.advance(1_000);
     agree(CircuitState::HalfOpen); // as the next claim will see it
@@ -143,12 +148,7 @@ fn circuit_state_agrees_with_group_info() {
 #[test]
 fn a_failed_probe_reopens_for_longer() {
     let f = fixture();
-    f.store.configure_group(Q, "pay", &breaker_only()).unwrap();
-    f.store
-        .enqueue(Q, &[in_group("pay", 0), in_group("pay", 0)])
-        .unwrap();
-    let first = f.store.claim(Q, "w", 2, LEASE).unwrap();
-    fail_all(&f, &first, FailureImpact::default());
+    trip_breaker(&f);
     f.clock.advance(1_000);
     let probe = f.store.claim(Q, "w", 10, LEASE).unwrap();
     fail_all(&f, &probe, FailureImpact::default());

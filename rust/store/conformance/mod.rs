@@ -38,7 +38,8 @@ pub(super) fn fixture() -> Fixture {
     }
 }
 
-pub(super) fn task(name: &str, priority: i64) -> NewTask<'_> {
+/// A task with the usual options (default group, 3 attempts, `{}` as payload), for tests.
+pub(crate) fn task(name: &str, priority: i64) -> NewTask<'_> {
     NewTask {
         name: name.into(),
         resource_group: "default".into(),

@@ -294,7 +294,7 @@ pub fn age_batch(
 mod tests {
     use super::super::{Options, SqliteStore};
     use crate::store::Store;
-    use crate::task::{NewTask, TaskStatus};
+    use crate::task::TaskStatus;
 
     #[test]
     fn next_run_at_searches_the_delayed_index() {
@@ -320,15 +320,7 @@ mod tests {
     fn history_written_before_derivation_is_not_doubled() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path().join("q.db"), Options::default()).unwrap();
-        let new = NewTask {
-            name: "t".into(),
-            resource_group: "default".into(),
-            payload: b"{}".into(),
-            priority: 0,
-            run_at: None,
-            max_attempts: 3,
-            unique_key: None,
-        };
+        let new = crate::store::conformance::task("t", 0);
         let id = store.enqueue("q", &[new]).unwrap()[0].id;
         let t = store.claim("q", "w", 1, 30_000).unwrap().remove(0);
         store.complete(id, t.token, b"null").unwrap();

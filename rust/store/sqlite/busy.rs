@@ -53,13 +53,8 @@ mod tests {
 
     fn new_task() -> NewTask<'static> {
         NewTask {
-            name: "t".into(),
-            resource_group: "default".into(),
-            payload: b"{}".into(),
-            priority: 0,
-            run_at: None,
             max_attempts: 1,
-            unique_key: None,
+            ..crate::store::conformance::task("t", 0)
         }
     }
 

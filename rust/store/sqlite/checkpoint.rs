@@ -226,13 +226,9 @@ mod tests {
     /// Enqueues `batches` transactions of 100 tasks of ~4 KiB (about a page each).
     fn write_pages(store: &SqliteStore, batches: usize) {
         let task = NewTask {
-            name: "t".into(),
-            resource_group: "default".into(),
             payload: vec![b'x'; 4000].into(),
-            priority: 0,
-            run_at: None,
             max_attempts: 1,
-            unique_key: None,
+            ..crate::store::conformance::task("t", 0)
         };
         let tasks = vec![task; 100];
         for _ in 0..batches {

@@ -263,13 +263,10 @@ mod tests {
 
     fn task(payload: Vec<u8>, unique_key: Option<&str>) -> crate::task::NewTask<'static> {
         crate::task::NewTask {
-            name: "t".into(),
-            resource_group: "default".into(),
             payload: payload.into(),
-            priority: 0,
-            run_at: None,
             max_attempts: 1,
             unique_key: unique_key.map(|k| std::borrow::Cow::Owned(k.to_string())),
+            ..crate::store::conformance::task("t", 0)
         }
     }
 

@@ -242,7 +242,7 @@ pub fn read_pragmas(conn: &Connection) -> Result<Vec<(String, String)>> {
 mod tests {
     use super::super::{Options, SqliteStore};
     use crate::store::Store;
-    use crate::task::{FailAction, FailureImpact, NewTask, Outcome};
+    use crate::task::{FailAction, FailureImpact, Outcome};
     use rusqlite::ffi;
 
     /// Every statement the hot path ran on the writer, with how often SQLite re-prepared it.
@@ -275,15 +275,7 @@ mod tests {
     fn cached_statements_are_never_prepared_again() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path().join("q.db"), Options::default()).unwrap();
-        let task = NewTask {
-            name: "t".into(),
-            resource_group: "default".into(),
-            payload: b"{}".into(),
-            priority: 0,
-            run_at: None,
-            max_attempts: 3,
-            unique_key: None,
-        };
+        let task = crate::store::conformance::task("t", 0);
         store.enqueue("q", &vec![task.clone(); 500]).unwrap();
         // Varying limits and batch sizes: new values bound on every call.
         for round in 1..=8 {

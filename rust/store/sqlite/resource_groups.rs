@@ -599,7 +599,6 @@ pub fn poll_breakers(
     Ok(())
 }
 
-/// One group as it stands, with its pending and running counts.
 /// The circuit of group `name` as the next claim will see it (closed if it has no row).
 pub fn circuit_state(
     conn: &Connection,
@@ -614,6 +613,7 @@ pub fn circuit_state(
     }))
 }
 
+/// One group as it stands, with its pending and running counts.
 pub fn info(conn: &Connection, queue: &str, name: &str, now: Millis) -> Result<GroupInfo> {
     let g = load(conn, queue, name)?;
     let (pending, running): (i64, i64) = conn

@@ -172,13 +172,8 @@ mod tests {
         let changes = &watching.local.get().changes;
         let before = changes.pokes();
         let task = NewTask {
-            name: "t".into(),
-            resource_group: "default".into(),
-            payload: b"{}".into(),
-            priority: 0,
-            run_at: None,
             max_attempts: 1,
-            unique_key: None,
+            ..crate::store::conformance::task("t", 0)
         };
         other.enqueue("q", &[task]).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
