@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import subprocess
+import sys
 import threading
 import time
 import warnings
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -518,6 +522,27 @@ def test_queues_dropped_without_close_lose_nothing(db_path: Any) -> None:
     with ferroq.Queue(db_path) as q:
         assert q.counts()["pending"] == 20 * 501
         assert q.check() == ["ok"]
+
+
+def test_a_script_that_never_closes_its_queue_leaves_one_file(tmp_path: Path) -> None:
+    """A queue still open at exit is closed before the interpreter tears down, not left to
+    the closing thread of a dropped store (which the exit can cut short, leaving -wal and
+    -shm files behind). The script's own exit hook, registered first, runs last: by then
+    the file must stand alone."""
+    path = tmp_path / "queue.db"
+    script = f"""
+import atexit, os
+atexit.register(lambda: print(sorted(os.listdir({str(tmp_path)!r}))))
+import ferroq
+q = ferroq.Queue({str(path)!r}, durability="normal")
+job = q.task(name="job")(lambda x: x)
+q.enqueue_many(job.call("x" * 500) for _ in range(2_000))
+"""
+    out = subprocess.run([sys.executable, "-c", script], check=True, timeout=60, capture_output=True, text=True)
+    assert out.stdout.strip() == "['queue.db']"
+    assert sorted(os.listdir(tmp_path)) == ["queue.db"]
+    with ferroq.Queue(path) as q:
+        assert q.counts()["pending"] == 2_000
 
 
 def test_queues_sharing_a_file_are_separate(db_path: Any) -> None:

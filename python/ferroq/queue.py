@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import builtins
 import inspect
+import logging
 import os
 import weakref
 from dataclasses import dataclass
@@ -62,6 +64,21 @@ def _after_fork_in_child() -> None:
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
                     after_in_child=_after_fork_in_child)
+
+
+def _close_at_exit() -> None:
+    # A store dropped without close() closes on a thread of its own (see PyStore's Drop),
+    # which the process's exit can cut short, leaving -wal and -shm files behind. Closing
+    # what is still open here, before the interpreter tears down, leaves the file whole.
+    for store in list(_open_stores):
+        try:
+            store.close()
+        except Exception as e:  # noqa: BLE001 - whatever it is, the other stores still close
+            logging.getLogger("ferroq").warning("could not close %s at exit (the next open recovers it): %s",
+                                                store.path, e)
+
+
+atexit.register(_close_at_exit)
 
 
 class _Unset:
