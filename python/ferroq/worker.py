@@ -693,6 +693,9 @@ class Worker:
         all_completed = answers.count("completed") == len(answers)  # the usual batch: no per-run logging
         if all_completed:
             counts["completed"] = len(answers)
+        # A retry storm fails every task: the (usually disabled) INFO line's arguments are
+        # built only if it will be written.
+        log_retries = log.isEnabledFor(logging.INFO)
         for (run, _data, _error, delay, exc, _counts, _hold), status in zip(batch, () if all_completed else answers):
             ctx = run.ctx
             if status is None:
@@ -707,9 +710,10 @@ class Worker:
                             ctx.id, ctx.name, ctx.attempt, _describe(exc), extra=self._log_extra(ctx, "dead"))
             else:
                 counts["retried"] += 1
-                log.info("task %d (%s) failed attempt %d, retrying in %.3fs: %s",
-                         ctx.id, ctx.name, ctx.attempt, (delay or 0) / 1000, _describe(exc),
-                         extra=self._log_extra(ctx, "retried"))
+                if log_retries:
+                    log.info("task %d (%s) failed attempt %d, retrying in %.3fs: %s",
+                             ctx.id, ctx.name, ctx.attempt, (delay or 0) / 1000, _describe(exc),
+                             extra=self._log_extra(ctx, "retried"))
         with self._lock:
             for counter, n in counts.items():
                 setattr(self.stats, counter, getattr(self.stats, counter) + n)

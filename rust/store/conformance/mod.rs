@@ -484,6 +484,154 @@ fn finish_many_fences_each_outcome_on_its_own() {
     assert_eq!(f.store.get(Q, t[1].id).unwrap().status, TaskStatus::Running);
 }
 
+/// The failure path is set-based (one UPDATE for the batch, then its history and events):
+/// each outcome must still be judged and recorded on its own.
+#[test]
+fn a_batch_of_failures_records_each_run_on_its_own() {
+    use crate::task::{FailureImpact, Outcome};
+    let f = fixture();
+    let e = f
+        .store
+        .enqueue(
+            Q,
+            &[
+                task("a", 0),
+                task("b", 0),
+                task("c", 0),
+                task("d", 0),
+                task("e", 0),
+            ],
+        )
+        .unwrap();
+    let t = f.store.claim(Q, "w", 5, LEASE).unwrap();
+    f.clock.advance(7);
+    let now = f.clock.now_ms();
+    let error = "{\"type\":\"E\",\"message\":\"quote \\\" newline \\n tab \\t é ✓\"}";
+    let failed =
+        |i: usize, token_offset: i64, action: FailAction, impact: FailureImpact| Outcome::Failed {
+            id: t[i].id,
+            token: t[i].token + token_offset,
+            error: error.into(),
+            action,
+            impact,
+            run_us: Some(5),
+        };
+    let retry = FailAction::Retry { delay_ms: 1_000 };
+    let plain = FailureImpact::default();
+    let held = FailureImpact {
+        counts: false,
+        hold_ms: Some(50),
+    };
+    let answers = f
+        .store
+        .finish_many(&[
+            failed(0, 0, retry, plain),
+            failed(1, 0, FailAction::Dead, plain),
+            failed(2, 1, retry, plain),
+            failed(0, 0, retry, plain),
+            Outcome::Completed {
+                id: t[3].id,
+                token: t[3].token,
+                result: b"null".to_vec(),
+                run_us: None,
+            },
+            failed(4, 0, retry, held),
+        ])
+        .unwrap();
+    assert!(matches!(answers[0], Ok(TaskStatus::Pending)));
+    assert!(matches!(answers[1], Ok(TaskStatus::Dead)));
+    assert!(matches!(answers[2], Err(Error::LeaseLost(id)) if id == t[2].id));
+    assert!(
+        matches!(answers[3], Err(Error::LeaseLost(id)) if id == t[0].id),
+        "a repeated outcome finds the lease gone"
+    );
+    assert!(matches!(answers[4], Ok(TaskStatus::Completed)));
+    assert!(matches!(answers[5], Ok(TaskStatus::Pending)));
+
+    let a = f.store.get(Q, e[0].id).unwrap();
+    assert_eq!(
+        (a.status, a.attempts, a.run_at),
+        (TaskStatus::Pending, 1, now + 1_000)
+    );
+    assert_eq!(a.last_error.as_deref(), Some(error));
+    assert_eq!(a.finished_at, None);
+    let b = f.store.get(Q, e[1].id).unwrap();
+    assert_eq!((b.status, b.finished_at), (TaskStatus::Dead, Some(now)));
+    assert_eq!(f.store.get(Q, e[2].id).unwrap().status, TaskStatus::Running);
+    let held_task = f.store.get(Q, e[4].id).unwrap();
+    assert_eq!(held_task.attempts, 0, "a rate limit gives the attempt back");
+
+    let history = f.store.history(Q, e[0].id).unwrap();
+    let path: Vec<_> = history
+        .iter()
+        .map(|h| (h.to, h.at, h.error.as_deref()))
+        .collect();
+    assert_eq!(
+        path,
+        [
+            (TaskStatus::Pending, now - 7, None),
+            (TaskStatus::Running, now - 7, None),
+            (TaskStatus::Pending, now, Some(error)),
+        ]
+    );
+    assert!(
+        history[1..]
+            .iter()
+            .all(|h| h.worker.as_deref() == Some("w"))
+    );
+
+    let events = f.store.events(Q, None, 0, 100).unwrap();
+    let of = |id: i64| -> Vec<(String, String)> {
+        events
+            .iter()
+            .filter(|ev| ev.task_id == Some(id))
+            .map(|ev| (ev.kind.clone(), ev.detail.clone().unwrap_or_default()))
+            .collect()
+    };
+    // Details are JSON; read them back with SQLite's own parser.
+    let json = rusqlite::Connection::open_in_memory().unwrap();
+    let field = |detail: &str, path: &str| -> String {
+        json.query_row("SELECT ?1 ->> ?2", (detail, path), |r| {
+            r.get::<_, rusqlite::types::Value>(0)
+        })
+        .map(|v| match v {
+            rusqlite::types::Value::Text(s) => s,
+            rusqlite::types::Value::Integer(i) => i.to_string(),
+            other => format!("{other:?}"),
+        })
+        .unwrap()
+    };
+    for (i, attempt, after) in [(0, "1", "retried"), (1, "1", "dead"), (4, "1", "retried")] {
+        let got = of(e[i].id);
+        let kinds: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(kinds, ["failed", after], "task {i}");
+        assert_eq!(field(&got[0].1, "$.attempt"), attempt, "task {i}");
+        assert_eq!(field(&got[0].1, "$.error"), error, "task {i}");
+    }
+    let story: Vec<(&str, Option<i64>)> = events
+        .iter()
+        .map(|ev| (ev.kind.as_str(), ev.task_id))
+        .collect();
+    assert_eq!(
+        story,
+        [
+            ("failed", Some(e[0].id)),
+            ("retried", Some(e[0].id)),
+            ("failed", Some(e[1].id)),
+            ("dead", Some(e[1].id)),
+            ("failed", Some(e[4].id)),
+            ("retried", Some(e[4].id)),
+        ],
+        "each task's events together, in the order of the outcomes"
+    );
+    assert_eq!(
+        field(&of(e[0].id)[1].1, "$.run_at"),
+        (now + 1_000).to_string()
+    );
+    assert_eq!(of(e[1].id)[1].1, "{}");
+    assert!(of(e[2].id).is_empty() && of(e[3].id).is_empty());
+}
+
 #[test]
 fn history_lists_every_run_whatever_ended_it() {
     let f = fixture();
