@@ -12,17 +12,23 @@ use crate::clock::Millis;
 use crate::error::Result;
 use crate::task::{ClaimedTask, LeaseToken, TaskId};
 
-/// The claim statement. `INDEXED BY`: left alone, the planner prefers `tasks_due` and sorts
-/// every ready task to find the first few (measured: 0.7 ms per claim with 8,000 pending).
-const CLAIM_SQL: &str = "UPDATE tasks
+/// The best ready tasks, as the claim hands them out (attempt counted). `INDEXED BY`: left
+/// alone, the planner prefers `tasks_due` and sorts every ready task to find the first few
+/// (measured: 0.7 ms per claim with 8,000 pending).
+const READY_SQL: &str = "SELECT id, name, resource_group, payload, priority, attempts + 1,
+                max_attempts, created_at, run_at
+         FROM tasks INDEXED BY tasks_ready
+         WHERE queue = ?1 AND status = 'pending' AND run_at <= ?2
+         ORDER BY priority DESC, id
+         LIMIT ?3";
+
+/// Leases the tasks `READY_SQL` chose, in the same transaction. Read, then write: one
+/// `UPDATE ... WHERE id IN (SELECT ... LIMIT) RETURNING` collects the returned rows in a
+/// temporary table first (measured at 500 a claim: 3.0 -> 2.6-2.7 µs a task).
+const LEASE_SQL: &str = "UPDATE tasks
          SET status = 'running', attempts = attempts + 1, lease_owner = ?1, lease_token = ?2,
              lease_expires_at = ?3, started_at = ?4, updated_at = ?4, progress = NULL
-         WHERE id IN (SELECT id FROM tasks INDEXED BY tasks_ready
-                      WHERE queue = ?5 AND status = 'pending' AND run_at <= ?4
-                      ORDER BY priority DESC, id
-                      LIMIT ?6)
-         RETURNING id, name, resource_group, payload, priority, attempts, max_attempts, created_at,
-                   run_at";
+         WHERE id IN (SELECT value FROM json_each(?5))";
 
 /// Claims only from these groups' pending tasks, or from all but these; the ids to lease
 /// are then chosen by priority and id across both, as one ordered queue.
@@ -126,11 +132,18 @@ fn claim_any(
     expires_at: Millis,
     token: LeaseToken,
 ) -> Result<Vec<ClaimedTask>> {
-    let mut stmt = tx.prepare_cached(CLAIM_SQL)?;
-    let rows = stmt.query_map((worker, token, expires_at, now, queue, limit as i64), |r| {
-        claimed(r, token, expires_at)
-    })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    let tasks = tx
+        .prepare_cached(READY_SQL)?
+        .query_map((queue, now, limit as i64), |r| {
+            claimed(r, token, expires_at)
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    if !tasks.is_empty() {
+        let ids = json::ids(tasks.iter().map(|t| t.id));
+        tx.prepare_cached(LEASE_SQL)?
+            .execute((worker, token, expires_at, now, ids))?;
+    }
+    Ok(tasks)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -316,20 +329,24 @@ fn claimed(
 #[cfg(test)]
 mod tests {
     use super::super::query_plan as plan;
-    use super::{CANDIDATES_EXCEPT, CANDIDATES_OF, CLAIM_IDS_SQL, CLAIM_SQL};
+    use super::{CANDIDATES_EXCEPT, CANDIDATES_OF, CLAIM_IDS_SQL, LEASE_SQL, READY_SQL};
 
     #[test]
     fn claim_walks_the_ready_index_without_sorting() {
         for plan in [
-            plan(CLAIM_SQL, ("w", 1, 2, 3, "q", 10)),
+            plan(READY_SQL, ("q", 1, 10)),
             plan(CANDIDATES_EXCEPT, ("q", 1, "[\"a\"]", 10)),
             plan(CANDIDATES_OF, ("q", 1, "a", 10)),
         ] {
             assert!(plan.contains("tasks_ready"), "{plan}");
             assert!(!plan.contains("TEMP B-TREE FOR ORDER BY"), "{plan}");
         }
-        // The claim-by-ids lookup goes by primary key, never by scanning the table.
-        let by_ids = plan(CLAIM_IDS_SQL, ("w", 1, 2, 3, "[1,2]"));
-        assert!(by_ids.contains("INTEGER PRIMARY KEY"), "{by_ids}");
+        // Leasing chosen ids goes by primary key, never by scanning the table.
+        for by_ids in [
+            plan(CLAIM_IDS_SQL, ("w", 1, 2, 3, "[1,2]")),
+            plan(LEASE_SQL, ("w", 1, 2, 3, "[1,2]")),
+        ] {
+            assert!(by_ids.contains("INTEGER PRIMARY KEY"), "{by_ids}");
+        }
     }
 }
