@@ -156,9 +156,13 @@ impl PyStore {
         self.store.after_fork_in_parent()
     }
 
-    /// Where the file stands now: pass it to `wait_for_change`.
+    /// Where the file stands now: pass it to `wait_for_change`. Keeps the GIL when the
+    /// read needs no waiting (see `SqliteStore::try_change_token`).
     fn change_token(&self, py: Python<'_>) -> PyResult<(u64, i64)> {
-        Ok(py.detach(|| self.store.change_token())?)
+        match self.store.try_change_token() {
+            Some(token) => Ok(token?),
+            None => Ok(py.detach(|| self.store.change_token())?),
+        }
     }
 
     /// Waits (GIL released) until anything commits after `token`, or `timeout` seconds pass.

@@ -51,6 +51,13 @@ use crate::validate;
 use health::WorkerInfo;
 use std::collections::HashMap;
 
+/// Changes whenever another connection (in any process) commits to the file.
+fn read_data_version(conn: &Connection) -> Result<i64> {
+    Ok(conn
+        .prepare_cached("PRAGMA data_version")?
+        .query_row([], |r| r.get(0))?)
+}
+
 /// A task store in one SQLite file.
 pub struct SqliteStore {
     path: PathBuf,
@@ -219,6 +226,23 @@ impl SqliteStore {
         Ok((count, self.data_version()?))
     }
 
+    /// `change_token`, if it can be had without waiting (the reader connection open and
+    /// free); `None` otherwise. For a caller holding a lock it would rather keep for a
+    /// read of microseconds (Python's GIL: a worker that gave it up for this waited up to
+    /// the 5 ms switch interval to get it back), but must not hold while waiting.
+    pub fn try_change_token(&self) -> Option<Result<ChangeToken>> {
+        let local = self.local.get();
+        let mut reader = local.reader.try_lock()?;
+        let conn = reader.as_mut()?;
+        let count = local.changes.count();
+        busy::set_patience(self.options.busy_timeout);
+        Some(
+            read_data_version(conn)
+                .map(|version| (count, version))
+                .map_err(|e| with_path(e, &self.path)),
+        )
+    }
+
     /// Waits until anything commits to the file after `token` was taken (in this process:
     /// at once; in another: within about a millisecond), or `timeout` passes.
     pub fn wait_for_change(
@@ -241,14 +265,7 @@ impl SqliteStore {
     }
 
     fn data_version(&self) -> Result<i64> {
-        self.with_conn(
-            |l| &l.reader,
-            |conn| {
-                Ok(conn
-                    .prepare_cached("PRAGMA data_version")?
-                    .query_row([], |r| r.get(0))?)
-            },
-        )
+        self.with_conn(|l| &l.reader, |conn| read_data_version(conn))
     }
 
     /// Counts committed claims, and how long each task waited since it was due.

@@ -190,4 +190,33 @@ mod tests {
                 .unwrap()
         );
     }
+
+    /// The token a caller can have without waiting is the same token, and when the reader
+    /// is busy (or not open yet) there is none: the caller must wait the usual way.
+    #[test]
+    fn a_token_without_waiting_or_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let store = SqliteStore::open(&path, Options::default()).unwrap();
+        let other = SqliteStore::open(&path, Options::default()).unwrap();
+        assert!(
+            store.try_change_token().is_none(),
+            "the reader is not open yet"
+        );
+        let before = store.change_token().unwrap();
+        assert_eq!(store.try_change_token().unwrap().unwrap(), before);
+        let task = NewTask {
+            max_attempts: 1,
+            ..crate::store::conformance::task("t", 0)
+        };
+        other.enqueue("q", std::slice::from_ref(&task)).unwrap();
+        let after = store.try_change_token().unwrap().unwrap();
+        assert_ne!(after, before, "another connection's commit shows");
+        store.enqueue("q", &[task]).unwrap();
+        assert_ne!(store.try_change_token().unwrap().unwrap(), after);
+        let reader = store.local.get().reader.lock();
+        assert!(store.try_change_token().is_none(), "the reader is busy");
+        drop(reader);
+        assert!(store.try_change_token().is_some());
+    }
 }
