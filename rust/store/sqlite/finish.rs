@@ -81,9 +81,10 @@ struct Failure<'a> {
 }
 
 /// Fails runs with one set-based UPDATE (the batch goes in as JSON), each row fenced by its
-/// own token, then records their history and events a statement each: per row, the five
-/// statements this took cost 12-15 µs a failure, and a downstream outage fails every task.
-/// `failures` must not repeat an id. Returns the runs whose lease still held (no order).
+/// own token, then records their history and events with one INSERT each (five statements
+/// a failure before: 14.6 µs a retried failure at 500 a batch, now 12.4-12.9; a downstream
+/// outage fails every task). `failures` must not repeat an id. Returns the runs whose lease
+/// still held (no order).
 fn fail_many(tx: &Transaction<'_>, failures: &[Failure], now: Millis) -> Result<Vec<RunEnd>> {
     if failures.is_empty() {
         return Ok(Vec::new());
