@@ -439,6 +439,7 @@ fn pragmas_read_back() {
     assert_eq!(get("journal_mode"), "wal");
     assert_eq!(get("synchronous"), "1");
     assert_eq!(get("temp_store"), "2");
+    assert_eq!(get("cache_size"), "-4000");
 }
 
 #[test]

@@ -90,6 +90,7 @@ impl SqliteStore {
         open::prepare_file(&path)?;
         let mut conn = open::connect(&path, &options)?;
         migrations::migrate(&mut conn, clock.now_ms()).map_err(|e| with_path(e, &path))?;
+        open::make_writer(&conn).map_err(|e| with_path(e, &path))?;
         Ok(Self {
             clock,
             local: PerProcess::new(conn, path.clone(), options.clone())
@@ -193,6 +194,7 @@ impl SqliteStore {
         if slot.is_none() {
             let mut conn = open::connect(&self.path, &self.options)?;
             if std::ptr::eq(mutex, &*local.writer) {
+                open::make_writer(&conn)?;
                 local.checkpointer.attach(&mut conn)?;
             }
             *slot = Some(conn);
