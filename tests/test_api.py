@@ -643,6 +643,51 @@ def test_async_and_sync_processors_in_one_worker(queue: ferroq.Queue) -> None:
     assert [h.result(timeout=WAIT) for h in handles] == [i + 1 if i % 2 else i - 1 for i in range(10)]
 
 
+@pytest.mark.parametrize("seconds", [0.0, 0.02])
+def test_async_processors_run_at_most_concurrency_at_once(queue: ferroq.Queue, seconds: float) -> None:
+    """``concurrency`` bounds async runs as it bounds threads: the claim buffer (adaptive
+    prefetch: thousands of fast tasks) waits its turn instead of starting all at once."""
+    running = peak = 0
+
+    @queue.task(name="io")
+    async def io(i: int) -> int:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(seconds)
+        running -= 1
+        return i
+
+    handles = queue.enqueue_many(io.call(i) for i in range(2_000 if seconds == 0 else 60))
+    stats = drain_async(queue, concurrency=3)
+    assert peak == 3
+    assert stats.completed == len(handles)
+
+
+def test_async_runs_waiting_for_a_slot_are_given_back_at_stop(queue: ferroq.Queue) -> None:
+    """Claimed async runs that never got a slot return to pending with their attempt when
+    the worker stops; a later worker runs every task exactly once."""
+    started: list[int] = []
+
+    @queue.task(name="slow", max_attempts=1)
+    async def slow(i: int) -> None:
+        started.append(i)
+        await asyncio.sleep(0.05)
+
+    queue.enqueue_many(slow.call(i) for i in range(40))
+    with BackgroundWorker(queue, concurrency=2, prefetch=40, shutdown_grace=5.0) as worker:
+        deadline = time.monotonic() + WAIT
+        while len(started) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    first = worker.stats
+    assert first.released > 0, first
+    assert first.completed + first.released == first.claimed
+    assert queue.counts()["pending"] == first.released
+    drain_async(queue, concurrency=8)
+    assert sorted(started) == list(range(40)), "every task ran exactly once"
+    assert queue.counts()["completed"] == 40 and queue.counts()["dead"] == 0
+
+
 def test_worker_closes_its_event_loop(queue: ferroq.Queue) -> None:
     """A worker that ran async processors must close its event loop when ``run`` returns.
 

@@ -224,6 +224,8 @@ class Worker:
         self._running = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._async_tasks: set[asyncio.Task[None]] = set()
+        #: Claimed async runs not started yet: at most ``concurrency`` run at once.
+        self._async_waiting: deque[_Run] = deque()
         self._loop_thread: threading.Thread | None = None
 
     # -- control -----------------------------------------------------------------------
@@ -408,8 +410,9 @@ class Worker:
         if unknown:
             self._outcomes.put(unknown)
         if coroutines and self._loop is not None:
+            self._async_waiting.extend(coroutines)
             # One wake-up of the loop per claim, not per task: each is a write to its pipe.
-            self._loop.call_soon_threadsafe(self._spawn_async, coroutines)
+            self._loop.call_soon_threadsafe(self._start_async)
         if ready:
             with self._ready_cond:
                 self._ready.extend(ready)
@@ -530,17 +533,28 @@ class Worker:
                     outcomes.append(self._settled_success(run, result))
         return [o for o in outcomes if o is not None]
 
-    def _spawn_async(self, runs: list[_Run]) -> None:
-        """In the event loop: starts a task per run, holding it until it ends (the loop
-        itself keeps only weak references to its tasks)."""
+    def _start_async(self) -> None:
+        """In the event loop: starts waiting async runs while fewer than ``concurrency`` run,
+        each a task held until it ends (the loop itself keeps only weak references)."""
         assert self._loop is not None
-        for run in runs:
+        waiting, running = self._async_waiting, self._async_tasks
+        while len(running) < self.concurrency:
+            try:
+                run = waiting.popleft()
+            except IndexError:
+                return
             task = self._loop.create_task(self._run_async(run))
-            self._async_tasks.add(task)
-            task.add_done_callback(self._async_tasks.discard)
+            running.add(task)
+            task.add_done_callback(self._async_done)
+
+    def _async_done(self, task: asyncio.Task[None]) -> None:
+        self._async_tasks.discard(task)
+        self._start_async()
 
     async def _run_async(self, run: _Run) -> None:
         assert run.task is not None
+        if run.ctx.stopped and self._skip_stopped(run):
+            return  # given back (or its lease lost) while it waited for a free slot
         _current.set(run.ctx)
         timeout = run.task.options.timeout
         timed_out = False
@@ -849,6 +863,11 @@ class Worker:
         with self._lock:
             waiting += list(self._forming.values())
             self._forming.clear()
+        while True:  # async runs waiting for a slot (the loop may take one meanwhile: it runs)
+            try:
+                waiting.append(self._async_waiting.popleft())
+            except IndexError:
+                break
         self._release([run for job in waiting for run in (job.runs if isinstance(job, _Batch) else [job])])
         deadline = time.monotonic() + grace
         store = self.queue._store
