@@ -144,8 +144,9 @@ _Outcome = tuple[_Run, "bytes | None", "str | None", "int | None", "BaseExceptio
 class Worker:
     """Runs the processors registered on ``queue``.
 
-    ``concurrency`` tasks run at once: with ``pool="thread"`` (default) on threads for
-    sync processors and one event loop for async ones; with ``pool="process"`` each in one
+    ``concurrency`` tasks run at once: with ``pool="thread"`` (default) up to that many
+    sync processors on threads and up to that many async ones on one event loop (each kind
+    has its own ``concurrency`` slots); with ``pool="process"`` each in one
     of ``concurrency`` child processes, so a timeout kills the run and a crash (segfault,
     ``os._exit``, out of memory) costs one attempt, not the worker (see ``ferroq.pool``).
     The worker claims tasks in batches and keeps up to ``prefetch`` of them buffered, so
