@@ -607,6 +607,45 @@ def test_registering_a_different_function_under_a_taken_name_is_refused(queue: f
             pass
 
 
+def test_huge_errors_are_stored_clipped(queue: ferroq.Queue) -> None:
+    """An exception carrying megabytes is stored (task, history, event) and logged clipped,
+    saying how much was cut; the other tasks of its batch complete as usual."""
+    from ferroq.info import MESSAGE_MAX, TRACEBACK_MAX
+
+    @queue.task(name="boom", max_attempts=1)
+    def boom(i: int) -> int:
+        if i == 0:
+            raise ValueError("x" * 3_000_000)
+        return i
+
+    handles = [boom.enqueue(i) for i in range(20)]
+    stats = drain(queue)
+    assert (stats.completed, stats.dead) == (19, 1)
+    assert [h.result(timeout=WAIT) for h in handles[1:]] == list(range(1, 20))
+    error = queue.get(handles[0].id).last_error
+    assert error is not None and error.type == "ValueError"
+    assert error.message.startswith("x" * MESSAGE_MAX)
+    assert error.message.endswith(f"... [{3_000_000 - MESSAGE_MAX:,} more characters not stored]")
+    assert error.traceback is not None and len(error.traceback) < TRACEBACK_MAX + 100
+    assert "characters not stored" in error.traceback
+    assert error.traceback.rstrip().endswith("x")  # the end (the exception line) is kept
+    failed = [e for e in queue.events() if e.kind == "failed"]
+    assert len(failed) == 1 and len(str(failed[0].detail)) < MESSAGE_MAX + TRACEBACK_MAX + 1_000
+    history = queue.history(handles[0].id)
+    assert history[-1].error is not None and history[-1].error.message == error.message
+
+
+def test_errors_within_the_limits_are_stored_whole() -> None:
+    from ferroq.info import MESSAGE_MAX, TRACEBACK_MAX, TaskError, clip_traceback
+
+    whole = TaskError("E", "m" * MESSAGE_MAX, "t" * TRACEBACK_MAX)
+    assert TaskError.parse(whole.to_json()) == whole
+    long = "".join(f"frame {i}\n" for i in range(20_000))
+    clipped = clip_traceback(long)
+    assert clipped.startswith("frame 0\n") and clipped.endswith("frame 19999\n")
+    assert len(clipped) < TRACEBACK_MAX + 100
+
+
 def test_async_processor_runs(queue: ferroq.Queue) -> None:
     @queue.task
     async def fetch(x: int) -> dict[str, int]:

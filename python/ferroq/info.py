@@ -21,9 +21,34 @@ def from_ms(ms: int | None) -> datetime | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
+#: Longest exception message and traceback stored (characters). An error is stored three
+#: times (the task, its history, a "failed" event) and logged: one exception carrying a 5 MB
+#: message grew the file by 30 MB and wrote a 5 MB log line.
+MESSAGE_MAX = 8_192
+TRACEBACK_MAX = 65_536
+
+
+def clip_message(text: str) -> str:
+    """``text`` if it is at most MESSAGE_MAX characters, else its start and how much was cut."""
+    if len(text) <= MESSAGE_MAX:
+        return text
+    return f"{text[:MESSAGE_MAX]}... [{len(text) - MESSAGE_MAX:,} more characters not stored]"
+
+
+def clip_traceback(text: str) -> str:
+    """``text`` if it is at most TRACEBACK_MAX characters, else its start and its end (the
+    innermost frames and the exception line) around a note of what was cut."""
+    if len(text) <= TRACEBACK_MAX:
+        return text
+    head = TRACEBACK_MAX // 4
+    tail = TRACEBACK_MAX - head
+    return f"{text[:head]}\n... [{len(text) - TRACEBACK_MAX:,} characters not stored] ...\n{text[-tail:]}"
+
+
 @dataclass(frozen=True)
 class TaskError:
-    """A stored processor error: exception type, message and formatted traceback."""
+    """A stored processor error: exception type, message and formatted traceback (stored
+    clipped to MESSAGE_MAX and TRACEBACK_MAX characters)."""
 
     type: str
     message: str
@@ -46,7 +71,10 @@ class TaskError:
         return cls(name, str(exc), traceback)
 
     def to_json(self) -> str:
-        return orjson.dumps({"type": self.type, "message": self.message, "traceback": self.traceback}).decode()
+        """The stored form: message and traceback clipped (see MESSAGE_MAX)."""
+        traceback = None if self.traceback is None else clip_traceback(self.traceback)
+        return orjson.dumps({"type": self.type, "message": clip_message(self.message),
+                             "traceback": traceback}).decode()
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from .errors import (
     StorageError,
     UnknownTaskName,
 )
-from .info import TaskError
+from .info import TaskError, clip_message
 from .policies import CircuitBreaker, RetryPolicy
 from .pool import ChildError, ProcessPool, Slot, check_importable
 from .queue import Queue
@@ -101,8 +101,9 @@ def _group_names(groups: Iterable[str]) -> tuple[str, ...]:
 
 
 def _describe(exc: BaseException | None) -> str:
-    # A child's error already reads "Type: message".
-    return str(exc) if isinstance(exc, ChildError) else f"{type(exc).__name__}: {exc}"
+    # A child's error already reads "Type: message". Clipped like the stored message: one
+    # log line per failure must not carry a multi-megabyte message.
+    return clip_message(str(exc) if isinstance(exc, ChildError) else f"{type(exc).__name__}: {exc}")
 
 
 class _Run:
