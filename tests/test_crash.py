@@ -326,6 +326,44 @@ def _queue_with_echo(db: Path) -> ferroq.Queue:
     return q
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")
+def test_fork_while_dropped_queues_close_on_their_threads(tmp_path: Path) -> None:
+    """Queues dropped without close() close on threads of their own, inside SQLite; a
+    child forked meanwhile inherited SQLite's global locks held by a thread it does not
+    have, and hung at its first open (15 children of 60 without the guard). Forks now wait
+    for those closes."""
+    for round_ in range(20):
+        for k in range(4):
+            q = ferroq.Queue(tmp_path / f"dropped-{round_}-{k}.db", durability="normal")
+            t = q.task(name="t")(lambda i: None)
+            q.enqueue_many(t.call("x" * 50) for _ in range(2_000))
+            del q, t
+        gc.collect()  # queue and task refer to each other: the collector drops them, closing starts
+        pid = os.fork()
+        if pid == 0:  # child: never return into pytest
+            code = 1
+            try:
+                child = ferroq.Queue(tmp_path / "child.db", durability="normal")
+                child.task(name="t")(lambda i: None).enqueue(round_)
+                code = 0
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.005)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(f"round {round_}: the forked child hung")
+        assert os.waitstatus_to_exitcode(status) == 0, round_
+    with ferroq.Queue(tmp_path / "child.db") as q:
+        assert q.counts()["pending"] == 20
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")
 def test_queue_used_in_child_after_os_fork(tmp_path: Path) -> None:

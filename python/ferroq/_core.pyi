@@ -6,7 +6,8 @@ from typing import Any, final
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD", "NAME_MAX_LEN", "PRIORITY_MAX", "PRIORITY_MIN", "SCHEMA_VERSION", "Store",
-    "backoff_delay_ms", "check_max_attempts", "check_name", "check_priority", "__version__",
+    "backoff_delay_ms", "check_max_attempts", "check_name", "check_priority", "hold_closes", "release_closes",
+    "__version__",
 ]
 
 __version__: str
@@ -16,6 +17,10 @@ NAME_MAX_LEN: int
 DEFAULT_MAX_PAYLOAD: int
 SCHEMA_VERSION: int
 
+def hold_closes() -> None:
+    """Just before fork(): waits for stores closing on their own threads, holds new ones."""
+def release_closes() -> None:
+    """Right after fork(), in the parent and in the child."""
 def backoff_delay_ms(base: float, max: float, jitter: float, attempt: int) -> int:
     """Delay in ms before retrying after the ``attempt``-th failed run (jitter drawn at random)."""
 

@@ -45,6 +45,9 @@ _forking: list[_core.Store] = []
 
 
 def _before_fork() -> None:
+    # Stores dropped without close() close on threads of their own, inside SQLite without a
+    # store lock to take: wait for those first (and hold new ones until the fork is done).
+    _core.hold_closes()
     _forking[:] = list(_open_stores)
     for store in _forking:
         store.before_fork()
@@ -54,12 +57,14 @@ def _after_fork_in_parent() -> None:
     for store in _forking:
         store.after_fork_in_parent()
     _forking.clear()
+    _core.release_closes()
 
 
 def _after_fork_in_child() -> None:
     # The child builds fresh per-process state on first use; it must not touch the
     # parent's locks (a parent thread waiting on one does not exist here).
     _forking.clear()
+    _core.release_closes()
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,

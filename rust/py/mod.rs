@@ -35,12 +35,27 @@ fn check_max_attempts(value: i64) -> PyResult<()> {
     Ok(validate::max_attempts(value)?)
 }
 
+/// Just before `fork()`: waits (GIL released: a close may log) for stores closing on their
+/// own threads, and holds new closes until `release_closes` (see `store::sqlite::closing`).
+#[pyfunction]
+fn hold_closes(py: Python<'_>) {
+    py.detach(crate::store::sqlite::hold_closes)
+}
+
+/// Right after `fork()`, in the parent and in the child.
+#[pyfunction]
+fn release_closes() {
+    crate::store::sqlite::release_closes()
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // Rust-side log records (breaker transitions, migrations) go to logging "ferroq._core".
     // try_init: a second import of the module (subinterpreters, reloads) keeps the first.
     let _ = pyo3_log::try_init();
     m.add_class::<queue::PyStore>()?;
+    m.add_function(wrap_pyfunction!(hold_closes, m)?)?;
+    m.add_function(wrap_pyfunction!(release_closes, m)?)?;
     m.add_function(wrap_pyfunction!(backoff_delay_ms, m)?)?;
     m.add_function(wrap_pyfunction!(check_name, m)?)?;
     m.add_function(wrap_pyfunction!(check_priority, m)?)?;

@@ -71,20 +71,11 @@ pub struct PyStore {
 }
 
 impl Drop for PyStore {
-    /// Closing a store takes milliseconds (SQLite checkpoints on the last close; the
-    /// checkpointer thread is joined), and a queue nobody closed is dropped by whichever
-    /// garbage collection finds it, in the middle of some other work (measured: collections
-    /// of 22-29 ms in a process running a worker). So the closing happens on a thread of its
-    /// own; everything it closes was committed already.
+    /// A store nobody closed is closed on a thread of its own (see `close_in_background`).
     fn drop(&mut self) {
         // SAFETY: taken once, here; nothing uses the field afterwards.
         let store = unsafe { ManuallyDrop::take(&mut self.store) };
-        let spawned = std::thread::Builder::new()
-            .name("ferroq-close".into())
-            .spawn(move || drop(store));
-        if let Err(e) = spawned {
-            log::warn!("closing a store on this thread: no thread for it ({e})");
-        }
+        crate::store::sqlite::close_in_background(store);
     }
 }
 

@@ -5,6 +5,7 @@ mod admin;
 mod busy;
 mod checkpoint;
 mod claim;
+mod closing;
 mod enqueue;
 mod events;
 mod finish;
@@ -30,6 +31,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 pub use open::{Durability, Options};
 
+pub use self::closing::{close_in_background, hold_closes, release_closes};
 pub use self::finish::TaskEvents;
 use self::local::{Local, PerProcess};
 pub use self::resource_groups::CircuitCommand;
