@@ -160,22 +160,31 @@ mod tests {
     use crate::task::NewTask;
     use std::time::{Duration, Instant};
 
-    #[test]
-    fn a_commit_through_another_connection_wakes_a_watching_store() {
+    /// Two stores (two processes' worth of connections) on one new file.
+    fn two_stores() -> (tempfile::TempDir, SqliteStore, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("q.db");
-        let watching = SqliteStore::open(&path, Options::default()).unwrap();
-        let other = SqliteStore::open(&path, Options::default()).unwrap();
+        let first = SqliteStore::open(&path, Options::default()).unwrap();
+        let second = SqliteStore::open(&path, Options::default()).unwrap();
+        (dir, first, second)
+    }
+
+    fn one_task() -> NewTask<'static> {
+        NewTask {
+            max_attempts: 1,
+            ..crate::store::conformance::task("t", 0)
+        }
+    }
+
+    #[test]
+    fn a_commit_through_another_connection_wakes_a_watching_store() {
+        let (_dir, watching, other) = two_stores();
         let token = watching.change_token().unwrap();
         // The first wait subscribes this store to the watch.
         assert!(!watching.wait_for_change(token, Duration::ZERO).unwrap());
         let changes = &watching.local.get().changes;
         let before = changes.pokes();
-        let task = NewTask {
-            max_attempts: 1,
-            ..crate::store::conformance::task("t", 0)
-        };
-        other.enqueue("q", &[task]).unwrap();
+        other.enqueue("q", &[one_task()]).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while changes.pokes() == before && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
@@ -195,24 +204,17 @@ mod tests {
     /// is busy (or not open yet) there is none: the caller must wait the usual way.
     #[test]
     fn a_token_without_waiting_or_none() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("q.db");
-        let store = SqliteStore::open(&path, Options::default()).unwrap();
-        let other = SqliteStore::open(&path, Options::default()).unwrap();
+        let (_dir, store, other) = two_stores();
         assert!(
             store.try_change_token().is_none(),
             "the reader is not open yet"
         );
         let before = store.change_token().unwrap();
         assert_eq!(store.try_change_token().unwrap().unwrap(), before);
-        let task = NewTask {
-            max_attempts: 1,
-            ..crate::store::conformance::task("t", 0)
-        };
-        other.enqueue("q", std::slice::from_ref(&task)).unwrap();
+        other.enqueue("q", &[one_task()]).unwrap();
         let after = store.try_change_token().unwrap().unwrap();
         assert_ne!(after, before, "another connection's commit shows");
-        store.enqueue("q", &[task]).unwrap();
+        store.enqueue("q", &[one_task()]).unwrap();
         assert_ne!(store.try_change_token().unwrap().unwrap(), after);
         let reader = store.local.get().reader.lock();
         assert!(store.try_change_token().is_none(), "the reader is busy");
