@@ -163,9 +163,17 @@ class Procs:
         self._counter = 0
 
     def script(self, name: str, body: str) -> Path:
-        """Writes PRELUDE + body (dedented) to ``<dir>/<name>.py``."""
+        """Writes PRELUDE + body (dedented) to ``<dir>/<name>.py``.
+
+        Written to a temporary file and renamed into place: tests start several children
+        of one script, writing it again before each, and a child that opened it between
+        the truncation and the write ran an empty script and exited 0 having done nothing
+        (CI: one enqueuer of three printed no record).
+        """
         path = self.dir / f"{name}.py"
-        path.write_text(PRELUDE + textwrap.dedent(body))
+        staging = path.with_name(f".{name}.{os.getpid()}.{self._counter}.tmp")
+        staging.write_text(PRELUDE + textwrap.dedent(body))
+        os.replace(staging, path)
         return path
 
     def start(self, script: Path, *args: Any, label: str | None = None,

@@ -148,9 +148,10 @@ def test_concurrent_enqueuers_and_workers(tmp_path: Path, procs: Procs) -> None:
     for e in enqueuers:
         e.check(timeout=90)
 
+    for e in enqueuers:
+        assert len(e.records()) == per_enqueuer, e.describe()
     enqueued = [rec for e in enqueuers for rec in e.records()]
     total = per_enqueuer * n_enqueuers
-    assert len(enqueued) == total
     ids = [rec[0] for rec in enqueued]
     assert len(set(ids)) == total, "two enqueues got the same id"
     assert sorted((who, seq) for _, who, seq in enqueued) == [
