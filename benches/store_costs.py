@@ -3,6 +3,7 @@ one thread), next to the worker's Python per task (start, run, record, with the 
 answers faked so only Python is timed).
 
     .venv/bin/python benches/store_costs.py [--tasks 200000] [--batch 500] [--payload 1000 4000 16000]
+                                            [--cycle 62 500]
 
 Single-threaded and best-of-N, so it is steadier than a drain on a shared machine: use it
 to compare two builds of the hot path, then confirm with a drain (`python -m ferroq.bench`).
@@ -45,6 +46,30 @@ def store_costs(tasks: int, batch: int, payload: int = 0) -> tuple[float, float]
             done += len(rows)
         q.close()
     return claim_s / done * 1e6, finish_s / done * 1e6
+
+
+def cycle_costs(tasks: int, batch: int) -> tuple[float, float, float]:
+    """µs per task for enqueue_many, claim and finish_many in a steady cycle of `batch`
+    tasks each, as under a steady load where few tasks wait (the latency scenarios): every
+    transaction is small, so its commit and the pages it rewrites weigh on each task."""
+    with tempfile.TemporaryDirectory() as d:
+        q = ferroq.Queue(os.path.join(d, "q.db"), durability="normal")
+        noop = q.task(name="noop")(lambda i: None)
+        store = q._store
+        enqueue_s = claim_s = finish_s = 0.0
+        done = 0
+        while done < tasks:
+            t0 = time.perf_counter()
+            q.enqueue_many([noop.call(i) for i in range(batch)])
+            t1 = time.perf_counter()
+            rows = store.claim(q.name, "bench", batch, 60_000)
+            t2 = time.perf_counter()
+            store.finish_many([(r[0], r[1], b"null", None, None, False, None, 1) for r in rows])
+            t3 = time.perf_counter()
+            enqueue_s, claim_s, finish_s = enqueue_s + t1 - t0, claim_s + t2 - t1, finish_s + t3 - t2
+            done += len(rows)
+        q.close()
+    return enqueue_s / done * 1e6, claim_s / done * 1e6, finish_s / done * 1e6
 
 
 class _Answers:
@@ -98,12 +123,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--payload", type=int, nargs="*", default=[],
                         help="also measure the store with string arguments of these lengths")
+    parser.add_argument("--cycle", type=int, nargs="*", default=[],
+                        help="also time enqueue, claim and finish in a steady cycle of this many tasks each")
     args = parser.parse_args()
     claim_us, finish_us = store_costs(args.tasks, args.batch)
     print(f"store, {args.batch} a batch:  claim {claim_us:.2f} µs/task   finish {finish_us:.2f} µs/task")
     for size in args.payload:
         claim_us, finish_us = store_costs(min(args.tasks, 60_000), args.batch, size)
         print(f"  {size:>6}-char argument:  claim {claim_us:.2f} µs/task   finish {finish_us:.2f} µs/task")
+    for size in args.cycle:
+        costs = cycle_costs(min(args.tasks, 60_000), size)
+        print(f"  cycle of {size:>5}:  enqueue {costs[0]:.2f}   claim {costs[1]:.2f}   finish {costs[2]:.2f} µs/task"
+              f"   (the write connection is saturated at {1e6 / sum(costs):,.0f} tasks/s)")
     py = python_costs()
     print("worker Python:        " + "   ".join(f"{k} {v:.2f} µs/task" for k, v in py.items())
           + f"   total {sum(py.values()):.2f}")
