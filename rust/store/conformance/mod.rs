@@ -119,6 +119,61 @@ fn delayed_tasks_are_not_claimed_early() {
     );
 }
 
+/// A delayed task or a retry that comes due takes its place among the ready tasks by
+/// priority (and id), as if it had been ready all along.
+#[test]
+fn tasks_that_come_due_are_claimed_by_priority() {
+    let f = fixture();
+    let mut urgent_later = task("urgent", 9);
+    urgent_later.run_at = Some(f.clock.now_ms() + 1_000);
+    let urgent = f.store.enqueue(Q, &[urgent_later]).unwrap()[0].id;
+    let retried = f.store.enqueue(Q, &[task("retried", 5)]).unwrap()[0].id;
+    let t = f.store.claim(Q, "w", 1, LEASE).unwrap().remove(0);
+    assert_eq!(t.id, retried);
+    f.store
+        .fail(t.id, t.token, "{}", FailAction::Retry { delay_ms: 2_000 })
+        .unwrap();
+    let plain = f
+        .store
+        .enqueue(Q, &[task("plain", 0), task("plain", 0)])
+        .unwrap();
+    assert_eq!(
+        ids(&f.store.claim(Q, "w", 1, LEASE).unwrap()),
+        vec![plain[0].id]
+    );
+    f.clock.advance(1_000);
+    assert_eq!(
+        f.store.oldest_due(Q).unwrap(),
+        Some(f.clock.now_ms() - 1_000)
+    );
+    assert_eq!(ids(&f.store.claim(Q, "w", 1, LEASE).unwrap()), vec![urgent]);
+    assert_eq!(
+        f.store.next_run_at(Q).unwrap(),
+        Some(f.clock.now_ms() + 1_000)
+    );
+    f.clock.advance(1_000);
+    assert_eq!(
+        ids(&f.store.claim(Q, "w", 10, LEASE).unwrap()),
+        vec![retried, plain[1].id]
+    );
+}
+
+/// With no worker running nothing is claimed, and a delayed task that came due is still
+/// reported as waiting since its run_at.
+#[test]
+fn the_oldest_due_task_counts_delayed_ones_that_came_due() {
+    let f = fixture();
+    let mut later = task("later", 0);
+    later.run_at = Some(f.clock.now_ms() + 5_000);
+    f.store.enqueue(Q, &[later]).unwrap();
+    assert_eq!(f.store.oldest_due(Q).unwrap(), None);
+    f.clock.advance(7_000);
+    assert_eq!(
+        f.store.oldest_due(Q).unwrap(),
+        Some(f.clock.now_ms() - 2_000)
+    );
+}
+
 #[test]
 fn a_claim_counts_an_attempt_and_is_exclusive() {
     let f = fixture();

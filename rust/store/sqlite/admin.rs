@@ -258,7 +258,7 @@ fn prune_status(
 }
 
 const NEXT_RUN_AT_SQL: &str = "SELECT min(run_at) FROM tasks INDEXED BY tasks_due
-     WHERE queue = ?1 AND status = 'pending' AND run_at > created_at";
+     WHERE queue = ?1 AND status = 'pending' AND run_at > updated_at";
 
 /// The earliest run_at among delayed pending tasks (see `Store::next_run_at`).
 pub fn next_run_at(conn: &Connection, queue: &str) -> Result<Option<Millis>> {
@@ -282,7 +282,8 @@ pub fn age_batch(
         .prepare_cached(
             "UPDATE tasks SET priority = min(priority + ?3, ?4), updated_at = ?5
              WHERE id IN (SELECT id FROM tasks INDEXED BY tasks_ready
-                          WHERE queue = ?1 AND status = 'pending' AND run_at <= ?5
+                          WHERE queue = ?1 AND status = 'pending' AND run_at <= updated_at
+                            AND run_at <= ?5
                             AND updated_at <= ?5 - ?2 AND priority < ?4
                           LIMIT ?6)",
         )?

@@ -76,12 +76,21 @@ pub fn workers(conn: &Connection, queue: &str) -> Result<Vec<WorkerInfo>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// When the longest-waiting task that is due now became due (`None`: nothing is due).
+/// When the longest-waiting task that is due now became due (`None`: nothing is due):
+/// a ready task, or a delayed one that came due and no claim has moved yet (with no worker
+/// running, nothing moves them, and they are the backlog this reports).
 pub fn oldest_due(conn: &Connection, queue: &str, now: Millis) -> Result<Option<Millis>> {
     Ok(conn
         .prepare_cached(
-            "SELECT min(run_at) FROM tasks INDEXED BY tasks_ready
-             WHERE queue = ?1 AND status = 'pending' AND run_at <= ?2",
+            // The aggregate min skips a side that has none (the two-argument one would not).
+            "SELECT min(due) FROM (
+                 SELECT min(run_at) AS due FROM tasks INDEXED BY tasks_ready
+                 WHERE queue = ?1 AND status = 'pending' AND run_at <= updated_at
+                   AND run_at <= ?2
+                 UNION ALL
+                 SELECT min(run_at) FROM tasks INDEXED BY tasks_due
+                 WHERE queue = ?1 AND status = 'pending' AND run_at > updated_at
+                   AND run_at <= ?2)",
         )?
         .query_row((queue, now), |r| r.get(0))
         .optional()?

@@ -14,6 +14,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("migrations/0002_groups.sql")),
     (3, include_str!("migrations/0003_cheaper_status_checks.sql")),
     (4, include_str!("migrations/0004_large_payloads_apart.sql")),
+    (5, include_str!("migrations/0005_delayed_tasks_apart.sql")),
 ];
 
 /// The newest schema version this build knows.
@@ -79,9 +80,9 @@ mod tests {
     #[test]
     fn applies_once_and_records_versions() {
         let mut conn = Connection::open_in_memory().unwrap();
-        assert_eq!(migrate(&mut conn, 1).unwrap(), vec![1, 2, 3, 4]);
+        assert_eq!(migrate(&mut conn, 1).unwrap(), vec![1, 2, 3, 4, 5]);
         assert_eq!(migrate(&mut conn, 2).unwrap(), Vec::<i64>::new());
-        assert_eq!(applied_versions(&conn).unwrap(), vec![1, 2, 3, 4]);
+        assert_eq!(applied_versions(&conn).unwrap(), vec![1, 2, 3, 4, 5]);
         for table in [
             "tasks",
             "task_payloads",
@@ -226,7 +227,7 @@ mod tests {
             [&big],
         )
         .unwrap();
-        assert_eq!(migrate(&mut conn, 2).unwrap(), vec![4]);
+        assert_eq!(migrate_through(&mut conn, 2, 4).unwrap(), vec![4]);
         let kept: Vec<u8> = conn
             .query_row("SELECT payload FROM tasks WHERE id = 1", [], |r| r.get(0))
             .unwrap();
@@ -236,6 +237,46 @@ mod tests {
             .query_row("SELECT count(*) FROM tasks", [], |r| r.get(0))
             .unwrap();
         assert_eq!(left, 0);
+    }
+
+    /// Version 5 files each pending task of an older file under the index it belongs to:
+    /// delayed (enqueued with a delay, or a retry waiting out its backoff) or ready.
+    #[test]
+    fn schema_5_sorts_pending_tasks_into_ready_and_delayed() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        assert_eq!(migrate_through(&mut conn, 1, 4).unwrap(), vec![1, 2, 3, 4]);
+        for (run_at, created_at, updated_at) in [
+            (10, 10, 10), // enqueued to run at once
+            (90, 10, 10), // enqueued with a delay
+            (80, 10, 50), // failed at 50, retried at 80
+            (60, 10, 60), // requeued (or rescued) at 60
+        ] {
+            conn.execute(
+                "INSERT INTO tasks (queue, name, resource_group, payload, priority, run_at, status,
+                                    max_attempts, created_at, updated_at)
+                 VALUES ('q', 'a', 'g', x'01', 0, ?1, 'pending', 3, ?2, ?3)",
+                (run_at, created_at, updated_at),
+            )
+            .unwrap();
+        }
+        assert_eq!(migrate(&mut conn, 100).unwrap(), vec![5]);
+        let ids = |sql: &str| -> Vec<i64> {
+            let mut stmt = conn.prepare(sql).unwrap();
+            stmt.query_map([], |r| r.get(0))
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect()
+        };
+        assert_eq!(
+            ids("SELECT id FROM tasks INDEXED BY tasks_ready
+                 WHERE queue = 'q' AND status = 'pending' AND run_at <= updated_at ORDER BY id"),
+            vec![1, 4]
+        );
+        assert_eq!(
+            ids("SELECT id FROM tasks INDEXED BY tasks_due
+                 WHERE queue = 'q' AND status = 'pending' AND run_at > updated_at ORDER BY id"),
+            vec![2, 3]
+        );
     }
 
     #[test]

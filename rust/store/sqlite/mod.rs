@@ -341,6 +341,38 @@ impl SqliteStore {
     }
 }
 
+/// Every statement cached on the writer, with one of SQLite's counters for it
+/// (`SQLITE_STMTSTATUS_*`), zeroed after reading if `reset` (for tests of what ran).
+#[cfg(test)]
+pub(crate) fn writer_statements(
+    store: &SqliteStore,
+    counter: std::ffi::c_int,
+    reset: bool,
+) -> Vec<(String, i32)> {
+    use rusqlite::ffi;
+    store
+        .with_conn(
+            |l| &l.writer,
+            |conn| {
+                let mut out = Vec::new();
+                // SAFETY: the handle is this locked connection's; statements are only
+                // read (status counters, SQL text) while the lock is held.
+                unsafe {
+                    let db = conn.handle();
+                    let mut stmt = ffi::sqlite3_next_stmt(db, std::ptr::null_mut());
+                    while !stmt.is_null() {
+                        let sql = std::ffi::CStr::from_ptr(ffi::sqlite3_sql(stmt));
+                        let n = ffi::sqlite3_stmt_status(stmt, counter, i32::from(reset));
+                        out.push((sql.to_string_lossy().into_owned(), n));
+                        stmt = ffi::sqlite3_next_stmt(db, stmt);
+                    }
+                }
+                Ok(out)
+            },
+        )
+        .unwrap()
+}
+
 /// `EXPLAIN QUERY PLAN` of `sql` on a fresh file, one line per step (for plan tests).
 #[cfg(test)]
 pub(crate) fn query_plan(sql: &str, params: impl rusqlite::Params) -> String {

@@ -270,28 +270,7 @@ mod tests {
 
     /// Every statement the hot path ran on the writer, with how often SQLite re-prepared it.
     fn reprepares(store: &SqliteStore) -> Vec<(String, i32)> {
-        store
-            .with_conn(
-                |l| &l.writer,
-                |conn| {
-                    let mut out = Vec::new();
-                    // SAFETY: the handle is this locked connection's; statements are only
-                    // read (status counters, SQL text) while the lock is held.
-                    unsafe {
-                        let db = conn.handle();
-                        let mut stmt = ffi::sqlite3_next_stmt(db, std::ptr::null_mut());
-                        while !stmt.is_null() {
-                            let sql = std::ffi::CStr::from_ptr(ffi::sqlite3_sql(stmt));
-                            let n =
-                                ffi::sqlite3_stmt_status(stmt, ffi::SQLITE_STMTSTATUS_REPREPARE, 0);
-                            out.push((sql.to_string_lossy().into_owned(), n));
-                            stmt = ffi::sqlite3_next_stmt(db, stmt);
-                        }
-                    }
-                    Ok(out)
-                },
-            )
-            .unwrap()
+        super::super::writer_statements(store, ffi::SQLITE_STMTSTATUS_REPREPARE, false)
     }
 
     /// The writer's smaller page cache holds on every writer connection (the first, and
