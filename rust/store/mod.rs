@@ -99,7 +99,9 @@ pub trait Store: Send + Sync {
 
     /// Earliest `run_at` among pending tasks that were delayed (enqueued with a delay, or
     /// waiting out a retry's backoff): how long an idle worker may sleep. A task due at
-    /// once may be left out: the claim finds those.
+    /// once may be left out: the claim finds those. `None` while the queue is paused: no
+    /// task can start before it is resumed (which wakes workers), and a delayed task due
+    /// already must not keep them waking every millisecond.
     fn next_run_at(&self, queue: &str) -> Result<Option<Millis>>;
 
     /// Stores a resource group's breaker and throttle settings (shared by every process).

@@ -158,6 +158,23 @@ fn tasks_that_come_due_are_claimed_by_priority() {
     );
 }
 
+/// A paused queue starts nothing, so an idle worker has no delayed task to wake for.
+#[test]
+fn a_paused_queue_has_no_next_run() {
+    let f = fixture();
+    let mut later = task("later", 0);
+    later.run_at = Some(f.clock.now_ms() + 5_000);
+    f.store.enqueue(Q, &[later]).unwrap();
+    f.store.set_queue_paused(Q, true).unwrap();
+    f.clock.advance(6_000);
+    assert_eq!(f.store.next_run_at(Q).unwrap(), None);
+    f.store.set_queue_paused(Q, false).unwrap();
+    assert_eq!(
+        f.store.next_run_at(Q).unwrap(),
+        Some(f.clock.now_ms() - 1_000)
+    );
+}
+
 /// With no worker running nothing is claimed, and a delayed task that came due is still
 /// reported as waiting since its run_at.
 #[test]

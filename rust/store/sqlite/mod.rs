@@ -594,7 +594,12 @@ impl Store for SqliteStore {
     }
 
     fn next_run_at(&self, queue: &str) -> Result<Option<Millis>> {
-        self.read(|conn, _| admin::next_run_at(conn, queue))
+        self.read(|conn, _| {
+            if resource_groups::queue_paused(conn, queue)? {
+                return Ok(None);
+            }
+            admin::next_run_at(conn, queue)
+        })
     }
 
     fn configure_group(&self, queue: &str, group: &str, config: &GroupConfig) -> Result<()> {
