@@ -92,9 +92,18 @@ def test_store_and_worker_costs_script_runs() -> None:
     spec.loader.exec_module(costs)
     claim_us, finish_us = costs.store_costs(2_000, 500)
     assert min(costs.store_costs(600, 500, payload=5_000)) > 0
+    assert min(costs.cycle_costs(600, 62)) > 0
     python = costs.python_costs(tasks=200, repeats=2)
     assert claim_us > 0 and finish_us > 0
     assert set(python) == {"start", "run", "record"} and all(v > 0 for v in python.values())
+
+
+def test_claim_cost_scenarios_of_the_big_run_run() -> None:
+    """`ferroq bench --big`'s claim-cost scenarios on small counts, so they never rot."""
+    from ferroq.bench import bench_claim_behind_delayed, bench_claim_with_history
+
+    for figure in (bench_claim_with_history(2_000), bench_claim_behind_delayed(2_000)):
+        assert figure.value > 0 and figure.ceiling is not None and figure.ceiling > 0, figure
 
 
 def test_group_commit_ceiling_script_runs() -> None:

@@ -303,6 +303,22 @@ def bench_claim_with_history(finished: int) -> Figure:
     return Figure(f"claim+ack with {finished:,} finished retained", loaded, "tasks/s", empty)
 
 
+def bench_claim_behind_delayed(delayed: int) -> Figure:
+    """Claim cost with ``delayed`` tasks scheduled for an hour later (as a retry storm or
+    a day's scheduled work leaves them), next to a queue with none."""
+    with _scratch("normal") as (q, noop):
+        later = noop.using(delay=3600)
+        for start in range(0, delayed, 50_000):
+            q.enqueue_many(later.call(i) for i in range(start, min(delayed, start + 50_000)))
+        q.enqueue_many(noop.call(i) for i in range(20_000))
+        loaded = _claim_ack_rate(q, 20_000)
+    with _scratch("normal") as (q, noop):
+        q.enqueue_many(noop.call(i) for i in range(20_000))
+        empty = _claim_ack_rate(q, 20_000)
+    # The "ceiling" here is the same loop on a queue with no delayed tasks.
+    return Figure(f"claim+ack with {delayed:,} delayed waiting", loaded, "tasks/s", empty)
+
+
 def _rss(pagesize: int) -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * pagesize
@@ -395,6 +411,7 @@ def run(quick: bool = False, big: bool = False) -> list[Figure]:
         figures += median_of(repeats, lambda: bench_latency(half, 3.0, cross_process=True, label="at half peak"))
     if big:
         figures.append(bench_claim_with_history(1_000_000))
+        figures.append(bench_claim_behind_delayed(1_000_000))
         figures += bench_worker_rss(1_000_000)
     return figures
 
