@@ -285,6 +285,42 @@ fn limits_keep_priority_order_across_groups() {
     assert_eq!(ids(&claimed), vec![e[3].id, e[0].id, e[2].id]);
 }
 
+/// Claims across many groups, however their tasks are spread (one group holding all the
+/// oldest, groups interleaved, priorities mixed), take exactly the best tasks overall:
+/// highest priority first, then oldest, as one queue would.
+#[test]
+fn claims_across_groups_take_the_best_tasks_overall() {
+    let f = fixture();
+    let groups = ["a", "b", "c", "d", "e"];
+    let mut batch = Vec::new();
+    for i in 0..400usize {
+        // "a" gets the first 150 tasks; then round-robin, with a few priorities.
+        let group = if i < 150 { "a" } else { groups[i % 5] };
+        let priority = match i % 11 {
+            0 => 3,
+            1 | 2 => 1,
+            _ => 0,
+        };
+        batch.push(in_group(group, priority));
+    }
+    let enqueued = f.store.enqueue(Q, &batch).unwrap();
+    let mut pending: Vec<(i64, i64)> = enqueued
+        .iter()
+        .zip(&batch)
+        .map(|(e, t)| (-t.priority, e.id))
+        .collect();
+    pending.sort_unstable();
+    for limit in [1usize, 3, 7, 40, 2, 90, 13, 250] {
+        let got = ids(&f.store.claim(Q, "w", limit, LEASE).unwrap());
+        let want: Vec<i64> = pending
+            .drain(..limit.min(pending.len()))
+            .map(|(_, id)| id)
+            .collect();
+        assert_eq!(got, want, "claim of {limit}");
+    }
+    assert!(pending.is_empty());
+}
+
 #[test]
 fn paused_groups_and_queues_are_skipped() {
     let f = fixture();

@@ -18,6 +18,7 @@ mod local;
 mod metrics;
 pub mod migrations;
 pub mod open;
+mod ready;
 mod resource_groups;
 mod wakeup;
 mod watch;
