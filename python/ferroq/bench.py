@@ -303,20 +303,39 @@ def bench_claim_with_history(finished: int) -> Figure:
     return Figure(f"claim+ack with {finished:,} finished retained", loaded, "tasks/s", empty)
 
 
-def bench_claim_behind_delayed(delayed: int) -> Figure:
-    """Claim cost with ``delayed`` tasks scheduled for an hour later (as a retry storm or
-    a day's scheduled work leaves them), next to a queue with none."""
+def _claim_ack_behind(waiting: int, hold: Callable[[ferroq.Queue, Any], Any]) -> tuple[float, float]:
+    """Claim+ack of 20,000 ready tasks enqueued behind ``waiting`` tasks that ``hold(q, noop)``
+    returns as a task (or bound task) to enqueue and holds back; and the same with none."""
     with _scratch("normal") as (q, noop):
-        later = noop.using(delay=3600)
-        for start in range(0, delayed, 50_000):
-            q.enqueue_many(later.call(i) for i in range(start, min(delayed, start + 50_000)))
+        held = hold(q, noop)
+        for start in range(0, waiting, 50_000):
+            q.enqueue_many(held.call(i) for i in range(start, min(waiting, start + 50_000)))
         q.enqueue_many(noop.call(i) for i in range(20_000))
         loaded = _claim_ack_rate(q, 20_000)
     with _scratch("normal") as (q, noop):
         q.enqueue_many(noop.call(i) for i in range(20_000))
         empty = _claim_ack_rate(q, 20_000)
+    return loaded, empty
+
+
+def bench_claim_behind_delayed(delayed: int) -> Figure:
+    """Claim cost with ``delayed`` tasks scheduled for an hour later (as a retry storm or
+    a day's scheduled work leaves them), next to a queue with none."""
+    loaded, empty = _claim_ack_behind(delayed, lambda q, noop: noop.using(delay=3600))
     # The "ceiling" here is the same loop on a queue with no delayed tasks.
     return Figure(f"claim+ack with {delayed:,} delayed waiting", loaded, "tasks/s", empty)
+
+
+def _paused_group(q: ferroq.Queue, noop: Any) -> Any:
+    q.group("held").pause()
+    return noop.using(resource_group="held")
+
+
+def bench_claim_behind_held_group(held: int) -> Figure:
+    """Claim cost with ``held`` ready tasks of a paused group ahead of the others (as a
+    group behind an open breaker or a throttle builds up), next to a queue without them."""
+    loaded, empty = _claim_ack_behind(held, _paused_group)
+    return Figure(f"claim+ack behind {held:,} tasks of a held group", loaded, "tasks/s", empty)
 
 
 def _rss(pagesize: int) -> int:
@@ -412,6 +431,7 @@ def run(quick: bool = False, big: bool = False) -> list[Figure]:
     if big:
         figures.append(bench_claim_with_history(1_000_000))
         figures.append(bench_claim_behind_delayed(1_000_000))
+        figures.append(bench_claim_behind_held_group(1_000_000))
         figures += bench_worker_rss(1_000_000)
     return figures
 

@@ -2,6 +2,7 @@
 //! engine must enforce them in the claim.
 
 use super::{LEASE, Q, fixture, ids, task};
+use crate::clock::Clock;
 use crate::policy::breaker::{BreakerConfig, CircuitState};
 use crate::policy::throttle::{Adaptive, ThrottleConfig};
 use crate::resource_group::GroupConfig;
@@ -319,6 +320,23 @@ fn claims_across_groups_take_the_best_tasks_overall() {
         assert_eq!(got, want, "claim of {limit}");
     }
     assert!(pending.is_empty());
+}
+
+/// A task stamped by a clock ahead of the claimer's is not due for it yet, and must not
+/// keep the claim from other groups' tasks that are.
+#[test]
+fn a_task_not_due_by_this_clock_does_not_block_other_groups() {
+    let f = fixture();
+    let then = f.clock.now_ms();
+    f.clock.advance(1_000);
+    let ahead = f.store.enqueue(Q, &[in_group("a", 0)]).unwrap()[0].id;
+    let mut due = in_group("b", 0);
+    due.run_at = Some(then);
+    let due = f.store.enqueue(Q, &[due]).unwrap()[0].id;
+    f.clock.advance(-1_000); // the claimer's clock is a second behind
+    assert_eq!(ids(&f.store.claim(Q, "w", 1, LEASE).unwrap()), vec![due]);
+    f.clock.advance(1_000);
+    assert_eq!(ids(&f.store.claim(Q, "w", 1, LEASE).unwrap()), vec![ahead]);
 }
 
 #[test]

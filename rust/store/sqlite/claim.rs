@@ -124,12 +124,12 @@ fn claim_from(
     task_events: TaskEvents,
 ) -> Result<Vec<ClaimedTask>> {
     let running = breakers_and_running(tx, queue, &mut groups, now)?;
+    let stored: HashMap<&str, &Group> = groups.iter().map(|g| (g.name.as_str(), g)).collect();
     let shares: Vec<Share<'_>> = names
         .iter()
         .map(|&(name, best)| {
-            let allowed = groups
-                .iter()
-                .find(|g| g.name == name)
+            let allowed = stored
+                .get(name)
                 .and_then(|g| g.allowance(running.get(&g.name).copied().unwrap_or(0), now));
             Share {
                 group: name,
@@ -138,6 +138,7 @@ fn claim_from(
             }
         })
         .collect();
+    drop(stored);
     let mut tasks = ready::best(tx, queue, &shares, limit, now, token, expires_at)?;
     if !tasks.is_empty() {
         let ids = json::ids(tasks.iter().map(|t| t.id));
@@ -146,8 +147,12 @@ fn claim_from(
     }
     // Only groups that started tasks spend tokens: an empty claim writes nothing (a write
     // would wake every waiting worker, which would claim again, and so on).
+    let mut started: HashMap<&str, usize> = HashMap::new();
+    for t in &tasks {
+        *started.entry(t.resource_group.as_str()).or_default() += 1;
+    }
     for g in groups.iter_mut() {
-        let n = tasks.iter().filter(|t| t.resource_group == g.name).count();
+        let n = started.get(g.name.as_str()).copied().unwrap_or(0);
         if n > 0 && g.tokens_now(now).is_some() {
             g.consume(n, now);
             resource_groups::save(tx, queue, g, now)?;

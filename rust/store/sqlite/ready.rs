@@ -84,12 +84,6 @@ fn rank(t: &ClaimedTask) -> (i64, i64) {
 }
 
 /// The best `limit` ready tasks across `shares` (at most `cap` of each group), best first.
-///
-/// Reads a fair part of each group first, a quarter over `limit / groups` (tasks spread
-/// evenly over the groups need no second read), then more of any group whose last task read
-/// made the cut, since its next ones may too, doubling what it read, until none does. A
-/// group whose last task read is outside the cut has nothing more to give: its next ones
-/// rank lower still.
 pub fn best(
     tx: &Transaction<'_>,
     queue: &str,
@@ -105,10 +99,38 @@ pub fn best(
     }
     // The best `limit` tasks come from at most `limit` groups, those with the best first
     // tasks: a group whose best is behind `limit` others' bests has nothing in the cut.
-    if shares.len() > limit && shares.iter().all(|s| s.best.is_some()) {
+    let narrowed = shares.len() > limit && shares.iter().all(|s| s.best.is_some());
+    if narrowed {
+        let all = shares.clone();
         shares.sort_unstable_by_key(|s| s.best);
         shares.truncate(limit);
+        let chosen = best_of(tx, queue, &shares, limit, now, token, expires_at)?;
+        // Each group had a ready task, so `limit` were there, unless a group's best is not
+        // due by this clock (set by a clock ahead of ours): then ask every group.
+        if chosen.len() == limit {
+            return Ok(chosen);
+        }
+        return best_of(tx, queue, &all, limit, now, token, expires_at);
     }
+    best_of(tx, queue, &shares, limit, now, token, expires_at)
+}
+
+/// `best` over every one of `shares`.
+///
+/// Reads a fair part of each group first, a quarter over `limit / groups` (tasks spread
+/// evenly over the groups need no second read), then more of any group whose last task read
+/// made the cut, since its next ones may too, doubling what it read, until none does. A
+/// group whose last task read is outside the cut has nothing more to give: its next ones
+/// rank lower still.
+fn best_of(
+    tx: &Transaction<'_>,
+    queue: &str,
+    shares: &[&Share<'_>],
+    limit: usize,
+    now: Millis,
+    token: LeaseToken,
+    expires_at: Millis,
+) -> Result<Vec<ClaimedTask>> {
     let fair = (limit.div_ceil(shares.len()) * 5).div_ceil(4);
     let mut slices: Vec<Slice> = shares
         .iter()
@@ -124,7 +146,7 @@ pub fn best(
         .collect();
     let mut stmt = tx.prepare_cached(GROUP_BEST_SQL)?;
     loop {
-        for (slice, share) in slices.iter_mut().zip(&shares) {
+        for (slice, share) in slices.iter_mut().zip(shares) {
             if slice.next == 0 {
                 continue;
             }
