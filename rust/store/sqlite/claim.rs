@@ -411,6 +411,12 @@ mod tests {
             "{best}"
         );
         assert!(!best.contains("TEMP B-TREE"), "{best}");
+        // Finding the groups with ready tasks reads the index alone.
+        let groups = plan(super::super::ready::GROUP_AFTER_SQL, ("q", ""));
+        assert!(
+            groups.contains("COVERING INDEX tasks_ready (queue=? AND resource_group>?)"),
+            "{groups}"
+        );
         // Leasing chosen ids goes by primary key, never by scanning the table.
         let lease = plan(LEASE_SQL, ("w", 1, 2, 3, "[1,2]"));
         assert!(lease.contains("INTEGER PRIMARY KEY"), "{lease}");

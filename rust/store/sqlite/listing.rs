@@ -210,16 +210,18 @@ pub fn requeue_batch(
     Ok(step)
 }
 
+/// One arm per partial index (pending tasks are in two: ready and delayed), so no arm
+/// walks the table.
+pub(super) const QUEUE_NAMES_SQL: &str = "SELECT queue FROM queues
+     UNION SELECT queue FROM resource_groups
+     UNION SELECT DISTINCT queue FROM tasks WHERE status = 'pending' AND run_at <= updated_at
+     UNION SELECT DISTINCT queue FROM tasks WHERE status = 'pending' AND run_at > updated_at
+     UNION SELECT DISTINCT queue FROM tasks WHERE status = 'running'
+     UNION SELECT DISTINCT queue FROM tasks WHERE status NOT IN ('pending', 'running')
+     ORDER BY 1";
+
 pub fn queue_names(conn: &Connection) -> Result<Vec<String>> {
-    // One arm per partial index, so no arm walks the table.
-    let mut stmt = conn.prepare_cached(
-        "SELECT queue FROM queues
-         UNION SELECT queue FROM resource_groups
-         UNION SELECT DISTINCT queue FROM tasks WHERE status = 'pending'
-         UNION SELECT DISTINCT queue FROM tasks WHERE status = 'running'
-         UNION SELECT DISTINCT queue FROM tasks WHERE status NOT IN ('pending', 'running')
-         ORDER BY 1",
-    )?;
+    let mut stmt = conn.prepare_cached(QUEUE_NAMES_SQL)?;
     let rows = stmt.query_map([], |r| r.get(0))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }

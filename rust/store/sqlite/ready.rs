@@ -14,7 +14,7 @@ use crate::error::Result;
 use crate::task::{ClaimedTask, LeaseToken};
 
 /// The first group after `?2` (by name) with a ready task, and its best task's rank.
-const GROUP_AFTER_SQL: &str =
+pub(super) const GROUP_AFTER_SQL: &str =
     "SELECT resource_group, priority, id FROM tasks INDEXED BY tasks_ready
          WHERE queue = ?1 AND status = 'pending' AND run_at <= updated_at
            AND resource_group > ?2
