@@ -173,7 +173,6 @@ pub fn history(conn: &Connection, queue: &str, id: TaskId) -> Result<Vec<Transit
         .collect())
 }
 
-/// Tasks per status, every status listed.
 /// One arm per partial index (pending tasks are in two: ready and delayed), so counting
 /// never walks the whole table.
 pub(super) const COUNTS_SQL: &str = "SELECT 'pending', count(*) FROM tasks
@@ -187,6 +186,7 @@ pub(super) const COUNTS_SQL: &str = "SELECT 'pending', count(*) FROM tasks
      SELECT status, count(*) FROM tasks
      WHERE queue = ?1 AND status NOT IN ('pending', 'running') GROUP BY status";
 
+/// Tasks per status, every status listed.
 pub fn counts(conn: &Connection, queue: &str) -> Result<Vec<(TaskStatus, u64)>> {
     let mut stmt = conn.prepare_cached(COUNTS_SQL)?;
     let found: Vec<(TaskStatus, u64)> = stmt
