@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -171,7 +172,7 @@ class Procs:
         (CI: one enqueuer of three printed no record).
         """
         path = self.dir / f"{name}.py"
-        staging = path.with_name(f".{name}.{os.getpid()}.{self._counter}.tmp")
+        staging = path.with_name(f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
         staging.write_text(PRELUDE + textwrap.dedent(body))
         os.replace(staging, path)
         return path
