@@ -81,6 +81,48 @@ def test_drain_10k_noop(benchmark: Any, tmp_path: Path, durability: str) -> None
     benchmark.pedantic(drain, setup=setup, rounds=3)
 
 
+def test_latency_under_steady_load(benchmark: Any, tmp_path: Path) -> None:
+    """Enqueue -> processor start of one task while another thread enqueues 1,000 tasks a
+    second and a worker (4 threads) runs them: each round is one such round trip."""
+    benchmark.group = "latency"
+    q = ferroq.Queue(tmp_path / "latency.db", durability="normal")
+    waiting: dict[int, threading.Event] = {}
+
+    @q.task(name="ping")
+    def ping(key: int) -> None:
+        started = waiting.get(key)
+        if started is not None:
+            started.set()
+
+    stop = threading.Event()
+
+    def steady_load() -> None:
+        while not stop.wait(0.001):
+            ping.enqueue(-1)
+
+    worker = ferroq.Worker(q, concurrency=4, handle_signals=False)
+    threads = [threading.Thread(target=worker.run), threading.Thread(target=steady_load)]
+    for t in threads:
+        t.start()
+    keys = iter(range(1_000_000))
+
+    def round_trip() -> None:
+        key = next(keys)
+        started = waiting[key] = threading.Event()
+        ping.enqueue(key)
+        assert started.wait(30), "the task never started"
+        del waiting[key]
+
+    try:
+        benchmark.pedantic(round_trip, rounds=200, warmup_rounds=20)
+    finally:
+        stop.set()
+        worker.stop()
+        for t in threads:
+            t.join(30)
+        q.close()
+
+
 def test_store_and_worker_costs_script_runs() -> None:
     """benches/store_costs.py (the per-task cost breakdown) on a small count, so it never rots:
     every figure is a positive number of microseconds."""
