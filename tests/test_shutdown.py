@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -106,3 +107,34 @@ def test_grace_period_expiry_releases_the_task(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     assert "released=1" in out
     assert h.info().status == "pending"
+
+
+def test_a_second_signal_arriving_while_the_first_is_handled_stops_at_once(tmp_path: Path) -> None:
+    # Python may run a second signal's handler inside the first one's, between any two
+    # bytecodes: here, while the first is logging (as a quick second Ctrl-C can). The first
+    # handler used to log before it recorded the stop, so the nested one took itself for
+    # the first and the worker waited out its whole grace (a CI run hung 30 s on it).
+    q = queue(tmp_path / "q.db")
+    worker = ferroq.Worker(q, handle_signals=False, shutdown_grace=60.0)
+
+    class SecondSignalWhileLogging(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "finishing running tasks" in record.getMessage():
+                worker._on_signal(signal.SIGTERM, None)
+
+    nested = SecondSignalWhileLogging()
+    logger = logging.getLogger("ferroq.worker")
+    logger.addHandler(nested)
+    try:
+        worker._on_signal(signal.SIGTERM, None)
+    finally:
+        logger.removeHandler(nested)
+    assert worker._stopping.is_set() and worker._hard_stop.is_set()
+
+
+def test_one_signal_finishes_and_a_second_stops_at_once(tmp_path: Path) -> None:
+    worker = ferroq.Worker(queue(tmp_path / "q.db"), handle_signals=False, shutdown_grace=60.0)
+    worker._on_signal(signal.SIGINT, None)
+    assert worker._stopping.is_set() and not worker._hard_stop.is_set()
+    worker._on_signal(signal.SIGINT, None)
+    assert worker._hard_stop.is_set()

@@ -5,6 +5,7 @@ leases, rescues expired leases of dead workers, applies retention."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import pickle
@@ -221,6 +222,7 @@ class Worker:
         self._outcomes: queue_module.SimpleQueue[list[_Outcome] | None] = queue_module.SimpleQueue()
         self._stopping = threading.Event()
         self._hard_stop = threading.Event()
+        self._signals = itertools.count()  # signals received by this run
         self._closing = False
         self._maintenance_done = threading.Event()
         self._running = False
@@ -251,6 +253,7 @@ class Worker:
         self.id = self._name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.stats = WorkerStats()
         self._stopping.clear()
+        self._signals = itertools.count()
         self._hard_stop.clear()
         self._closing = False
         self._maintenance_done.clear()
@@ -905,13 +908,20 @@ class Worker:
             signal.signal(sig, handler)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        if self._stopping.is_set():
-            log.warning("second %s: stopping now, releasing running tasks", signal.Signals(signum).name)
-            self._hard_stop.set()
-        else:
+        # A second signal can run its handler inside this one (Python runs handlers between
+        # any two bytecodes), e.g. while the first is still logging: each one counts itself
+        # in first (one C call, so never interrupted) and acts on its own number. Logging
+        # first made a quick second signal a first one too, and the stop waited out the
+        # grace (seen in CI).
+        first = next(self._signals) == 0 and not self._stopping.is_set()
+        if first:
+            self._stopping.set()
             log.warning("%s: finishing running tasks (up to %.0fs); send again to stop now",
                         signal.Signals(signum).name, self.shutdown_grace)
+        else:
             self._stopping.set()
+            self._hard_stop.set()
+            log.warning("second %s: stopping now, releasing running tasks", signal.Signals(signum).name)
         self.queue._notify()
 
     # -- asyncio -----------------------------------------------------------------------
