@@ -155,3 +155,71 @@ def test_a_concurrency_cap_of_3_holds_across_2_processes_of_8_threads(tmp_path: 
     # Which process wins a freed slot is a race (the one that freed it often claims again at
     # once), so the test does not require both to have run tasks: the cap is in the file.
     assert not os.listdir(tmp_path / "running")
+
+
+MIXED_APP = """
+db, log_path = sys.argv[1], sys.argv[2]
+q = ferroq.Queue(db, durability="normal")
+q.group("api", throttle=ferroq.Throttle(rate=400, burst=20))
+q.group("db", throttle=ferroq.Throttle(max_concurrency=2))
+BACKOFF = ferroq.RetryPolicy(base_delay=0.05, max_delay=0.2, jitter=0)
+
+
+def processor(group):
+    def work(fail_first):
+        ctx = ferroq.current_task()
+        with open(log_path, "a") as f:
+            f.write(f"start {ctx.id} {ctx.attempt} {os.getpid()}\\n")
+        if fail_first and ctx.attempt == 1:
+            raise ConnectionError("flaky downstream")
+        with open(log_path, "a") as f:
+            f.write(f"done {ctx.id} {ctx.attempt} {os.getpid()}\\n")
+    work.__name__ = f"work_{group}"
+    return work
+
+
+for group in ("pay", "api", "db"):
+    q.task(name=f"work_{group}", resource_group=group, max_attempts=3, retry=BACKOFF)(processor(group))
+
+ferroq.Worker(q, concurrency=4, lease=5.0).run()
+"""
+
+
+def test_every_task_runs_once_across_processes_with_delays_retries_limits_and_a_pause(
+        tmp_path: Path, procs: Procs) -> None:
+    # Two processes claim from three groups (one throttled, one capped, one paused for a
+    # while) with priorities, delayed tasks and retries waiting out a backoff: everything
+    # that claims moves between the ready and delayed indexes and merges groups. Every task
+    # completes, and exactly once.
+    db, log = tmp_path / "q.db", tmp_path / "runs.log"
+    q = ferroq.Queue(db, durability="normal")
+    script = procs.script("mixed", MIXED_APP)
+    workers = [procs.start(script, db, log, label=f"worker-{i}") for i in range(2)]
+    wait_until(lambda: q.group("db").state().max_concurrency == 2, 30, "workers declared the groups",
+               children=workers)
+    now_ms = q._store.now_ms()
+    rows, fails_first = [], set()
+    for i in range(600):
+        group = ("pay", "api", "db")[i % 3]
+        fail = i % 4 == 1
+        run_at = now_ms + 200 + (i % 5) * 100 if i % 4 == 2 else None
+        payload = f'{{"args":[{str(fail).lower()}],"kwargs":{{}}}}'.encode()
+        rows.append((f"work_{group}", group, payload, i % 3, run_at, 3, None))
+    ids = [task_id for task_id, _ in q._store.enqueue(q.name, rows)]
+    fails_first = {task_id for task_id, row in zip(ids, rows) if b"true" in row[2]}
+    q.group("pay").pause()
+    time.sleep(0.5)
+    q.group("pay").resume()
+    wait_until(lambda: q.counts()["completed"] == 600, 90, "every task to complete", children=workers)
+    stop(workers)
+    assert q.counts() == {"pending": 0, "running": 0, "completed": 600, "dead": 0, "cancelled": 0}
+    runs = lines(log)
+    done = sorted(int(r[1]) for r in runs if r[0] == "done")
+    assert done == sorted(ids), "each task completed exactly once"
+    starts: dict[int, list[int]] = {}
+    for r in runs:
+        if r[0] == "start":
+            starts.setdefault(int(r[1]), []).append(int(r[2]))
+    for task_id in ids:
+        expected = [1, 2] if task_id in fails_first else [1]
+        assert sorted(starts[task_id]) == expected, (task_id, starts[task_id])
