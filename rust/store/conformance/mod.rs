@@ -806,6 +806,81 @@ fn batches_store_every_task_as_given_whatever_their_mix() {
     }
 }
 
+/// A batch mixing keyless tasks, new unique keys, keys repeated within the batch and keys
+/// an unfinished task holds already (and keys of finished tasks, free again), with options
+/// varying row to row: each keyed task gets the id of the one holding its key, the others
+/// are stored, in order, as given.
+#[test]
+fn batches_with_unique_keys_match_a_model() {
+    let f = fixture();
+    let keyed = |key: &str| NewTask {
+        unique_key: Some(key.to_string().into()),
+        ..task("t", 0)
+    };
+    let before: Vec<i64> = f
+        .store
+        .enqueue(
+            Q,
+            &(0..10).map(|k| keyed(&format!("k{k}"))).collect::<Vec<_>>(),
+        )
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    for t in f.store.claim(Q, "w", 5, LEASE).unwrap() {
+        f.store.complete(t.id, t.token, b"null").unwrap(); // k0..k4 are free again
+    }
+    let mut batch = Vec::new();
+    for i in 0..420u32 {
+        let key = match i % 5 {
+            0 | 1 => None,
+            _ => Some(format!("k{}", i % 13)),
+        };
+        batch.push(NewTask {
+            name: if i % 3 == 0 { "a".into() } else { "t".into() },
+            payload: format!("{{\"i\":{i}}}").into_bytes().into(),
+            priority: if i < 200 { 0 } else { i64::from(i % 4) },
+            unique_key: key.map(Into::into),
+            ..task("t", 0)
+        });
+    }
+    let done = f.store.enqueue(Q, &batch).unwrap();
+    assert_eq!(done.len(), batch.len());
+    let mut holder: std::collections::HashMap<String, i64> =
+        (5..10).map(|k| (format!("k{k}"), before[k])).collect();
+    let mut last_created = *before.last().unwrap();
+    for (i, (task, e)) in batch.iter().zip(&done).enumerate() {
+        match task.unique_key.as_deref().and_then(|k| holder.get(k)) {
+            Some(&id) => assert_eq!((e.id, e.created), (id, false), "task {i}"),
+            None => {
+                assert!(e.created && e.id > last_created, "task {i}: {e:?}");
+                last_created = e.id;
+                if let Some(k) = task.unique_key.as_deref() {
+                    holder.insert(k.to_string(), e.id);
+                }
+                let got = f.store.get(Q, e.id).unwrap();
+                assert_eq!(got.payload, task.payload.to_vec(), "task {i}");
+                assert_eq!(got.unique_key.as_deref(), task.unique_key.as_deref());
+                assert_eq!((&*got.name, got.priority), (&*task.name, task.priority));
+            }
+        }
+    }
+    let mut keys: std::collections::HashSet<&str> = batch
+        .iter()
+        .filter_map(|t| t.unique_key.as_deref())
+        .collect();
+    keys.extend(["k5", "k6", "k7", "k8", "k9"]);
+    assert_eq!(
+        holder.len(),
+        keys.len(),
+        "every key has one unfinished holder"
+    );
+    assert!(
+        keys.contains("k0") && keys.len() > 8,
+        "the batch reuses freed keys"
+    );
+}
+
 #[test]
 fn large_batches_keep_order_ids_and_unique_keys() {
     let f = fixture();
