@@ -35,94 +35,66 @@ const LEASE_SQL: &str = "UPDATE tasks
              lease_expires_at = ?3, started_at = ?4, updated_at = ?4, progress = NULL
          WHERE id IN (SELECT value FROM json_each(?5))";
 
-/// Leases up to `limit` ready tasks to `worker`, highest priority first, FIFO within a
-/// priority, skipping what paused queues and groups, open breakers and throttles hold back.
-#[allow(clippy::too_many_arguments)]
+/// What a claim hands out and on what terms.
+pub struct Lease<'a> {
+    pub worker: &'a str,
+    pub limit: usize,
+    pub now: Millis,
+    pub expires_at: Millis,
+    pub token: LeaseToken,
+    pub task_events: TaskEvents,
+}
+
+/// Leases up to `lease.limit` ready tasks, highest priority first, FIFO within a priority,
+/// skipping what paused queues and groups, open breakers and throttles hold back: from
+/// every group, or only from the groups `only` (sorted, no duplicates) for a worker
+/// dedicated to them.
 pub fn claim(
     tx: &Transaction<'_>,
     queue: &str,
-    worker: &str,
-    limit: usize,
-    now: Millis,
-    expires_at: Millis,
-    token: LeaseToken,
-    task_events: TaskEvents,
+    only: Option<&[String]>,
+    lease: &Lease<'_>,
 ) -> Result<Vec<ClaimedTask>> {
     if resource_groups::queue_paused(tx, queue)? {
         return Ok(Vec::new());
     }
-    promote_due(tx, queue, limit, now)?;
-    let ready = ready::groups_with_ready(tx, queue)?;
-    let groups = resource_groups::load_all(tx, queue)?;
-    let named: Vec<(&str, Option<(i64, i64)>)> = ready
-        .iter()
-        .map(|r| (r.group.as_str(), Some(r.best)))
-        .collect();
-    claim_from(
-        tx,
-        queue,
-        &named,
-        groups,
-        worker,
-        limit,
-        now,
-        expires_at,
-        token,
-        task_events,
-    )
-}
-
-/// `claim` for a worker dedicated to some groups (`only`: sorted, no duplicates): the
-/// best ready tasks of those groups only, each group within its limits.
-#[allow(clippy::too_many_arguments)]
-pub fn claim_in_groups(
-    tx: &Transaction<'_>,
-    queue: &str,
-    only: &[String],
-    worker: &str,
-    limit: usize,
-    now: Millis,
-    expires_at: Millis,
-    token: LeaseToken,
-    task_events: TaskEvents,
-) -> Result<Vec<ClaimedTask>> {
-    if resource_groups::queue_paused(tx, queue)? {
-        return Ok(Vec::new());
-    }
-    promote_due(tx, queue, limit, now)?;
+    promote_due(tx, queue, lease.limit, lease.now)?;
     let mut groups = resource_groups::load_all(tx, queue)?;
-    groups.retain(|g| only.binary_search(&g.name).is_ok());
-    let named: Vec<(&str, Option<(i64, i64)>)> = only.iter().map(|g| (g.as_str(), None)).collect();
-    claim_from(
-        tx,
-        queue,
-        &named,
-        groups,
-        worker,
-        limit,
-        now,
-        expires_at,
-        token,
-        task_events,
-    )
+    let ready;
+    let named: Vec<(&str, Option<(i64, i64)>)> = match only {
+        None => {
+            ready = ready::groups_with_ready(tx, queue)?;
+            ready
+                .iter()
+                .map(|r| (r.group.as_str(), Some(r.best)))
+                .collect()
+        }
+        Some(only) => {
+            groups.retain(|g| only.binary_search(&g.name).is_ok());
+            only.iter().map(|g| (g.as_str(), None)).collect()
+        }
+    };
+    claim_from(tx, queue, &named, groups, lease)
 }
 
 /// Leases the best `limit` ready tasks of the groups `names` (with the rank of each one's
 /// best task, if known), each within its allowance (`groups`: the settings stored for any
 /// of them; a group without is unlimited).
-#[allow(clippy::too_many_arguments)]
 fn claim_from(
     tx: &Transaction<'_>,
     queue: &str,
     names: &[(&str, Option<(i64, i64)>)],
     mut groups: Vec<Group>,
-    worker: &str,
-    limit: usize,
-    now: Millis,
-    expires_at: Millis,
-    token: LeaseToken,
-    task_events: TaskEvents,
+    lease: &Lease<'_>,
 ) -> Result<Vec<ClaimedTask>> {
+    let &Lease {
+        worker,
+        limit,
+        now,
+        expires_at,
+        token,
+        task_events,
+    } = lease;
     let running = breakers_and_running(tx, queue, &mut groups, now)?;
     let stored: HashMap<&str, &Group> = groups.iter().map(|g| (g.name.as_str(), g)).collect();
     let shares: Vec<Share<'_>> = names
@@ -238,7 +210,7 @@ fn breakers_and_running(
 mod tests {
     use super::super::query_plan as plan;
     use super::super::ready::GROUP_BEST_SQL;
-    use super::super::{Options, SqliteStore, writer_statements};
+    use super::super::{Options, SqliteStore, read_one, writer_statements};
     use super::{LEASE_SQL, PROMOTE_SQL};
     use crate::store::Store;
     use crate::store::conformance::task;
@@ -265,6 +237,19 @@ mod tests {
         steps.iter().map(|(_, n)| i64::from(*n)).sum()
     }
 
+    /// A throttle that starts one task, then almost never another.
+    fn one_token_an_hour() -> crate::resource_group::GroupConfig {
+        crate::resource_group::GroupConfig {
+            breaker: None,
+            throttle: Some(crate::policy::throttle::ThrottleConfig {
+                rate: Some(0.001),
+                burst: 1.0,
+                max_concurrency: None,
+                adaptive: None,
+            }),
+        }
+    }
+
     /// VM steps for a claim of 100 when a group held back by `hold` has `held` ready tasks
     /// ahead of the 200 others.
     fn steps_behind_a_held_group(held: usize, hold: impl Fn(&SqliteStore)) -> i64 {
@@ -282,22 +267,12 @@ mod tests {
     /// walk past all its ready tasks (100,000 of them: 14 ms a claim instead of 1.3).
     #[test]
     fn a_claim_does_not_read_a_held_groups_backlog() {
-        use crate::policy::throttle::ThrottleConfig;
-        use crate::resource_group::GroupConfig;
         let paused = |s: &SqliteStore| {
             s.set_group_paused("q", "smtp", true).unwrap();
         };
         let throttled = |s: &SqliteStore| {
-            let slow = GroupConfig {
-                breaker: None,
-                throttle: Some(ThrottleConfig {
-                    rate: Some(0.001),
-                    burst: 1.0,
-                    max_concurrency: None,
-                    adaptive: None,
-                }),
-            };
-            s.configure_group("q", "smtp", &slow).unwrap();
+            s.configure_group("q", "smtp", &one_token_an_hour())
+                .unwrap();
         };
         for (how, hold) in [
             ("paused", &paused as &dyn Fn(&SqliteStore)),
@@ -329,20 +304,11 @@ mod tests {
     /// spun on its own empty claims and never saw the queue empty).
     #[test]
     fn an_empty_claim_writes_nothing() {
-        use crate::policy::throttle::ThrottleConfig;
-        use crate::resource_group::GroupConfig;
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path().join("q.db"), Options::default()).unwrap();
-        let slow = GroupConfig {
-            breaker: None,
-            throttle: Some(ThrottleConfig {
-                rate: Some(0.001),
-                burst: 1.0,
-                max_concurrency: None,
-                adaptive: None,
-            }),
-        };
-        store.configure_group("q", "api", &slow).unwrap();
+        store
+            .configure_group("q", "api", &one_token_an_hour())
+            .unwrap();
         let mut call = task("call", 0);
         call.resource_group = "api".into();
         store.enqueue("q", &[call.clone(), call]).unwrap();
@@ -371,19 +337,11 @@ mod tests {
         later.run_at = Some(clock.now_ms() + 1_000);
         store.enqueue("q", &vec![later; burst]).unwrap();
         clock.advance(1_000);
-        let ready = |store: &SqliteStore| -> i64 {
-            store
-                .with_conn(
-                    |l| &l.reader,
-                    |c| {
-                        Ok(c.query_row(
-                            "SELECT count(*) FROM tasks WHERE status = 'pending' AND run_at <= updated_at",
-                            [],
-                            |r| r.get(0),
-                        )?)
-                    },
-                )
-                .unwrap()
+        let ready = |store: &SqliteStore| {
+            read_one(
+                store,
+                "SELECT count(*) FROM tasks WHERE status = 'pending' AND run_at <= updated_at",
+            )
         };
         assert_eq!(ready(&store), 0);
         assert_eq!(store.claim("q", "w", 10, 30_000).unwrap().len(), 10);

@@ -222,7 +222,7 @@ fn insert_one(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Options, SqliteStore};
+    use super::super::{Options, SqliteStore, read_one};
 
     /// `insert_chunk` derives ids from `last_insert_rowid`: a trigger inserting into tasks
     /// would take ids in between.
@@ -270,15 +270,6 @@ mod tests {
         }
     }
 
-    fn count(store: &SqliteStore, sql: &str) -> i64 {
-        store
-            .with_conn(
-                |l| &l.reader,
-                |conn| Ok(conn.query_row(sql, [], |r| r.get(0))?),
-            )
-            .unwrap()
-    }
-
     /// Payloads over the inline limit live in `task_payloads` (the row keeps an empty one),
     /// whichever insert path took them; claims, reads and listings give every payload back
     /// byte for byte, an empty one included; deleting a task deletes its payload.
@@ -319,9 +310,12 @@ mod tests {
             .iter()
             .filter(|p| p.len() > INLINE_PAYLOAD_MAX)
             .count() as i64;
-        assert_eq!(count(&store, "SELECT count(*) FROM task_payloads"), large);
         assert_eq!(
-            count(
+            read_one(&store, "SELECT count(*) FROM task_payloads"),
+            large
+        );
+        assert_eq!(
+            read_one(
                 &store,
                 "SELECT count(*) FROM tasks WHERE length(payload) = 0"
             ),
@@ -360,6 +354,6 @@ mod tests {
             )
             .unwrap();
         assert_eq!(pruned, payloads.len() as u64);
-        assert_eq!(count(&store, "SELECT count(*) FROM task_payloads"), 0);
+        assert_eq!(read_one(&store, "SELECT count(*) FROM task_payloads"), 0);
     }
 }

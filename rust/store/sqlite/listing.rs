@@ -3,7 +3,7 @@
 
 use rusqlite::{Connection, Row, Transaction};
 
-use super::{SqliteStore, admin, claim, json};
+use super::{SqliteStore, admin, json};
 use crate::clock::Millis;
 use crate::error::{Error, Result};
 use crate::store::operations::{Cursor, Finished, Operations, Page, Step, TaskFilter};
@@ -274,31 +274,10 @@ impl Operations for SqliteStore {
         for g in groups {
             validate::name("resource group", g)?;
         }
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        validate::name("worker", worker)?;
         let mut only = groups.to_vec();
         only.sort_unstable();
         only.dedup();
-        let token = super::new_token();
-        let events = self.options.task_events;
-        let (tasks, now) = self.write(|tx, now| {
-            let tasks = claim::claim_in_groups(
-                tx,
-                queue,
-                &only,
-                worker,
-                limit,
-                now,
-                now + lease_ms,
-                token,
-                events,
-            )?;
-            Ok((tasks, now))
-        })?;
-        self.record_claims(queue, &tasks, now);
-        Ok(tasks)
+        self.lease_ready(queue, Some(&only), worker, limit, lease_ms)
     }
 
     fn queue_names(&self) -> Result<Vec<String>> {

@@ -207,6 +207,37 @@ impl SqliteStore {
     }
 
     /// Runs `f` in one `BEGIN IMMEDIATE` transaction on the writer, committing on success.
+    /// Both claims (see `claim::claim`): from every group, or only from `only` (sorted, no
+    /// duplicates).
+    fn lease_ready(
+        &self,
+        queue: &str,
+        only: Option<&[String]>,
+        worker: &str,
+        limit: usize,
+        lease_ms: Millis,
+    ) -> Result<Vec<ClaimedTask>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        validate::name("worker", worker)?;
+        let token = new_token();
+        let task_events = self.options.task_events;
+        let (tasks, now) = self.write(|tx, now| {
+            let lease = claim::Lease {
+                worker,
+                limit,
+                now,
+                expires_at: now + lease_ms,
+                token,
+                task_events,
+            };
+            Ok((claim::claim(tx, queue, only, &lease)?, now))
+        })?;
+        self.record_claims(queue, &tasks, now);
+        Ok(tasks)
+    }
+
     fn write<T>(&self, f: impl FnOnce(&Transaction<'_>, Millis) -> Result<T>) -> Result<T> {
         self.with_conn(
             |l| &l.writer,
@@ -374,6 +405,17 @@ pub(crate) fn writer_statements(
         .unwrap()
 }
 
+/// The one value `sql` selects, read on `store`'s reader connection (for tests).
+#[cfg(test)]
+pub(crate) fn read_one(store: &SqliteStore, sql: &str) -> i64 {
+    store
+        .with_conn(
+            |l| &l.reader,
+            |conn| Ok(conn.query_row(sql, [], |r| r.get(0))?),
+        )
+        .unwrap()
+}
+
 /// `EXPLAIN QUERY PLAN` of `sql` on a fresh file, one line per step (for plan tests).
 #[cfg(test)]
 pub(crate) fn query_plan(sql: &str, params: impl rusqlite::Params) -> String {
@@ -457,18 +499,7 @@ impl Store for SqliteStore {
         limit: usize,
         lease_ms: Millis,
     ) -> Result<Vec<ClaimedTask>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        validate::name("worker", worker)?;
-        let token = new_token();
-        let events = self.options.task_events;
-        let (tasks, now) = self.write(|tx, now| {
-            let tasks = claim::claim(tx, queue, worker, limit, now, now + lease_ms, token, events)?;
-            Ok((tasks, now))
-        })?;
-        self.record_claims(queue, &tasks, now);
-        Ok(tasks)
+        self.lease_ready(queue, None, worker, limit, lease_ms)
     }
 
     fn complete(&self, id: TaskId, token: LeaseToken, result: &[u8]) -> Result<()> {
