@@ -7,6 +7,7 @@ pub mod error;
 pub mod metrics;
 pub mod policy;
 pub mod resource_group;
+pub mod run_journal;
 pub mod store;
 pub mod task;
 pub mod validate;

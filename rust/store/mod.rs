@@ -1,6 +1,7 @@
 //! The storage engine interface. SQLite implements it today; PostgreSQL will implement
 //! the same trait, and one shared test suite (`store::conformance`) runs against both.
 
+pub mod lease_watch;
 pub mod operations;
 pub mod sqlite;
 
@@ -76,7 +77,10 @@ pub trait Store: Send + Sync {
     /// Gives a running task back without using up its attempt (graceful shutdown).
     fn release(&self, id: TaskId, token: LeaseToken) -> Result<()>;
 
-    /// Returns running tasks whose lease expired to pending (or dead when out of attempts).
+    /// Takes over leases whose holder stopped renewing them (see `lease_watch`): a run that
+    /// started counts as an attempt (pending again, or dead when out of attempts); a task
+    /// its worker never started (see `run_journal`) goes back to pending with its attempt
+    /// returned. Each call is one pass of this process's rescuer.
     fn rescue_expired(&self, queue: &str) -> Result<Vec<(TaskId, TaskStatus)>>;
 
     /// One task with its result.

@@ -2,7 +2,10 @@
 //! engine must enforce them in the claim.
 
 use super::{LEASE, Q, fixture, ids, task};
-use crate::clock::Clock;
+use std::sync::Arc;
+
+use crate::clock::{Clock, ManualClock};
+use crate::store::sqlite::{Options, SqliteStore};
 use crate::policy::breaker::{BreakerConfig, CircuitState};
 use crate::policy::throttle::{Adaptive, ThrottleConfig};
 use crate::resource_group::GroupConfig;
@@ -328,12 +331,14 @@ fn claims_across_groups_take_the_best_tasks_overall() {
 fn a_task_not_due_by_this_clock_does_not_block_other_groups() {
     let f = fixture();
     let then = f.clock.now_ms();
-    f.clock.advance(1_000);
-    let ahead = f.store.enqueue(Q, &[in_group("a", 0)]).unwrap()[0].id;
+    // Another process, its clock a second ahead, enqueues after the claimer opened the file
+    // (the claimer's clock keeps to the file's timeline only from its next rescue pass).
+    let ahead_clock = Arc::new(ManualClock::new(then + 1_000));
+    let other = SqliteStore::open_with_clock(f.store.path(), Options::default(), ahead_clock).unwrap();
+    let ahead = other.enqueue(Q, &[in_group("a", 0)]).unwrap()[0].id;
     let mut due = in_group("b", 0);
     due.run_at = Some(then);
-    let due = f.store.enqueue(Q, &[due]).unwrap()[0].id;
-    f.clock.advance(-1_000); // the claimer's clock is a second behind
+    let due = other.enqueue(Q, &[due]).unwrap()[0].id;
     assert_eq!(ids(&f.store.claim(Q, "w", 1, LEASE).unwrap()), vec![due]);
     f.clock.advance(1_000);
     assert_eq!(ids(&f.store.claim(Q, "w", 1, LEASE).unwrap()), vec![ahead]);

@@ -51,6 +51,16 @@ pub(crate) fn task(name: &str, priority: i64) -> NewTask<'_> {
     }
 }
 
+/// Lets `ms` pass (at least a lease) with this process's rescuer watching from half a lease
+/// on, as a worker's does every second; returns what its last pass took over.
+pub(super) fn rescue_after(f: &Fixture, ms: i64) -> Vec<(i64, TaskStatus)> {
+    assert!(ms >= LEASE);
+    f.clock.advance(LEASE / 2);
+    assert!(f.store.rescue_expired(Q).unwrap().is_empty(), "nothing expired yet");
+    f.clock.advance(ms - LEASE / 2);
+    f.store.rescue_expired(Q).unwrap()
+}
+
 pub(super) fn ids(claimed: &[crate::task::ClaimedTask]) -> Vec<i64> {
     claimed.iter().map(|t| t.id).collect()
 }
@@ -210,11 +220,7 @@ fn completion_is_fenced_by_the_lease_token() {
     let f = fixture();
     let id = f.store.enqueue(Q, &[task("a", 0)]).unwrap()[0].id;
     let stale = f.store.claim(Q, "w1", 1, LEASE).unwrap().remove(0);
-    f.clock.advance(LEASE);
-    assert_eq!(
-        f.store.rescue_expired(Q).unwrap(),
-        vec![(id, TaskStatus::Pending)]
-    );
+    assert_eq!(rescue_after(&f, LEASE), vec![(id, TaskStatus::Pending)]);
     let fresh = f.store.claim(Q, "w2", 1, LEASE).unwrap().remove(0);
     assert_ne!(stale.token, fresh.token);
     assert!(matches!(
@@ -256,11 +262,7 @@ fn heartbeats_extend_the_lease() {
         );
         assert!(f.store.rescue_expired(Q).unwrap().is_empty());
     }
-    f.clock.advance(LEASE);
-    assert_eq!(
-        f.store.rescue_expired(Q).unwrap(),
-        vec![(id, TaskStatus::Pending)]
-    );
+    assert_eq!(rescue_after(&f, LEASE), vec![(id, TaskStatus::Pending)]);
 }
 
 /// A heartbeat of many leases (more than one transaction's worth in SQLite) answers each
@@ -274,7 +276,9 @@ fn a_large_heartbeat_answers_every_lease_in_order() {
     assert_eq!(claimed.len(), 1_300);
     let mut leases: Vec<_> = claimed.iter().map(|t| (t.id, t.token)).collect();
     leases[700].1 += 1; // a token that is not the lease's
-    f.clock.advance(LEASE - 1);
+    f.clock.advance(LEASE / 2);
+    assert!(f.store.rescue_expired(Q).unwrap().is_empty()); // the rescuer starts watching
+    f.clock.advance(LEASE - 1 - LEASE / 2);
     let held = f.store.heartbeat(&leases, LEASE).unwrap();
     assert_eq!(held.len(), 1_300);
     assert!(held.iter().enumerate().all(|(i, &h)| h == (i != 700)));
@@ -290,11 +294,7 @@ fn rescue_kills_tasks_out_of_attempts() {
     one_shot.max_attempts = 1;
     let id = f.store.enqueue(Q, &[one_shot]).unwrap()[0].id;
     f.store.claim(Q, "w", 1, LEASE).unwrap();
-    f.clock.advance(LEASE);
-    assert_eq!(
-        f.store.rescue_expired(Q).unwrap(),
-        vec![(id, TaskStatus::Dead)]
-    );
+    assert_eq!(rescue_after(&f, LEASE), vec![(id, TaskStatus::Dead)]);
     let rec = f.store.get(Q, id).unwrap();
     assert!(rec.last_error.unwrap().contains("LeaseExpired"));
     assert!(rec.finished_at.is_some());
@@ -714,8 +714,7 @@ fn history_lists_every_run_whatever_ended_it() {
     f.store.release(id, first.token).unwrap();
     f.clock.advance(10);
     f.store.claim(Q, "w2", 1, LEASE).unwrap();
-    f.clock.advance(LEASE + 1);
-    f.store.rescue_expired(Q).unwrap();
+    assert_eq!(rescue_after(&f, LEASE + 1).len(), 1);
     f.clock.advance(10);
     let last = f.store.claim(Q, "w3", 1, LEASE).unwrap().remove(0);
     let running = f.store.history(Q, id).unwrap();

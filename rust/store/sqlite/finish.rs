@@ -13,11 +13,17 @@ use super::json;
 use super::resource_groups::{self, RunEnd, RunEndKind};
 use crate::clock::Millis;
 use crate::error::{Error, Result};
+use crate::run_journal::RunState;
 use crate::store::Lease;
+use crate::store::lease_watch::Sighting;
 use crate::task::{FailAction, FailureImpact, LeaseToken, Outcome, TaskId, TaskStatus};
 
-/// The error stored on a task whose worker stopped heartbeating.
-const LEASE_EXPIRED_ERROR: &str = r#"{"type":"LeaseExpired","message":"the worker running this task stopped heartbeating (crashed or was killed); its lease expired","traceback":null}"#;
+/// The errors a rescue records, by what the run journal says of the run (see
+/// `run_journal`). The first two count as a run (stored as the task's last error too).
+const WORKER_DIED_ERROR: &str = r#"{"type":"LeaseExpired","message":"worker died during run: the worker running this task stopped heartbeating (crashed or was killed) and its lease expired","traceback":null}"#;
+const NO_JOURNAL_ERROR: &str = r#"{"type":"LeaseExpired","message":"the worker holding this task stopped heartbeating (crashed or was killed) and its lease expired; no run journal said whether it had started, so it counts as a run","traceback":null}"#;
+const NOT_STARTED_ERROR: &str = r#"{"type":"LeaseExpired","message":"lease expired before start: the worker that claimed this task stopped heartbeating before running it; no attempt counted","traceback":null}"#;
+const RETURNED_ERROR: &str = r#"{"type":"LeaseExpired","message":"lease expired after the run, before its outcome was recorded (the worker died first); no attempt counted","traceback":null}"#;
 
 /// Which task events a store writes to the events table: failures always (they are rare
 /// and what operators tail), every transition only when asked (a row per transition).
@@ -372,11 +378,13 @@ pub fn progress(
 ) -> Result<()> {
     let row: Option<(String, String)> = tx
         .prepare_cached(
-            "UPDATE tasks SET progress = ?3, progress_message = ?4, updated_at = ?5
+            // Not updated_at: for a running task it is when the lease was last renewed,
+            // which the rescuer reads (`lease_sightings`).
+            "UPDATE tasks SET progress = ?3, progress_message = ?4
              WHERE id = ?1 AND lease_token = ?2 AND status = 'running'
              RETURNING queue, resource_group",
         )?
-        .query_row((id, token, progress, message, now), |r| {
+        .query_row((id, token, progress, message), |r| {
             Ok((r.get(0)?, r.get(1)?))
         })
         .optional()?;
@@ -418,31 +426,135 @@ pub fn release(tx: &Transaction<'_>, id: TaskId, token: LeaseToken, now: Millis)
     )
 }
 
-/// Returns tasks whose lease expired: pending again, or dead if their attempts are used up.
-pub fn rescue(tx: &Transaction<'_>, queue: &str, now: Millis) -> Result<Vec<RunEnd>> {
-    let rescued = tx
+/// The running tasks of `queue` whose lease is past its midpoint at `now`: what the
+/// rescuer watches (see `store::lease_watch`), with each one's holder.
+pub fn lease_sightings(
+    tx: &rusqlite::Connection,
+    queue: &str,
+    now: Millis,
+) -> Result<Vec<(Sighting, String)>> {
+    // For a running task updated_at is when its lease was last renewed (claim, heartbeat).
+    tx.prepare_cached(
+        "SELECT id, lease_token, lease_expires_at, updated_at, coalesce(lease_owner, '')
+         FROM tasks INDEXED BY tasks_leases
+         WHERE queue = ?1 AND status = 'running'
+           AND lease_expires_at - (lease_expires_at - updated_at) / 2 <= ?2",
+    )?
+    .query_map((queue, now), |r| {
+        Ok((
+            Sighting {
+                id: r.get(0)?,
+                token: r.get(1)?,
+                expires_at: r.get(2)?,
+                renewed_at: r.get(3)?,
+            },
+            r.get(4)?,
+        ))
+    })?
+    .collect::<rusqlite::Result<_>>()
+    .map_err(Into::into)
+}
+
+/// The latest time a holder renewed a lease of `queue` (by its own clock): a floor for this
+/// process's clock, so every process keeps to one timeline (see `clock::SteadyClock`).
+pub fn latest_renewal(tx: &rusqlite::Connection, queue: &str) -> Result<Option<Millis>> {
+    Ok(tx
         .prepare_cached(
-            "UPDATE tasks
-             SET status = CASE WHEN attempts < max_attempts THEN 'pending' ELSE 'dead' END,
-                 finished_at = CASE WHEN attempts < max_attempts THEN NULL ELSE ?2 END,
-                 run_at = ?2, updated_at = ?2, last_error = ?3,
-                 lease_token = NULL, lease_expires_at = NULL
-             WHERE status = 'running' AND lease_expires_at <= ?2 AND queue = ?1
-             RETURNING attempts, id, status, queue, resource_group, started_at",
+            "SELECT updated_at FROM tasks INDEXED BY tasks_leases
+             WHERE queue = ?1 AND status = 'running' ORDER BY lease_expires_at DESC LIMIT 1",
         )?
-        .query_map((queue, now, LEASE_EXPIRED_ERROR), |r| {
+        .query_row([queue], |r| r.get(0))
+        .optional()?)
+}
+
+/// Runs one of `rescue`'s fenced statements: the task's attempts, how its run ended, and its
+/// holder; `None` if the lease changed since it was sighted.
+fn take_over(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    params: impl rusqlite::Params,
+) -> Result<Option<(i64, RunEnd, Option<String>)>> {
+    Ok(stmt
+        .query_row(params, |r| {
             // Not the resource's fault: a crashed worker does not count toward a breaker.
             let kind = RunEndKind::Failed {
                 counts: false,
                 hold_ms: None,
             };
-            Ok((r.get::<_, i64>(0)?, run_end(r, 1, kind, None)?))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let runs: Vec<(TaskId, i64)> = rescued
-        .iter()
-        .map(|(attempt, end)| (end.task_id, *attempt))
-        .collect();
-    record_failed_runs(tx, &runs, now)?;
-    Ok(rescued.into_iter().map(|(_, end)| end).collect())
+            Ok((r.get(0)?, run_end(r, 1, kind, None)?, r.get(6)?))
+        })
+        .optional()?)
+}
+
+/// A lease the rescuer takes over, and what the run journals say of its run.
+pub struct Overdue {
+    pub lease: Sighting,
+    pub run: RunState,
+}
+
+/// Takes over expired leases, each fenced by its token and the expiry the rescuer watched
+/// (a renewal since then keeps it). A run that started (or of which no journal knows) used
+/// its attempt: the task goes back to pending, or dead when out of attempts. A run that never
+/// started, or whose processor returned before its worker died, gets its attempt back and is
+/// due at once. Returns the runs that ended, each with whether it was charged an attempt.
+pub fn rescue(tx: &Transaction<'_>, overdue: &[Overdue], now: Millis) -> Result<Vec<(RunEnd, bool)>> {
+    let mut charged_stmt = tx.prepare_cached(
+        "UPDATE tasks
+         SET status = CASE WHEN attempts < max_attempts THEN 'pending' ELSE 'dead' END,
+             finished_at = CASE WHEN attempts < max_attempts THEN NULL ELSE ?4 END,
+             run_at = ?4, updated_at = ?4, last_error = ?5,
+             lease_token = NULL, lease_expires_at = NULL
+         WHERE id = ?1 AND lease_token = ?2 AND lease_expires_at = ?3 AND status = 'running'
+         RETURNING attempts, id, status, queue, resource_group, started_at, lease_owner",
+    )?;
+    let mut returned_stmt = tx.prepare_cached(
+        "UPDATE tasks
+         SET status = 'pending', attempts = max(attempts - 1, 0), run_at = ?4, updated_at = ?4,
+             lease_token = NULL, lease_expires_at = NULL
+         WHERE id = ?1 AND lease_token = ?2 AND lease_expires_at = ?3 AND status = 'running'
+         RETURNING attempts, id, status, queue, resource_group, started_at, lease_owner",
+    )?;
+    let mut charged = Vec::new();
+    let mut ends = Vec::new();
+    for o in overdue {
+        let l = &o.lease;
+        let (row, error, is_charged) = match o.run {
+            RunState::Started | RunState::Unknown => {
+                let error = if o.run == RunState::Started {
+                    WORKER_DIED_ERROR
+                } else {
+                    NO_JOURNAL_ERROR
+                };
+                let params = (l.id, l.token, l.expires_at, now, error);
+                (take_over(&mut charged_stmt, params)?, error, true)
+            }
+            RunState::NotStarted | RunState::Returned => {
+                let error = if o.run == RunState::NotStarted {
+                    NOT_STARTED_ERROR
+                } else {
+                    RETURNED_ERROR
+                };
+                let params = (l.id, l.token, l.expires_at, now);
+                (take_over(&mut returned_stmt, params)?, error, false)
+            }
+        };
+        let Some((attempt, end, worker)) = row else {
+            continue; // renewed or finished since it was sighted
+        };
+        if is_charged {
+            charged.push((end.task_id, attempt));
+        } else {
+            history::record_run_end(
+                tx,
+                end.task_id,
+                end.started_at,
+                worker.as_deref(),
+                TaskStatus::Pending,
+                now,
+                Some(error),
+            )?;
+        }
+        ends.push((end, is_charged));
+    }
+    record_failed_runs(tx, &charged, now)?;
+    Ok(ends)
 }

@@ -38,13 +38,15 @@ use self::local::{Local, PerProcess};
 pub use self::resource_groups::CircuitCommand;
 use self::resource_groups::RunEnd;
 pub use self::wakeup::ChangeToken;
-use crate::clock::{Clock, Millis, SystemClock};
+use crate::clock::{Clock, Millis, SteadyClock, SystemClock};
 use crate::error::{Error, Result};
 use crate::metrics::Counter;
 use crate::metrics::{Series, SeriesMap};
 use crate::policy::breaker::CircuitState;
 use crate::policy::retention::Retention;
 use crate::resource_group::{self, Event, GroupConfig, GroupInfo};
+use crate::run_journal::{self, RunJournal};
+use crate::store::lease_watch::LeaseWatch;
 use crate::store::{Lease, ObservabilityRetention, Store};
 use crate::task::{
     ClaimedTask, Enqueued, FailAction, FailureImpact, LeaseToken, NewTask, Outcome, TaskId,
@@ -65,8 +67,10 @@ fn read_data_version(conn: &Connection) -> Result<i64> {
 pub struct SqliteStore {
     path: PathBuf,
     options: Options,
-    clock: Arc<dyn Clock>,
+    clock: Arc<SteadyClock>,
     local: PerProcess,
+    /// This process's rescuer: the leases it watches, by queue.
+    watches: Mutex<HashMap<String, LeaseWatch>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -94,8 +98,13 @@ impl SqliteStore {
         let mut conn = open::connect(&path, &options)?;
         migrations::migrate(&mut conn, clock.now_ms()).map_err(|e| with_path(e, &path))?;
         open::make_writer(&conn).map_err(|e| with_path(e, &path))?;
+        let clock = Arc::new(SteadyClock::new(clock));
+        if let Some(latest) = open::latest_stored_time(&conn).map_err(|e| with_path(e, &path))? {
+            clock.raise_floor(latest);
+        }
         Ok(Self {
             clock,
+            watches: Mutex::new(HashMap::new()),
             local: PerProcess::new(conn, path.clone(), options.clone())
                 .map_err(|e| with_path(e.into(), &path))?,
             path,
@@ -116,6 +125,35 @@ impl SqliteStore {
     /// The current time by this store's clock.
     pub fn now_ms(&self) -> Millis {
         self.clock.now_ms()
+    }
+
+    /// How far this store's clock runs ahead of the wall clock after a backward step (see
+    /// `SteadyClock`).
+    pub fn clock_lead_ms(&self) -> Millis {
+        self.clock.lead_ms()
+    }
+
+    /// Opens the run journal of `worker` (see `run_journal`), first deleting journals of
+    /// dead workers that note nothing still running.
+    pub fn run_journal(&self, worker: &str, capacity: usize) -> Result<RunJournal> {
+        validate::name("worker", worker)?;
+        self.collect_run_journals();
+        RunJournal::create(&self.path, worker, capacity)
+    }
+
+    /// Deletes the journals of dead workers whose runs all ended.
+    fn collect_run_journals(&self) {
+        let running = |id: TaskId, token: LeaseToken| {
+            self.read(|conn, _| {
+                Ok(conn
+                    .prepare_cached(
+                        "SELECT 1 FROM tasks WHERE id = ?1 AND lease_token = ?2 AND status = 'running'",
+                    )?
+                    .exists((id, token))?)
+            })
+            .unwrap_or(true) // unsure: keep the journal
+        };
+        run_journal::collect_garbage(&self.path, running);
     }
 
     /// Pragmas as the writer connection reads them back.
@@ -581,9 +619,45 @@ impl Store for SqliteStore {
     }
 
     fn rescue_expired(&self, queue: &str) -> Result<Vec<(TaskId, TaskStatus)>> {
-        let (ends, now) = self.write(|tx, now| Ok((finish::rescue(tx, queue, now)?, now)))?;
-        self.record_runs(&ends, now);
-        Ok(ends.iter().map(|e| (e.task_id, e.status)).collect())
+        // Keep to the timeline the lease holders write in (a process whose clock stepped
+        // back would otherwise see every lease as far from expiry).
+        if let Some(latest) = self.read(|conn, _| finish::latest_renewal(conn, queue))? {
+            self.clock.raise_floor(latest);
+        }
+        let monotonic = self.clock.monotonic_ms();
+        let (ends, now) = self.write(|tx, now| {
+            let sightings = finish::lease_sightings(tx, queue, now)?;
+            let overdue = {
+                let leases: Vec<_> = sightings.iter().map(|(s, _)| *s).collect();
+                let mut watches = self.watches.lock();
+                watches
+                    .entry(queue.to_string())
+                    .or_default()
+                    .overdue(&leases, now, monotonic)
+            };
+            if overdue.is_empty() {
+                return Ok((Vec::new(), now));
+            }
+            let owners: HashMap<(TaskId, LeaseToken), &String> =
+                sightings.iter().map(|(s, w)| ((s.id, s.token), w)).collect();
+            let leases: Vec<_> = overdue
+                .iter()
+                .map(|s| (s.id, s.token, owners[&(s.id, s.token)].clone()))
+                .collect();
+            let runs = run_journal::classify(&self.path, &leases);
+            let overdue: Vec<finish::Overdue> = overdue
+                .into_iter()
+                .zip(runs)
+                .map(|(lease, run)| finish::Overdue { lease, run })
+                .collect();
+            Ok((finish::rescue(tx, &overdue, now)?, now))
+        })?;
+        let charged: Vec<RunEnd> = ends.iter().filter(|(_, c)| *c).map(|(e, _)| e.clone()).collect();
+        self.record_runs(&charged, now);
+        if !ends.is_empty() {
+            self.collect_run_journals();
+        }
+        Ok(ends.iter().map(|(e, _)| (e.task_id, e.status)).collect())
     }
 
     fn get(&self, queue: &str, id: TaskId) -> Result<TaskRecord> {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 
+use crate::clock::Millis;
 use crate::error::{Error, Result};
 
 /// The 16-byte header every SQLite 3 database starts with.
@@ -241,6 +242,19 @@ pub fn make_writer(conn: &Connection) -> Result<()> {
 
 /// The pragmas that matter for durability, concurrency and speed, as the connection
 /// reports them.
+/// The latest time stored in the file by any process: the newest task's creation or the
+/// newest event (two seeks). A floor for the clock of a process opening the file, so a clock
+/// that stepped back before it started does not make due tasks wait (`SteadyClock`).
+pub fn latest_stored_time(conn: &Connection) -> Result<Option<Millis>> {
+    Ok(conn
+        .prepare(
+            "SELECT max(coalesce((SELECT created_at FROM tasks ORDER BY id DESC LIMIT 1), 0),
+                        coalesce((SELECT at FROM events ORDER BY id DESC LIMIT 1), 0))",
+        )?
+        .query_row([], |r| r.get::<_, Millis>(0))
+        .map(|t| (t > 0).then_some(t))?)
+}
+
 pub fn read_pragmas(conn: &Connection) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for name in [
