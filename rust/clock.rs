@@ -191,7 +191,11 @@ mod tests {
         let steady = SteadyClock::new(wall.clone());
         assert_eq!(steady.now_ms(), 10_000_000);
         wall.step(-3_600_000);
-        assert_eq!(steady.now_ms(), 10_000_000, "never below what it read before");
+        assert_eq!(
+            steady.now_ms(),
+            10_000_000,
+            "never below what it read before"
+        );
         // Time goes on, slewed: 10 s of real time move it 9.5 s, even when read every ms.
         for _ in 0..10_000 {
             wall.advance(1);

@@ -82,7 +82,8 @@ impl RunJournal {
         ));
         let file = private_file(&path)?;
         let journal = (|| {
-            file.try_lock().map_err(|e| io_error(&path, e.to_string()))?;
+            file.try_lock()
+                .map_err(|e| io_error(&path, e.to_string()))?;
             file.set_len((capacity * ENTRY_BYTES) as u64)?;
             // SAFETY: the file is ours alone to write (created above under a fresh name, and
             // locked); other processes only read it.
@@ -226,7 +227,9 @@ pub fn collect_garbage(db: &Path, running: impl Fn(TaskId, LeaseToken) -> bool) 
         if file.try_lock().is_err() {
             continue; // its worker is alive
         }
-        if read_runs(&path).keys().all(|&(id, token)| !running(id, token))
+        if read_runs(&path)
+            .keys()
+            .all(|&(id, token)| !running(id, token))
             && fs::remove_file(&path).is_ok()
         {
             deleted += 1;
@@ -257,7 +260,9 @@ fn private_file(path: &Path) -> Result<File> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    options.open(path).map_err(|e| io_error(path, e.to_string()))
+    options
+        .open(path)
+        .map_err(|e| io_error(path, e.to_string()))
 }
 
 fn io_error(path: &Path, reason: String) -> Error {
@@ -327,7 +332,9 @@ mod tests {
         use RunState::*;
         assert_eq!(
             got,
-            [Started, Returned, NotStarted, NotStarted, NotStarted, Unknown]
+            [
+                Started, Returned, NotStarted, NotStarted, NotStarted, Unknown
+            ]
         );
     }
 
@@ -361,7 +368,11 @@ mod tests {
         fs::copy(&dead_path, &kept).unwrap();
         drop(dead);
         fs::rename(&kept, &dead_path).unwrap();
-        assert_eq!(collect_garbage(&db, |id, _| id == 8), 0, "task 8 still runs");
+        assert_eq!(
+            collect_garbage(&db, |id, _| id == 8),
+            0,
+            "task 8 still runs"
+        );
         assert_eq!(collect_garbage(&db, |_, _| false), 1);
         assert!(!dead_path.exists());
         assert!(alive.path().exists(), "a live worker's journal stays");

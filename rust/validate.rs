@@ -83,13 +83,13 @@ pub fn new_tasks(tasks: &[NewTask], max_payload: usize) -> Result<()> {
         priority(task.priority)?;
         max_attempts(task.max_attempts)?;
         size("payload", task.payload.len(), max_payload)?;
-        if let Some(key) = &task.unique_key {
-            if key.is_empty() || key.len() > UNIQUE_KEY_MAX_LEN {
-                return Err(Error::InvalidArgument(format!(
-                    "unique_key must be 1..={UNIQUE_KEY_MAX_LEN} bytes long, got {}",
-                    key.len()
-                )));
-            }
+        if let Some(key) = &task.unique_key
+            && (key.is_empty() || key.len() > UNIQUE_KEY_MAX_LEN)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "unique_key must be 1..={UNIQUE_KEY_MAX_LEN} bytes long, got {}",
+                key.len()
+            )));
         }
     }
     Ok(())

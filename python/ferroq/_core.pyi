@@ -37,6 +37,17 @@ _NewTaskTuple = tuple[str, str, bytes, int, int | None, int, str | None]
 _ClaimedTuple = tuple[int, int, str, str, bytes, int, int, int, int]
 
 @final
+class RunJournal:
+    """A worker's run journal: which claimed tasks it started (see rust/run_journal.rs)."""
+    @property
+    def path(self) -> str: ...
+    def started(self, id: int, token: int) -> int:
+        """Notes a run about to start; its slot, or -1 if the journal is full."""
+    def returned(self, slot: int, id: int) -> None:
+        """Notes that the run in ``slot`` returned."""
+    def forget(self, runs: list[tuple[int, int]]) -> None:
+        """Frees the ``(slot, id)`` of runs recorded or given back."""
+
 class Store:
     """One SQLite task store file; every method releases the GIL around storage work."""
 
@@ -89,7 +100,12 @@ class Store:
     def release(self, id: int, token: int) -> None:
         """running -> pending, giving the attempt back."""
     def rescue(self, queue: str) -> list[tuple[int, str]]:
-        """Expired leases back to pending (or dead): (id, new status)."""
+        """One rescuer pass: leases whose holder stopped renewing them back to pending (or
+        dead): (id, new status)."""
+    def run_journal(self, worker: str, capacity: int) -> RunJournal:
+        """Opens the run journal of ``worker``."""
+    def clock_lead_ms(self) -> int:
+        """How far the store's clock runs ahead of the wall clock after a backward step."""
     def get(self, queue: str, id: int) -> dict[str, Any]:
         """One task as a dict of its columns plus ``result``."""
     def cancel(self, queue: str, id: int) -> None:

@@ -396,8 +396,11 @@ class Slot:
         assert task is not None
         c = run.ctx
         fields: _Fields = (c.id, c.name, c.resource_group, c.attempt, c.max_attempts, c._created_ms)
-        run.started = time.perf_counter()
-        reply = self._call(("run", _reference(task), run.payload, fields), [run], task.options.timeout)
+        w._note_start(run)
+        try:
+            reply = self._call(("run", _reference(task), run.payload, fields), [run], task.options.timeout)
+        finally:
+            w._note_return(run)
         if isinstance(reply, BaseException):
             return w._settled_failure(run, reply, None)
         if reply == _STOPPED:
@@ -418,10 +421,14 @@ class Slot:
         if not runs:
             return []
         task = batch.task
-        started = time.perf_counter()
         for run in runs:
-            run.started = started
-        reply = self._call(("batch", _reference(task), [r.payload for r in runs], None), runs, task.options.timeout)
+            w._note_start(run)
+        try:
+            reply = self._call(("batch", _reference(task), [r.payload for r in runs], None), runs,
+                               task.options.timeout)
+        finally:
+            for run in runs:
+                w._note_return(run)
         outcomes: list[_Outcome | None]
         if isinstance(reply, BaseException):
             outcomes = [w._settled_failure(run, reply, None) for run in runs]

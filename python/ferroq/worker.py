@@ -110,7 +110,7 @@ def _describe(exc: BaseException | None) -> str:
 class _Run:
     """One claimed task in this worker, from claim until its outcome is committed."""
 
-    __slots__ = ("ctx", "task", "payload", "deadline", "started", "run_us", "_settle")
+    __slots__ = ("ctx", "task", "payload", "deadline", "started", "run_us", "slot", "_settle")
 
     def __init__(self, ctx: TaskContext, task: TaskBase[Any, Any] | None, payload: bytes) -> None:
         self.ctx = ctx
@@ -120,6 +120,9 @@ class _Run:
         #: perf_counter() when its processor started, and how long it ran (for metrics).
         self.started: float | None = None
         self.run_us: int | None = None
+        #: Its entry in the worker's run journal while its processor runs or its outcome
+        #: waits to be recorded (-1: none).
+        self.slot = -1
         self._settle = threading.Lock()
 
     def settle(self) -> bool:
@@ -231,6 +234,7 @@ class Worker:
         #: Claimed async runs not started yet: at most ``concurrency`` run at once.
         self._async_waiting: deque[_Run] = deque()
         self._loop_thread: threading.Thread | None = None
+        self._journal: _core.RunJournal | None = None
 
     # -- control -----------------------------------------------------------------------
 
@@ -266,6 +270,7 @@ class Worker:
             except BaseException:
                 self._running = False
                 raise
+        self._journal = self._open_journal()
         threads = [threading.Thread(target=self._runner, args=(None if pool is None else pool.slots[i],),
                                     name=f"ferroq-run-{i}", daemon=True)
                    for i in range(self.concurrency)]
@@ -300,9 +305,44 @@ class Worker:
             self._stop_loop()
             self._restore_signals(previous)
             self._running = False
+            self._journal = None  # every run is recorded or given back: its file goes
             self._unregister()
             log.info("worker %s stopped: %s", self.id, self.stats)
         return self.stats
+
+    def _open_journal(self) -> _core.RunJournal | None:
+        """The run journal that tells a rescuer, should this process die, which claimed tasks
+        it had started (charged an attempt) and which it had not (given back whole)."""
+        prefetch = self.prefetch if self.prefetch is not None else PREFETCH_MAX
+        batches = [t.max_size for t in self.queue._tasks.values() if isinstance(t, BatchTask)]
+        capacity = self.concurrency + max([prefetch, *batches]) + 64
+        try:
+            return self.queue._store.run_journal(self.id, capacity)
+        except StorageError as e:
+            log.warning("no run journal (%s): if this worker dies, each task it holds will count "
+                        "as run once, started or not", e)
+            return None
+
+    def _note_start(self, run: _Run) -> None:
+        """Right before a processor is called (see ``_open_journal``)."""
+        run.started = time.perf_counter()
+        journal = self._journal
+        if journal is not None:
+            run.slot = journal.started(run.ctx.id, run.ctx.token)
+
+    def _note_return(self, run: _Run) -> None:
+        """Right after a processor returned or raised: its outcome is on its way."""
+        journal = self._journal
+        if journal is not None and run.slot >= 0:
+            journal.returned(run.slot, run.ctx.id)
+
+    def _forget(self, runs: Iterable[_Run]) -> None:
+        """Runs recorded or given back leave the journal."""
+        journal = self._journal
+        if journal is not None:
+            slots = [(run.slot, run.ctx.id) for run in runs if run.slot >= 0]
+            if slots:
+                journal.forget(slots)
 
     def _count(self, counter: str, n: int = 1) -> None:
         with self._lock:
@@ -496,11 +536,12 @@ class Worker:
         reset = _current.set(run.ctx)
         try:
             data = self.queue.serializer.loads(run.payload)
-            run.started = time.perf_counter()
+            self._note_start(run)
             result = run.task.fn(*data["args"], **data["kwargs"])
         except BaseException as exc:  # noqa: BLE001 - a processor's failure is data, not a crash
             return self._settled_failure(run, exc, format_traceback(exc))
         finally:
+            self._note_return(run)
             _current.reset(reset)
         if result is None:  # the usual result, without the general path's calls
             return _completed_null(run) if run.settle() else None
@@ -517,10 +558,13 @@ class Worker:
             for run in runs:
                 data = self.queue.serializer.loads(run.payload)
                 items.append(data["args"][0] if data["args"] else data["kwargs"]["item"])
-            started = time.perf_counter()
             for run in runs:
-                run.started = started
-            results = batch.task.batch_fn(items)
+                self._note_start(run)
+            try:
+                results = batch.task.batch_fn(items)
+            finally:
+                for run in runs:
+                    self._note_return(run)
             if not isinstance(results, (list, tuple)) or len(results) != len(runs):
                 got = f"{type(results).__name__} of length {len(results)}" if isinstance(results, (list, tuple)) \
                     else type(results).__name__
@@ -576,8 +620,11 @@ class Worker:
         outcome: _Outcome | None
         try:
             data = self.queue.serializer.loads(run.payload)
-            run.started = time.perf_counter()
-            result = await run.task.fn(*data["args"], **data["kwargs"])
+            self._note_start(run)
+            try:
+                result = await run.task.fn(*data["args"], **data["kwargs"])
+            finally:
+                self._note_return(run)
         except asyncio.CancelledError:
             if not timed_out:
                 raise  # the worker is shutting down; the run was already released
@@ -741,6 +788,7 @@ class Worker:
                 # A timed-out run's thread may still be busy; its slot frees when it returns.
                 if inflight.get(run.ctx.id) is run:
                     del inflight[run.ctx.id]
+        self._forget(run for run, *_ in batch)
         counted = () if all_completed else \
             {run.ctx.resource_group for run, _d, _e, _dl, _x, counts_, _h in batch if counts_}
         if counted and any(s is not None for s in answers):
@@ -892,6 +940,7 @@ class Worker:
                 self._count("released")
             except (LeaseLost, StorageError) as e:
                 log.warning("could not give back task %d: %s", run.ctx.id, e)
+            self._forget((run,))
             with self._lock:
                 self._inflight.pop(run.ctx.id, None)
 

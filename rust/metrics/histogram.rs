@@ -153,7 +153,7 @@ impl Histogram {
 
     /// Decodes `to_bytes`; `None` if the bytes are not a histogram.
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() < 24 || (bytes.len() - 24) % 10 != 0 {
+        if bytes.len() < 24 || !(bytes.len() - 24).is_multiple_of(10) {
             return None;
         }
         let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());

@@ -2,6 +2,7 @@
 
 mod errors;
 mod groups;
+mod journal;
 mod listing;
 mod observe;
 mod queue;
@@ -54,6 +55,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // try_init: a second import of the module (subinterpreters, reloads) keeps the first.
     let _ = pyo3_log::try_init();
     m.add_class::<queue::PyStore>()?;
+    m.add_class::<journal::PyRunJournal>()?;
     m.add_function(wrap_pyfunction!(hold_closes, m)?)?;
     m.add_function(wrap_pyfunction!(release_closes, m)?)?;
     m.add_function(wrap_pyfunction!(backoff_delay_ms, m)?)?;

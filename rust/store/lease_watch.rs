@@ -41,7 +41,12 @@ pub struct LeaseWatch {
 impl LeaseWatch {
     /// Takes this pass's sightings (the leases past their midpoint) and returns those to take
     /// over. Leases not sighted any more (renewed, finished) are forgotten.
-    pub fn overdue(&mut self, sightings: &[Sighting], now: Millis, monotonic: Millis) -> Vec<Sighting> {
+    pub fn overdue(
+        &mut self,
+        sightings: &[Sighting],
+        now: Millis,
+        monotonic: Millis,
+    ) -> Vec<Sighting> {
         let mut still_since = HashMap::with_capacity(sightings.len());
         let mut overdue = Vec::new();
         for s in sightings {
@@ -80,7 +85,11 @@ mod tests {
         let s = lease(1, 0);
         assert!(!s.watched_at(LEASE / 2 - 1) && s.watched_at(LEASE / 2));
         assert!(watch.overdue(&[s], LEASE / 2, 1_000).is_empty());
-        assert!(watch.overdue(&[s], LEASE - 1, 1_000 + LEASE / 2 - 1).is_empty());
+        assert!(
+            watch
+                .overdue(&[s], LEASE - 1, 1_000 + LEASE / 2 - 1)
+                .is_empty()
+        );
         assert_eq!(watch.overdue(&[s], LEASE, 1_000 + LEASE / 2), [s]);
     }
 
@@ -93,7 +102,11 @@ mod tests {
         for _ in 0..30 {
             // The holder renews every third of a lease; the rescuer passes every second.
             for _ in 0..(LEASE / 3 / 1_000) {
-                assert!(watch.overdue(&[lease(1, renewed)], far_ahead, monotonic).is_empty());
+                assert!(
+                    watch
+                        .overdue(&[lease(1, renewed)], far_ahead, monotonic)
+                        .is_empty()
+                );
                 monotonic += 1_000;
             }
             renewed += LEASE / 3;
@@ -101,8 +114,15 @@ mod tests {
         // Once the holder stops renewing, half a lease of watching takes it over.
         let last = lease(1, renewed);
         assert!(watch.overdue(&[last], far_ahead, monotonic).is_empty());
-        assert!(watch.overdue(&[last], far_ahead, monotonic + LEASE / 2 - 1).is_empty());
-        assert_eq!(watch.overdue(&[last], far_ahead, monotonic + LEASE / 2), [last]);
+        assert!(
+            watch
+                .overdue(&[last], far_ahead, monotonic + LEASE / 2 - 1)
+                .is_empty()
+        );
+        assert_eq!(
+            watch.overdue(&[last], far_ahead, monotonic + LEASE / 2),
+            [last]
+        );
     }
 
     #[test]

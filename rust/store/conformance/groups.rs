@@ -5,10 +5,10 @@ use super::{LEASE, Q, fixture, ids, task};
 use std::sync::Arc;
 
 use crate::clock::{Clock, ManualClock};
-use crate::store::sqlite::{Options, SqliteStore};
 use crate::policy::breaker::{BreakerConfig, CircuitState};
 use crate::policy::throttle::{Adaptive, ThrottleConfig};
 use crate::resource_group::GroupConfig;
+use crate::store::sqlite::{Options, SqliteStore};
 use crate::store::{CircuitCommand, Store};
 use crate::task::{FailAction, FailureImpact, NewTask, Outcome, TaskStatus};
 
@@ -334,7 +334,8 @@ fn a_task_not_due_by_this_clock_does_not_block_other_groups() {
     // Another process, its clock a second ahead, enqueues after the claimer opened the file
     // (the claimer's clock keeps to the file's timeline only from its next rescue pass).
     let ahead_clock = Arc::new(ManualClock::new(then + 1_000));
-    let other = SqliteStore::open_with_clock(f.store.path(), Options::default(), ahead_clock).unwrap();
+    let other =
+        SqliteStore::open_with_clock(f.store.path(), Options::default(), ahead_clock).unwrap();
     let ahead = other.enqueue(Q, &[in_group("a", 0)]).unwrap()[0].id;
     let mut due = in_group("b", 0);
     due.run_at = Some(then);

@@ -56,7 +56,10 @@ pub(crate) fn task(name: &str, priority: i64) -> NewTask<'_> {
 pub(super) fn rescue_after(f: &Fixture, ms: i64) -> Vec<(i64, TaskStatus)> {
     assert!(ms >= LEASE);
     f.clock.advance(LEASE / 2);
-    assert!(f.store.rescue_expired(Q).unwrap().is_empty(), "nothing expired yet");
+    assert!(
+        f.store.rescue_expired(Q).unwrap().is_empty(),
+        "nothing expired yet"
+    );
     f.clock.advance(ms - LEASE / 2);
     f.store.rescue_expired(Q).unwrap()
 }

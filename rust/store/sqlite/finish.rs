@@ -496,7 +496,11 @@ pub struct Overdue {
 /// its attempt: the task goes back to pending, or dead when out of attempts. A run that never
 /// started, or whose processor returned before its worker died, gets its attempt back and is
 /// due at once. Returns the runs that ended, each with whether it was charged an attempt.
-pub fn rescue(tx: &Transaction<'_>, overdue: &[Overdue], now: Millis) -> Result<Vec<(RunEnd, bool)>> {
+pub fn rescue(
+    tx: &Transaction<'_>,
+    overdue: &[Overdue],
+    now: Millis,
+) -> Result<Vec<(RunEnd, bool)>> {
     let mut charged_stmt = tx.prepare_cached(
         "UPDATE tasks
          SET status = CASE WHEN attempts < max_attempts THEN 'pending' ELSE 'dead' END,

@@ -638,8 +638,10 @@ impl Store for SqliteStore {
             if overdue.is_empty() {
                 return Ok((Vec::new(), now));
             }
-            let owners: HashMap<(TaskId, LeaseToken), &String> =
-                sightings.iter().map(|(s, w)| ((s.id, s.token), w)).collect();
+            let owners: HashMap<(TaskId, LeaseToken), &String> = sightings
+                .iter()
+                .map(|(s, w)| ((s.id, s.token), w))
+                .collect();
             let leases: Vec<_> = overdue
                 .iter()
                 .map(|s| (s.id, s.token, owners[&(s.id, s.token)].clone()))
@@ -652,7 +654,11 @@ impl Store for SqliteStore {
                 .collect();
             Ok((finish::rescue(tx, &overdue, now)?, now))
         })?;
-        let charged: Vec<RunEnd> = ends.iter().filter(|(_, c)| *c).map(|(e, _)| e.clone()).collect();
+        let charged: Vec<RunEnd> = ends
+            .iter()
+            .filter(|(_, c)| *c)
+            .map(|(e, _)| e.clone())
+            .collect();
         self.record_runs(&charged, now);
         if !ends.is_empty() {
             self.collect_run_journals();
@@ -742,12 +748,11 @@ impl Store for SqliteStore {
         if let CircuitCommand::Open {
             duration_ms: Some(d),
         } = command
+            && *d <= 0
         {
-            if *d <= 0 {
-                return Err(Error::InvalidArgument(format!(
-                    "an open duration must be positive, got {d} ms"
-                )));
-            }
+            return Err(Error::InvalidArgument(format!(
+                "an open duration must be positive, got {d} ms"
+            )));
         }
         self.write(|tx, now| resource_groups::command(tx, queue, group, command, reason, now))
     }

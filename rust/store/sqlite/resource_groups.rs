@@ -343,10 +343,10 @@ pub fn account(tx: &Transaction<'_>, ends: &[RunEnd], now: Millis) -> Result<()>
             let change = match end.kind {
                 RunEndKind::Succeeded => {
                     sample.succeeded += 1;
-                    if let (Some(target), Some(start)) = (target, end.started_at) {
-                        if now - start > target {
-                            sample.slow += 1;
-                        }
+                    if let (Some(target), Some(start)) = (target, end.started_at)
+                        && now - start > target
+                    {
+                        sample.slow += 1;
                     }
                     g.breaker.on_success()
                 }

@@ -84,11 +84,11 @@ fn start(pid: u32) -> Option<Watcher> {
                         };
                         list.retain(|(_, weak)| weak.strong_count() > 0);
                         for (wal, weak) in list.iter() {
-                            if wal.as_os_str() == name {
-                                if let Some(changes) = weak.upgrade() {
-                                    changes.poke();
-                                    woken.push(changes);
-                                }
+                            if wal.as_os_str() == name
+                                && let Some(changes) = weak.upgrade()
+                            {
+                                changes.poke();
+                                woken.push(changes);
                             }
                         }
                     }
