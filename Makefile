@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.deps-stamp
 
-.PHONY: all build demo test test-rust test-python test-benches perf-check bench bench-huey bench-asv lint fmt clean
+.PHONY: all build demo test system-deps test-rust test-python test-benches perf-check bench bench-huey bench-asv lint fmt clean
 
 all: build
 
@@ -23,7 +23,17 @@ build: $(STAMP)
 demo: build
 	$(PY) -m ferroq.demo
 
-test: test-rust test-python test-benches perf-check
+test: system-deps test-rust test-python test-benches perf-check
+
+# Debian packages the tests use: libfaketime (clock-step tests with a wall clock per
+# process). Installed when missing and we are root (CI is); otherwise those tests skip.
+FAKETIME_LIB := /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
+system-deps:
+	@if [ ! -e $(FAKETIME_LIB) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -q faketime || (apt-get update -q && apt-get install -y -q faketime)) >/dev/null; \
+	  else echo "*** faketime is not installed: the clock-step tests will be skipped ***"; fi; \
+	fi
 
 test-rust:
 	cargo test --quiet

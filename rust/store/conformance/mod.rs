@@ -9,6 +9,7 @@ use crate::error::Error;
 use crate::policy::retention::{Keep, Retention};
 use crate::task::{FailAction, NewTask, TaskStatus};
 
+mod clock_steps;
 mod groups;
 mod listing;
 mod observability;
