@@ -94,6 +94,8 @@ def python_costs(tasks: int = 2000, repeats: int = 15) -> dict[str, float]:
         q.task(name="noop")(lambda i: None)
         worker = ferroq.Worker(q, concurrency=4, handle_signals=False)
         worker.id = "bench"
+        if hasattr(worker, "_open_journal"):  # the run journal's notes are part of a run
+            worker._journal = worker._open_journal()
         real = q._store
         q._store = _Answers(real)  # type: ignore[assignment]
         rows = [(i, 7, "noop", "default", b'{"args":[1],"kwargs":{}}', 0, 1, 3, 0) for i in range(tasks)]

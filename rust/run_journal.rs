@@ -132,14 +132,16 @@ impl RunJournal {
         }
     }
 
-    /// Frees `slot` once the run's outcome is committed (or the task was given back).
-    pub fn forget(&self, slot: u32, id: TaskId) {
+    /// Frees `slots` once their runs' outcomes are committed (or the tasks were given back).
+    /// The caller frees each slot once; slots out of range are skipped.
+    pub fn forget(&self, slots: impl IntoIterator<Item = u32>) {
         let mut free = self.free.lock();
-        // Checked under the lock: a slot is freed once, and never one reused by another run.
-        if self.holds(slot, id) {
-            self.word(slot, 0).store(FREE, Ordering::Release);
-            self.word(slot, 1).store(0, Ordering::Relaxed);
-            free.push(slot);
+        for slot in slots {
+            if (slot as usize + 1) * ENTRY_BYTES <= self.map.len()
+                && self.word(slot, 0).swap(FREE, Ordering::AcqRel) != FREE
+            {
+                free.push(slot);
+            }
         }
     }
 
@@ -316,7 +318,7 @@ mod tests {
         let b = journal.started(2, 22).unwrap();
         journal.returned(b, 2);
         let c = journal.started(3, 33).unwrap();
-        journal.forget(c, 3); // recorded: no longer noted
+        journal.forget([c]); // recorded: no longer noted
         let _ = a;
         let got = classify(
             &db,
@@ -345,8 +347,8 @@ mod tests {
         let journal = RunJournal::create(&db, "w", 1).unwrap();
         let slot = journal.started(1, 1).unwrap();
         assert_eq!(journal.started(2, 2), None, "full");
-        journal.forget(slot, 1);
-        journal.forget(slot, 1); // twice: freed once
+        journal.forget([slot]);
+        journal.forget([slot]); // twice: freed once
         let again = journal.started(2, 2).unwrap();
         assert_eq!(again, slot);
         assert_eq!(journal.started(3, 3), None, "still one slot");

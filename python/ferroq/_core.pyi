@@ -45,8 +45,8 @@ class RunJournal:
         """Notes a run about to start; its slot, or -1 if the journal is full."""
     def returned(self, slot: int, id: int) -> None:
         """Notes that the run in ``slot`` returned."""
-    def forget(self, runs: list[tuple[int, int]]) -> None:
-        """Frees the ``(slot, id)`` of runs recorded or given back."""
+    def forget(self, slots: list[int]) -> None:
+        """Frees the slots of runs recorded or given back (-1s skipped)."""
 
 class Store:
     """One SQLite task store file; every method releases the GIL around storage work."""

@@ -337,12 +337,11 @@ class Worker:
             journal.returned(run.slot, run.ctx.id)
 
     def _forget(self, runs: Iterable[_Run]) -> None:
-        """Runs recorded or given back leave the journal."""
+        """Runs recorded or given back leave the journal (each exactly once: a run is either
+        recorded or given back, whichever settles it)."""
         journal = self._journal
         if journal is not None:
-            slots = [(run.slot, run.ctx.id) for run in runs if run.slot >= 0]
-            if slots:
-                journal.forget(slots)
+            journal.forget([run.slot for run in runs])
 
     def _count(self, counter: str, n: int = 1) -> None:
         with self._lock:
@@ -533,15 +532,20 @@ class Worker:
         timeout = run.task.options.timeout
         if timeout is not None:
             run.deadline = time.monotonic() + timeout
-        reset = _current.set(run.ctx)
+        ctx = run.ctx
+        reset = _current.set(ctx)
+        journal = self._journal  # _note_start and _note_return, inlined: once per task
         try:
             data = self.queue.serializer.loads(run.payload)
-            self._note_start(run)
+            run.started = time.perf_counter()
+            if journal is not None:
+                run.slot = journal.started(ctx.id, ctx.token)
             result = run.task.fn(*data["args"], **data["kwargs"])
         except BaseException as exc:  # noqa: BLE001 - a processor's failure is data, not a crash
             return self._settled_failure(run, exc, format_traceback(exc))
         finally:
-            self._note_return(run)
+            if journal is not None:
+                journal.returned(run.slot, ctx.id)
             _current.reset(reset)
         if result is None:  # the usual result, without the general path's calls
             return _completed_null(run) if run.settle() else None
@@ -788,7 +792,7 @@ class Worker:
                 # A timed-out run's thread may still be busy; its slot frees when it returns.
                 if inflight.get(run.ctx.id) is run:
                     del inflight[run.ctx.id]
-        self._forget(run for run, *_ in batch)
+        self._forget([run for run, *_ in batch])
         counted = () if all_completed else \
             {run.ctx.resource_group for run, _d, _e, _dl, _x, counts_, _h in batch if counts_}
         if counted and any(s is not None for s in answers):

@@ -19,21 +19,19 @@ impl PyRunJournal {
         self.journal.started(id, token).map_or(-1, i64::from)
     }
 
-    /// Notes that the run in `slot` returned.
+    /// Notes that the run in `slot` (task `id`) returned; a slot of -1, or one freed and
+    /// taken by another run meanwhile (a run that timed out), is left alone.
     fn returned(&self, slot: i64, id: i64) {
         if let Ok(slot) = u32::try_from(slot) {
             self.journal.returned(slot, id);
         }
     }
 
-    /// Frees the slots of runs whose outcome is committed (or that were given back):
-    /// `(slot, id)` pairs.
-    fn forget(&self, runs: Vec<(i64, i64)>) {
-        for (slot, id) in runs {
-            if let Ok(slot) = u32::try_from(slot) {
-                self.journal.forget(slot, id);
-            }
-        }
+    /// Frees the slots of runs whose outcome is committed or that were given back (-1s are
+    /// skipped). Each slot is freed once, by whichever settled its run.
+    fn forget(&self, slots: Vec<i64>) {
+        self.journal
+            .forget(slots.into_iter().filter_map(|s| u32::try_from(s).ok()));
     }
 
     /// The journal's file.

@@ -86,7 +86,10 @@ fn a_rescuer_whose_clock_jumped_ahead_leaves_live_leases_alone() {
         if second % (LEASE / 3 / 1_000) == 0 {
             assert_eq!(f.store.heartbeat(&[(id, t.token)], LEASE).unwrap(), [true]);
         }
-        assert!(rescuer.rescue_expired(Q).unwrap().is_empty(), "second {second}");
+        assert!(
+            rescuer.rescue_expired(Q).unwrap().is_empty(),
+            "second {second}"
+        );
     }
     // The holder dies (right after its last renewal): half a lease later the rescuer takes
     // the task over.
