@@ -1,0 +1,119 @@
+"""Odd inputs at the edges of the API: each gets a typed ferroq error naming what is wrong,
+and nothing is written (issue 12, "typed errors and odd paths")."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from click.testing import CliRunner
+
+import ferroq
+from ferroq.cli import main
+from procs import child_env
+
+EMPTY = {status: 0 for status in ferroq.STATUSES}
+
+# -- text that cannot be UTF-8 ----------------------------------------------------------------
+# A lone surrogate is a valid Python str but not Unicode text: it reaches Python from
+# os.fsdecode / sys.argv of non-UTF-8 bytes ("\udcff") or from bad escapes ("\ud800").
+
+LONE = "t\ud800"
+
+
+def _task(q: ferroq.Queue) -> Any:
+    @q.task(name="job")
+    def job() -> None:
+        pass
+
+    return job
+
+
+ENTRY_POINTS: dict[str, tuple[str, Callable[[ferroq.Queue, Path], Any]]] = {
+    "task-decorator-name": ("task name", lambda q, p: q.task(name=LONE)(lambda: None)),
+    "queue-name": ("queue name", lambda q, p: ferroq.Queue(p, name=LONE)),
+    "queue-group": ("group name", lambda q, p: q.group(LONE)),
+    "decorator-resource-group": ("resource_group", lambda q, p: q.task(name="x", resource_group=LONE)(lambda: None)),
+    "using-resource-group": ("resource_group", lambda q, p: _task(q).using(resource_group=LONE).enqueue()),
+    "using-unique-key": ("unique_key", lambda q, p: _task(q).using(unique_key=LONE).enqueue()),
+    "bound-using-unique-key": ("unique_key", lambda q, p: _task(q).using(priority=1).using(unique_key=LONE)),
+    "task-options-unique-key": ("unique_key", lambda q, p: ferroq.TaskOptions(unique_key=LONE)),
+    "enqueue-many-task-call": ("task name", lambda q, p: q.enqueue_many(
+        [ferroq.TaskCall(LONE, b'{"args":[],"kwargs":{}}', _task(q).options)])),
+    "worker-groups": ("group name", lambda q, p: ferroq.Worker(q, groups=["ok", LONE])),
+    "worker-name": ("worker name", lambda q, p: ferroq.Worker(q, name=LONE)),
+    "circuit": ("group name", lambda q, p: q.circuit(LONE)),
+    "list-name": ("name", lambda q, p: q.list(name=LONE)),
+    "list-group": ("group", lambda q, p: q.list(group=LONE)),
+    "count-finished-name": ("name", lambda q, p: q.count_finished("dead", name=LONE)),
+    "purge-group": ("group", lambda q, p: q.purge("dead", group=LONE)),
+    "retry-dead-name": ("name", lambda q, p: q.retry_dead(name=LONE)),
+    "events-group": ("group", lambda q, p: q.events(group=LONE)),
+}
+
+
+@pytest.mark.parametrize("argument, call", list(ENTRY_POINTS.values()), ids=list(ENTRY_POINTS))
+def test_a_lone_surrogate_is_an_invalid_argument_naming_it(
+        queue: ferroq.Queue, tmp_path: Path, argument: str, call: Callable[[ferroq.Queue, Path], Any]) -> None:
+    with pytest.raises(ferroq.InvalidArgument) as caught:
+        call(queue, tmp_path / "other.db")
+    message = str(caught.value)
+    assert message.startswith(f"{argument} "), message
+    assert "surrogate" in message, message
+    assert queue.counts() == EMPTY
+    assert not (tmp_path / "other.db").exists()
+
+
+def test_a_path_that_cannot_be_a_file_name(tmp_path: Path) -> None:
+    with pytest.raises(ferroq.DatabasePathError) as caught:
+        ferroq.Queue(tmp_path / "q\ud800.db")
+    assert "\\ud800" in str(caught.value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_file_name_decoded_from_non_utf8_bytes_is_a_usable_path(tmp_path: Path) -> None:
+    # "\udcff" is how Python spells the byte 0xff of a file name: it round-trips.
+    path = tmp_path / os.fsdecode(b"q\xff.db")
+    q = ferroq.Queue(path, durability="normal")
+    assert q.counts() == EMPTY
+    q.close()
+    assert os.listdir(os.fsencode(tmp_path)) == [b"q\xff.db"]
+
+
+def test_cli_arguments_holding_undecodable_bytes(queue: ferroq.Queue, db_path: Path) -> None:
+    """A real process with non-UTF-8 bytes in argv (Python decodes them to lone surrogates):
+    a usage error naming the argument, not a traceback."""
+    queue.close()
+    for args in ([b"--queue", b"q\xff", b"status"], [b"list", b"--name", b"n\xff"], [b"list", b"--group", b"g\xff"]):
+        done = subprocess.run([os.fsencode(sys.executable), b"-m", b"ferroq.cli", b"--db", os.fsencode(db_path),
+                               *args], env=child_env(), capture_output=True, timeout=60)
+        stderr = done.stderr.decode("utf-8", "replace")
+        assert done.returncode == 2, (args, stderr)
+        assert "surrogate" in stderr and "Traceback" not in stderr, (args, stderr)
+
+
+def test_cli_in_process_with_a_surrogate(queue: ferroq.Queue, db_path: Path) -> None:
+    result = CliRunner().invoke(main, ["--db", str(db_path), "purge", "--status", "dead", "--name", LONE, "--yes"])
+    assert result.exit_code == 2, result.output
+    assert "name" in result.output and "surrogate" in result.output
+
+
+def test_a_progress_message_with_a_surrogate(queue: ferroq.Queue) -> None:
+    seen: list[BaseException] = []
+
+    @queue.task(name="job", max_attempts=1)
+    def job() -> None:
+        try:
+            ferroq.current_task().progress(0.5, LONE)
+        except BaseException as e:
+            seen.append(e)
+
+    h = job.enqueue()
+    ferroq.Worker(queue, concurrency=1, handle_signals=False).run(until_idle=True)
+    assert h.status() == "completed"
+    assert len(seen) == 1 and isinstance(seen[0], ferroq.InvalidArgument), seen
+    assert str(seen[0]).startswith("progress message ")
