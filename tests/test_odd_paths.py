@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -117,3 +118,33 @@ def test_a_progress_message_with_a_surrogate(queue: ferroq.Queue) -> None:
     assert h.status() == "completed"
     assert len(seen) == 1 and isinstance(seen[0], ferroq.InvalidArgument), seen
     assert str(seen[0]).startswith("progress message ")
+
+
+def _drain_in_thread(q: ferroq.Queue) -> bool:
+    """Runs a worker until idle; True if it finished within 30 s (stopped otherwise)."""
+    worker = ferroq.Worker(q, concurrency=1, handle_signals=False)
+    thread = threading.Thread(target=worker.run, kwargs={"until_idle": True}, daemon=True)
+    thread.start()
+    thread.join(30)
+    finished = not thread.is_alive()
+    if not finished:
+        worker.stop()
+        thread.join(30)
+    return finished
+
+
+def test_an_exception_carrying_a_lone_surrogate_is_stored_escaped(queue: ferroq.Queue) -> None:
+    """The stored error must be UTF-8: the message of a processor's exception (a file name
+    from os.fsdecode...) used to kill the runner thread while recording the failure, and the
+    worker waited for the lost run forever."""
+    @queue.task(name="job", max_attempts=1)
+    def job() -> None:
+        raise ValueError(f"cannot read {LONE}")
+
+    h = job.enqueue()
+    assert _drain_in_thread(queue), "the worker never recorded the failure"
+    info = queue.get(h.id)
+    assert info.status == "dead"
+    assert info.last_error is not None
+    assert info.last_error.message == "cannot read t\\ud800"
+    assert "ValueError: cannot read t\\ud800" in (info.last_error.traceback or "")
