@@ -148,3 +148,20 @@ def test_an_exception_carrying_a_lone_surrogate_is_stored_escaped(queue: ferroq.
     assert info.last_error is not None
     assert info.last_error.message == "cannot read t\\ud800"
     assert "ValueError: cannot read t\\ud800" in (info.last_error.traceback or "")
+
+
+# -- using() options ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bound", [False, True], ids=["task", "bound-task"])
+def test_an_unknown_using_option_is_an_invalid_argument_listing_the_options(queue: ferroq.Queue,
+                                                                            bound: bool) -> None:
+    job = _task(queue)
+    target = job.using(priority=1) if bound else job
+    with pytest.raises(ferroq.InvalidArgument) as caught:
+        target.using(colour="red")
+    message = str(caught.value)
+    assert "'colour'" in message, message
+    for option in ("delay", "max_attempts", "priority", "resource_group", "run_at", "unique_key"):
+        assert option in message, message
+    assert queue.counts() == EMPTY
