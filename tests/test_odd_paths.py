@@ -3,6 +3,7 @@ and nothing is written (issue 12, "typed errors and odd paths")."""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -165,3 +166,66 @@ def test_an_unknown_using_option_is_an_invalid_argument_listing_the_options(queu
     for option in ("delay", "max_attempts", "priority", "resource_group", "run_at", "unique_key"):
         assert option in message, message
     assert queue.counts() == EMPTY
+
+
+# -- seconds arguments ------------------------------------------------------------------------
+
+BAD_SECONDS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "negative": -1, "str": "1", "bool": True}
+
+
+@pytest.mark.parametrize("value", list(BAD_SECONDS.values()), ids=list(BAD_SECONDS))
+def test_result_timeout_must_be_a_finite_number_of_seconds(queue: ferroq.Queue, value: Any) -> None:
+    """result(timeout=nan) waited forever (NaN compares false to every deadline)."""
+    handle = _task(queue).enqueue()
+    outcome: dict[str, BaseException] = {}
+
+    def wait() -> None:
+        try:
+            handle.result(timeout=value)
+        except BaseException as e:  # noqa: BLE001
+            outcome["error"] = e
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), f"result(timeout={value!r}) is still waiting"
+    assert isinstance(outcome.get("error"), ferroq.InvalidArgument), outcome
+    assert str(outcome["error"]).startswith("timeout ")
+
+
+@pytest.mark.parametrize("value", list(BAD_SECONDS.values()), ids=list(BAD_SECONDS))
+def test_subscription_close_timeout_is_checked(queue: ferroq.Queue, value: Any) -> None:
+    subscription = queue.subscribe(lambda event: None)
+    try:
+        with pytest.raises(ferroq.InvalidArgument):
+            subscription.close(value)
+    finally:
+        subscription.close()
+
+
+@pytest.mark.parametrize("value", list(BAD_SECONDS.values()), ids=list(BAD_SECONDS))
+def test_retry_delays_are_checked(value: Any) -> None:
+    with pytest.raises(ferroq.InvalidArgument):
+        ferroq.Retry(delay=value)
+    with pytest.raises(ferroq.InvalidArgument):
+        ferroq.RateLimited(value)
+
+
+def test_a_processor_raising_retry_with_an_infinite_delay_fails_its_run(queue: ferroq.Queue) -> None:
+    """Retry(delay=inf) used to pass its check, then kill the runner thread (OverflowError
+    turning it into milliseconds): the worker waited for the lost run forever."""
+    @queue.task(name="job", max_attempts=1)
+    def job() -> None:
+        raise ferroq.Retry(delay=math.inf)
+
+    h = job.enqueue()
+    assert _drain_in_thread(queue), "the worker never recorded the run"
+    info = queue.get(h.id)
+    assert info.status == "dead"
+    assert info.last_error is not None and "Retry delay" in info.last_error.message
+
+
+def test_subscribe_after_is_checked(queue: ferroq.Queue) -> None:
+    for after in (-1, 1.5, "3"):
+        with pytest.raises(ferroq.InvalidArgument):
+            queue.subscribe(lambda event: None, after=after)  # type: ignore[arg-type]

@@ -144,7 +144,9 @@ class TaskHandle(Generic[R]):
         Raises ``TaskFailed`` (with the stored error) if it went dead, ``TaskCancelled`` if it
         was cancelled, ``ResultTimeout`` if ``timeout`` seconds pass first.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        # NaN compared false to every deadline, so result(timeout=nan) waited forever.
+        seconds = _checks.optional_seconds("timeout", timeout)
+        deadline = None if seconds is None else time.monotonic() + seconds
         store = self.queue._store
         while True:
             token = store.change_token()
