@@ -229,3 +229,28 @@ def test_subscribe_after_is_checked(queue: ferroq.Queue) -> None:
     for after in (-1, 1.5, "3"):
         with pytest.raises(ferroq.InvalidArgument):
             queue.subscribe(lambda event: None, after=after)  # type: ignore[arg-type]
+
+
+# -- paths SQLite does not read as file names ----------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [":memory:", "file:q.db?mode=memory", "file:q.db", "", "file::memory:"],
+                         ids=["memory", "uri-memory", "uri", "empty", "uri-shared-memory"])
+def test_a_path_sqlite_would_not_read_as_a_file_is_refused_before_anything_is_created(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    """Queue(":memory:") used to leave an empty 0600 file named ":memory:" and fail with a
+    generic StorageError (WAL cannot be set in memory); "file:..." opened a URI."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ferroq.DatabasePathError) as caught:
+        ferroq.Queue(path)
+    assert "give" in str(caught.value)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", [":memory:", "file:q.db"])
+def test_the_same_names_as_plain_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    q = ferroq.Queue(f"./{name}", durability="normal")
+    assert q.counts() == EMPTY
+    q.close()
+    assert (tmp_path / name).is_file()
