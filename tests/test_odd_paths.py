@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 import ferroq
 from ferroq.cli import main
-from procs import child_env
+from procs import child_env, sqlite3_probe
 
 EMPTY = {status: 0 for status in ferroq.STATUSES}
 
@@ -254,3 +254,100 @@ def test_the_same_names_as_plain_files(tmp_path: Path, monkeypatch: pytest.Monke
     assert q.counts() == EMPTY
     q.close()
     assert (tmp_path / name).is_file()
+
+
+# -- a worker on a damaged file ------------------------------------------------------------------
+
+PAGE = 4096
+DAMAGED_TASKS = 3000
+
+
+def table_leaves(db: bytes, root: int) -> list[int]:
+    """The leaf pages of the table b-tree rooted at page ``root``, in key order, read from the
+    file's bytes (SQLite's file format: interior table pages are type 5, leaves type 13)."""
+    start = (root - 1) * PAGE
+    header = start + (100 if root == 1 else 0)
+    kind = db[header]
+    if kind == 13:
+        return [root]
+    assert kind == 5, f"page {root} is not a table b-tree page (type {kind})"
+    cells = int.from_bytes(db[header + 3:header + 5], "big")
+    pointers = [int.from_bytes(db[header + 12 + 2 * i:header + 14 + 2 * i], "big") for i in range(cells)]
+    children = [int.from_bytes(db[start + p:start + p + 4], "big") for p in pointers]
+    children.append(int.from_bytes(db[header + 8:header + 12], "big"))  # the right-most child
+    return [leaf for child in children for leaf in table_leaves(db, child)]
+
+
+@pytest.fixture(scope="module")
+def damaged_tasks_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A closed queue file of DAMAGED_TASKS pending tasks with garbage over the last leaf pages
+    of the tasks table (the first tasks' rows intact): Queue() opens it, quick_check does not
+    pass it."""
+    directory = tmp_path_factory.mktemp("damaged")
+    path = directory / "queue.db"
+    script = f"""
+import ferroq
+q = ferroq.Queue({str(path)!r}, durability="normal")
+@q.task(name="job")
+def job(x): return x
+q.enqueue_many(job.call(i) for i in range({DAMAGED_TASKS}))
+q.close()
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120, env=child_env())
+    assert sorted(os.listdir(directory)) == ["queue.db"], "the subprocess left the file open"
+    root = sqlite3_probe(directory, path, {"root": "SELECT rootpage FROM sqlite_master WHERE name = 'tasks'"})
+    (root_page,), = root["root"]
+    (directory / "sqlite3_probe.py").unlink()
+    content = bytearray(path.read_bytes())
+    leaves = table_leaves(bytes(content), root_page)
+    assert len(leaves) >= 6, leaves
+    for page in leaves[-3:]:
+        content[(page - 1) * PAGE:page * PAGE] = b"\xde\xad\xbe\xef" * (PAGE // 4)
+    path.write_bytes(bytes(content))
+    return path
+
+
+@pytest.fixture
+def damaged_copy(damaged_tasks_db: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "queue.db"
+    path.write_bytes(damaged_tasks_db.read_bytes())
+    return path
+
+
+def test_a_worker_refuses_a_damaged_file_before_running_anything(damaged_copy: Path) -> None:
+    """Queue() opens a file whose tasks table is damaged (opening reads only the schema);
+    the worker ran the tasks on intact pages, recording their outcomes into the damaged file,
+    until a claim hit a bad page. Now Worker.run runs quick_check first and raises
+    CorruptDatabase: nothing runs and nothing is written."""
+    content = damaged_copy.read_bytes()
+    q = ferroq.Queue(damaged_copy, durability="normal")
+    assert q.check() != ["ok"]
+    ran: list[int] = []
+
+    @q.task(name="job")
+    def job(x: int) -> int:
+        ran.append(x)
+        return x
+
+    with pytest.raises(ferroq.CorruptDatabase) as caught:
+        ferroq.Worker(q, concurrency=1, handle_signals=False).run(until_idle=True)
+    assert ran == [], f"{len(ran)} tasks ran on the damaged file"
+    assert "quick_check" in str(caught.value) and str(damaged_copy) in str(caught.value)
+    q.close()
+    assert damaged_copy.read_bytes() == content
+
+
+def test_the_cli_worker_exits_on_a_damaged_file_with_a_message(damaged_copy: Path) -> None:
+    (damaged_copy.parent / "app.py").write_text(
+        "import ferroq\n"
+        f"queue = ferroq.Queue({str(damaged_copy)!r}, durability='normal')\n"
+        "@queue.task(name='job')\n"
+        "def job(x):\n"
+        "    print('ran', x, flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-m", "ferroq.cli", "worker", "app:queue", "--until-idle"],
+                          cwd=damaged_copy.parent, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert "damaged" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert "ran" not in done.stdout
+

@@ -327,6 +327,16 @@ class Queue(Observable):
         except CorruptDatabase as e:  # damage bad enough that quick_check cannot finish
             return [str(e)]
 
+    def _require_intact(self) -> None:
+        """Raises ``CorruptDatabase`` unless quick_check finds the file intact. Opening reads
+        only the schema, so damage elsewhere is found by the first read that touches it; a
+        worker checks first rather than run (and record outcomes) on a damaged file."""
+        findings = self.check()
+        if findings != ["ok"]:
+            shown = "; ".join(findings[:3]) + (f" (and {len(findings) - 3} more)" if len(findings) > 3 else "")
+            raise CorruptDatabase(f"database {self.path} is damaged (quick_check: {shown[:1000]}); "
+                                  f"restore it from a backup (`ferroq health` reports it)")
+
     # -- resource groups, pausing, events ------------------------------------------------
 
     def group(
