@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,6 +20,7 @@ from click.testing import CliRunner
 import ferroq
 from ferroq.cli import main
 from procs import child_env, sqlite3_probe
+from test_cli_worker import make_app
 
 EMPTY = {status: 0 for status in ferroq.STATUSES}
 
@@ -351,3 +355,48 @@ def test_the_cli_worker_exits_on_a_damaged_file_with_a_message(damaged_copy: Pat
     assert "damaged" in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert "ran" not in done.stdout
 
+
+# -- the metrics endpoint's address ----------------------------------------------------------------
+
+
+def _listening_address(port: int) -> str:
+    """The local IPv4 address a TCP socket listens on at ``port`` (from /proc/net/tcp)."""
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if int(hex_port, 16) == port and state == "0A":  # LISTEN
+                return ".".join(str(b) for b in reversed(bytes.fromhex(address)))
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads listening sockets from /proc/net/tcp")
+@pytest.mark.parametrize("host, listens_on", [(None, "0.0.0.0"), ("127.0.0.1", "127.0.0.1")],
+                         ids=["default", "loopback"])
+def test_the_metrics_endpoint_listens_where_told(tmp_path: Path, host: str | None, listens_on: str) -> None:
+    db, q = make_app(tmp_path)
+    q.close()
+    args = ["--metrics-port", "0"] + ([] if host is None else ["--metrics-host", host])
+    with subprocess.Popen([sys.executable, "-m", "ferroq.cli", "worker", "app:queue", *args], cwd=tmp_path,
+                          env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stderr is not None
+            port = None
+            deadline = time.monotonic() + 60
+            while port is None and time.monotonic() < deadline:
+                found = re.search(r"metrics on http://[^:]+:(\d+)/metrics", proc.stderr.readline())
+                port = int(found.group(1)) if found else None
+            assert port, "the worker never said where it serves metrics"
+            assert _listening_address(port) == listens_on
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=30)
+
+
+def test_a_metrics_host_that_cannot_be_bound_is_a_message(tmp_path: Path) -> None:
+    make_app(tmp_path)[1].close()
+    done = subprocess.run([sys.executable, "-m", "ferroq.cli", "worker", "app:queue", "--until-idle",
+                           "--metrics-port", "0", "--metrics-host", "256.0.0.1"],
+                          cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "cannot serve metrics on 256.0.0.1" in done.stderr and "Traceback" not in done.stderr, done.stderr
