@@ -31,9 +31,11 @@ def test_package_and_a_user_module_type_check(tmp_path: Path) -> None:
         "async def g(a: int) -> str:\n"
         "    return ''\n"
         "s: str = g.enqueue(1).result()  # an async task's result is the awaited value\n"
+        "f.using(colour='red')  # E: using() options are typed (at run time: InvalidArgument)\n"
     )
     done = run("mypy", "--strict", "python/ferroq", str(user))
     out = done.stdout
-    # The only error is the deliberate one: signatures survive the decorator.
+    # The only errors are the deliberate ones: signatures survive the decorator.
     assert "user.py:8: error" in out and 'incompatible type "str"; expected "int"' in out, out
-    assert out.count("error:") == 1, out
+    assert "user.py:13: error" in out and '"colour"' in out, out
+    assert out.count("error:") == 2, out

@@ -37,6 +37,18 @@ def optional_seconds(name: str, value: Any, *, positive: bool = False) -> float 
 
 
 def text(name: str, value: Any) -> str:
+    """A str the store can keep: valid Unicode, so it encodes to UTF-8 (a lone surrogate such
+    as ``"\\ud800"``, e.g. from ``os.fsdecode`` of non-UTF-8 bytes, does not)."""
     if not isinstance(value, str):
         raise InvalidArgument(f"{name} must be a str, got {value!r}")
+    if not value.isascii():  # the common case costs no encoding
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InvalidArgument(f"{name} {value!r} is not valid Unicode: it holds the lone surrogate "
+                                  f"{value[e.start]!r} at index {e.start}") from None
     return value
+
+
+def optional_text(name: str, value: Any) -> str | None:
+    return None if value is None else text(name, value)

@@ -6,6 +6,7 @@ import contextvars
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
+from . import _checks
 from .errors import FerroqError, InvalidArgument
 
 if TYPE_CHECKING:
@@ -50,9 +51,8 @@ class TaskContext:
         a ``progress`` event. Raises ``LeaseLost`` if the run was taken over."""
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
             raise InvalidArgument(f"progress must be a number between 0 and 1, got {fraction!r}")
-        if message is not None and not isinstance(message, str):
-            raise InvalidArgument(f"progress message must be a str, got {message!r}")
-        self.worker.queue._store.progress(self.id, self.token, float(fraction), message)
+        self.worker.queue._store.progress(self.id, self.token, float(fraction),
+                                          _checks.optional_text("progress message", message))
 
     def heartbeat(self) -> None:
         """Extends the lease now (the worker also does so on its own while the processor runs)."""

@@ -126,8 +126,11 @@ class Retry(Exception):
     """
 
     def __init__(self, delay: float | None = None, reason: str = "") -> None:
-        if delay is not None and not delay >= 0:
-            raise InvalidArgument(f"Retry delay must be >= 0 seconds, got {delay!r}")
+        from . import _checks  # here: _checks imports this module
+
+        # An infinite delay passed a plain ">= 0" test and killed the worker's runner thread
+        # when it turned the delay into milliseconds.
+        _checks.optional_seconds("Retry delay", delay)
         self.delay = delay
         super().__init__(reason or (f"retry in {delay}s" if delay is not None else "retry"))
 
@@ -162,7 +165,8 @@ class RateLimited(Retry):
     """
 
     def __init__(self, retry_after: float, reason: str = "") -> None:
-        if isinstance(retry_after, bool) or not isinstance(retry_after, (int, float)) or not retry_after >= 0:
-            raise InvalidArgument(f"RateLimited retry_after must be >= 0 seconds, got {retry_after!r}")
+        from . import _checks  # here: _checks imports this module
+
+        _checks.seconds("RateLimited retry_after", retry_after)
         super().__init__(delay=retry_after, reason=reason or f"rate limited, retry after {retry_after}s")
         self.retry_after = float(retry_after)

@@ -45,6 +45,15 @@ def clip_traceback(text: str) -> str:
     return f"{text[:head]}\n... [{len(text) - TRACEBACK_MAX:,} characters not stored] ...\n{text[-tail:]}"
 
 
+def storable(text: str) -> str:
+    """``text`` with any lone surrogate (``"\\ud800"``) written as its escape: UTF-8, and so
+    JSON and the store, cannot hold one, and an exception message may carry one (e.g. a
+    file name from ``os.fsdecode``)."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 @dataclass(frozen=True)
 class TaskError:
     """A stored processor error: exception type, message and formatted traceback (stored
@@ -72,8 +81,8 @@ class TaskError:
 
     def to_json(self) -> str:
         """The stored form: message and traceback clipped (see MESSAGE_MAX)."""
-        traceback = None if self.traceback is None else clip_traceback(self.traceback)
-        return orjson.dumps({"type": self.type, "message": clip_message(self.message),
+        traceback = None if self.traceback is None else storable(clip_traceback(self.traceback))
+        return orjson.dumps({"type": self.type, "message": storable(clip_message(self.message)),
                              "traceback": traceback}).decode()
 
 

@@ -141,6 +141,8 @@ class Subscription:
         self._store = store
 
     def close(self, timeout: float = 5.0) -> None:
+        """Stops the feed; waits at most ``timeout`` seconds for the callback in progress."""
+        _checks.seconds("timeout", timeout)
         self._stop.set()
         self._store.notify()
         self._thread.join(timeout)
@@ -278,6 +280,8 @@ class Observable:
         the subscription goes on."""
         if not callable(callback):
             raise TypeError(f"subscribe needs a callable, got {callback!r}")
+        if after is not None:
+            _checks.integer("after", after, 0, _checks.INT64_MAX)
         wanted = None if kinds is None else frozenset(kinds)
         stop = threading.Event()
         store = self._store

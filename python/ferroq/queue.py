@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Coroutine, Iterable, Iterator, ParamSpec, Protocol, Sequence, TypeVar, overload
 
 from . import _checks, _core
-from .errors import CorruptDatabase, InvalidArgument, UnknownTaskName
+from .errors import CorruptDatabase, DatabasePathError, InvalidArgument, UnknownTaskName
 from .groups import Circuit, Event, GroupState, ResourceGroup, group_name
 from .info import STATUSES, TaskError, TaskInfo, Transition, from_ms
 from .observe import Observability, Observable
@@ -141,7 +141,7 @@ class Queue(Observable):
         self.observability = observability or Observability()
         self.serializer: Serializer = serializer or JsonSerializer()
         self._store = _core.Store(
-            os.fspath(path), durability=durability, busy_timeout=busy_timeout, max_payload=max_payload,
+            _path(path), durability=durability, busy_timeout=busy_timeout, max_payload=max_payload,
             task_events=events,
         )
         _open_stores.add(self._store)
@@ -327,6 +327,16 @@ class Queue(Observable):
         except CorruptDatabase as e:  # damage bad enough that quick_check cannot finish
             return [str(e)]
 
+    def _require_intact(self) -> None:
+        """Raises ``CorruptDatabase`` unless quick_check finds the file intact. Opening reads
+        only the schema, so damage elsewhere is found by the first read that touches it; a
+        worker checks first rather than run (and record outcomes) on a damaged file."""
+        findings = self.check()
+        if findings != ["ok"]:
+            shown = "; ".join(findings[:3]) + (f" (and {len(findings) - 3} more)" if len(findings) > 3 else "")
+            raise CorruptDatabase(f"database {self.path} is damaged (quick_check: {shown[:1000]}); "
+                                  f"restore it from a backup (`ferroq health` reports it)")
+
     # -- resource groups, pausing, events ------------------------------------------------
 
     def group(
@@ -389,8 +399,7 @@ class Queue(Observable):
         the last id seen to tail them, from any process)."""
         _checks.integer("after", after, 0, _checks.INT64_MAX)
         _checks.integer("limit", limit, 1, 1_000_000)
-        name = None if group is None else group_name(group)
-        return [Event.from_core(row) for row in self._store.events(self.name, name, after, limit)]
+        return [Event.from_core(row) for row in self._store.events(self.name, _group_or_none(group), after, limit)]
 
     # -- in-process wake-ups -----------------------------------------------------------
 
@@ -419,8 +428,8 @@ class Queue(Observable):
         _checks.integer("limit", limit, 0, 100_000)
         if after_id is not None:
             _task_id(after_id)
-        rows = self._store.list_tasks(self.name, _statuses(status), _group_or_none(group), name, after_id,
-                                      bool(newest_first), limit)
+        rows = self._store.list_tasks(self.name, _statuses(status), _group_or_none(group), _name_or_none(name),
+                                      after_id, bool(newest_first), limit)
         return [TaskInfo.from_core(row, self.serializer.loads) for row in rows]
 
     def iter_tasks(
@@ -454,7 +463,8 @@ class Queue(Observable):
     ) -> int:
         """Finished tasks (``completed``, ``dead`` or ``cancelled``) that ``purge`` with the
         same arguments would delete."""
-        return sum(self._store.count_finished(self.name, s, self._cutoff(older_than), _group_or_none(group), name)
+        group_, name_ = _group_or_none(group), _name_or_none(name)
+        return sum(self._store.count_finished(self.name, s, self._cutoff(older_than), group_, name_)
                    for s in _statuses(status))
 
     def purge(
@@ -475,11 +485,11 @@ class Queue(Observable):
         statuses = _statuses(status)
         if not statuses:
             raise InvalidArgument("purge needs at least one status")
-        cutoff, group_, total = self._cutoff(older_than), _group_or_none(group), 0
+        cutoff, group_, name_, total = self._cutoff(older_than), _group_or_none(group), _name_or_none(name), 0
         for s in statuses:
             cursor: tuple[int, int] | None = None
             while True:
-                done, _, cursor = self._store.purge_batch(self.name, s, cutoff, group_, name, cursor, batch_size)
+                done, _, cursor = self._store.purge_batch(self.name, s, cutoff, group_, name_, cursor, batch_size)
                 total += done
                 if progress is not None:
                     progress(total)
@@ -503,10 +513,10 @@ class Queue(Observable):
         _checks.integer("batch_size", batch_size, 1, 100_000)
         if status not in ("dead", "cancelled"):
             raise InvalidArgument(f'retry_dead takes status "dead" or "cancelled", got {status!r}')
-        group_, done, skipped = _group_or_none(group), 0, []
+        group_, name_, done, skipped = _group_or_none(group), _name_or_none(name), 0, []
         cursor: tuple[int, int] | None = None
         while True:
-            n, held, cursor = self._store.requeue_batch(self.name, status, None, group_, name, cursor, batch_size)
+            n, held, cursor = self._store.requeue_batch(self.name, status, None, group_, name_, cursor, batch_size)
             done += n
             skipped.extend(held)
             if progress is not None:
@@ -545,7 +555,23 @@ def _statuses(status: str | Iterable[str] | None) -> list[str]:
 
 
 def _group_or_none(group: str | ResourceGroup | None) -> str | None:
-    return None if group is None else group_name(group)
+    return None if group is None else _checks.text("group", group_name(group))
+
+
+def _name_or_none(name: str | None) -> str | None:
+    return _checks.optional_text("name", name)
+
+
+def _path(path: str | os.PathLike[str]) -> str:
+    """The path as the core takes it. A str path must encode to the file system's bytes
+    (``os.fsdecode`` output does; a lone surrogate such as ``"\\ud800"`` does not)."""
+    path = os.fspath(path)
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError as e:
+        raise DatabasePathError(f"database path {path!r} cannot be encoded as a file name: {e.reason} "
+                                f"({path[e.start]!r} at index {e.start})") from None
+    return path
 
 
 def _task_id(value: Any) -> int:

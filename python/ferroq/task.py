@@ -144,7 +144,9 @@ class TaskHandle(Generic[R]):
         Raises ``TaskFailed`` (with the stored error) if it went dead, ``TaskCancelled`` if it
         was cancelled, ``ResultTimeout`` if ``timeout`` seconds pass first.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        # NaN compared false to every deadline, so result(timeout=nan) waited forever.
+        seconds = _checks.optional_seconds("timeout", timeout)
+        deadline = None if seconds is None else time.monotonic() + seconds
         store = self.queue._store
         while True:
             token = store.change_token()
@@ -247,11 +249,15 @@ def _task_of(bound: BoundTask[P, R]) -> TaskBase[P, R]:
     return bound.queue._tasks[bound.name]
 
 
+#: What ``using()`` may change (timeout and retry belong to the processor, set at declaration).
+USING_OPTIONS = ("delay", "max_attempts", "priority", "resource_group", "run_at", "unique_key")
+
+
 def _override(options: TaskOptions, overrides: dict[str, Any]) -> TaskOptions:
-    allowed = {"priority", "resource_group", "max_attempts", "delay", "run_at", "unique_key"}
-    unknown = set(overrides) - allowed
+    unknown = sorted(set(overrides).difference(USING_OPTIONS))
     if unknown:
-        raise InvalidArgument(f"unknown option(s) for using(): {', '.join(sorted(unknown))}")
+        raise InvalidArgument(f"unknown option{'s' if len(unknown) > 1 else ''} for using(): "
+                              f"{', '.join(map(repr, unknown))}; the options are {', '.join(USING_OPTIONS)}")
     if "resource_group" in overrides:
         overrides["resource_group"] = group_name(overrides["resource_group"])
     if "delay" in overrides:
@@ -292,20 +298,24 @@ class TaskBase(_Enqueuer[P, R]):
                                     f"{self.__module__}.{self.__qualname__} is a different object")
         return (_unpickle_task, (self.__module__, self.__qualname__, self.name))
 
-    def using(
-        self,
-        *,
-        priority: int | None = None,
-        delay: float | None = None,
-        run_at: datetime | float | None = None,
-        unique_key: str | None = None,
-        resource_group: str | ResourceGroup | None = None,
-        max_attempts: int | None = None,
-    ) -> BoundTask[P, R]:
-        """This task with options for the next enqueue: priority, delay (seconds) or run_at,
-        unique_key, resource_group, max_attempts."""
-        given = {k: v for k, v in locals().items() if k != "self" and v is not None}
-        return BoundTask(self, _override(self.options, given))
+    if TYPE_CHECKING:  # what type checkers see; at run time any keyword reaches _override
+        def using(
+            self,
+            *,
+            priority: int | None = None,
+            delay: float | None = None,
+            run_at: datetime | float | None = None,
+            unique_key: str | None = None,
+            resource_group: str | ResourceGroup | None = None,
+            max_attempts: int | None = None,
+        ) -> BoundTask[P, R]: ...
+    else:
+        def using(self, **options):
+            """This task with options for the next enqueue: priority, delay (seconds) or run_at,
+            unique_key, resource_group, max_attempts (None: as declared). An unknown option is
+            an ``InvalidArgument`` listing them, as from ``BoundTask.using``."""
+            given = {k: v for k, v in options.items() if v is not None}
+            return BoundTask(self, _override(self.options, given))
 
 
 _IMPORTABLE_HINT = (

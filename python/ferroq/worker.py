@@ -253,6 +253,7 @@ class Worker:
         """
         if self._running:
             raise InvalidArgument("this worker is already running")
+        self.queue._require_intact()  # before anything is claimed or started
         self._running = True
         self.id = self._name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.stats = WorkerStats()

@@ -272,8 +272,8 @@ impl PyStore {
         for call in &read {
             let o = &options[call.options];
             tasks.push(NewTask {
-                name: Cow::Borrowed(call.name.to_str()?),
-                resource_group: Cow::Borrowed(o.resource_group.to_str()?),
+                name: Cow::Borrowed(utf8("task name", &call.name)?),
+                resource_group: Cow::Borrowed(utf8("resource_group", &o.resource_group)?),
                 payload: Cow::Borrowed(call.payload.as_bytes()),
                 priority: o.priority,
                 run_at: o.run_at,
@@ -281,7 +281,7 @@ impl PyStore {
                 unique_key: o
                     .unique_key
                     .as_ref()
-                    .map(|k| k.to_str())
+                    .map(|k| utf8("unique_key", k))
                     .transpose()?
                     .map(Cow::Borrowed),
             });
@@ -497,6 +497,17 @@ impl PyStore {
     fn quick_check(&self, py: Python<'_>) -> PyResult<Vec<String>> {
         Ok(py.detach(|| self.store.quick_check())?)
     }
+}
+
+/// The text of `value`, or `InvalidArgument` naming `what` when it cannot be UTF-8 (a lone
+/// surrogate: `"\ud800"`). `TaskCall`s built by hand reach here unchecked by `ferroq._checks`.
+fn utf8<'a>(what: &str, value: &'a Bound<'_, PyString>) -> PyResult<&'a str> {
+    value.to_str().map_err(|_| {
+        InvalidArgument::new_err(format!(
+            "{what} {} is not valid Unicode: it holds a lone surrogate",
+            value.repr().map_or_else(|_| "?".into(), |r| r.to_string())
+        ))
+    })
 }
 
 /// Claimed tasks as tuples (id, token, name, group, payload, priority, attempt,

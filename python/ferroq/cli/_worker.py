@@ -57,7 +57,8 @@ def load_queue(spec: str) -> Queue:
         default="info", show_default=True, help="Log level (stderr).")
 @option("--metrics-port", type=click.IntRange(0, 65535), default=None,
         help="Serve Prometheus metrics on this port (0: any free port, logged).")
-@option("--metrics-host", default="0.0.0.0", show_default=True, help="Address for --metrics-port.")
+@option("--metrics-host", default="0.0.0.0", show_default=True,
+        help="Address the metrics endpoint listens on (0.0.0.0: every IPv4 address; 127.0.0.1: this host only).")
 def worker(spec: str, concurrency: int | None, processes: int | None, groups: str | None, lease: float,
            prefetch: int | None, shutdown_grace: float, name: str | None, until_idle: bool, until_empty: bool,
            log_level: str, metrics_port: int | None, metrics_host: str) -> None:

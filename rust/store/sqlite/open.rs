@@ -83,9 +83,34 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> Error {
     }
 }
 
+/// Refuses the names SQLite does not read as a file name: `":memory:"` and `""` (private
+/// databases in memory or a temporary file, gone at close, unseen by other processes) and
+/// anything starting with `file:`, which SQLite reads as a URI (the bundled SQLite is built
+/// with SQLITE_USE_URI, so even without SQLITE_OPEN_URI `file:x.db?mode=memory` opens in
+/// memory). Checked before anything is created.
+pub fn check_path(path: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    let reason = if bytes.is_empty() {
+        "an empty path is a temporary database that SQLite deletes when it is closed; \
+         give the path of a file"
+    } else if bytes == b":memory:" {
+        "\":memory:\" is SQLite's private in-memory database, which other processes \
+         (workers) cannot see and which is lost when it is closed; give the path of a file \
+         (for a file of that name, ./:memory:)"
+    } else if bytes.starts_with(b"file:") {
+        "SQLite reads a path starting with \"file:\" as a URI (file:x.db?mode=memory \
+         opens in memory); give a plain path (for a file of that name, prefix ./)"
+    } else {
+        return Ok(());
+    };
+    Err(path_error(path, reason))
+}
+
 /// Creates the file with mode 0600 if it is missing; refuses a file that is not SQLite
 /// without letting SQLite touch it.
 pub fn prepare_file(path: &Path) -> Result<()> {
+    check_path(path)?;
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -142,10 +167,12 @@ pub fn prepare_file(path: &Path) -> Result<()> {
 
 /// Opens one connection with every pragma set and checked.
 pub fn connect(path: &Path, options: &Options) -> Result<Connection> {
+    check_path(path)?;
+    // No SQLITE_OPEN_URI: a path is a file name (check_path refuses what SQLite would
+    // still read as a URI).
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX
-        | OpenFlags::SQLITE_OPEN_URI;
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let mut conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
     if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
         return Err(path_error(path, "the file is read-only"));
@@ -281,6 +308,34 @@ mod tests {
     use crate::store::Store;
     use crate::task::{FailAction, FailureImpact, Outcome};
     use rusqlite::ffi;
+
+    /// Names SQLite reads as something other than a file are refused before anything is
+    /// created; "./file:..." and "./:memory:" are plain files.
+    #[test]
+    fn memory_uri_and_empty_paths_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        // (":memory:" and relative names are tested from Python, in a directory of its own.)
+        for path in [
+            String::new(),
+            format!("file:{d}/q.db?mode=memory"),
+            format!("file:{d}/q.db"),
+        ] {
+            match SqliteStore::open(&path, Options::default()) {
+                Err(crate::Error::Path { reason, .. }) => {
+                    assert!(reason.contains("give"), "{path}: {reason}")
+                }
+                Err(other) => panic!("{path}: {other}"),
+                Ok(_) => panic!("{path} opened"),
+            }
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        for name in ["file:q.db", ":memory:"] {
+            let path = dir.path().join(name);
+            SqliteStore::open(&path, Options::default()).unwrap();
+            assert!(path.is_file(), "{name}");
+        }
+    }
 
     /// Every statement the hot path ran on the writer, with how often SQLite re-prepared it.
     fn reprepares(store: &SqliteStore) -> Vec<(String, i32)> {
