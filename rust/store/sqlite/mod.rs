@@ -99,7 +99,9 @@ impl SqliteStore {
         migrations::migrate(&mut conn, clock.now_ms()).map_err(|e| with_path(e, &path))?;
         open::make_writer(&conn).map_err(|e| with_path(e, &path))?;
         let clock = Arc::new(SteadyClock::new(clock));
-        if let Some(latest) = open::latest_stored_time(&conn).map_err(|e| with_path(e, &path))? {
+        // Best effort: a file damaged where this reads is refused by the checks made for
+        // it (a worker's quick_check), not here.
+        if let Ok(Some(latest)) = open::latest_stored_time(&conn) {
             clock.raise_floor(latest);
         }
         Ok(Self {
