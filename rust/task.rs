@@ -58,13 +58,6 @@ impl fmt::Display for TaskStatus {
     }
 }
 
-impl rusqlite::types::FromSql for TaskStatus {
-    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
-        let text = value.as_str()?;
-        Self::parse(text).map_err(|e| rusqlite::types::FromSqlError::Other(Box::new(e)))
-    }
-}
-
 /// A task to insert. Its text and payload may be borrowed, so a batch from Python goes in
 /// without a copy of each.
 #[derive(Debug, Clone)]

@@ -2,6 +2,7 @@
 //! the same trait, and one shared test suite (`store::conformance`) runs against both.
 
 pub mod lease_watch;
+pub mod model;
 pub mod operations;
 pub mod sqlite;
 
@@ -18,9 +19,8 @@ use crate::task::{
     TaskStatus, Transition,
 };
 
+pub use model::{CircuitCommand, TaskEvents, WorkerInfo};
 pub use operations::Operations;
-pub use sqlite::CircuitCommand;
-pub use sqlite::health::WorkerInfo;
 
 use std::collections::HashMap;
 

@@ -25,14 +25,7 @@ const NO_JOURNAL_ERROR: &str = r#"{"type":"LeaseExpired","message":"the worker h
 const NOT_STARTED_ERROR: &str = r#"{"type":"LeaseExpired","message":"lease expired before start: the worker that claimed this task stopped heartbeating before running it; no attempt counted","traceback":null}"#;
 const RETURNED_ERROR: &str = r#"{"type":"LeaseExpired","message":"lease expired after the run, before its outcome was recorded (the worker died first); no attempt counted","traceback":null}"#;
 
-/// Which task events a store writes to the events table: failures always (they are rare
-/// and what operators tail), every transition only when asked (a row per transition).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TaskEvents {
-    #[default]
-    Failures,
-    All,
-}
+pub use crate::store::model::TaskEvents;
 
 /// running -> completed, storing the result.
 pub fn complete(

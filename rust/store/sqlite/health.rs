@@ -5,20 +5,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction};
 
 use crate::clock::Millis;
 use crate::error::Result;
-
-/// A worker process as registered in the file.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WorkerInfo {
-    pub id: String,
-    pub queue: String,
-    pub hostname: String,
-    pub pid: i64,
-    pub concurrency: i64,
-    pub pool: String,
-    pub started_at: Millis,
-    pub last_seen: Millis,
-    pub stopped_at: Option<Millis>,
-}
+use crate::store::model::WorkerInfo;
 
 /// Registers a worker, or renews it (`last_seen = now`).
 pub fn worker_seen(tx: &Transaction<'_>, w: &WorkerInfo, now: Millis) -> Result<()> {

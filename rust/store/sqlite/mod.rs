@@ -6,6 +6,7 @@ mod busy;
 mod checkpoint;
 mod claim;
 mod closing;
+mod convert;
 mod enqueue;
 mod events;
 mod finish;
@@ -35,7 +36,6 @@ pub use open::{Durability, Options};
 pub use self::closing::{close_in_background, hold_closes, release_closes};
 pub use self::finish::TaskEvents;
 use self::local::{Local, PerProcess};
-pub use self::resource_groups::CircuitCommand;
 use self::resource_groups::RunEnd;
 pub use self::wakeup::ChangeToken;
 use crate::clock::{Clock, Millis, SteadyClock, SystemClock};
@@ -47,13 +47,13 @@ use crate::policy::retention::Retention;
 use crate::resource_group::{self, Event, GroupConfig, GroupInfo};
 use crate::run_journal::{self, RunJournal};
 use crate::store::lease_watch::LeaseWatch;
+use crate::store::{CircuitCommand, WorkerInfo};
 use crate::store::{Lease, ObservabilityRetention, Store};
 use crate::task::{
     ClaimedTask, Enqueued, FailAction, FailureImpact, LeaseToken, NewTask, Outcome, TaskId,
     TaskRecord, TaskStatus, Transition,
 };
 use crate::validate;
-use health::WorkerInfo;
 use std::collections::HashMap;
 
 /// Changes whenever another connection (in any process) commits to the file.

@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::policy::breaker::{BreakerConfig, BreakerState, Change, CircuitState};
 use crate::policy::throttle::{self, Adaptive, Sample, ThrottleConfig};
 use crate::resource_group::{GroupConfig, GroupInfo};
+use crate::store::model::CircuitCommand;
 use crate::task::{TaskId, TaskStatus};
 
 /// A group's row with its breaker state, as loaded for one transaction.
@@ -549,14 +550,6 @@ pub fn queue_paused(conn: &Connection, queue: &str) -> Result<bool> {
         .query_row([queue], |r| r.get(0))
         .optional()?
         .unwrap_or(false))
-}
-
-/// What an operator can do to a breaker.
-#[derive(Debug, Clone, PartialEq)]
-pub enum CircuitCommand {
-    Open { duration_ms: Option<Millis> },
-    Close,
-    Reset,
 }
 
 /// Applies an operator's command to a group's breaker; returns the state after it.
