@@ -133,3 +133,41 @@ def test_a_poison_task_goes_dead_after_exactly_max_attempts_real_runs(
         info = q.get(i)
         assert info.status == "completed", (i, info.status, ran[i], q.history(i))
         assert ran[i] >= 1
+
+
+CLAIMER = """
+db = sys.argv[1]
+q = ferroq.Queue(db)
+journal = q._store.run_journal("claimer", 16)  # as a worker: its journal, then a claim
+rows = q._store.claim(q.name, "claimer", 5, 1000)
+emit(len(rows))
+os.kill(os.getpid(), signal.SIGKILL)  # nothing started: every claimed task still buffered
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_started_after_a_kill_keeps_the_dead_workers_journal_until_its_leases_are_rescued(
+        tmp_path: Path, procs: Procs) -> None:
+    """Found by benches/soak_faults.py: a supervisor restarts a killed worker at once; the new
+    worker, opening its own journal, deleted the dead one's (no run it noted was running: it
+    notes only started runs), so the rescuer found no journal and charged an attempt to each
+    buffered task it had never started (dead tasks that never ran, with max_attempts=1)."""
+    db = tmp_path / "q.db"
+    q = ferroq.Queue(db)
+    tasks = declare(q, max_attempts=1)
+    ids = [tasks["work"].enqueue(i).id for i in range(5)]
+    claimer = procs.start(procs.script("claimer", CLAIMER), db, label="claimer")
+    assert claimer.wait(60) == -signal.SIGKILL
+    assert claimer.last() == 5
+    assert all(q.get(i).status == "running" for i in ids)
+
+    journal = q._store.run_journal("restarted", 16)  # a worker starting: it collects dead journals
+    rescued: list[tuple[int, str]] = []
+    wait_until(lambda: rescued.extend(q._store.rescue(q.name)) or len(rescued) == 5, 60, "the rescue")
+    del journal
+    for i in ids:
+        info = q.get(i)
+        assert (info.status, info.attempts) == ("pending", 0), (i, info.status, info.attempts, q.history(i))
+        assert info.last_error is None or info.last_error.message.startswith("lease expired before start")
+        messages = [h.error.message for h in q.history(i) if h.error is not None]
+        assert len(messages) == 1 and messages[0].startswith("lease expired before start"), messages
