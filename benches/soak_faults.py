@@ -110,7 +110,7 @@ def producer(index: int, rate: float, seed: int) -> None:
         # Mostly one at a time; now and then a burst, more than the workers can start at
         # once, so they hold claimed tasks in their buffers (given back whole if they die).
         size = rng.randint(20, 80) if rng.random() < 0.5 / rate else 1
-        calls = []
+        calls: list[tuple[str, str, int]] = []
         for _ in range(size):
             kind = rng.choices(kinds, weights)[0]
             uid = f"p{index}-{n + len(calls)}"
@@ -193,8 +193,12 @@ class Supervisor:
         env = dict(os.environ, FERROQ_SOAK_DIR=str(self.directory), FERROQ_SOAK_WORKER=label,
                    PYTHONUNBUFFERED="1")
         with open(self.directory / f"{stem}.out", "wb") as out, open(self.directory / f"{stem}.err", "wb") as err:
+            # Each in a session of its own: when the shell that started this script exits, the
+            # kernel sends SIGHUP to a process group left with a stopped member (seen: a
+            # worker SIGSTOPped here died of it), and a Ctrl-C here must reach the
+            # supervisor only (it stops everyone).
             return subprocess.Popen([sys.executable, __file__, *role_args], env=env, stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=err)
+                                    stdout=out, stderr=err, start_new_session=True)
 
     def start_worker(self, slot: int) -> None:
         self.generation[slot] += 1
@@ -319,11 +323,11 @@ class Supervisor:
         """Producers stop, every worker resumes or restarts and drains; returns the workers
         still running after ``timeout``."""
         (self.directory / "producers.stop").touch()
-        for p in self.producers:
+        for producer in self.producers:
             try:
-                p.wait(timeout=60)
+                producer.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                self.unexpected_exits.append(f"producer {p.pid} did not stop")
+                self.unexpected_exits.append(f"producer {producer.pid} did not stop")
         self.tick(time.monotonic(), faulting=False)
         (self.directory / "workers.drain").touch()
         deadline = time.monotonic() + timeout

@@ -40,4 +40,5 @@ def test_nothing_lost_completed_twice_or_charged_without_a_run_under_kills_and_s
     assert r["charged_without_start"] == 0, detail
     assert r["left_running"] == 0 and r["workers_not_drained"] == [], detail
     assert r["completed"] + r["dead"] == r["acked"], detail
+    assert r["unexpected_exits"] == [], detail  # no worker died but those the supervisor killed
     assert done.returncode == 0, f"{detail}\n{done.stderr[-4000:]}"
