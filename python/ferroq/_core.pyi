@@ -5,7 +5,7 @@ from os import PathLike
 from typing import Any, final
 
 __all__ = [
-    "DEFAULT_MAX_PAYLOAD", "NAME_MAX_LEN", "PRIORITY_MAX", "PRIORITY_MIN", "SCHEMA_VERSION", "Store",
+    "DEFAULT_MAX_PAYLOAD", "NAME_MAX_LEN", "PRIORITY_MAX", "PRIORITY_MIN", "SCHEMA_VERSION", "RunJournal", "Store",
     "backoff_delay_ms", "check_max_attempts", "check_name", "check_priority", "hold_closes", "release_closes",
     "__version__",
 ]
@@ -48,6 +48,7 @@ class RunJournal:
     def forget(self, runs: list[tuple[int, int]]) -> None:
         """Frees the ``(slot, id)`` of runs recorded or given back."""
 
+@final
 class Store:
     """One SQLite task store file; every method releases the GIL around storage work."""
 
