@@ -143,19 +143,19 @@ impl SqliteStore {
         RunJournal::create(&self.path, worker, capacity)
     }
 
-    /// Deletes the journals of dead workers whose runs all ended.
+    /// Deletes the journals of dead workers whose leases were all rescued or finished.
     fn collect_run_journals(&self) {
-        let running = |id: TaskId, token: LeaseToken| {
+        let holds_leases = |worker: &str| {
             self.read(|conn, _| {
                 Ok(conn
                     .prepare_cached(
-                        "SELECT 1 FROM tasks WHERE id = ?1 AND lease_token = ?2 AND status = 'running'",
+                        "SELECT 1 FROM tasks WHERE status = 'running' AND lease_owner = ?1",
                     )?
-                    .exists((id, token))?)
+                    .exists([worker])?)
             })
             .unwrap_or(true) // unsure: keep the journal
         };
-        run_journal::collect_garbage(&self.path, running);
+        run_journal::collect_garbage(&self.path, holds_leases);
     }
 
     /// Pragmas as the writer connection reads them back.
