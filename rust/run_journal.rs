@@ -29,6 +29,9 @@ const ENTRY_BYTES: usize = 24;
 const FREE: u64 = 0;
 const STARTED: u64 = 1;
 const RETURNED: u64 = 2;
+/// Handed to a child process (`pool="process"`), which notes the start itself: a worker
+/// killed before its child called the processor did not start the run.
+const HANDED: u64 = 3;
 
 /// What the journals say of one lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,21 +110,27 @@ impl RunJournal {
     }
 
     fn word(&self, slot: u32, index: usize) -> &AtomicU64 {
-        let offset = slot as usize * ENTRY_BYTES + index * 8;
-        assert!(offset + 8 <= self.map.len());
-        // SAFETY: in bounds (checked), 8-byte aligned (the map is page-aligned and entries are
-        // 24 bytes), and only ever accessed atomically in this process.
-        unsafe { AtomicU64::from_ptr(self.map.as_ptr().add(offset) as *mut u64) }
+        word(&self.map, slot, index)
+    }
+
+    /// Notes that task `id` (lease `token`) is handed to a child process, which will note
+    /// its start (`JournalView::started`). Returns its slot, or `None` if the journal is full.
+    pub fn handed(&self, id: TaskId, token: LeaseToken) -> Option<u32> {
+        self.note(id, token, HANDED)
     }
 
     /// Notes that the processor of task `id` (under lease `token`) is about to be called.
     /// Returns its slot, or `None` if the journal is full (the run is then unrecorded).
     pub fn started(&self, id: TaskId, token: LeaseToken) -> Option<u32> {
+        self.note(id, token, STARTED)
+    }
+
+    fn note(&self, id: TaskId, token: LeaseToken, state: u64) -> Option<u32> {
         let slot = self.free.lock().pop()?;
         self.word(slot, 1).store(id as u64, Ordering::Relaxed);
         self.word(slot, 2).store(token as u64, Ordering::Relaxed);
         // Last, so a reader never sees a state over another run's id.
-        self.word(slot, 0).store(STARTED, Ordering::Release);
+        self.word(slot, 0).store(state, Ordering::Release);
         Some(slot)
     }
 
@@ -146,9 +155,62 @@ impl RunJournal {
     }
 
     fn holds(&self, slot: u32, id: TaskId) -> bool {
-        (slot as usize + 1) * ENTRY_BYTES <= self.map.len()
-            && self.word(slot, 0).load(Ordering::Acquire) != FREE
-            && self.word(slot, 1).load(Ordering::Relaxed) == id as u64
+        holds(&self.map, slot, id)
+    }
+}
+
+/// Entry `slot`'s word `index` (0 state, 1 task id, 2 token) in a mapped journal.
+fn word(map: &[u8], slot: u32, index: usize) -> &AtomicU64 {
+    let offset = slot as usize * ENTRY_BYTES + index * 8;
+    assert!(offset + 8 <= map.len());
+    // SAFETY: in bounds (checked), 8-byte aligned (the map is page-aligned and entries are
+    // 24 bytes), and only ever accessed atomically (here and in the processes sharing it).
+    unsafe { AtomicU64::from_ptr(map.as_ptr().add(offset) as *mut u64) }
+}
+
+/// Whether entry `slot` is in use by task `id`.
+fn holds(map: &[u8], slot: u32, id: TaskId) -> bool {
+    (slot as usize + 1) * ENTRY_BYTES <= map.len()
+        && word(map, slot, 0).load(Ordering::Acquire) != FREE
+        && word(map, slot, 1).load(Ordering::Relaxed) == id as u64
+}
+
+/// A worker's journal as its child processes write it (`pool="process"`): the child notes
+/// when it calls and when it leaves a processor the worker handed it.
+pub struct JournalView {
+    map: MmapMut,
+}
+
+impl JournalView {
+    /// Maps the journal at `path` (created by the worker).
+    pub fn attach(path: &Path) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| io_error(path, e.to_string()))?;
+        // SAFETY: the worker and its children write distinct states of an entry, atomically.
+        let map = unsafe { MmapMut::map_mut(&file)? };
+        Ok(Self { map })
+    }
+
+    /// The processor of the run handed in `slot` (task `id`) is about to be called.
+    pub fn started(&self, slot: u32, id: TaskId) {
+        if holds(&self.map, slot, id) {
+            let _ = word(&self.map, slot, 0).compare_exchange(
+                HANDED,
+                STARTED,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// The processor of the run in `slot` (task `id`) returned.
+    pub fn returned(&self, slot: u32, id: TaskId) {
+        if holds(&self.map, slot, id) {
+            word(&self.map, slot, 0).store(RETURNED, Ordering::Release);
+        }
     }
 }
 
@@ -187,7 +249,7 @@ fn read_runs(path: &Path) -> HashMap<(TaskId, LeaseToken), RunState> {
             let state = match word(0) {
                 STARTED => RunState::Started,
                 RETURNED => RunState::Returned,
-                _ => return None,
+                _ => return None, // free, or handed to a child that never started it
             };
             Some(((word(1) as TaskId, word(2) as LeaseToken), state))
         })
@@ -337,6 +399,24 @@ mod tests {
                 Started, Returned, NotStarted, NotStarted, NotStarted, Unknown
             ]
         );
+    }
+
+    #[test]
+    fn a_run_handed_to_a_child_counts_as_started_only_once_the_child_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("q.db");
+        let journal = RunJournal::create(&db, "w", 4).unwrap();
+        let a = journal.handed(1, 11).unwrap();
+        let b = journal.handed(2, 22).unwrap();
+        let c = journal.handed(3, 33).unwrap();
+        let child = JournalView::attach(journal.path()).unwrap();
+        child.started(b, 2);
+        child.started(c, 3);
+        child.returned(c, 3);
+        child.started(a, 99); // another task's slot: ignored
+        let leases = [lease(1, 11, "w"), lease(2, 22, "w"), lease(3, 33, "w")];
+        use RunState::*;
+        assert_eq!(classify(&db, &leases), [NotStarted, Started, Returned]);
     }
 
     #[test]

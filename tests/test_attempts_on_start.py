@@ -202,8 +202,6 @@ if __name__ == "__main__":  # the children import this script
 """
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: pool='process' notes a run started when it hands the run "
-                                       "to its child, before the child calls the processor")
 @pytest.mark.timeout(120)
 def test_a_run_handed_to_a_child_that_never_started_it_is_not_charged(tmp_path: Path, procs: Procs) -> None:
     """Found by benches/soak_faults.py --pool process: a worker killed between handing a run

@@ -5,7 +5,7 @@ from os import PathLike
 from typing import Any, final
 
 __all__ = [
-    "DEFAULT_MAX_PAYLOAD", "NAME_MAX_LEN", "PRIORITY_MAX", "PRIORITY_MIN", "SCHEMA_VERSION", "RunJournal", "Store",
+    "DEFAULT_MAX_PAYLOAD", "NAME_MAX_LEN", "PRIORITY_MAX", "PRIORITY_MIN", "SCHEMA_VERSION", "RunJournal", "RunJournalView", "Store",
     "backoff_delay_ms", "check_max_attempts", "check_name", "check_priority", "hold_closes", "release_closes",
     "__version__",
 ]
@@ -43,10 +43,21 @@ class RunJournal:
     def path(self) -> str: ...
     def started(self, id: int, token: int) -> int:
         """Notes a run about to start; its slot, or -1 if the journal is full."""
+    def handed(self, id: int, token: int) -> int:
+        """Notes a run handed to a child process, which notes its start; its slot or -1."""
     def returned(self, slot: int, id: int) -> None:
         """Notes that the run in ``slot`` returned."""
     def forget(self, slots: list[int]) -> None:
         """Frees the slots of runs recorded or given back (-1s skipped)."""
+
+@final
+class RunJournalView:
+    """A worker's run journal as its child processes write it."""
+    def __new__(cls, path: str) -> RunJournalView: ...
+    def started(self, slot: int, id: int) -> None:
+        """The processor of the run handed in ``slot`` is about to be called."""
+    def returned(self, slot: int, id: int) -> None:
+        """The processor of the run in ``slot`` returned."""
 
 @final
 class Store:

@@ -24,6 +24,7 @@ import time
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any, Iterable
 
+from . import _core
 from . import errors as _errors
 from .context import TaskContext, _current
 from .errors import Fail, FerroqError, InvalidArgument, PayloadError, ProcessCrashed, Retry, TaskNotImportable
@@ -91,13 +92,13 @@ def check_importable(tasks: Iterable[TaskBase[Any, Any]]) -> None:
 # -- the child -----------------------------------------------------------------------------
 
 
-def _child_main(conn: Connection, serializer: Serializer) -> None:
+def _child_main(conn: Connection, serializer: Serializer, journal_path: str | None) -> None:
     # The parent manages shutdown: a Ctrl-C or a SIGTERM sent to the whole process group
     # (systemd does that) must not kill a task the parent means to let finish.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
-    runner = _ChildRunner(conn, serializer)
+    runner = _ChildRunner(conn, serializer, _attach_journal(journal_path))
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -107,6 +108,17 @@ def _child_main(conn: Connection, serializer: Serializer) -> None:
         if message[0] == "stop":
             return
         conn.send(runner.handle(message))
+
+
+def _attach_journal(path: str | None) -> _core.RunJournalView | None:
+    """The worker's run journal, where this child notes the runs it starts (see
+    ``Worker._note_handed``); None if the worker has none."""
+    if path is None:
+        return None
+    try:
+        return _core.RunJournalView(path)
+    except FerroqError:
+        return None  # the worker then counts its handed runs as not started if it dies
 
 
 def _die_with_parent() -> None:
@@ -186,22 +198,34 @@ def _describe(exc: BaseException, tb: str | None) -> _ErrorInfo:
 
 
 class _ChildRunner:
-    def __init__(self, conn: Connection, serializer: Serializer) -> None:
+    def __init__(self, conn: Connection, serializer: Serializer, journal: _core.RunJournalView | None) -> None:
         self.conn = conn
         self.serializer = serializer
+        self.journal = journal
         self.lock = threading.Lock()
         self.functions: dict[tuple[str, str, str], Any] = {}
         self.loop: asyncio.AbstractEventLoop | None = None  # one per child, reused by every async run
 
     def handle(self, message: tuple[Any, ...]) -> tuple[Any, ...]:
-        kind, ref, payload, fields = message
+        # marks: the (journal slot, task id) of each run, noted started and returned here.
+        kind, ref, payload, fields, marks = message
         try:
             fn = self.function(ref)
         except TaskNotImportable as e:
             return ("err", _describe(e, None))
         if kind == "batch":
-            return self.batch(fn, ref[2], payload)
-        return self.one(fn, ref[2], payload, fields)
+            return self.batch(fn, ref[2], payload, marks)
+        return self.one(fn, ref[2], payload, fields, marks)
+
+    def _started(self, marks: list[tuple[int, int]]) -> None:
+        if self.journal is not None:
+            for slot, task_id in marks:
+                self.journal.started(slot, task_id)
+
+    def _returned(self, marks: list[tuple[int, int]]) -> None:
+        if self.journal is not None:
+            for slot, task_id in marks:
+                self.journal.returned(slot, task_id)
 
     def function(self, ref: tuple[str, str, str]) -> Any:
         fn = self.functions.get(ref)
@@ -213,10 +237,12 @@ class _ChildRunner:
             self.functions[ref] = fn
         return fn
 
-    def one(self, fn: Any, name: str, payload: bytes, fields: _Fields) -> tuple[Any, ...]:
+    def one(self, fn: Any, name: str, payload: bytes, fields: _Fields,
+            marks: list[tuple[int, int]]) -> tuple[Any, ...]:
         reset = _current.set(_ChildContext(self.conn, fields, self.lock))
         try:
             data = self.serializer.loads(payload)
+            self._started(marks)
             if inspect.iscoroutinefunction(fn):
                 if self.loop is None:
                     self.loop = asyncio.new_event_loop()
@@ -226,16 +252,21 @@ class _ChildRunner:
         except BaseException as exc:  # noqa: BLE001 - a processor's failure is data, not a crash
             return ("err", _describe(exc, format_traceback(exc)))
         finally:
+            self._returned(marks)
             _current.reset(reset)
         return self.encode(name, result)
 
-    def batch(self, fn: Any, name: str, payloads: list[bytes]) -> tuple[Any, ...]:
+    def batch(self, fn: Any, name: str, payloads: list[bytes], marks: list[tuple[int, int]]) -> tuple[Any, ...]:
         try:
             items = []
             for payload in payloads:
                 data = self.serializer.loads(payload)
                 items.append(data["args"][0] if data["args"] else data["kwargs"]["item"])
-            results = fn(items)
+            self._started(marks)
+            try:
+                results = fn(items)
+            finally:
+                self._returned(marks)
             if not isinstance(results, (list, tuple)) or len(results) != len(items):
                 got = f"{type(results).__name__} of length {len(results)}" if isinstance(results, (list, tuple)) \
                     else type(results).__name__
@@ -312,7 +343,9 @@ class Slot:
 
     def spawn(self) -> None:
         parent_end, child_end = _mp.Pipe(duplex=True)
-        process = _mp.Process(target=_child_main, args=(child_end, self.worker.queue.serializer),
+        journal = self.worker._journal
+        process = _mp.Process(target=_child_main, args=(child_end, self.worker.queue.serializer,
+                                                        None if journal is None else journal.path),
                               name=f"ferroq-child-{self.index}")
         try:
             process.start()
@@ -396,9 +429,10 @@ class Slot:
         assert task is not None
         c = run.ctx
         fields: _Fields = (c.id, c.name, c.resource_group, c.attempt, c.max_attempts, c._created_ms)
-        w._note_start(run)
+        w._note_handed(run)
+        marks = [(run.slot, c.id)]
         try:
-            reply = self._call(("run", _reference(task), run.payload, fields), [run], task.options.timeout)
+            reply = self._call(("run", _reference(task), run.payload, fields, marks), [run], task.options.timeout)
         finally:
             w._note_return(run)
         if isinstance(reply, BaseException):
@@ -422,9 +456,10 @@ class Slot:
             return []
         task = batch.task
         for run in runs:
-            w._note_start(run)
+            w._note_handed(run)
+        marks = [(run.slot, run.ctx.id) for run in runs]
         try:
-            reply = self._call(("batch", _reference(task), [r.payload for r in runs], None), runs,
+            reply = self._call(("batch", _reference(task), [r.payload for r in runs], None, marks), runs,
                                task.options.timeout)
         finally:
             for run in runs:

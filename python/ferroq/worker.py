@@ -331,6 +331,14 @@ class Worker:
         if journal is not None:
             run.slot = journal.started(run.ctx.id, run.ctx.token)
 
+    def _note_handed(self, run: _Run) -> None:
+        """Right before a run is sent to a child process (``pool="process"``), which notes
+        its start itself (a worker killed before its child started the run did not run it)."""
+        run.started = time.perf_counter()
+        journal = self._journal
+        if journal is not None:
+            run.slot = journal.handed(run.ctx.id, run.ctx.token)
+
     def _note_return(self, run: _Run) -> None:
         """Right after a processor returned or raised: its outcome is on its way."""
         journal = self._journal

@@ -4,7 +4,7 @@
 use pyo3::prelude::*;
 
 use super::queue::PyStore;
-use crate::run_journal::RunJournal;
+use crate::run_journal::{JournalView, RunJournal};
 
 #[pyclass(name = "RunJournal", module = "ferroq._core", frozen)]
 pub struct PyRunJournal {
@@ -17,6 +17,12 @@ impl PyRunJournal {
     /// slot to pass to `returned` and `forget`, or -1 if the journal is full.
     fn started(&self, id: i64, token: i64) -> i64 {
         self.journal.started(id, token).map_or(-1, i64::from)
+    }
+
+    /// Notes that task `id` (lease `token`) is handed to a child process, which notes its
+    /// start (`RunJournalView`); returns the slot, or -1 if the journal is full.
+    fn handed(&self, id: i64, token: i64) -> i64 {
+        self.journal.handed(id, token).map_or(-1, i64::from)
     }
 
     /// Notes that the run in `slot` (task `id`) returned; a slot of -1, or one freed and
@@ -38,6 +44,35 @@ impl PyRunJournal {
     #[getter]
     fn path(&self) -> String {
         self.journal.path().display().to_string()
+    }
+}
+
+/// A worker's run journal as its child processes write it (`pool="process"`).
+#[pyclass(name = "RunJournalView", module = "ferroq._core", frozen)]
+pub struct PyRunJournalView {
+    view: JournalView,
+}
+
+#[pymethods]
+impl PyRunJournalView {
+    #[new]
+    fn new(path: &str) -> PyResult<Self> {
+        let view = JournalView::attach(std::path::Path::new(path))?;
+        Ok(Self { view })
+    }
+
+    /// The processor of the run handed in `slot` (task `id`) is about to be called.
+    fn started(&self, slot: i64, id: i64) {
+        if let Ok(slot) = u32::try_from(slot) {
+            self.view.started(slot, id);
+        }
+    }
+
+    /// The processor of the run in `slot` (task `id`) returned.
+    fn returned(&self, slot: i64, id: i64) {
+        if let Ok(slot) = u32::try_from(slot) {
+            self.view.returned(slot, id);
+        }
     }
 }
 

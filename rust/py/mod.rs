@@ -56,6 +56,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let _ = pyo3_log::try_init();
     m.add_class::<queue::PyStore>()?;
     m.add_class::<journal::PyRunJournal>()?;
+    m.add_class::<journal::PyRunJournalView>()?;
     m.add_function(wrap_pyfunction!(hold_closes, m)?)?;
     m.add_function(wrap_pyfunction!(release_closes, m)?)?;
     m.add_function(wrap_pyfunction!(backoff_delay_ms, m)?)?;
