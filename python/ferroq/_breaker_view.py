@@ -58,7 +58,8 @@ class BreakerView:
 
     def awaiting_file(self) -> bool:
         """Whether a group is held here until the file's verdict on its failures."""
-        return math.inf in self.held.values()
+        with self._lock:
+            return math.inf in self.held.values()
 
     def failed(self, group: str) -> None:
         """A run of ``group`` just ended with a failure that counts toward its breaker."""
