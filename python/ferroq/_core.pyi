@@ -163,6 +163,9 @@ class Store:
         """A group's pause, breaker, throttle and task counts."""
     def circuit_state(self, queue: str, group: str) -> str:
         """The group's circuit ("closed", "open", "half_open") without counting its tasks."""
+    def circuit_view(self, queue: str, group: str) -> tuple[str, int | None, tuple[int, int] | None]:
+        """(circuit, ms until half-open while open with an end, (failure_threshold, window_ms)
+        of its breaker or None), without counting its tasks."""
     def group_names(self, queue: str) -> list[str]:
         """Groups with settings or unfinished tasks."""
     def events(

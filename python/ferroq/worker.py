@@ -21,6 +21,7 @@ from types import FrameType
 from typing import Any, Iterable
 
 from . import _checks, _core
+from ._breaker_view import BreakerView
 from .context import TaskContext, _current
 from .errors import (
     CorruptDatabase,
@@ -235,6 +236,7 @@ class Worker:
         self._async_waiting: deque[_Run] = deque()
         self._loop_thread: threading.Thread | None = None
         self._journal: _core.RunJournal | None = None
+        self._breakers = BreakerView(self._declared_breaker)
 
     # -- control -----------------------------------------------------------------------
 
@@ -257,6 +259,7 @@ class Worker:
         self._running = True
         self.id = self._name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.stats = WorkerStats()
+        self._breakers = BreakerView(self._declared_breaker)
         self._stopping.clear()
         self._signals = itertools.count()
         self._hard_stop.clear()
@@ -370,7 +373,11 @@ class Worker:
             token = store.change_token()
             free = target - len(self._inflight)
             wait = self.poll_interval  # woken earlier by any flush or enqueue in this process
-            if free >= batch_floor or (free > 0 and not self._ready):
+            # A group just held by failures here: claim nothing until the completer has written
+            # them (its commit ends the wait), or its given-back tasks would come straight back.
+            if self._breakers.held and self._breakers.awaiting_file():
+                pass
+            elif free >= batch_floor or (free > 0 and not self._ready):
                 try:
                     rows = (store.claim(name, self.id, free, lease_ms) if self.groups is None
                             else store.claim_in_groups(name, list(self.groups), self.id, free, lease_ms))
@@ -484,6 +491,7 @@ class Worker:
 
     def _run_jobs(self, slot: Slot | None) -> None:
         ready, cond = self._ready, self._ready_cond
+        held = self._breakers.held  # empty unless a group's failures hold it here
         while True:
             with cond:
                 while not ready and not self._closing:
@@ -499,6 +507,8 @@ class Worker:
                     # Stopping: start nothing new; the rest of this share goes back at once.
                     self._release([run for j in batch[n:] for run in (j.runs if isinstance(j, _Batch) else [j])])
                     break
+                if held and self._breaker_holds(job):
+                    continue
                 try:
                     if isinstance(job, _Batch):
                         outcomes.extend(self._execute_batch(job) if slot is None else slot.run_batch(job))
@@ -510,6 +520,10 @@ class Worker:
                     log.exception("internal error while running %s", job)
                     outcomes.extend(self._internal_failure(job, exc))
                 now = time.monotonic()
+                if held and self._breakers.tripped:  # this run's failure held its group here
+                    self._outcomes.put(outcomes)  # the file hears of it at once
+                    outcomes, flushed = [], now
+                    self._give_back_tripped()
                 if outcomes and now - flushed > 0.005:  # slow tasks: no outcome waits behind the next run
                     self._outcomes.put(outcomes)
                     outcomes, flushed = [], now
@@ -617,6 +631,10 @@ class Worker:
         assert run.task is not None
         if run.ctx.stopped and self._skip_stopped(run):
             return  # given back (or its lease lost) while it waited for a free slot
+        loop = asyncio.get_running_loop()
+        if self._breakers.held and self._breakers.holds(run.ctx.resource_group):
+            await loop.run_in_executor(None, self._release, [run])
+            return
         _current.set(run.ctx)
         timeout = run.task.options.timeout
         timed_out = False
@@ -653,6 +671,8 @@ class Worker:
                 timer.cancel()
         if outcome is not None:
             self._outcomes.put([outcome])
+        if self._breakers.tripped:
+            loop.run_in_executor(None, self._give_back_tripped)  # not on the loop: it writes
 
     def _settled_success(self, run: _Run, result: Any) -> _Outcome | None:
         if not run.settle():
@@ -707,6 +727,8 @@ class Worker:
         hold = delay if _matches(exc, (RateLimited,)) else None
         counts = (hold is None and not _matches(exc, (UnknownTaskName, PayloadError))
                   and self._breaker_policy(run.ctx.resource_group).counts_failure(exc, _matches))
+        if counts:  # as the run ends, before its outcome is written: see _breaker_view
+            self._breakers.failed(run.ctx.resource_group)
         _stop_clock(run)
         return (run, None, error.to_json(), delay, exc, counts, hold)
 
@@ -803,29 +825,66 @@ class Worker:
                     del inflight[run.ctx.id]
         self._forget([run for run, *_ in batch])
         counted = () if all_completed else \
-            {run.ctx.resource_group for run, _d, _e, _dl, _x, counts_, _h in batch if counts_}
-        if counted and any(s is not None for s in answers):
-            self._give_back_held(counted)
+            [run.ctx.resource_group for run, _d, _e, _dl, _x, counts_, _h in batch if counts_]
+        if counted:
+            self._learn_circuits(counted)
         self.queue._notify()
 
-    def _give_back_held(self, groups: set[str]) -> None:
-        """After failures that count toward a breaker: if one opened, give back this worker's
-        claimed but not yet started tasks of that group (buffered, or in a runner's share),
-        so they stay pending with their attempts instead of running against an open circuit."""
-        try:
-            opened = {g for g in groups if self.queue._store.circuit_state(self.queue.name, g) == "open"}
-        except StorageError:
-            return
-        if not opened:
-            return
+    # -- in-process breaker view (see _breaker_view) ------------------------------------
+
+    def _declared_breaker(self, group: str) -> tuple[int, float] | None:
+        """The breaker settings this process declared for ``group``, until the file says."""
+        declared = self.queue._groups.get(group)
+        breaker = None if declared is None else declared.breaker
+        return None if breaker is None else (breaker.failure_threshold, breaker.window)
+
+    def _breaker_holds(self, job: _Run | _Batch) -> bool:
+        """True (and the job given back, attempts kept) if its group is held here."""
+        runs = job.runs if isinstance(job, _Batch) else [job]
+        if not self._breakers.holds(runs[0].ctx.resource_group):
+            return False
+        self._release(runs)
+        return True
+
+    def _give_back_tripped(self) -> None:
+        """Gives back the claimed, unstarted tasks of the groups just held by failures here."""
+        groups = set()
+        while True:
+            try:
+                groups.add(self._breakers.tripped.popleft())
+            except IndexError:
+                break
+        if groups:
+            self._give_back(groups, "failures in this worker")
+
+    def _learn_circuits(self, counted: list[str]) -> None:
+        """After writing counted failures (one group name each): the view follows the file's
+        circuits; tasks of an open one still buffered here go back."""
+        self._breakers.flushed(counted)
+        opened = set()
+        for group in set(counted):
+            try:
+                state, open_for_ms, settings = self.queue._store.circuit_view(self.queue.name, group)
+            except FerroqError as e:
+                log.warning("cannot read the circuit of group %s: %s", group, e)
+                self._breakers.unknown(group)
+                continue
+            if self._breakers.learned(group, state, open_for_ms, settings):
+                opened.add(group)
+        if opened:
+            self._give_back(opened, "circuit open")
+
+    def _give_back(self, groups: set[str], why: str) -> None:
+        """Gives back this worker's claimed but not yet started tasks of ``groups`` (buffered,
+        or in a runner's share): they stay pending with their attempts."""
         with self._lock:
             waiting = [run for run in self._inflight.values()
-                       if run.started is None and run.ctx.resource_group in opened]
+                       if run.started is None and run.ctx.resource_group in groups]
         # _release settles each run first: one a runner starts meanwhile keeps its outcome.
         # A runner skips a released run when it reaches it (its context is stopped).
         if waiting:
-            log.warning("circuit of group(s) %s opened: giving back %d claimed task(s) not started yet",
-                        ", ".join(sorted(opened)), len(waiting))
+            log.warning("group(s) %s held (%s): giving back %d claimed task(s) not started yet",
+                        ", ".join(sorted(groups)), why, len(waiting))
             self._release(waiting)
 
     # -- leases, timeouts, rescue, retention -------------------------------------------
@@ -916,6 +975,8 @@ class Worker:
                 exc = TimeoutError(f"task {run.ctx.name!r} exceeded its timeout of {timeout}s "
                                    "(its thread keeps running; its late result will be discarded)")
                 self._outcomes.put([self._failure(run, exc, None, fatal=self._is_fatal(run, exc))])
+        if self._breakers.tripped:
+            self._give_back_tripped()
 
     # -- shutdown ----------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ use crate::store::{CircuitCommand, Store};
 
 /// (failure_threshold, window_ms, open_ms, max_open_ms, half_open_probes)
 type BreakerTuple = (u32, Millis, Millis, Millis, u32);
+/// (state, open_for_ms | None, (failure_threshold, window_ms) | None)
+type CircuitViewTuple = (&'static str, Option<Millis>, Option<(u32, Millis)>);
 /// (min_concurrency, target_latency_ms | None, error_rate, cooldown_ms)
 type AdaptiveTuple = (u32, Option<Millis>, f64, Millis);
 /// (rate | None, burst, max_concurrency | None, adaptive | None)
@@ -118,6 +120,17 @@ impl PyStore {
         Ok(py
             .detach(|| self.store.circuit_state(queue, group))?
             .as_str())
+    }
+
+    /// (state, ms until half-open | None, (failure_threshold, window_ms) | None): what a
+    /// worker's in-process breaker view learns from the file after a flush with failures.
+    fn circuit_view(&self, py: Python<'_>, queue: &str, group: &str) -> PyResult<CircuitViewTuple> {
+        let v = py.detach(|| self.store.circuit_view(queue, group))?;
+        Ok((
+            v.state.as_str(),
+            v.open_for_ms,
+            v.config.map(|c| (c.failure_threshold, c.window_ms)),
+        ))
     }
 
     fn group_info<'py>(

@@ -11,7 +11,7 @@ pub(crate) mod conformance;
 
 use crate::clock::Millis;
 use crate::error::Result;
-use crate::policy::breaker::CircuitState;
+use crate::policy::breaker::{BreakerConfig, CircuitState};
 use crate::policy::retention::Retention;
 use crate::resource_group::{Event, GroupConfig, GroupInfo};
 use crate::task::{
@@ -25,6 +25,37 @@ pub use operations::Operations;
 use std::collections::HashMap;
 
 use crate::metrics::{Series, SeriesMap};
+
+/// A group's breaker, as `Store::circuit_view` reports it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CircuitView {
+    /// As the next claim will see it.
+    pub state: CircuitState,
+    /// While open: milliseconds until it turns half-open (`None`: open until closed by hand,
+    /// or not open).
+    pub open_for_ms: Option<Millis>,
+    /// The group's breaker settings in the file (`None`: the group has no breaker).
+    pub config: Option<BreakerConfig>,
+}
+
+impl CircuitView {
+    pub fn new(
+        state: CircuitState,
+        open_until: Option<Millis>,
+        config: Option<BreakerConfig>,
+        now: Millis,
+    ) -> Self {
+        let open_for_ms = match state {
+            CircuitState::Open => open_until.map(|t| (t - now).max(0)),
+            _ => None,
+        };
+        Self {
+            state,
+            open_for_ms,
+            config,
+        }
+    }
+}
 
 /// A lease to renew: the task and the token of the claim that holds it.
 pub type Lease = (TaskId, LeaseToken);
@@ -135,8 +166,12 @@ pub trait Store: Send + Sync {
     /// A group's circuit as the next claim will see it: `group_info`'s `circuit` without
     /// counting the group's tasks (a worker asks after every batch with failures).
     fn circuit_state(&self, queue: &str, group: &str) -> Result<CircuitState> {
-        Ok(self.group_info(queue, group)?.circuit)
+        Ok(self.circuit_view(queue, group)?.state)
     }
+
+    /// A group's breaker as a worker's in-process view of it needs it after a flush with
+    /// failures: the state the next claim will see, how long it stays open, its settings.
+    fn circuit_view(&self, queue: &str, group: &str) -> Result<CircuitView>;
 
     /// Groups with settings or with unfinished tasks.
     fn group_names(&self, queue: &str) -> Result<Vec<String>>;

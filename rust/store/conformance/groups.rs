@@ -149,6 +149,35 @@ fn circuit_state_agrees_with_group_info() {
     assert!(f.store.circuit_state(Q, "").is_err());
 }
 
+/// `circuit_view` tells a worker how long an open circuit stays open and the breaker's
+/// settings; nothing about a group without a row.
+#[test]
+fn circuit_view_reports_the_time_left_open_and_the_settings() {
+    let f = fixture();
+    let none = f.store.circuit_view(Q, "nobody").unwrap();
+    assert_eq!(
+        (none.state, none.open_for_ms, none.config),
+        (CircuitState::Closed, None, None)
+    );
+    trip_breaker(&f);
+    let open = f.store.circuit_view(Q, "pay").unwrap();
+    assert_eq!(open.state, CircuitState::Open);
+    let cfg = open.config.expect("pay has a breaker");
+    assert_eq!(open.open_for_ms, Some(cfg.open_ms));
+    f.clock.advance(cfg.open_ms / 2);
+    assert_eq!(
+        f.store.circuit_view(Q, "pay").unwrap().open_for_ms,
+        Some(cfg.open_ms - cfg.open_ms / 2)
+    );
+    f.clock.advance(cfg.open_ms);
+    let half = f.store.circuit_view(Q, "pay").unwrap();
+    assert_eq!(
+        (half.state, half.open_for_ms),
+        (CircuitState::HalfOpen, None)
+    );
+    assert!(f.store.circuit_view(Q, "").is_err());
+}
+
 #[test]
 fn a_failed_probe_reopens_for_longer() {
     let f = fixture();

@@ -48,7 +48,7 @@ use crate::resource_group::{self, Event, GroupConfig, GroupInfo};
 use crate::run_journal::{self, RunJournal};
 use crate::store::lease_watch::LeaseWatch;
 use crate::store::{CircuitCommand, WorkerInfo};
-use crate::store::{Lease, ObservabilityRetention, Store};
+use crate::store::{CircuitView, Lease, ObservabilityRetention, Store};
 use crate::task::{
     ClaimedTask, Enqueued, FailAction, FailureImpact, LeaseToken, NewTask, Outcome, TaskId,
     TaskRecord, TaskStatus, Transition,
@@ -764,9 +764,9 @@ impl Store for SqliteStore {
         self.read(|conn, now| resource_groups::info(conn, queue, group, now))
     }
 
-    fn circuit_state(&self, queue: &str, group: &str) -> Result<CircuitState> {
+    fn circuit_view(&self, queue: &str, group: &str) -> Result<CircuitView> {
         validate::name("resource group", group)?;
-        self.read(|conn, now| resource_groups::circuit_state(conn, queue, group, now))
+        self.read(|conn, now| resource_groups::circuit_view(conn, queue, group, now))
     }
 
     fn group_names(&self, queue: &str) -> Result<Vec<String>> {

@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::policy::breaker::{BreakerConfig, BreakerState, Change, CircuitState};
 use crate::policy::throttle::{self, Adaptive, Sample, ThrottleConfig};
 use crate::resource_group::{GroupConfig, GroupInfo};
+use crate::store::CircuitView;
 use crate::store::model::CircuitCommand;
 use crate::task::{TaskId, TaskStatus};
 
@@ -592,18 +593,22 @@ pub fn poll_breakers(
     Ok(())
 }
 
-/// The circuit of group `name` as the next claim will see it (closed if it has no row).
-pub fn circuit_state(
+/// The circuit of group `name` as the next claim will see it (closed if it has no row),
+/// with how long it stays open and its settings.
+pub fn circuit_view(
     conn: &Connection,
     queue: &str,
     name: &str,
     now: Millis,
-) -> Result<CircuitState> {
-    Ok(load(conn, queue, name)?.map_or(CircuitState::Closed, |g| {
-        let mut breaker = g.breaker;
-        breaker.poll(now);
-        breaker.state
-    }))
+) -> Result<CircuitView> {
+    Ok(match load(conn, queue, name)? {
+        None => CircuitView::new(CircuitState::Closed, None, None, now),
+        Some(g) => {
+            let mut breaker = g.breaker;
+            breaker.poll(now);
+            CircuitView::new(breaker.state, breaker.open_until, g.config.breaker, now)
+        }
+    })
 }
 
 /// A group's pending and running tasks, counted by one arm per partial index (pending tasks
