@@ -87,8 +87,10 @@ class _Unreadable:
     def __init__(self, error: CorruptTask) -> None:
         self.error = error
 
-    def __str__(self) -> str:  # what orjson's default=str writes
+    def __repr__(self) -> str:  # in TaskInfo's repr, and what orjson's default=str writes
         return f"<unreadable: {self.error}>"
+
+    __str__ = __repr__
 
 
 class _Decoded:
