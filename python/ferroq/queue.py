@@ -299,7 +299,9 @@ class Queue(Observable):
         return TaskHandle(self, task_id)
 
     def get(self, task_id: int) -> TaskInfo:
-        """The task as stored now. Raises ``UnknownTask`` if there is none with this id."""
+        """The task as stored now. Raises ``UnknownTask`` if there is none with this id, and
+        ``CorruptTask`` if its row holds a value of the wrong type (edited outside ferroq; see
+        ``TaskInfo`` for a payload the serializer cannot decode)."""
         return TaskInfo.from_core(self._store.get(self.name, _task_id(task_id)), self.serializer.loads)
 
     def cancel(self, task_id: int) -> None:
@@ -431,7 +433,8 @@ class Queue(Observable):
     ) -> builtins.list[TaskInfo]:
         """Tasks matching the filters, by id (oldest first, or ``newest_first``), at most
         ``limit``. For the next page pass the last id seen as ``after_id`` ("after" in the
-        listing's order: smaller ids when ``newest_first``)."""
+        listing's order: smaller ids when ``newest_first``). A task that cannot be read is
+        listed too, with ``TaskInfo.corrupt`` set."""
         _checks.integer("limit", limit, 0, 100_000)
         if after_id is not None:
             _task_id(after_id)

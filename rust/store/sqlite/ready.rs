@@ -74,30 +74,35 @@ pub fn groups_with_ready(tx: &Transaction<'_>, queue: &str, now: Millis) -> Resu
     let mut stmt = tx.prepare_cached(GROUP_AFTER_SQL)?;
     let mut groups: Vec<Ready> = Vec::new();
     let mut corrupt: Vec<Corrupt> = Vec::new();
-    // Group names are never empty: "" comes before every one.
-    let mut after = GroupKey::Text(Vec::new());
+    // The last group seen, if its name is not text.
+    let mut odd: Option<GroupKey> = None;
     loop {
+        // Group names are never empty: "" comes before every one.
+        let last = groups.last().map_or("", |g| g.group.as_str());
+        let after: &dyn ToSql = match &odd {
+            Some(key) => key,
+            None => &last,
+        };
         let next = stmt
-            .query_row((queue, &after), |r| {
+            .query_row((queue, after), |r| {
                 let group = r.get_ref(0)?;
-                let key = match group {
-                    ValueRef::Blob(b) => GroupKey::Blob(b.to_vec()),
-                    other => GroupKey::Text(decode::raw(other)),
-                };
-                let id = r.get(2)?;
-                Ok((
-                    key,
-                    decode::text(group, "resource_group"),
-                    best_rank(r.get_ref(1)?, id),
-                ))
+                let name = decode::text(group, "resource_group").map_err(|bad| {
+                    let key = match group {
+                        ValueRef::Blob(b) => GroupKey::Blob(b.to_vec()),
+                        other => GroupKey::Text(decode::raw(other)),
+                    };
+                    (bad, key)
+                });
+                Ok((name, best_rank(r.get_ref(1)?, r.get(2)?)))
             })
             .optional()?;
-        let Some((key, name, best)) = next else {
-            break;
-        };
-        match name {
-            Ok(group) => groups.push(Ready { group, best }),
-            Err(bad) => {
+        match next {
+            None => break,
+            Some((Ok(group), best)) => {
+                groups.push(Ready { group, best });
+                odd = None;
+            }
+            Some((Err((bad, key)), _)) => {
                 let ids = tx
                     .prepare_cached(GROUP_TASKS_SQL)?
                     .query_map((queue, &key), |r| r.get(0))?
@@ -106,9 +111,9 @@ pub fn groups_with_ready(tx: &Transaction<'_>, queue: &str, now: Millis) -> Resu
                     id,
                     bad: bad.clone(),
                 }));
+                odd = Some(key);
             }
         }
-        after = key;
     }
     if !corrupt.is_empty() {
         quarantine::set_aside(tx, &mut corrupt, now)?;
