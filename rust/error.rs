@@ -42,6 +42,16 @@ pub enum Error {
     #[error("database {path} is corrupt or not a SQLite database: {reason}")]
     Corrupt { path: String, reason: String },
 
+    /// A task's row holds a value of the wrong type in `column` (edited by hand, outside
+    /// ferroq): it cannot be read as a task. `raw` is the value's bytes.
+    #[error("task {id} cannot be read: {problem}")]
+    CorruptTask {
+        id: TaskId,
+        column: &'static str,
+        problem: String,
+        raw: Vec<u8>,
+    },
+
     /// The disk (or quota) is full; the operation was rolled back.
     #[error("database or disk is full: {0}")]
     DiskFull(String),

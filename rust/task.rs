@@ -137,6 +137,18 @@ pub struct TaskRecord {
     pub updated_at: Millis,
     pub started_at: Option<Millis>,
     pub finished_at: Option<Millis>,
+    /// The first column that does not hold what the schema says (a row edited by hand),
+    /// its field left at a default; `None` for a sound row.
+    pub corrupt: Option<CorruptColumn>,
+}
+
+/// A stored value of the wrong type: which column, what is wrong, and its raw bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CorruptColumn {
+    pub column: &'static str,
+    /// e.g. "column payload holds TEXT, expected BLOB".
+    pub problem: String,
+    pub raw: Vec<u8>,
 }
 
 /// One status change of a task, as recorded in its history.

@@ -13,6 +13,7 @@ from . import _core
 from .context import TaskContext, current_task
 from .errors import (
     CorruptDatabase,
+    CorruptTask,
     DatabasePathError,
     DiskFull,
     Fail,
@@ -59,6 +60,7 @@ __all__ = [
     "Circuit",
     "CircuitBreaker",
     "CorruptDatabase",
+    "CorruptTask",
     "DatabasePathError",
     "DiskFull",
     "Event",

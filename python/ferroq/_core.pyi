@@ -1,6 +1,6 @@
 """The Rust core. Internal: use the ``ferroq`` package API instead."""
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from os import PathLike
 from typing import Any, final
 
@@ -89,9 +89,11 @@ class Store:
         """Current time in epoch milliseconds by the store's clock."""
     def enqueue(self, queue: str, tasks: list[_NewTaskTuple]) -> list[tuple[int, bool]]:
         """Inserts tasks in one transaction; (id, created) per task."""
-    def enqueue_calls(self, queue: str, calls: Iterable[Any], call_type: type) -> list[int]:
+    def enqueue_calls(self, queue: str, calls: Iterable[Any], call_type: type, encoded_type: type,
+                      check: Callable[[bytes], None]) -> list[int]:
         """Inserts ``calls`` (instances of ``call_type``: name, payload, options) in one
-        transaction, reading their attributes directly; their ids, in order."""
+        transaction, reading their attributes directly; their ids, in order. Calls that are
+        not exactly ``encoded_type`` (hand-built) have their payload passed to ``check``."""
     def claim(self, queue: str, worker: str, limit: int, lease_ms: int) -> list[_ClaimedTuple]:
         """Leases up to ``limit`` ready tasks: (id, token, name, group, payload, priority, attempt,
         max_attempts, created_at_ms)."""

@@ -23,6 +23,7 @@ __all__ = [
     "StorageError",
     "DatabasePathError",
     "CorruptDatabase",
+    "CorruptTask",
     "DiskFull",
     "SchemaTooNew",
     "TaskNotImportable",
@@ -98,6 +99,25 @@ class DatabasePathError(StorageError):
 
 class CorruptDatabase(StorageError):
     """The file is not a SQLite database or is damaged; ferroq left it untouched."""
+
+
+class CorruptTask(StorageError):
+    """A stored task cannot be read: a column holds a value of the wrong type (a row edited
+    by hand outside ferroq), or its payload or result is not what the queue's serializer
+    can decode.
+
+    ``task_id``, ``column`` (e.g. ``"payload"``) and ``raw`` (the stored bytes) say which
+    and what. A claim sets such a task aside (dead, with this error stored); ``Queue.get``
+    raises it for a row it cannot read; listings show the row (``TaskInfo.corrupt``).
+    """
+
+    def __init__(self, message: str, task_id: int | None = None, column: str | None = None,
+                 raw: bytes | list[int] | None = None) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+        self.column = column
+        # The core passes a list of ints (what a Rust byte vector becomes).
+        self.raw = None if raw is None else bytes(raw)
 
 
 class DiskFull(StorageError):

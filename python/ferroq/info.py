@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import orjson
+
+from .errors import CorruptTask
 
 __all__ = ["TaskInfo", "TaskError", "Transition", "Status", "STATUSES"]
 
@@ -86,9 +88,50 @@ class TaskError:
                              "traceback": traceback}).decode()
 
 
+class _Unreadable:
+    """Stands in a TaskInfo for a value that could not be decoded (see ``_Decoded``)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: CorruptTask) -> None:
+        self.error = error
+
+    def __repr__(self) -> str:  # in TaskInfo's repr, and what orjson's default=str writes
+        return f"<unreadable: {self.error}>"
+
+    __str__ = __repr__
+
+
+class _Decoded:
+    """A TaskInfo field decoded by the serializer (args, kwargs, result): reading it raises
+    the ``CorruptTask`` if its stored bytes could not be decoded."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            raise AttributeError(self.name)  # no default value for the dataclass
+        value = obj.__dict__[self.name]
+        if type(value) is _Unreadable:
+            raise value.error
+        return value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.name] = value
+
+
 @dataclass(frozen=True)
 class TaskInfo:
-    """A snapshot of one task."""
+    """A snapshot of one task.
+
+    A stored task that cannot be read (a row edited by hand outside ferroq, or a payload
+    or result the queue's serializer cannot decode) has ``corrupt`` set: a ``CorruptTask``
+    naming the column, with its raw bytes. Then reading ``args`` and ``kwargs`` (payload)
+    or ``result`` raises that ``CorruptTask``, and a field whose column holds a value of the
+    wrong type is None. ``Queue.get`` raises it instead for a row of the second kind (a
+    wrong type in any column); listings (``list``, ``iter_tasks``) show every row.
+    """
 
     id: int
     queue: str
@@ -99,9 +142,14 @@ class TaskInfo:
     attempts: int
     max_attempts: int
     run_at: datetime
-    args: list[Any]
-    kwargs: dict[str, Any]
-    result: Any
+    if TYPE_CHECKING:
+        args: list[Any]
+        kwargs: dict[str, Any]
+        result: Any
+    else:  # fields without a default that raise when unreadable (see _Decoded)
+        args: list[Any] = _Decoded()
+        kwargs: dict[str, Any] = _Decoded()
+        result: Any = _Decoded()
     last_error: TaskError | None
     unique_key: str | None
     progress: float | None
@@ -111,11 +159,31 @@ class TaskInfo:
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    corrupt: CorruptTask | None = None
 
     @classmethod
     def from_core(cls, row: dict[str, Any], loads: Callable[[bytes], Any]) -> TaskInfo:
-        payload = loads(row["payload"])
+        corrupt = _corrupt_row(row)
+        if corrupt is None or corrupt.column != "payload":
+            try:
+                payload = loads(row["payload"])
+                args = payload.get("args", []) if isinstance(payload, dict) else []
+                kwargs = payload.get("kwargs", {}) if isinstance(payload, dict) else {}
+            except Exception as e:  # noqa: BLE001 - whatever the serializer raises
+                unreadable = _Unreadable(_undecodable(row, "payload", loads, e))
+                corrupt = corrupt or unreadable.error
+                args = kwargs = unreadable
+        else:
+            args = kwargs = _Unreadable(corrupt)
         result = row["result"]
+        if corrupt is not None and corrupt.column == "result":
+            result = _Unreadable(corrupt)
+        elif result is not None:
+            try:
+                result = loads(result)
+            except Exception as e:  # noqa: BLE001
+                result = _Unreadable(_undecodable(row, "result", loads, e))
+                corrupt = corrupt or result.error
         return cls(
             id=row["id"],
             queue=row["queue"],
@@ -126,9 +194,9 @@ class TaskInfo:
             attempts=row["attempts"],
             max_attempts=row["max_attempts"],
             run_at=from_ms(row["run_at"]),  # type: ignore[arg-type]
-            args=payload.get("args", []) if isinstance(payload, dict) else [],
-            kwargs=payload.get("kwargs", {}) if isinstance(payload, dict) else {},
-            result=None if result is None else loads(result),
+            args=args,
+            kwargs=kwargs,
+            result=result,
             last_error=TaskError.parse(row["last_error"]),
             unique_key=row["unique_key"],
             progress=row["progress"],
@@ -138,7 +206,39 @@ class TaskInfo:
             updated_at=from_ms(row["updated_at"]),  # type: ignore[arg-type]
             started_at=from_ms(row["started_at"]),
             finished_at=from_ms(row["finished_at"]),
+            corrupt=corrupt,
         )
+
+    def __repr__(self) -> str:
+        # The generated one would raise on an unreadable field.
+        shown = ", ".join(f"{f.name}={self.__dict__[f.name]!r}" for f in fields(self))
+        return f"TaskInfo({shown})"
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]  # (args is a list: never was hashable)
+
+
+def _corrupt_row(row: dict[str, Any]) -> CorruptTask | None:
+    """The core's report of a column holding a value of the wrong type, as a CorruptTask;
+    that column's field becomes None."""
+    bad = row.get("corrupt")
+    if bad is None:
+        return None
+    column, problem, raw = bad
+    if column in row and column not in ("payload", "result"):
+        row[column] = None
+    return CorruptTask(f"task {row['id']} cannot be read: {problem}", row["id"], column, raw)
+
+
+def _undecodable(row: dict[str, Any], column: str, loads: Callable[[bytes], Any], e: Exception) -> CorruptTask:
+    owner = getattr(loads, "__self__", None)
+    by = type(owner).__name__ if owner is not None else "the serializer"
+    return CorruptTask(f"task {row['id']} cannot be read: column {column} cannot be decoded by {by}: "
+                       f"{type(e).__name__}: {e}", row["id"], column, row[column])
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Coroutine, Iterable, Iterator, ParamSpec, Protocol, Sequence, TypeVar, overload
 
 from . import _checks, _core
-from .errors import CorruptDatabase, DatabasePathError, InvalidArgument, UnknownTaskName
+from .errors import CorruptDatabase, DatabasePathError, InvalidArgument, PayloadError, UnknownTaskName
 from .groups import Circuit, Event, GroupState, ResourceGroup, group_name
 from .info import STATUSES, TaskError, TaskInfo, Transition, from_ms
 from .observe import Observability, Observable
 from .policies import CircuitBreaker, PriorityAging, Retention, RetryPolicy, Throttle
 from .serializers import JsonSerializer, Serializer
-from .task import AsyncTask, BatchTask, Task, TaskBase, TaskCall, TaskHandle, TaskOptions
+from .task import AsyncTask, BatchTask, Task, TaskBase, TaskCall, TaskHandle, TaskOptions, _EncodedCall
 
 __all__ = ["Queue", "Requeued"]
 
@@ -269,8 +269,24 @@ class Queue(Observable):
     def enqueue_many(self, calls: Iterable[TaskCall[Any]]) -> list[int]:
         """Enqueues many calls (from ``task.call(...)``) in one transaction; returns their ids."""
         # The core reads each call as the iterable yields it: no list or tuple per call here,
-        # and calls from a generator die young (cheap for the garbage collector).
-        return self._store.enqueue_calls(self.name, calls, TaskCall)
+        # and calls from a generator die young (cheap for the garbage collector). It checks
+        # the payload of a hand-built TaskCall only (one task.call() made came from the
+        # serializer): a payload the worker cannot decode would be stored, then dead.
+        return self._store.enqueue_calls(self.name, calls, TaskCall, _EncodedCall, self._check_payload)
+
+    def _check_payload(self, payload: bytes) -> None:
+        """Raises PayloadError unless ``payload`` decodes, with this queue's serializer, to
+        what ``task.call`` encodes: ``{"args": [...], "kwargs": {...}}``."""
+        serializer = type(self.serializer).__name__
+        try:
+            data = self.serializer.loads(payload)
+        except Exception as e:  # noqa: BLE001 - whatever the serializer raises
+            raise PayloadError(f"the payload of a hand-built TaskCall cannot be decoded by the queue's serializer "
+                               f"({serializer}): {type(e).__name__}: {e}") from None
+        if not (isinstance(data, dict) and isinstance(data.get("args"), (list, tuple))
+                and isinstance(data.get("kwargs"), dict)):
+            raise PayloadError(f"the payload of a hand-built TaskCall must decode ({serializer}) to "
+                               f"{{'args': [...], 'kwargs': {{...}}}}, got {data!r:.200}")
 
     def _enqueue_one(self, call: TaskCall[R]) -> TaskHandle[R]:
         ((task_id, created),) = self._store.enqueue(self.name, [call.core_tuple()])
@@ -283,7 +299,9 @@ class Queue(Observable):
         return TaskHandle(self, task_id)
 
     def get(self, task_id: int) -> TaskInfo:
-        """The task as stored now. Raises ``UnknownTask`` if there is none with this id."""
+        """The task as stored now. Raises ``UnknownTask`` if there is none with this id, and
+        ``CorruptTask`` if its row holds a value of the wrong type (edited outside ferroq; see
+        ``TaskInfo`` for a payload the serializer cannot decode)."""
         return TaskInfo.from_core(self._store.get(self.name, _task_id(task_id)), self.serializer.loads)
 
     def cancel(self, task_id: int) -> None:
@@ -424,7 +442,8 @@ class Queue(Observable):
     ) -> builtins.list[TaskInfo]:
         """Tasks matching the filters, by id (oldest first, or ``newest_first``), at most
         ``limit``. For the next page pass the last id seen as ``after_id`` ("after" in the
-        listing's order: smaller ids when ``newest_first``)."""
+        listing's order: smaller ids when ``newest_first``). A task that cannot be read is
+        listed too, with ``TaskInfo.corrupt`` set."""
         _checks.integer("limit", limit, 0, 100_000)
         if after_id is not None:
             _task_id(after_id)

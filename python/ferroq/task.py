@@ -114,6 +114,13 @@ class TaskCall(Generic[R]):
         return (self.name, group, self.payload, priority, run_at, max_attempts, unique_key)
 
 
+class _EncodedCall(TaskCall[R]):
+    """A call ``task.call(...)`` made: its payload came from the queue's serializer, so
+    ``enqueue_many`` stores it unchecked (a hand-built ``TaskCall``'s is decoded first)."""
+
+    __slots__ = ()
+
+
 class TaskHandle(Generic[R]):
     """A reference to an enqueued task."""
 
@@ -224,7 +231,7 @@ class _Enqueuer(Generic[P, R]):
             payload = self.queue.serializer.dumps({"args": args, "kwargs": kwargs})
         except InvalidArgument as e:
             raise type(e)(f"payload of task {self.name!r} is {e}") from None
-        return TaskCall(self.name, payload, self.options)
+        return _EncodedCall(self.name, payload, self.options)
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
         """Stores one run of this task; durable when it returns."""

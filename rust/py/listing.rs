@@ -36,6 +36,11 @@ pub(super) fn task_dict(py: Python<'_>, t: TaskRecord) -> PyResult<Bound<'_, PyD
     d.set_item("updated_at", t.updated_at)?;
     d.set_item("started_at", t.started_at)?;
     d.set_item("finished_at", t.finished_at)?;
+    // (column, problem, raw bytes) of a value of the wrong type; None for a sound row.
+    let corrupt = t
+        .corrupt
+        .map(|c| (c.column, c.problem, PyBytes::new(py, &c.raw)));
+    d.set_item("corrupt", corrupt)?;
     Ok(d)
 }
 

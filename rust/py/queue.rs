@@ -211,6 +211,8 @@ impl PyStore {
 
     /// Inserts `calls` (any iterable of `call_type` instances: `TaskCall`) in one
     /// transaction, reading their attributes directly; returns their ids in order.
+    /// `check(payload)` vets the payload of a call not of `encoded_type` (what
+    /// `task.call()` makes, from the serializer): a hand-built one.
     /// Names and payloads are borrowed, not copied, and the calls of one task share its
     /// options object, whose fields (`options.core_options()`) are read once, after the
     /// last call.
@@ -220,12 +222,15 @@ impl PyStore {
         queue: &str,
         calls: &Bound<'py, PyAny>,
         call_type: &Bound<'py, PyType>,
+        encoded_type: &Bound<'py, PyType>,
+        check: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyList>> {
         let mut sources: Vec<Bound<'py, PyAny>> = Vec::new();
         let mut read: Vec<Call<'py>> = Vec::new();
         for call in calls.try_iter()? {
             let call = call?;
-            if !call.is_instance(call_type)? {
+            let encoded = call.get_type().is(encoded_type);
+            if !encoded && !call.is_instance(call_type)? {
                 return Err(InvalidArgument::new_err(format!(
                     "enqueue_many takes task.call(...) objects, got {}",
                     call.repr()?
@@ -245,6 +250,9 @@ impl PyStore {
                     call.repr()?
                 )));
             };
+            if !encoded {
+                check.call1((&payload,))?;
+            }
             let opts = call.getattr(intern!(py, "options"))?;
             // Usually the same object as the last call's (one task's calls), or a recent one.
             let index = match sources.iter().rev().take(8).position(|o| o.is(&opts)) {

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import sys
+from dataclasses import fields
 from datetime import datetime
 from typing import Any, BinaryIO
 
@@ -12,7 +14,9 @@ import orjson
 from rich.markup import escape
 from rich.table import Table
 
+from ..errors import CorruptTask
 from ..info import STATUSES, TaskInfo
+from ..queue import Queue
 from ._common import ago, console, db_options, dumps, open_queue, option, output_option, progress_bar, settings, \
     split_list, stamp
 
@@ -21,10 +25,51 @@ STATUS_OPTION = option("--status", multiple=True, metavar="STATUS",
 
 
 def _error_line(t: TaskInfo, width: int = 60) -> str:
-    if t.last_error is None:
+    if t.last_error is not None:
+        text = f"{t.last_error.type}: {t.last_error.message}"
+    elif t.corrupt is not None:
+        text = f"CorruptTask: {t.corrupt}"
+    else:
         return ""
-    text = f"{t.last_error.type}: {t.last_error.message}".replace("\n", " ")
+    text = text.replace("\n", " ")
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _record(info: TaskInfo) -> Any:
+    """A task as ``-o json`` and ``export`` write it: the TaskInfo, or for one that cannot be
+    read, what can be, its raw bytes (``raw_base64``) and an ``error``."""
+    bad = info.corrupt
+    if bad is None:
+        return info
+    data: dict[str, Any] = {}
+    for f in fields(info):
+        if f.name != "corrupt":
+            try:
+                data[f.name] = getattr(info, f.name)
+            except CorruptTask:
+                pass  # unreadable: its bytes are below
+    data["error"] = {"type": "CorruptTask", "column": bad.column, "message": str(bad)}
+    data["raw_base64"] = base64.b64encode(bad.raw or b"").decode()
+    return data
+
+
+def _readable(read: Any) -> Any:
+    """``read()``, or a note if what it reads cannot be decoded."""
+    try:
+        return dumps(read(), pretty=False)
+    except CorruptTask:
+        return "(cannot be decoded: see below)"
+
+
+def _get(q: Queue, task_id: int) -> TaskInfo:
+    """The task, also when ``get`` cannot read its row: a listing shows such a row."""
+    try:
+        return q.get(task_id)
+    except CorruptTask as e:
+        listed = q.list(after_id=task_id - 1, limit=1) if task_id > -2**63 else []
+        if listed and listed[0].id == task_id:
+            return listed[0]
+        raise e from None
 
 
 @click.command("list")
@@ -45,7 +90,7 @@ def list_command(ctx: click.Context, db: str | None, queue_name: str | None, out
         tasks = q.list(status=split_list(status), group=group, name=name, limit=limit, after_id=after_id,
                        newest_first=not oldest_first)
     if output == "json":
-        click.echo(dumps(tasks))
+        click.echo(dumps([_record(t) for t in tasks]))
         return
     table = Table(box=None, pad_edge=False)
     for col in ("id", "name", "status", "group", "prio", "tries", "created", "finished", "last error"):
@@ -70,14 +115,14 @@ def list_command(ctx: click.Context, db: str | None, queue_name: str | None, out
 def inspect(ctx: click.Context, db: str | None, queue_name: str | None, output: str, task_id: int) -> None:
     """One task: its fields, arguments, result, last error with traceback, and history."""
     with open_queue(settings(ctx, db, queue_name)) as q:
-        info, history = q.get(task_id), q.history(task_id)
+        info, history = _get(q, task_id), q.history(task_id)
     if output == "json":
-        click.echo(dumps({"task": info, "history": history}))
+        click.echo(dumps({"task": _record(info), "history": history}))
         return
     out = console()
-    fields = Table.grid(padding=(0, 2))
-    fields.add_column(style="bold")
-    fields.add_column()
+    table_of_fields = Table.grid(padding=(0, 2))
+    table_of_fields.add_column(style="bold")
+    table_of_fields.add_column()
     rows: list[tuple[str, Any]] = [
         ("id", info.id), ("queue", info.queue), ("name", info.name), ("status", info.status),
         ("resource group", info.resource_group), ("priority", info.priority),
@@ -85,13 +130,17 @@ def inspect(ctx: click.Context, db: str | None, queue_name: str | None, output: 
         ("progress", info.progress), ("created", info.created_at), ("run at", info.run_at),
         ("started", info.started_at), ("finished", info.finished_at), ("lease owner", info.lease_owner),
         ("lease expires", info.lease_expires_at),
-        ("args", dumps(info.args, pretty=False)), ("kwargs", dumps(info.kwargs, pretty=False)),
-        ("result", dumps(info.result, pretty=False)),
+        ("args", _readable(lambda: info.args)), ("kwargs", _readable(lambda: info.kwargs)),
+        ("result", _readable(lambda: info.result)),
     ]
     for key, value in rows:
         if value is not None:
-            fields.add_row(key, escape(stamp(value) if isinstance(value, datetime) else str(value)))
-    out.print(fields)
+            table_of_fields.add_row(key, escape(stamp(value) if isinstance(value, datetime) else str(value)))
+    out.print(table_of_fields)
+    if info.corrupt is not None:
+        raw = base64.b64encode(info.corrupt.raw or b"").decode()
+        out.print(f"\n[bold]cannot be read[/bold]: {escape(str(info.corrupt))}\n"
+                  f"column {escape(str(info.corrupt.column))}, raw bytes (base64): {raw}", soft_wrap=True)
     if info.last_error is not None:
         out.print(f"\n[bold]last error[/bold]: {escape(info.last_error.type)}: {escape(info.last_error.message)}")
         if info.last_error.traceback:
@@ -137,7 +186,7 @@ def _export(ctx: click.Context, db: str | None, queue_name: str | None, statuses
         with progress_bar("exporting") as progress:
             bar = progress.add_task("exporting", total=total)
             for i, info in enumerate(q.iter_tasks(status=statuses, group=group, name=name, page_size=page_size), 1):
-                out.write(orjson.dumps(info, default=str) + b"\n")
+                out.write(orjson.dumps(_record(info), default=str) + b"\n")
                 if i % page_size == 0:
                     progress.update(bar, completed=i)
     out.flush()

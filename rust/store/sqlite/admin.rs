@@ -2,6 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension, Transaction};
 
+use super::decode::Lenient;
 use super::events;
 use super::history;
 use super::listing::{self, RECORD_COLUMNS};
@@ -10,15 +11,26 @@ use crate::error::{Error, Result};
 use crate::policy::retention::{Keep, Retention};
 use crate::task::{TaskId, TaskRecord, TaskStatus, Transition};
 
-/// One task and its result.
+/// One task and its result; `CorruptTask` if a column holds a value of the wrong type
+/// (listings show such a row instead, see `listing::record`).
 pub fn get(conn: &Connection, queue: &str, id: TaskId) -> Result<TaskRecord> {
-    conn.prepare_cached(&format!(
-        "SELECT {RECORD_COLUMNS} FROM tasks t LEFT JOIN task_results r ON r.task_id = t.id
-         WHERE t.id = ?1 AND t.queue = ?2"
-    ))?
-    .query_row((id, queue), listing::record)
-    .optional()?
-    .ok_or(Error::UnknownTask(id))
+    let t = conn
+        .prepare_cached(&format!(
+            "SELECT {RECORD_COLUMNS} FROM tasks t LEFT JOIN task_results r ON r.task_id = t.id
+             WHERE t.id = ?1 AND t.queue = ?2"
+        ))?
+        .query_row((id, queue), listing::record)
+        .optional()?
+        .ok_or(Error::UnknownTask(id))?;
+    match t.corrupt {
+        None => Ok(t),
+        Some(bad) => Err(Error::CorruptTask {
+            id,
+            column: bad.column,
+            problem: bad.problem,
+            raw: bad.raw,
+        }),
+    }
 }
 
 /// The status of a task that exists, or `UnknownTask`.
@@ -99,8 +111,10 @@ pub fn requeue(tx: &Transaction<'_>, queue: &str, id: TaskId, now: Millis) -> Re
 /// operator actions. Files written before this kept every transition as a row: a derived
 /// transition equal to a stored one is not repeated.
 pub fn history(conn: &Connection, queue: &str, id: TaskId) -> Result<Vec<Transition>> {
+    // Read leniently: the history of a row edited by hand is still shown (`decode`); a
+    // time that is not a number leaves out the transition it dates.
     let (created_at, status, started_at, finished_at, worker): (
-        Millis,
+        Option<Millis>,
         TaskStatus,
         Option<Millis>,
         Option<Millis>,
@@ -111,7 +125,16 @@ pub fn history(conn: &Connection, queue: &str, id: TaskId) -> Result<Vec<Transit
              WHERE id = ?1 AND queue = ?2",
         )?
         .query_row((id, queue), |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            let mut d = Lenient::new(r);
+            let created_at = d.opt_int(0, "created_at")?;
+            let status = r.get(1)?;
+            Ok((
+                created_at,
+                status,
+                d.opt_int(2, "started_at")?,
+                d.opt_int(3, "finished_at")?,
+                d.opt_text(4, "lease_owner")?,
+            ))
         })
         .optional()?
         .ok_or(Error::UnknownTask(id))?;
@@ -160,17 +183,14 @@ pub fn history(conn: &Connection, queue: &str, id: TaskId) -> Result<Vec<Transit
             .any(|s| (s.from, s.to, s.at) == (t.from, t.to, t.at))
     };
     tail.retain(|t| !is_stored(t));
-    let enqueued = Transition {
+    let enqueued = created_at.map(|at| Transition {
         from: None,
         to: TaskStatus::Pending,
-        at: created_at,
+        at,
         worker: None,
         error: None,
-    };
-    Ok(std::iter::once(enqueued)
-        .chain(stored)
-        .chain(tail)
-        .collect())
+    });
+    Ok(enqueued.into_iter().chain(stored).chain(tail).collect())
 }
 
 /// One arm per partial index (pending tasks are in two: ready and delayed), so counting

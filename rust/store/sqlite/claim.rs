@@ -7,6 +7,7 @@ use rusqlite::{OptionalExtension, Transaction};
 use super::events;
 use super::finish::TaskEvents;
 use super::json;
+use super::quarantine;
 use super::ready::{self, Share};
 use super::resource_groups::{self, Group};
 use crate::clock::Millis;
@@ -63,7 +64,7 @@ pub fn claim(
     let ready;
     let named: Vec<(&str, Option<(i64, i64)>)> = match only {
         None => {
-            ready = ready::groups_with_ready(tx, queue)?;
+            ready = ready::groups_with_ready(tx, queue, lease.now)?;
             ready
                 .iter()
                 .map(|r| (r.group.as_str(), Some(r.best)))
@@ -74,7 +75,12 @@ pub fn claim(
             only.iter().map(|g| (g.as_str(), None)).collect()
         }
     };
-    claim_from(tx, queue, &named, groups, lease)
+    let tasks = claim_from(tx, queue, &named, groups, lease)?;
+    if tasks.len() < lease.limit {
+        // Nothing more is ready: set aside delayed tasks that can never come due.
+        quarantine::unschedulable(tx, queue, lease.now)?;
+    }
+    Ok(tasks)
 }
 
 /// Leases the best `limit` ready tasks of the groups `names` (with the rank of each one's

@@ -3,6 +3,7 @@
 
 use rusqlite::{Connection, Row, Transaction};
 
+use super::decode::Lenient;
 use super::{SqliteStore, admin, json};
 use crate::clock::Millis;
 use crate::error::{Error, Result};
@@ -20,30 +21,36 @@ pub const RECORD_COLUMNS: &str = "t.id, t.queue, t.name, t.status, t.priority, t
     t.lease_expires_at, t.last_error, r.result, t.created_at, t.updated_at, t.started_at,
     t.finished_at";
 
-/// A row selected with `RECORD_COLUMNS`.
+/// A row selected with `RECORD_COLUMNS`. A value of the wrong type (a row edited by hand)
+/// does not fail the read: the record says which column in `corrupt` (see `decode`).
 pub fn record(r: &Row<'_>) -> rusqlite::Result<TaskRecord> {
-    Ok(TaskRecord {
+    let mut d = Lenient::new(r);
+    let mut t = TaskRecord {
         id: r.get(0)?,
-        queue: r.get(1)?,
-        name: r.get(2)?,
+        queue: d.text(1, "queue")?,
+        name: d.text(2, "name")?,
+        // The table's CHECK admits only the statuses.
         status: r.get(3)?,
-        priority: r.get(4)?,
-        resource_group: r.get(5)?,
-        payload: r.get(6)?,
-        attempts: r.get(7)?,
-        max_attempts: r.get(8)?,
-        run_at: r.get(9)?,
-        unique_key: r.get(10)?,
-        progress: r.get(11)?,
-        lease_owner: r.get(12)?,
-        lease_expires_at: r.get(13)?,
-        last_error: r.get(14)?,
-        result: r.get(15)?,
-        created_at: r.get(16)?,
-        updated_at: r.get(17)?,
-        started_at: r.get(18)?,
-        finished_at: r.get(19)?,
-    })
+        priority: d.int(4, "priority")?,
+        resource_group: d.text(5, "resource_group")?,
+        payload: d.blob(6, "payload")?,
+        attempts: d.int(7, "attempts")?,
+        max_attempts: d.int(8, "max_attempts")?,
+        run_at: d.int(9, "run_at")?,
+        unique_key: d.opt_text(10, "unique_key")?,
+        progress: d.opt_real(11, "progress")?,
+        lease_owner: d.opt_text(12, "lease_owner")?,
+        lease_expires_at: d.opt_int(13, "lease_expires_at")?,
+        last_error: d.opt_text(14, "last_error")?,
+        result: d.opt_blob(15, "result")?,
+        created_at: d.int(16, "created_at")?,
+        updated_at: d.int(17, "updated_at")?,
+        started_at: d.opt_int(18, "started_at")?,
+        finished_at: d.opt_int(19, "finished_at")?,
+        corrupt: None,
+    };
+    t.corrupt = d.bad;
+    Ok(t)
 }
 
 /// A listing walks the table by primary key from the cursor (`NOT INDEXED` keeps the
