@@ -18,7 +18,7 @@ pub const RECORD_COLUMNS: &str = "t.id, t.queue, t.name, t.status, t.priority, t
          ELSE t.payload END,
     t.attempts, t.max_attempts, t.run_at, t.unique_key, t.progress, t.lease_owner,
     t.lease_expires_at, t.last_error, r.result, t.created_at, t.updated_at, t.started_at,
-    t.finished_at";
+    t.finished_at, t.progress_message";
 
 /// A row selected with `RECORD_COLUMNS`.
 pub fn record(r: &Row<'_>) -> rusqlite::Result<TaskRecord> {
@@ -43,6 +43,7 @@ pub fn record(r: &Row<'_>) -> rusqlite::Result<TaskRecord> {
         updated_at: r.get(17)?,
         started_at: r.get(18)?,
         finished_at: r.get(19)?,
+        progress_message: r.get(20)?,
     })
 }
 
@@ -203,7 +204,7 @@ pub fn requeue_batch(
         match admin::requeue(tx, queue, id, now) {
             Ok(()) => step.done += 1,
             // Its unique key is held by an unfinished task: leave it dead, report it.
-            Err(Error::InvalidArgument(_)) => step.skipped.push(id),
+            Err(Error::Refused(_)) => step.skipped.push(id),
             Err(other) => return Err(other),
         }
     }
@@ -223,6 +224,18 @@ pub(super) const QUEUE_NAMES_SQL: &str = "SELECT queue FROM queues
 pub fn queue_names(conn: &Connection) -> Result<Vec<String>> {
     let mut stmt = conn.prepare_cached(QUEUE_NAMES_SQL)?;
     let rows = stmt.query_map([], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn task_names_like(conn: &Connection, queue: &str, name: &str) -> Result<Vec<String>> {
+    // substr, not LIKE: LIKE is case-insensitive and reads `_` and `%` in names as wildcards.
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT name FROM tasks
+         WHERE queue = ?1 AND (name = ?2 OR (length(name) > length(?2)
+                                             AND substr(name, -length(?2) - 1) = '.' || ?2))
+         ORDER BY name",
+    )?;
+    let rows = stmt.query_map((queue, name), |r| r.get(0))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
@@ -282,6 +295,10 @@ impl Operations for SqliteStore {
 
     fn queue_names(&self) -> Result<Vec<String>> {
         self.read(|conn, _| queue_names(conn))
+    }
+
+    fn task_names_like(&self, queue: &str, name: &str) -> Result<Vec<String>> {
+        self.read(|conn, _| task_names_like(conn, queue, name))
     }
 }
 
