@@ -22,13 +22,14 @@ __all__ = ["main"]
 
 
 class FerroqGroup(click.Group):
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
         """click's standalone mode, with our ``error:`` prefix on every failure (click
         writes ``Error:``) and the documented exit codes."""
         if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(args, prog_name, complete_var, False, **extra)
         try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
+            code = super().main(args, prog_name, complete_var, False, **extra)
         except click.ClickException as e:
             show_error(e)
             sys.exit(e.exit_code)

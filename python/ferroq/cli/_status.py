@@ -75,8 +75,9 @@ def _circuit(g: dict[str, Any]) -> str:
     return text
 
 
-#: Below this many columns ``status`` drops the groups' rate, tokens and hold columns, and
-#: the queue column when the file has one queue (a full table needs about 140).
+#: Below this many columns ``status`` draws no borders and drops the groups' rate, tokens
+#: and hold columns, and the queue column when the file has one queue (the full table
+#: needs about 140).
 COMPACT_BELOW = 120
 _GROUP_COLUMNS = ("queue", "group", "state", "pending", "running/limit", "done/s", "failed/s", "wait p95",
                   "run p95", "rate", "tokens", "circuit", "held until")
@@ -84,18 +85,29 @@ _COMPACT_DROPS = ("rate", "tokens", "held until")
 _NUMERIC = ("pending", "running/limit", "tokens", "done/s", "failed/s", "wait p95", "run p95")
 
 
+#: Shorter headers in the compact layout.
+_COMPACT_HEADERS = {"running/limit": "run/cap", "failed/s": "fail/s"}
+
+
+def _table(title: str, compact: bool) -> Table:
+    if compact:  # no borders: they cost 3 columns a column
+        return Table(title=title, title_justify="left", box=None, pad_edge=False)
+    return Table(title=title, title_justify="left")
+
+
 def render(data: dict[str, Any], width: int = 200) -> Stack:
     compact = width < COMPACT_BELOW
-    queues = Table(title="Queues", title_justify="left")
+    queues = _table("Queues", compact)
     for col in ("queue", "state", *STATUSES):
         queues.add_column(col, justify="left" if col in ("queue", "state") else "right")
-    groups = Table(title="Resource groups", title_justify="left")
+    groups = _table("Resource groups", compact)
     dropped = set(_COMPACT_DROPS if compact else ())
     if compact and len(data["queues"]) == 1:
         dropped.add("queue")
     shown = [c for c in _GROUP_COLUMNS if c not in dropped]
     for col in shown:
-        groups.add_column(col, justify="right" if col in _NUMERIC else "left")
+        groups.add_column(_COMPACT_HEADERS.get(col, col) if compact else col,
+                          justify="right" if col in _NUMERIC else "left", no_wrap=True)
     for entry in data["queues"]:
         counts = entry["counts"]
         queues.add_row(entry["name"], "paused" if entry["paused"] else "running",
