@@ -550,7 +550,7 @@ class Queue(Observable):
         """Stored task names of this queue equal to ``matching`` or ending in
         ``"." + matching`` (``"charge"`` finds ``"shop.tasks.charge"``), sorted. Reads every
         task of the queue: for operators (the CLI's ``--name``), not hot paths."""
-        return self._store.task_names_like(self.name, _checks.text("matching", matching))
+        return self._store.task_names_like(self.name, _checks.text("name", matching))
 
     def queue_names(self) -> builtins.list[str]:
         """Every queue in this file (with tasks, group settings or a pause)."""
