@@ -34,6 +34,11 @@ pub enum Error {
         status: TaskStatus,
     },
 
+    /// The change is refused by what other tasks hold (a unique key an unfinished task
+    /// holds): like `InvalidTransition`, a refused action, not a bad argument.
+    #[error("{0}")]
+    Refused(String),
+
     /// The database file cannot be created or opened where it was asked for.
     #[error("cannot open database {path}: {reason}")]
     Path { path: String, reason: String },

@@ -129,6 +129,8 @@ pub struct TaskRecord {
     pub run_at: Millis,
     pub unique_key: Option<String>,
     pub progress: Option<f64>,
+    /// What the processor said with its last `progress(f, message)`.
+    pub progress_message: Option<String>,
     pub lease_owner: Option<String>,
     pub lease_expires_at: Option<Millis>,
     pub last_error: Option<String>,

@@ -126,7 +126,7 @@ def test_retry_requeues_ids_and_all_dead(shop: ferroq.Queue, db_path: Path) -> N
     assert run(db_path, "retry", "12345").exit_code == 4
     assert run(db_path, "retry").exit_code == 2
     data = ok_json(db_path, "retry", "--all-dead", "--group", "smtp")
-    assert data == {"requeued": 1, "skipped": []}
+    assert data == {"requeued": 1, "skipped": [], "failed": {}}
     assert [t.resource_group for t in shop.list(status="dead")] == ["api"]
     assert "requeued 1 dead task(s)" in run(db_path, "retry", "--all-dead").output
     assert shop.counts()["dead"] == 0
@@ -217,7 +217,7 @@ def test_a_corrupt_database_is_reported_without_a_traceback(tmp_path: Path, cont
     path.write_bytes(content)
     result = run(path, "status")
     assert result.exit_code == 3, result.output
-    assert result.output.startswith("Error: ") and len(result.output.strip().splitlines()) == 1
+    assert result.output.startswith("error: ") and len(result.output.strip().splitlines()) == 1
     assert isinstance(result.exception, SystemExit)
     assert path.read_bytes() == content
 

@@ -58,7 +58,7 @@ def test_failures_count_as_retried_and_dead(queue: ferroq.Queue) -> None:
     assert kinds == ["cancelled", "failed", "retried", "failed", "dead"]
     failed = queue.events()[1]
     assert failed.task_id is not None and failed.group == "api"
-    assert "RuntimeError" in failed.detail["error"] and failed.detail["attempt"] == 1
+    assert failed.detail["error"]["type"] == "RuntimeError" and failed.detail["attempt"] == 1
 
 
 def test_progress_messages_are_stored_and_are_events(queue: ferroq.Queue) -> None:

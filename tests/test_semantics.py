@@ -431,8 +431,9 @@ def test_finished_tasks_do_not_hold_their_unique_key(queue: ferroq.Queue) -> Non
         assert new.created is True, key
         assert new.id != old.id, key
 
-    # A requeue that would make two unfinished tasks share a key is refused.
-    with pytest.raises(ferroq.InvalidArgument):
+    # A requeue that would make two unfinished tasks share a key is refused (a refused
+    # action, as for a task in the wrong status: `ferroq retry` exits 1).
+    with pytest.raises(ferroq.InvalidTransition):
         queue.requeue(dead.id)
 
 

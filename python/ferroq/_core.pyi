@@ -174,6 +174,10 @@ class Store:
         self, queue: str, group: str | None = None, after: int = 0, limit: int = 1000
     ) -> list[tuple[int, int, str, str | None, int | None, str, str | None]]:
         """(id, at_ms, queue, group, task_id, kind, detail_json) after id ``after``."""
+    def latest_events(
+        self, queue: str, kinds: list[str], up_to: int, limit: int
+    ) -> list[tuple[int, int, str, str | None, int | None, str, str | None]]:
+        """The newest ``limit`` events up to id ``up_to`` of these kinds (all if empty), oldest first."""
     def next_unblock_at(self, queue: str) -> int | None:
         """Earliest future time (ms) a group held by time may start a task again."""
     def age_priorities(self, queue: str, every_ms: int, step: int, max: int) -> int:
@@ -227,3 +231,5 @@ class Store:
         """``claim``, from these resource groups' tasks only."""
     def queue_names(self) -> list[str]:
         """Queues with tasks, settings or a pause in the file."""
+    def task_names_like(self, queue: str, name: str) -> list[str]:
+        """Stored task names equal to ``name`` or ending in ``.name``, sorted."""

@@ -63,9 +63,17 @@ class GroupState:
 
 @dataclass(frozen=True)
 class Event:
-    """One recorded change of a group or queue: ``circuit_opened``, ``circuit_half_open``,
-    ``circuit_closed``, ``throttle_changed``, ``group_paused``, ``group_resumed``,
-    ``queue_paused``, ``queue_resumed``. ``detail`` holds e.g. ``from``, ``to`` and ``reason``."""
+    """One recorded event. ``task_id`` is set for a task's events, ``group`` for a group's
+    (and its tasks'). ``detail`` by kind (times are UTC datetimes, ISO 8601 in JSON):
+
+    - ``failed``: ``attempt``, ``error`` (``{"type", "message", "traceback"}``);
+      ``retried``: ``run_at``; ``dead``, ``cancelled``, ``completed``: nothing;
+      ``progress``: ``progress`` (0..1), ``message``; ``enqueued``: ``name``;
+      ``started``: ``worker``, ``attempt``.
+    - ``circuit_opened``, ``circuit_half_open``, ``circuit_closed``: ``from``, ``to``,
+      ``reason``; ``throttle_changed``: ``concurrency_limit``, ``previous``, ``reason``;
+      ``group_paused``, ``group_resumed``, ``queue_paused``, ``queue_resumed``: nothing.
+    """
 
     id: int
     at: datetime
@@ -80,7 +88,24 @@ class Event:
         id_, at, queue, group, task_id, kind, detail = row
         at_dt = from_ms(at)
         assert at_dt is not None
-        return cls(id_, at_dt, queue, group, task_id, kind, orjson.loads(detail) if detail else {})
+        return cls(id_, at_dt, queue, group, task_id, kind, _detail(detail))
+
+
+def _detail(raw: str | None) -> dict[str, Any]:
+    """An event's detail as documented: times (keys ending in ``_at`` or ``_until``, stored
+    as epoch ms) as datetimes, a failure's ``error`` as an object (files written before
+    ferroq stored it as an object hold a string of JSON)."""
+    detail: dict[str, Any] = orjson.loads(raw) if raw else {}
+    for key, value in detail.items():
+        if key.endswith(("_at", "_until")) and isinstance(value, int):
+            detail[key] = from_ms(value)
+    error = detail.get("error")
+    if isinstance(error, str):
+        try:
+            detail["error"] = orjson.loads(error)
+        except orjson.JSONDecodeError:
+            detail["error"] = {"type": "Error", "message": error, "traceback": None}
+    return detail
 
 
 class Circuit:

@@ -153,6 +153,8 @@ class TaskInfo:
     last_error: TaskError | None
     unique_key: str | None
     progress: float | None
+    #: The message of the running (or last) run's latest ``progress(f, message)``.
+    progress_message: str | None
     lease_owner: str | None
     lease_expires_at: datetime | None
     created_at: datetime
@@ -200,6 +202,7 @@ class TaskInfo:
             last_error=TaskError.parse(row["last_error"]),
             unique_key=row["unique_key"],
             progress=row["progress"],
+            progress_message=row["progress_message"],
             lease_owner=row["lease_owner"],
             lease_expires_at=from_ms(row["lease_expires_at"]),
             created_at=from_ms(row["created_at"]),  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from . import _checks
+from ._units import duration
 from .errors import CorruptDatabase, StorageError
 from .groups import Event
 from .info import from_ms
@@ -233,10 +234,10 @@ class Observable:
             checks.append(HealthCheck("workers", bool(alive), f"{len(alive)} alive of {len(workers)} registered"))
         age = max(0.0, (now - oldest) / 1000) if oldest is not None else 0.0
         checks.append(HealthCheck("pending", age <= max_pending_age,
-                                  f"oldest due task waited {age:.1f}s (limit {max_pending_age:g}s)"))
+                                  f"oldest due task waited {duration(age)} (limit {duration(max_pending_age)})"))
         if max_dead is not None:
             checks.append(HealthCheck("dead", dead <= max_dead,
-                                      f"{dead} dead in the last {dead_window:g}s (limit {max_dead})"))
+                                      f"{dead} dead in the last {duration(dead_window)} (limit {max_dead})"))
         return Health(all(c.ok for c in checks), tuple(checks), workers, age, dead)
 
     def watch_events(

@@ -20,7 +20,10 @@ from .policies import CircuitBreaker, PriorityAging, Retention, RetryPolicy, Thr
 from .serializers import JsonSerializer, Serializer
 from .task import AsyncTask, BatchTask, Task, TaskBase, TaskCall, TaskHandle, TaskOptions, _EncodedCall
 
-__all__ = ["Queue", "Requeued"]
+__all__ = ["Queue", "Requeued", "LIST_LIMIT"]
+
+#: How many tasks ``Queue.list`` and ``ferroq list`` return by default.
+LIST_LIMIT = 50
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -413,11 +416,27 @@ class Queue(Observable):
         return bool(self._store.queue_paused(self.name))
 
     def events(self, *, after: int = 0, group: str | ResourceGroup | None = None, limit: int = 1000) -> list[Event]:
-        """Recorded group and queue events with id greater than ``after``, oldest first (pass
-        the last id seen to tail them, from any process)."""
+        """Recorded events with id greater than ``after``, oldest first (pass the last id seen
+        to tail them, from any process); with ``group``, that group's own events (circuit,
+        throttle, pause)."""
         _checks.integer("after", after, 0, _checks.INT64_MAX)
         _checks.integer("limit", limit, 1, 1_000_000)
         return [Event.from_core(row) for row in self._store.events(self.name, _group_or_none(group), after, limit)]
+
+    def latest_events(self, n: int = 20, *, kinds: Iterable[str] | None = None,
+                      up_to: int | None = None) -> builtins.list[Event]:
+        """The newest ``n`` events (of ``kinds``, if given) with id at most ``up_to``
+        (default: all so far), oldest first. The kinds are filtered before the ``n`` are taken."""
+        _checks.integer("n", n, 1, 1_000_000)
+        wanted = [] if kinds is None else [_checks.text("kind", k) for k in ([kinds] if isinstance(kinds, str)
+                                                                             else kinds)]
+        last = self.last_event_id() if up_to is None else _checks.integer("up_to", up_to, 0, _checks.INT64_MAX)
+        return [Event.from_core(row) for row in self._store.latest_events(self.name, wanted, last, n)]
+
+    def last_event_id(self) -> int:
+        """The id of the newest event in the file (0 if none): pass it as ``after`` to
+        ``watch_events``/``events`` to see only what happens from now on."""
+        return int(self._store.last_event_id())
 
     # -- in-process wake-ups -----------------------------------------------------------
 
@@ -436,7 +455,7 @@ class Queue(Observable):
         status: str | Iterable[str] | None = None,
         group: str | ResourceGroup | None = None,
         name: str | None = None,
-        limit: int = 100,
+        limit: int = LIST_LIMIT,
         after_id: int | None = None,
         newest_first: bool = False,
     ) -> builtins.list[TaskInfo]:
@@ -545,6 +564,12 @@ class Queue(Observable):
         if done:
             self._notify()
         return Requeued(done, skipped)
+
+    def task_names(self, matching: str) -> builtins.list[str]:
+        """Stored task names of this queue equal to ``matching`` or ending in
+        ``"." + matching`` (``"charge"`` finds ``"shop.tasks.charge"``), sorted. Reads every
+        task of the queue: for operators (the CLI's ``--name``), not hot paths."""
+        return self._store.task_names_like(self.name, _checks.text("name", matching))
 
     def queue_names(self) -> builtins.list[str]:
         """Every queue in this file (with tasks, group settings or a pause)."""

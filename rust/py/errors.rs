@@ -26,7 +26,9 @@ impl From<Error> for PyErr {
             Error::PayloadTooLarge { .. } => PayloadTooLarge::new_err(message),
             Error::UnknownTask(_) => UnknownTask::new_err(message),
             Error::LeaseLost(_) => LeaseLost::new_err(message),
-            Error::InvalidTransition { .. } => InvalidTransition::new_err(message),
+            Error::InvalidTransition { .. } | Error::Refused(_) => {
+                InvalidTransition::new_err(message)
+            }
             Error::Path { .. } => DatabasePathError::new_err(message),
             Error::Corrupt { .. } => CorruptDatabase::new_err(message),
             // The Python class turns `raw` (a list of ints here) into bytes.

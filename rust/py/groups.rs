@@ -9,7 +9,7 @@ use crate::clock::Millis;
 use crate::error::Error;
 use crate::policy::breaker::BreakerConfig;
 use crate::policy::throttle::{Adaptive, ThrottleConfig};
-use crate::resource_group::GroupConfig;
+use crate::resource_group::{Event, GroupConfig};
 use crate::store::{CircuitCommand, Store};
 
 /// (failure_threshold, window_ms, open_ms, max_open_ms, half_open_probes)
@@ -180,20 +180,21 @@ impl PyStore {
         limit: usize,
     ) -> PyResult<Vec<EventTuple>> {
         let events = py.detach(|| self.store.events(queue, group, after, limit))?;
-        Ok(events
-            .into_iter()
-            .map(|e| {
-                (
-                    e.id,
-                    e.at,
-                    e.queue,
-                    e.resource_group,
-                    e.task_id,
-                    e.kind,
-                    e.detail,
-                )
-            })
-            .collect())
+        Ok(events.into_iter().map(event_tuple).collect())
+    }
+
+    /// The newest `limit` events up to id `up_to` of these kinds (all if empty), oldest first.
+    #[pyo3(signature = (queue, kinds, up_to, limit))]
+    fn latest_events(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        kinds: Vec<String>,
+        up_to: i64,
+        limit: usize,
+    ) -> PyResult<Vec<EventTuple>> {
+        let events = py.detach(|| self.store.latest_events(queue, &kinds, up_to, limit))?;
+        Ok(events.into_iter().map(event_tuple).collect())
     }
 
     fn next_unblock_at(&self, py: Python<'_>, queue: &str) -> PyResult<Option<Millis>> {
@@ -210,4 +211,16 @@ impl PyStore {
     ) -> PyResult<u64> {
         Ok(py.detach(|| self.store.age_priorities(queue, every_ms, step, max))?)
     }
+}
+
+fn event_tuple(e: Event) -> EventTuple {
+    (
+        e.id,
+        e.at,
+        e.queue,
+        e.resource_group,
+        e.task_id,
+        e.kind,
+        e.detail,
+    )
 }

@@ -28,6 +28,7 @@ pub(super) fn task_dict(py: Python<'_>, t: TaskRecord) -> PyResult<Bound<'_, PyD
     d.set_item("run_at", t.run_at)?;
     d.set_item("unique_key", t.unique_key)?;
     d.set_item("progress", t.progress)?;
+    d.set_item("progress_message", t.progress_message)?;
     d.set_item("lease_owner", t.lease_owner)?;
     d.set_item("lease_expires_at", t.lease_expires_at)?;
     d.set_item("last_error", t.last_error)?;
@@ -168,5 +169,9 @@ impl PyStore {
 
     fn queue_names(&self, py: Python<'_>) -> PyResult<Vec<String>> {
         Ok(py.detach(|| self.store.queue_names())?)
+    }
+
+    fn task_names_like(&self, py: Python<'_>, queue: &str, name: &str) -> PyResult<Vec<String>> {
+        Ok(py.detach(|| self.store.task_names_like(queue, name))?)
     }
 }

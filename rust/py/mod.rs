@@ -51,9 +51,12 @@ fn release_closes() {
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    // Rust-side log records (breaker transitions, migrations) go to logging "ferroq._core".
-    // try_init: a second import of the module (subinterpreters, reloads) keeps the first.
-    let _ = pyo3_log::try_init();
+    // Rust-side log records (breaker transitions, migrations) go to Python loggers named
+    // after their module under "ferroq." (`ferroq._core.store.sqlite.open`), so the
+    // "ferroq" logger governs them with the rest. A second import of the module
+    // (subinterpreters, reloads) keeps the first logger: install fails, harmlessly.
+    let logger = pyo3_log::Logger::new(m.py(), pyo3_log::Caching::LoggersAndLevels)?;
+    let _ = logger.set_prefix("ferroq").install();
     m.add_class::<queue::PyStore>()?;
     m.add_class::<journal::PyRunJournal>()?;
     m.add_class::<journal::PyRunJournalView>()?;

@@ -185,6 +185,16 @@ pub trait Store: Send + Sync {
         limit: usize,
     ) -> Result<Vec<Event>>;
 
+    /// The newest `limit` events of `queue` with id at most `up_to` and, unless `kinds` is
+    /// empty, one of those kinds; oldest first (the start of a tail: `ferroq events`).
+    fn latest_events(
+        &self,
+        queue: &str,
+        kinds: &[String],
+        up_to: i64,
+        limit: usize,
+    ) -> Result<Vec<Event>>;
+
     /// The earliest future time a group held by time (rate, open breaker, Retry-After)
     /// may start a task again: when an idle worker should look again.
     fn next_unblock_at(&self, queue: &str) -> Result<Option<Millis>>;

@@ -87,4 +87,9 @@ pub trait Operations: Store {
 
     /// Queues present in the file: with tasks, settings or a pause.
     fn queue_names(&self) -> Result<Vec<String>>;
+
+    /// The task names stored in `queue` equal to `name` or ending in `.{name}` (a dot
+    /// boundary), sorted: what an operator's short name may mean. Reads every task of the
+    /// queue (no index on names): for operators, not hot paths.
+    fn task_names_like(&self, queue: &str, name: &str) -> Result<Vec<String>>;
 }

@@ -7,6 +7,8 @@ Errors are translated once, in ``FerroqGroup.invoke``: a one-line message and an
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 import click
@@ -14,12 +16,32 @@ import click
 from .. import __version__
 from ..errors import FerroqError
 from . import _bench, _control, _observe, _status, _tasks, _worker
-from ._common import EXIT_CODES_HELP, CliError, Exit, Settings, option, translate
+from ._common import ERROR_PREFIX, EXIT_CODES_HELP, CliError, Exit, Settings, option, show_error, translate
 
 __all__ = ["main"]
 
 
 class FerroqGroup(click.Group):
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        """click's standalone mode, with our ``error:`` prefix on every failure (click
+        writes ``Error:``) and the documented exit codes."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.ClickException as e:
+            show_error(e)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo(f"{ERROR_PREFIX} aborted", err=True)
+            sys.exit(Exit.FAILED)
+        except BrokenPipeError:
+            # `ferroq list | head`: the reader has what it wanted.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(Exit.OK)
+        sys.exit(code if isinstance(code, int) else Exit.OK)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)

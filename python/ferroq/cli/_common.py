@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..errors import CorruptDatabase, DatabasePathError, FerroqError, InvalidArgument, InvalidTransition, \
     SchemaTooNew, StorageError, UnknownTask
+from .._units import duration
 from ..queue import Queue
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -38,6 +39,18 @@ EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 an action was refused or failed (or unhealthy); 2 usage error; "
     "3 database missing, locked, corrupt or too new; 4 no such task; 130 interrupted."
 )
+
+
+#: Every message the CLI prints for a failure starts with this (click's own "Error:" too).
+ERROR_PREFIX = "error:"
+
+
+def show_error(e: click.ClickException) -> None:
+    """``error: message`` on stderr; a usage error first shows the usage and where help is."""
+    ctx = getattr(e, "ctx", None)
+    if isinstance(e, click.UsageError) and ctx is not None:
+        click.echo(f"{ctx.get_usage()}\nTry '{ctx.command_path} --help' for help.\n", err=True)
+    click.echo(f"{ERROR_PREFIX} {e.format_message()}", err=True)
 
 
 class CliError(click.ClickException):
@@ -153,8 +166,10 @@ def output_option(fn: F) -> F:
 
 def console(stderr: bool = False) -> Console:
     stream = sys.stderr if stderr else sys.stdout
-    # Not a terminal (a pipe, a test): wide enough that tables are not cut.
-    return Console(file=stream, width=None if stream.isatty() else 200, highlight=False)
+    # The terminal's width, or COLUMNS when set (rich reads it); not a terminal and no
+    # COLUMNS (a pipe, a log): wide enough that tables are not cut.
+    wide = not stream.isatty() and not os.environ.get("COLUMNS", "").strip().isdigit()
+    return Console(file=stream, width=200 if wide else None, highlight=False)
 
 
 def dumps(obj: Any, *, pretty: bool = True) -> str:
@@ -173,14 +188,8 @@ def ago(at: datetime | None, now: datetime | None = None) -> str:
     if at is None:
         return "-"
     seconds = ((now or datetime.now(timezone.utc)) - at).total_seconds()
-    future, seconds = seconds < 0, abs(seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            text = f"{seconds / size:.0f}{unit}"
-            break
-    else:
-        text = f"{seconds:.0f}s"
-    return f"in {text}" if future else f"{text} ago"
+    text = duration(abs(seconds))
+    return f"in {text}" if seconds < 0 else f"{text} ago"
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
@@ -211,3 +220,17 @@ def progress_bar(what: str) -> Progress:
     ``-o json`` stay clean)."""
     return Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=console(stderr=True), disable=not sys.stderr.isatty(), transient=True)
+
+
+def resolve_name(q: Queue, name: str | None) -> str | None:
+    """``--name``: a stored task name, or a unique suffix of one at a dot boundary
+    (``charge`` for ``shop.tasks.charge``). Ambiguous: a usage error naming the matches."""
+    if name is None:
+        return None
+    found = q.task_names(name)
+    if name in found or not found:
+        return name
+    if len(found) == 1:
+        return found[0]
+    shown = ", ".join(found[:10]) + (f" (and {len(found) - 10} more)" if len(found) > 10 else "")
+    raise CliError(f"--name {name!r} matches several task names: {shown}; give the full name", Exit.USAGE)

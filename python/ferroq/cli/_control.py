@@ -8,8 +8,9 @@ import click
 
 from ..errors import InvalidTransition, UnknownTask
 from ..queue import Queue
-from ._common import CliError, Duration, Exit, Settings, db_options, dumps, open_queue, option, output_option, \
-    progress_bar, settings, split_list
+from .._units import duration
+from ._common import ERROR_PREFIX, CliError, Duration, Exit, Settings, db_options, dumps, open_queue, option, output_option, \
+    progress_bar, resolve_name, settings, split_list
 
 FINISHED = ("completed", "dead", "cancelled")
 
@@ -31,8 +32,15 @@ def _each(q: Queue, ids: tuple[int, ...], action: Callable[[int], None]) -> tupl
 
 
 def _finish_each(output: str, verb: str, done: list[int], failed: dict[int, str], extra: dict[str, Any]) -> None:
-    lines = [f"{verb} task {i}" for i in done] + [f"error: {msg}" for msg in failed.values()]
-    _report(output, {verb: done, "failed": {str(k): v for k, v in failed.items()}, **extra}, "\n".join(lines))
+    """``{verb: how many, "failed": {id: message}, **extra}``; exit 1 if any was refused,
+    4 if every failure is a missing task."""
+    if output == "json":
+        click.echo(dumps({verb: len(done), **extra, "failed": {str(k): v for k, v in failed.items()}}))
+    else:
+        for task_id in done:
+            click.echo(f"{verb} task {task_id}")
+        for msg in failed.values():
+            click.echo(f"{ERROR_PREFIX} {msg}", err=True)
     if failed:
         missing = all(msg.startswith("no task") for msg in failed.values())
         raise click.exceptions.Exit(Exit.NOT_FOUND if missing else Exit.FAILED)
@@ -57,8 +65,9 @@ def retry(ctx: click.Context, db: str | None, queue_name: str | None, output: st
     with open_queue(settings(ctx, db, queue_name)) as q:
         if task_ids:
             done, failed = _each(q, task_ids, q.requeue)
-            _finish_each(output, "requeued", done, failed, {})
+            _finish_each(output, "requeued", done, failed, {"skipped": []})
             return
+        name = resolve_name(q, name)
         total = q.count_finished("dead", group=group, name=name)
         with progress_bar("requeueing") as progress:
             bar = progress.add_task("requeueing", total=total)
@@ -67,7 +76,8 @@ def retry(ctx: click.Context, db: str | None, queue_name: str | None, output: st
     if result.skipped:
         text += f"; {len(result.skipped)} left dead, their unique key is held by an unfinished task: " + \
             ", ".join(map(str, result.skipped[:20])) + (" ..." if len(result.skipped) > 20 else "")
-    _report(output, {"requeued": result.count, "skipped": result.skipped}, text)
+    # One shape for both forms (see _finish_each): a count, the ids left dead, the failures by id.
+    _report(output, {"requeued": result.count, "skipped": result.skipped, "failed": {}}, text)
 
 
 @click.command()
@@ -104,9 +114,10 @@ def purge(ctx: click.Context, db: str | None, queue_name: str | None, output: st
             raise CliError(f"purge deletes finished tasks only ({', '.join(FINISHED)}), not {st!r}", Exit.USAGE)
     s = settings(ctx, db, queue_name)
     with open_queue(s) as q:
+        name = resolve_name(q, name)
         total = q.count_finished(statuses, older_than=older_than, group=group, name=name)
         what = f"{total:,} {'/'.join(statuses)} task(s)" + \
-            (f" finished more than {_seconds(older_than)} ago" if older_than is not None else "") + \
+            (f" finished more than {duration(older_than)} ago" if older_than is not None else "") + \
             f" from queue {q.name!r}"
         if dry_run or total == 0:
             _report(output, {"deleted": 0, "matching": total, "dry_run": dry_run},
@@ -119,13 +130,6 @@ def purge(ctx: click.Context, db: str | None, queue_name: str | None, output: st
             deleted = q.purge(statuses, older_than=older_than, group=group, name=name,
                               progress=lambda n: progress.update(bar, completed=n))
     _report(output, {"deleted": deleted, "matching": total, "dry_run": False}, f"deleted {deleted:,} task(s)")
-
-
-def _seconds(value: float) -> str:
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
-        if value >= size and value % size == 0:
-            return f"{value / size:g}{unit}"
-    return f"{value:g}s"
 
 
 def _pause(ctx: click.Context, s: Settings, group: str | None, output: str, paused: bool) -> None:

@@ -4,19 +4,20 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
 import click
 from rich.markup import escape
 from rich.table import Table
 
+from .._units import duration
+from ..groups import Event
 from ..observe import GroupMetrics, Percentiles
 from ._common import Duration, Exit, console, db_options, dumps, open_queue, option, output_option, settings, \
     split_list, stamp
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:,.1f}"
 
 
 def stats_data(m: GroupMetrics) -> dict[str, Any]:
@@ -27,7 +28,7 @@ def stats_data(m: GroupMetrics) -> dict[str, Any]:
 
 
 def _percentile_cells(p: Percentiles) -> list[str]:
-    return [_ms(p.p50), _ms(p.p95), _ms(p.p99), _ms(p.max)] if p.count else ["-"] * 4
+    return [duration(p.p50), duration(p.p95), duration(p.p99), duration(p.max)] if p.count else ["-"] * 4
 
 
 @click.command()
@@ -46,7 +47,7 @@ def stats(ctx: click.Context, db: str | None, queue_name: str | None, output: st
         click.echo(dumps({"queue": s.queue, "window": window,
                           "groups": {g: stats_data(m) for g, m in by_group.items()}}))
         return
-    table = Table(title=f"Queue {s.queue!r}, last {window:g}s (times in ms)", title_justify="left")
+    table = Table(title=f"Queue {s.queue!r}, last {duration(window)}", title_justify="left")
     for col in ("group", "completed", "done/s", "retried", "dead", "errors", "wait p50", "p95", "p99", "max",
                 "run p50", "p95", "p99", "max"):
         table.add_column(col, justify="left" if col == "group" else "right")
@@ -54,7 +55,7 @@ def stats(ctx: click.Context, db: str | None, queue_name: str | None, output: st
         table.add_row(escape(g), f"{m.completed:,}", f"{m.rate('completed'):,.1f}", f"{m.retried:,}", f"{m.dead:,}",
                       f"{m.error_rate:.1%}", *_percentile_cells(m.wait), *_percentile_cells(m.run))
     if not by_group:
-        console().print(f"no figures for queue {s.queue!r} in the last {window:g}s")
+        console().print(f"no figures for queue {s.queue!r} in the last {duration(window)}")
         return
     console().print(table)
 
@@ -102,20 +103,39 @@ def events(ctx: click.Context, db: str | None, queue_name: str | None, output: s
     tasks, cancels, progress (all transitions with Queue(events="all")), circuit and
     throttle changes, pauses. One JSON line per event with -o json."""
     s = settings(ctx, db, queue_name)
-    wanted = set(split_list(kinds)) or None
+    wanted = split_list(kinds) or None
     with open_queue(s) as q:
-        if after_id is None:
-            last = q._store.last_event_id()
-            recent = q.events(after=max(0, last - 1000))
-            after_id = recent[-20].id - 1 if len(recent) >= 20 else 0
-        stream = q.watch_events(after=after_id, kinds=wanted, timeout=None if follow else 0)
         try:
-            for e in stream:
-                if output == "json":
-                    click.echo(dumps(asdict(e), pretty=False))
-                else:
-                    where = f"task {e.task_id}" if e.task_id is not None else f"group {e.group}" if e.group else "queue"
-                    console().print(f"{e.id:>8} {stamp(e.at)} [bold]{e.kind}[/] {escape(where)} "
-                                    f"{escape(dumps(e.detail, pretty=False)) if e.detail else ''}")
+            if after_id is None:
+                # The last 20 of the wanted kinds (filtered in the query), then what comes next.
+                after_id = q.last_event_id()
+                for e in q.latest_events(20, kinds=wanted, up_to=after_id):
+                    _print_event(e, output)
+                if not follow:
+                    return
+            for e in q.watch_events(after=after_id, kinds=wanted, timeout=None if follow else 0):
+                _print_event(e, output)
         except KeyboardInterrupt:
             return
+
+
+def _print_event(e: Event, output: str) -> None:
+    if output == "json":
+        click.echo(dumps(asdict(e), pretty=False))
+        return
+    where = f"task {e.task_id}" if e.task_id is not None else f"group {e.group}" if e.group else "queue"
+    console().print(f"{e.id:>8} {stamp(e.at)} [bold]{e.kind}[/] {escape(where)} {escape(_detail_text(e.detail))}")
+
+
+def _detail_text(detail: dict[str, Any]) -> str:
+    """``key=value`` pairs: times as stamps, a failure's error as ``Type: message``."""
+    parts = []
+    for key, value in detail.items():
+        if isinstance(value, datetime):
+            text = stamp(value)
+        elif key == "error" and isinstance(value, dict):
+            text = f"{value.get('type')}: {value.get('message')}".replace("\n", " ")
+        else:
+            text = dumps(value, pretty=False)
+        parts.append(f"{key}={text}")
+    return " ".join(parts)

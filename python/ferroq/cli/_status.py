@@ -11,6 +11,7 @@ from rich.console import Group as Stack
 from rich.live import Live
 from rich.table import Table
 
+from .._units import duration
 from ..info import STATUSES
 from ..queue import Queue
 from ._observe import stats_data
@@ -53,8 +54,8 @@ def _rates(m: dict[str, Any] | None) -> list[str]:
     window = m["window"]
     wait, run = m["wait"], m["run"]
     return [f"{m['completed'] / window:,.1f}", f"{m['failed'] / window:,.1f}",
-            f"{wait['p95'] * 1000:,.1f}ms" if wait["count"] else "-",
-            f"{run['p95'] * 1000:,.1f}ms" if run["count"] else "-"]
+            duration(wait["p95"]) if wait["count"] else "-",
+            duration(run["p95"]) if run["count"] else "-"]
 
 
 def _limit(g: dict[str, Any]) -> str:
@@ -74,29 +75,58 @@ def _circuit(g: dict[str, Any]) -> str:
     return text
 
 
-def render(data: dict[str, Any]) -> Stack:
-    queues = Table(title="Queues", title_justify="left")
+#: Below this many columns ``status`` draws no borders and drops the groups' rate, tokens
+#: and hold columns, and the queue column when the file has one queue (the full table
+#: needs about 140).
+COMPACT_BELOW = 120
+_GROUP_COLUMNS = ("queue", "group", "state", "pending", "running/limit", "done/s", "failed/s", "wait p95",
+                  "run p95", "rate", "tokens", "circuit", "held until")
+_COMPACT_DROPS = ("rate", "tokens", "held until")
+_NUMERIC = ("pending", "running/limit", "tokens", "done/s", "failed/s", "wait p95", "run p95")
+
+
+#: Shorter headers in the compact layout.
+_COMPACT_HEADERS = {"running/limit": "run/cap", "failed/s": "fail/s"}
+
+
+def _table(title: str, compact: bool) -> Table:
+    if compact:  # no borders: they cost 3 columns a column
+        return Table(title=title, title_justify="left", box=None, pad_edge=False)
+    return Table(title=title, title_justify="left")
+
+
+def render(data: dict[str, Any], width: int = 200) -> Stack:
+    compact = width < COMPACT_BELOW
+    queues = _table("Queues", compact)
     for col in ("queue", "state", *STATUSES):
         queues.add_column(col, justify="left" if col in ("queue", "state") else "right")
-    groups = Table(title="Resource groups", title_justify="left")
-    numeric = ("pending", "running/limit", "tokens", "done/s", "failed/s", "wait p95", "run p95")
-    for col in ("queue", "group", "state", "pending", "running/limit", "done/s", "failed/s", "wait p95",
-                "run p95", "rate", "tokens", "circuit", "held until"):
-        groups.add_column(col, justify="right" if col in numeric else "left")
+    groups = _table("Resource groups", compact)
+    dropped = set(_COMPACT_DROPS if compact else ())
+    if compact and len(data["queues"]) == 1:
+        dropped.add("queue")
+    shown = [c for c in _GROUP_COLUMNS if c not in dropped]
+    for col in shown:
+        groups.add_column(_COMPACT_HEADERS.get(col, col) if compact else col,
+                          justify="right" if col in _NUMERIC else "left", no_wrap=True)
     for entry in data["queues"]:
         counts = entry["counts"]
         queues.add_row(entry["name"], "paused" if entry["paused"] else "running",
                        *(f"{counts[st]:,}" for st in STATUSES))
         for g in entry["groups"]:
-            m = entry["metrics"].get(g["name"])
-            groups.add_row(
-                entry["name"], g["name"], "paused" if g["paused"] else "active", f"{g['pending']:,}", _limit(g),
-                *_rates(m),
-                "-" if g["rate"] is None else f"{g['rate']:g}/s",
-                "-" if g["tokens"] is None else f"{g['tokens']:.1f}",
-                _circuit(g), ago(g["blocked_until"]) if g["blocked_until"] else "-",
-            )
+            cells = dict(zip(_GROUP_COLUMNS, _group_cells(entry, g)))
+            groups.add_row(*(cells[c] for c in shown))
     return Stack(queues, groups) if groups.row_count else Stack(queues)
+
+
+def _group_cells(entry: dict[str, Any], g: dict[str, Any]) -> list[str]:
+    m = entry["metrics"].get(g["name"])
+    return [
+        entry["name"], g["name"], "paused" if g["paused"] else "active", f"{g['pending']:,}", _limit(g),
+        *_rates(m),
+        "-" if g["rate"] is None else f"{g['rate']:g}/s",
+        "-" if g["tokens"] is None else f"{g['tokens']:.1f}",
+        _circuit(g), ago(g["blocked_until"]) if g["blocked_until"] else "-",
+    ]
 
 
 @click.command()
@@ -110,7 +140,8 @@ def status(ctx: click.Context, db: str | None, queue_name: str | None, output: s
            interval: float) -> None:
     """Depths per status, pauses, and each resource group's limits and circuit.
 
-    Every queue in the file, or only --queue when given.
+    Every queue in the file, or only --queue when given. Under 120 columns the groups'
+    rate, tokens and held-until columns are left out (and the queue column, for one queue).
     """
     s = settings(ctx, db, queue_name)
     if not watch:
@@ -118,16 +149,18 @@ def status(ctx: click.Context, db: str | None, queue_name: str | None, output: s
         if output == "json":
             click.echo(dumps(data))
         else:
-            console().print(render(data))
+            out = console()
+            out.print(render(data, out.width))
         return
     try:
         if output == "json":
             while True:
                 click.echo(dumps(collect(s), pretty=False))
                 time.sleep(interval)
-        with Live(render(collect(s)), console=console(), auto_refresh=False) as live:
+        out = console()
+        with Live(render(collect(s), out.width), console=out, auto_refresh=False) as live:
             while True:
                 time.sleep(interval)
-                live.update(render(collect(s)), refresh=True)
+                live.update(render(collect(s), out.width), refresh=True)
     except KeyboardInterrupt:
         return

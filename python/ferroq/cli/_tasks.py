@@ -11,14 +11,15 @@ from typing import Any, BinaryIO
 
 import click
 import orjson
+from rich.cells import cell_len
 from rich.markup import escape
 from rich.table import Table
 
 from ..errors import CorruptTask
 from ..info import STATUSES, TaskInfo
-from ..queue import Queue
-from ._common import ago, console, db_options, dumps, open_queue, option, output_option, progress_bar, settings, \
-    split_list, stamp
+from ..queue import LIST_LIMIT, Queue
+from ._common import ago, console, db_options, dumps, open_queue, option, output_option, progress_bar, \
+    resolve_name, settings, split_list, stamp
 
 STATUS_OPTION = option("--status", multiple=True, metavar="STATUS",
                        help=f"Only these statuses ({', '.join(STATUSES)}); repeat or comma-separate.")
@@ -72,13 +73,63 @@ def _get(q: Queue, task_id: int) -> TaskInfo:
         raise e from None
 
 
-@click.command("list")
+#: ``list`` columns always shown, then the others in the order they are dropped when the
+#: terminal is too narrow (first dropped first). Said in ``ferroq list --help`` and the README.
+LIST_ALWAYS = ("id", "name", "status")
+LIST_DROPPED = ("last error", "finished", "created", "prio", "tries", "group", "run at")
+_NAME_MIN = 12  # a name is cut (with …) down to this before any column is dropped
+_ERROR_MIN = 20  # a last error is shown only with this much room
+
+
+def _run_at(t: TaskInfo) -> str:
+    """When a pending task will run (``in 59m``), or since when it has been due."""
+    if t.status != "pending" or t.run_at is None:
+        return "-"
+    text = ago(t.run_at)
+    return text if text.startswith("in ") else "due " + text
+
+
+def _list_cells(t: TaskInfo) -> dict[str, str]:
+    # A row that cannot be read (t.corrupt) may lack any field but its id and status: "?".
+    return {
+        "id": str(t.id), "name": t.name or "?", "status": t.status, "run at": _run_at(t),
+        "group": t.resource_group or "?",
+        "tries": f"{t.attempts}/{t.max_attempts}", "prio": str(t.priority), "created": ago(t.created_at),
+        "finished": ago(t.finished_at), "last error": _error_line(t, 200),
+    }
+
+
+def list_columns(rows: list[dict[str, str]], width: int) -> dict[str, int]:
+    """The columns that fit in ``width`` and their widths, in display order. The id and the
+    status are never cut; the name is cut down to _NAME_MIN; then columns are dropped in
+    LIST_DROPPED order; a last error takes what room is left."""
+    natural = {c: max([cell_len(c)] + [cell_len(r[c]) for r in rows]) for c in LIST_ALWAYS + LIST_DROPPED}
+
+    def total(cols: dict[str, int]) -> int:
+        return sum(cols.values()) + 2 * (len(cols) - 1)  # one space either side between columns
+
+    shown = {c: natural[c] for c in LIST_ALWAYS}
+    shown["name"] = min(natural["name"], max(_NAME_MIN, width - total(shown) + natural["name"]))
+    for col in reversed(LIST_DROPPED):
+        need = min(natural[col], _ERROR_MIN) if col == "last error" else natural[col]
+        if total({**shown, col: need}) <= width:
+            shown[col] = natural[col]
+    if "last error" in shown:
+        shown["last error"] = min(natural["last error"], width - total(shown) + shown["last error"])
+    order = ("id", "name", "status", "run at", "group", "prio", "tries", "created", "finished", "last error")
+    return {c: shown[c] for c in order if c in shown}
+
+
+@click.command("list", epilog="Columns: id, name and status always; in a narrow terminal the others are "
+               f"dropped in this order: {', '.join(LIST_DROPPED)} (the name is cut first). "
+               "\"run at\" is when a pending task will run, or since when it has been due.")
 @db_options
 @output_option
 @STATUS_OPTION
 @option("--group", default=None, help="Only this resource group.")
-@option("--name", default=None, help="Only this task name.")
-@option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True, help="At most this many.")
+@option("--name", default=None,
+        help="Only this task name, or a unique suffix of one at a dot (charge: shop.tasks.charge).")
+@option("--limit", type=click.IntRange(1, 100_000), default=LIST_LIMIT, show_default=True, help="At most this many.")
 @option("--after", "after_id", type=int, default=None,
         help="Page on: tasks after this id in the listing order (the last id of the previous page).")
 @option("--oldest-first", is_flag=True, help="Oldest first (default: newest first).")
@@ -87,19 +138,20 @@ def list_command(ctx: click.Context, db: str | None, queue_name: str | None, out
                  group: str | None, name: str | None, limit: int, after_id: int | None, oldest_first: bool) -> None:
     """Tasks by id, newest first, filtered by status, group and name."""
     with open_queue(settings(ctx, db, queue_name)) as q:
-        tasks = q.list(status=split_list(status), group=group, name=name, limit=limit, after_id=after_id,
-                       newest_first=not oldest_first)
+        tasks = q.list(status=split_list(status), group=group, name=resolve_name(q, name), limit=limit,
+                       after_id=after_id, newest_first=not oldest_first)
     if output == "json":
         click.echo(dumps([_record(t) for t in tasks]))
         return
-    table = Table(box=None, pad_edge=False)
-    for col in ("id", "name", "status", "group", "prio", "tries", "created", "finished", "last error"):
-        table.add_column(col, justify="right" if col in ("id", "prio", "tries") else "left", no_wrap=True)
-    for t in tasks:
-        table.add_row(str(t.id), escape(t.name), t.status, escape(t.resource_group), str(t.priority),
-                      f"{t.attempts}/{t.max_attempts}", ago(t.created_at), ago(t.finished_at),
-                      escape(_error_line(t)))
     out = console()
+    rows = [_list_cells(t) for t in tasks]
+    table = Table(box=None, pad_edge=False)
+    columns = list_columns(rows, out.width)
+    for col, width in columns.items():
+        table.add_column(col, justify="right" if col in ("id", "prio", "tries") else "left", no_wrap=True,
+                         width=width, overflow="ellipsis")
+    for row in rows:
+        table.add_row(*(escape(row[c]) for c in columns))
     out.print(table)
     if len(tasks) == limit:
         out.print(f"[dim]more: --after {tasks[-1].id}[/dim]")
@@ -127,7 +179,7 @@ def inspect(ctx: click.Context, db: str | None, queue_name: str | None, output: 
         ("id", info.id), ("queue", info.queue), ("name", info.name), ("status", info.status),
         ("resource group", info.resource_group), ("priority", info.priority),
         ("attempts", f"{info.attempts}/{info.max_attempts}"), ("unique key", info.unique_key),
-        ("progress", info.progress), ("created", info.created_at), ("run at", info.run_at),
+        ("progress", info.progress), ("progress message", info.progress_message), ("created", info.created_at), ("run at", info.run_at),
         ("started", info.started_at), ("finished", info.finished_at), ("lease owner", info.lease_owner),
         ("lease expires", info.lease_expires_at),
         ("args", _readable(lambda: info.args)), ("kwargs", _readable(lambda: info.kwargs)),
@@ -159,7 +211,7 @@ def inspect(ctx: click.Context, db: str | None, queue_name: str | None, output: 
 @db_options
 @STATUS_OPTION
 @option("--group", default=None, help="Only this resource group.")
-@option("--name", default=None, help="Only this task name.")
+@option("--name", default=None, help="Only this task name (or a unique suffix of one at a dot).")
 @option("--page-size", type=click.IntRange(1, 100_000), default=1000, show_default=True,
         help="Tasks read per query (memory is bounded by one page).")
 @click.pass_context
@@ -181,6 +233,7 @@ def export(ctx: click.Context, db: str | None, queue_name: str | None, status: t
 def _export(ctx: click.Context, db: str | None, queue_name: str | None, statuses: list[str], group: str | None,
             name: str | None, page_size: int, out: BinaryIO) -> None:
     with open_queue(settings(ctx, db, queue_name)) as q:
+        name = resolve_name(q, name)
         # The total is known cheaply only per status (counts use the status indexes).
         total = None if group or name else sum(n for st, n in q.counts().items() if not statuses or st in statuses)
         with progress_bar("exporting") as progress:

@@ -279,3 +279,31 @@ fn queue_names_lists_queues_with_tasks_or_settings() {
         vec!["default", "one", "two"]
     );
 }
+
+#[test]
+fn task_names_like_matches_whole_names_or_suffixes_at_a_dot() {
+    let f = fixture();
+    let names = [
+        "shop.tasks.charge",
+        "billing.charge",
+        "recharge",
+        "charge",
+        "x.Charge",
+        "a_b.c",
+    ];
+    let tasks: Vec<NewTask<'_>> = names.iter().map(|n| task(n, 0)).collect();
+    f.store.enqueue(Q, &tasks).unwrap();
+    f.store
+        .enqueue("other", &[task("other.charge", 0)])
+        .unwrap();
+    assert_eq!(
+        f.store.task_names_like(Q, "charge").unwrap(),
+        ["billing.charge", "charge", "shop.tasks.charge"]
+    );
+    assert_eq!(
+        f.store.task_names_like(Q, "tasks.charge").unwrap(),
+        ["shop.tasks.charge"]
+    );
+    assert!(f.store.task_names_like(Q, "arge").unwrap().is_empty());
+    assert!(f.store.task_names_like(Q, "a%b.c").unwrap().is_empty());
+}

@@ -109,6 +109,55 @@ fn failures_progress_and_cancels_are_events() {
 }
 
 #[test]
+fn a_failure_event_holds_its_error_as_an_object() {
+    let f = fixture();
+    f.store.enqueue(Q, &[task("a", 0)]).unwrap();
+    let t = f.store.claim(Q, "w", 1, LEASE).unwrap().remove(0);
+    let error = r#"{"type":"E","message":"boom","traceback":null}"#;
+    f.store
+        .fail(t.id, t.token, error, FailAction::Dead)
+        .unwrap();
+    let events = f.store.events(Q, None, 0, 100).unwrap();
+    assert_eq!(events[0].kind, "failed");
+    assert_eq!(
+        events[0].detail.as_deref(),
+        Some(r#"{"attempt":1,"error":{"type":"E","message":"boom","traceback":null}}"#)
+    );
+}
+
+#[test]
+fn the_latest_events_are_filtered_by_kind_before_the_limit() {
+    let f = fixture();
+    let e = f.store.enqueue(Q, &[task("a", 0), task("b", 0)]).unwrap();
+    let t = f.store.claim(Q, "w", 1, LEASE).unwrap().remove(0);
+    f.store.fail(t.id, t.token, "{}", FailAction::Dead).unwrap();
+    f.store.cancel(Q, e[1].id).unwrap();
+    for _ in 0..5 {
+        f.store.set_queue_paused(Q, true).unwrap();
+        f.store.set_queue_paused(Q, false).unwrap();
+    }
+    let all = f.store.events(Q, None, 0, 100).unwrap();
+    let last = all.last().unwrap().id;
+    let dead = f.store.latest_events(Q, &["dead".into()], last, 2).unwrap();
+    assert_eq!(
+        dead.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+        ["dead"]
+    );
+    let two: Vec<_> = ["dead", "cancelled"].map(String::from).into();
+    let both = f.store.latest_events(Q, &two, last, 2).unwrap();
+    assert_eq!(
+        both.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+        ["dead", "cancelled"],
+        "oldest first"
+    );
+    let newest = f.store.latest_events(Q, &[], last, 3).unwrap();
+    assert_eq!(newest.last().unwrap().id, last);
+    assert_eq!(newest.len(), 3);
+    let before = f.store.latest_events(Q, &[], dead[0].id, 1).unwrap();
+    assert_eq!(before[0].id, dead[0].id, "nothing after up_to");
+}
+
+#[test]
 fn workers_register_renew_and_expire() {
     let f = fixture();
     let w = WorkerInfo {

@@ -89,13 +89,14 @@ pub fn requeue(tx: &Transaction<'_>, queue: &str, id: TaskId, now: Millis) -> Re
         .query_row([id], |r| r.get(0))
         .optional()?;
     if let Some(holder) = holder {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Refused(format!(
             "cannot requeue task {id}: its unique key is held by unfinished task {holder}"
         )));
     }
     tx.prepare_cached(
         "UPDATE tasks SET status = 'pending', attempts = 0, run_at = ?2, updated_at = ?2,
-                          finished_at = NULL, progress = NULL
+                          finished_at = NULL, progress = NULL,
+                          progress_message = NULL
          WHERE id = ?1",
     )?
     .execute((id, now))?;

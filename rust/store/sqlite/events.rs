@@ -3,6 +3,7 @@
 
 use rusqlite::{Connection, Transaction};
 
+use super::json;
 use crate::clock::Millis;
 use crate::error::Result;
 use crate::resource_group::Event;
@@ -69,16 +70,41 @@ pub fn read(
              ORDER BY id LIMIT ?4"
         }
     })?;
-    let rows = stmt.query_map((queue, group, after, limit as i64), |r| {
-        Ok(Event {
-            id: r.get(0)?,
-            at: r.get(1)?,
-            queue: r.get(2)?,
-            resource_group: r.get(3)?,
-            task_id: r.get(4)?,
-            kind: r.get(5)?,
-            detail: r.get(6)?,
-        })
-    })?;
+    let rows = stmt.query_map((queue, group, after, limit as i64), event)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The newest `limit` events of `queue` up to id `up_to` of the given kinds (all if none),
+/// oldest first. The kinds are filtered in the query, before the limit: the last 20 "dead"
+/// events, not the "dead" ones among the last 20.
+pub fn latest(
+    conn: &Connection,
+    queue: &str,
+    kinds: &[String],
+    up_to: i64,
+    limit: usize,
+) -> Result<Vec<Event>> {
+    let kinds = (!kinds.is_empty()).then(|| json::strings(kinds.iter().map(|k| k.as_str())));
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, at, queue, resource_group, task_id, kind, detail FROM events
+         WHERE id <= ?3 AND queue = ?1
+           AND (?2 IS NULL OR kind IN (SELECT value FROM json_each(?2)))
+         ORDER BY id DESC LIMIT ?4",
+    )?;
+    let rows = stmt.query_map((queue, kinds, up_to, limit as i64), event)?;
+    let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    out.reverse();
+    Ok(out)
+}
+
+fn event(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
+    Ok(Event {
+        id: r.get(0)?,
+        at: r.get(1)?,
+        queue: r.get(2)?,
+        resource_group: r.get(3)?,
+        task_id: r.get(4)?,
+        kind: r.get(5)?,
+        detail: r.get(6)?,
+    })
 }

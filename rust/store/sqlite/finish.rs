@@ -181,12 +181,15 @@ fn record_failed_runs(tx: &Transaction<'_>, runs: &[(TaskId, i64)], now: Millis)
          ORDER BY j.key, step",
     )?
     .execute((&pairs, now))?;
+    // A failure's error goes in as a JSON object (`json(...)`), not as a string holding JSON
+    // (files written before hold strings: `Event.from_core` reads both).
     tx.prepare_cached(
         "INSERT INTO events (at, queue, resource_group, task_id, kind, detail)
          SELECT ?2, t.queue, t.resource_group, t.id,
                 CASE WHEN NOT step THEN 'failed' WHEN t.status = 'pending' THEN 'retried'
                      ELSE 'dead' END,
-                CASE WHEN NOT step THEN json_object('attempt', j.value ->> 1, 'error', t.last_error)
+                CASE WHEN NOT step THEN json_object('attempt', j.value ->> 1, 'error', json(
+                         iif(json_valid(t.last_error), t.last_error, json_quote(t.last_error))))
                      WHEN t.status = 'pending' THEN json_object('run_at', t.run_at)
                      ELSE '{}' END
          FROM json_each(?1) AS j JOIN tasks AS t ON t.id = j.value ->> 0

@@ -19,7 +19,7 @@ pub const RECORD_COLUMNS: &str = "t.id, t.queue, t.name, t.status, t.priority, t
          ELSE t.payload END,
     t.attempts, t.max_attempts, t.run_at, t.unique_key, t.progress, t.lease_owner,
     t.lease_expires_at, t.last_error, r.result, t.created_at, t.updated_at, t.started_at,
-    t.finished_at";
+    t.finished_at, t.progress_message";
 
 /// A row selected with `RECORD_COLUMNS`. A value of the wrong type (a row edited by hand)
 /// does not fail the read: the record says which column in `corrupt` (see `decode`).
@@ -47,6 +47,7 @@ pub fn record(r: &Row<'_>) -> rusqlite::Result<TaskRecord> {
         updated_at: d.int(17, "updated_at")?,
         started_at: d.opt_int(18, "started_at")?,
         finished_at: d.opt_int(19, "finished_at")?,
+        progress_message: d.opt_text(20, "progress_message")?,
         corrupt: None,
     };
     t.corrupt = d.bad;
@@ -210,7 +211,7 @@ pub fn requeue_batch(
         match admin::requeue(tx, queue, id, now) {
             Ok(()) => step.done += 1,
             // Its unique key is held by an unfinished task: leave it dead, report it.
-            Err(Error::InvalidArgument(_)) => step.skipped.push(id),
+            Err(Error::Refused(_)) => step.skipped.push(id),
             Err(other) => return Err(other),
         }
     }
@@ -230,6 +231,18 @@ pub(super) const QUEUE_NAMES_SQL: &str = "SELECT queue FROM queues
 pub fn queue_names(conn: &Connection) -> Result<Vec<String>> {
     let mut stmt = conn.prepare_cached(QUEUE_NAMES_SQL)?;
     let rows = stmt.query_map([], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn task_names_like(conn: &Connection, queue: &str, name: &str) -> Result<Vec<String>> {
+    // substr, not LIKE: LIKE is case-insensitive and reads `_` and `%` in names as wildcards.
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT name FROM tasks
+         WHERE queue = ?1 AND (name = ?2 OR (length(name) > length(?2)
+                                             AND substr(name, -length(?2) - 1) = '.' || ?2))
+         ORDER BY name",
+    )?;
+    let rows = stmt.query_map((queue, name), |r| r.get(0))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
@@ -289,6 +302,10 @@ impl Operations for SqliteStore {
 
     fn queue_names(&self) -> Result<Vec<String>> {
         self.read(|conn, _| queue_names(conn))
+    }
+
+    fn task_names_like(&self, queue: &str, name: &str) -> Result<Vec<String>> {
+        self.read(|conn, _| task_names_like(conn, queue, name))
     }
 }
 

@@ -785,6 +785,16 @@ impl Store for SqliteStore {
         self.read(|conn, _| events::read(conn, queue, group, after, limit))
     }
 
+    fn latest_events(
+        &self,
+        queue: &str,
+        kinds: &[String],
+        up_to: i64,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
+        self.read(|conn, _| events::latest(conn, queue, kinds, up_to, limit))
+    }
+
     fn next_unblock_at(&self, queue: &str) -> Result<Option<Millis>> {
         self.read(|conn, now| resource_groups::next_unblock_at(conn, queue, now))
     }
