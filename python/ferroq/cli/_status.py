@@ -10,6 +10,7 @@ import click
 from rich.console import Group as Stack
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from ..info import STATUSES
 from ..queue import Queue
@@ -43,6 +44,8 @@ def _queue_entry(q: Queue) -> dict[str, Any]:
             "counts": q.counts(),
             "groups": [asdict(g) for g in states],
             "metrics": {g: stats_data(m) for g, m in metrics.items()},
+            "alive_workers": sum(w.alive for w in q.workers()),
+            "missing_processors": [asdict(m) for m in q.missing_processors()],
         }
 
 
@@ -96,7 +99,20 @@ def render(data: dict[str, Any]) -> Stack:
                 "-" if g["tokens"] is None else f"{g['tokens']:.1f}",
                 _circuit(g), ago(g["blocked_until"]) if g["blocked_until"] else "-",
             )
-    return Stack(queues, groups) if groups.row_count else Stack(queues)
+    lines = [_missing_line(entry, m) for entry in data["queues"] for m in entry["missing_processors"] if m["pending"]]
+    return Stack(queues, *([groups] if groups.row_count else []), *lines)
+
+
+def _missing_line(entry: dict[str, Any], m: dict[str, Any]) -> Text:
+    """A task name running workers cannot run: in a rolling deploy, until new workers run."""
+    workers = list(m["workers"])
+    which = ("the running workers" if len(workers) >= entry["alive_workers"]
+             else f"{len(workers)} of {entry['alive_workers']} running workers")
+    shown = ", ".join(workers[:3]) + (f" and {len(workers) - 3} more" if len(workers) > 3 else "")
+    tasks = "1 task" if m["pending"] == 1 else f"{m['pending']:,} tasks"
+    verb = "has" if m["pending"] == 1 else "have"
+    return Text(f"{tasks} of {m['task']!r} in queue {entry['name']!r} {verb} no processor in {which} ({shown}), "
+                f"which give such tasks back until a worker that has it runs them", style="yellow")
 
 
 @click.command()
