@@ -618,7 +618,8 @@ def test_async_timeout_with_fatal_policy_goes_dead_at_once(queue: ferroq.Queue) 
 # -- unregistered processors ---------------------------------------------------------------------
 
 
-def test_task_without_a_processor_in_the_worker_goes_dead(db_path: Path) -> None:
+def _producer_and_consumer(db_path: Path) -> tuple[ferroq.Queue, ferroq.Queue, list[int]]:
+    """A producer that knows jobs.orphan and a consumer (an older worker) that does not."""
     producer = ferroq.Queue(db_path, durability="normal")
     consumer = ferroq.Queue(db_path, durability="normal")
 
@@ -637,20 +638,43 @@ def test_task_without_a_processor_in_the_worker_goes_dead(db_path: Path) -> None
         ran.append(i)
         return i * 10
 
-    before = known_p.enqueue(1)
-    orphan = orphan_p.enqueue()
-    after = known_p.enqueue(2)
-    stats = run_idle(consumer)
+    return producer, consumer, ran
+
+
+def test_task_without_a_processor_in_the_worker_is_given_back(db_path: Path) -> None:
+    """A rolling deploy: newer code enqueued a task this worker cannot run. It is given back
+    whole (a worker that has the processor may run it), not killed."""
+    producer, consumer, ran = _producer_and_consumer(db_path)
+    before = producer.enqueue("jobs.known", 1)
+    orphan = producer.enqueue("jobs.orphan")
+    after = producer.enqueue("jobs.known", 2)
+    stats = ferroq.Worker(consumer, concurrency=1).run(until_idle=True)
 
     assert ran == [1, 2]  # the worker kept going
     assert before.result(timeout=WAIT) == 10 and after.result(timeout=WAIT) == 20
     info = producer.get(orphan.id)
+    assert (info.status, info.attempts, info.last_error) == ("pending", 0, None)
+    assert info.run_at > datetime.now(timezone.utc)  # not claimable again at once
+    last = producer.history(orphan.id)[-1]
+    assert (last.from_status, last.to_status) == ("running", "pending")
+    assert last.error is not None and last.error.type == "NoProcessor" and "jobs.orphan" in last.error.message
+    assert stats.deferred == 1 and stats.dead == 0 and stats.completed == 2
+
+
+def test_task_without_a_processor_goes_dead_with_no_grace(db_path: Path) -> None:
+    producer, consumer, ran = _producer_and_consumer(db_path)
+    orphan = producer.enqueue("jobs.orphan")
+    known = producer.enqueue("jobs.known", 1)
+    stats = ferroq.Worker(consumer, concurrency=1, unknown_task_grace=0).run(until_idle=True)
+
+    assert known.result(timeout=WAIT) == 10
+    info = producer.get(orphan.id)
     assert info.status == "dead"
-    assert info.attempts == 1  # not retried: another attempt on this worker cannot succeed
+    assert info.attempts == 1  # the claim's; never retried
     assert info.last_error is not None
     assert info.last_error.type == "ferroq.errors.UnknownTaskName"
     assert "jobs.orphan" in info.last_error.message
     assert "no processor is registered" in info.last_error.message
-    assert stats.dead == 1 and stats.completed == 2
+    assert stats.dead == 1 and stats.completed == 1
     with pytest.raises(ferroq.TaskFailed):
         orphan.result(timeout=WAIT)

@@ -39,7 +39,16 @@ from .errors import (
     ValidationError,
 )
 from .groups import Circuit, Event, GroupState, ResourceGroup
-from .observe import GroupMetrics, Health, HealthCheck, Observability, Percentiles, Subscription, WorkerState
+from .observe import (
+    GroupMetrics,
+    Health,
+    HealthCheck,
+    MissingProcessor,
+    Observability,
+    Percentiles,
+    Subscription,
+    WorkerState,
+)
 from .info import STATUSES, TaskError, TaskInfo, Transition
 from .policies import CircuitBreaker, PriorityAging, Retention, RetryPolicy, Throttle
 from .queue import Queue
@@ -114,6 +123,7 @@ __all__ = [
     "ValidationError",
     "Worker",
     "WorkerState",
+    "MissingProcessor",
     "WorkerStats",
     "current_task",
     "__version__",

@@ -113,6 +113,11 @@ class Store:
         """Stores progress (0..1) and a message on a running task; a "progress" event."""
     def release(self, id: int, token: int) -> None:
         """running -> pending, giving the attempt back."""
+    def defer(self, tasks: list[tuple[int, int, str]], grace_ms: int) -> list[tuple[str, int, int] | None]:
+        """Gives back (id, token, error json) claims the worker has no processor for: pending
+        again with the attempt given back, claimable after a delay doubling with each
+        deferral in a row (1 s .. 5 min); dead with the error once grace_ms has passed since
+        the first. Per task (status, deferrals in a row, run_at ms), None if the lease was lost."""
     def rescue(self, queue: str) -> list[tuple[int, str]]:
         """One rescuer pass: leases whose holder stopped renewing them back to pending (or
         dead): (id, new status)."""
@@ -205,6 +210,9 @@ class Store:
         """When (ms) the longest-waiting due task became due."""
     def dead_since(self, queue: str, since_ms: int) -> int:
         """Tasks that went dead since since_ms."""
+    def no_processor(self, queue: str, alive_since_ms: int) -> list[tuple[str, list[str], int]]:
+        """(task name, workers seen since alive_since_ms without a processor for it, pending
+        tasks of that name)."""
     # -- operations (rust/py/listing.rs) --
     def list_tasks(
         self, queue: str, statuses: list[str], group: str | None, name: str | None, after: int | None,

@@ -19,7 +19,7 @@ from .info import from_ms
 if TYPE_CHECKING:
     from ._core import Store
 
-__all__ = ["Observability", "Percentiles", "GroupMetrics", "WorkerState", "HealthCheck", "Health",
+__all__ = ["Observability", "Percentiles", "GroupMetrics", "WorkerState", "MissingProcessor", "HealthCheck", "Health",
            "Subscription", "Observable"]
 
 _DAY = 86_400.0
@@ -114,6 +114,18 @@ class WorkerState:
 
 
 @dataclass(frozen=True)
+class MissingProcessor:
+    """A task name that running workers claimed and had no processor for (they give such
+    tasks back: see ``Worker(unknown_task_grace=)``)."""
+
+    task: str
+    #: The running workers that have no processor for it.
+    workers: tuple[str, ...]
+    #: Pending tasks of that name.
+    pending: int
+
+
+@dataclass(frozen=True)
 class HealthCheck:
     name: str
     ok: bool
@@ -194,6 +206,13 @@ class Observable:
                 last_seen=_dt(d["last_seen"]), stopped_at=from_ms(d["stopped_at"]), alive=alive,
             ))
         return out
+
+    def missing_processors(self) -> list[MissingProcessor]:
+        """Task names that running workers have no processor for (each worker records a
+        name when it first gives such a task back), with the pending tasks of each."""
+        alive_since = self._store.now_ms() - int(WORKER_ALIVE_WITHIN * 1000)
+        return [MissingProcessor(task, tuple(workers), pending)
+                for task, workers, pending in self._store.no_processor(self.name, alive_since)]
 
     def health(
         self,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Coroutine, Iterable, Iterator, ParamSpec, Protocol, Sequence, TypeVar, overload
 
 from . import _checks, _core
+from ._names import module_of
 from .errors import CorruptDatabase, DatabasePathError, InvalidArgument, PayloadError, UnknownTaskName
 from .groups import Circuit, Event, GroupState, ResourceGroup, group_name
 from .info import STATUSES, TaskError, TaskInfo, Transition, from_ms
@@ -202,7 +203,9 @@ class Queue(Observable):
     ) -> Any:
         """Registers a processor. Use bare (``@q.task``) or with options (``@q.task(priority=5)``).
 
-        The task name defaults to ``module.qualname`` of the function. ``timeout`` (seconds)
+        The task name defaults to ``module.qualname`` of the function (in a script run as
+        ``python app.py``: ``app.qualname``, as a worker importing ``app`` names it; in
+        ``python -c`` or an interactive session give ``name=``). ``timeout`` (seconds)
         fails a run that takes longer: async processors are cancelled; a sync processor's
         thread cannot be killed, so its run is failed and its late result discarded.
         """
@@ -219,10 +222,11 @@ class Queue(Observable):
         return register(fn) if fn is not None else register
 
     def _task_name(self, fn: Callable[..., Any], name: str | None) -> str:
-        """The checked name a function registers under (default ``module.qualname``)."""
+        """The checked name a function registers under (default ``module.qualname``, the
+        module named as an import names it, also for a script: see ``ferroq._names``)."""
         if not callable(fn):
             raise InvalidArgument(f"a task needs a function, got {fn!r}")
-        task_name = name if name is not None else f"{fn.__module__}.{fn.__qualname__}"
+        task_name = name if name is not None else f"{module_of(fn)}.{fn.__qualname__}"
         _core.check_name("task", _checks.text("task name", task_name))
         if task_name in self._tasks and self._tasks[task_name].fn is not fn:
             raise InvalidArgument(f"a different function is already registered as task {task_name!r}")

@@ -22,6 +22,7 @@ from typing import Any, Iterable
 
 from . import _checks, _core
 from ._breaker_view import BreakerView
+from ._unknown import UnknownTasks
 from .context import TaskContext, _current
 from .errors import (
     CorruptDatabase,
@@ -86,6 +87,8 @@ class WorkerStats:
     dead: int = 0
     lost: int = 0
     released: int = 0
+    #: Claimed tasks this worker has no processor for, given back (see ``unknown_task_grace``).
+    deferred: int = 0
     rescued: int = 0
     timed_out: int = 0
     #: Process pool only: child processes that died under a task, and replacements started.
@@ -160,7 +163,10 @@ class Worker:
     by one completer thread. Each claim holds a lease of ``lease``
     seconds, renewed every lease/3; if this process dies, another worker's rescuer
     returns its tasks to pending once their leases expire. ``groups=[...]`` dedicates the
-    worker to those resource groups: it claims no other group's tasks.
+    worker to those resource groups: it claims no other group's tasks. A claimed task with
+    no processor here (newer code enqueued it) is given back without using an attempt and
+    claimed again later, growing delays apart; it goes dead (``UnknownTaskName``)
+    ``unknown_task_grace`` seconds after it was first given back if no worker ran it.
     """
 
     def __init__(
@@ -177,6 +183,7 @@ class Worker:
         handle_signals: bool = True,
         pool: str = "thread",
         groups: Iterable[str] | None = None,
+        unknown_task_grace: float = 3600.0,
     ) -> None:
         if not isinstance(queue, Queue):
             raise InvalidArgument(f"Worker needs a ferroq.Queue, got {queue!r}")
@@ -188,6 +195,8 @@ class Worker:
         _checks.seconds("poll_interval", poll_interval, positive=True)
         _checks.seconds("rescue_interval", rescue_interval, positive=True)
         _checks.seconds("shutdown_grace", shutdown_grace)
+        #: A claimed task with no processor here is given back, not run (see ``ferroq._unknown``).
+        self._unknown = UnknownTasks(_checks.seconds("unknown_task_grace", unknown_task_grace))
         if name is not None:
             _checks.text("worker name", name)
         if not isinstance(pool, str) or pool not in ("thread", "process"):
@@ -441,20 +450,19 @@ class Worker:
     def _start(self, rows: list[tuple[Any, ...]]) -> None:
         tasks = self.queue._tasks
         ready: list[_Run | _Batch] = []
-        unknown: list[_Outcome] = []
+        unknown: list[tuple[int, int, str]] = []
         coroutines: list[_Run] = []
         with self._lock:
             self.stats.claimed += len(rows)
             for task_id, token, name, group, payload, _priority, attempt, max_attempts, created_ms in rows:
                 task = tasks.get(name)
+                if task is None:
+                    unknown.append((task_id, token, name))
+                    continue
                 run = _Run(TaskContext(task_id, name, group, attempt, max_attempts, created_ms, token, self),
                            task, payload)
                 self._inflight[task_id] = run
-                if task is None:
-                    run.settle()
-                    exc = UnknownTaskName(f"no processor is registered for task {name!r} in worker {self.id}")
-                    unknown.append(self._failure(run, exc, None, fatal=True))
-                elif isinstance(task, BatchTask):
+                if isinstance(task, BatchTask):
                     key = (name, group)
                     forming = self._forming.get(key)
                     if forming is None:
@@ -468,7 +476,7 @@ class Worker:
                 else:
                     ready.append(run)
         if unknown:
-            self._outcomes.put(unknown)
+            self._defer_unknown(unknown)
         if coroutines and self._loop is not None:
             self._async_waiting.extend(coroutines)
             # One wake-up of the loop per claim, not per task: each is a write to its pipe.
@@ -477,6 +485,20 @@ class Worker:
             with self._ready_cond:
                 self._ready.extend(ready)
                 self._ready_cond.notify(len(ready))
+
+    def _defer_unknown(self, claims: list[tuple[int, int, str]]) -> None:
+        """Gives back claimed ``(id, token, name)`` tasks no processor here can run. If that
+        fails, their leases (not renewed: they are not in flight) expire and the rescuer
+        gives them back, their attempts too (the run journal never saw them start)."""
+        try:
+            deferred, dead = self._unknown.give_back(self.queue._store, self.id, claims)
+        except _FATAL_STORAGE:
+            raise
+        except StorageError as e:
+            log.warning("could not give back %d task(s) without a processor here: %s", len(claims), e)
+            return
+        self._count("deferred", deferred)
+        self._count("dead", dead)
 
     # -- running -----------------------------------------------------------------------
 

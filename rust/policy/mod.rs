@@ -2,5 +2,6 @@
 
 pub mod backoff;
 pub mod breaker;
+pub mod deferral;
 pub mod retention;
 pub mod throttle;

@@ -168,4 +168,19 @@ impl PyStore {
     fn dead_since(&self, py: Python<'_>, queue: &str, since_ms: Millis) -> PyResult<u64> {
         Ok(py.detach(|| self.store.dead_since(queue, since_ms))?)
     }
+
+    /// `(task name, workers without a processor for it, pending tasks of that name)` for
+    /// the names workers seen since `alive_since_ms` deferred.
+    fn no_processor(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        alive_since_ms: Millis,
+    ) -> PyResult<Vec<(String, Vec<String>, u64)>> {
+        let found = py.detach(|| self.store.no_processor(queue, alive_since_ms))?;
+        Ok(found
+            .into_iter()
+            .map(|n| (n.task, n.workers, n.pending))
+            .collect())
+    }
 }

@@ -15,8 +15,8 @@ use crate::task::ClaimedTask;
 
 use crate::clock::Millis;
 use crate::policy::retention::{Keep, Retention};
-use crate::store::Store;
 use crate::store::sqlite::{Durability, Options, SqliteStore, TaskEvents};
+use crate::store::{Store, Unrunnable};
 use crate::task::{FailAction, FailureImpact, NewTask, Outcome, TaskStatus};
 
 /// (name, resource_group, payload, priority, run_at_ms | None, max_attempts, unique_key | None)
@@ -29,6 +29,9 @@ type NewTaskTuple<'py> = (
     i64,
     Option<String>,
 );
+
+/// (status, deferrals in a row, run_at ms): what `defer` did to one task.
+type DeferralTuple = (&'static str, i64, Millis);
 
 /// A `TaskCall` as `enqueue_calls` read it (kept alive: its name and payload are borrowed).
 struct Call<'py> {
@@ -408,6 +411,34 @@ impl PyStore {
 
     fn release(&self, py: Python<'_>, id: i64, token: i64) -> PyResult<()> {
         Ok(py.detach(|| self.store.release(id, token))?)
+    }
+
+    /// Gives back `(id, token, error json)` claims this worker has no processor for (see
+    /// `Store::defer`). Per task `(status, deferrals in a row, run_at ms)`, or None if the
+    /// lease was lost.
+    fn defer(
+        &self,
+        py: Python<'_>,
+        tasks: Vec<(i64, i64, String)>,
+        grace_ms: Millis,
+    ) -> PyResult<Vec<Option<DeferralTuple>>> {
+        let tasks: Vec<Unrunnable<'_>> = tasks
+            .iter()
+            .map(|(id, token, error)| Unrunnable {
+                id: *id,
+                token: *token,
+                error,
+            })
+            .collect();
+        let answers = py.detach(|| self.store.defer(&tasks, grace_ms))?;
+        answers
+            .into_iter()
+            .map(|answer| match answer {
+                Ok(d) => Ok(Some((d.status.as_str(), d.deferrals, d.run_at))),
+                Err(crate::Error::LeaseLost(_)) => Ok(None),
+                Err(other) => Err(other.into()),
+            })
+            .collect()
     }
 
     fn rescue(&self, py: Python<'_>, queue: &str) -> PyResult<Vec<(i64, &'static str)>> {

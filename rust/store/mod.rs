@@ -19,7 +19,7 @@ use crate::task::{
     TaskStatus, Transition,
 };
 
-pub use model::{CircuitCommand, TaskEvents, WorkerInfo};
+pub use model::{CircuitCommand, Deferral, NoProcessor, TaskEvents, Unrunnable, WorkerInfo};
 pub use operations::Operations;
 
 use std::collections::HashMap;
@@ -239,6 +239,18 @@ pub trait Store: Send + Sync {
 
     /// Tasks that went dead since `since`.
     fn dead_since(&self, queue: &str, since: Millis) -> Result<u64>;
+
+    /// Gives back running tasks their worker has no processor for (a rolling deploy: see
+    /// `sqlite::defer`): pending again with the claim's attempt returned and a history row
+    /// saying why, claimable after a delay that doubles with each deferral in a row (1 s up
+    /// to 5 min); dead with the task's `error` once `grace_ms` has passed since the first.
+    /// Each fenced by its lease token, all in one transaction; per task what happened, or
+    /// `LeaseLost`.
+    fn defer(&self, tasks: &[Unrunnable<'_>], grace_ms: Millis) -> Result<Vec<Result<Deferral>>>;
+
+    /// Task names that workers alive since `alive_since` had no processor for, with the
+    /// pending tasks of each.
+    fn no_processor(&self, queue: &str, alive_since: Millis) -> Result<Vec<NoProcessor>>;
 }
 
 /// How long observability rows are kept.

@@ -2,6 +2,7 @@
 //! module is named by the trait.
 
 use crate::clock::Millis;
+use crate::task::{LeaseToken, TaskId, TaskStatus};
 
 /// What an operator can do to a breaker.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,4 +33,33 @@ pub enum TaskEvents {
     #[default]
     Failures,
     All,
+}
+
+/// A task to give back: its claim, and the error it goes dead with once the grace is over.
+#[derive(Debug, Clone, Copy)]
+pub struct Unrunnable<'a> {
+    pub id: TaskId,
+    pub token: LeaseToken,
+    pub error: &'a str,
+}
+
+/// What a deferral did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deferral {
+    /// Pending (given back) or dead (the grace was over).
+    pub status: TaskStatus,
+    /// Deferrals in a row, this one included (for a dead task: the ones before).
+    pub deferrals: i64,
+    /// When it may be claimed again (pending), or when it went dead.
+    pub run_at: Millis,
+}
+
+/// A task name that live workers met without a processor for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoProcessor {
+    pub task: String,
+    /// The live workers that deferred it (each has no processor for it).
+    pub workers: Vec<String>,
+    /// Pending tasks of that name.
+    pub pending: u64,
 }

@@ -10,6 +10,7 @@ import click
 from rich.console import Group as Stack
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from .._units import duration
 from ..info import STATUSES
@@ -44,6 +45,8 @@ def _queue_entry(q: Queue) -> dict[str, Any]:
             "counts": q.counts(),
             "groups": [asdict(g) for g in states],
             "metrics": {g: stats_data(m) for g, m in metrics.items()},
+            "alive_workers": sum(w.alive for w in q.workers()),
+            "missing_processors": [asdict(m) for m in q.missing_processors()],
         }
 
 
@@ -115,7 +118,20 @@ def render(data: dict[str, Any], width: int = 200) -> Stack:
         for g in entry["groups"]:
             cells = dict(zip(_GROUP_COLUMNS, _group_cells(entry, g)))
             groups.add_row(*(cells[c] for c in shown))
-    return Stack(queues, groups) if groups.row_count else Stack(queues)
+    lines = [_missing_line(entry, m) for entry in data["queues"] for m in entry["missing_processors"] if m["pending"]]
+    return Stack(queues, *([groups] if groups.row_count else []), *lines)
+
+
+def _missing_line(entry: dict[str, Any], m: dict[str, Any]) -> Text:
+    """A task name running workers cannot run: in a rolling deploy, until new workers run."""
+    workers = list(m["workers"])
+    which = ("the running workers" if len(workers) >= entry["alive_workers"]
+             else f"{len(workers)} of {entry['alive_workers']} running workers")
+    shown = ", ".join(workers[:3]) + (f" and {len(workers) - 3} more" if len(workers) > 3 else "")
+    tasks = "1 task" if m["pending"] == 1 else f"{m['pending']:,} tasks"
+    verb = "has" if m["pending"] == 1 else "have"
+    return Text(f"{tasks} of {m['task']!r} in queue {entry['name']!r} {verb} no processor in {which} ({shown}), "
+                f"which give such tasks back until a worker that has it runs them", style="yellow")
 
 
 def _group_cells(entry: dict[str, Any], g: dict[str, Any]) -> list[str]:

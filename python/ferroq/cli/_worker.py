@@ -51,6 +51,9 @@ def load_queue(spec: str) -> Queue:
 @option("--shutdown-grace", type=float, default=30.0, show_default=True,
         help="Seconds running tasks get to finish on SIGTERM/SIGINT.")
 @option("--name", default=None, help="Worker id (default host:pid:random).")
+@option("--unknown-task-grace", type=click.FloatRange(0, 100 * 365.25 * 86400), default=3600.0, show_default=True,
+        help="A task this worker has no processor for is given back (newer code may run it); it goes dead this "
+             "many seconds after it was first given back if no worker ran it.")
 @option("--until-idle", is_flag=True, help="Stop when nothing is ready to run.")
 @option("--until-empty", is_flag=True, help="Stop when nothing is pending or running (waits for delays).")
 @option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
@@ -60,8 +63,8 @@ def load_queue(spec: str) -> Queue:
 @option("--metrics-host", default="0.0.0.0", show_default=True,
         help="Address the metrics endpoint listens on (0.0.0.0: every IPv4 address; 127.0.0.1: this host only).")
 def worker(spec: str, concurrency: int | None, processes: int | None, groups: str | None, lease: float,
-           prefetch: int | None, shutdown_grace: float, name: str | None, until_idle: bool, until_empty: bool,
-           log_level: str, metrics_port: int | None, metrics_host: str) -> None:
+           prefetch: int | None, shutdown_grace: float, name: str | None, unknown_task_grace: float,
+           until_idle: bool, until_empty: bool, log_level: str, metrics_port: int | None, metrics_host: str) -> None:
     """Run a worker on the queue MODULE:QUEUE (e.g. myapp.tasks:queue) until SIGINT/SIGTERM.
 
     The database is the one the Queue in your code opens (--db does not apply).
@@ -75,7 +78,8 @@ def worker(spec: str, concurrency: int | None, processes: int | None, groups: st
         _serve_metrics(q, metrics_host, metrics_port)
     only = split_list((groups,)) if groups else None
     w = Worker(q, concurrency=processes or concurrency or 8, pool="process" if processes else "thread",
-               lease=lease, prefetch=prefetch, shutdown_grace=shutdown_grace, name=name, groups=only)
+               lease=lease, prefetch=prefetch, shutdown_grace=shutdown_grace, name=name, groups=only,
+               unknown_task_grace=unknown_task_grace)
     stats = w.run(until_idle=until_idle, until_empty=until_empty)
     logging.getLogger("ferroq.cli").info("done: %s", stats)
 

@@ -12,6 +12,7 @@ use crate::task::{FailAction, NewTask, TaskStatus};
 mod clock_steps;
 mod groups;
 mod listing;
+mod no_processor;
 mod observability;
 
 pub(super) const Q: &str = "default";

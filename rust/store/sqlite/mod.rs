@@ -8,6 +8,7 @@ mod claim;
 mod closing;
 mod convert;
 mod decode;
+mod defer;
 mod enqueue;
 mod events;
 mod finish;
@@ -51,6 +52,7 @@ use crate::run_journal::{self, RunJournal};
 use crate::store::lease_watch::LeaseWatch;
 use crate::store::{CircuitCommand, WorkerInfo};
 use crate::store::{CircuitView, Lease, ObservabilityRetention, Store};
+use crate::store::{Deferral, NoProcessor, Unrunnable};
 use crate::task::{
     ClaimedTask, Enqueued, FailAction, FailureImpact, LeaseToken, NewTask, Outcome, TaskId,
     TaskRecord, TaskStatus, Transition,
@@ -889,5 +891,32 @@ impl Store for SqliteStore {
 
     fn dead_since(&self, queue: &str, since: Millis) -> Result<u64> {
         self.read(|conn, _| health::dead_since(conn, queue, since))
+    }
+
+    fn defer(&self, tasks: &[Unrunnable<'_>], grace_ms: Millis) -> Result<Vec<Result<Deferral>>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (answers, ends, now) = self.write(|tx, now| {
+            let mut answers = Vec::with_capacity(tasks.len());
+            let mut ends = Vec::new();
+            for task in tasks {
+                match defer::defer(tx, task, grace_ms, now) {
+                    Ok((deferral, end)) => {
+                        answers.push(Ok(deferral));
+                        ends.extend(end);
+                    }
+                    Err(Error::LeaseLost(id)) => answers.push(Err(Error::LeaseLost(id))),
+                    Err(other) => return Err(other),
+                }
+            }
+            Ok((answers, ends, now))
+        })?;
+        self.record_runs(&ends, now);
+        Ok(answers)
+    }
+
+    fn no_processor(&self, queue: &str, alive_since: Millis) -> Result<Vec<NoProcessor>> {
+        self.read(|conn, _| defer::no_processor(conn, queue, alive_since))
     }
 }
