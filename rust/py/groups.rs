@@ -10,7 +10,7 @@ use crate::error::Error;
 use crate::policy::breaker::BreakerConfig;
 use crate::policy::throttle::{Adaptive, ThrottleConfig};
 use crate::resource_group::{Event, GroupConfig};
-use crate::store::{CircuitCommand, Store};
+use crate::store::CircuitCommand;
 
 /// (failure_threshold, window_ms, open_ms, max_open_ms, half_open_probes)
 type BreakerTuple = (u32, Millis, Millis, Millis, u32);

@@ -6,7 +6,7 @@ use pyo3::types::{PyBytes, PyDict, PyList};
 
 use super::queue::{PyStore, claimed_list};
 use crate::clock::Millis;
-use crate::store::Operations;
+
 use crate::store::operations::{Cursor, Finished, Page, Step, TaskFilter};
 use crate::task::{TaskRecord, TaskStatus};
 

@@ -7,7 +7,7 @@ use pyo3::types::PyDict;
 use super::queue::PyStore;
 use crate::clock::Millis;
 use crate::metrics::{Counter, Histogram, Series};
-use crate::store::{ObservabilityRetention, Store, WorkerInfo};
+use crate::store::{ObservabilityRetention, WorkerInfo};
 
 /// (count, sum_us, max_us, p50_us, p95_us, p99_us)
 type Summary = (u64, u64, u64, u64, u64, u64);

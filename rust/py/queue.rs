@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::mem::ManuallyDrop;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pyo3::intern;
@@ -15,8 +16,8 @@ use crate::task::ClaimedTask;
 
 use crate::clock::Millis;
 use crate::policy::retention::{Keep, Retention};
-use crate::store::sqlite::{Durability, Options, SqliteStore, TaskEvents};
-use crate::store::{Store, Unrunnable};
+use crate::store::sqlite::{Durability, Options, TaskEvents};
+use crate::store::{Engine, Unrunnable};
 use crate::task::{FailAction, FailureImpact, NewTask, Outcome, TaskStatus};
 
 /// (name, resource_group, payload, priority, run_at_ms | None, max_attempts, unique_key | None)
@@ -66,19 +67,19 @@ impl<'py> CallOptions<'py> {
     }
 }
 
-/// One SQLite task store file.
+/// One task store, whichever engine holds it.
 #[pyclass(name = "Store", module = "ferroq._core", frozen, weakref)]
 pub struct PyStore {
-    /// Dropped by `Drop` below, with the GIL released.
-    pub(super) store: ManuallyDrop<SqliteStore>,
+    /// Dropped by `Drop` below, on a thread of its own.
+    pub(super) store: ManuallyDrop<Arc<dyn Engine>>,
 }
 
 impl Drop for PyStore {
-    /// A store nobody closed is closed on a thread of its own (see `close_in_background`).
+    /// A store nobody closed is closed on a thread of its own (see `Host::close_in_background`).
     fn drop(&mut self) {
         // SAFETY: taken once, here; nothing uses the field afterwards.
         let store = unsafe { ManuallyDrop::take(&mut self.store) };
-        crate::store::sqlite::close_in_background(store);
+        store.close_in_background();
     }
 }
 
@@ -115,7 +116,7 @@ impl PyStore {
                 }
             },
         };
-        let store = py.detach(|| SqliteStore::open(path, options))?;
+        let store = py.detach(|| crate::store::open(&path, options))?;
         Ok(Self {
             store: ManuallyDrop::new(store),
         })
@@ -124,22 +125,22 @@ impl PyStore {
     /// The database file.
     #[getter]
     fn path(&self) -> PathBuf {
-        self.store.path().to_path_buf()
+        PathBuf::from(self.store.location())
     }
 
     /// The largest accepted payload or result, in bytes.
     #[getter]
     fn max_payload(&self) -> usize {
-        self.store.options().max_payload
+        self.store.max_payload()
     }
 
-    /// Closes this process's connections; they reopen on next use (see `SqliteStore::close`).
+    /// Closes this process's connections; they reopen on next use (see `Host::close`).
     fn close(&self, py: Python<'_>) {
         py.detach(|| self.store.close())
     }
 
     /// Just before fork(): waits for calls in flight, closes the connections, holds the
-    /// store's locks until `after_fork` (see `SqliteStore::before_fork`).
+    /// store's locks until `after_fork` (see `Host::before_fork`).
     fn before_fork(&self, py: Python<'_>) {
         py.detach(|| self.store.before_fork())
     }
@@ -151,7 +152,7 @@ impl PyStore {
     }
 
     /// Where the file stands now: pass it to `wait_for_change`. Keeps the GIL when the
-    /// read needs no waiting (see `SqliteStore::try_change_token`).
+    /// read needs no waiting (see `Host::try_change_token`).
     fn change_token(&self, py: Python<'_>) -> PyResult<(u64, i64)> {
         match self.store.try_change_token() {
             Some(token) => Ok(token?),
@@ -526,7 +527,7 @@ impl PyStore {
     }
 
     fn pragmas(&self, py: Python<'_>) -> PyResult<Vec<(String, String)>> {
-        Ok(py.detach(|| self.store.pragmas())?)
+        Ok(py.detach(|| self.store.settings())?)
     }
 
     fn schema_versions(&self, py: Python<'_>) -> PyResult<Vec<i64>> {
@@ -534,7 +535,7 @@ impl PyStore {
     }
 
     fn quick_check(&self, py: Python<'_>) -> PyResult<Vec<String>> {
-        Ok(py.detach(|| self.store.quick_check())?)
+        Ok(py.detach(|| self.store.integrity_check())?)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The storage engine interface. SQLite implements it today; PostgreSQL will implement
 //! the same trait, and one shared test suite (`store::conformance`) runs against both.
 
+pub mod host;
 pub mod lease_watch;
 pub mod model;
 pub mod operations;
@@ -19,6 +20,7 @@ use crate::task::{
     TaskStatus, Transition,
 };
 
+pub use host::{ChangeToken, Engine, Host};
 pub use model::{CircuitCommand, Deferral, NoProcessor, TaskEvents, Unrunnable, WorkerInfo};
 pub use operations::Operations;
 
@@ -272,4 +274,22 @@ impl Default for ObservabilityRetention {
             workers_ms: DAY,
         }
     }
+}
+
+/// Opens the engine `location` names: a SQLite file today (PostgreSQL URLs are refused
+/// with a clear error until that engine exists).
+pub fn open(
+    location: &std::path::Path,
+    options: sqlite::Options,
+) -> Result<std::sync::Arc<dyn Engine>> {
+    let text = location.to_string_lossy();
+    if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        return Err(crate::error::Error::InvalidArgument(
+            "PostgreSQL is not supported by this version of ferroq yet: pass a SQLite file path"
+                .into(),
+        ));
+    }
+    Ok(std::sync::Arc::new(sqlite::SqliteStore::open(
+        location, options,
+    )?))
 }

@@ -15,13 +15,12 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
-use super::SqliteStore;
-
 static CLOSES_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 static FORKING: AtomicBool = AtomicBool::new(false);
 
-/// Closes `store` on a new thread (on this one if no thread can be started).
-pub fn close_in_background(store: SqliteStore) {
+/// Drops `store` on a new thread (on this one if no thread can be started): the last
+/// reference to a `SqliteStore` closes it there.
+pub fn close_in_background<T: Send + 'static>(store: T) {
     let spawned = std::thread::Builder::new()
         .name("ferroq-close".into())
         .spawn(move || {
@@ -66,6 +65,7 @@ pub fn release_closes() {
 
 #[cfg(test)]
 mod tests {
+    use super::super::SqliteStore;
     use super::*;
 
     #[test]

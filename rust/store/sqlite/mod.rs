@@ -51,7 +51,7 @@ use crate::resource_group::{self, Event, GroupConfig, GroupInfo};
 use crate::run_journal::{self, RunJournal};
 use crate::store::lease_watch::LeaseWatch;
 use crate::store::{CircuitCommand, WorkerInfo};
-use crate::store::{CircuitView, Lease, ObservabilityRetention, Store};
+use crate::store::{CircuitView, Host, Lease, ObservabilityRetention, Store};
 use crate::store::{Deferral, NoProcessor, Unrunnable};
 use crate::task::{
     ClaimedTask, Enqueued, FailAction, FailureImpact, LeaseToken, NewTask, Outcome, TaskId,
@@ -918,5 +918,71 @@ impl Store for SqliteStore {
 
     fn no_processor(&self, queue: &str, alive_since: Millis) -> Result<Vec<NoProcessor>> {
         self.read(|conn, _| defer::no_processor(conn, queue, alive_since))
+    }
+}
+
+impl Host for SqliteStore {
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn max_payload(&self) -> usize {
+        self.options.max_payload
+    }
+
+    fn now_ms(&self) -> Millis {
+        SqliteStore::now_ms(self)
+    }
+
+    fn clock_lead_ms(&self) -> Millis {
+        SqliteStore::clock_lead_ms(self)
+    }
+
+    fn change_token(&self) -> Result<ChangeToken> {
+        SqliteStore::change_token(self)
+    }
+
+    fn try_change_token(&self) -> Option<Result<ChangeToken>> {
+        SqliteStore::try_change_token(self)
+    }
+
+    fn wait_for_change(&self, token: ChangeToken, timeout: std::time::Duration) -> Result<bool> {
+        SqliteStore::wait_for_change(self, token, timeout)
+    }
+
+    fn notify(&self) {
+        SqliteStore::notify(self)
+    }
+
+    fn close(&self) {
+        SqliteStore::close(self)
+    }
+
+    fn before_fork(&self) {
+        SqliteStore::before_fork(self)
+    }
+
+    fn after_fork_in_parent(&self) {
+        SqliteStore::after_fork_in_parent(self)
+    }
+
+    fn settings(&self) -> Result<Vec<(String, String)>> {
+        self.pragmas()
+    }
+
+    fn schema_versions(&self) -> Result<Vec<i64>> {
+        SqliteStore::schema_versions(self)
+    }
+
+    fn integrity_check(&self) -> Result<Vec<String>> {
+        self.quick_check()
+    }
+
+    fn run_journal(&self, worker: &str, capacity: usize) -> Result<RunJournal> {
+        SqliteStore::run_journal(self, worker, capacity)
+    }
+
+    fn close_in_background(self: Arc<Self>) {
+        closing::close_in_background(self)
     }
 }

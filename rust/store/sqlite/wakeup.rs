@@ -12,7 +12,7 @@ use parking_lot::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Where the file stood when a caller last looked: (local commits, data_version).
-pub type ChangeToken = (u64, i64);
+pub use crate::store::host::ChangeToken;
 
 /// How often a waiter looks for commits by other processes while the file is busy...
 const BUSY_CHECK: Duration = Duration::from_millis(1);
