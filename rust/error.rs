@@ -42,6 +42,19 @@ pub enum Error {
     #[error("database {path} is corrupt or not a SQLite database: {reason}")]
     Corrupt { path: String, reason: String },
 
+    /// The file is a SQLite database of something else: it has tables but no ferroq schema.
+    /// It was left untouched (ferroq never adds its tables to another application's file).
+    #[error(
+        "database {path} is not a ferroq database: it holds other tables ({tables}) and no \
+         ferroq schema; it was left untouched (give the path of a ferroq database or of a new file)"
+    )]
+    Foreign { path: String, tables: String },
+
+    /// The operation is refused in the current state (e.g. forgetting a group that still has
+    /// unfinished tasks); nothing changed.
+    #[error("{0}")]
+    Refused(String),
+
     /// The disk (or quota) is full; the operation was rolled back.
     #[error("database or disk is full: {0}")]
     DiskFull(String),

@@ -23,6 +23,7 @@ __all__ = [
     "StorageError",
     "DatabasePathError",
     "CorruptDatabase",
+    "ForeignDatabase",
     "DiskFull",
     "SchemaTooNew",
     "TaskNotImportable",
@@ -60,7 +61,8 @@ class UnknownTaskName(UnknownTask):
 
 
 class InvalidTransition(FerroqError, ValueError):
-    """The action does not apply to a task in its current status (e.g. cancelling a running task)."""
+    """The action does not apply in the current state (e.g. cancelling a running task, or
+    forgetting a group that still has unfinished tasks)."""
 
 
 class LeaseLost(FerroqError):
@@ -98,6 +100,11 @@ class DatabasePathError(StorageError):
 
 class CorruptDatabase(StorageError):
     """The file is not a SQLite database or is damaged; ferroq left it untouched."""
+
+
+class ForeignDatabase(StorageError):
+    """The file is another application's SQLite database (it has tables but no ferroq
+    schema); ferroq refused it and left it untouched."""
 
 
 class DiskFull(StorageError):

@@ -13,6 +13,7 @@ import_exception!(ferroq.errors, LeaseLost);
 import_exception!(ferroq.errors, InvalidTransition);
 import_exception!(ferroq.errors, DatabasePathError);
 import_exception!(ferroq.errors, CorruptDatabase);
+import_exception!(ferroq.errors, ForeignDatabase);
 import_exception!(ferroq.errors, DiskFull);
 import_exception!(ferroq.errors, SchemaTooNew);
 import_exception!(ferroq.errors, StorageError);
@@ -28,6 +29,8 @@ impl From<Error> for PyErr {
             Error::InvalidTransition { .. } => InvalidTransition::new_err(message),
             Error::Path { .. } => DatabasePathError::new_err(message),
             Error::Corrupt { .. } => CorruptDatabase::new_err(message),
+            Error::Foreign { .. } => ForeignDatabase::new_err(message),
+            Error::Refused(_) => InvalidTransition::new_err(message),
             Error::DiskFull(_) => DiskFull::new_err(message),
             Error::SchemaTooNew { .. } => SchemaTooNew::new_err(message),
             Error::Storage(_) => StorageError::new_err(message),

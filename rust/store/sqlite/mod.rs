@@ -480,6 +480,10 @@ fn with_path(err: Error, path: &Path) -> Error {
             path: path.display().to_string(),
             reason,
         },
+        Error::Foreign { path: p, tables } if p.is_empty() => Error::Foreign {
+            path: path.display().to_string(),
+            tables,
+        },
         other => other,
     }
 }
@@ -727,6 +731,12 @@ impl Store for SqliteStore {
         validate::name("queue", queue)?;
         validate::name("resource group", group)?;
         self.write(|tx, now| resource_groups::set_paused(tx, queue, group, paused, now))
+    }
+
+    fn forget_group(&self, queue: &str, group: &str, force: bool) -> Result<bool> {
+        validate::name("queue", queue)?;
+        validate::name("resource group", group)?;
+        self.write(|tx, now| resource_groups::forget(tx, queue, group, force, now))
     }
 
     fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<bool> {
