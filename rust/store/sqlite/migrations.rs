@@ -72,7 +72,7 @@ fn migrate_through(conn: &mut Connection, now: Millis, last: i64) -> Result<Vec<
 /// another process that has not migrated it yet) has no tables. Checked inside the
 /// migration's write transaction, so a file another process is initialising is seen either
 /// empty or with its `schema_migrations`.
-fn refuse_foreign(conn: &Connection) -> Result<()> {
+pub fn refuse_foreign(conn: &Connection) -> Result<()> {
     let ours: bool = conn
         .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'")?
         .exists([])?;

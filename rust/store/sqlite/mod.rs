@@ -95,6 +95,7 @@ impl SqliteStore {
     ) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         open::prepare_file(&path)?;
+        open::refuse_foreign(&path, &options).map_err(|e| with_path(e, &path))?;
         let mut conn = open::connect(&path, &options)?;
         migrations::migrate(&mut conn, clock.now_ms()).map_err(|e| with_path(e, &path))?;
         open::make_writer(&conn).map_err(|e| with_path(e, &path))?;
