@@ -170,11 +170,18 @@ pub fn prepare_file(path: &Path) -> Result<()> {
 /// (`migrate` checks again inside its write transaction.)
 pub fn refuse_foreign(path: &Path, options: &Options) -> Result<()> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let mut conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
+    let Ok(mut conn) = Connection::open_with_flags(path, flags) else {
+        return Ok(()); // `connect` reports why the file cannot be opened
+    };
     super::busy::set_patience(options.busy_timeout);
-    conn.busy_handler(Some(super::busy::handler))
-        .map_err(|e| open_error(path, e))?;
-    super::migrations::refuse_foreign(&conn)
+    if conn.busy_handler(Some(super::busy::handler)).is_err() {
+        return Ok(());
+    }
+    match super::migrations::refuse_foreign(&conn) {
+        Err(e @ Error::Foreign { .. }) => Err(e),
+        // Anything else (read-only, damaged, locked) `connect` reports in its own words.
+        _ => Ok(()),
+    }
 }
 
 /// Opens one connection with every pragma set and checked.
