@@ -3,10 +3,14 @@ on the command line exists (so a typo does not leave a phantom group behind)."""
 
 from __future__ import annotations
 
+from typing import Any, Callable, TypeVar
+
 import click
 
 from ..queue import Queue
 from ._common import CliError, Exit, db_options, dumps, open_queue, option, output_option, settings
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def require_group(q: Queue, group: str, create: bool, what: str | None) -> None:
@@ -25,7 +29,7 @@ def require_group(q: Queue, group: str, create: bool, what: str | None) -> None:
                    f"{hint}", Exit.NOT_FOUND)
 
 
-def create_option(what: str) -> click.Option:
+def create_option(what: str) -> Callable[[F], F]:
     return option("--create", is_flag=True,
                   help=f"{what} a group (or --queue) that has no settings and no unfinished tasks yet.")
 
