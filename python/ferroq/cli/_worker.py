@@ -91,9 +91,12 @@ def worker(ctx: click.Context, spec: str, db: str | None, create: bool, concurre
 
 def _open_policy(db: str | None, create: bool) -> None:
     """Tells every Queue this process (and its child processes) opens where, and whether it
-    may create the file: environment variables ``ferroq.Queue`` reads (see queue.py)."""
+    may create the file: environment variables ``ferroq.Queue`` reads (see queue.py). The
+    worker command owns its process; main() called in-process keeps them set afterwards."""
     if db:
         os.environ[WORKER_DB_ENV] = os.path.abspath(db)
+    else:
+        os.environ.pop(WORKER_DB_ENV, None)  # one inherited from a parent worker is not ours
     os.environ[WORKER_CREATE_ENV] = "1" if create else "0"
 
 
