@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.deps-stamp
 
-.PHONY: all build demo test system-deps test-rust test-python test-benches perf-check bench bench-huey bench-asv lint fmt clean
+.PHONY: all build demo test system-deps test-rust test-python test-benches perf-check wheel wheel-smoke bench bench-huey bench-asv lint fmt clean
 
 all: build
 
@@ -23,7 +23,7 @@ build: $(STAMP)
 demo: build
 	$(PY) -m ferroq.demo
 
-test: system-deps test-rust test-python test-benches perf-check
+test: system-deps test-rust test-python test-benches perf-check wheel-smoke
 
 # Debian packages the tests use: libfaketime (clock-step tests with a wall clock per
 # process). Installed when missing and we are root (CI is); otherwise those tests skip.
@@ -44,6 +44,26 @@ test-python: build
 # Each benchmark once, as a test, so the suite never rots (figures come from `make bench`).
 test-benches: build
 	$(PY) -m pytest -q benches --benchmark-disable
+
+# An abi3 wheel (one file for CPython 3.10 and later) under dist/: `pip install dist/ferroq-*.whl`.
+wheel: $(STAMP)
+	rm -f dist/ferroq-*.whl
+	$(VENV)/bin/maturin build --release --quiet -o dist
+
+# The wheel installed into a fresh venv of the oldest and the newest Python we support (from
+# pyenv, else pythonX.Y on PATH; a missing one is skipped, loudly), each running
+# tests/wheel_smoke.py: enqueue, `ferroq worker --until-empty`, results read back.
+SMOKE_PYTHONS ?= 3.10 3.13
+wheel-smoke: wheel
+	@for v in $(SMOKE_PYTHONS); do \
+	  py=$$(ls -d $$HOME/.pyenv/versions/$$v.*/bin/python$$v 2>/dev/null | sort -V | tail -1); \
+	  [ -n "$$py" ] || py=$$(command -v python$$v); \
+	  if [ -z "$$py" ]; then echo "*** Python $$v not found (pyenv or PATH): wheel smoke test SKIPPED for it ***"; continue; fi; \
+	  env=$$(mktemp -d); \
+	  $$py -m venv $$env && $$env/bin/pip install --quiet --disable-pip-version-check dist/ferroq-*.whl && \
+	    $$env/bin/python tests/wheel_smoke.py; rc=$$?; rm -rf $$env; \
+	  if [ $$rc != 0 ]; then echo "wheel smoke test FAILED on Python $$v ($$py)"; exit 1; fi; \
+	done
 
 # Fails only on a large drop of a ratio to the raw SQLite ceiling (see benches/check_regression.py).
 perf-check: build

@@ -57,6 +57,14 @@ pub enum Error {
         raw: Vec<u8>,
     },
 
+    /// The file is a SQLite database of something else: it has tables but no ferroq schema.
+    /// It was left untouched (ferroq never adds its tables to another application's file).
+    #[error(
+        "database {path} is not a ferroq database: it holds other tables ({tables}) and no \
+         ferroq schema; it was left untouched (give the path of a ferroq database or of a new file)"
+    )]
+    Foreign { path: String, tables: String },
+
     /// The disk (or quota) is full; the operation was rolled back.
     #[error("database or disk is full: {0}")]
     DiskFull(String),

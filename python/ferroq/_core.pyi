@@ -158,8 +158,11 @@ class Store:
         cooldown_ms))."""
     def set_group_paused(self, queue: str, group: str, paused: bool) -> bool:
         """Pauses or resumes a group; whether it changed."""
+    def forget_group(self, queue: str, group: str, force: bool) -> bool:
+        """Forgets a group's settings, pause and breaker; whether it had any (InvalidTransition
+        while it has unfinished tasks, unless force)."""
     def set_queue_paused(self, queue: str, paused: bool) -> bool:
-        """Pauses or resumes a queue; whether it changed."""
+        """Pauses or resumes a queue (resuming deletes its row); whether it changed."""
     def queue_paused(self, queue: str) -> bool:
         """Whether the queue is paused."""
     def circuit(

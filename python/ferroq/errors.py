@@ -24,6 +24,7 @@ __all__ = [
     "DatabasePathError",
     "CorruptDatabase",
     "CorruptTask",
+    "ForeignDatabase",
     "DiskFull",
     "SchemaTooNew",
     "TaskNotImportable",
@@ -61,7 +62,8 @@ class UnknownTaskName(UnknownTask):
 
 
 class InvalidTransition(FerroqError, ValueError):
-    """The action does not apply to a task in its current status (e.g. cancelling a running task)."""
+    """The action does not apply in the current state (e.g. cancelling a running task, or
+    forgetting a group that still has unfinished tasks)."""
 
 
 class LeaseLost(FerroqError):
@@ -118,6 +120,11 @@ class CorruptTask(StorageError):
         self.column = column
         # The core passes a list of ints (what a Rust byte vector becomes).
         self.raw = None if raw is None else bytes(raw)
+
+
+class ForeignDatabase(StorageError):
+    """The file is another application's SQLite database (it has tables but no ferroq
+    schema); ferroq refused it and left it untouched."""
 
 
 class DiskFull(StorageError):

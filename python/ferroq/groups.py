@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 
 from . import _checks
+from .errors import InvalidArgument
 from .info import from_ms
 from .policies import CircuitBreaker, Throttle
 
@@ -72,7 +73,8 @@ class Event:
       ``started``: ``worker``, ``attempt``.
     - ``circuit_opened``, ``circuit_half_open``, ``circuit_closed``: ``from``, ``to``,
       ``reason``; ``throttle_changed``: ``concurrency_limit``, ``previous``, ``reason``;
-      ``group_paused``, ``group_resumed``, ``queue_paused``, ``queue_resumed``: nothing.
+      ``group_paused``, ``group_resumed``, ``group_forgotten``, ``queue_paused``,
+      ``queue_resumed``: nothing.
     """
 
     id: int
@@ -187,6 +189,20 @@ class ResourceGroup:
         changed = bool(self._queue._store.set_group_paused(self._queue.name, self.name, False))
         self._queue._notify()
         return changed
+
+    def forget(self, *, force: bool = False) -> bool:
+        """Deletes the group's stored settings (breaker, throttle), pause and circuit state,
+        e.g. a group paused by a typo; its events stay. Raises ``InvalidTransition`` while the
+        group has pending or running tasks (they would run without its limits) unless
+        ``force=True``. Returns False if nothing was stored. A process that declares the group
+        again (``q.group(name, breaker=...)``) stores its settings anew."""
+        if not isinstance(force, bool):
+            raise InvalidArgument(f"force must be a bool, got {force!r}")
+        forgot = bool(self._queue._store.forget_group(self._queue.name, self.name, force))
+        self._queue._groups.pop(self.name, None)
+        self.breaker = self.throttle = None
+        self._queue._notify()
+        return forgot
 
 
 def group_name(group: str | ResourceGroup) -> str:

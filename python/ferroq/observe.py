@@ -111,6 +111,8 @@ class WorkerState:
     last_seen: datetime
     stopped_at: datetime | None
     alive: bool
+    #: Tasks it holds a lease on now.
+    running: int = 0
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,7 @@ class Observable:
                 id=d["id"], queue=d["queue"], hostname=d["hostname"], pid=d["pid"],
                 concurrency=d["concurrency"], pool=d["pool"], started_at=_dt(d["started_at"]),
                 last_seen=_dt(d["last_seen"]), stopped_at=from_ms(d["stopped_at"]), alive=alive,
+                running=d["running"],
             ))
         return out
 

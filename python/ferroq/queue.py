@@ -145,7 +145,7 @@ class Queue(Observable):
         self.observability = observability or Observability()
         self.serializer: Serializer = serializer or JsonSerializer()
         self._store = _core.Store(
-            _path(path), durability=durability, busy_timeout=busy_timeout, max_payload=max_payload,
+            _worker_path(_path(path)), durability=durability, busy_timeout=busy_timeout, max_payload=max_payload,
             task_events=events,
         )
         _open_stores.add(self._store)
@@ -619,6 +619,36 @@ def _path(path: str | os.PathLike[str]) -> str:
     except UnicodeEncodeError as e:
         raise DatabasePathError(f"database path {path!r} cannot be encoded as a file name: {e.reason} "
                                 f"({path[e.start]!r} at index {e.start})") from None
+    return path
+
+
+#: Set by ``ferroq worker`` in its environment, which its child processes inherit: every
+#: Queue the process opens uses FERROQ_WORKER_DB instead of the path in the code (the
+#: worker's --db), and with FERROQ_WORKER_CREATE=0 (the worker's default) a missing file is
+#: refused instead of created. A Queue in any other program is not affected.
+WORKER_DB_ENV = "FERROQ_WORKER_DB"
+WORKER_CREATE_ENV = "FERROQ_WORKER_CREATE"
+
+
+def _worker_path(path: str) -> str:
+    """The path a Queue opens: the code's, or the one ``ferroq worker --db`` gave."""
+    override = os.environ.get(WORKER_DB_ENV)
+    if override:
+        if os.path.abspath(path) != os.path.abspath(override):
+            logging.getLogger("ferroq.cli").warning(
+                "opening the queue at %s (--db), not at %s as the code says", os.path.abspath(override),
+                os.path.abspath(path))
+        path = override
+    create = os.environ.get(WORKER_CREATE_ENV)
+    if create == "1" and not os.path.exists(path):
+        logging.getLogger("ferroq.cli").warning("creating a new empty queue database at %s (--create)",
+                                                os.path.abspath(path))
+    if create == "0" and not os.path.exists(path):
+        given = "from --db" if override else f"the code opens {path!r}"
+        raise DatabasePathError(
+            f"no database at {os.path.abspath(path)} ({given}; working directory {os.getcwd()}): "
+            "ferroq worker does not create a new empty queue. Run it in the directory the path is "
+            "relative to, give the file with --db PATH, or pass --create to start a new queue there")
     return path
 
 

@@ -295,7 +295,7 @@ class Worker:
             self._start_loop()
         previous = self._install_signals()
         log.info("worker %s started on %s (queue %r, concurrency %d)",
-                 self.id, self.queue.path, self.queue.name, self.concurrency)
+                 self.id, os.path.abspath(self.queue.path), self.queue.name, self.concurrency)
         try:
             self._claim_loop(until_idle, until_empty)
             self._drain(self.shutdown_grace)

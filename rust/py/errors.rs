@@ -14,6 +14,7 @@ import_exception!(ferroq.errors, InvalidTransition);
 import_exception!(ferroq.errors, DatabasePathError);
 import_exception!(ferroq.errors, CorruptDatabase);
 import_exception!(ferroq.errors, CorruptTask);
+import_exception!(ferroq.errors, ForeignDatabase);
 import_exception!(ferroq.errors, DiskFull);
 import_exception!(ferroq.errors, SchemaTooNew);
 import_exception!(ferroq.errors, StorageError);
@@ -35,6 +36,7 @@ impl From<Error> for PyErr {
             Error::CorruptTask {
                 id, column, raw, ..
             } => CorruptTask::new_err((message, id, column, raw)),
+            Error::Foreign { .. } => ForeignDatabase::new_err(message),
             Error::DiskFull(_) => DiskFull::new_err(message),
             Error::SchemaTooNew { .. } => SchemaTooNew::new_err(message),
             Error::Storage(_) => StorageError::new_err(message),

@@ -81,6 +81,16 @@ impl PyStore {
         Ok(py.detach(|| self.store.set_group_paused(queue, group, paused))?)
     }
 
+    fn forget_group(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        group: &str,
+        force: bool,
+    ) -> PyResult<bool> {
+        Ok(py.detach(|| self.store.forget_group(queue, group, force))?)
+    }
+
     fn set_queue_paused(&self, py: Python<'_>, queue: &str, paused: bool) -> PyResult<bool> {
         Ok(py.detach(|| self.store.set_queue_paused(queue, paused))?)
     }

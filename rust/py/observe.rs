@@ -132,6 +132,7 @@ impl PyStore {
             started_at: 0,
             last_seen: 0,
             stopped_at: None,
+            running: 0,
         };
         Ok(py.detach(|| self.store.worker_seen(&worker))?)
     }
@@ -156,6 +157,7 @@ impl PyStore {
                 d.set_item("started_at", w.started_at)?;
                 d.set_item("last_seen", w.last_seen)?;
                 d.set_item("stopped_at", w.stopped_at)?;
+                d.set_item("running", w.running)?;
                 Ok(d)
             })
             .collect()

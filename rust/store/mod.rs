@@ -147,6 +147,10 @@ pub trait Store: Send + Sync {
     /// Pauses (or resumes) a group: its tasks stay pending. Returns whether it changed.
     fn set_group_paused(&self, queue: &str, group: &str, paused: bool) -> Result<bool>;
 
+    /// Forgets a group's stored settings, pause and breaker state; refused (`Refused`)
+    /// while it has unfinished tasks unless `force`. Returns whether it had any.
+    fn forget_group(&self, queue: &str, group: &str, force: bool) -> Result<bool>;
+
     /// Pauses (or resumes) a whole queue. Returns whether it changed.
     fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<bool>;
 

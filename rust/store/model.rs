@@ -24,6 +24,8 @@ pub struct WorkerInfo {
     pub started_at: Millis,
     pub last_seen: Millis,
     pub stopped_at: Option<Millis>,
+    /// Tasks it holds a lease on now (read from the tasks; ignored when registering).
+    pub running: i64,
 }
 
 /// Which task events a store writes to the events table: failures always (they are rare

@@ -16,8 +16,8 @@ import orjson
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..errors import CorruptDatabase, DatabasePathError, FerroqError, InvalidArgument, InvalidTransition, \
-    SchemaTooNew, StorageError, UnknownTask
+from ..errors import CorruptDatabase, DatabasePathError, FerroqError, ForeignDatabase, InvalidArgument, \
+    InvalidTransition, SchemaTooNew, StorageError, UnknownTask
 from .._units import duration
 from ..queue import Queue
 
@@ -31,13 +31,14 @@ class Exit(IntEnum):
     FAILED = 1  # an action was refused or failed (e.g. cancelling a running task), or unhealthy
     USAGE = 2  # bad arguments (click's own code)
     DATABASE = 3  # the database is missing, locked, corrupt, or not usable by this ferroq
-    NOT_FOUND = 4  # no task with that id
+    NOT_FOUND = 4  # no task with that id, no queue (--queue) or group of that name
     INTERRUPTED = 130
 
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 an action was refused or failed (or unhealthy); 2 usage error; "
-    "3 database missing, locked, corrupt or too new; 4 no such task; 130 interrupted."
+    "3 database missing, locked, corrupt, too new or not ferroq's; 4 no such task, queue or group; "
+    "130 interrupted."
 )
 
 
@@ -118,9 +119,10 @@ def settings(ctx: click.Context, db: str | None = None, queue: str | None = None
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-def open_queue(s: Settings) -> Queue:
+def open_queue(s: Settings, *, new_queue: bool = False) -> Queue:
     """Opens an existing database. Never creates one: ``Queue(path)`` would, and a typo in
-    ``--db`` must not leave an empty database behind."""
+    ``--db`` must not leave an empty database behind. A queue named with --queue must exist
+    (exit 4) unless ``new_queue`` (``pause --create``)."""
     if not s.db:
         raise CliError("no database given: pass --db PATH or set FERROQ_DB", Exit.USAGE)
     path = s.db
@@ -135,7 +137,21 @@ def open_queue(s: Settings) -> Queue:
         raise CliError(f"cannot read {path}: {e.strerror}", Exit.DATABASE) from None
     if header != SQLITE_HEADER:
         raise CliError(f"{path} is not a ferroq database (not SQLite, or damaged)", Exit.DATABASE)
-    return Queue(path, name=s.queue, busy_timeout=s.busy_timeout)
+    q = Queue(path, name=s.queue, busy_timeout=s.busy_timeout)
+    if s.queue_given and not new_queue:
+        _require_queue(q)
+    return q
+
+
+def _require_queue(q: Queue) -> None:
+    """A queue exists once it has tasks, group settings, a pause or a registered worker."""
+    names = q.queue_names()
+    if q.name in names or q.workers():
+        return
+    q.close()
+    known = ", ".join(repr(n) for n in names[:10]) or "none"
+    raise CliError(f"no queue {q.name!r} in {q.path} (queues there: {known}); check --queue or FERROQ_QUEUE",
+                   Exit.NOT_FOUND)
 
 
 def translate(e: FerroqError, busy_timeout: float) -> CliError:
@@ -147,7 +163,7 @@ def translate(e: FerroqError, busy_timeout: float) -> CliError:
         return CliError(text, Exit.FAILED)
     if isinstance(e, InvalidArgument):
         return CliError(text, Exit.USAGE)
-    if isinstance(e, (CorruptDatabase, SchemaTooNew, DatabasePathError)):
+    if isinstance(e, (CorruptDatabase, SchemaTooNew, DatabasePathError, ForeignDatabase)):
         return CliError(text, Exit.DATABASE)
     if isinstance(e, StorageError):
         if re.search(r"locked|busy", text, re.IGNORECASE):

@@ -9,8 +9,9 @@ import click
 from ..errors import InvalidTransition, UnknownTask
 from ..queue import Queue
 from .._units import duration
-from ._common import ERROR_PREFIX, CliError, Duration, Exit, Settings, db_options, dumps, open_queue, option, output_option, \
-    progress_bar, resolve_name, settings, split_list
+from ._common import ERROR_PREFIX, CliError, Duration, Exit, Settings, db_options, dumps, open_queue, option, \
+    output_option, progress_bar, resolve_name, settings, split_list
+from ._groups import create_option, require_group
 
 FINISHED = ("completed", "dead", "cancelled")
 
@@ -132,11 +133,14 @@ def purge(ctx: click.Context, db: str | None, queue_name: str | None, output: st
     _report(output, {"deleted": deleted, "matching": total, "dry_run": False}, f"deleted {deleted:,} task(s)")
 
 
-def _pause(ctx: click.Context, s: Settings, group: str | None, output: str, paused: bool) -> None:
+def _pause(ctx: click.Context, s: Settings, group: str | None, output: str, paused: bool,
+           create: bool = False) -> None:
     verb = "paused" if paused else "resumed"
     if group is None and not s.queue_given:
         raise CliError(f"name a GROUP, or pass --queue NAME to {verb[:-1]} a whole queue", Exit.USAGE)
-    with open_queue(s) as q:
+    with open_queue(s, new_queue=create) as q:
+        if group is not None:
+            require_group(q, group, create, "pause" if paused else None)
         if group is None:
             changed = q.pause() if paused else q.resume()
             target = f"queue {q.name!r}"
@@ -152,11 +156,14 @@ def _pause(ctx: click.Context, s: Settings, group: str | None, output: str, paus
 @db_options
 @output_option
 @click.argument("group", required=False)
+@create_option("Pause")
 @click.pass_context
-def pause(ctx: click.Context, db: str | None, queue_name: str | None, output: str, group: str | None) -> None:
+def pause(ctx: click.Context, db: str | None, queue_name: str | None, output: str, group: str | None,
+          create: bool) -> None:
     """Stop workers claiming a resource group's tasks (or, with --queue and no GROUP, a whole
-    queue's). Running tasks finish; the pause is stored in the file, every worker obeys."""
-    _pause(ctx, settings(ctx, db, queue_name), group, output, True)
+    queue's). Running tasks finish; the pause is stored in the file, every worker obeys.
+    An unknown group or queue is refused (exit 4) unless --create."""
+    _pause(ctx, settings(ctx, db, queue_name), group, output, True, create)
 
 
 @click.command()

@@ -9,9 +9,9 @@ import sys
 
 import click
 
-from ..queue import Queue
+from ..queue import WORKER_CREATE_ENV, WORKER_DB_ENV, Queue
 from ..worker import Worker
-from ._common import CliError, Exit, option, split_list
+from ._common import CliError, Exit, option, settings, split_list
 
 
 def load_queue(spec: str) -> Queue:
@@ -41,6 +41,10 @@ def load_queue(spec: str) -> Queue:
 
 @click.command()
 @click.argument("spec", metavar="MODULE:QUEUE")
+@option("--db", "db", envvar="FERROQ_DB", type=click.Path(dir_okay=False), default=None,
+        help="Open the module's queue in this file instead of the path in the code.")
+@option("--create", is_flag=True,
+        help="Allow creating the database if it does not exist (default: refuse, exit 3).")
 @option("--concurrency", type=click.IntRange(1, 10_000), default=None,
         help="Runner threads (default 8).")
 @option("--processes", type=click.IntRange(1, 1_000), default=None,
@@ -62,17 +66,23 @@ def load_queue(spec: str) -> Queue:
         help="Serve Prometheus metrics on this port (0: any free port, logged).")
 @option("--metrics-host", default="0.0.0.0", show_default=True,
         help="Address the metrics endpoint listens on (0.0.0.0: every IPv4 address; 127.0.0.1: this host only).")
-def worker(spec: str, concurrency: int | None, processes: int | None, groups: str | None, lease: float,
-           prefetch: int | None, shutdown_grace: float, name: str | None, unknown_task_grace: float,
-           until_idle: bool, until_empty: bool, log_level: str, metrics_port: int | None, metrics_host: str) -> None:
+@click.pass_context
+def worker(ctx: click.Context, spec: str, db: str | None, create: bool, concurrency: int | None,
+           processes: int | None, groups: str | None, lease: float, prefetch: int | None, shutdown_grace: float,
+           name: str | None, unknown_task_grace: float, until_idle: bool, until_empty: bool, log_level: str,
+           metrics_port: int | None, metrics_host: str) -> None:
     """Run a worker on the queue MODULE:QUEUE (e.g. myapp.tasks:queue) until SIGINT/SIGTERM.
 
-    The database is the one the Queue in your code opens (--db does not apply).
+    The database is the one the Queue in your code opens, unless --db (or FERROQ_DB) names
+    another file: then every Queue the module opens uses that file. A database that does not
+    exist is refused (exit 3, naming its absolute path and the working directory) unless
+    --create is given: a worker started in the wrong directory must not start an empty queue.
     """
     if concurrency is not None and processes is not None:
         raise CliError("give --concurrency (threads) or --processes (child processes), not both", Exit.USAGE)
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _open_policy(settings(ctx, db).db, create)
     q = load_queue(spec)
     if metrics_port is not None:
         _serve_metrics(q, metrics_host, metrics_port)
@@ -82,6 +92,17 @@ def worker(spec: str, concurrency: int | None, processes: int | None, groups: st
                unknown_task_grace=unknown_task_grace)
     stats = w.run(until_idle=until_idle, until_empty=until_empty)
     logging.getLogger("ferroq.cli").info("done: %s", stats)
+
+
+def _open_policy(db: str | None, create: bool) -> None:
+    """Tells every Queue this process (and its child processes) opens where, and whether it
+    may create the file: environment variables ``ferroq.Queue`` reads (see queue.py). The
+    worker command owns its process; main() called in-process keeps them set afterwards."""
+    if db:
+        os.environ[WORKER_DB_ENV] = os.path.abspath(db)
+    else:
+        os.environ.pop(WORKER_DB_ENV, None)  # one inherited from a parent worker is not ours
+    os.environ[WORKER_CREATE_ENV] = "1" if create else "0"
 
 
 def _serve_metrics(q: Queue, host: str, port: int) -> None:

@@ -8,6 +8,7 @@ use crate::clock::{Clock, ManualClock};
 use crate::policy::breaker::{BreakerConfig, CircuitState};
 use crate::policy::throttle::{Adaptive, ThrottleConfig};
 use crate::resource_group::GroupConfig;
+use crate::store::operations::Operations;
 use crate::store::sqlite::{Options, SqliteStore};
 use crate::store::{CircuitCommand, Store};
 use crate::task::{FailAction, FailureImpact, NewTask, Outcome, TaskStatus};
@@ -398,6 +399,51 @@ fn paused_groups_and_queues_are_skipped() {
         ids(&f.store.claim(Q, "w", 10, LEASE).unwrap()),
         vec![e[0].id]
     );
+}
+
+/// A resumed queue leaves no row behind: a queue paused by mistake disappears once resumed.
+#[test]
+fn resuming_a_queue_forgets_it() {
+    let f = fixture();
+    assert!(f.store.set_queue_paused("typo", true).unwrap());
+    assert!(f.store.queue_names().unwrap().contains(&"typo".to_string()));
+    assert!(f.store.set_queue_paused("typo", false).unwrap());
+    assert!(
+        !f.store.set_queue_paused("typo", false).unwrap(),
+        "not paused"
+    );
+    assert!(!f.store.queue_names().unwrap().contains(&"typo".to_string()));
+}
+
+/// Forgetting a group drops its settings, pause and breaker; refused while it has
+/// unfinished tasks unless forced.
+#[test]
+fn forgetting_a_group() {
+    let f = fixture();
+    f.store.configure_group(Q, "api", &breaker_only()).unwrap();
+    f.store.set_group_paused(Q, "api", true).unwrap();
+    f.store
+        .circuit(Q, "api", &CircuitCommand::Open { duration_ms: None }, "x")
+        .unwrap();
+    let e = f.store.enqueue(Q, &[in_group("api", 0)]).unwrap();
+    assert!(matches!(
+        f.store.forget_group(Q, "api", false),
+        Err(crate::Error::Refused(_))
+    ));
+    assert!(f.store.group_info(Q, "api").unwrap().paused, "unchanged");
+    f.store.cancel(Q, e[0].id).unwrap();
+    assert!(f.store.forget_group(Q, "api", false).unwrap());
+    assert!(
+        !f.store.forget_group(Q, "api", false).unwrap(),
+        "nothing left"
+    );
+    let g = f.store.group_info(Q, "api").unwrap();
+    assert!(!g.paused && g.config.breaker.is_none());
+    assert_eq!(g.circuit, CircuitState::Closed);
+    assert!(f.store.group_names(Q).unwrap().is_empty());
+    f.store.set_group_paused(Q, "busy", true).unwrap();
+    f.store.enqueue(Q, &[in_group("busy", 0)]).unwrap();
+    assert!(f.store.forget_group(Q, "busy", true).unwrap(), "forced");
 }
 
 #[test]

@@ -140,6 +140,7 @@ fn worker(id: &str) -> WorkerInfo {
         started_at: 0,
         last_seen: 0,
         stopped_at: None,
+        running: 0,
     }
 }
 

@@ -170,8 +170,13 @@ fn workers_register_renew_and_expire() {
         started_at: 0,
         last_seen: 0,
         stopped_at: None,
+        running: 0,
     };
     f.store.worker_seen(&w).unwrap();
+    f.store.enqueue(Q, &[task("a", 0), task("b", 0)]).unwrap();
+    f.store.claim(Q, &w.id, 1, 30_000).unwrap();
+    f.store.claim(Q, "other", 1, 30_000).unwrap();
+    assert_eq!(f.store.workers(Q).unwrap()[0].running, 1, "its own leases");
     f.clock.advance(5_000);
     f.store.worker_seen(&w).unwrap();
     let seen = f.store.workers(Q).unwrap();

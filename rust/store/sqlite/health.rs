@@ -44,8 +44,10 @@ pub fn prune_workers(tx: &Transaction<'_>, now: Millis, keep_ms: Millis) -> Resu
 /// Registered workers of `queue`, most recently seen first.
 pub fn workers(conn: &Connection, queue: &str) -> Result<Vec<WorkerInfo>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, queue, hostname, pid, concurrency, pool, started_at, last_seen, stopped_at
-         FROM workers WHERE queue = ?1 ORDER BY last_seen DESC",
+        "SELECT id, queue, hostname, pid, concurrency, pool, started_at, last_seen, stopped_at,
+             (SELECT count(*) FROM tasks INDEXED BY tasks_leases
+              WHERE queue = w.queue AND status = 'running' AND lease_owner = w.id)
+         FROM workers w WHERE queue = ?1 ORDER BY last_seen DESC",
     )?;
     let rows = stmt.query_map([queue], |r| {
         Ok(WorkerInfo {
@@ -58,6 +60,7 @@ pub fn workers(conn: &Connection, queue: &str) -> Result<Vec<WorkerInfo>> {
             started_at: r.get(6)?,
             last_seen: r.get(7)?,
             stopped_at: r.get(8)?,
+            running: r.get(9)?,
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -30,6 +30,7 @@ pub fn migrate(conn: &mut Connection, now: Millis) -> Result<Vec<i64>> {
 /// `migrate`, stopping at version `last` (tests build files of older versions with it).
 fn migrate_through(conn: &mut Connection, now: Millis, last: i64) -> Result<Vec<i64>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    refuse_foreign(&tx)?;
     tx.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
              version    INTEGER PRIMARY KEY,
@@ -64,6 +65,35 @@ fn migrate_through(conn: &mut Connection, now: Millis, last: i64) -> Result<Vec<
         log::info!("applied schema migrations {applied:?}");
     }
     Ok(applied)
+}
+
+/// Refuses a file that holds tables but no ferroq schema (another application's
+/// database): migrating it would add our tables to it. An empty file (new, or created by
+/// another process that has not migrated it yet) has no tables. Checked inside the
+/// migration's write transaction, so a file another process is initialising is seen either
+/// empty or with its `schema_migrations`.
+pub fn refuse_foreign(conn: &Connection) -> Result<()> {
+    let ours: bool = conn
+        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'")?
+        .exists([])?;
+    if ours {
+        return Ok(());
+    }
+    let mut stmt = conn.prepare("SELECT name FROM sqlite_master ORDER BY name LIMIT 6")?;
+    let names: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if names.is_empty() {
+        return Ok(());
+    }
+    let mut tables = names.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+    if names.len() > 5 {
+        tables.push_str(", ...");
+    }
+    Err(Error::Foreign {
+        path: String::new(),
+        tables,
+    })
 }
 
 /// The versions recorded in the file.
@@ -277,6 +307,26 @@ mod tests {
                  WHERE queue = 'q' AND status = 'pending' AND run_at > updated_at ORDER BY id"),
             vec![2, 3]
         );
+    }
+
+    /// Another application's database is refused and left as it was; an empty one is ours.
+    #[test]
+    fn refuses_a_file_with_tables_but_no_ferroq_schema() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE users (id INTEGER PRIMARY KEY); INSERT INTO users VALUES (1);",
+        )
+        .unwrap();
+        match migrate(&mut conn, 1) {
+            Err(Error::Foreign { tables, .. }) => assert_eq!(tables, "users"),
+            other => panic!("{other:?}"),
+        }
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1, "nothing added");
+        let mut empty = Connection::open_in_memory().unwrap();
+        assert_eq!(migrate(&mut empty, 1).unwrap().len(), MIGRATIONS.len());
     }
 
     #[test]

@@ -99,6 +99,7 @@ impl SqliteStore {
     ) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         open::prepare_file(&path)?;
+        open::refuse_foreign(&path, &options).map_err(|e| with_path(e, &path))?;
         let mut conn = open::connect(&path, &options)?;
         migrations::migrate(&mut conn, clock.now_ms()).map_err(|e| with_path(e, &path))?;
         open::make_writer(&conn).map_err(|e| with_path(e, &path))?;
@@ -484,6 +485,10 @@ fn with_path(err: Error, path: &Path) -> Error {
             path: path.display().to_string(),
             reason,
         },
+        Error::Foreign { path: p, tables } if p.is_empty() => Error::Foreign {
+            path: path.display().to_string(),
+            tables,
+        },
         other => other,
     }
 }
@@ -731,6 +736,12 @@ impl Store for SqliteStore {
         validate::name("queue", queue)?;
         validate::name("resource group", group)?;
         self.write(|tx, now| resource_groups::set_paused(tx, queue, group, paused, now))
+    }
+
+    fn forget_group(&self, queue: &str, group: &str, force: bool) -> Result<bool> {
+        validate::name("queue", queue)?;
+        validate::name("resource group", group)?;
+        self.write(|tx, now| resource_groups::forget(tx, queue, group, force, now))
     }
 
     fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<bool> {

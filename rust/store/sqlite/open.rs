@@ -165,6 +165,25 @@ pub fn prepare_file(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Refuses another application's SQLite file (tables, no ferroq schema) before `connect`
+/// switches it to WAL, which rewrites its header: the file must be left as it was.
+/// (`migrate` checks again inside its write transaction.)
+pub fn refuse_foreign(path: &Path, options: &Options) -> Result<()> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let Ok(mut conn) = Connection::open_with_flags(path, flags) else {
+        return Ok(()); // `connect` reports why the file cannot be opened
+    };
+    super::busy::set_patience(options.busy_timeout);
+    if conn.busy_handler(Some(super::busy::handler)).is_err() {
+        return Ok(());
+    }
+    match super::migrations::refuse_foreign(&conn) {
+        Err(e @ Error::Foreign { .. }) => Err(e),
+        // Anything else (read-only, damaged, locked) `connect` reports in its own words.
+        _ => Ok(()),
+    }
+}
+
 /// Opens one connection with every pragma set and checked.
 pub fn connect(path: &Path, options: &Options) -> Result<Connection> {
     check_path(path)?;
@@ -335,6 +354,29 @@ mod tests {
             SqliteStore::open(&path, Options::default()).unwrap();
             assert!(path.is_file(), "{name}");
         }
+    }
+
+    /// Another application's database is refused with its path and left byte for byte as
+    /// it was (not even switched to WAL).
+    #[test]
+    fn a_foreign_database_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sqlite");
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE users (id INTEGER PRIMARY KEY); INSERT INTO users VALUES (1);",
+        )
+        .unwrap();
+        drop(conn);
+        let before = std::fs::read(&path).unwrap();
+        match SqliteStore::open(&path, Options::default()) {
+            Err(crate::Error::Foreign { path: p, tables }) => {
+                assert_eq!(p, path.display().to_string());
+                assert_eq!(tables, "users");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), before);
     }
 
     /// Every statement the hot path ran on the writer, with how often SQLite re-prepared it.

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction};
 use super::events;
 use super::json;
 use crate::clock::Millis;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::policy::breaker::{BreakerConfig, BreakerState, Change, CircuitState};
 use crate::policy::throttle::{self, Adaptive, Sample, ThrottleConfig};
 use crate::resource_group::{GroupConfig, GroupInfo};
@@ -517,22 +517,66 @@ pub fn set_paused(
     Ok(changed > 0)
 }
 
-/// Pauses or resumes a whole queue.
+/// Forgets a group's stored settings, pause and breaker state (a phantom group made by a
+/// typo, or one no longer used); its events stay. Refused while the group has pending or
+/// running tasks, unless `force`: they would run under no limits. Returns whether there was
+/// anything to forget.
+pub fn forget(
+    tx: &Transaction<'_>,
+    queue: &str,
+    name: &str,
+    force: bool,
+    now: Millis,
+) -> Result<bool> {
+    if !force {
+        let (pending, running): (i64, i64) = tx
+            .prepare_cached(GROUP_COUNTS_SQL)?
+            .query_row((queue, name), |r| Ok((r.get(0)?, r.get(1)?)))?;
+        if pending + running > 0 {
+            return Err(Error::Refused(format!(
+                "group {name:?} of queue {queue:?} has {pending} pending and {running} running \
+                 task(s): forgetting its settings would let them run without its limits \
+                 (wait until they finish, or force)"
+            )));
+        }
+    }
+    let mut gone = tx
+        .prepare_cached("DELETE FROM resource_groups WHERE queue = ?1 AND resource_group = ?2")?
+        .execute((queue, name))?;
+    gone += tx
+        .prepare_cached(
+            "DELETE FROM circuit_breaker_state WHERE queue = ?1 AND resource_group = ?2",
+        )?
+        .execute((queue, name))?;
+    if gone > 0 {
+        events::record(tx, queue, Some(name), "group_forgotten", "{}", now)?;
+    }
+    Ok(gone > 0)
+}
+
+/// Pauses or resumes a whole queue. Resuming deletes the queue's row (a pause is all it
+/// holds): a queue paused by mistake leaves nothing behind once resumed.
 pub fn set_queue_paused(
     tx: &Transaction<'_>,
     queue: &str,
     paused: bool,
     now: Millis,
 ) -> Result<bool> {
-    tx.prepare_cached(
-        "INSERT INTO queues (queue, updated_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-    )?
-    .execute((queue, now))?;
-    let changed = tx
-        .prepare_cached(
-            "UPDATE queues SET paused = ?2, updated_at = ?3 WHERE queue = ?1 AND paused != ?2",
+    let changed = if paused {
+        tx.prepare_cached(
+            "INSERT INTO queues (queue, updated_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
         )?
-        .execute((queue, paused, now))?;
+        .execute((queue, now))?;
+        tx.prepare_cached(
+            "UPDATE queues SET paused = 1, updated_at = ?2 WHERE queue = ?1 AND paused != 1",
+        )?
+        .execute((queue, now))?
+    } else {
+        let was_paused = queue_paused(tx, queue)?;
+        tx.prepare_cached("DELETE FROM queues WHERE queue = ?1")?
+            .execute([queue])?;
+        usize::from(was_paused)
+    };
     if changed > 0 {
         let kind = if paused {
             "queue_paused"
