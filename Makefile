@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "maturin>=1.7,<2" "orjson>=3.9" "click>=8.1" "prometheus-client>=0.20" "rich>=13" "pytest>=8" "pytest-timeout>=2.3" "mypy>=1.10" \
-		"pytest-benchmark>=4"
+		"pytest-benchmark>=4" "ruff>=0.6"
 	touch $(STAMP)
 
 # Builds the Rust extension (release) into the venv as an editable install.
@@ -23,7 +23,7 @@ build: $(STAMP)
 demo: build
 	$(PY) -m ferroq.demo
 
-test: system-deps test-rust test-python test-benches perf-check wheel-smoke
+test: system-deps lint test-rust test-python test-benches perf-check wheel-smoke
 
 # Debian packages the tests use: libfaketime (clock-step tests with a wall clock per
 # process). Installed when missing and we are root (CI is); otherwise those tests skip.
@@ -86,8 +86,11 @@ bench: build
 	$(PY) -m ferroq.bench
 	$(PY) -m pytest -q benches --benchmark-only --benchmark-columns=min,median,mean,ops
 
+# Part of `make test`: the habits are checked, not hoped for.
 lint: build
 	cargo clippy --all-targets --features python -- -D warnings
+	cargo fmt --check
+	$(VENV)/bin/ruff check python tests benches
 	$(VENV)/bin/mypy
 
 fmt:

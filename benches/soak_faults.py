@@ -332,7 +332,7 @@ class Supervisor:
         (self.directory / "workers.drain").touch()
         deadline = time.monotonic() + timeout
         stuck = []
-        for slot, p in self.workers.items():
+        for p in self.workers.values():
             try:
                 p.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:

@@ -147,7 +147,8 @@ def drive(directory: Path, seconds: float, rate: int, every: float, as_json: boo
         print(json.dumps(report))
     else:
         first, last = samples[min(1, len(samples) - 1)], samples[-1]
-        print(f"completed {counts['completed']:,} of {enqueued:,} (dead {counts['dead']}, pending {counts['pending']}); "
+        print(f"completed {counts['completed']:,} of {enqueued:,} "
+              f"(dead {counts['dead']}, pending {counts['pending']}); "
               f"lost {report['lost']}, completed twice {twice}; child crashes {stats['crashed']}, "
               f"timeouts {stats['timed_out']}, respawns {stats['respawned']}; worker exit {proc.returncode}")
         print(f"worker RSS {first['rss_kib'] / 1024:.1f} MiB at {first['t']}s -> {last['rss_kib'] / 1024:.1f} MiB "

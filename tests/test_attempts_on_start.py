@@ -18,7 +18,7 @@ import pytest
 import ferroq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from procs import Procs, procs, wait_until  # noqa: E402,F401
+from procs import Procs, procs, wait_until  # noqa: F401
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 import ferroq
 from ferroq.cli import main
 from procs import child_env
-from test_cli_worker import make_app  # noqa: E402
+from test_cli_worker import make_app
 
 
 def run(db: Path, *args: str) -> Result:

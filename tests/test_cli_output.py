@@ -250,5 +250,5 @@ def test_core_log_records_reach_the_ferroq_logger(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(script)], env=child_env(), capture_output=True, text=True,
                           timeout=60, cwd=os.fspath(tmp_path))
     assert done.returncode == 0, done.stderr
-    names = eval(done.stdout)  # noqa: S307 - our own script's repr of a list of str
+    names = eval(done.stdout)
     assert names and all(n.startswith("ferroq._core.") for n in names), names

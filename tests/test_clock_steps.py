@@ -13,7 +13,7 @@ import pytest
 import ferroq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from procs import Procs, procs  # noqa: E402,F401
+from procs import Procs, procs  # noqa: F401
 
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 

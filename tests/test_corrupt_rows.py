@@ -124,9 +124,9 @@ def test_a_worker_runs_every_good_task_and_sets_each_bad_row_aside(
     assert info.status == "dead"
     assert info.corrupt is not None and (info.corrupt.column, info.corrupt.raw) == ("payload", GARBAGE)
     with pytest.raises(CorruptTask):
-        info.args
+        _ = info.args
     with pytest.raises(CorruptTask):
-        info.kwargs
+        _ = info.kwargs
     assert "unreadable" in repr(info)
 
     # Listings go on past every such row.

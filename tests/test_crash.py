@@ -25,7 +25,7 @@ import pytest
 import ferroq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from procs import Procs, procs, sqlite3_probe, wait_until  # noqa: E402,F401
+from procs import Procs, procs, sqlite3_probe, wait_until  # noqa: F401
 
 
 def pairs(q: ferroq.Queue, task_id: int) -> list[tuple[str | None, str]]:
@@ -282,7 +282,7 @@ def test_every_acknowledged_enqueue_survives_sigkill(tmp_path: Path, procs: Proc
     acknowledged: list[tuple[int, int, int]] = []
     for round_ in range(4):
         child = procs.start(script, db, durability, round_, label=f"enqueuer-{round_}")
-        wait_until(lambda: len(child.lines()) >= 5, 30, "the first enqueues", children=[child])
+        wait_until(lambda child=child: len(child.lines()) >= 5, 30, "the first enqueues", children=[child])
         time.sleep(rng.uniform(0.05, 0.6))  # a random point in the enqueue loop
         child.send(signal.SIGKILL)
         assert child.wait(10) == -signal.SIGKILL
@@ -379,7 +379,7 @@ def test_queue_used_in_child_after_os_fork(tmp_path: Path) -> None:
         try:
             _use_queue_in_child(q, "child", out)
             code = 0
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - the child reports whatever went wrong, then exits
             (tmp_path / "child.err").write_text(traceback.format_exc())
         finally:
             os._exit(code)

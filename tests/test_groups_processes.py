@@ -16,7 +16,7 @@ from pathlib import Path
 import ferroq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from procs import Procs, procs, wait_until  # noqa: E402,F401
+from procs import Procs, procs, wait_until  # noqa: F401
 
 # The app every worker process imports: one queue, one task per scenario.
 APP = """

@@ -18,7 +18,7 @@ import pytest
 import ferroq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from procs import Procs, procs, sqlite3_probe, wait_until  # noqa: E402,F401
+from procs import Procs, procs, sqlite3_probe, wait_until  # noqa: F401
 
 # -- 4 workers drain 5,000 tasks ------------------------------------------------------
 

@@ -16,7 +16,7 @@ import ferroq.prometheus
 from workers import WAIT, BackgroundWorker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from procs import Procs, procs, wait_until  # noqa: E402,F401
+from procs import Procs, procs, wait_until  # noqa: F401
 
 
 def test_run_percentiles_match_a_known_distribution_of_sleeps(queue: ferroq.Queue) -> None:

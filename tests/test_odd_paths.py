@@ -115,7 +115,7 @@ def test_a_progress_message_with_a_surrogate(queue: ferroq.Queue) -> None:
     def job() -> None:
         try:
             ferroq.current_task().progress(0.5, LONE)
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - the test inspects whatever was raised
             seen.append(e)
 
     h = job.enqueue()

@@ -22,7 +22,7 @@ import pytest
 import ferroq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from procs import Child, Procs, procs, wait_until  # noqa: E402,F401
+from procs import Child, Procs, procs, wait_until  # noqa: F401
 
 WORKER = """
 import asyncio, multiprocessing

@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from procs import Procs, procs  # noqa: E402,F401
+from procs import Procs, procs  # noqa: F401
 
 
 def test_a_script_written_again_while_children_start_is_never_read_empty(procs: Procs) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from procs import child_env  # noqa: E402
+from procs import child_env
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,8 @@ from os import PathLike
 from typing import Any, final
 
 __all__ = [
-    "DEFAULT_MAX_PAYLOAD", "NAME_MAX_LEN", "PRIORITY_MAX", "PRIORITY_MIN", "SCHEMA_VERSION", "RunJournal", "RunJournalView", "Store",
+    "DEFAULT_MAX_PAYLOAD", "NAME_MAX_LEN", "PRIORITY_MAX", "PRIORITY_MIN", "SCHEMA_VERSION",
+    "RunJournal", "RunJournalView", "Store",
     "backoff_delay_ms", "check_max_attempts", "check_name", "check_priority", "hold_closes", "release_closes",
     "__version__",
 ]

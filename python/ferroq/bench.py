@@ -123,7 +123,8 @@ def bench_enqueue(durability: str, n: int, threads: int) -> Figure:
         for th in pool:
             th.join()
         rate = per * threads / (time.perf_counter() - t)
-    return Figure(f"enqueue, {threads} thread(s), {durability}", rate, "tasks/s", raw_rate(_sync(durability), n, "commit"))
+    return Figure(f"enqueue, {threads} thread(s), {durability}", rate, "tasks/s",
+                  raw_rate(_sync(durability), n, "commit"))
 
 
 def bench_enqueue_many(durability: str, n: int) -> Figure:

@@ -45,7 +45,8 @@ def build(path: str) -> tuple[ferroq.Queue, dict[str, ferroq.TaskBase[..., Any]]
         await asyncio.sleep(0.002)
         return f"sent {subject!r} to {to}"
 
-    @q.task(name="sync_inventory", max_attempts=5, retry=ferroq.RetryPolicy(base_delay=0.05, max_delay=1.0), resource_group="partner-api")
+    @q.task(name="sync_inventory", max_attempts=5, retry=ferroq.RetryPolicy(base_delay=0.05, max_delay=1.0),
+            resource_group="partner-api")
     def sync_inventory(sku: str) -> int:
         ctx = ferroq.current_task()
         calls[ctx.id] += 1

@@ -328,7 +328,7 @@ class Observable:
                     if wanted is None or event.kind in wanted:
                         try:
                             callback(event)
-                        except Exception:  # noqa: BLE001 - a subscriber's bug must not stop the feed
+                        except Exception:
                             log.exception("event subscriber failed on %s", event)
                 if not rows:
                     store.wait_for_change(token, 0.5)
