@@ -119,7 +119,7 @@ mod tests {
 
     #[test]
     fn every_task_of_a_batch_is_checked_whatever_came_before() {
-        let good = crate::store::conformance::task("t", 0);
+        let good = crate::store::testing::task("t", 0);
         assert!(new_tasks(&[good.clone(), good.clone()], 10).is_ok());
         let bad = [
             NewTask {

@@ -8,7 +8,7 @@ pub mod operations;
 pub mod sqlite;
 
 #[cfg(test)]
-pub(crate) mod conformance;
+pub(crate) mod testing;
 
 use crate::clock::Millis;
 use crate::error::Result;

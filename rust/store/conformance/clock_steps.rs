@@ -4,17 +4,16 @@
 
 use std::sync::Arc;
 
-use super::{LEASE, Q, fixture, ids, task};
+use super::{LEASE, Q, fixture, ids, open_engine, task};
 use crate::clock::{Clock, ManualClock};
-use crate::store::Store;
-use crate::store::sqlite::{Options, SqliteStore};
+use crate::store::Engine;
 use crate::task::TaskStatus;
 
 const HOUR: i64 = 3_600_000;
 
-/// A second process on the fixture's file, with a clock of its own.
-fn other_process(path: &std::path::Path, clock: &Arc<ManualClock>) -> SqliteStore {
-    SqliteStore::open_with_clock(path, Options::default(), clock.clone()).unwrap()
+/// A second process on the fixture's store, with a clock of its own.
+fn other_process(path: &std::path::Path, clock: &Arc<ManualClock>) -> Arc<dyn Engine> {
+    open_engine(path, clock)
 }
 
 #[test]
@@ -31,7 +30,7 @@ fn a_process_started_after_a_backward_step_finds_due_tasks_due() {
     let id = f.store.enqueue(Q, &[task("a", 0)]).unwrap()[0].id;
     // The clock was set back an hour; a worker starts afterwards.
     let behind = Arc::new(ManualClock::new(f.clock.now_ms() - HOUR));
-    let worker = other_process(f.store.path(), &behind);
+    let worker = other_process(&f.path, &behind);
     assert_eq!(ids(&worker.claim(Q, "w", 10, LEASE).unwrap()), vec![id]);
 }
 
@@ -56,7 +55,7 @@ fn a_backward_step_does_not_strand_a_dead_workers_leases() {
     f.store.claim(Q, "dead", 1, LEASE).unwrap(); // its worker dies at once
     // The rescuer is another process, started after the clock was set back an hour.
     let behind = Arc::new(ManualClock::new(f.clock.now_ms() - HOUR));
-    let rescuer = other_process(f.store.path(), &behind);
+    let rescuer = other_process(&f.path, &behind);
     let mut passes = 0;
     let rescued = loop {
         let rescued = rescuer.rescue_expired(Q).unwrap();
@@ -77,7 +76,7 @@ fn a_rescuer_whose_clock_jumped_ahead_leaves_live_leases_alone() {
     let id = f.store.enqueue(Q, &[task("a", 0)]).unwrap()[0].id;
     let t = f.store.claim(Q, "holder", 1, LEASE).unwrap().remove(0);
     let ahead = Arc::new(ManualClock::new(f.clock.now_ms() + HOUR));
-    let rescuer = other_process(f.store.path(), &ahead);
+    let rescuer = other_process(&f.path, &ahead);
     // Ten leases of real time: the holder renews every third of a lease, the rescuer
     // passes every second (to it, every lease looks an hour expired).
     for second in 1..=10 * LEASE / 1_000 {

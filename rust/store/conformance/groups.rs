@@ -8,9 +8,7 @@ use crate::clock::{Clock, ManualClock};
 use crate::policy::breaker::{BreakerConfig, CircuitState};
 use crate::policy::throttle::{Adaptive, ThrottleConfig};
 use crate::resource_group::GroupConfig;
-use crate::store::operations::Operations;
-use crate::store::sqlite::{Options, SqliteStore};
-use crate::store::{CircuitCommand, Store};
+use crate::store::CircuitCommand;
 use crate::task::{FailAction, FailureImpact, NewTask, Outcome, TaskStatus};
 
 fn in_group(group: &str, priority: i64) -> NewTask<'_> {
@@ -364,8 +362,7 @@ fn a_task_not_due_by_this_clock_does_not_block_other_groups() {
     // Another process, its clock a second ahead, enqueues after the claimer opened the file
     // (the claimer's clock keeps to the file's timeline only from its next rescue pass).
     let ahead_clock = Arc::new(ManualClock::new(then + 1_000));
-    let other =
-        SqliteStore::open_with_clock(f.store.path(), Options::default(), ahead_clock).unwrap();
+    let other = super::open_engine(&f.path, &ahead_clock);
     let ahead = other.enqueue(Q, &[in_group("a", 0)]).unwrap()[0].id;
     let mut due = in_group("b", 0);
     due.run_at = Some(then);

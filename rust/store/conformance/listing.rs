@@ -4,8 +4,7 @@ use super::{LEASE, Q, fixture, ids, task};
 use crate::clock::Clock;
 use crate::policy::throttle::ThrottleConfig;
 use crate::resource_group::GroupConfig;
-use crate::store::Store;
-use crate::store::operations::{Finished, Operations, Page, TaskFilter};
+use crate::store::operations::{Finished, Page, TaskFilter};
 use crate::task::{FailAction, NewTask, TaskStatus};
 
 fn in_group(group: &str, priority: i64) -> NewTask<'_> {

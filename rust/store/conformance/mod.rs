@@ -1,12 +1,13 @@
-//! The behaviour every storage engine must have, run against SQLite with a manual clock.
+//! The behaviour every storage engine must have, on a manual clock. Generic over the engine:
+//! each engine includes this suite as a module of its own (`#[path]`) and provides
+//! `conformance_engine(path, clock)` beside it, so the same tests run once per engine.
 
 use std::sync::Arc;
 
-use super::Store;
-use super::sqlite::{Durability, Options, SqliteStore};
 use crate::clock::{Clock, ManualClock};
 use crate::error::Error;
 use crate::policy::retention::{Keep, Retention};
+use crate::store::Engine;
 use crate::task::{FailAction, NewTask, TaskStatus};
 
 mod clock_steps;
@@ -21,37 +22,32 @@ pub(super) const LEASE: i64 = 30_000;
 pub(super) struct Fixture {
     _dir: tempfile::TempDir,
     pub clock: Arc<ManualClock>,
-    pub store: SqliteStore,
+    pub store: Arc<dyn Engine>,
+    /// Where the engine keeps its data, for a second process's engine on the same store.
+    pub path: std::path::PathBuf,
 }
 
+/// A fresh store of the engine under test, on a manual clock.
 pub(super) fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(1_700_000_000_000));
-    let options = Options {
-        durability: Durability::Normal,
-        ..Options::default()
-    };
-    let store =
-        SqliteStore::open_with_clock(dir.path().join("q.db"), options, clock.clone()).unwrap();
+    let path = dir.path().join("q.db");
+    let store = open_engine(&path, &clock);
     Fixture {
         _dir: dir,
         clock,
         store,
+        path,
     }
 }
 
-/// A task with the usual options (default group, 3 attempts, `{}` as payload), for tests.
-pub(crate) fn task(name: &str, priority: i64) -> NewTask<'_> {
-    NewTask {
-        name: name.into(),
-        resource_group: "default".into(),
-        payload: b"{}".into(),
-        priority,
-        run_at: None,
-        max_attempts: 3,
-        unique_key: None,
-    }
+/// The engine under test on the store at `path` with `clock`: another process's view of
+/// the same store when `path` is a fixture's.
+pub(super) fn open_engine(path: &std::path::Path, clock: &Arc<ManualClock>) -> Arc<dyn Engine> {
+    super::conformance_engine(path, clock.clone())
 }
+
+pub(crate) use crate::store::testing::task;
 
 /// Lets `ms` pass (at least a lease) with this process's rescuer watching from half a lease
 /// on, as a worker's does every second; returns what its last pass took over.
@@ -506,17 +502,6 @@ fn bad_input_writes_nothing() {
         Err(Error::InvalidArgument(_))
     ));
     assert!(f.store.counts(Q).unwrap().iter().all(|(_, n)| *n == 0));
-}
-
-#[test]
-fn pragmas_read_back() {
-    let f = fixture();
-    let pragmas = f.store.pragmas().unwrap();
-    let get = |k: &str| pragmas.iter().find(|(n, _)| n == k).unwrap().1.clone();
-    assert_eq!(get("journal_mode"), "wal");
-    assert_eq!(get("synchronous"), "1");
-    assert_eq!(get("temp_store"), "2");
-    assert_eq!(get("cache_size"), "-4000");
 }
 
 #[test]

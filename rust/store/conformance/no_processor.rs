@@ -4,7 +4,7 @@
 use super::{LEASE, Q, fixture, task};
 use crate::clock::Clock;
 use crate::error::Error;
-use crate::store::{Store, Unrunnable, WorkerInfo};
+use crate::store::{Unrunnable, WorkerInfo};
 use crate::task::{FailAction, TaskStatus};
 
 const GRACE: i64 = 3_600_000;

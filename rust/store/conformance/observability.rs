@@ -2,7 +2,7 @@
 
 use super::{LEASE, Q, fixture, task};
 use crate::metrics::Counter;
-use crate::store::{ObservabilityRetention, Store, WorkerInfo};
+use crate::store::{ObservabilityRetention, WorkerInfo};
 use crate::task::{FailAction, Outcome};
 
 #[test]

@@ -377,7 +377,7 @@ mod tests {
     fn history_written_before_derivation_is_not_doubled() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path().join("q.db"), Options::default()).unwrap();
-        let new = crate::store::conformance::task("t", 0);
+        let new = crate::store::testing::task("t", 0);
         let id = store.enqueue("q", &[new]).unwrap()[0].id;
         let t = store.claim("q", "w", 1, 30_000).unwrap().remove(0);
         store.complete(id, t.token, b"null").unwrap();

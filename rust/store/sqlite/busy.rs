@@ -54,7 +54,7 @@ mod tests {
     fn new_task() -> NewTask<'static> {
         NewTask {
             max_attempts: 1,
-            ..crate::store::conformance::task("t", 0)
+            ..crate::store::testing::task("t", 0)
         }
     }
 

@@ -228,7 +228,7 @@ mod tests {
         let task = NewTask {
             payload: vec![b'x'; 4000].into(),
             max_attempts: 1,
-            ..crate::store::conformance::task("t", 0)
+            ..crate::store::testing::task("t", 0)
         };
         let tasks = vec![task; 100];
         for _ in 0..batches {

@@ -220,7 +220,7 @@ mod tests {
     use super::super::{Options, SqliteStore, read_one, writer_statements};
     use super::{LEASE_SQL, PROMOTE_SQL};
     use crate::store::Store;
-    use crate::store::conformance::task;
+    use crate::store::testing::task;
     use rusqlite::ffi::SQLITE_STMTSTATUS_VM_STEP;
 
     /// SQLite's VM steps for one claim of `limit` on a store holding `ready` tasks and

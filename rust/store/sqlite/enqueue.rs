@@ -266,7 +266,7 @@ mod tests {
             payload: payload.into(),
             max_attempts: 1,
             unique_key: unique_key.map(|k| std::borrow::Cow::Owned(k.to_string())),
-            ..crate::store::conformance::task("t", 0)
+            ..crate::store::testing::task("t", 0)
         }
     }
 

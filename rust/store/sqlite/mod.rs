@@ -36,6 +36,25 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 pub use open::{Durability, Options};
 
+/// The engine-neutral conformance suite, run against this engine.
+#[cfg(test)]
+#[path = "../conformance/mod.rs"]
+mod conformance;
+
+/// The conformance suite's engine: a SQLite file at `path` on `clock` (`normal` durability:
+/// the suite checks behaviour, not fsyncs).
+#[cfg(test)]
+fn conformance_engine(
+    path: &Path,
+    clock: Arc<crate::clock::ManualClock>,
+) -> Arc<dyn crate::store::Engine> {
+    let options = Options {
+        durability: Durability::Normal,
+        ..Options::default()
+    };
+    Arc::new(SqliteStore::open_with_clock(path, options, clock).unwrap())
+}
+
 pub use self::closing::{close_in_background, hold_closes, release_closes};
 pub use self::finish::TaskEvents;
 use self::local::{Local, PerProcess};

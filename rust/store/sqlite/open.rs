@@ -323,6 +323,23 @@ pub fn read_pragmas(conn: &Connection) -> Result<Vec<(String, String)>> {
 
 #[cfg(test)]
 mod tests {
+
+    /// SQLite-only: every pragma ferroq sets, read back (SQLite ignores unknown names).
+    #[test]
+    fn pragmas_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = super::Options {
+            durability: super::Durability::Normal,
+            ..super::Options::default()
+        };
+        let store = super::super::SqliteStore::open(dir.path().join("q.db"), options).unwrap();
+        let pragmas = store.pragmas().unwrap();
+        let get = |k: &str| pragmas.iter().find(|(n, _)| n == k).unwrap().1.clone();
+        assert_eq!(get("journal_mode"), "wal");
+        assert_eq!(get("synchronous"), "1");
+        assert_eq!(get("temp_store"), "2");
+        assert_eq!(get("cache_size"), "-4000");
+    }
     use super::super::{Options, SqliteStore};
     use crate::store::Store;
     use crate::task::{FailAction, FailureImpact, Outcome};
@@ -415,7 +432,7 @@ mod tests {
     fn cached_statements_are_never_prepared_again() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path().join("q.db"), Options::default()).unwrap();
-        let task = crate::store::conformance::task("t", 0);
+        let task = crate::store::testing::task("t", 0);
         store.enqueue("q", &vec![task.clone(); 500]).unwrap();
         // Varying limits and batch sizes: new values bound on every call.
         for round in 1..=8 {

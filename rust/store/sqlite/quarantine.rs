@@ -96,8 +96,8 @@ mod tests {
     use super::super::{Options, SqliteStore, read_one};
     use crate::error::Error;
     use crate::store::Store;
-    use crate::store::conformance::task;
     use crate::store::operations::{Operations, Page, TaskFilter};
+    use crate::store::testing::task;
     use crate::task::{TaskId, TaskStatus};
 
     /// Runs `sql` on the store's writer, as a hand edit outside ferroq would.

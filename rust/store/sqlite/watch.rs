@@ -172,7 +172,7 @@ mod tests {
     fn one_task() -> NewTask<'static> {
         NewTask {
             max_attempts: 1,
-            ..crate::store::conformance::task("t", 0)
+            ..crate::store::testing::task("t", 0)
         }
     }
 
