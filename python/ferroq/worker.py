@@ -538,7 +538,7 @@ class Worker:
                         outcome = self._execute(job) if slot is None else slot.run(job)
                         if outcome is not None:
                             outcomes.append(outcome)
-                except Exception as exc:  # noqa: BLE001 - a bug of ours must not kill the thread
+                except Exception as exc:  # a bug of ours must not kill the thread (logged below)
                     log.exception("internal error while running %s", job)
                     outcomes.extend(self._internal_failure(job, exc))
                 now = time.monotonic()
