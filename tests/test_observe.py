@@ -20,10 +20,16 @@ from procs import Procs, procs, wait_until  # noqa: F401
 
 
 def test_run_percentiles_match_a_known_distribution_of_sleeps(queue: ferroq.Queue) -> None:
-    # 60% sleep 20 ms, 35% sleep 60 ms, 5% sleep 150 ms: p50 = 20 ms, p95 = 60 ms, p99 = 150 ms.
+    # 60% sleep 20 ms, 35% sleep 60 ms, 5% sleep 150 ms: p50 ~ 20 ms, p95 ~ 60 ms, p99 ~ 150 ms.
+    # A loaded machine oversleeps (seen: 7.6 ms on a 60 ms sleep), so each run measures its
+    # own duration and the histogram is compared with the percentiles of what really ran.
+    took: list[float] = []
+
     @queue.task
     def sleep(ms: int) -> None:
+        start = time.perf_counter()
         time.sleep(ms / 1000)
+        took.append(time.perf_counter() - start)
 
     sleeps = [20] * 60 + [60] * 35 + [150] * 5
     queue.enqueue_many([sleep.call(ms) for ms in sleeps])
@@ -32,11 +38,14 @@ def test_run_percentiles_match_a_known_distribution_of_sleeps(queue: ferroq.Queu
     assert (m.enqueued, m.started, m.completed, m.retried, m.dead) == (100, 100, 100, 0, 0)
     run = m.run
     assert run.count == 100
-    # Histogram buckets are within ~3%; a sleep overshoots by up to a few ms.
-    for got, want in [(run.p50, 0.020), (run.p95, 0.060), (run.p99, 0.150)]:
-        assert want * 0.97 <= got <= want * 1.03 + 0.004, (got, want)
-    assert 0.15 <= run.max <= 0.16
-    assert abs(run.mean - sum(sleeps) / 100 / 1000) < 0.003
+    ran = sorted(took)
+    # Histogram buckets are within ~3%; the worker's clock also counts the call and the wait
+    # for the GIL after the processor returns (up to the 5 ms switch interval).
+    for got, rank in [(run.p50, 50), (run.p95, 95), (run.p99, 99)]:
+        want = ran[rank - 1]
+        assert want * 0.97 - 0.001 <= got <= want * 1.03 + 0.006, (got, want, rank)
+    assert ran[-1] * 0.97 <= run.max <= ran[-1] * 1.03 + 0.006
+    assert abs(run.mean - sum(took) / 100) < 0.006
     assert m.wait.count == 100 and m.wait.p99 < 5.0
     assert m.error_rate == 0.0 and m.rate("completed") == pytest.approx(100 / 300)
 
