@@ -250,6 +250,34 @@ mod tests {
     }
 
     #[test]
+    fn entry_point_checks() {
+        assert!(progress(0.5, Some("half")).is_ok());
+        assert!(progress(1.5, None).is_err());
+        assert!(progress(f64::NAN, None).is_err());
+        assert!(progress(0.5, Some(&"x".repeat(PROGRESS_MESSAGE_MAX + 1))).is_err());
+        assert!(group("q", "").is_err());
+        assert!(claim_groups(&[]).is_err());
+        assert!(claim_groups(&["a".into(), "b\n".into()]).is_err());
+        let open = |d| CircuitCommand::Open { duration_ms: d };
+        assert!(circuit_command(&open(None)).is_ok());
+        assert!(circuit_command(&open(Some(0))).is_err());
+        assert!(aging(1000, 1, PRIORITY_MAX).is_ok());
+        assert!(aging(0, 1, 0).is_err());
+        assert!(aging(1000, 1, PRIORITY_MAX + 1).is_err());
+        let which = |status| Finished {
+            status,
+            finished_before: None,
+            group: None,
+            name: None,
+        };
+        assert!(finished(&which(TaskStatus::Completed)).is_ok());
+        assert!(finished(&which(TaskStatus::Running)).is_err());
+        assert!(requeue(&which(TaskStatus::Dead)).is_ok());
+        assert!(requeue(&which(TaskStatus::Completed)).is_err());
+        assert!(requeue(&which(TaskStatus::Pending)).is_err());
+    }
+
+    #[test]
     fn payload_limit() {
         assert!(size("payload", 10, 10).is_ok());
         assert!(matches!(
