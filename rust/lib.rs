@@ -4,6 +4,7 @@
 
 pub mod clock;
 pub mod error;
+pub mod json;
 pub mod metrics;
 pub mod policy;
 pub mod resource_group;

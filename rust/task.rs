@@ -213,3 +213,30 @@ pub enum FailAction {
     /// Dead now, whatever attempts remain.
     Dead,
 }
+
+/// What an engine reports about one run that ended (completed, failed, rescued, deferred):
+/// its group's breaker and throttle (`resource_group::GroupState::account`), the task's
+/// events and, after the commit, the metrics (`metrics::Recorder::record_runs`) are fed
+/// from it.
+#[derive(Debug, Clone)]
+pub struct RunEnd {
+    pub task_id: TaskId,
+    /// The task's status after the run: completed, pending (a retry) or dead.
+    pub status: TaskStatus,
+    pub queue: String,
+    pub group: String,
+    pub started_at: Option<Millis>,
+    pub kind: RunEndKind,
+    /// How long the processor ran, as the worker measured it.
+    pub run_us: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RunEndKind {
+    Succeeded,
+    /// `counts`: toward the breaker (policy decides); `hold_ms`: a Retry-After for the group.
+    Failed {
+        counts: bool,
+        hold_ms: Option<Millis>,
+    },
+}

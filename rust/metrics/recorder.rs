@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 
 use super::histogram::Histogram;
+use crate::clock::Millis;
+use crate::task::{ClaimedTask, Enqueued, NewTask, RunEnd, TaskStatus};
 
 /// What is counted, by name as stored in the `metrics` table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +122,66 @@ impl Recorder {
         self.series(queue, group).run.record(us);
     }
 
+    /// Counts a committed enqueue: the tasks `done` says were created (`done[i]` answers
+    /// `tasks[i]`; a duplicate unique key creates nothing).
+    pub fn count_enqueued(&mut self, queue: &str, tasks: &[NewTask], done: &[Enqueued]) {
+        // A batch is usually one group: one lookup per run, not per task.
+        let mut at = 0;
+        for run in tasks.chunk_by(|a, b| a.resource_group == b.resource_group) {
+            let created = done[at..at + run.len()]
+                .iter()
+                .filter(|e| e.created)
+                .count();
+            at += run.len();
+            if created > 0 {
+                self.count(
+                    queue,
+                    &run[0].resource_group,
+                    Counter::Enqueued,
+                    created as u64,
+                );
+            }
+        }
+    }
+
+    /// Counts a committed claim, and how long each task waited since it was due.
+    pub fn record_claims(&mut self, queue: &str, tasks: &[ClaimedTask], now: Millis) {
+        // Claims usually take runs of one group: one lookup per run, not per task.
+        for same_group in tasks.chunk_by(|a, b| a.resource_group == b.resource_group) {
+            let series = self.series(queue, &same_group[0].resource_group);
+            series.counts[Counter::Started as usize] += same_group.len() as u64;
+            for t in same_group {
+                series
+                    .wait
+                    .record(ms_to_us(now - t.run_at.max(t.created_at)));
+            }
+        }
+    }
+
+    /// Counts committed run ends by outcome, and their durations (as the worker measured
+    /// them; from the claim for a completion reported without one).
+    pub fn record_runs(&mut self, ends: &[RunEnd], now: Millis) {
+        for same in ends.chunk_by(|a, b| a.queue == b.queue && a.group == b.group) {
+            let series = self.series(&same[0].queue, &same[0].group);
+            for e in same {
+                let counter = match e.status {
+                    TaskStatus::Completed => Counter::Completed,
+                    TaskStatus::Pending => Counter::Retried,
+                    TaskStatus::Dead => Counter::Dead,
+                    _ => continue,
+                };
+                series.counts[counter as usize] += 1;
+                let run_us = e.run_us.or_else(|| match (e.status, e.started_at) {
+                    (TaskStatus::Completed, Some(start)) => Some(ms_to_us(now - start)),
+                    _ => None,
+                });
+                if let Some(us) = run_us {
+                    series.run.record(us);
+                }
+            }
+        }
+    }
+
     /// Takes what was recorded since the last call (for a flush to the table).
     pub fn take_interval(&mut self) -> SeriesMap {
         let taken = std::mem::take(&mut self.interval);
@@ -154,6 +216,10 @@ impl Recorder {
     }
 }
 
+fn ms_to_us(ms: Millis) -> u64 {
+    (ms.max(0) as u64).saturating_mul(1000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,5 +238,83 @@ mod tests {
         assert_eq!(r.totals()["q"]["g"].count(Counter::Started), 3);
         assert_eq!(r.take_interval()["q"]["g"].count(Counter::Started), 1);
         assert_eq!(r.totals()["q"]["g"].run.count(), 1);
+    }
+
+    fn claimed(group: &str, created_at: Millis, run_at: Millis) -> ClaimedTask {
+        ClaimedTask {
+            id: 1,
+            token: 1,
+            name: "t".into(),
+            resource_group: group.into(),
+            payload: Vec::new(),
+            priority: 0,
+            attempt: 1,
+            max_attempts: 3,
+            created_at,
+            run_at,
+            lease_expires_at: 0,
+        }
+    }
+
+    fn ended(group: &str, status: TaskStatus, run_us: Option<u64>) -> RunEnd {
+        RunEnd {
+            task_id: 1,
+            status,
+            queue: "q".into(),
+            group: group.into(),
+            started_at: Some(1_000),
+            kind: crate::task::RunEndKind::Succeeded,
+            run_us,
+        }
+    }
+
+    #[test]
+    fn enqueues_count_only_the_tasks_created() {
+        let mut r = Recorder::default();
+        let mut other = crate::store::testing::task("t", 0);
+        other.resource_group = "b".into();
+        let tasks = [
+            crate::store::testing::task("t", 0),
+            crate::store::testing::task("t", 0),
+            other,
+        ];
+        let done = [(1, true), (1, false), (2, true)].map(|(id, created)| Enqueued { id, created });
+        r.count_enqueued("q", &tasks, &done);
+        let totals = r.totals();
+        assert_eq!(totals["q"]["default"].count(Counter::Enqueued), 1);
+        assert_eq!(totals["q"]["b"].count(Counter::Enqueued), 1);
+    }
+
+    #[test]
+    fn claims_count_starts_and_the_wait_since_each_task_was_due() {
+        let mut r = Recorder::default();
+        let tasks = [
+            claimed("a", 0, 400),
+            claimed("a", 900, 0),
+            claimed("b", 0, 0),
+        ];
+        r.record_claims("q", &tasks, 1_000);
+        let totals = r.totals();
+        assert_eq!(totals["q"]["a"].count(Counter::Started), 2);
+        assert_eq!(totals["q"]["a"].wait.count(), 2);
+        assert_eq!(totals["q"]["b"].count(Counter::Started), 1);
+    }
+
+    #[test]
+    fn runs_count_by_outcome_with_their_durations() {
+        let mut r = Recorder::default();
+        let ends = [
+            ended("a", TaskStatus::Completed, Some(5)),
+            ended("a", TaskStatus::Completed, None), // timed from its claim
+            ended("a", TaskStatus::Pending, None),   // a retry: no duration known
+            ended("a", TaskStatus::Dead, Some(7)),
+            ended("a", TaskStatus::Cancelled, Some(9)), // not a run's end: not counted
+        ];
+        r.record_runs(&ends, 3_000);
+        let a = &r.totals()["q"]["a"];
+        assert_eq!(a.count(Counter::Completed), 2);
+        assert_eq!(a.count(Counter::Retried), 1);
+        assert_eq!(a.count(Counter::Dead), 1);
+        assert_eq!(a.run.count(), 3);
     }
 }

@@ -6,12 +6,13 @@ use rusqlite::{OptionalExtension, Transaction};
 
 use super::events;
 use super::finish::TaskEvents;
-use super::json;
 use super::quarantine;
 use super::ready::{self, Share};
-use super::resource_groups::{self, Group};
+use super::resource_groups;
 use crate::clock::Millis;
 use crate::error::Result;
+use crate::json;
+use crate::resource_group::GroupState;
 use crate::task::{ClaimedTask, LeaseToken};
 
 /// Moves delayed tasks that came due into `tasks_ready`, earliest first: setting
@@ -91,7 +92,7 @@ fn claim_from(
     tx: &Transaction<'_>,
     queue: &str,
     names: &[(&str, Option<(i64, i64)>)],
-    mut groups: Vec<Group>,
+    mut groups: Vec<GroupState>,
     lease: &Lease<'_>,
 ) -> Result<Vec<ClaimedTask>> {
     let &Lease {
@@ -103,7 +104,7 @@ fn claim_from(
         task_events,
     } = lease;
     let running = breakers_and_running(tx, queue, &mut groups, now)?;
-    let stored: HashMap<&str, &Group> = groups.iter().map(|g| (g.name.as_str(), g)).collect();
+    let stored: HashMap<&str, &GroupState> = groups.iter().map(|g| (g.name.as_str(), g)).collect();
     let shares: Vec<Share<'_>> = names
         .iter()
         .map(|&(name, best)| {
@@ -132,8 +133,7 @@ fn claim_from(
     }
     for g in groups.iter_mut() {
         let n = started.get(g.name.as_str()).copied().unwrap_or(0);
-        if n > 0 && g.tokens_now(now).is_some() {
-            g.consume(n, now);
+        if g.consume(n, now) {
             resource_groups::save(tx, queue, g, now)?;
         }
     }
@@ -202,11 +202,11 @@ fn settle(
 fn breakers_and_running(
     tx: &Transaction<'_>,
     queue: &str,
-    groups: &mut [Group],
+    groups: &mut [GroupState],
     now: Millis,
 ) -> Result<HashMap<String, u32>> {
     resource_groups::poll_breakers(tx, queue, groups, now)?;
-    if groups.iter().any(Group::needs_running) {
+    if groups.iter().any(GroupState::needs_running) {
         resource_groups::running_by_group(tx, queue, now)
     } else {
         Ok(HashMap::new())

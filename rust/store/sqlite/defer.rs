@@ -15,13 +15,12 @@ use rusqlite::{OptionalExtension, Transaction};
 
 use super::finish;
 use super::history;
-use super::json;
-use super::resource_groups::RunEnd;
 use crate::clock::Millis;
 use crate::error::{Error, Result};
+use crate::json;
 use crate::policy::deferral::delay_ms;
 use crate::store::model::{Deferral, NoProcessor, Unrunnable};
-use crate::task::{FailAction, FailureImpact, TaskId, TaskStatus};
+use crate::task::{FailAction, FailureImpact, RunEnd, TaskId, TaskStatus};
 
 /// The error type of a deferral's history row (what the count looks for).
 const NO_PROCESSOR: &str = "NoProcessor";

@@ -6,9 +6,9 @@ use rusqlite::{OptionalExtension, Transaction};
 
 use super::events;
 use super::finish::TaskEvents;
-use super::json;
 use crate::clock::Millis;
 use crate::error::{Error, Result};
+use crate::json;
 use crate::task::{Enqueued, NewTask};
 
 /// Rows per multi-row INSERT, largest first: per-statement work (cursors, reset, the

@@ -3,11 +3,11 @@
 
 use rusqlite::{Connection, Transaction};
 
-use super::json;
 use crate::clock::Millis;
 use crate::error::Result;
+use crate::json;
 use crate::resource_group::Event;
-use crate::task::TaskId;
+use crate::task::{RunEnd, TaskId};
 
 /// Appends one event of a group or queue in the caller's transaction.
 pub fn record(
@@ -19,6 +19,18 @@ pub fn record(
     now: Millis,
 ) -> Result<()> {
     record_task(tx, queue, group, None, kind, detail, now)
+}
+
+/// Appends one event of the task of run `end`.
+pub fn record_run(
+    tx: &Transaction<'_>,
+    end: &RunEnd,
+    kind: &str,
+    detail: &str,
+    now: Millis,
+) -> Result<()> {
+    let group = Some(end.group.as_str());
+    record_task(tx, &end.queue, group, Some(end.task_id), kind, detail, now)
 }
 
 /// Appends one event (of a task when `task_id` is given) in the caller's transaction.

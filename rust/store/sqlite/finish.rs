@@ -9,14 +9,16 @@ use rusqlite::{OptionalExtension, Transaction};
 
 use super::events;
 use super::history;
-use super::json;
-use super::resource_groups::{self, RunEnd, RunEndKind};
+use super::resource_groups;
 use crate::clock::Millis;
 use crate::error::{Error, Result};
+use crate::json;
 use crate::run_journal::RunState;
 use crate::store::Lease;
 use crate::store::lease_watch::Sighting;
-use crate::task::{FailAction, FailureImpact, LeaseToken, Outcome, TaskId, TaskStatus};
+use crate::task::{
+    FailAction, FailureImpact, LeaseToken, Outcome, RunEnd, RunEndKind, TaskId, TaskStatus,
+};
 
 /// The errors a rescue records, by what the run journal says of the run (see
 /// `run_journal`). The first two count as a run (stored as the task's last error too).
@@ -337,7 +339,7 @@ fn complete_many(
     for end in &mut ends {
         end.run_us = run_times.get(&end.task_id).copied();
         if events == TaskEvents::All {
-            end.record_event(tx, "completed", "{}", now)?;
+            events::record_run(tx, end, "completed", "{}", now)?;
         }
     }
     // No history rows: a completed task's last run is in its started_at, finished_at and

@@ -4,9 +4,10 @@
 use rusqlite::{Connection, Row, Transaction};
 
 use super::decode::Lenient;
-use super::{SqliteStore, admin, json};
+use super::{SqliteStore, admin};
 use crate::clock::Millis;
 use crate::error::{Error, Result};
+use crate::json;
 use crate::store::operations::{Cursor, Finished, Operations, Page, Step, TaskFilter};
 use crate::task::{ClaimedTask, TaskId, TaskRecord, TaskStatus};
 use crate::validate;
@@ -105,22 +106,16 @@ pub fn list(
 /// operation reads only its own entries. The status is spelled into the SQL, next to the
 /// index's own condition: SQLite uses a partial index only when the query repeats its
 /// `WHERE` (it does not see that `status = 'dead'` implies it).
-fn finished_sql(select: &str, status: TaskStatus) -> Result<String> {
-    if !matches!(
-        status,
-        TaskStatus::Completed | TaskStatus::Dead | TaskStatus::Cancelled
-    ) {
-        return Err(Error::InvalidArgument(format!(
-            "only finished tasks (completed, dead, cancelled) can be selected here, not {status}"
-        )));
-    }
+fn finished_sql(select: &str, status: TaskStatus) -> String {
+    // Checked at the entry points (`validate::finished`).
+    debug_assert!(!matches!(status, TaskStatus::Pending | TaskStatus::Running));
     let status = status.as_str();
-    Ok(format!(
+    format!(
         "SELECT {select} FROM tasks INDEXED BY tasks_finished
          WHERE queue = ?1 AND status NOT IN ('pending', 'running')
            AND status = '{status}' AND finished_at < ?2
            AND (?3 IS NULL OR resource_group = ?3) AND (?4 IS NULL OR name = ?4)"
-    ))
+    )
 }
 
 fn before(which: &Finished) -> Millis {
@@ -128,7 +123,7 @@ fn before(which: &Finished) -> Millis {
 }
 
 pub fn count_finished(conn: &Connection, queue: &str, which: &Finished) -> Result<u64> {
-    let sql = finished_sql("count(*)", which.status)?;
+    let sql = finished_sql("count(*)", which.status);
     let n: i64 = conn
         .prepare_cached(&sql)?
         .query_row((queue, before(which), &which.group, &which.name), |r| {
@@ -147,7 +142,7 @@ fn select_batch(
 ) -> Result<Vec<Cursor>> {
     let sql = format!(
         "{} AND (finished_at, id) > (?5, ?6) ORDER BY finished_at, id LIMIT ?7",
-        finished_sql("finished_at, id", which.status)?
+        finished_sql("finished_at, id", which.status)
     );
     let (at, id) = after.unwrap_or((Millis::MIN, TaskId::MIN));
     let mut stmt = tx.prepare_cached(&sql)?;
@@ -197,11 +192,6 @@ pub fn requeue_batch(
     limit: usize,
     now: Millis,
 ) -> Result<Step> {
-    if which.status == TaskStatus::Completed {
-        return Err(Error::InvalidArgument(
-            "only dead or cancelled tasks can be requeued".into(),
-        ));
-    }
     let batch = select_batch(tx, queue, which, after, limit)?;
     let mut step = Step {
         next: next(&batch, limit),
@@ -255,6 +245,7 @@ impl Operations for SqliteStore {
     }
 
     fn count_finished(&self, queue: &str, which: &Finished) -> Result<u64> {
+        validate::finished(which)?;
         self.read(|conn, _| count_finished(conn, queue, which))
     }
 
@@ -265,6 +256,7 @@ impl Operations for SqliteStore {
         after: Option<Cursor>,
         limit: usize,
     ) -> Result<Step> {
+        validate::finished(which)?;
         self.write(|tx, _| purge_batch(tx, queue, which, after, limit.max(1)))
     }
 
@@ -275,6 +267,7 @@ impl Operations for SqliteStore {
         after: Option<Cursor>,
         limit: usize,
     ) -> Result<Step> {
+        validate::requeue(which)?;
         self.write(|tx, now| requeue_batch(tx, queue, which, after, limit.max(1), now))
     }
 
@@ -286,14 +279,7 @@ impl Operations for SqliteStore {
         limit: usize,
         lease_ms: Millis,
     ) -> Result<Vec<ClaimedTask>> {
-        if groups.is_empty() {
-            return Err(Error::InvalidArgument(
-                "a claim restricted to groups needs at least one group".into(),
-            ));
-        }
-        for g in groups {
-            validate::name("resource group", g)?;
-        }
+        validate::claim_groups(groups)?;
         let mut only = groups.to_vec();
         only.sort_unstable();
         only.dedup();
@@ -331,7 +317,7 @@ mod tests {
     fn bulk_batches_walk_the_finished_index_without_sorting() {
         let sql = format!(
             "{} AND (finished_at, id) > (?5, ?6) ORDER BY finished_at, id LIMIT ?7",
-            finished_sql("finished_at, id", TaskStatus::Dead).unwrap()
+            finished_sql("finished_at, id", TaskStatus::Dead)
         );
         let p = plan(&sql, ("q", 1, None::<String>, None::<String>, 0, 0, 10));
         assert!(p.contains("tasks_finished"), "{p}");

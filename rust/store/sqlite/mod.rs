@@ -15,7 +15,6 @@ mod finish;
 mod group;
 pub mod health;
 mod history;
-mod json;
 mod listing;
 mod local;
 mod metrics;
@@ -58,7 +57,6 @@ fn conformance_engine(
 pub use self::closing::{close_in_background, hold_closes, release_closes};
 pub use self::finish::TaskEvents;
 use self::local::{Local, PerProcess};
-use self::resource_groups::RunEnd;
 pub use self::wakeup::ChangeToken;
 use crate::clock::{Clock, Millis, SteadyClock, SystemClock};
 use crate::error::{Error, Result};
@@ -73,7 +71,7 @@ use crate::store::{CircuitCommand, WorkerInfo};
 use crate::store::{CircuitView, Host, Lease, ObservabilityRetention, Store};
 use crate::store::{Deferral, NoProcessor, Unrunnable};
 use crate::task::{
-    ClaimedTask, Enqueued, FailAction, FailureImpact, LeaseToken, NewTask, Outcome, TaskId,
+    ClaimedTask, Enqueued, FailAction, FailureImpact, LeaseToken, NewTask, Outcome, RunEnd, TaskId,
     TaskRecord, TaskStatus, Transition,
 };
 use crate::validate;
@@ -298,7 +296,11 @@ impl SqliteStore {
             };
             Ok((claim::claim(tx, queue, only, &lease)?, now))
         })?;
-        self.record_claims(queue, &tasks, now);
+        self.local
+            .get()
+            .metrics
+            .lock()
+            .record_claims(queue, &tasks, now);
         Ok(tasks)
     }
 
@@ -368,67 +370,19 @@ impl SqliteStore {
         self.with_conn(|l| &l.reader, |conn| read_data_version(conn))
     }
 
-    /// Counts committed claims, and how long each task waited since it was due.
-    fn record_claims(&self, queue: &str, tasks: &[ClaimedTask], now: Millis) {
-        let mut metrics = self.local.get().metrics.lock();
-        // Claims usually take runs of one group: one lookup per run, not per task.
-        for same_group in tasks.chunk_by(|a, b| a.resource_group == b.resource_group) {
-            let series = metrics.series(queue, &same_group[0].resource_group);
-            series.counts[Counter::Started as usize] += same_group.len() as u64;
-            for t in same_group {
-                series
-                    .wait
-                    .record(ms_to_us(now - t.run_at.max(t.created_at)));
-            }
-        }
-    }
-
+    /// Counts a committed enqueue (see `Recorder::count_enqueued`).
     fn count_enqueued(&self, queue: &str, tasks: &[NewTask], done: &[Enqueued]) {
-        let mut metrics = self.local.get().metrics.lock();
-        // A batch is usually one group: one lookup per run, not per task.
-        let mut at = 0;
-        for run in tasks.chunk_by(|a, b| a.resource_group == b.resource_group) {
-            let created = done[at..at + run.len()]
-                .iter()
-                .filter(|e| e.created)
-                .count();
-            at += run.len();
-            if created > 0 {
-                metrics.count(
-                    queue,
-                    &run[0].resource_group,
-                    Counter::Enqueued,
-                    created as u64,
-                );
-            }
-        }
+        self.local
+            .get()
+            .metrics
+            .lock()
+            .count_enqueued(queue, tasks, done);
     }
 
-    /// Counts committed run ends by outcome, and their durations (as the worker measured
-    /// them; from the claim for a completion reported without one).
+    /// Counts committed run ends (see `Recorder::record_runs`).
     fn record_runs(&self, ends: &[RunEnd], now: Millis) {
-        if ends.is_empty() {
-            return;
-        }
-        let mut metrics = self.local.get().metrics.lock();
-        for same in ends.chunk_by(|a, b| a.queue == b.queue && a.group == b.group) {
-            let series = metrics.series(&same[0].queue, &same[0].group);
-            for e in same {
-                let counter = match e.status {
-                    TaskStatus::Completed => Counter::Completed,
-                    TaskStatus::Pending => Counter::Retried,
-                    TaskStatus::Dead => Counter::Dead,
-                    _ => continue,
-                };
-                series.counts[counter as usize] += 1;
-                let run_us = e.run_us.or_else(|| match (e.status, e.started_at) {
-                    (TaskStatus::Completed, Some(start)) => Some(ms_to_us(now - start)),
-                    _ => None,
-                });
-                if let Some(us) = run_us {
-                    series.run.record(us);
-                }
-            }
+        if !ends.is_empty() {
+            self.local.get().metrics.lock().record_runs(ends, now);
         }
     }
 
@@ -512,15 +466,8 @@ fn with_path(err: Error, path: &Path) -> Error {
     }
 }
 
-/// The longest progress message kept (a status line, not a log).
-const PROGRESS_MESSAGE_MAX: usize = 1024;
-
 /// Leases renewed per transaction (~0.7 ms of write lock).
 const HEARTBEAT_CHUNK: usize = 500;
-
-fn ms_to_us(ms: Millis) -> u64 {
-    (ms.max(0) as u64).saturating_mul(1000)
-}
 
 fn new_token() -> LeaseToken {
     // Random, so tokens from different processes never collide in practice; never 0.
@@ -598,11 +545,7 @@ impl Store for SqliteStore {
     }
 
     fn finish_many(&self, outcomes: &[Outcome]) -> Result<Vec<Result<TaskStatus>>> {
-        for outcome in outcomes {
-            if let Outcome::Completed { result, .. } = outcome {
-                validate::size("result", result.len(), self.options.max_payload)?;
-            }
-        }
+        validate::results(outcomes, self.options.max_payload)?;
         if outcomes.is_empty() {
             return Ok(Vec::new());
         }
@@ -633,14 +576,7 @@ impl Store for SqliteStore {
         progress: f64,
         message: Option<&str>,
     ) -> Result<()> {
-        if !(0.0..=1.0).contains(&progress) {
-            return Err(Error::InvalidArgument(format!(
-                "progress must be between 0.0 and 1.0, got {progress}"
-            )));
-        }
-        if let Some(m) = message {
-            validate::size("progress message", m.len(), PROGRESS_MESSAGE_MAX)?;
-        }
+        validate::progress(progress, message)?;
         self.write(|tx, now| finish::progress(tx, id, token, progress, message, now))
     }
 
@@ -745,21 +681,18 @@ impl Store for SqliteStore {
     }
 
     fn configure_group(&self, queue: &str, group: &str, config: &GroupConfig) -> Result<()> {
-        validate::name("queue", queue)?;
-        validate::name("resource group", group)?;
+        validate::group(queue, group)?;
         resource_group::validate(config)?;
         self.write(|tx, now| resource_groups::configure(tx, queue, group, config, now))
     }
 
     fn set_group_paused(&self, queue: &str, group: &str, paused: bool) -> Result<bool> {
-        validate::name("queue", queue)?;
-        validate::name("resource group", group)?;
+        validate::group(queue, group)?;
         self.write(|tx, now| resource_groups::set_paused(tx, queue, group, paused, now))
     }
 
     fn forget_group(&self, queue: &str, group: &str, force: bool) -> Result<bool> {
-        validate::name("queue", queue)?;
-        validate::name("resource group", group)?;
+        validate::group(queue, group)?;
         self.write(|tx, now| resource_groups::forget(tx, queue, group, force, now))
     }
 
@@ -779,17 +712,8 @@ impl Store for SqliteStore {
         command: &CircuitCommand,
         reason: &str,
     ) -> Result<CircuitState> {
-        validate::name("queue", queue)?;
-        validate::name("resource group", group)?;
-        if let CircuitCommand::Open {
-            duration_ms: Some(d),
-        } = command
-            && *d <= 0
-        {
-            return Err(Error::InvalidArgument(format!(
-                "an open duration must be positive, got {d} ms"
-            )));
-        }
+        validate::group(queue, group)?;
+        validate::circuit_command(command)?;
         self.write(|tx, now| resource_groups::command(tx, queue, group, command, reason, now))
     }
 
@@ -832,12 +756,7 @@ impl Store for SqliteStore {
     }
 
     fn age_priorities(&self, queue: &str, every_ms: Millis, step: i64, max: i64) -> Result<u64> {
-        if every_ms <= 0 || step <= 0 {
-            return Err(Error::InvalidArgument(
-                "priority aging needs a positive interval and step".into(),
-            ));
-        }
-        validate::priority(max)?;
+        validate::aging(every_ms, step, max)?;
         let mut total = 0;
         // Small transactions, like pruning: aging never holds the write lock for long.
         loop {

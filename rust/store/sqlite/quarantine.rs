@@ -5,9 +5,10 @@
 
 use rusqlite::Transaction;
 
-use super::{history, json};
+use super::history;
 use crate::clock::Millis;
 use crate::error::Result;
+use crate::json;
 use crate::task::{CorruptColumn, TaskId, TaskStatus};
 
 use super::decode;

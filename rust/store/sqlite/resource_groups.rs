@@ -1,35 +1,21 @@
 //! Resource groups in the file: settings, pause, token buckets, adaptive caps and breaker
 //! state, read and written inside the claim's and the finish's transactions so that every
-//! worker process sees one set of limits.
+//! worker process sees one set of limits. Every decision is `resource_group::GroupState`'s:
+//! this module loads it, saves it and records the events it returns.
 
 use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, Row, Transaction};
 
 use super::events;
-use super::json;
 use crate::clock::Millis;
 use crate::error::{Error, Result};
-use crate::policy::breaker::{BreakerConfig, BreakerState, Change, CircuitState};
-use crate::policy::throttle::{self, Adaptive, Sample, ThrottleConfig};
-use crate::resource_group::{GroupConfig, GroupInfo};
+use crate::policy::breaker::{BreakerConfig, BreakerState, CircuitState};
+use crate::policy::throttle::{Adaptive, ThrottleConfig};
+use crate::resource_group::{GroupConfig, GroupEvent, GroupInfo, GroupState, state};
 use crate::store::CircuitView;
 use crate::store::model::CircuitCommand;
-use crate::task::{TaskId, TaskStatus};
-
-/// A group's row with its breaker state, as loaded for one transaction.
-#[derive(Debug, Clone)]
-pub struct Group {
-    pub name: String,
-    pub paused: bool,
-    pub config: GroupConfig,
-    pub tokens: Option<f64>,
-    pub tokens_at: Option<Millis>,
-    pub concurrency_limit: Option<f64>,
-    pub last_cut_at: Option<Millis>,
-    pub blocked_until: Option<Millis>,
-    pub breaker: BreakerState,
-}
+use crate::task::RunEnd;
 
 const SELECT_GROUPS: &str =
     "SELECT g.resource_group, g.paused, g.rate, g.burst, g.tokens, g.tokens_at,
@@ -42,7 +28,7 @@ const SELECT_GROUPS: &str =
     LEFT JOIN circuit_breaker_state b
         ON b.queue = g.queue AND b.resource_group = g.resource_group";
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<Group> {
+fn from_row(r: &Row<'_>) -> rusqlite::Result<GroupState> {
     let rate: Option<f64> = r.get(2)?;
     let max_concurrency: Option<u32> = r.get(6)?;
     let adaptive: bool = r.get(7)?;
@@ -70,7 +56,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Group> {
     };
     let state: Option<String> = r.get(20)?;
     let failures: Option<String> = r.get(21)?;
-    Ok(Group {
+    Ok(GroupState {
         name: r.get(0)?,
         paused: r.get(1)?,
         config: GroupConfig { breaker, throttle },
@@ -93,14 +79,14 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Group> {
 }
 
 /// Every group of `queue` that has a row (settings, a pause or a forced breaker).
-pub fn load_all(conn: &Connection, queue: &str) -> Result<Vec<Group>> {
+pub fn load_all(conn: &Connection, queue: &str) -> Result<Vec<GroupState>> {
     let mut stmt = conn.prepare_cached(&format!("{SELECT_GROUPS} WHERE g.queue = ?1"))?;
     let rows = stmt.query_map([queue], from_row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// One group's row, if it has one.
-pub fn load(conn: &Connection, queue: &str, group: &str) -> Result<Option<Group>> {
+pub fn load(conn: &Connection, queue: &str, group: &str) -> Result<Option<GroupState>> {
     Ok(conn
         .prepare_cached(&format!(
             "{SELECT_GROUPS} WHERE g.queue = ?1 AND g.resource_group = ?2"
@@ -110,7 +96,7 @@ pub fn load(conn: &Connection, queue: &str, group: &str) -> Result<Option<Group>
 }
 
 /// Writes back a group's moving state (tokens, cap, hold, breaker).
-pub fn save(tx: &Transaction<'_>, queue: &str, g: &Group, now: Millis) -> Result<()> {
+pub fn save(tx: &Transaction<'_>, queue: &str, g: &GroupState, now: Millis) -> Result<()> {
     tx.prepare_cached(
         "UPDATE resource_groups SET tokens = ?3, tokens_at = ?4, concurrency_limit = ?5,
              last_cut_at = ?6, blocked_until = ?7
@@ -148,32 +134,30 @@ pub fn save(tx: &Transaction<'_>, queue: &str, g: &Group, now: Millis) -> Result
     Ok(())
 }
 
-/// Records a breaker transition as an event.
-pub fn record_change(
+/// Records a change of group `group` as an event (logged too if an operator should hear).
+pub fn record_event(
     tx: &Transaction<'_>,
     queue: &str,
     group: &str,
-    change: &Change,
+    event: &GroupEvent,
     now: Millis,
 ) -> Result<()> {
-    let detail = format!(
-        r#"{{"from":"{}","to":"{}","reason":{}}}"#,
-        change.from.as_str(),
-        change.to.as_str(),
-        json::string(&change.reason)
-    );
-    log::warn!(
-        "circuit of group {group:?} (queue {queue:?}): {} -> {}: {}",
-        change.from.as_str(),
-        change.to.as_str(),
-        change.reason
-    );
-    let kind = match change.to {
-        CircuitState::Open => "circuit_opened",
-        CircuitState::HalfOpen => "circuit_half_open",
-        CircuitState::Closed => "circuit_closed",
-    };
-    events::record(tx, queue, Some(group), kind, &detail, now)
+    event.log(queue, group);
+    events::record(tx, queue, Some(group), event.kind(), &event.detail(), now)
+}
+
+/// Records `events` of group `group`, in order.
+fn record_events(
+    tx: &Transaction<'_>,
+    queue: &str,
+    group: &str,
+    events: &[GroupEvent],
+    now: Millis,
+) -> Result<()> {
+    for event in events {
+        record_event(tx, queue, group, event, now)?;
+    }
+    Ok(())
 }
 
 /// Running tasks per group (live leases only: a crashed worker's slot frees at expiry).
@@ -191,137 +175,7 @@ pub fn running_by_group(
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-impl Group {
-    /// The running cap now, if any.
-    pub fn cap(&self) -> Option<u32> {
-        let t = self.config.throttle.as_ref()?;
-        let max = t.max_concurrency?;
-        Some(match (t.adaptive, self.concurrency_limit) {
-            (Some(_), Some(limit)) => (limit.floor() as u32).clamp(1, max),
-            _ => max,
-        })
-    }
-
-    /// Tokens in the bucket at `now`, if the group has a rate.
-    pub fn tokens_now(&self, now: Millis) -> Option<f64> {
-        let t = self.config.throttle.as_ref()?;
-        let rate = t.rate?;
-        Some(match (self.tokens, self.tokens_at) {
-            (Some(tokens), Some(at)) => throttle::refill(tokens, at, now, rate, t.burst),
-            _ => t.burst,
-        })
-    }
-
-    /// How many tasks of this group may start now: `None` means no limit.
-    pub fn allowance(&self, running: u32, now: Millis) -> Option<u64> {
-        if self.paused || self.blocked_until.is_some_and(|t| t > now) {
-            return Some(0);
-        }
-        let mut allowed: Option<u64> = None;
-        let mut limit = |n: u64| allowed = Some(allowed.map_or(n, |a| a.min(n)));
-        match self.breaker.state {
-            CircuitState::Open => limit(0),
-            CircuitState::HalfOpen => {
-                let probes = self.config.breaker.map_or(1, |b| b.half_open_probes);
-                limit(u64::from(probes.saturating_sub(running)));
-            }
-            CircuitState::Closed => {}
-        }
-        if let Some(cap) = self.cap() {
-            limit(u64::from(cap.saturating_sub(running)));
-        }
-        if let Some(tokens) = self.tokens_now(now) {
-            limit(tokens.max(0.0).floor() as u64);
-        }
-        allowed
-    }
-
-    /// Whether the claim needs the running count of this group.
-    pub fn needs_running(&self) -> bool {
-        self.cap().is_some() || self.breaker.state == CircuitState::HalfOpen
-    }
-
-    /// Takes `n` tokens for tasks just claimed.
-    pub fn consume(&mut self, n: usize, now: Millis) {
-        if let Some(tokens) = self.tokens_now(now) {
-            self.tokens = Some(tokens - n as f64);
-            self.tokens_at = Some(now);
-        }
-    }
-
-    /// The earliest future time at which this group may start a task again, if it is
-    /// held by time (a Retry-After, an open breaker, an empty bucket).
-    pub fn unblocks_at(&self, now: Millis) -> Option<Millis> {
-        let mut at: Option<Millis> = None;
-        let mut later = |t: Millis| {
-            if t > now {
-                at = Some(at.map_or(t, |a| a.max(t)));
-            }
-        };
-        if let Some(t) = self.blocked_until {
-            later(t);
-        }
-        if self.breaker.state == CircuitState::Open {
-            // Open by hand with no end: only a person (a change to the file) reopens it.
-            later(self.breaker.open_until.unwrap_or(Millis::MAX));
-        }
-        if let (Some(tokens), Some(rate)) = (
-            self.tokens_now(now),
-            self.config.throttle.and_then(|t| t.rate),
-        ) {
-            later(throttle::next_token_at(tokens, now, rate));
-        }
-        at.filter(|&t| t != Millis::MAX)
-    }
-}
-
-/// What the finish path reports about one run: for the group's breaker and throttle, the
-/// task events and the metrics.
-#[derive(Debug, Clone)]
-pub struct RunEnd {
-    pub task_id: TaskId,
-    /// The task's status after the run: completed, pending (a retry) or dead.
-    pub status: TaskStatus,
-    pub queue: String,
-    pub group: String,
-    pub started_at: Option<Millis>,
-    pub kind: RunEndKind,
-    /// How long the processor ran, as the worker measured it.
-    pub run_us: Option<u64>,
-}
-
-impl RunEnd {
-    /// Appends an event of this run's task.
-    pub fn record_event(
-        &self,
-        tx: &Transaction<'_>,
-        kind: &str,
-        detail: &str,
-        now: Millis,
-    ) -> Result<()> {
-        events::record_task(
-            tx,
-            &self.queue,
-            Some(&self.group),
-            Some(self.task_id),
-            kind,
-            detail,
-            now,
-        )
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum RunEndKind {
-    Succeeded,
-    /// `counts`: toward the breaker (policy decides); `hold_ms`: a Retry-After for the group.
-    Failed {
-        counts: bool,
-        hold_ms: Option<Millis>,
-    },
-}
-
-/// Feeds finished runs to their groups' breakers and adaptive caps. Groups without a row
+/// Feeds finished runs to their groups (`GroupState::account`). Groups without a row
 /// cost one indexed lookup per flush.
 pub fn account(tx: &Transaction<'_>, ends: &[RunEnd], now: Millis) -> Result<()> {
     let mut keys: Vec<(&str, &str)> = ends
@@ -335,81 +189,9 @@ pub fn account(tx: &Transaction<'_>, ends: &[RunEnd], now: Millis) -> Result<()>
             continue;
         };
         let mine = ends.iter().filter(|e| e.queue == queue && e.group == name);
-        let mut sample = Sample::default();
-        let target = g
-            .config
-            .throttle
-            .and_then(|t| t.adaptive)
-            .and_then(|a| a.target_latency_ms);
-        for end in mine {
-            let change = match end.kind {
-                RunEndKind::Succeeded => {
-                    sample.succeeded += 1;
-                    if let (Some(target), Some(start)) = (target, end.started_at)
-                        && now - start > target
-                    {
-                        sample.slow += 1;
-                    }
-                    g.breaker.on_success()
-                }
-                RunEndKind::Failed { counts, hold_ms } => {
-                    if let Some(hold) = hold_ms {
-                        g.blocked_until = Some(g.blocked_until.unwrap_or(0).max(now + hold));
-                        sample.failed += 1;
-                    }
-                    if counts {
-                        sample.failed += u32::from(hold_ms.is_none());
-                        match g.config.breaker {
-                            Some(cfg) => g.breaker.on_failure(&cfg, now),
-                            None => None,
-                        }
-                    } else {
-                        None
-                    }
-                }
-            };
-            if let Some(change) = change {
-                record_change(tx, queue, name, &change, now)?;
-            }
-        }
-        adapt(tx, queue, &mut g, sample, now)?;
+        let events = g.account(mine, now);
+        record_events(tx, queue, name, &events, now)?;
         save(tx, queue, &g, now)?;
-    }
-    Ok(())
-}
-
-/// Moves an adaptive cap by AIMD and records a change of its whole part.
-fn adapt(
-    tx: &Transaction<'_>,
-    queue: &str,
-    g: &mut Group,
-    sample: Sample,
-    now: Millis,
-) -> Result<()> {
-    let Some(t) = g.config.throttle else {
-        return Ok(());
-    };
-    let (Some(adaptive), Some(max)) = (t.adaptive, t.max_concurrency) else {
-        return Ok(());
-    };
-    let before = g.concurrency_limit.unwrap_or(f64::from(max));
-    let (after, cut) = throttle::aimd(before, max, &adaptive, sample, now, g.last_cut_at);
-    g.concurrency_limit = Some(after);
-    if cut {
-        g.last_cut_at = Some(now);
-    }
-    if before.floor() != after.floor() {
-        let detail = format!(
-            r#"{{"concurrency_limit":{},"previous":{},"reason":"{}"}}"#,
-            after.floor(),
-            before.floor(),
-            if cut {
-                "errors or slow runs"
-            } else {
-                "runs succeeding"
-            }
-        );
-        events::record(tx, queue, Some(&g.name), "throttle_changed", &detail, now)?;
     }
     Ok(())
 }
@@ -424,31 +206,12 @@ pub fn configure(
     now: Millis,
 ) -> Result<()> {
     ensure_row(tx, queue, name, now)?;
-    let before = load(tx, queue, name)?.expect("row ensured above");
+    let mut g = load(tx, queue, name)?.expect("row ensured above");
+    g.configure(config, now);
     let t = config.throttle;
     let b = config.breaker;
     let adaptive = t.and_then(|t| t.adaptive);
-    // A new or changed cap starts at its maximum; an unchanged one keeps where AIMD put it.
-    let limit = match (adaptive, t.and_then(|t| t.max_concurrency)) {
-        (Some(_), Some(max))
-            if before.config.throttle.and_then(|t| t.max_concurrency) == Some(max) =>
-        {
-            Some(
-                before
-                    .concurrency_limit
-                    .unwrap_or(f64::from(max))
-                    .min(f64::from(max)),
-            )
-        }
-        (Some(_), Some(max)) => Some(f64::from(max)),
-        _ => None,
-    };
     let rate = t.and_then(|t| t.rate);
-    let tokens = match (rate, before.tokens_now(now)) {
-        (Some(_), Some(tokens)) => Some(tokens.min(t.map_or(1.0, |t| t.burst))),
-        (Some(_), None) => t.map(|t| t.burst),
-        _ => None,
-    };
     tx.prepare_cached(
         "UPDATE resource_groups SET rate = ?3, burst = ?4, tokens = ?5, tokens_at = ?6,
              max_concurrency = ?7, adaptive = ?8, min_concurrency = ?9, target_latency_ms = ?10,
@@ -462,15 +225,15 @@ pub fn configure(
         name,
         rate,
         rate.and(t.map(|t| t.burst)),
-        tokens,
-        tokens.map(|_| now),
+        g.tokens,
+        g.tokens_at,
         t.and_then(|t| t.max_concurrency),
         adaptive.is_some(),
         adaptive.map(|a| a.min_concurrency),
         adaptive.and_then(|a| a.target_latency_ms),
         adaptive.map(|a| a.error_rate),
         adaptive.map(|a| a.cooldown_ms),
-        limit,
+        g.concurrency_limit,
         b.map(|b| b.failure_threshold),
         b.map(|b| b.window_ms),
         b.map(|b| b.open_ms),
@@ -608,14 +371,8 @@ pub fn command(
 ) -> Result<CircuitState> {
     ensure_row(tx, queue, name, now)?;
     let mut g = load(tx, queue, name)?.expect("row ensured above");
-    let reason = format!("operator: {reason}");
-    let change = match command {
-        CircuitCommand::Open { duration_ms } => g.breaker.force_open(now, *duration_ms, reason),
-        CircuitCommand::Close => g.breaker.force_close(reason),
-        CircuitCommand::Reset => g.breaker.reset(reason),
-    };
-    if let Some(change) = change {
-        record_change(tx, queue, name, &change, now)?;
+    if let Some(event) = g.command(command, reason, now) {
+        record_event(tx, queue, name, &event, now)?;
     }
     save(tx, queue, &g, now)?;
     Ok(g.breaker.state)
@@ -625,12 +382,12 @@ pub fn command(
 pub fn poll_breakers(
     tx: &Transaction<'_>,
     queue: &str,
-    groups: &mut [Group],
+    groups: &mut [GroupState],
     now: Millis,
 ) -> Result<()> {
     for g in groups.iter_mut() {
-        if let Some(change) = g.breaker.poll(now) {
-            record_change(tx, queue, &g.name, &change, now)?;
+        if let Some(event) = g.poll(now) {
+            record_event(tx, queue, &g.name, &event, now)?;
             save(tx, queue, g, now)?;
         }
     }
@@ -645,14 +402,9 @@ pub fn circuit_view(
     name: &str,
     now: Millis,
 ) -> Result<CircuitView> {
-    Ok(match load(conn, queue, name)? {
-        None => CircuitView::new(CircuitState::Closed, None, None, now),
-        Some(g) => {
-            let mut breaker = g.breaker;
-            breaker.poll(now);
-            CircuitView::new(breaker.state, breaker.open_until, g.config.breaker, now)
-        }
-    })
+    Ok(load(conn, queue, name)?
+        .unwrap_or_else(|| GroupState::unconfigured(name))
+        .circuit_view(now))
 }
 
 /// A group's pending and running tasks, counted by one arm per partial index (pending tasks
@@ -671,35 +423,8 @@ pub fn info(conn: &Connection, queue: &str, name: &str, now: Millis) -> Result<G
     let (pending, running): (i64, i64) = conn
         .prepare_cached(GROUP_COUNTS_SQL)?
         .query_row((queue, name), |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let g = g.unwrap_or_else(|| Group {
-        name: name.to_string(),
-        paused: false,
-        config: GroupConfig::default(),
-        tokens: None,
-        tokens_at: None,
-        concurrency_limit: None,
-        last_cut_at: None,
-        blocked_until: None,
-        breaker: BreakerState::default(),
-    });
-    let mut breaker = g.breaker.clone();
-    // Report what the next claim will see.
-    breaker.poll(now);
-    Ok(GroupInfo {
-        queue: queue.to_string(),
-        name: g.name.clone(),
-        paused: g.paused,
-        config: g.config,
-        circuit: breaker.state,
-        recent_failures: breaker.failures.len() as u32,
-        open_until: breaker.open_until,
-        trips: breaker.trips,
-        tokens: g.tokens_now(now),
-        concurrency_limit: g.cap(),
-        blocked_until: g.blocked_until.filter(|&t| t > now),
-        running: running as u64,
-        pending: pending as u64,
-    })
+    let g = g.unwrap_or_else(|| GroupState::unconfigured(name));
+    Ok(g.info(queue, running as u64, pending as u64, now))
 }
 
 /// One arm per partial index, so no arm walks the table.
@@ -724,10 +449,7 @@ pub fn next_unblock_at(conn: &Connection, queue: &str, now: Millis) -> Result<Op
     if queue_paused(conn, queue)? {
         return Ok(None);
     }
-    Ok(load_all(conn, queue)?
-        .iter()
-        .filter_map(|g| g.unblocks_at(now))
-        .min())
+    Ok(state::next_unblock_at(&load_all(conn, queue)?, now))
 }
 
 fn parse_times(json: &str) -> Vec<Millis> {

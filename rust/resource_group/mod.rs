@@ -1,5 +1,10 @@
 //! Resource groups: the settings that protect a shared resource (breaker, throttle), what a
-//! group looks like from outside, and the events that record its changes.
+//! group looks like from outside, the events that record its changes, and (`state`) every
+//! decision about it, engine-neutral.
+
+pub mod state;
+
+pub use state::{GroupEvent, GroupState};
 
 use crate::clock::Millis;
 use crate::error::{Error, Result};

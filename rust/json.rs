@@ -1,5 +1,5 @@
-//! JSON text for statements that take a list as one parameter (`json_each(?)`): the core
-//! has no serde, and these are the only shapes it needs.
+//! JSON text the engines store (events' details, lists passed as one parameter to
+//! `json_each(?)`): the core has no serde, and these are the only shapes it needs.
 
 use crate::task::TaskId;
 
