@@ -42,6 +42,11 @@ def slow(n):
 def work(n):
     note("start")
 
+@q.task(name="long")
+def long(n):
+    note("start")
+    time.sleep(30)
+
 @q.task(name="poison")
 def poison(n):
     note("start")
@@ -65,7 +70,7 @@ def declare(q: ferroq.Queue, max_attempts: int) -> dict[str, ferroq.Task]:
     def never(n: int) -> None:
         raise AssertionError("runs in the workers")
 
-    return {name: q.task(name=name, max_attempts=max_attempts)(never) for name in ("slow", "work", "poison")}
+    return {name: q.task(name=name, max_attempts=max_attempts)(never) for name in ("slow", "work", "long", "poison")}
 
 
 @pytest.mark.timeout(120)
@@ -228,3 +233,22 @@ def test_a_run_handed_to_a_child_that_never_started_it_is_not_charged(tmp_path: 
     info = q.get(task_id)
     # It never ran: not charged, so the drainer runs it (dead before: charged its only attempt).
     assert (info.status, ran[task_id]) == ("completed", 1), (info.status, info.attempts, ran[task_id], info.last_error)
+
+
+@pytest.mark.timeout(120)
+def test_a_run_in_a_first_child_is_charged_when_its_worker_dies(tmp_path: Path, procs: Procs) -> None:
+    """pool="process": the children started with the worker note their runs in its journal
+    too (they were started before the journal existed, so a run in one of them looked never
+    started and a task that killed its worker that way was never charged)."""
+    db, log = tmp_path / "q.db", tmp_path / "runs.log"
+    q = ferroq.Queue(db)
+    task_id = declare(q, max_attempts=1)["long"].enqueue(0).id
+    script = procs.script("worker", WORKER)
+    victim = procs.start(script, db, log, "process", 0, label="victim")
+    wait_until(lambda: runs(log)[task_id] == 1, 60, "the run to start in the first child", children=[victim])
+    victim.send(signal.SIGKILL)
+    assert victim.wait(10) == -signal.SIGKILL
+    procs.start(script, db, log, "process", 0, label="drainer").check(timeout=90)
+    info = q.get(task_id)
+    assert (info.status, info.attempts, runs(log)[task_id]) == ("dead", 1, 1), q.history(task_id)
+    assert info.last_error is not None and info.last_error.message.startswith("worker died during run")

@@ -279,7 +279,7 @@ def bench_latency(rate: float, seconds: float, cross_process: bool, label: str =
 
 def _claim_ack_rate(q: ferroq.Queue, tasks: int, batch: int = 100) -> float:
     """Claim + complete ``tasks`` already-enqueued tasks straight through the store."""
-    store = q._store
+    store = q._engine
     done = 0
     t = time.perf_counter()
     while done < tasks:

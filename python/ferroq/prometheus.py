@@ -40,7 +40,7 @@ class FerroqCollector(Collector):
         self.queue = queue
 
     def collect(self) -> Iterator[Metric]:
-        store, name = self.queue._store, self.queue.name
+        store, name = self.queue._engine, self.queue.name
         tasks = CounterMetricFamily("ferroq_tasks", "Tasks by what happened to them, by this process.",
                                     labels=["queue", "group", "status"])
         wait = HistogramMetricFamily("ferroq_task_wait_seconds",

@@ -444,6 +444,12 @@ class Queue(Observable):
 
     # -- in-process wake-ups -----------------------------------------------------------
 
+    @property
+    def _engine(self) -> _core.Store:
+        """The storage engine, for ``ferroq.worker``: the one door to it from outside the
+        facade (``queue.py``, ``task.py``, ``groups.py``, ``observe.py``, ``context.py``)."""
+        return self._store
+
     def _notify(self) -> None:
         """Wakes this process's waiters (idle workers, result waiters) at once. Every write
         that changes rows does this by itself; this is for other events (a stop request)."""

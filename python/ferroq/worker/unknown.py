@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 
-from . import _core
-from .errors import UnknownTaskName
-from .info import TaskError
+from .. import _core
+from ..errors import UnknownTaskName
+from ..info import TaskError
 
 log = logging.getLogger("ferroq.worker")
 
