@@ -159,6 +159,12 @@ def test_concurrent_enqueuers_and_workers(tmp_path: Path, procs: Procs) -> None:
 
     wait_until(lambda: q.counts()["completed"] == total, 90, f"{total} completions", interval=0.1,
                children=workers)
+    # One worker may drain everything while the other still starts (CI saw it killed by the
+    # SIGTERM below before its handler was installed): both must be running first. A worker
+    # registers from its own thread just as its handlers go in.
+    wait_until(lambda: {w.id for w in q.workers() if w.alive} >= {"w0", "w1"}, 60, "both workers to run",
+               interval=0.05, children=workers)
+    time.sleep(0.2)
     for w in workers:
         w.send(15)  # SIGTERM: graceful stop
     for w in workers:
