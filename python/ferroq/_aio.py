@@ -177,6 +177,7 @@ class ChangeWatcher:
 
     def __init__(self, queue: Queue) -> None:
         self._store = queue._store
+        self._path = queue.path
         self._lock = threading.Lock()
         self._waiters: set[Waiter] = set()
         self._thread: threading.Thread | None = None
@@ -187,7 +188,8 @@ class ChangeWatcher:
         with self._lock:
             self._waiters.add(waiter)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="ferroq-aio-watch", daemon=True)
+                self._thread = threading.Thread(target=self._run, name=f"ferroq-aio-watch {self._path}",
+                                                daemon=True)
                 self._thread.start()
         return waiter
 
