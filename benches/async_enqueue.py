@@ -6,7 +6,8 @@
    as concurrent threads do.
 3. ``loop lag``: ``--lag-tasks`` tasks enqueued by ``--lag-coroutines`` concurrent
    coroutines while a ticker task sleeps 1 ms at a time; the figure is the longest gap
-   between its ticks beyond the 1 ms asked (what a request handler on that loop would wait).
+   between its ticks beyond the 1 ms asked (what a request handler on that loop would wait),
+   next to the same ticker on an idle loop (the machine's own scheduling noise).
 
     .venv/bin/python benches/async_enqueue.py [--workers 16] [--seconds 3] [--lag-tasks 10000]
 """
@@ -127,6 +128,24 @@ def loop_lag(directory: str, tasks: int, coroutines: int) -> Lag:
         q.close()
 
 
+def idle_lag(seconds: float = 1.0) -> Lag:
+    """The same ticker on an idle loop: the machine's own scheduling noise, for comparison."""
+
+    async def main() -> Lag:
+        gaps: list[float] = []
+        last = time.perf_counter()
+        end = last + seconds
+        while last < end:
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            gaps.append(now - last - 0.001)
+            last = now
+        gaps.sort()
+        return Lag(0, seconds, gaps[-1] * 1000, gaps[int(len(gaps) * 0.99)] * 1000)
+
+    return asyncio.run(main())
+
+
 def measure(workers: int = 16, seconds: float = 3.0, directory: str | None = None) -> Rates:
     with tempfile.TemporaryDirectory(dir=directory or os.getcwd()) as d:
         return Rates(rate_threads(d, workers, seconds), rate_coroutines(d, workers, seconds))
@@ -153,6 +172,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"loop lag while {args.lag_coroutines} coroutines aenqueue {lag.tasks:,} tasks "
           f"({lag.tasks / lag.seconds:,.0f} tasks/s): a 1 ms ticker's longest extra gap "
           f"{lag.max_gap_ms:.2f} ms, p99 {lag.p99_gap_ms:.2f} ms")
+    idle = idle_lag()
+    print(f"  the same ticker on an idle loop (this machine's noise): longest {idle.max_gap_ms:.2f} ms, "
+          f"p99 {idle.p99_gap_ms:.2f} ms")
 
 
 if __name__ == "__main__":
