@@ -113,6 +113,7 @@ def test_concurrent_aenqueues_of_one_pass_share_one_store_call(q: ferroq.Queue) 
     finally:
         q._store = real
     assert calls == [16]
+    assert q.__dict__["_aio_batchers"] == {}  # a loop's batch is kept only until its flush
     assert [q.get(h.id).args for h in handles] == [[i] for i in range(16)]
 
 

@@ -92,11 +92,18 @@ class Batcher:
         return future
 
     def flush(self) -> None:
+        _forget(self)  # the next call of this loop starts a new batch
         calls, futures = self.calls, self.futures
-        self.calls, self.futures = [], []
         for i in range(0, len(calls), MAX_BATCH):
-            done = self.loop.run_in_executor(_pool(), _enqueue_batch, self.queue, calls[i:i + MAX_BATCH])
-            done.add_done_callback(functools.partial(_deliver, futures[i:i + MAX_BATCH]))
+            chunk = futures[i:i + MAX_BATCH]
+            try:
+                done = self.loop.run_in_executor(_pool(), _enqueue_batch, self.queue, calls[i:i + MAX_BATCH])
+            except RuntimeError as e:  # the pool is shut down (the interpreter is exiting)
+                for future in chunk:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            done.add_done_callback(functools.partial(_deliver, chunk))
 
 
 #: The most calls one store.enqueue of a batcher carries (its tuples are read holding the GIL).
@@ -132,17 +139,22 @@ def _deliver(futures: list[asyncio.Future[tuple[int, bool]]],
 
 
 def batcher(queue: Queue) -> Batcher:
-    """The running loop's batcher for ``queue``."""
+    """The running loop's open batch for ``queue``. It is kept (in a plain dict: not every
+    loop class takes weak references) only from its first call until its flush."""
     loop = asyncio.get_running_loop()
-    batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Batcher] | None = \
-        queue.__dict__.get("_aio_batchers")
-    if batchers is None:
-        with _watchers_lock:
-            batchers = queue.__dict__.setdefault("_aio_batchers", weakref.WeakKeyDictionary())
-    found = batchers.get(loop)
-    if found is None:
-        found = batchers[loop] = Batcher(queue, loop)  # only this loop's thread touches its entry
+    with _watchers_lock:
+        batchers: dict[asyncio.AbstractEventLoop, Batcher] = queue.__dict__.setdefault("_aio_batchers", {})
+        found = batchers.get(loop)
+        if found is None:
+            found = batchers[loop] = Batcher(queue, loop)
     return found
+
+
+def _forget(batch: Batcher) -> None:
+    with _watchers_lock:
+        batchers: dict[asyncio.AbstractEventLoop, Batcher] = batch.queue.__dict__["_aio_batchers"]
+        if batchers.get(batch.loop) is batch:
+            del batchers[batch.loop]
 
 
 class Waiter:
