@@ -388,6 +388,7 @@ def _child_enqueues(path: str) -> None:
     asyncio.run(main())
 
 
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")  # Python 3.12+: forking with threads
 def test_a_forked_child_gets_its_own_threads(q: ferroq.Queue) -> None:
     """The pool's and watcher's threads do not survive fork(): a child that inherited a pool
     with idle threads would queue work no thread runs."""
