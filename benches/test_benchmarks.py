@@ -162,3 +162,18 @@ def test_group_commit_ceiling_script_runs() -> None:
     assert one.commits_per_s > 0 and one.callers_per_fsync == 1.0
     many = ceiling.measure(threads=8, seconds=0.5, size=4096)
     assert many.commits_per_s > 0 and many.callers_per_fsync > 1.0
+
+
+def test_async_enqueue_script_runs(tmp_path: Path) -> None:
+    """benches/async_enqueue.py on a short run, so it never rots: both rates are positive
+    and the loop-lag probe enqueues every task."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("async_enqueue", Path(__file__).with_name("async_enqueue.py"))
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rates = bench.measure(workers=4, seconds=0.3, directory=str(tmp_path))
+    assert rates.threads_per_s > 0 and rates.coroutines_per_s > 0
+    lag = bench.measure_lag(tasks=500, coroutines=20, directory=str(tmp_path))
+    assert lag.tasks == 500 and lag.max_gap_ms >= 0

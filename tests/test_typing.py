@@ -32,10 +32,19 @@ def test_package_and_a_user_module_type_check(tmp_path: Path) -> None:
         "    return ''\n"
         "s: str = g.enqueue(1).result()  # an async task's result is the awaited value\n"
         "f.using(colour='red')  # E: using() options are typed (at run time: InvalidArgument)\n"
+        "async def main() -> None:\n"
+        "    h2: ferroq.TaskHandle[float] = await f.aenqueue(1, b='y')\n"
+        "    r2: float = await h2.aresult(timeout=1.0)\n"
+        "    await f.aenqueue('not an int')  # E: the async variants keep the signature\n"
+        "    s2: str = await (await g.using(priority=2).aenqueue(1)).aresult()\n"
+        "    ids: list[int] = await q.aenqueue_many([f.call(1)])\n"
+        "    kinds = [e.kind async for e in q.aevents(kinds=['dead'])]\n"
+        "    info: ferroq.TaskInfo = await q.aget(ids[0])\n"
     )
     done = run("mypy", "--strict", "python/ferroq", str(user))
     out = done.stdout
     # The only errors are the deliberate ones: signatures survive the decorator.
     assert "user.py:8: error" in out and 'incompatible type "str"; expected "int"' in out, out
     assert "user.py:13: error" in out and '"colour"' in out, out
-    assert out.count("error:") == 2, out
+    assert "user.py:17: error" in out, out
+    assert out.count("error:") == 3, out

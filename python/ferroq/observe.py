@@ -8,9 +8,9 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Iterator
 
-from . import _checks
+from . import _aio, _checks
 from ._units import duration
 from .errors import CorruptDatabase, StorageError
 from .groups import Event
@@ -295,6 +295,51 @@ class Observable:
             if wait <= 0:
                 return
             store.wait_for_change(token, min(wait, 0.5))
+
+    def aevents(
+        self,
+        *,
+        after: int | None = None,
+        kinds: str | Iterable[str] | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Event]:
+        """``watch_events`` for asyncio code: ``async for event in q.aevents(...)`` yields
+        events as they are committed, by any process, in order, woken by the store's change
+        notifications (no polling on the loop). ``after``: the last id already seen (default:
+        only events from the first iteration on; 0 for all kept); ``kinds``: only these
+        kinds; stops after ``timeout`` seconds without a new event (None: never). Arguments
+        are checked here, at the call."""
+        if after is not None:
+            _checks.integer("after", after, 0, _checks.INT64_MAX)
+        _checks.optional_seconds("timeout", timeout)
+        wanted = None if kinds is None else frozenset(
+            _checks.text("kind", k) for k in ([kinds] if isinstance(kinds, str) else kinds))
+        return self._aevents(after, wanted, timeout)
+
+    async def _aevents(self, after: int | None, wanted: frozenset[str] | None,
+                       timeout: float | None) -> AsyncIterator[Event]:
+        store, watcher = self._store, _aio.watcher(self)  # type: ignore[arg-type]
+        cursor = after if after is not None else await _aio.run(_last_event_id, store, self.name)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            waiter = watcher.register()  # before the read: a commit after it wakes us
+            try:
+                rows = await _aio.run(store.events, self.name, None, cursor, 1000)
+                if not rows:
+                    wait = _aio.RECHECK if deadline is None else deadline - time.monotonic()
+                    if wait <= 0:
+                        return
+                    await watcher.wait(waiter, min(wait, _aio.RECHECK))
+                    continue
+            finally:
+                watcher.unregister(waiter)  # not held while the consumer handles events
+            for row in rows:
+                cursor = row[0]
+                event = Event.from_core(row)
+                if wanted is None or event.kind in wanted:
+                    yield event
+            if deadline is not None:
+                deadline = time.monotonic() + timeout  # type: ignore[operator]
 
     def subscribe(self, callback: Callable[[Event], Any], *, kinds: Iterable[str] | None = None,
                   after: int | None = None) -> Subscription:

@@ -11,7 +11,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Coroutine, Iterable, Iterator, ParamSpec, Protocol, Sequence, TypeVar, overload
 
-from . import _checks, _core
+from . import _aio, _checks, _core
 from ._names import module_of
 from .errors import CorruptDatabase, DatabasePathError, InvalidArgument, PayloadError, UnknownTaskName
 from .groups import Circuit, Event, GroupState, ResourceGroup, group_name
@@ -298,6 +298,32 @@ class Queue(Observable):
     def _enqueue_one(self, call: TaskCall[R]) -> TaskHandle[R]:
         ((task_id, created),) = self._store.enqueue(self.name, [call.core_tuple()])
         return TaskHandle(self, task_id, created)
+
+    # -- asyncio producers (see ferroq._aio): the same calls, off the event loop -----------
+
+    async def aenqueue(self, name: str, /, *args: Any, **kwargs: Any) -> TaskHandle[Any]:
+        """``enqueue`` for asyncio code (by task name)."""
+        task = self._tasks.get(name)
+        if task is None:
+            raise UnknownTaskName(f"no task named {name!r} is registered on queue {self.name!r}")
+        return await task.aenqueue(*args, **kwargs)
+
+    async def aenqueue_many(self, calls: Iterable[TaskCall[Any]]) -> builtins.list[int]:
+        """``enqueue_many`` for asyncio code: one transaction, off the event loop. The
+        calls are read here, on the loop's thread (a generator runs where it was made)."""
+        if not isinstance(calls, (builtins.list, tuple)):
+            calls = builtins.list(calls)
+        return await _aio.run(self.enqueue_many, calls)
+
+    async def _aenqueue_one(self, call: TaskCall[R]) -> TaskHandle[R]:
+        core = call.core_tuple()  # run_at from a delay counts from the call, not the commit
+        task_id, created = await _aio.batcher(self).submit(core)
+        return TaskHandle(self, task_id, created)
+
+    async def aget(self, task_id: int) -> TaskInfo:
+        """``get`` for asyncio code: the read runs off the event loop."""
+        task_id = _task_id(task_id)
+        return TaskInfo.from_core(await _aio.run(self._store.get, self.name, task_id), self.serializer.loads)
 
     # -- reading and operating ---------------------------------------------------------
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Collection, Coroutine, Generic, ParamSpec, TypeVar
 
-from . import _checks, _core
+from . import _aio, _checks, _core
 from .errors import InvalidArgument, ResultTimeout, TaskCancelled, TaskFailed, TaskNotImportable
 from .groups import ResourceGroup, group_name
 from .info import TaskInfo
@@ -172,6 +172,37 @@ class TaskHandle(Generic[R]):
                 pause = min(pause, left)
             store.wait_for_change(token, pause)
 
+    async def ainfo(self) -> TaskInfo:
+        """``info()`` for asyncio code: the read runs off the event loop."""
+        return await self.queue.aget(self.id)
+
+    async def aresult(self, timeout: float | None = None) -> R:
+        """``result()`` for asyncio code: waits without blocking the event loop, woken by the
+        store's change notifications (commits by any process), not by polling. Raises as
+        ``result()`` does; cancelling the await stops the wait."""
+        seconds = _checks.optional_seconds("timeout", timeout)
+        deadline = None if seconds is None else time.monotonic() + seconds
+        watcher = _aio.watcher(self.queue)
+        while True:
+            waiter = watcher.register()  # before the read: a commit after it wakes us
+            try:
+                info = await self.queue.aget(self.id)
+                if info.status == "completed":
+                    return info.result  # type: ignore[no-any-return]
+                if info.status == "dead":
+                    raise TaskFailed(self.id, info.last_error)
+                if info.status == "cancelled":
+                    raise TaskCancelled(f"task {self.id} was cancelled")
+                pause = _aio.RECHECK
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise ResultTimeout(f"task {self.id} is still {info.status} after {timeout}s")
+                    pause = min(pause, left)
+                await watcher.wait(waiter, pause)
+            finally:
+                watcher.unregister(waiter)
+
 
 class _ArgCheck:
     """Checks call arguments against a signature. ``Signature.bind`` costs microseconds per
@@ -236,6 +267,11 @@ class _Enqueuer(Generic[P, R]):
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
         """Stores one run of this task; durable when it returns."""
         return self.queue._enqueue_one(self.call(*args, **kwargs))
+
+    async def aenqueue(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
+        """``enqueue`` for asyncio code: the commit runs off the event loop, and concurrent
+        ``aenqueue`` calls share fsyncs (group commit). Durable when the await returns."""
+        return await self.queue._aenqueue_one(self.call(*args, **kwargs))
 
 
 class BoundTask(_Enqueuer[P, R]):
