@@ -195,9 +195,8 @@ if __name__ == "__main__":  # the children import this script
     w = ferroq.Worker(q, concurrency=1, pool="process", lease=1.0, rescue_interval=0.1, poll_interval=0.05,
                       handle_signals=False)
     if role == "victim":
-        def announce():  # once the pool is up (its children ready): the journal opens after
-            runs = db + "-runs"
-            while not (os.path.isdir(runs) and any(f.endswith(".runs") for f in os.listdir(runs))):
+        def announce():  # once the pool is up (its children ready): the worker registers after
+            while not any(x.alive for x in q.workers()):
                 time.sleep(0.01)
             emit([p.pid for p in multiprocessing.active_children()])
         threading.Thread(target=announce, daemon=True).start()

@@ -205,7 +205,7 @@ class Worker:
             self._async.start()
         previous = self._signals.install() if self.handle_signals else {}
         log.info("worker %s started on %s (queue %r, concurrency %d)",
-                 self.id, self.queue.path, self.queue.name, self.concurrency)
+                 self.id, os.path.abspath(self.queue.path), self.queue.name, self.concurrency)
         try:
             self._claims.run(until_idle, until_empty)
             self._drain(self.shutdown_grace)
