@@ -15,6 +15,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("migrations/0003_cheaper_status_checks.sql")),
     (4, include_str!("migrations/0004_large_payloads_apart.sql")),
     (5, include_str!("migrations/0005_delayed_tasks_apart.sql")),
+    (6, include_str!("migrations/0006_schedules.sql")),
 ];
 
 /// The newest schema version this build knows.
