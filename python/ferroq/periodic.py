@@ -62,24 +62,34 @@ class Cron:
         return datetime.fromtimestamp(ms / 1000, timezone.utc).astimezone(self.zone)
 
     def after(self, ms: int) -> Iterator[int]:
-        """The ticks strictly after ``ms``, in order."""
-        it = _croniter()(self.expr, self._local(ms))
+        """The ticks strictly after ``ms``, in order. croniter started inside a repeated
+        (autumn) hour skips the rest of it, so it starts a few hours earlier."""
+        it = _croniter()(self.expr, self._local(ms - _DST_SLACK_MS))
         while True:
             tick: datetime = it.get_next(datetime)
-            if self._keep(tick):
-                yield int(tick.timestamp() * 1000)
+            at = int(tick.timestamp() * 1000)
+            if at > ms and self._keep(tick):
+                yield at
 
     def next_after(self, ms: int) -> int:
         return next(self.after(ms))
 
     def latest(self, ms: int) -> int:
-        """The newest tick at or before ``ms`` (ticks fall on whole minutes)."""
+        """The newest tick at or before ``ms`` (ticks fall on whole minutes). croniter's
+        ``get_prev`` can be an hour off around a DST change, so it only says where to start
+        walking forward (``get_next`` is right across the change)."""
         start = self._local(ms // 1000 * 1000) + timedelta(seconds=1)
-        it = _croniter()(self.expr, start)
-        while True:
-            tick: datetime = it.get_prev(datetime)
-            if self._keep(tick):
-                return int(tick.timestamp() * 1000)
+        rough = int(_croniter()(self.expr, start).get_prev(datetime).timestamp() * 1000)
+        best = rough
+        for tick in self.after(min(rough, ms) - _DST_SLACK_MS):
+            if tick > ms:
+                break
+            best = tick
+        return best
+
+
+#: More than any DST shift (at most 2 hours anywhere).
+_DST_SLACK_MS = 3 * 3600 * 1000
 
 
 @dataclass(frozen=True)
@@ -100,3 +110,38 @@ class Schedule:
     def unique_key(self, tick_ms: int) -> str:
         stamp = datetime.fromtimestamp(tick_ms / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
         return f"ferroq.schedule:{self.name}:{stamp}"
+
+
+@dataclass(frozen=True)
+class ScheduleState:
+    """A schedule as the workers recorded it in the file (``ferroq schedules``)."""
+
+    name: str
+    task: str
+    cron: str
+    tz: str
+    missed: str
+    #: The newest tick enqueued, and its task (None: never).
+    last_run: datetime | None
+    last_task_id: int | None
+    #: The next tick (None: croniter is not installed here).
+    next_run: datetime | None
+    #: When a worker last declared it.
+    seen_at: datetime
+
+
+def _dt(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, timezone.utc)
+
+
+def state(row: dict[str, Any], now_ms: int) -> ScheduleState:
+    """A stored schedule (``Store.schedules``) with its next tick after ``now_ms``."""
+    after = max(now_ms, row["declared_at"], row["last_tick"] or 0)
+    try:
+        next_run = _dt(Cron(row["cron"], row["tz"]).next_after(after))
+    except InvalidArgument:
+        next_run = None
+    seen = _dt(row["seen_at"])
+    assert seen is not None
+    return ScheduleState(row["name"], row["task"], row["cron"], row["tz"], row["missed"], _dt(row["last_tick"]),
+                         row["last_task_id"], next_run, seen)

@@ -7,6 +7,7 @@ import builtins
 import inspect
 import logging
 import os
+import time
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Coroutine, Iterable, Iterator, ParamSpec, Protocol, Sequence, TypeVar, overload
@@ -17,7 +18,7 @@ from .errors import CorruptDatabase, DatabasePathError, InvalidArgument, Payload
 from .groups import Circuit, Event, GroupState, ResourceGroup, group_name
 from .info import STATUSES, TaskError, TaskInfo, Transition, from_ms
 from .observe import Observability, Observable
-from .periodic import Cron, Schedule
+from .periodic import Cron, Schedule, ScheduleState, state
 from .policies import CircuitBreaker, PriorityAging, Retention, RetryPolicy, Throttle
 from .serializers import JsonSerializer, Serializer
 from .task import AsyncTask, BatchTask, Task, TaskBase, TaskCall, TaskHandle, TaskOptions, _EncodedCall
@@ -309,6 +310,12 @@ class Queue(Observable):
     def schedules(self) -> dict[str, Schedule]:
         """Declared periodic tasks by schedule name."""
         return dict(self._schedules)
+
+    def schedule_states(self) -> builtins.list[ScheduleState]:
+        """The schedules workers of this queue declared in the file, with their last and next
+        runs (a schedule removed from the code stays listed, as last declared)."""
+        now = int(time.time() * 1000)
+        return [state(row, now) for row in self._store.schedules(self.name)]
 
     @property
     def tasks(self) -> dict[str, TaskBase[Any, Any]]:
