@@ -175,7 +175,7 @@ emit({"done": True})
 
 
 @pytest.mark.slow
-def test_two_schedulers_in_two_processes_enqueue_each_tick_once(tmp_path: Path, procs) -> None:  # noqa: F811
+def test_two_schedulers_in_two_processes_enqueue_each_tick_once(tmp_path: Path, procs) -> None:
     db = tmp_path / "q.db"
     Queue(db).close()
     go = tmp_path / "go"

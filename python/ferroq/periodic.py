@@ -19,7 +19,7 @@ MISSED = ("once", "skip")
 
 def _croniter() -> Any:
     try:
-        from croniter import croniter
+        from croniter import croniter  # type: ignore[import-untyped]
     except ImportError:
         raise InvalidArgument("periodic tasks need croniter: pip install 'ferroq[periodic]'") from None
     return croniter

@@ -300,7 +300,7 @@ class Queue(Observable):
         Cron(cron, tz)  # a bad expression fails at the decorator, not at its use
 
         def register(fn: Callable[..., Any]) -> TaskBase[Any, Any]:
-            task = fn if isinstance(fn, TaskBase) else self.task(fn)
+            task: TaskBase[Any, Any] = fn if isinstance(fn, TaskBase) else self.task(fn)
             self.schedule(task, cron=cron, tz=tz, missed=missed, name=name)
             return task
 

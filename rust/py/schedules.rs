@@ -61,7 +61,8 @@ impl PyStore {
         tick_ms: Millis,
         task: NewTaskTuple<'_>,
     ) -> PyResult<Option<(i64, bool)>> {
-        let (task_name, resource_group, payload, priority, run_at, max_attempts, unique_key) = &task;
+        let (task_name, resource_group, payload, priority, run_at, max_attempts, unique_key) =
+            &task;
         let task = NewTask {
             name: task_name.into(),
             resource_group: resource_group.into(),

@@ -8,9 +8,7 @@ use super::{SqliteStore, admin, schedules};
 use crate::clock::Millis;
 use crate::error::{Error, Result};
 use crate::json;
-use crate::store::operations::{
-    Cursor, Finished, Operations, Page, Schedule, Step, TaskFilter,
-};
+use crate::store::operations::{Cursor, Finished, Operations, Page, Schedule, Step, TaskFilter};
 use crate::task::{ClaimedTask, Enqueued, NewTask, TaskId, TaskRecord, TaskStatus};
 use crate::validate;
 

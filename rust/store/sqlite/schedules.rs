@@ -10,8 +10,7 @@ use crate::error::Result;
 use crate::store::operations::Schedule;
 use crate::task::{Enqueued, NewTask};
 
-const COLUMNS: &str =
-    "name, task, cron, tz, missed, declared_at, last_tick, last_task_id, seen_at";
+const COLUMNS: &str = "name, task, cron, tz, missed, declared_at, last_tick, last_task_id, seen_at";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Schedule> {
     Ok(Schedule {
