@@ -206,6 +206,16 @@ class Store:
         """Deletes events, metrics and worker rows past their ages; how many."""
     def worker_seen(self, id: str, queue: str, hostname: str, pid: int, concurrency: int, pool: str) -> None:
         """Registers or renews a worker."""
+    def declare_schedule(
+        self, queue: str, name: str, task: str, cron: str, tz: str, missed: str, now_ms: int,
+    ) -> dict[str, Any]:
+        """Records or renews a schedule; returns it as stored."""
+    def enqueue_tick(
+        self, queue: str, name: str, tick_ms: int, task: tuple[str, str, bytes, int, int | None, int, str | None],
+    ) -> tuple[int, bool] | None:
+        """Enqueues a schedule's tick unless it (or a later one) was; raises its last tick."""
+    def schedules(self, queue: str) -> list[dict[str, Any]]:
+        """The schedules declared on a queue, by name."""
     def worker_stopped(self, id: str) -> None:
         """Marks a worker stopped."""
     def workers(self, queue: str) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ import builtins
 import inspect
 import logging
 import os
+import time
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Coroutine, Iterable, Iterator, ParamSpec, Protocol, Sequence, TypeVar, overload
@@ -17,6 +18,7 @@ from .errors import CorruptDatabase, DatabasePathError, InvalidArgument, Payload
 from .groups import Circuit, Event, GroupState, ResourceGroup, group_name
 from .info import STATUSES, TaskError, TaskInfo, Transition, from_ms
 from .observe import Observability, Observable
+from .periodic import Cron, Schedule, ScheduleState, state
 from .policies import CircuitBreaker, PriorityAging, Retention, RetryPolicy, Throttle
 from .serializers import JsonSerializer, Serializer
 from .task import AsyncTask, BatchTask, Task, TaskBase, TaskCall, TaskHandle, TaskOptions, _EncodedCall
@@ -151,6 +153,7 @@ class Queue(Observable):
         _open_stores.add(self._store)
         self._tasks: dict[str, TaskBase[Any, Any]] = {}
         self._groups: dict[str, ResourceGroup] = {}
+        self._schedules: dict[str, Schedule] = {}
 
     def __repr__(self) -> str:
         return f"Queue({str(self.path)!r}, name={self.name!r})"
@@ -258,6 +261,61 @@ class Queue(Observable):
             return task
 
         return register
+
+    # -- periodic tasks ----------------------------------------------------------------
+
+    def schedule(
+        self,
+        task: TaskBase[Any, Any],
+        *,
+        cron: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        tz: str = "UTC",
+        missed: str = "once",
+        name: str | None = None,
+    ) -> Schedule:
+        """Enqueues ``task(*args, **kwargs)`` at every tick of ``cron`` (5 fields, in time
+        zone ``tz``), once per tick however many workers run. The workers of this queue
+        enqueue it; a tick missed while none ran is enqueued once when one starts
+        (``missed="once"``; several missed ticks make one run) or not at all (``"skip"``).
+        ``name`` (default: the task's name) identifies the schedule in the file."""
+        if not isinstance(task, TaskBase) or self._tasks.get(task.name) is not task:
+            raise InvalidArgument(f"schedule takes a task registered on queue {self.name!r}, got {task!r}")
+        name = task.name if name is None else name
+        _core.check_name("schedule", _checks.text("schedule name", name))
+        if name in self._schedules:
+            raise InvalidArgument(f"a schedule named {name!r} is already declared (give another name=)")
+        kwargs = dict(kwargs or {})
+        task.call(*args, **kwargs)  # checks the arguments and that they serialize, now
+        entry = Schedule(name, task, Cron(cron, tz), missed, tuple(args), kwargs)
+        self._schedules[name] = entry
+        return entry
+
+    def periodic(
+        self, cron: str, *, tz: str = "UTC", missed: str = "once", name: str | None = None,
+    ) -> Callable[[Callable[..., Any]], TaskBase[Any, Any]]:
+        """Declares a task (if the function is not one yet) run with no arguments at every
+        tick of ``cron``: ``@q.periodic("*/5 * * * *", tz="Europe/Berlin")``. See ``schedule``."""
+        Cron(cron, tz)  # a bad expression fails at the decorator, not at its use
+
+        def register(fn: Callable[..., Any]) -> TaskBase[Any, Any]:
+            task: TaskBase[Any, Any] = fn if isinstance(fn, TaskBase) else self.task(fn)
+            self.schedule(task, cron=cron, tz=tz, missed=missed, name=name)
+            return task
+
+        return register
+
+    @property
+    def schedules(self) -> dict[str, Schedule]:
+        """Declared periodic tasks by schedule name."""
+        return dict(self._schedules)
+
+    def schedule_states(self) -> builtins.list[ScheduleState]:
+        """The schedules workers of this queue declared in the file, with their last and next
+        runs (a schedule removed from the code stays listed, as last declared)."""
+        now = int(time.time() * 1000)
+        return [state(row, now) for row in self._store.schedules(self.name)]
 
     @property
     def tasks(self) -> dict[str, TaskBase[Any, Any]]:

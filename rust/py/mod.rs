@@ -6,6 +6,7 @@ mod journal;
 mod listing;
 mod observe;
 mod queue;
+mod schedules;
 
 use pyo3::prelude::*;
 

@@ -21,7 +21,7 @@ use crate::store::{Engine, Unrunnable};
 use crate::task::{FailAction, FailureImpact, NewTask, Outcome, TaskStatus};
 
 /// (name, resource_group, payload, priority, run_at_ms | None, max_attempts, unique_key | None)
-type NewTaskTuple<'py> = (
+pub(super) type NewTaskTuple<'py> = (
     String,
     String,
     Bound<'py, PyBytes>,

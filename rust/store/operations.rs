@@ -5,7 +5,7 @@
 
 use crate::clock::Millis;
 use crate::error::Result;
-use crate::task::{ClaimedTask, TaskId, TaskRecord, TaskStatus};
+use crate::task::{ClaimedTask, Enqueued, NewTask, TaskId, TaskRecord, TaskStatus};
 
 use super::Store;
 
@@ -49,7 +49,43 @@ pub struct Step {
     pub next: Option<Cursor>,
 }
 
+/// A periodic task as a worker declares it (see `Operations::declare_schedule`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Schedule {
+    pub name: String,
+    pub task: String,
+    pub cron: String,
+    pub tz: String,
+    pub missed: String,
+    /// When this cron and time zone were first declared (ms).
+    pub declared_at: Millis,
+    /// The newest tick enqueued (ms), and its task.
+    pub last_tick: Option<Millis>,
+    pub last_task_id: Option<TaskId>,
+    /// When a worker last declared it (ms).
+    pub seen_at: Millis,
+}
+
 pub trait Operations: Store {
+    /// Records (or renews) a schedule; keeps its `last_tick`, and its `declared_at` unless
+    /// the cron or time zone changed. Returns the schedule as stored. `now` is the
+    /// caller's clock (the scheduler's, injectable in tests).
+    fn declare_schedule(&self, queue: &str, schedule: &Schedule, now: Millis) -> Result<Schedule>;
+
+    /// Enqueues `task` for tick `tick` of schedule `name` unless a tick at or after it was
+    /// already enqueued; raises the schedule's `last_tick` in the same transaction.
+    /// `None`: the tick (or a later one) was enqueued already.
+    fn enqueue_tick(
+        &self,
+        queue: &str,
+        name: &str,
+        tick: Millis,
+        task: &NewTask,
+    ) -> Result<Option<Enqueued>>;
+
+    /// The schedules declared on `queue`, by name.
+    fn schedules(&self, queue: &str) -> Result<Vec<Schedule>>;
+
     /// Tasks matching `filter`, one page, with payloads and results.
     fn list(&self, queue: &str, filter: &TaskFilter, page: Page) -> Result<Vec<TaskRecord>>;
 

@@ -15,7 +15,7 @@ import click
 
 from .. import __version__
 from ..errors import FerroqError
-from . import _bench, _circuit, _control, _groups, _observe, _status, _tasks, _worker, _workers
+from . import _bench, _circuit, _control, _groups, _observe, _schedules, _status, _tasks, _worker, _workers
 from ._common import ERROR_PREFIX, EXIT_CODES_HELP, CliError, Exit, Settings, option, show_error, translate
 
 __all__ = ["main"]
@@ -81,7 +81,7 @@ _COMMANDS = [
     _control.retry, _control.cancel, _control.purge, _control.pause, _control.resume,
     _observe.stats, _observe.health, _observe.events,
     _bench.bench_command,
-    _workers.workers, _circuit.circuit, _groups.group,
+    _workers.workers, _schedules.schedules, _circuit.circuit, _groups.group,
 ]
 for _command in _COMMANDS:
     main.add_command(_command)

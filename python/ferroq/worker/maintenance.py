@@ -1,7 +1,7 @@
 """The maintenance thread: renews the leases of runs in flight (every lease/3), fails sync
 runs past their timeout, registers the worker (for health checks) and flushes its metrics,
-rescues expired leases of dead workers, ages priorities, applies retention and prunes
-observability data."""
+rescues expired leases of dead workers, ages priorities, applies retention, prunes
+observability data and enqueues periodic tasks at their ticks."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import StorageError
 from .failures import is_fatal
+from .scheduler import Scheduler
 
 if TYPE_CHECKING:
     from ..context import TaskContext
@@ -28,6 +29,7 @@ METRICS_INTERVAL = 10.0
 class Maintenance:
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
+        self.scheduler = Scheduler(worker.queue)
 
     def heartbeat(self, contexts: list[TaskContext]) -> None:
         """Renews these runs' leases; a run whose lease is lost is told to stop."""
@@ -72,6 +74,8 @@ class Maintenance:
                                     len(rescued), rescued[:10])
                         queue._notify()
                     next_rescue = now + w.rescue_interval
+                if not w._stopping.is_set():
+                    self.scheduler.poll()
                 aging = queue.priority_aging
                 if aging is not None and now >= next_aging and not w._stopping.is_set():
                     store.age_priorities(queue.name, max(1, int(aging.every * 1000)), aging.step, aging.max_priority)

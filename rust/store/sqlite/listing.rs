@@ -4,12 +4,12 @@
 use rusqlite::{Connection, Row, Transaction};
 
 use super::decode::Lenient;
-use super::{SqliteStore, admin};
+use super::{SqliteStore, admin, schedules};
 use crate::clock::Millis;
 use crate::error::{Error, Result};
 use crate::json;
-use crate::store::operations::{Cursor, Finished, Operations, Page, Step, TaskFilter};
-use crate::task::{ClaimedTask, TaskId, TaskRecord, TaskStatus};
+use crate::store::operations::{Cursor, Finished, Operations, Page, Schedule, Step, TaskFilter};
+use crate::task::{ClaimedTask, Enqueued, NewTask, TaskId, TaskRecord, TaskStatus};
 use crate::validate;
 
 /// The columns of a `TaskRecord`, for `FROM tasks t LEFT JOIN task_results r`.
@@ -288,6 +288,34 @@ impl Operations for SqliteStore {
 
     fn queue_names(&self) -> Result<Vec<String>> {
         self.read(|conn, _| queue_names(conn))
+    }
+
+    fn declare_schedule(&self, queue: &str, schedule: &Schedule, now: Millis) -> Result<Schedule> {
+        validate::name("queue", queue)?;
+        validate::name("schedule", &schedule.name)?;
+        validate::name("task", &schedule.task)?;
+        self.write(|tx, _| schedules::declare(tx, queue, schedule, now))
+    }
+
+    fn enqueue_tick(
+        &self,
+        queue: &str,
+        name: &str,
+        tick: Millis,
+        task: &NewTask,
+    ) -> Result<Option<Enqueued>> {
+        validate::new_tasks(std::slice::from_ref(task), self.options.max_payload)?;
+        let done = self.write(|tx, now| {
+            schedules::enqueue_tick(tx, queue, name, tick, task, self.options.task_events, now)
+        })?;
+        if let Some(e) = done {
+            self.count_enqueued(queue, std::slice::from_ref(task), &[e]);
+        }
+        Ok(done)
+    }
+
+    fn schedules(&self, queue: &str) -> Result<Vec<Schedule>> {
+        self.read(|conn, _| schedules::list(conn, queue))
     }
 
     fn task_names_like(&self, queue: &str, name: &str) -> Result<Vec<String>> {

@@ -15,6 +15,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("migrations/0003_cheaper_status_checks.sql")),
     (4, include_str!("migrations/0004_large_payloads_apart.sql")),
     (5, include_str!("migrations/0005_delayed_tasks_apart.sql")),
+    (6, include_str!("migrations/0006_schedules.sql")),
 ];
 
 /// The newest schema version this build knows.
@@ -110,9 +111,9 @@ mod tests {
     #[test]
     fn applies_once_and_records_versions() {
         let mut conn = Connection::open_in_memory().unwrap();
-        assert_eq!(migrate(&mut conn, 1).unwrap(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(migrate(&mut conn, 1).unwrap(), vec![1, 2, 3, 4, 5, 6]);
         assert_eq!(migrate(&mut conn, 2).unwrap(), Vec::<i64>::new());
-        assert_eq!(applied_versions(&conn).unwrap(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(applied_versions(&conn).unwrap(), vec![1, 2, 3, 4, 5, 6]);
         for table in [
             "tasks",
             "task_payloads",
@@ -289,7 +290,7 @@ mod tests {
             )
             .unwrap();
         }
-        assert_eq!(migrate(&mut conn, 100).unwrap(), vec![5]);
+        assert_eq!(migrate_through(&mut conn, 100, 5).unwrap(), vec![5]);
         let ids = |sql: &str| -> Vec<i64> {
             let mut stmt = conn.prepare(sql).unwrap();
             stmt.query_map([], |r| r.get(0))

@@ -23,6 +23,7 @@ pub mod open;
 mod quarantine;
 mod ready;
 mod resource_groups;
+mod schedules;
 mod wakeup;
 mod watch;
 
