@@ -236,3 +236,12 @@ def test_readme_testing_example_passes_under_pytest(tmp_path: Path) -> None:
     done = _pytest(tmp_path, example)
     assert done.returncode == 0, done.stdout + done.stderr
     assert re.search(r"\b[2-9] passed", done.stdout), done.stdout
+
+
+def test_eager_runs_async_processors(queue: ferroq.Queue) -> None:
+    @queue.task(name="double")
+    async def double(x: int) -> int:
+        return x * 2
+
+    with eager(queue):
+        assert double.enqueue(4).result(timeout=0) == 8
