@@ -20,6 +20,7 @@ __all__ = [
     "TaskFailed",
     "TaskCancelled",
     "ResultTimeout",
+    "DrainTimeout",
     "StorageError",
     "DatabasePathError",
     "CorruptDatabase",
@@ -89,6 +90,10 @@ class TaskCancelled(FerroqError):
 
 class ResultTimeout(FerroqError, TimeoutError):
     """``TaskHandle.result(timeout=...)`` gave up before the task finished."""
+
+
+class DrainTimeout(FerroqError, TimeoutError):
+    """``ferroq.testing.drain(timeout=...)`` gave up before the queue was empty."""
 
 
 class StorageError(FerroqError):

@@ -69,6 +69,10 @@ class Worker:
     ``unknown_task_grace`` seconds after it was first given back if no worker ran it.
     """
 
+    #: Turns each run's end into its outcome (``ferroq.testing`` swaps in one whose retries
+    #: are due at once, so a test does not sleep out the backoff).
+    _outcomes_type: type[Outcomes] = Outcomes
+
     def __init__(
         self,
         queue: Queue,
@@ -143,7 +147,7 @@ class Worker:
         self._journal: _core.RunJournal | None = None
         # -- per run: the breaker view, and the outcomes told to it.
         self._breakers = BreakerView(partial(declared_breaker, queue))
-        self._outcomes = Outcomes(queue, self._breakers, self._max_payload)
+        self._outcomes = self._outcomes_type(queue, self._breakers, self._max_payload)
         # -- the collaborators, one concept each.
         self._claims = ClaimLoop(self)
         self._runners = ThreadRunners(self)
@@ -175,7 +179,7 @@ class Worker:
         self.id = self._name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.stats = WorkerStats()
         self._breakers = BreakerView(partial(declared_breaker, self.queue))
-        self._outcomes = Outcomes(self.queue, self._breakers, self._max_payload)
+        self._outcomes = self._outcomes_type(self.queue, self._breakers, self._max_payload)
         self._stopping.clear()
         self._signals.reset(self.shutdown_grace)
         self._hard_stop.clear()
