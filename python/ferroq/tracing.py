@@ -6,8 +6,9 @@ here is None or False and ferroq makes no tracing call at all.
   the payload envelope as ``{"args": .., "kwargs": .., "trace": "00-..."}`` (only when a
   span is active; ``enqueue_many`` carries the caller's span).
 - Run: if a tracer provider is set when the ``Worker`` is made (in a process-pool child:
-  when the child starts, e.g. set where the tasks' module is imported), each run is a ``<task> process`` span (CONSUMER), a child of that context (a root
-  span for a task enqueued without one), with the messaging attributes
+  when the child starts, e.g. set where the tasks' module is imported), each run is a
+  ``<task> process`` span (CONSUMER), a child of that context (a root span for a task
+  enqueued without one), with the messaging attributes
   ``messaging.system=ferroq``, ``messaging.operation.name=process``,
   ``messaging.message.id`` (the task id) and ``ferroq.attempt``; an exception the processor
   raises is recorded on it and sets its status to error.
