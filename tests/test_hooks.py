@@ -192,3 +192,14 @@ def test_an_on_start_that_raises_stops_run_before_anything_is_claimed(tmp_path: 
     worker._on_start = None  # the worker is usable again
     worker.run(until_empty=True)
     assert ran == [1]
+
+
+def test_on_stop_follows_on_start_when_the_process_pool_cannot_start(tmp_path: Path) -> None:
+    q = ferroq.Queue(tmp_path / "q.db")
+    q.task(name="t")(lambda: None)  # no child could import it: run() refuses before claiming
+    calls: list[str] = []
+    worker = ferroq.Worker(q, pool="process", on_start=lambda: calls.append("start"),
+                           on_stop=lambda: calls.append("stop"), handle_signals=False)
+    with pytest.raises(ferroq.TaskNotImportable):
+        worker.run(until_empty=True)
+    assert calls == ["start", "stop"]

@@ -216,6 +216,7 @@ class Worker:
             except BaseException:
                 self._running = False
                 self._journal = None
+                self._call_on_stop()  # on_start ran: what it set up is torn down
                 raise
         threads = [threading.Thread(target=self._runners.runner, args=(None if pool is None else pool.slots[i],),
                                     name=f"ferroq-run-{i}", daemon=True)
