@@ -442,6 +442,12 @@ def report(q: ferroq.Queue, directory: Path, sup: Supervisor, stuck: list[str]) 
     status = Counter(infos[i].status if i in infos else "missing" for i in acked)
     rescues: Counter[str] = Counter()
     double_completions, charged_without_start, dead_without_start = [], [], []
+    # A run noted started whose processor was killed before its first line wrote "start" (the
+    # kill landed in the microseconds between): charged rightly, its start line lost. At most
+    # one per runner thread of each killed worker; more would be a real charge without a start.
+    killed_pids = {f.pid for f in sup.faults if f.kind == "kill"}
+    at_kill: Counter[int] = Counter()
+    started_at_kill: list[int] = []
     for task_id in acked:
         info = infos.get(task_id)
         if info is None:
@@ -453,6 +459,10 @@ def report(q: ferroq.Queue, directory: Path, sup: Supervisor, stuck: list[str]) 
             if t.error is not None and t.error.type == "LeaseExpired":
                 rescues[_rescue_kind(t.error.message)] += 1
         starts = len(runs.get(task_id, ()))
+        short = info.attempts > starts or (info.status == "dead" and starts < info.max_attempts)
+        if short and _lost_to_a_kill(info.attempts - starts, history, killed_pids, at_kill):
+            started_at_kill.append(task_id)
+            continue
         if info.attempts > starts:
             charged_without_start.append({"task": task_id, "attempts": info.attempts, "starts": starts,
                                           "status": info.status, "history": [_transition(t) for t in history]})
@@ -480,10 +490,29 @@ def report(q: ferroq.Queue, directory: Path, sup: Supervisor, stuck: list[str]) 
                            "unexplained_detail": unexplained_detail[:10]},
         "late_outcomes_discarded": sum(discarded.values()),
         "double_completions": len(double_completions), "double_completion_tasks": double_completions[:20],
-        "charged_without_start": len(charged_without_start) + len(dead_without_start),
+        "charged_without_start": len(charged_without_start) + len(dead_without_start)
+        + sum(max(0, n - sup.args.concurrency) for n in at_kill.values()),
+        "started_at_a_kill": len(started_at_kill),
         "charged_without_start_tasks": charged_without_start[:10], "dead_without_start_tasks": dead_without_start[:10],
         "workers_not_drained": stuck, "unexpected_exits": sup.unexpected_exits,
     }
+
+
+def _lost_to_a_kill(missing: int, history: list[Any], killed_pids: set[int], at_kill: Counter[int]) -> bool:
+    """Whether ``missing`` start lines are explained by SIGKILLs that ended those runs: as many
+    rescues "worker died during run" of workers the supervisor killed (ids ``host:pid:hex``)."""
+    died = [t for t in history if t.error is not None and t.error.message.startswith("worker died during run")]
+    pids = [_pid_of(t.worker) for t in died]
+    if missing > len(died) or not all(p in killed_pids for p in pids):
+        return False
+    for pid in pids[-missing:] if missing > 0 else pids[-1:]:
+        at_kill[pid] += 1
+    return True
+
+
+def _pid_of(worker: str | None) -> int:
+    parts = (worker or "").split(":")
+    return int(parts[1]) if len(parts) >= 3 and parts[1].isdigit() else -1
 
 
 def status_of(infos: dict[int, ferroq.TaskInfo], task_id: int) -> str:
@@ -529,7 +558,8 @@ def print_text(r: dict[str, Any]) -> None:
           + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in rescues.items() if k != "total") + ")")
     print(f"duplicate runs: {d['tasks']} tasks, {d['overlapping_fault']} overlap a fault, {d['unexplained']} do "
           f"not; late outcomes discarded {r['late_outcomes_discarded']}")
-    print(f"double completions {r['double_completions']}, charged without start {r['charged_without_start']}")
+    print(f"double completions {r['double_completions']}, charged without start {r['charged_without_start']} "
+          f"(runs killed before their first line: {r['started_at_a_kill']})")
     if r["unexpected_exits"]:
         print(f"unexpected exits: {r['unexpected_exits']}")
     problems = failed(r)

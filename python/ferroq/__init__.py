@@ -55,7 +55,7 @@ from .policies import CircuitBreaker, PriorityAging, Retention, RetryPolicy, Thr
 from .queue import Queue
 from .serializers import JsonSerializer, Serializer
 from .task import AsyncTask, BatchTask, BoundTask, Task, TaskBase, TaskCall, TaskHandle, TaskOptions
-from .worker import Worker, WorkerStats
+from .worker import RunOutcome, Worker, WorkerStats
 
 __version__: str = _core.__version__
 
@@ -123,6 +123,7 @@ __all__ = [
     "UnknownTask",
     "UnknownTaskName",
     "ValidationError",
+    "RunOutcome",
     "Worker",
     "WorkerState",
     "MissingProcessor",

@@ -14,6 +14,7 @@ coordinator's ``__init__`` lists every part.
   ``WorkerStats``;
 - ``claim_loop``: claiming into the buffer (adaptive prefetch), forming batches, idle waits;
 - ``runners``: the runner threads, executing sync and batch tasks (the per-task path);
+- ``hooks``: ``before_run`` / ``after_run`` and the run's tracing span, around a processor;
 - ``async_runner``: the event loop that runs async processors;
 - ``process_pool``: ``pool="process"``, each runner thread's child process;
 - ``failures``: a run's end into its outcome: retry policy, fatal errors, Retry-After, the
@@ -35,8 +36,9 @@ from __future__ import annotations
 
 from .claim_loop import PREFETCH_MAX
 from .coordinator import Worker
+from .hooks import RunOutcome
 from .maintenance import METRICS_INTERVAL, WORKER_SEEN_INTERVAL
 from .runs import WorkerStats
 
 # The constants are public too (tests and user code tune against them).
-__all__ = ["METRICS_INTERVAL", "PREFETCH_MAX", "WORKER_SEEN_INTERVAL", "Worker", "WorkerStats"]
+__all__ = ["METRICS_INTERVAL", "PREFETCH_MAX", "WORKER_SEEN_INTERVAL", "RunOutcome", "Worker", "WorkerStats"]

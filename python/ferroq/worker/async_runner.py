@@ -111,7 +111,11 @@ class AsyncRunner:
             data = w.queue.serializer.loads(run.payload)
             note_start(w._journal, run)
             try:
-                result = await run.task.fn(*data["args"], **data["kwargs"])
+                hooks = w._hooks
+                if hooks is None:
+                    result = await run.task.fn(*data["args"], **data["kwargs"])
+                else:
+                    result = await hooks.acall(run.task.fn, run.ctx, data)
             finally:
                 note_return(w._journal, run)
         except asyncio.CancelledError:

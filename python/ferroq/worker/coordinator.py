@@ -16,7 +16,7 @@ import time
 from collections import deque
 from functools import partial
 from types import FrameType
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 from .. import _checks, _core
 from ..context import TaskContext
@@ -29,6 +29,7 @@ from .claim_loop import PREFETCH_MAX, ClaimLoop
 from .completer import Completer
 from .failures import Outcomes
 from .group_holds import GroupHolds, declared_breaker
+from .hooks import RunHooks, RunOutcome, check_hook
 from .journal import forget, open_journal
 from .maintenance import Maintenance
 from .process_pool import ProcessPool, check_importable
@@ -67,6 +68,16 @@ class Worker:
     no processor here (newer code enqueued it) is given back without using an attempt and
     claimed again later, growing delays apart; it goes dead (``UnknownTaskName``)
     ``unknown_task_grace`` seconds after it was first given back if no worker ran it.
+
+    Hooks (see the README's "Lifecycle hooks"): ``on_start()`` and ``on_stop()`` are called
+    once in this process when ``run`` starts (before anything is claimed; if it raises,
+    ``run`` raises it) and when it stops (after every run is recorded or given back; an
+    error is logged). ``before_run(ctx)`` and ``after_run(ctx, outcome)`` are called around
+    each processor call, in the thread (an async processor: the event loop's thread) or
+    the child process that runs it; a ``before_run`` that raises fails the run with its
+    error, an ``after_run`` that raises is logged and changes nothing. With
+    ``pool="process"`` they must be importable by reference (module-level functions).
+    Batch tasks are not wrapped by them.
     """
 
     #: Turns each run's end into its outcome (``ferroq.testing`` swaps in one whose retries
@@ -88,6 +99,10 @@ class Worker:
         pool: str = "thread",
         groups: Iterable[str] | None = None,
         unknown_task_grace: float = 3600.0,
+        on_start: Callable[[], Any] | None = None,
+        on_stop: Callable[[], Any] | None = None,
+        before_run: Callable[[TaskContext], Any] | None = None,
+        after_run: Callable[[TaskContext, RunOutcome], Any] | None = None,
     ) -> None:
         if not isinstance(queue, Queue):
             raise InvalidArgument(f"Worker needs a ferroq.Queue, got {queue!r}")
@@ -111,6 +126,12 @@ class Worker:
             except Exception as e:  # noqa: BLE001 - pickling can fail in many ways
                 raise InvalidArgument(f'pool="process" sends the queue\'s serializer to its child processes, '
                                       f"and {queue.serializer!r} cannot be pickled: {e}") from None
+        for hook_name, hook in (("on_start", on_start), ("on_stop", on_stop), ("before_run", before_run),
+                                ("after_run", after_run)):
+            check_hook(hook_name, hook, pool)
+        self._on_start, self._on_stop = on_start, on_stop
+        #: Around each processor call (None: no hook and no tracing, processors are called directly).
+        self._hooks = RunHooks.make(before_run, after_run)
         #: "thread" or "process".
         self.pool = pool
         #: Claim only tasks of these resource groups (None: every group).
@@ -175,6 +196,8 @@ class Worker:
         if self._running:
             raise InvalidArgument("this worker is already running")
         self.queue._require_intact()  # before anything is claimed or started
+        if self._on_start is not None:
+            self._on_start()  # raises: nothing was started or claimed
         self._running = True
         self.id = self._name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.stats = WorkerStats()
@@ -197,6 +220,7 @@ class Worker:
             except BaseException:
                 self._running = False
                 self._journal = None
+                self._call_on_stop()  # on_start ran: what it set up is torn down
                 raise
         threads = [threading.Thread(target=self._runners.runner, args=(None if pool is None else pool.slots[i],),
                                     name=f"ferroq-run-{i}", daemon=True)
@@ -235,7 +259,15 @@ class Worker:
             self._journal = None  # every run is recorded or given back: its file goes
             self._maintenance.unregister()
             log.info("worker %s stopped: %s", self.id, self.stats)
+            self._call_on_stop()
         return self.stats
+
+    def _call_on_stop(self) -> None:
+        if self._on_stop is not None:
+            try:
+                self._on_stop()
+            except Exception:
+                log.exception("worker %s: on_stop hook %r failed", self.id, self._on_stop)
 
     def _open_journal(self) -> _core.RunJournal | None:
         """The run journal (see ``journal``), with room for every run this worker can hold."""

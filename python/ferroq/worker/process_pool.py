@@ -33,6 +33,7 @@ from ..policies import RetryPolicy
 from ..serializers import Serializer
 from ..task import TaskBase, by_reference
 from ..tracebacks import format_traceback
+from .hooks import RunHooks
 from .journal import note_handed, note_return
 
 if TYPE_CHECKING:
@@ -94,13 +95,14 @@ def check_importable(tasks: Iterable[TaskBase[Any, Any]]) -> None:
 # -- the child -----------------------------------------------------------------------------
 
 
-def _child_main(conn: Connection, serializer: Serializer, journal_path: str | None) -> None:
+def _child_main(conn: Connection, serializer: Serializer, journal_path: str | None,
+                hooks: RunHooks | None = None) -> None:
     # The parent manages shutdown: a Ctrl-C or a SIGTERM sent to the whole process group
     # (systemd does that) must not kill a task the parent means to let finish.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
-    runner = _ChildRunner(conn, serializer, _attach_journal(journal_path))
+    runner = _ChildRunner(conn, serializer, _attach_journal(journal_path), hooks)
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -200,8 +202,10 @@ def _describe(exc: BaseException, tb: str | None) -> _ErrorInfo:
 
 
 class _ChildRunner:
-    def __init__(self, conn: Connection, serializer: Serializer, journal: _core.RunJournalView | None) -> None:
+    def __init__(self, conn: Connection, serializer: Serializer, journal: _core.RunJournalView | None,
+                 hooks: RunHooks | None = None) -> None:
         self.conn = conn
+        self.hooks = hooks  # before_run, after_run, tracing: around each run here, in the child
         self.serializer = serializer
         self.journal = journal
         self.lock = threading.Lock()
@@ -241,16 +245,22 @@ class _ChildRunner:
 
     def one(self, fn: Any, name: str, payload: bytes, fields: _Fields,
             marks: list[tuple[int, int]]) -> tuple[Any, ...]:
-        reset = _current.set(_ChildContext(self.conn, fields, self.lock))
+        ctx = _ChildContext(self.conn, fields, self.lock)
+        reset = _current.set(ctx)
         try:
             data = self.serializer.loads(payload)
             self._started(marks)
             if inspect.iscoroutinefunction(fn):
                 if self.loop is None:
                     self.loop = asyncio.new_event_loop()
-                result = self.loop.run_until_complete(fn(*data["args"], **data["kwargs"]))
-            else:
+                if self.hooks is None:
+                    result = self.loop.run_until_complete(fn(*data["args"], **data["kwargs"]))
+                else:
+                    result = self.loop.run_until_complete(self.hooks.acall(fn, ctx, data))
+            elif self.hooks is None:
                 result = fn(*data["args"], **data["kwargs"])
+            else:
+                result = self.hooks.call(fn, ctx, data)
         except BaseException as exc:  # noqa: BLE001 - a processor's failure is data, not a crash
             return ("err", _describe(exc, format_traceback(exc)))
         finally:
@@ -347,7 +357,8 @@ class Slot:
         parent_end, child_end = _mp.Pipe(duplex=True)
         journal = self.worker._journal
         process = _mp.Process(target=_child_main, args=(child_end, self.worker.queue.serializer,
-                                                        None if journal is None else journal.path),
+                                                        None if journal is None else journal.path,
+                                                        self.worker._hooks),
                               name=f"ferroq-child-{self.index}")
         try:
             process.start()

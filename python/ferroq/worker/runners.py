@@ -88,12 +88,16 @@ class ThreadRunners:
         ctx = run.ctx
         reset = _current.set(ctx)
         journal = w._journal  # note_start and note_return, inlined: once per task
+        hooks = w._hooks
         try:
             data = self.queue.serializer.loads(run.payload)
             run.started = time.perf_counter()
             if journal is not None:
                 run.slot = journal.started(ctx.id, ctx.token)
-            result = run.task.fn(*data["args"], **data["kwargs"])
+            if hooks is None:
+                result = run.task.fn(*data["args"], **data["kwargs"])
+            else:  # before_run, after_run, tracing
+                result = hooks.call(run.task.fn, ctx, data)
         except BaseException as exc:  # noqa: BLE001 - a processor's failure is data, not a crash
             return w._outcomes.settled_failure(run, exc, format_traceback(exc))
         finally:
