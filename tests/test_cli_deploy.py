@@ -17,6 +17,9 @@ import pytest
 import ferroq
 from procs import child_env, sqlite3_probe, wait_until
 
+# Real worker processes: seconds each (`pytest -m 'not slow'` skips them).
+pytestmark = pytest.mark.slow
+
 FERROQ = str(Path(sys.executable).with_name("ferroq"))
 
 APP = '''

@@ -8,9 +8,14 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 import ferroq
 
 from procs import child_env
+
+# Real worker processes: seconds each (`pytest -m 'not slow'` skips them).
+pytestmark = pytest.mark.slow
 
 APP = '''
 import ferroq

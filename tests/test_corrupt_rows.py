@@ -25,6 +25,9 @@ from ferroq.task import TaskCall
 
 from procs import Procs, child_env, procs  # noqa: F401
 
+# Real worker processes: seconds each (`pytest -m 'not slow'` skips them).
+pytestmark = pytest.mark.slow
+
 GARBAGE = b"\xff\x00not json\xfe"
 
 #: column -> the value a hand edit puts there (bytes are stored as a BLOB).

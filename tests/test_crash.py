@@ -27,6 +27,9 @@ import ferroq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from procs import Procs, procs, sqlite3_probe, wait_until  # noqa: F401
 
+# Real worker processes: seconds each (`pytest -m 'not slow'` skips them).
+pytestmark = pytest.mark.slow
+
 
 def pairs(q: ferroq.Queue, task_id: int) -> list[tuple[str | None, str]]:
     return [(t.from_status, t.to_status) for t in q.history(task_id)]

@@ -13,10 +13,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 import ferroq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from procs import Procs, procs, wait_until  # noqa: F401
+
+# Real worker processes: seconds each (`pytest -m 'not slow'` skips them).
+pytestmark = pytest.mark.slow
 
 # The app every worker process imports: one queue, one task per scenario.
 APP = """

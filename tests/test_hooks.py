@@ -15,6 +15,9 @@ import ferroq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from procs import Procs, procs  # noqa: F401
 
+# Real worker processes: seconds each (`pytest -m 'not slow'` skips them).
+pytestmark = pytest.mark.slow
+
 WORKER = """
 import asyncio, threading
 db, log_path, pool = sys.argv[1], sys.argv[2], sys.argv[3]

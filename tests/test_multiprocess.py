@@ -20,6 +20,9 @@ import ferroq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from procs import Procs, procs, sqlite3_probe, wait_until  # noqa: F401
 
+# Real worker processes: seconds each (`pytest -m 'not slow'` skips them).
+pytestmark = pytest.mark.slow
+
 # -- 4 workers drain 5,000 tasks ------------------------------------------------------
 
 DRAIN_WORKER = """

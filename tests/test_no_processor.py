@@ -18,6 +18,9 @@ import ferroq
 
 from procs import Procs, child_env, procs, wait_until  # noqa: F401
 
+# Real worker processes: seconds each (`pytest -m 'not slow'` skips them).
+pytestmark = pytest.mark.slow
+
 #: The installed ``ferroq`` console script, next to this interpreter (a Python script).
 FERROQ = Path(sys.executable).with_name("ferroq")
 NEW = "billing.new_thing"

@@ -24,6 +24,9 @@ import ferroq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from procs import Child, Procs, procs, wait_until  # noqa: F401
 
+# Real worker processes: seconds each (`pytest -m 'not slow'` skips them).
+pytestmark = pytest.mark.slow
+
 WORKER = """
 import asyncio, multiprocessing
 db, log_path, mode = sys.argv[1], sys.argv[2], sys.argv[3]

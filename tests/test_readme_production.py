@@ -19,6 +19,9 @@ import pytest
 import ferroq
 from procs import child_env, wait_until
 
+# Real worker processes: seconds each (`pytest -m 'not slow'` skips them).
+pytestmark = pytest.mark.slow
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 FERROQ = str(Path(sys.executable).with_name("ferroq"))
 

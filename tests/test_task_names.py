@@ -16,6 +16,9 @@ import ferroq
 
 from procs import child_env
 
+# Real worker processes: seconds each (`pytest -m 'not slow'` skips them).
+pytestmark = pytest.mark.slow
+
 #: The installed ``ferroq`` console script, next to this interpreter.
 FERROQ = str(Path(sys.executable).with_name("ferroq"))
 

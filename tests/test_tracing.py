@@ -16,6 +16,9 @@ import ferroq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from procs import Procs, procs  # noqa: F401
 
+# Real worker processes: seconds each (`pytest -m 'not slow'` skips them).
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("opentelemetry.sdk")
 
 SCRIPT = """
