@@ -160,12 +160,8 @@ class TaskHandle(Generic[R]):
         while True:
             token = store.change_token()
             info = self.queue.get(self.id)
-            if info.status == "completed":
-                return info.result  # type: ignore[no-any-return]
-            if info.status == "dead":
-                raise TaskFailed(self.id, info.last_error)
-            if info.status == "cancelled":
-                raise TaskCancelled(f"task {self.id} was cancelled")
+            if info.status in _FINISHED:
+                return self._answer(info)
             pause = 1.0  # a commit anywhere wakes us sooner
             if deadline is not None:
                 left = deadline - time.monotonic()
@@ -173,6 +169,14 @@ class TaskHandle(Generic[R]):
                     raise ResultTimeout(f"task {self.id} is still {info.status} after {timeout}s")
                 pause = min(pause, left)
             store.wait_for_change(token, pause)
+
+    def _answer(self, info: TaskInfo) -> R:
+        """What ``result()`` gives for a finished task: its result, or the error it ended with."""
+        if info.status == "dead":
+            raise TaskFailed(self.id, info.last_error)
+        if info.status == "cancelled":
+            raise TaskCancelled(f"task {self.id} was cancelled")
+        return info.result  # type: ignore[no-any-return]
 
     async def ainfo(self) -> TaskInfo:
         """``info()`` for asyncio code: the read runs off the event loop."""
@@ -189,12 +193,8 @@ class TaskHandle(Generic[R]):
             waiter = watcher.register()  # before the read: a commit after it wakes us
             try:
                 info = await self.queue.aget(self.id)
-                if info.status == "completed":
-                    return info.result  # type: ignore[no-any-return]
-                if info.status == "dead":
-                    raise TaskFailed(self.id, info.last_error)
-                if info.status == "cancelled":
-                    raise TaskCancelled(f"task {self.id} was cancelled")
+                if info.status in _FINISHED:
+                    return self._answer(info)
                 pause = _aio.RECHECK
                 if deadline is not None:
                     left = deadline - time.monotonic()
@@ -204,6 +204,10 @@ class TaskHandle(Generic[R]):
                 await watcher.wait(waiter, pause)
             finally:
                 watcher.unregister(waiter)
+
+
+#: Statuses a task does not leave by itself: ``result()`` answers once one is reached.
+_FINISHED = frozenset(("completed", "dead", "cancelled"))
 
 
 class _ArgCheck:

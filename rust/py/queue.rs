@@ -31,6 +31,20 @@ pub(super) type NewTaskTuple<'py> = (
     Option<String>,
 );
 
+/// A new task as the core takes it, borrowing the tuple's text and payload.
+pub(super) fn new_task<'a>(t: &'a NewTaskTuple<'_>) -> NewTask<'a> {
+    let (name, resource_group, payload, priority, run_at, max_attempts, unique_key) = t;
+    NewTask {
+        name: name.into(),
+        resource_group: resource_group.into(),
+        payload: payload.as_bytes().into(),
+        priority: *priority,
+        run_at: *run_at,
+        max_attempts: *max_attempts,
+        unique_key: unique_key.as_deref().map(Cow::Borrowed),
+    }
+}
+
 /// (status, deferrals in a row, run_at ms): what `defer` did to one task.
 type DeferralTuple = (&'static str, i64, Millis);
 
@@ -193,22 +207,7 @@ impl PyStore {
         queue: &str,
         tasks: Vec<NewTaskTuple<'_>>,
     ) -> PyResult<Vec<(i64, bool)>> {
-        let tasks: Vec<NewTask> = tasks
-            .iter()
-            .map(
-                |(name, resource_group, payload, priority, run_at, max_attempts, unique_key)| {
-                    NewTask {
-                        name: name.into(),
-                        resource_group: resource_group.into(),
-                        payload: payload.as_bytes().into(),
-                        priority: *priority,
-                        run_at: *run_at,
-                        max_attempts: *max_attempts,
-                        unique_key: unique_key.as_deref().map(Cow::Borrowed),
-                    }
-                },
-            )
-            .collect();
+        let tasks: Vec<NewTask> = tasks.iter().map(new_task).collect();
         let done = py.detach(|| self.store.enqueue(queue, &tasks))?;
         Ok(done.into_iter().map(|e| (e.id, e.created)).collect())
     }

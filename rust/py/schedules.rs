@@ -1,14 +1,11 @@
 //! `Store` methods for periodic tasks (see `store::Operations::enqueue_tick`).
 
-use std::borrow::Cow;
-
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use super::queue::{NewTaskTuple, PyStore};
+use super::queue::{NewTaskTuple, PyStore, new_task};
 use crate::clock::Millis;
 use crate::store::operations::Schedule;
-use crate::task::NewTask;
 
 fn schedule_dict(py: Python<'_>, s: Schedule) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
@@ -61,17 +58,7 @@ impl PyStore {
         tick_ms: Millis,
         task: NewTaskTuple<'_>,
     ) -> PyResult<Option<(i64, bool)>> {
-        let (task_name, resource_group, payload, priority, run_at, max_attempts, unique_key) =
-            &task;
-        let task = NewTask {
-            name: task_name.into(),
-            resource_group: resource_group.into(),
-            payload: payload.as_bytes().into(),
-            priority: *priority,
-            run_at: *run_at,
-            max_attempts: *max_attempts,
-            unique_key: unique_key.as_deref().map(Cow::Borrowed),
-        };
+        let task = new_task(&task);
         let done = py.detach(|| self.store.enqueue_tick(queue, name, tick_ms, &task))?;
         Ok(done.map(|e| (e.id, e.created)))
     }

@@ -62,6 +62,22 @@ pub(super) fn rescue_after(f: &Fixture, ms: i64) -> Vec<(i64, TaskStatus)> {
     f.store.rescue_expired(Q).unwrap()
 }
 
+/// A worker's registration, as a worker process sends it (host "host", pid 1, 8 threads).
+pub(super) fn worker_info(id: &str) -> crate::store::WorkerInfo {
+    crate::store::WorkerInfo {
+        id: id.into(),
+        queue: Q.into(),
+        hostname: "host".into(),
+        pid: 1,
+        concurrency: 8,
+        pool: "thread".into(),
+        started_at: 0,
+        last_seen: 0,
+        stopped_at: None,
+        running: 0,
+    }
+}
+
 pub(super) fn ids(claimed: &[crate::task::ClaimedTask]) -> Vec<i64> {
     claimed.iter().map(|t| t.id).collect()
 }

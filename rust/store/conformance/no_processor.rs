@@ -130,18 +130,7 @@ fn a_deferral_is_fenced_by_the_lease_token() {
 }
 
 fn worker(id: &str) -> WorkerInfo {
-    WorkerInfo {
-        id: id.into(),
-        queue: Q.into(),
-        hostname: "host".into(),
-        pid: 1,
-        concurrency: 8,
-        pool: "thread".into(),
-        started_at: 0,
-        last_seen: 0,
-        stopped_at: None,
-        running: 0,
-    }
+    super::worker_info(id)
 }
 
 /// What `ferroq status` shows: names live workers deferred, with their pending tasks; one

@@ -2,7 +2,7 @@
 
 use super::{LEASE, Q, fixture, task};
 use crate::metrics::Counter;
-use crate::store::{ObservabilityRetention, WorkerInfo};
+use crate::store::ObservabilityRetention;
 use crate::task::{FailAction, Outcome};
 
 #[test]
@@ -160,18 +160,7 @@ fn the_latest_events_are_filtered_by_kind_before_the_limit() {
 #[test]
 fn workers_register_renew_and_expire() {
     let f = fixture();
-    let w = WorkerInfo {
-        id: "host:1:ab".into(),
-        queue: Q.into(),
-        hostname: "host".into(),
-        pid: 1,
-        concurrency: 8,
-        pool: "thread".into(),
-        started_at: 0,
-        last_seen: 0,
-        stopped_at: None,
-        running: 0,
-    };
+    let w = super::worker_info("host:1:ab");
     f.store.worker_seen(&w).unwrap();
     f.store.enqueue(Q, &[task("a", 0), task("b", 0)]).unwrap();
     f.store.claim(Q, &w.id, 1, 30_000).unwrap();
