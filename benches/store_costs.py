@@ -19,6 +19,11 @@ from typing import Any
 
 import ferroq
 
+try:
+    from ferroq._core import ClaimedTask, Outcomes
+except ImportError:  # older builds pass tuples (compared by worker_instructions.py)
+    ClaimedTask = Outcomes = None  # type: ignore[assignment,misc]
+
 
 def store_costs(tasks: int, batch: int, payload: int = 0) -> tuple[float, float]:
     """µs per task for claim and for finish_many, `batch` at a time; each task's argument is
@@ -38,7 +43,7 @@ def store_costs(tasks: int, batch: int, payload: int = 0) -> tuple[float, float]
             t1 = time.perf_counter()
             if not rows:
                 break
-            outcomes: list[Any] = [(r[0], r[1], b"null", None, None, False, None, 1) for r in rows]
+            outcomes = _completed(rows)
             t2 = time.perf_counter()
             store.finish_many(outcomes)
             finish_s += time.perf_counter() - t2
@@ -64,12 +69,26 @@ def cycle_costs(tasks: int, batch: int) -> tuple[float, float, float]:
             t1 = time.perf_counter()
             rows = store.claim(q.name, "bench", batch, 60_000)
             t2 = time.perf_counter()
-            store.finish_many([(r[0], r[1], b"null", None, None, False, None, 1) for r in rows])
+            store.finish_many(_completed(rows))
             t3 = time.perf_counter()
             enqueue_s, claim_s, finish_s = enqueue_s + t1 - t0, claim_s + t2 - t1, finish_s + t3 - t2
             done += len(rows)
         q.close()
     return enqueue_s / done * 1e6, claim_s / done * 1e6, finish_s / done * 1e6
+
+
+def _completed(rows: list[Any]) -> Any:
+    """Each claimed row's run completed (null result, 1 µs)."""
+    outcomes = Outcomes()
+    for r in rows:
+        outcomes.completed(r.id, r.token, b"null", 1)
+    return outcomes
+
+
+def _claimed(task_id: int) -> Any:
+    """A claimed row as the store returns it (a tuple before named rows crossed the boundary)."""
+    fields = (task_id, 7, "noop", "default", b'{"args":[1],"kwargs":{}}', 0, 1, 3, 0)
+    return ClaimedTask(*fields) if ClaimedTask is not None else fields
 
 
 class _Answers:
@@ -98,7 +117,7 @@ def python_costs(tasks: int = 2000, repeats: int = 15) -> dict[str, float]:
             worker._journal = worker._open_journal()
         real = q._store
         q._store = _Answers(real)  # type: ignore[assignment]
-        rows = [(i, 7, "noop", "default", b'{"args":[1],"kwargs":{}}', 0, 1, 3, 0) for i in range(tasks)]
+        rows = [_claimed(i) for i in range(tasks)]
         # The package's collaborators (ferroq.worker), or the one-file worker's methods.
         if hasattr(worker, "_claims"):
             start, execute, flush = worker._claims.start, worker._runners.execute, worker._completer.flush

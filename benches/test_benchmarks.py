@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import ferroq
+from ferroq._core import Outcomes
 
 
 def make_queue(path: Path, durability: str) -> tuple[ferroq.Queue, Any]:
@@ -61,7 +62,10 @@ def test_claim_and_ack(benchmark: Any, tmp_path: Path, batch: int) -> None:
 
     def round_() -> None:
         rows = store.claim(q.name, "bench", batch, 30_000)
-        store.finish_many([(r[0], r[1], b"null", None, None, False, None, None) for r in rows])
+        outcomes = Outcomes()
+        for r in rows:
+            outcomes.completed(r.id, r.token, b"null")
+        store.finish_many(outcomes)
 
     benchmark(round_)
 

@@ -27,6 +27,7 @@ from .errors import InvalidArgument
 
 if TYPE_CHECKING:
     from .queue import Queue
+    from ._core import NewTask
 
 T = TypeVar("T")
 
@@ -80,10 +81,10 @@ class Batcher:
     def __init__(self, queue: Queue, loop: asyncio.AbstractEventLoop) -> None:
         self.queue = queue
         self.loop = loop
-        self.calls: list[tuple[Any, ...]] = []
+        self.calls: list[NewTask] = []
         self.futures: list[asyncio.Future[tuple[int, bool]]] = []
 
-    def submit(self, core: tuple[Any, ...]) -> asyncio.Future[tuple[int, bool]]:
+    def submit(self, core: NewTask) -> asyncio.Future[tuple[int, bool]]:
         future: asyncio.Future[tuple[int, bool]] = self.loop.create_future()
         if not self.calls:
             self.loop.call_soon(self.flush)  # after the calls the other ready coroutines make
@@ -110,7 +111,7 @@ class Batcher:
 MAX_BATCH = 500
 
 
-def _enqueue_batch(queue: Queue, calls: list[tuple[Any, ...]]) -> list[tuple[int, bool] | BaseException]:
+def _enqueue_batch(queue: Queue, calls: list[NewTask]) -> list[tuple[int, bool] | BaseException]:
     try:
         return list(queue._store.enqueue(queue.name, calls))
     except InvalidArgument:

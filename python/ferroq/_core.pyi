@@ -6,7 +6,7 @@ from typing import Any, final
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD", "NAME_MAX_LEN", "PRIORITY_MAX", "PRIORITY_MIN", "SCHEMA_VERSION",
-    "RunJournal", "RunJournalView", "Store",
+    "ClaimedTask", "NewTask", "Outcomes", "RunJournal", "RunJournalView", "Store",
     "backoff_delay_ms", "check_max_attempts", "check_name", "check_priority", "hold_closes", "release_closes",
     "__version__",
 ]
@@ -34,8 +34,45 @@ def check_priority(value: int) -> None:
 def check_max_attempts(value: int) -> None:
     """Raises InvalidArgument unless ``value`` is a valid max_attempts."""
 
-_NewTaskTuple = tuple[str, str, bytes, int, int | None, int, str | None]
-_ClaimedTuple = tuple[int, int, str, str, bytes, int, int, int, int]
+@final
+class NewTask:
+    """A task to insert."""
+    name: str
+    group: str
+    payload: bytes
+    priority: int
+    run_at_ms: int | None
+    max_attempts: int
+    unique_key: str | None
+    def __new__(cls, name: str, group: str, payload: bytes, priority: int, run_at_ms: int | None,
+                max_attempts: int, unique_key: str | None) -> NewTask: ...
+
+@final
+class ClaimedTask:
+    """A task a claim leased to a worker; outcomes of its run are fenced by ``token``."""
+    id: int
+    token: int
+    name: str
+    group: str
+    payload: bytes
+    priority: int
+    attempt: int
+    max_attempts: int
+    created_at_ms: int
+    def __new__(cls, id: int, token: int, name: str, group: str, payload: bytes, priority: int, attempt: int,
+                max_attempts: int, created_at_ms: int) -> ClaimedTask: ...
+
+@final
+class Outcomes:
+    """The outcomes of runs for one ``finish_many``."""
+    def __new__(cls) -> Outcomes: ...
+    def completed(self, id: int, token: int, result: bytes | None, run_us: int | None = None) -> None:
+        """The run returned ``result`` (serialized; None: null)."""
+    def failed(self, id: int, token: int, error: str, retry_delay_ms: int | None, counts: bool = False,
+               hold_ms: int | None = None, run_us: int | None = None) -> None:
+        """The run failed: retried after ``retry_delay_ms``, or dead when None; ``counts``: toward
+        the group's breaker; ``hold_ms``: holds the group that long."""
+    def __len__(self) -> int: ...
 
 @final
 class RunJournal:
@@ -88,25 +125,21 @@ class Store:
         """Wakes every ``wait_for_change`` in this process."""
     def now_ms(self) -> int:
         """Current time in epoch milliseconds by the store's clock."""
-    def enqueue(self, queue: str, tasks: list[_NewTaskTuple]) -> list[tuple[int, bool]]:
+    def enqueue(self, queue: str, tasks: list[NewTask]) -> list[tuple[int, bool]]:
         """Inserts tasks in one transaction; (id, created) per task."""
     def enqueue_calls(self, queue: str, calls: Iterable[Any], call_type: type, encoded_type: type,
                       check: Callable[[bytes], None]) -> list[int]:
         """Inserts ``calls`` (instances of ``call_type``: name, payload, options) in one
         transaction, reading their attributes directly; their ids, in order. Calls that are
         not exactly ``encoded_type`` (hand-built) have their payload passed to ``check``."""
-    def claim(self, queue: str, worker: str, limit: int, lease_ms: int) -> list[_ClaimedTuple]:
-        """Leases up to ``limit`` ready tasks: (id, token, name, group, payload, priority, attempt,
-        max_attempts, created_at_ms)."""
+    def claim(self, queue: str, worker: str, limit: int, lease_ms: int) -> list[ClaimedTask]:
+        """Leases up to ``limit`` ready tasks."""
     def complete(self, id: int, token: int, result: bytes) -> None:
         """running -> completed; LeaseLost if the lease is gone."""
     def fail(self, id: int, token: int, error: str, retry_delay_ms: int | None) -> str:
         """running -> pending (retry) or dead; returns the new status."""
-    def finish_many(
-        self, outcomes: list[tuple[int, int, bytes | None, str | None, int | None, bool, int | None, int | None]]
-    ) -> list[str | None]:
-        """Records outcomes (id, token, result, error, retry_delay_ms, counts_toward_breaker,
-        group_hold_ms, run_us) in one transaction; per outcome the new status, or None if the lease
+    def finish_many(self, outcomes: Outcomes) -> list[str | None]:
+        """Records outcomes in one transaction; per outcome the new status, or None if the lease
         was lost."""
     def heartbeat(self, leases: list[tuple[int, int]], lease_ms: int) -> list[bool]:
         """Extends leases; whether each was still held."""
@@ -211,7 +244,7 @@ class Store:
     ) -> dict[str, Any]:
         """Records or renews a schedule; returns it as stored."""
     def enqueue_tick(
-        self, queue: str, name: str, tick_ms: int, task: tuple[str, str, bytes, int, int | None, int, str | None],
+        self, queue: str, name: str, tick_ms: int, task: NewTask,
     ) -> tuple[int, bool] | None:
         """Enqueues a schedule's tick unless it (or a later one) was; raises its last tick."""
     def schedules(self, queue: str) -> list[dict[str, Any]]:
@@ -249,7 +282,7 @@ class Store:
         """Requeues one batch of dead/cancelled tasks: (requeued, skipped ids, next cursor or None)."""
     def claim_in_groups(
         self, queue: str, groups: list[str], worker: str, limit: int, lease_ms: int
-    ) -> list[_ClaimedTuple]:
+    ) -> list[ClaimedTask]:
         """``claim``, from these resource groups' tasks only."""
     def queue_names(self) -> list[str]:
         """Queues with tasks, settings or a pause in the file."""

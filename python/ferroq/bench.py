@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator
 
 import ferroq
+from ferroq._core import Outcomes
 
 __all__ = ["Figure", "run", "main"]
 
@@ -284,7 +285,10 @@ def _claim_ack_rate(q: ferroq.Queue, tasks: int, batch: int = 100) -> float:
     t = time.perf_counter()
     while done < tasks:
         rows = store.claim(q.name, "bench", batch, 30_000)
-        store.finish_many([(r[0], r[1], b"null", None, None, False, None, None) for r in rows])
+        outcomes = Outcomes()
+        for r in rows:
+            outcomes.completed(r.id, r.token, b"null")
+        store.finish_many(outcomes)
         done += len(rows)
     return done / (time.perf_counter() - t)
 

@@ -354,7 +354,7 @@ class Queue(Observable):
                                f"{{'args': [...], 'kwargs': {{...}}}}, got {data!r:.200}")
 
     def _enqueue_one(self, call: TaskCall[R]) -> TaskHandle[R]:
-        ((task_id, created),) = self._store.enqueue(self.name, [call.core_tuple()])
+        ((task_id, created),) = self._store.enqueue(self.name, [call.core_task()])
         return TaskHandle(self, task_id, created)
 
     # -- asyncio producers (see ferroq._aio): the same calls, off the event loop -----------
@@ -374,7 +374,7 @@ class Queue(Observable):
         return await _aio.run(self.enqueue_many, calls)
 
     async def _aenqueue_one(self, call: TaskCall[R]) -> TaskHandle[R]:
-        core = call.core_tuple()  # run_at from a delay counts from the call, not the commit
+        core = call.core_task()  # run_at from a delay counts from the call, not the commit
         task_id, created = await _aio.batcher(self).submit(core)
         return TaskHandle(self, task_id, created)
 

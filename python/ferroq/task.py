@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Collection, Coroutine, Generic, ParamSpec, TypeVar
 
 from . import _aio, _checks, _core
+from ._core import NewTask
 from .errors import InvalidArgument, ResultTimeout, TaskCancelled, TaskFailed, TaskNotImportable
 from .groups import ResourceGroup, group_name
 from .info import TaskInfo
@@ -111,9 +112,10 @@ class TaskCall(Generic[R]):
     def __repr__(self) -> str:
         return f"TaskCall({self.name!r}, payload={self.payload!r})"
 
-    def core_tuple(self) -> tuple[str, str, bytes, int, int | None, int, str | None]:
+    def core_task(self) -> NewTask:
+        """The call as the store inserts it (its options read now: a delay counts from here)."""
         group, priority, run_at, max_attempts, unique_key = self.options.core_options()
-        return (self.name, group, self.payload, priority, run_at, max_attempts, unique_key)
+        return NewTask(self.name, group, self.payload, priority, run_at, max_attempts, unique_key)
 
 
 class _EncodedCall(TaskCall[R]):

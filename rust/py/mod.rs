@@ -1,5 +1,6 @@
 //! The Python binding: the only module that imports pyo3. It converts, nothing more.
 
+mod boundary;
 mod errors;
 mod groups;
 mod journal;
@@ -59,6 +60,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let logger = pyo3_log::Logger::new(m.py(), pyo3_log::Caching::LoggersAndLevels)?;
     let _ = logger.set_prefix("ferroq").install();
     m.add_class::<queue::PyStore>()?;
+    m.add_class::<boundary::PyNewTask>()?;
+    m.add_class::<boundary::PyClaimedTask>()?;
+    m.add_class::<boundary::PyOutcomes>()?;
     m.add_class::<journal::PyRunJournal>()?;
     m.add_class::<journal::PyRunJournalView>()?;
     m.add_function(wrap_pyfunction!(hold_closes, m)?)?;

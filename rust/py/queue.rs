@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
+use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString, PyType};
+
+use super::boundary::{PyClaimedTask, PyNewTask, PyOutcomes};
 
 use super::errors::{InvalidArgument, PayloadError};
 use crate::task::ClaimedTask;
@@ -18,32 +20,7 @@ use crate::clock::Millis;
 use crate::policy::retention::{Keep, Retention};
 use crate::store::sqlite::{Durability, Options, TaskEvents};
 use crate::store::{Engine, Unrunnable};
-use crate::task::{FailAction, FailureImpact, NewTask, Outcome, TaskStatus};
-
-/// (name, resource_group, payload, priority, run_at_ms | None, max_attempts, unique_key | None)
-pub(super) type NewTaskTuple<'py> = (
-    String,
-    String,
-    Bound<'py, PyBytes>,
-    i64,
-    Option<Millis>,
-    i64,
-    Option<String>,
-);
-
-/// A new task as the core takes it, borrowing the tuple's text and payload.
-pub(super) fn new_task<'a>(t: &'a NewTaskTuple<'_>) -> NewTask<'a> {
-    let (name, resource_group, payload, priority, run_at, max_attempts, unique_key) = t;
-    NewTask {
-        name: name.into(),
-        resource_group: resource_group.into(),
-        payload: payload.as_bytes().into(),
-        priority: *priority,
-        run_at: *run_at,
-        max_attempts: *max_attempts,
-        unique_key: unique_key.as_deref().map(Cow::Borrowed),
-    }
-}
+use crate::task::{FailAction, NewTask, TaskStatus};
 
 /// (status, deferrals in a row, run_at ms): what `defer` did to one task.
 type DeferralTuple = (&'static str, i64, Millis);
@@ -201,13 +178,17 @@ impl PyStore {
         self.store.now_ms()
     }
 
+    /// Inserts `tasks` (`NewTask`s) in one transaction; `(id, created)` per task.
     fn enqueue(
         &self,
         py: Python<'_>,
         queue: &str,
-        tasks: Vec<NewTaskTuple<'_>>,
+        tasks: Vec<Bound<'_, PyNewTask>>,
     ) -> PyResult<Vec<(i64, bool)>> {
-        let tasks: Vec<NewTask> = tasks.iter().map(new_task).collect();
+        let tasks: Vec<NewTask> = tasks
+            .iter()
+            .map(|t| t.get().core(py))
+            .collect::<PyResult<_>>()?;
         let done = py.detach(|| self.store.enqueue(queue, &tasks))?;
         Ok(done.into_iter().map(|e| (e.id, e.created)).collect())
     }
@@ -301,7 +282,7 @@ impl PyStore {
         PyList::new(py, done.iter().map(|e| e.id))
     }
 
-    /// Returns tuples (id, token, name, group, payload, priority, attempt, max_attempts, created_at_ms).
+    /// Leases up to `limit` ready tasks to `worker`: a list of `ClaimedTask`.
     fn claim<'py>(
         &self,
         py: Python<'py>,
@@ -337,47 +318,15 @@ impl PyStore {
             .as_str())
     }
 
-    /// Records outcomes `(id, token, result | None, error | None, retry_delay_ms | None)` in one
-    /// transaction: a result completes, an error fails (retry after the delay, or dead if None).
-    /// Returns per outcome the new status, or None if the lease was lost.
-    #[allow(clippy::type_complexity)]
+    /// Records `outcomes` in one transaction, each fenced by its own lease token. Returns
+    /// per outcome the new status, or None if the lease was lost.
     fn finish_many(
         &self,
         py: Python<'_>,
-        outcomes: Vec<(
-            i64,
-            i64,
-            Option<Bound<'_, PyBytes>>,
-            Option<String>,
-            Option<Millis>,
-            bool,
-            Option<Millis>,
-            Option<u64>,
-        )>,
+        outcomes: PyRef<'_, PyOutcomes>,
     ) -> PyResult<Vec<Option<&'static str>>> {
-        let outcomes: Vec<Outcome> = outcomes
-            .into_iter()
-            .map(
-                |(id, token, result, error, delay, counts, hold_ms, run_us)| match (result, error) {
-                    (_, Some(error)) => Outcome::Failed {
-                        id,
-                        token,
-                        error,
-                        action: delay
-                            .map_or(FailAction::Dead, |delay_ms| FailAction::Retry { delay_ms }),
-                        impact: FailureImpact { counts, hold_ms },
-                        run_us,
-                    },
-                    (result, None) => Outcome::Completed {
-                        id,
-                        token,
-                        result: result.map_or_else(|| b"null".to_vec(), |r| r.as_bytes().to_vec()),
-                        run_us,
-                    },
-                },
-            )
-            .collect();
-        let answers = py.detach(|| self.store.finish_many(&outcomes))?;
+        let outcomes = &outcomes.outcomes;
+        let answers = py.detach(|| self.store.finish_many(outcomes))?;
         answers
             .into_iter()
             .map(|answer| match answer {
@@ -540,7 +489,7 @@ impl PyStore {
 
 /// The text of `value`, or `InvalidArgument` naming `what` when it cannot be UTF-8 (a lone
 /// surrogate: `"\ud800"`). `TaskCall`s built by hand reach here unchecked by `ferroq._checks`.
-fn utf8<'a>(what: &str, value: &'a Bound<'_, PyString>) -> PyResult<&'a str> {
+pub(super) fn utf8<'a>(what: &str, value: &'a Bound<'_, PyString>) -> PyResult<&'a str> {
     value.to_str().map_err(|_| {
         InvalidArgument::new_err(format!(
             "{what} {} is not valid Unicode: it holds a lone surrogate",
@@ -549,49 +498,42 @@ fn utf8<'a>(what: &str, value: &'a Bound<'_, PyString>) -> PyResult<&'a str> {
     })
 }
 
-/// Claimed tasks as tuples (id, token, name, group, payload, priority, attempt,
-/// max_attempts, created_at_ms). Rows of a claim share their token and mostly their name
-/// and group: each is made once per run of equal values, not once per row (the worker
+/// Claimed tasks as `ClaimedTask`s. Rows of a claim share their token and mostly their
+/// name and group: each is made once per run of equal values, not once per row (the worker
 /// converts thousands of rows a second while holding the GIL; an equal str object also
 /// hashes for free in its dict lookups).
 pub(super) fn claimed_list(
     py: Python<'_>,
     claimed: Vec<ClaimedTask>,
 ) -> PyResult<Bound<'_, PyList>> {
-    let mut token: Option<(i64, Bound<'_, PyAny>)> = None;
-    let mut name: Option<(String, Bound<'_, PyAny>)> = None;
-    let mut group: Option<(String, Bound<'_, PyAny>)> = None;
+    let mut token: Option<(i64, Bound<'_, PyInt>)> = None;
+    let mut name: Option<(String, Bound<'_, PyString>)> = None;
+    let mut group: Option<(String, Bound<'_, PyString>)> = None;
     let mut rows = Vec::with_capacity(claimed.len());
     for t in claimed {
-        let token = reuse(&mut token, t.token, |v| Ok(v.into_pyobject(py)?.into_any()))?;
-        let name = reuse(&mut name, t.name, |v| Ok(v.into_pyobject(py)?.into_any()))?;
-        let group = reuse(&mut group, t.resource_group, |v| {
-            Ok(v.into_pyobject(py)?.into_any())
-        })?;
-        rows.push(PyTuple::new(
-            py,
-            [
-                t.id.into_pyobject(py)?.into_any(),
-                token,
-                name,
-                group,
-                PyBytes::new(py, &t.payload).into_any(),
-                t.priority.into_pyobject(py)?.into_any(),
-                t.attempt.into_pyobject(py)?.into_any(),
-                t.max_attempts.into_pyobject(py)?.into_any(),
-                t.created_at.into_pyobject(py)?.into_any(),
-            ],
-        )?);
+        let int = |v: i64| v.into_pyobject(py).map(|i| i.unbind());
+        let row = PyClaimedTask {
+            id: int(t.id)?,
+            token: reuse(&mut token, t.token, |v| Ok(v.into_pyobject(py)?))?.unbind(),
+            name: reuse(&mut name, t.name, |v| Ok(PyString::new(py, &v)))?.unbind(),
+            group: reuse(&mut group, t.resource_group, |v| Ok(PyString::new(py, &v)))?.unbind(),
+            payload: PyBytes::new(py, &t.payload).unbind(),
+            priority: int(t.priority)?,
+            attempt: int(t.attempt)?,
+            max_attempts: int(t.max_attempts)?,
+            created_at_ms: int(t.created_at)?,
+        };
+        rows.push(Bound::new(py, row)?);
     }
     PyList::new(py, rows)
 }
 
 /// The Python object for `value`: the previous one if `value` equals the previous value.
-fn reuse<'py, T: PartialEq + Clone>(
-    previous: &mut Option<(T, Bound<'py, PyAny>)>,
+fn reuse<'py, T: PartialEq + Clone, O>(
+    previous: &mut Option<(T, Bound<'py, O>)>,
     value: T,
-    make: impl FnOnce(T) -> PyResult<Bound<'py, PyAny>>,
-) -> PyResult<Bound<'py, PyAny>> {
+    make: impl FnOnce(T) -> PyResult<Bound<'py, O>>,
+) -> PyResult<Bound<'py, O>> {
     if let Some((last, object)) = previous
         && *last == value
     {

@@ -3,7 +3,8 @@
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use super::queue::{NewTaskTuple, PyStore, new_task};
+use super::boundary::PyNewTask;
+use super::queue::PyStore;
 use crate::clock::Millis;
 use crate::store::operations::Schedule;
 
@@ -56,9 +57,9 @@ impl PyStore {
         queue: &str,
         name: &str,
         tick_ms: Millis,
-        task: NewTaskTuple<'_>,
+        task: Bound<'_, PyNewTask>,
     ) -> PyResult<Option<(i64, bool)>> {
-        let task = new_task(&task);
+        let task = task.get().core(py)?;
         let done = py.detach(|| self.store.enqueue_tick(queue, name, tick_ms, &task))?;
         Ok(done.map(|e| (e.id, e.created)))
     }

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .._core import ClaimedTask
 from ..context import TaskContext
 from ..errors import StorageError
 from ..task import BatchTask
@@ -111,7 +112,7 @@ class ClaimLoop:
             return w.poll_interval
         return min(w.poll_interval, max(0.001, (min(times) - store.now_ms()) / 1000))
 
-    def start(self, rows: list[tuple[Any, ...]]) -> None:
+    def start(self, rows: list[ClaimedTask]) -> None:
         """Claimed rows become runs: into the buffer, a forming batch, or the event loop."""
         w = self.worker
         tasks = w.queue._tasks
@@ -122,14 +123,16 @@ class ClaimLoop:
         with w._lock:
             w.stats.claimed += len(rows)
             inflight, forming = w._inflight, w._forming
-            for task_id, token, name, group, payload, _priority, attempt, max_attempts, created_ms in rows:
+            for row in rows:
+                name = row.name
                 task = tasks.get(name)
                 if task is None:
-                    unknown.append((task_id, token, name))
+                    unknown.append((row.id, row.token, name))
                     continue
-                run = Run(TaskContext(task_id, name, group, attempt, max_attempts, created_ms, token, w),
-                          task, payload)
-                inflight[task_id] = run
+                group = row.group
+                run = Run(TaskContext(row.id, name, group, row.attempt, row.max_attempts, row.created_at_ms,
+                                      row.token, w), task, row.payload)
+                inflight[row.id] = run
                 if isinstance(task, BatchTask):
                     key = (name, group)
                     batch = forming.get(key)

@@ -9,6 +9,7 @@ import queue as queue_module
 import time
 from typing import TYPE_CHECKING, Any
 
+from .._core import Outcomes
 from ..context import TaskContext
 from ..errors import FerroqError, StorageError
 from .failures import FATAL_STORAGE, describe
@@ -53,8 +54,14 @@ class Completer:
 
     def flush(self, batch: list[Outcome]) -> None:
         w = self.worker
-        rows = [(run.ctx.id, run.ctx.token, data, error, delay, counts, hold, run.run_us)
-                for run, data, error, delay, _, counts, hold in batch]
+        rows = Outcomes()
+        completed, failed = rows.completed, rows.failed
+        for run, data, error, delay, _, toward_breaker, hold in batch:
+            ctx = run.ctx
+            if error is None:
+                completed(ctx.id, ctx.token, data, run.run_us)
+            else:
+                failed(ctx.id, ctx.token, error, delay, toward_breaker, hold, run.run_us)
         while True:
             try:
                 answers = w.queue._engine.finish_many(rows)

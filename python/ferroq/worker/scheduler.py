@@ -67,7 +67,7 @@ class Scheduler:
             log.info("schedule %r: skipping tick %d missed while no worker ran", s.name, tick)
             return None
         call = s.task.using(unique_key=s.unique_key(tick)).call(*s.args, **s.kwargs)
-        done = self.queue._engine.enqueue_tick(self.queue.name, s.name, tick, call.core_tuple())
+        done = self.queue._engine.enqueue_tick(self.queue.name, s.name, tick, call.core_task())
         if done is None or not done[1]:
             return None
         self.queue._notify()
