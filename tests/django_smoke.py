@@ -15,7 +15,7 @@ import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from django_project import BLOCKS, make_project  # noqa: E402
+from django_project import BLOCKS, make_project
 
 CHECKS = textwrap.dedent("""\
     import asyncio
