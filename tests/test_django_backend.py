@@ -390,3 +390,34 @@ def test_process_pool_children_set_django_up_and_connections_close_around_runs(t
     done = manage(root, "ferroq_worker", "--concurrency", "1", "--until-empty")
     assert done.returncode == 0, done.stderr
     assert shell(root, "import jobs; print(jobs.db_closed.get_result('5').return_value)").split() == ["True"]
+
+
+def test_a_worker_finds_a_task_it_has_not_seen_by_its_import_path(tasks_settings: dict[str, Any]) -> None:
+    """As a worker process that never enqueued: the claim loop asks the queue's resolver,
+    which imports the Django task; a name that is no Django task is given back, not run."""
+    import jobs
+
+    q = backend().queue()
+    result = jobs.add.enqueue(20, 22)
+    stranger = q.task(name="jobs.RAN")(lambda: None).enqueue()  # a stored name that is no task
+    broken = q.task(name="no_such_module.task")(lambda: None).enqueue()
+    q._tasks.clear()  # what a fresh worker process knows
+    worker = ferroq.Worker(q, handle_signals=False, unknown_task_grace=0)
+    worker.run(until_idle=True)
+    assert jobs.add.get_result(result.id).return_value == 42
+    assert q.get(stranger.id).status == q.get(broken.id).status == "dead"  # given back, no grace left
+    assert sorted(q.tasks) == ["jobs.add"]
+
+
+def test_a_backend_without_queues_takes_any_queue_name(tasks_settings: dict[str, Any], tmp_path: Path) -> None:
+    import jobs
+    from django.test.utils import override_settings
+
+    config = {"default": {"BACKEND": "ferroq.contrib.django.FerroqBackend", "QUEUES": [],
+                          "OPTIONS": {"path": tmp_path / "any.db"}}}
+    with override_settings(TASKS=config):
+        result = jobs.add.using(queue_name="anything").enqueue(1, 2)
+        drain(backend().queue("anything"), timeout=60)
+        assert jobs.add.get_result(result.id).return_value == 3
+        assert jobs.add.get_result(result.id).task.queue_name == "anything"
+        backend().close()

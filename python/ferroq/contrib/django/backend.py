@@ -141,9 +141,15 @@ class FerroqBackend(BaseTaskBackend):  # type: ignore[misc]
                 q._resolve = partial(self._resolve, q)
             return q
 
-    def queue_names(self) -> list[str]:
-        """The Django queues this backend serves (its QUEUES; "default" if none are listed)."""
-        return sorted(self.queues) or ["default"]
+    def serves(self, queue_name: str) -> bool:
+        """Whether ``queue_name`` is one of this backend's QUEUES (any, if QUEUES is empty)."""
+        return not self.queues or queue_name in self.queues
+
+    def _queues_to_search(self) -> list[str]:
+        """The queues a result may be in: QUEUES, or (QUEUES empty) every queue in the file."""
+        if self.queues:
+            return sorted(self.queues)
+        return self.queue("default").queue_names() or ["default"]
 
     def close(self) -> None:
         """Closes the queue file's connections (any later call reopens them)."""
@@ -189,7 +195,10 @@ class FerroqBackend(BaseTaskBackend):  # type: ignore[misc]
         if not handle.created:
             return await self.aget_result(str(handle.id))
         result = self._enqueued(task, handle, args, kwargs)
-        await task_enqueued.asend(type(self), task_result=result)
+        if hasattr(task_enqueued, "asend"):  # Django 5.0 and later
+            await task_enqueued.asend(type(self), task_result=result)
+        else:
+            await _aio.run(partial(task_enqueued.send, type(self), task_result=result))
         return result
 
     def _prepare(self, task: Any, args: Any, kwargs: Any) -> tuple[Any, list[Any], dict[str, Any]]:
@@ -243,7 +252,7 @@ class FerroqBackend(BaseTaskBackend):  # type: ignore[misc]
         task_id = _task_id(result_id)
         if not os.path.exists(self.path):
             raise TaskResultDoesNotExist(result_id)
-        for name in self.queue_names():
+        for name in self._queues_to_search():
             q = self.queue(name)
             try:
                 info = q.get(task_id)

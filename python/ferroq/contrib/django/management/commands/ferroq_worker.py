@@ -80,9 +80,9 @@ class Command(BaseCommand):  # type: ignore[misc]  # (BaseCommand is Any to mypy
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         backend = self._backend(options["backend"])
         queue_name = options["queue_name"]
-        if queue_name not in backend.queue_names():
+        if not backend.serves(queue_name):
             raise CommandError(f"queue {queue_name!r} is not one of backend {options['backend']!r}'s QUEUES "
-                               f"({', '.join(backend.queue_names())})")
+                               f"({', '.join(sorted(backend.queues))})")
         if not options["create"] and not os.path.exists(backend.path):
             raise CommandError(f"no queue file at {backend.path} (TASKS[{options['backend']!r}]['OPTIONS']['path']); "
                                "the worker does not create an empty queue: pass --create to start one there")
