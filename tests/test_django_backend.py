@@ -362,10 +362,16 @@ def test_worker_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
                           (("ferroq_worker", "--queue-name", "nope"), "not one of backend 'default'"),
                           (("ferroq_worker", "--backend", "nope"), "nope"),
                           (("ferroq_worker", "--concurrency", "2", "--processes", "2"), "not both"),
-                          (("ferroq_worker", "--concurrency", "0"), "not in the range")):
+                          (("ferroq_worker", "--concurrency", "0"), "not in the range"),
+                          (("ferroq_worker", "--prefetch", "-1"), "not in the range 0..100000"),
+                          (("ferroq_worker", "--metrics-port", "99999"), "not in the range 0..65535"),
+                          (("ferroq_worker", "--create", "--lease", "0.1"), "lease must be at least")):
         done = manage(root, *args)
         assert done.returncode != 0 and message in done.stderr, (args, done.stderr)
         assert "Traceback" not in done.stderr, done.stderr
+    (root / "tasks.db").unlink()  # (made by the --create ones)
+    done = manage(root, "ferroq_worker", "--until-empty")
+    assert done.returncode != 0 and "--create" in done.stderr
     assert not (root / "tasks.db").exists()
     done = manage(root, "ferroq_worker", "--create", "--until-empty")
     assert done.returncode == 0, done.stderr

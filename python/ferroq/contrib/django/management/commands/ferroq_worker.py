@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Any
 
+import click
 from django.core.management.base import BaseCommand, CommandError
 
 from ferroq.errors import FerroqError
@@ -20,14 +21,15 @@ from ferroq.contrib.django.backend import FerroqBackend
 from ferroq.contrib.django.runner import after_run, before_run
 
 
-def _positive_int(limit: int) -> Any:
+def _int_range(low: int, high: int) -> Any:
+    """An argparse type: a whole number in low..high (as the CLI's click.IntRange)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if not 1 <= value <= limit:
-            raise argparse.ArgumentTypeError(f"{value} is not in the range 1..{limit}")
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not in the range {low}..{high}")
         return value
     return parse
 
@@ -51,13 +53,13 @@ class Command(BaseCommand):  # type: ignore[misc]  # (BaseCommand is Any to mypy
         parser.add_argument("--queue-name", default="default", help="The Django queue (queue_name) to run [default].")
         parser.add_argument("--create", action="store_true",
                             help="Allow creating the queue file if it does not exist (default: refuse).")
-        parser.add_argument("--concurrency", type=_positive_int(10_000), default=None, help="Runner threads (8).")
-        parser.add_argument("--processes", type=_positive_int(1_000), default=None,
+        parser.add_argument("--concurrency", type=_int_range(1, 10_000), default=None, help="Runner threads (8).")
+        parser.add_argument("--processes", type=_int_range(1, 1_000), default=None,
                             help="Run tasks in N child processes (pool='process') instead of threads.")
         parser.add_argument("--groups", default=None,
                             help="Claim only tasks of these resource groups (comma-separated).")
         parser.add_argument("--lease", type=_seconds, default=30.0, help="Lease seconds (renewed every lease/3) [30].")
-        parser.add_argument("--prefetch", type=int, default=None, help="Buffered tasks (default: adaptive).")
+        parser.add_argument("--prefetch", type=_int_range(0, 100_000), default=None, help="Buffered tasks (default: adaptive).")
         parser.add_argument("--shutdown-grace", type=_seconds, default=30.0,
                             help="Seconds running tasks get to finish on SIGTERM/SIGINT [30].")
         parser.add_argument("--name", default=None, help="Worker id (default host:pid:random).")
@@ -69,7 +71,7 @@ class Command(BaseCommand):  # type: ignore[misc]  # (BaseCommand is Any to mypy
                             help="Stop when nothing is pending or running (waits for delays).")
         parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
                             help="Log level (stderr) [info].")
-        parser.add_argument("--metrics-port", type=int, default=None,
+        parser.add_argument("--metrics-port", type=_int_range(0, 65535), default=None,
                             help="Serve Prometheus metrics on this port (0: any free port, logged).")
         parser.add_argument("--metrics-host", default="0.0.0.0", help="Address the metrics endpoint listens on.")
 
@@ -90,6 +92,8 @@ class Command(BaseCommand):  # type: ignore[misc]  # (BaseCommand is Any to mypy
             self._run(backend, queue_name, options)
         except FerroqError as e:
             raise CommandError(f"{type(e).__name__}: {e}") from None
+        except click.ClickException as e:  # from the CLI's helpers (the metrics endpoint)
+            raise CommandError(e.format_message()) from None
 
     def _backend(self, alias: str) -> FerroqBackend:
         try:
