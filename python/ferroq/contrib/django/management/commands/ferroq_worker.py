@@ -59,7 +59,8 @@ class Command(BaseCommand):  # type: ignore[misc]  # (BaseCommand is Any to mypy
         parser.add_argument("--groups", default=None,
                             help="Claim only tasks of these resource groups (comma-separated).")
         parser.add_argument("--lease", type=_seconds, default=30.0, help="Lease seconds (renewed every lease/3) [30].")
-        parser.add_argument("--prefetch", type=_int_range(0, 100_000), default=None, help="Buffered tasks (default: adaptive).")
+        parser.add_argument("--prefetch", type=_int_range(0, 100_000), default=None,
+                            help="Buffered tasks (default: adaptive).")
         parser.add_argument("--shutdown-grace", type=_seconds, default=30.0,
                             help="Seconds running tasks get to finish on SIGTERM/SIGINT [30].")
         parser.add_argument("--name", default=None, help="Worker id (default host:pid:random).")
