@@ -210,11 +210,23 @@ def test_async_enqueue_results_and_tasks(tasks_settings: dict[str, Any]) -> None
     import jobs
     from ferroq.contrib.django._compat import TaskResultDoesNotExist
 
+    from ferroq.contrib.django._compat import task_enqueued
+
     async def produce() -> list[Any]:
         return list(await asyncio.gather(*(jobs.double.aenqueue(i) for i in range(20))))
 
-    results = asyncio.run(produce())
-    assert len({r.id for r in results}) == 20
+    sent: list[str] = []
+
+    def on_enqueued(sender: Any, task_result: Any, **kwargs: Any) -> None:
+        sent.append(task_result.id)
+
+    task_enqueued.connect(on_enqueued)
+    try:
+        results = asyncio.run(produce())
+    finally:
+        task_enqueued.disconnect(on_enqueued)
+    assert len({r.id for r in results}) == 20 and sorted(sent) == sorted(r.id for r in results)
+    assert all(r.status == "READY" for r in results)
     run_worker()
 
     async def read() -> list[Any]:
