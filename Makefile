@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.deps-stamp
 
-.PHONY: all build demo test system-deps test-rust test-python test-benches perf-check wheel wheel-smoke bench bench-huey bench-asv lint fmt clean
+.PHONY: all build demo test system-deps test-rust test-python test-benches perf-check wheel wheel-smoke django-smoke bench bench-huey bench-asv lint fmt clean
 
 all: build
 
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "maturin>=1.7,<2" "orjson>=3.9" "click>=8.1" "prometheus-client>=0.20" "rich>=13" "pytest>=8" "pytest-timeout>=2.3" "mypy>=1.10" \
 		"pytest-benchmark>=4" "ruff>=0.6" "fastapi>=0.110" "httpx>=0.27" "croniter>=2" \
-		"opentelemetry-api>=1.20" "opentelemetry-sdk>=1.20"
+		"opentelemetry-api>=1.20" "opentelemetry-sdk>=1.20" "django>=5.2,<6" "django-tasks>=0.9"
 	touch $(STAMP)
 
 # Builds the Rust extension (release) into the venv as an editable install.
@@ -24,7 +24,7 @@ build: $(STAMP)
 demo: build
 	$(PY) -m ferroq.demo
 
-test: system-deps lint test-rust test-python test-benches perf-check wheel-smoke
+test: system-deps lint test-rust test-python test-benches perf-check wheel-smoke django-smoke
 
 # Debian packages the tests use: libfaketime (clock-step tests with a wall clock per
 # process). Installed when missing and we are root (CI is); otherwise those tests skip.
@@ -65,6 +65,21 @@ wheel-smoke: wheel
 	    $$env/bin/python tests/wheel_smoke.py; rc=$$?; rm -rf $$env; \
 	  if [ $$rc != 0 ]; then echo "wheel smoke test FAILED on Python $$v ($$py)"; exit 1; fi; \
 	done
+
+# Django 6 (django.tasks built in; it needs Python 3.12+): the wheel and Django 6 in a fresh
+# venv of Python 3.12 (pyenv, else python3.12 on PATH; missing: skipped, loudly), running
+# tests/django_smoke.py (the README's project, manage.py ferroq_worker, results read back).
+# The suite itself tests the django-tasks backport on Django 5.2 (tests/test_django_backend.py).
+DJANGO6_PYTHON ?= 3.12
+django-smoke: wheel
+	@v=$(DJANGO6_PYTHON); \
+	py=$$(ls -d $$HOME/.pyenv/versions/$$v.*/bin/python$$v 2>/dev/null | sort -V | tail -1); \
+	[ -n "$$py" ] || py=$$(command -v python$$v); \
+	if [ -z "$$py" ]; then echo "*** Python $$v not found (pyenv or PATH): Django 6 smoke test SKIPPED ***"; exit 0; fi; \
+	env=$$(mktemp -d); \
+	$$py -m venv $$env && $$env/bin/pip install --quiet --disable-pip-version-check dist/ferroq-*.whl "django>=6,<7" && \
+	  $$env/bin/python tests/django_smoke.py --expect django.tasks; rc=$$?; rm -rf $$env; \
+	if [ $$rc != 0 ]; then echo "Django 6 smoke test FAILED on Python $$v ($$py)"; exit 1; fi
 
 # Fails only on a large drop of a ratio to the raw SQLite ceiling (see benches/check_regression.py).
 perf-check: build

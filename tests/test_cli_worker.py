@@ -100,3 +100,64 @@ def test_worker_reports_a_bad_target_without_a_traceback(tmp_path: Path) -> None
         assert message in done.stderr and "Traceback" not in done.stderr
     both = ferroq_cli(tmp_path, "worker", "app:queue", "--concurrency", "2", "--processes", "2")
     assert both.returncode == 2 and "not both" in both.stderr
+
+
+HOOKS = '''
+import os
+
+def note(*fields):
+    fd = os.open("hooks.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.write(fd, (" ".join(map(str, (*fields, os.getpid()))) + "\\n").encode())
+    os.close(fd)
+
+def start():
+    note("start")
+
+def stop():
+    note("stop")
+
+def before(ctx):
+    note("before", ctx.id)
+
+def after(ctx, outcome):
+    note("after", ctx.id, outcome.result)
+
+def refuse():
+    raise RuntimeError("no database")
+
+NOT_A_FUNCTION = 3
+'''
+
+
+@pytest.mark.parametrize("pool", [(), ("--processes", "2")], ids=["threads", "processes"])
+def test_worker_hook_options_call_functions_named_by_module(tmp_path: Path, pool: tuple[str, ...]) -> None:
+    db, q = make_app(tmp_path)
+    (tmp_path / "hooks.py").write_text(HOOKS)
+    enqueue(q, "double", 3, "cpu", 4)
+    done = ferroq_cli(tmp_path, "worker", "app:queue", "--until-empty", *pool, "--on-start", "hooks:start",
+                      "--on-stop", "hooks:stop", "--before-run", "hooks:before", "--after-run", "hooks:after")
+    assert done.returncode == 0, done.stderr
+    lines = [line.split() for line in (tmp_path / "hooks.log").read_text().splitlines()]
+    assert lines[0][0] == "start" and lines[-1][0] == "stop"
+    ids = [t.id for t in q.list()]
+    for task_id in ids:
+        seen = [line for line in lines if len(line) > 2 and line[1] == str(task_id)]
+        assert [line[0] for line in seen] == ["before", "after"] and seen[1][2] == "8", seen
+        assert (seen[0][-1] == lines[0][-1]) == (not pool)  # in the worker process, or in a child
+
+
+def test_worker_hook_options_that_are_wrong_are_one_line_errors(tmp_path: Path) -> None:
+    db, q = make_app(tmp_path)
+    (tmp_path / "hooks.py").write_text(HOOKS)
+    enqueue(q, "double", 1, "cpu", 4)
+    for args, code, message in ((("--on-start", "hooks"), 2, "takes MODULE:FUNC"),
+                                (("--before-run", "nope:f"), 2, "cannot import 'nope'"),
+                                (("--after-run", "hooks:missing"), 2, "has no attribute 'missing'"),
+                                (("--on-stop", "hooks:NOT_A_FUNCTION"), 2, "not a function"),
+                                (("--on-start", "hooks:refuse"), 1, "--on-start hooks:refuse failed, the worker "
+                                                                    "did not start: RuntimeError: no database")):
+        done = ferroq_cli(tmp_path, "worker", "app:queue", "--until-empty", *args)
+        assert done.returncode == code, (args, done.stderr)
+        assert f"error: {message}" in done.stderr or message in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr, done.stderr
+    assert q.counts()["pending"] == 1  # nothing ran

@@ -39,7 +39,7 @@ def on_stop():
 def before_run(ctx):
     assert ferroq.current_task().id == ctx.id  # the run's context is current in the hook
     note("before", ctx.id)
-    if ctx.name == "before_fails":
+    if ctx.name == "before_fails" or (ctx.name == "batch" and os.path.exists(f"{log_path}.refuse{ctx.id}")):
         raise RuntimeError("before_run refused")
 
 def after_run(ctx, outcome):
@@ -72,6 +72,11 @@ def after_fails(n):
     note("run", ferroq.current_task().id)
     return "kept"
 
+@q.batch_task(name="batch", max_size=10, max_wait=0.2, max_attempts=1)
+def batch(items):
+    note("batch", 0, *items)
+    return [ValueError("odd item") if item == 3 else item * 10 for item in items]
+
 if __name__ == "__main__":  # pool="process" children import this script
     emit(os.getpid())
     stats = ferroq.Worker(q, concurrency=2, pool=pool, handle_signals=False, poll_interval=0.05,
@@ -98,6 +103,36 @@ def _drain(tmp_path: Path, procs: Procs, pool: str, enqueue: Any) -> tuple[ferro
     worker = procs.run(procs.script("worker.py", WORKER), db, log, pool, timeout=120)
     worker_pid = worker.records()[0]
     return q, worker_pid, _lines(log), worker.stderr()
+
+
+@pytest.mark.parametrize("pool", ["thread", "process"])
+def test_each_run_of_a_batch_task_gets_its_hooks(tmp_path: Path, procs: Procs, pool: str) -> None:
+    """before_run for each run before the batch function, after_run for each after it with
+    its own item's outcome; a run whose before_run raises is left out of the batch and fails
+    with the hook's error, the others run."""
+    ids: dict[int, int] = {}
+
+    def enqueue(q: ferroq.Queue) -> None:
+        q.batch_task(name="batch", max_attempts=1)(lambda items: items)
+        for item in (1, 2, 3, 4):
+            ids[item] = q.enqueue("batch", item).id
+        (tmp_path / f"hooks.log.refuse{ids[2]}").touch()
+
+    q, _, lines, _ = _drain(tmp_path, procs, pool, enqueue)
+    batched = sorted(int(item) for line in lines if line[0] == "batch" for item in line[2:-2])
+    assert batched == [1, 3, 4]  # item 2's before_run refused it
+    after = {1: ["True", "10", "NoneType"], 3: ["False", "None", "ValueError"], 4: ["True", "40", "NoneType"]}
+    for item, task_id in ids.items():
+        seen = _by_task(lines, task_id)
+        assert [line[0] for line in seen] == (["before"] if item == 2 else ["before", "after"]), (item, seen)
+        if item != 2:
+            assert seen[1][2:5] == after[item], (item, seen)
+            ran = next(i for i, line in enumerate(lines) if line[0] == "batch" and str(item) in line[2:-2])
+            assert lines.index(seen[0]) < ran < lines.index(seen[1]), (item, lines)
+    assert [q.get(ids[i]).status for i in (1, 2, 3, 4)] == ["completed", "dead", "dead", "completed"]
+    refused = q.get(ids[2]).last_error
+    assert refused is not None and (refused.type, refused.message) == ("RuntimeError", "before_run refused")
+    assert q.handle(ids[4]).result(timeout=0) == 40
 
 
 def _by_task(lines: list[list[str]], task_id: int) -> list[list[str]]:

@@ -154,6 +154,10 @@ class Queue(Observable):
         self._tasks: dict[str, TaskBase[Any, Any]] = {}
         self._groups: dict[str, ResourceGroup] = {}
         self._schedules: dict[str, Schedule] = {}
+        #: Called by a worker with a claimed task's name when no processor is registered
+        #: under it, before giving the task back: it may register one (an integration whose
+        #: tasks are found by import path, as ``ferroq.contrib.django`` does). None: never.
+        self._resolve: Callable[[str], object] | None = None
 
     def __repr__(self) -> str:
         return f"Queue({str(self.path)!r}, name={self.name!r})"

@@ -6,6 +6,7 @@ import importlib
 import logging
 import os
 import sys
+from typing import Any, Callable
 
 import click
 
@@ -58,6 +59,14 @@ def load_queue(spec: str) -> Queue:
 @option("--unknown-task-grace", type=click.FloatRange(0, 100 * 365.25 * 86400), default=3600.0, show_default=True,
         help="A task this worker has no processor for is given back (newer code may run it); it goes dead this "
              "many seconds after it was first given back if no worker ran it.")
+@option("--on-start", "on_start", default=None, metavar="MODULE:FUNC",
+        help="Call FUNC() once when the worker starts, before it claims anything (fails the start if it raises).")
+@option("--on-stop", "on_stop", default=None, metavar="MODULE:FUNC",
+        help="Call FUNC() once when the worker has stopped.")
+@option("--before-run", "before_run", default=None, metavar="MODULE:FUNC",
+        help="Call FUNC(ctx) before each run, where it runs (a child with --processes).")
+@option("--after-run", "after_run", default=None, metavar="MODULE:FUNC",
+        help="Call FUNC(ctx, outcome) after each run, where it runs.")
 @option("--until-idle", is_flag=True, help="Stop when nothing is ready to run.")
 @option("--until-empty", is_flag=True, help="Stop when nothing is pending or running (waits for delays).")
 @option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
@@ -69,7 +78,8 @@ def load_queue(spec: str) -> Queue:
 @click.pass_context
 def worker(ctx: click.Context, spec: str, db: str | None, create: bool, concurrency: int | None,
            processes: int | None, groups: str | None, lease: float, prefetch: int | None, shutdown_grace: float,
-           name: str | None, unknown_task_grace: float, until_idle: bool, until_empty: bool, log_level: str,
+           name: str | None, unknown_task_grace: float, on_start: str | None, on_stop: str | None,
+           before_run: str | None, after_run: str | None, until_idle: bool, until_empty: bool, log_level: str,
            metrics_port: int | None, metrics_host: str) -> None:
     """Run a worker on the queue MODULE:QUEUE (e.g. myapp.tasks:queue) until SIGINT/SIGTERM.
 
@@ -89,9 +99,49 @@ def worker(ctx: click.Context, spec: str, db: str | None, create: bool, concurre
     only = split_list((groups,)) if groups else None
     w = Worker(q, concurrency=processes or concurrency or 8, pool="process" if processes else "thread",
                lease=lease, prefetch=prefetch, shutdown_grace=shutdown_grace, name=name, groups=only,
-               unknown_task_grace=unknown_task_grace)
+               unknown_task_grace=unknown_task_grace, on_start=_reported(on_start, load_hook("--on-start", on_start)),
+               on_stop=load_hook("--on-stop", on_stop), before_run=load_hook("--before-run", before_run),
+               after_run=load_hook("--after-run", after_run))
     stats = w.run(until_idle=until_idle, until_empty=until_empty)
     logging.getLogger("ferroq.cli").info("done: %s", stats)
+
+
+def load_hook(flag: str, spec: str | None) -> Callable[..., Any] | None:
+    """The function ``package.module:func`` names (imported as ``load_queue`` imports), or a
+    usage error saying why not."""
+    if spec is None:
+        return None
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise CliError(f"{flag} takes MODULE:FUNC (e.g. myapp.hooks:close_db), got {spec!r}", Exit.USAGE)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as e:
+        raise CliError(f"{flag}: cannot import {module_name!r}: {e}", Exit.USAGE) from None
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise CliError(f"{flag}: {module_name} has no attribute {attr!r}", Exit.USAGE)
+        target = getattr(target, part)
+    if not callable(target):
+        raise CliError(f"{flag}: {spec} is a {type(target).__name__}, not a function", Exit.USAGE)
+    return target  # type: ignore[no-any-return]
+
+
+def _reported(spec: str | None, hook: Callable[..., Any] | None) -> Callable[[], Any] | None:
+    """``--on-start``'s function, whose failure (the worker does not start) is one line
+    naming the hook, not a traceback."""
+    if hook is None:
+        return None
+
+    def on_start() -> Any:
+        try:
+            return hook()
+        except Exception as e:  # noqa: BLE001 - whatever the user's hook raised
+            raise CliError(f"--on-start {spec} failed, the worker did not start: {type(e).__name__}: {e}",
+                           Exit.FAILED) from None
+    return on_start
 
 
 def _open_policy(db: str | None, create: bool) -> None:

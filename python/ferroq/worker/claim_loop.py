@@ -116,6 +116,8 @@ class ClaimLoop:
         """Claimed rows become runs: into the buffer, a forming batch, or the event loop."""
         w = self.worker
         tasks = w.queue._tasks
+        if w.queue._resolve is not None:
+            self.resolve({row[2] for row in rows if row[2] not in tasks})
         ready: list[Job] = []
         unknown: list[tuple[int, int, str]] = []
         coroutines: list[Run] = []
@@ -154,6 +156,17 @@ class ClaimLoop:
             with w._ready_cond:
                 w._ready.extend(ready)
                 w._ready_cond.notify(len(ready))
+
+    def resolve(self, names: set[str]) -> None:
+        """Asks the queue's resolver for processors of these names (outside the worker's
+        lock: it may import a module). One it cannot find stays unknown and is given back."""
+        resolve = self.worker.queue._resolve
+        assert resolve is not None
+        for name in names:
+            try:
+                resolve(name)
+            except Exception:  # a user module that fails to import must not stop the claim loop
+                log.exception("could not find a processor for task %r", name)
 
     def defer_unknown(self, claims: list[tuple[int, int, str]]) -> None:
         """Gives back claimed ``(id, token, name)`` tasks no processor here can run. If that

@@ -77,7 +77,9 @@ class Worker:
     the child process that runs it; a ``before_run`` that raises fails the run with its
     error, an ``after_run`` that raises is logged and changes nothing. With
     ``pool="process"`` they must be importable by reference (module-level functions).
-    Batch tasks are not wrapped by them.
+    A batch task's runs each get them: ``before_run`` for each run before the batch function
+    is called (a run whose hook raises is left out of the batch and fails with that error),
+    ``after_run`` for each after it, with its own item's outcome.
     """
 
     #: Turns each run's end into its outcome (``ferroq.testing`` swaps in one whose retries

@@ -2,6 +2,10 @@
 processor call, in the thread (or child process) that runs it, and the run's tracing span
 when OpenTelemetry is installed (see ``ferroq.tracing``).
 
+A batch task's runs each get their hooks too: ``before_run`` for every run before the batch
+function is called (a run whose hook raises fails with that error and is left out of the
+batch), ``after_run`` for every run after it, each with its own item's outcome.
+
 A worker with neither hooks nor tracing has no ``RunHooks`` at all (``Worker._hooks`` is
 None) and its per-task path calls the processor directly. Failures: a ``before_run`` that
 raises fails the run with its error (the processor is not called; the retry policy applies
@@ -15,7 +19,7 @@ import pickle
 from typing import Any, Callable, NamedTuple
 
 from .. import tracing
-from ..context import TaskContext
+from ..context import TaskContext, _current
 from ..errors import InvalidArgument
 
 log = logging.getLogger("ferroq.worker")
@@ -114,6 +118,44 @@ class RunHooks:
         self._after(ctx, RunOutcome(True, result, None))
         return result
 
+    def call_batch(self, fn: Callable[[list[Any]], Any], name: str, contexts: list[TaskContext],
+                   items: list[Any]) -> list[Any]:
+        """``fn(items)`` between each run's hooks. Returns one result per item, as a batch
+        function does: an exception instance fails only its item (a run whose
+        ``before_run`` raised gets that error). A batch function that raises or returns
+        the wrong number of results fails every item it was given."""
+        results: list[Any] = [None] * len(items)
+        given: list[int] = []
+        for i, ctx in enumerate(contexts):
+            if self.before is None:
+                given.append(i)
+                continue
+            reset = _current.set(ctx)  # current in the hook, as around a single run
+            try:
+                self.before(ctx)
+                given.append(i)
+            except BaseException as exc:  # noqa: BLE001 - this run fails with the hook's error
+                results[i] = exc
+            finally:
+                _current.reset(reset)
+        if not given:
+            return results
+        try:
+            got = fn([items[i] for i in given])
+            check_batch_results(name, got, len(given))
+        except BaseException as exc:  # noqa: BLE001 - the whole batch failed: each item, with this error
+            got = [exc] * len(given)
+        for i, result in zip(given, got):
+            results[i] = result
+            failed = isinstance(result, BaseException)
+            reset = _current.set(contexts[i])
+            try:
+                self._after(contexts[i], RunOutcome(not failed, None if failed else result,
+                                                    result if failed else None))
+            finally:
+                _current.reset(reset)
+        return results
+
     def _after(self, ctx: TaskContext, outcome: RunOutcome) -> None:
         if self.after is None:
             return
@@ -122,3 +164,11 @@ class RunHooks:
         except Exception:
             log.exception("after_run hook %r failed for task %d (%s); the run's outcome is unchanged",
                           self.after, ctx.id, ctx.name)
+
+
+def check_batch_results(name: str, results: Any, n: int) -> None:
+    """Raises TypeError unless a batch function returned a list (or tuple) of ``n`` results."""
+    if not isinstance(results, (list, tuple)) or len(results) != n:
+        got = f"{type(results).__name__} of length {len(results)}" if isinstance(results, (list, tuple)) \
+            else type(results).__name__
+        raise TypeError(f"batch task {name!r} must return a list of {n} results, got {got}")

@@ -33,7 +33,7 @@ from ..policies import RetryPolicy
 from ..serializers import Serializer
 from ..task import TaskBase, by_reference
 from ..tracebacks import format_traceback
-from .hooks import RunHooks
+from .hooks import RunHooks, check_batch_results
 from .journal import note_handed, note_return
 
 if TYPE_CHECKING:
@@ -220,7 +220,7 @@ class _ChildRunner:
         except TaskNotImportable as e:
             return ("err", _describe(e, None))
         if kind == "batch":
-            return self.batch(fn, ref[2], payload, marks)
+            return self.batch(fn, ref[2], payload, fields, marks)
         return self.one(fn, ref[2], payload, fields, marks)
 
     def _started(self, marks: list[tuple[int, int]]) -> None:
@@ -268,7 +268,8 @@ class _ChildRunner:
             _current.reset(reset)
         return self.encode(name, result)
 
-    def batch(self, fn: Any, name: str, payloads: list[bytes], marks: list[tuple[int, int]]) -> tuple[Any, ...]:
+    def batch(self, fn: Any, name: str, payloads: list[bytes], fields: list[_Fields],
+              marks: list[tuple[int, int]]) -> tuple[Any, ...]:
         try:
             items = []
             for payload in payloads:
@@ -276,13 +277,14 @@ class _ChildRunner:
                 items.append(data["args"][0] if data["args"] else data["kwargs"]["item"])
             self._started(marks)
             try:
-                results = fn(items)
+                if self.hooks is None:
+                    results = fn(items)
+                else:  # each run's before_run and after_run, here in the child
+                    contexts: list[TaskContext] = [_ChildContext(self.conn, f, self.lock) for f in fields]
+                    results = self.hooks.call_batch(fn, name, contexts, items)
             finally:
                 self._returned(marks)
-            if not isinstance(results, (list, tuple)) or len(results) != len(items):
-                got = f"{type(results).__name__} of length {len(results)}" if isinstance(results, (list, tuple)) \
-                    else type(results).__name__
-                raise TypeError(f"batch task {name!r} must return a list of {len(items)} results, got {got}")
+            check_batch_results(name, results, len(items))
         except BaseException as exc:  # noqa: BLE001 - the whole batch failed
             return ("err", _describe(exc, format_traceback(exc)))
         out: list[tuple[Any, ...]] = []
@@ -473,7 +475,9 @@ class Slot:
             note_handed(w._journal, run)
         marks = [(run.slot, run.ctx.id) for run in runs]
         try:
-            reply = self._call(("batch", _reference(task), [r.payload for r in runs], None, marks), runs,
+            fields = [(r.ctx.id, r.ctx.name, r.ctx.resource_group, r.ctx.attempt, r.ctx.max_attempts,
+                       r.ctx._created_ms) for r in runs]
+            reply = self._call(("batch", _reference(task), [r.payload for r in runs], fields, marks), runs,
                                task.options.timeout)
         finally:
             for run in runs:

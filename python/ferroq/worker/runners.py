@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from ..context import _current
 from ..tracebacks import format_traceback
 from .failures import internal_failure
+from .hooks import check_batch_results
 from .journal import note_return, note_start
 from .runs import Batch, Outcome, Run, completed_null, runs_of
 
@@ -122,17 +123,18 @@ class ThreadRunners:
                 data = self.queue.serializer.loads(run.payload)
                 items.append(data["args"][0] if data["args"] else data["kwargs"]["item"])
             journal = w._journal
+            hooks = w._hooks
             for run in runs:
                 note_start(journal, run)
             try:
-                results = batch.task.batch_fn(items)
+                if hooks is None:
+                    results = batch.task.batch_fn(items)
+                else:  # each run's before_run and after_run
+                    results = hooks.call_batch(batch.task.batch_fn, name, [run.ctx for run in runs], items)
             finally:
                 for run in runs:
                     note_return(journal, run)
-            if not isinstance(results, (list, tuple)) or len(results) != len(runs):
-                got = f"{type(results).__name__} of length {len(results)}" if isinstance(results, (list, tuple)) \
-                    else type(results).__name__
-                raise TypeError(f"batch task {name!r} must return a list of {len(runs)} results, got {got}")
+            check_batch_results(name, results, len(runs))
         except BaseException as exc:  # noqa: BLE001 - the whole batch failed
             tb = format_traceback(exc)
             outcomes = [made.settled_failure(run, exc, tb) for run in runs]
