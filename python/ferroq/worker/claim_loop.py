@@ -117,7 +117,7 @@ class ClaimLoop:
         w = self.worker
         tasks = w.queue._tasks
         if w.queue._resolve is not None:
-            self.resolve({row[2] for row in rows if row[2] not in tasks})
+            self.resolve({row.name for row in rows if row.name not in tasks})
         ready: list[Job] = []
         unknown: list[tuple[int, int, str]] = []
         coroutines: list[Run] = []
