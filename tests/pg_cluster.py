@@ -1,6 +1,7 @@
 """A throw-away PostgreSQL cluster for the tests (stdlib only).
 
     python tests/pg_cluster.py run -- CMD ARGS...
+    python tests/pg_cluster.py bindir        # where the binaries are; exit 1 when none
 
 starts a private cluster (``initdb -A trust`` in a temp dir, ``pg_ctl`` on a free port with its
 socket in that dir, durability off for speed), runs CMD with
@@ -304,10 +305,14 @@ def _call(command: list[str], env: dict[str, str]) -> int:
     return code if code >= 0 else 128 - code
 
 
-USAGE = "usage: python tests/pg_cluster.py run -- CMD [ARGS...]"
+USAGE = "usage: python tests/pg_cluster.py run -- CMD [ARGS...] | bindir"
 
 
 def main(argv: list[str]) -> int:
+    if argv == ["bindir"]:  # for the Makefile: are the server binaries here?
+        bindir = find_bindir()
+        print(bindir or "", end="\n" if bindir else "")
+        return 0 if bindir else 1
     if len(argv) < 3 or argv[0] != "run" or argv[1] != "--":
         print(USAGE, file=sys.stderr)
         return 2
