@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.deps-stamp
 
-.PHONY: all build demo test system-deps test-rust test-python test-benches perf-check wheel wheel-smoke bench bench-huey bench-asv lint fmt clean
+.PHONY: all build demo test system-deps test-rust test-python test-benches perf-check wheel wheel-smoke bench bench-huey bench-pg bench-asv lint fmt clean
 
 all: build
 
@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "maturin>=1.7,<2" "orjson>=3.9" "click>=8.1" "prometheus-client>=0.20" "rich>=13" "pytest>=8" "pytest-timeout>=2.3" "mypy>=1.10" \
 		"pytest-benchmark>=4" "ruff>=0.6" "fastapi>=0.110" "httpx>=0.27" "croniter>=2" \
-		"opentelemetry-api>=1.20" "opentelemetry-sdk>=1.20" "psycopg[binary]>=3.1"
+		"opentelemetry-api>=1.20" "opentelemetry-sdk>=1.20" "psycopg[binary]>=3.1" \
+		"procrastinate>=3"
 	touch $(STAMP)
 
 # Builds the Rust extension (release) into the venv as an editable install.
@@ -99,6 +100,11 @@ bench-asv: build
 bench-huey: build
 	$(PIP) install --quiet huey
 	$(PY) benches/compare_huey.py
+
+# PostgreSQL, one server, one run: the raw SQL ceiling, procrastinate and (once the engine lands)
+# ferroq, 1 and 2 processes, on a throw-away cluster (or --url / $$FERROQ_TEST_PG_URL).
+bench-pg: build
+	$(PY) benches/pg_ceiling.py
 
 # Figures: our rates next to raw SQLite in the same run, then the pytest-benchmark suite.
 bench: build
