@@ -1,11 +1,10 @@
 """Network namespaces as separate hosts, for the multi-host tests (root and iproute2 needed).
 
-    with netns.Hosts(2) as hosts:
-        with pg_cluster.Cluster(listen_addresses=["127.0.0.1", *hosts.server_addresses]) as cluster:
-            url = cluster.url_for("postgres", host=hosts.server_address(0))
-            child = procs.start(script, url, prefix=hosts.exec_prefix(0))   # runs "on host 0"
-            hosts.cut(0)     # host 0 is partitioned: its packets go nowhere (connections hang)
-            hosts.heal(0)    # and back
+    with netns.hosts_with_server(2) as (hosts, cluster):   # a cluster listening on every link
+        url = cluster.url_for("postgres", host=hosts.server_address(0))
+        child = procs.start(script, url, prefix=hosts.exec_prefix(0))   # runs "on host 0"
+        hosts.cut(0)     # host 0 is partitioned: its packets go nowhere (connections hang)
+        hosts.heal(0)    # and back
 
 Host ``i`` is namespace ``ferroq-<pid>-<i>`` joined to the root namespace (where the server
 runs) by a veth pair on its own /30: the root side has ``server_address(i)``, the namespace side
@@ -16,11 +15,15 @@ namespaces, which deletes their veth pairs, whatever happened in between.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import shutil
 import subprocess
-from typing import Sequence
+import time
+from typing import Any, Iterator, Sequence
+
+import pg_cluster
 
 #: Addresses come from the shared address space (RFC 6598), away from real networks; each
 #: process takes its own block of /30s (by pid) so concurrent runs on one machine don't collide.
@@ -47,6 +50,12 @@ def ip(*args: str) -> str:
     if out.returncode != 0:
         raise NetnsUnavailable(f"ip {' '.join(args)}: {out.stderr.strip()}")
     return out.stdout
+
+
+def _is_up(brief: str) -> bool:
+    """Whether a line of ``ip -br link`` says the link is operationally up."""
+    fields = brief.split()
+    return len(fields) > 1 and fields[1] == "UP"
 
 
 class Hosts:
@@ -103,9 +112,22 @@ class Hosts:
         """Partitions host ``i``: its link goes down, packets either way are dropped."""
         ip("link", "set", self._veth(i, "h"), "down")
 
-    def heal(self, i: int) -> None:
-        """Restores host ``i``'s link (addresses and routes stay configured)."""
-        ip("link", "set", self._veth(i, "h"), "up")
+    def heal(self, i: int, timeout: float = 30) -> None:
+        """Restores host ``i``'s link (addresses and routes stay configured); returns once both
+        ends are up, with the neighbour entries the cut left failed forgotten (else the first
+        connections after a heal could still fail with "No route to host")."""
+        host_end, ns_end, ns = self._veth(i, "h"), self._veth(i, "n"), self.name(i)
+        ip("link", "set", host_end, "up")
+        deadline = time.monotonic() + timeout
+        while not (
+            _is_up(ip("-br", "link", "show", "dev", host_end))
+            and _is_up(ip("-n", ns, "-br", "link", "show", "dev", ns_end))
+        ):
+            if time.monotonic() > deadline:
+                raise NetnsUnavailable(f"host {i}'s link did not come back up within {timeout} s")
+            time.sleep(0.01)
+        ip("neigh", "flush", "dev", host_end)
+        ip("-n", ns, "neigh", "flush", "dev", ns_end)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -148,3 +170,13 @@ class Hosts:
                 errors.append(str(e))
         if errors:
             raise NetnsUnavailable("; ".join(errors))
+
+
+@contextlib.contextmanager
+def hosts_with_server(count: int, **cluster_options: Any) -> Iterator[tuple[Hosts, pg_cluster.Cluster]]:
+    """``count`` hosts and a throw-away PostgreSQL cluster listening on loopback and on every
+    host's link (the namespaces come first: the server binds its addresses when it starts)."""
+    with Hosts(count) as hosts:
+        listen = ["127.0.0.1", *hosts.server_addresses]
+        with pg_cluster.Cluster(listen_addresses=listen, **cluster_options) as cluster:
+            yield hosts, cluster

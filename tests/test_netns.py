@@ -31,10 +31,8 @@ def hosts_and_server() -> Iterator[tuple[netns.Hosts, pg_cluster.Cluster]]:
     needs_netns()
     if pg_cluster.find_bindir() is None:
         pytest.skip(pg_cluster.SKIPPED)
-    with netns.Hosts(2) as hosts:
-        # The server listens on each host's link too (the namespaces exist first).
-        with pg_cluster.Cluster(listen_addresses=["127.0.0.1", *hosts.server_addresses]) as cluster:
-            yield hosts, cluster
+    with netns.hosts_with_server(2) as hosts_and_cluster:
+        yield hosts_and_cluster
 
 
 def select_from(hosts: netns.Hosts, cluster: pg_cluster.Cluster, i: int) -> subprocess.CompletedProcess[str]:
