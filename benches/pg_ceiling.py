@@ -1,7 +1,8 @@
 """PostgreSQL drain figures on one server, in one run: the raw SQL ceiling, procrastinate, ferroq.
 
     .venv/bin/python benches/pg_ceiling.py [--url postgresql://...] [--tasks 200000]
-        [--procrastinate-tasks 20000] [--processes 1 2] [-o table|json]
+        [--procrastinate-tasks 20000] [--procrastinate-concurrency 10] [--processes 1 2]
+        [-o table|json]
 
 - raw ceiling: the least a queue on PostgreSQL must do per task, in plain SQL through psycopg
   (binary): claim 100 ready rows (``FOR UPDATE SKIP LOCKED`` in a ``MATERIALIZED`` CTE, ordered by
@@ -297,13 +298,19 @@ def ferroq_drain(url: str, tasks: int, processes: int) -> float:
 
 
 def run(
-    url: str, tasks: int, procrastinate_tasks: int, processes: list[int], with_procrastinate: bool = True
+    url: str,
+    tasks: int,
+    procrastinate_tasks: int,
+    processes: list[int],
+    procrastinate_concurrency: list[int] | None = None,
 ) -> list[Row]:
+    """``procrastinate_concurrency``: its worker's concurrency, one row each ([] for none)."""
+    concurrencies = [PROCRASTINATE_CONCURRENCY] if procrastinate_concurrency is None else procrastinate_concurrency
     rows = [Row("raw SQL ceiling (batches of 100)", p, tasks, raw_ceiling(url, tasks, p)) for p in processes]
     for p in processes:
-        if with_procrastinate:
-            rate = procrastinate_drain(url, procrastinate_tasks, p)
-            rows.append(Row(f"procrastinate (concurrency {PROCRASTINATE_CONCURRENCY})", p, procrastinate_tasks, rate))
+        for c in concurrencies:
+            rate = procrastinate_drain(url, procrastinate_tasks, p, c)
+            rows.append(Row(f"procrastinate (concurrency {c})", p, procrastinate_tasks, rate))
     missing = ferroq_engine_missing(url)
     for p in processes:
         name = f"ferroq drain (concurrency {FERROQ_CONCURRENCY})"
@@ -355,11 +362,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=200_000)
     parser.add_argument("--procrastinate-tasks", type=int, default=20_000, help="it is far slower")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--no-procrastinate", action="store_true")
+    parser.add_argument(
+        "--procrastinate-concurrency",
+        type=int,
+        nargs="*",
+        default=[PROCRASTINATE_CONCURRENCY],
+        help="its worker's concurrency, a row each (none: skip procrastinate)",
+    )
     parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
     args = parser.parse_args(argv)
     with server(args.url) as url:
-        rows = run(url, args.tasks, args.procrastinate_tasks, args.processes, not args.no_procrastinate)
+        rows = run(url, args.tasks, args.procrastinate_tasks, args.processes, args.procrastinate_concurrency)
         description = server_description(url)
     if args.output == "json":
         print(json.dumps({"server": description, "rows": [asdict(r) for r in rows]}, indent=2))
