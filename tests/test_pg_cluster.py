@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -86,3 +88,27 @@ def test_with_database_points_a_url_at_another_database() -> None:
     assert pg_cluster.with_database("postgresql://postgres@127.0.0.1:5/postgres", "t1") == (
         "postgresql://postgres@127.0.0.1:5/t1"
     )
+
+
+def test_a_terminated_runner_stops_its_command_and_removes_the_cluster(tmp_path: Path) -> None:
+    bindir = needs_postgres()
+    url_file = tmp_path / "url"
+    probe = (
+        "import os, pathlib, time; "
+        f"pathlib.Path({str(url_file)!r}).write_text(os.environ['{pg_cluster.URL_VAR}']); time.sleep(600)"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", pg_cluster.URL_VAR)}
+    runner = subprocess.Popen([sys.executable, SCRIPT, "run", "--", sys.executable, "-c", probe], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not url_file.exists() or not url_file.read_text():
+            assert runner.poll() is None and time.monotonic() < deadline, "the command never started"
+            time.sleep(0.05)
+        url = url_file.read_text()
+        runner.terminate()
+        assert runner.wait(timeout=120) == 128 + signal.SIGTERM  # the command's death, passed on
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    with pytest.raises(pg_cluster.ClusterError):
+        pg_cluster.psql(bindir, url + "?connect_timeout=5", "SELECT 1")
