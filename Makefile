@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.deps-stamp
 
-.PHONY: all build demo test system-deps test-rust test-python test-benches perf-check wheel wheel-smoke django-smoke bench bench-huey bench-asv lint fmt clean
+.PHONY: all build demo test system-deps test-rust test-python test-benches perf-check wheel wheel-smoke django-smoke bench bench-huey bench-pg bench-asv lint fmt clean
 
 all: build
 
@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "maturin>=1.7,<2" "orjson>=3.9" "click>=8.1" "prometheus-client>=0.20" "rich>=13" "pytest>=8" "pytest-timeout>=2.3" "mypy>=1.10" \
 		"pytest-benchmark>=4" "ruff>=0.6" "fastapi>=0.110" "httpx>=0.27" "croniter>=2" \
-		"opentelemetry-api>=1.20" "opentelemetry-sdk>=1.20" "django>=5.2,<6" "django-tasks>=0.9"
+		"opentelemetry-api>=1.20" "opentelemetry-sdk>=1.20" "django>=5.2,<6" "django-tasks>=0.9" \
+		"psycopg[binary]>=3.1" "procrastinate>=3"
 	touch $(STAMP)
 
 # Builds the Rust extension (release) into the venv as an editable install.
@@ -26,25 +27,43 @@ demo: build
 
 test: system-deps lint test-rust test-python test-benches perf-check wheel-smoke django-smoke
 
-# Debian packages the tests use: libfaketime (clock-step tests with a wall clock per
-# process). Installed when missing and we are root (CI is); otherwise those tests skip.
+# Debian packages the tests use, installed when missing and we are root (CI is); otherwise the
+# tests that need them skip, loudly. libfaketime: clock-step tests with a wall clock per process.
+# postgresql: the server binaries for tests/pg_cluster.py's throw-away clusters (no main cluster:
+# the tests start their own). iproute2: `ip netns` for the multi-host tests (tests/netns.py).
 FAKETIME_LIB := /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
+APT_INSTALL  := apt-get install -y -q --no-install-recommends
 system-deps:
 	@if [ ! -e $(FAKETIME_LIB) ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    (apt-get install -y -q faketime || (apt-get update -q && apt-get install -y -q faketime)) >/dev/null; \
+	    ($(APT_INSTALL) faketime || (apt-get update -q && $(APT_INSTALL) faketime)) >/dev/null; \
 	  else echo "*** faketime is not installed: the clock-step tests will be skipped ***"; fi; \
 	fi
+	@if ! $(PYTHON) tests/pg_cluster.py bindir >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    mkdir -p /etc/postgresql-common/createcluster.d && \
+	      echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/ferroq-tests.conf; \
+	    ($(APT_INSTALL) postgresql || (apt-get update -q && $(APT_INSTALL) postgresql)) >/dev/null; \
+	  else echo "*** PostgreSQL is not installed: the PostgreSQL suites will be skipped ***"; fi; \
+	fi
+	@if ! command -v ip >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    ($(APT_INSTALL) iproute2 || (apt-get update -q && $(APT_INSTALL) iproute2)) >/dev/null; \
+	  else echo "*** iproute2 is not installed: the multi-host (network namespace) tests will be skipped ***"; fi; \
+	fi
+
+# The suites that take FERROQ_TEST_PG_URL run under a throw-away PostgreSQL cluster (each its own).
+PG_RUN := $(PYTHON) tests/pg_cluster.py run --
 
 test-rust:
-	cargo test --quiet
+	$(PG_RUN) cargo test --quiet
 
 test-python: build
-	$(PY) -m pytest -q
+	$(PG_RUN) $(PY) -m pytest -q
 
 # Each benchmark once, as a test, so the suite never rots (figures come from `make bench`).
 test-benches: build
-	$(PY) -m pytest -q benches --benchmark-disable
+	$(PG_RUN) $(PY) -m pytest -q benches --benchmark-disable
 
 # An abi3 wheel (one file for CPython 3.10 and later) under dist/: `pip install dist/ferroq-*.whl`.
 wheel: $(STAMP)
@@ -96,6 +115,11 @@ bench-asv: build
 bench-huey: build
 	$(PIP) install --quiet huey
 	$(PY) benches/compare_huey.py
+
+# PostgreSQL, one server, one run: the raw SQL ceiling, procrastinate and (once the engine lands)
+# ferroq, 1 and 2 processes, on a throw-away cluster (or --url / $$FERROQ_TEST_PG_URL).
+bench-pg: build
+	$(PY) benches/pg_ceiling.py
 
 # Figures: our rates next to raw SQLite in the same run, then the pytest-benchmark suite.
 bench: build

@@ -1,12 +1,42 @@
-"""Shared fixtures for the ferroq test suite. Kept small and generic on purpose."""
+"""Shared fixtures for the ferroq test suite. Kept small and generic on purpose.
+
+Engines: ``queue`` (and ``queue_location``) are a SQLite file by default. A test marked
+``@pytest.mark.both_engines`` runs twice, on SQLite and on PostgreSQL (a fresh database each
+time, on the server at $FERROQ_TEST_PG_URL, else on a throw-away cluster this session starts,
+else skipped loudly; never skipped under CI=true). Its PostgreSQL run is marked ``postgres``
+(``-m "not postgres"`` leaves them out).
+"""
 
 from __future__ import annotations
 
+import itertools
+import os
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 import ferroq
+import pg_cluster
+
+ENGINES = ("sqlite", "postgres")
+ENGINE_MISSING = "the PostgreSQL engine is not in this build yet (ferroq.Queue refuses postgresql:// URLs)"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("both_engines") and "queue_location" in metafunc.fixturenames:
+        metafunc.parametrize(
+            "queue_location",
+            [pytest.param(e, id=e, marks=[pytest.mark.postgres] if e == "postgres" else []) for e in ENGINES],
+            indirect=True,
+        )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A marked test that can't take the parametrisation would silently run on SQLite only.
+    for item in items:
+        if item.get_closest_marker("both_engines") and "queue_location" not in getattr(item, "fixturenames", ()):
+            raise pytest.UsageError(f"{item.nodeid}: both_engines needs the queue or queue_location fixture")
 
 
 @pytest.fixture
@@ -15,7 +45,69 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "queue.db"
 
 
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    """A PostgreSQL server for this session (its ``postgres`` database's URL)."""
+    url = os.environ.get(pg_cluster.URL_VAR)
+    if url:
+        yield url
+        return
+    if pg_cluster.find_bindir() is None:
+        if pg_cluster.in_ci():
+            pytest.fail(f"{pg_cluster.SKIPPED} (CI=true: install Debian's postgresql)")
+        pytest.skip(pg_cluster.SKIPPED)
+    with pg_cluster.Cluster() as cluster:
+        yield cluster.url
+
+
+_database_numbers = itertools.count()
+
+
 @pytest.fixture
-def queue(db_path: Path) -> ferroq.Queue:
-    """A fresh queue on ``db_path``; durability="normal" keeps the tests fast."""
-    return ferroq.Queue(db_path, durability="normal")
+def pg_url(pg_server_url: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test; dropped afterwards."""
+    name = f"ferroq_test_{os.getpid()}_{next(_database_numbers)}"
+    pg_cluster.psql(None, pg_server_url, f'CREATE DATABASE "{name}"')
+    yield pg_cluster.with_database(pg_server_url, name)
+    # FORCE: a connection the test left open must not keep the database (and its disk) alive.
+    pg_cluster.psql(None, pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_engine_available(pg_server_url: str) -> bool:
+    """Whether this build's ``ferroq.Queue`` opens postgresql:// URLs (probed once, on its own database)."""
+    name = f"ferroq_probe_{os.getpid()}"
+    pg_cluster.psql(None, pg_server_url, f'CREATE DATABASE "{name}"')
+    try:
+        ferroq.Queue(pg_cluster.with_database(pg_server_url, name)).close()
+    except ferroq.InvalidArgument as e:
+        if "not supported" in str(e):
+            return False
+        raise
+    finally:
+        pg_cluster.psql(None, pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return True
+
+
+@pytest.fixture
+def queue_location(request: pytest.FixtureRequest, db_path: Path) -> Path | str:
+    """Where the test's queue lives: ``db_path`` (SQLite), or a fresh PostgreSQL database's URL
+    for the ``postgres`` run of a ``both_engines`` test (xfailed while the engine is missing)."""
+    engine = getattr(request, "param", "sqlite")
+    if engine == "sqlite":
+        return db_path
+    if not request.getfixturevalue("pg_engine_available"):
+        pytest.xfail(ENGINE_MISSING)
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture
+def queue(queue_location: Path | str) -> Iterator[ferroq.Queue]:
+    """A fresh queue at ``queue_location``; durability="normal" keeps the SQLite tests fast."""
+    if isinstance(queue_location, Path):
+        yield ferroq.Queue(queue_location, durability="normal")
+        return
+    q = ferroq.Queue(queue_location)
+    yield q
+    q.close()  # before pg_url drops its database

@@ -25,7 +25,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import pytest
 
@@ -178,14 +178,16 @@ class Procs:
         return path
 
     def start(self, script: Path, *args: Any, label: str | None = None,
-              env: dict[str, str] | None = None) -> Child:
+              env: dict[str, str] | None = None, prefix: Sequence[str] = ()) -> Child:
+        """Starts ``script``; ``prefix`` runs it through a wrapper that execs it (same pid), e.g.
+        ``netns.Hosts.exec_prefix(i)`` to start it on another network host."""
         self._counter += 1
         label = label or f"{Path(script).stem}-{self._counter}"
         out = self.dir / f"{label}.out"
         err = self.dir / f"{label}.err"
         with open(out, "wb") as fout, open(err, "wb") as ferr:
             popen = subprocess.Popen(
-                [sys.executable, str(script), *map(str, args)],
+                [*prefix, sys.executable, str(script), *map(str, args)],
                 stdin=subprocess.DEVNULL, stdout=fout, stderr=ferr,
                 env=child_env(env), cwd=str(self.dir),
             )

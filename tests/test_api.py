@@ -59,6 +59,7 @@ def no_retry_policy() -> ferroq.RetryPolicy:
 # -- enqueue and TaskInfo ------------------------------------------------------------------
 
 
+@pytest.mark.both_engines
 def test_enqueue_returns_a_handle_with_an_id(queue: ferroq.Queue) -> None:
     @queue.task
     def add(a: int, b: int) -> int:
@@ -75,6 +76,7 @@ def test_enqueue_returns_a_handle_with_an_id(queue: ferroq.Queue) -> None:
     assert queue.handle(h1.id).info() == queue.get(h1.id)
 
 
+@pytest.mark.both_engines
 def test_get_returns_every_field(queue: ferroq.Queue) -> None:
     @queue.task(priority=7, resource_group="images", max_attempts=4)
     def resize(path: str, width: int) -> dict[str, Any]:
@@ -155,6 +157,7 @@ def test_large_arguments_reach_the_processor_whole(queue: ferroq.Queue) -> None:
     assert unique.result(timeout=WAIT) == 5_000
 
 
+@pytest.mark.both_engines
 def test_get_unknown_id_raises_unknown_task(queue: ferroq.Queue) -> None:
     with pytest.raises(ferroq.UnknownTask):
         queue.get(12345)
@@ -164,6 +167,7 @@ def test_get_unknown_id_raises_unknown_task(queue: ferroq.Queue) -> None:
         queue.get("1")  # type: ignore[arg-type]
 
 
+@pytest.mark.both_engines
 def test_using_overrides_options_for_one_enqueue(queue: ferroq.Queue) -> None:
     @queue.task(priority=1)
     def job() -> None:
@@ -175,6 +179,7 @@ def test_using_overrides_options_for_one_enqueue(queue: ferroq.Queue) -> None:
     assert queue.get(job.enqueue().id).priority == 1  # the task's own options are unchanged
 
 
+@pytest.mark.both_engines
 def test_enqueue_many_stores_all_calls_in_order(queue: ferroq.Queue) -> None:
     @queue.task
     def square(x: int) -> int:
@@ -229,6 +234,7 @@ def test_enqueue_many_counts_a_delay_from_the_end_of_the_iterable(queue: ferroq.
     assert queue.get(task_id).run_at.timestamp() >= done_at[0] + 60 - 0.001
 
 
+@pytest.mark.both_engines
 def test_enqueue_many_runs_in_fifo_order_within_a_priority(queue: ferroq.Queue) -> None:
     seen: list[int] = []
 
@@ -243,6 +249,7 @@ def test_enqueue_many_runs_in_fifo_order_within_a_priority(queue: ferroq.Queue) 
     assert seen == list(range(310))
 
 
+@pytest.mark.both_engines
 def test_enqueue_many_deduplicates_unique_keys_within_the_batch(queue: ferroq.Queue) -> None:
     @queue.task
     def sync(account: str) -> None:
@@ -260,6 +267,7 @@ def test_enqueue_many_deduplicates_unique_keys_within_the_batch(queue: ferroq.Qu
 # -- results ---------------------------------------------------------------------------------
 
 
+@pytest.mark.both_engines
 def test_result_returns_the_stored_result(queue: ferroq.Queue) -> None:
     @queue.task
     def echo(value: Any) -> Any:
@@ -317,6 +325,7 @@ def test_result_raises_result_timeout_when_not_done(queue: ferroq.Queue) -> None
 # -- cancel / requeue ------------------------------------------------------------------------
 
 
+@pytest.mark.both_engines
 def test_cancel_pending_task(queue: ferroq.Queue) -> None:
     ran = []
 
@@ -419,6 +428,7 @@ def test_requeue_cancelled_task(queue: ferroq.Queue) -> None:
 # -- history and counts ----------------------------------------------------------------------
 
 
+@pytest.mark.both_engines
 def test_history_lists_every_transition(queue: ferroq.Queue) -> None:
     calls = []
 
@@ -473,6 +483,7 @@ def test_history_of_cancel_and_requeue(queue: ferroq.Queue) -> None:
     ]
 
 
+@pytest.mark.both_engines
 def test_counts_lists_every_status(queue: ferroq.Queue) -> None:
     assert queue.counts() == {status: 0 for status in ferroq.STATUSES}
     assert set(ferroq.STATUSES) == {"pending", "running", "completed", "dead", "cancelled"}
