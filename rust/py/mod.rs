@@ -59,6 +59,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let logger = pyo3_log::Logger::new(m.py(), pyo3_log::Caching::LoggersAndLevels)?;
     let _ = logger.set_prefix("ferroq").install();
     m.add_class::<queue::PyStore>()?;
+    m.add_class::<queue::PyManualClock>()?;
     m.add_class::<journal::PyRunJournal>()?;
     m.add_class::<journal::PyRunJournalView>()?;
     m.add_function(wrap_pyfunction!(hold_closes, m)?)?;

@@ -62,6 +62,23 @@ impl PyStore {
         Ok(d)
     }
 
+    /// [(interval start ms, value)] of one stored counter (see `Store::metric_series`).
+    #[pyo3(signature = (queue, group, name, bucket_ms, since_ms))]
+    fn metric_series(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        group: Option<&str>,
+        name: &str,
+        bucket_ms: Millis,
+        since_ms: Millis,
+    ) -> PyResult<Vec<(Millis, f64)>> {
+        Ok(py.detach(|| {
+            self.store
+                .metric_series(queue, group, name, bucket_ms, since_ms)
+        })?)
+    }
+
     /// This process's totals since it started, per (queue, group): counters, and each
     /// histogram as (count, sum_us, cumulative counts at `bounds_us`).
     #[allow(clippy::type_complexity)]

@@ -227,6 +227,19 @@ pub trait Store: Send + Sync {
     /// What this process recorded since it started (for a scrape of this process).
     fn metrics_totals(&self) -> SeriesMap;
 
+    /// One stored counter (`name`, e.g. "enqueued") per interval of `bucket_ms` (10 s or an
+    /// hour, as flushed) from `since` on: (interval start, value), oldest first, intervals
+    /// with nothing left out; summed over groups unless `group` names one. What forecasts
+    /// and alerts read.
+    fn metric_series(
+        &self,
+        queue: &str,
+        group: Option<&str>,
+        name: &str,
+        bucket_ms: Millis,
+        since: Millis,
+    ) -> Result<Vec<(Millis, f64)>>;
+
     /// Deletes events, metrics and worker registrations past their retention; returns how
     /// many rows went.
     fn prune_observability(&self, keep: &ObservabilityRetention) -> Result<u64>;
@@ -286,6 +299,19 @@ pub fn open(
     location: &std::path::Path,
     options: sqlite::Options,
 ) -> Result<std::sync::Arc<dyn Engine>> {
+    open_with_clock(
+        location,
+        options,
+        std::sync::Arc::new(crate::clock::SystemClock),
+    )
+}
+
+/// `open` on an injected clock (tests and replayed benchmarks: `ferroq.testing.ManualClock`).
+pub fn open_with_clock(
+    location: &std::path::Path,
+    options: sqlite::Options,
+    clock: std::sync::Arc<dyn crate::clock::Clock>,
+) -> Result<std::sync::Arc<dyn Engine>> {
     let text = location.to_string_lossy();
     if text.starts_with("postgres://") || text.starts_with("postgresql://") {
         return Err(crate::error::Error::InvalidArgument(
@@ -293,7 +319,7 @@ pub fn open(
                 .into(),
         ));
     }
-    Ok(std::sync::Arc::new(sqlite::SqliteStore::open(
-        location, options,
+    Ok(std::sync::Arc::new(sqlite::SqliteStore::open_with_clock(
+        location, options, clock,
     )?))
 }

@@ -234,3 +234,54 @@ fn health_figures() {
     assert_eq!(f.store.dead_since(Q, enqueued_at).unwrap(), 1);
     assert_eq!(f.store.dead_since(Q, f.store.now_ms() + 1).unwrap(), 0);
 }
+
+#[test]
+fn metric_series_gives_each_interval_by_group_or_summed() {
+    let f = fixture();
+    let start = f.store.now_ms();
+    let mut b = task("b", 0);
+    b.resource_group = "other".into();
+    f.store.enqueue(Q, &[task("a", 0), b]).unwrap();
+    f.store.flush_metrics().unwrap();
+    f.clock.advance(20_000);
+    f.store.enqueue(Q, &[task("c", 0)]).unwrap();
+    f.store.flush_metrics().unwrap();
+    let since = start - 3_600_000;
+    let raw = |group| {
+        f.store
+            .metric_series(Q, group, "enqueued", 10_000, since)
+            .unwrap()
+    };
+    let first = start - start.rem_euclid(10_000);
+    assert_eq!(raw(None), [(first, 2.0), (first + 20_000, 1.0)]);
+    assert_eq!(raw(Some("other")), [(first, 1.0)]);
+    let hours = f
+        .store
+        .metric_series(Q, None, "enqueued", 3_600_000, since)
+        .unwrap();
+    assert_eq!(hours.iter().map(|h| h.1).sum::<f64>(), 3.0);
+}
+
+#[test]
+fn a_producer_flushes_its_arrivals_an_interval_after_its_last_flush() {
+    let f = fixture();
+    let since = f.store.now_ms() - 60_000;
+    let enqueued = || {
+        f.store
+            .metric_series(Q, None, "enqueued", 10_000, since)
+            .unwrap()
+            .iter()
+            .map(|r| r.1)
+            .sum::<f64>()
+    };
+    f.store.enqueue(Q, &[task("a", 0)]).unwrap();
+    f.clock.advance(5_000);
+    f.store.enqueue(Q, &[task("b", 0)]).unwrap();
+    assert_eq!(enqueued(), 0.0, "within an interval of the first: not yet");
+    f.clock.advance(5_000);
+    f.store.enqueue(Q, &[task("c", 0)]).unwrap();
+    assert_eq!(enqueued(), 3.0, "no worker flushed them: the enqueue did");
+    f.store.enqueue(Q, &[task("d", 0)]).unwrap();
+    f.store.close();
+    assert_eq!(enqueued(), 4.0, "closing flushes what is left");
+}
