@@ -40,6 +40,7 @@ from .errors import (
     ValidationError,
 )
 from .groups import Circuit, Event, GroupState, ResourceGroup
+from .forecast import Forecast, ForecastPoint
 from .observe import (
     GroupMetrics,
     Health,
@@ -71,6 +72,8 @@ __all__ = [
     "CircuitBreaker",
     "CorruptDatabase",
     "CorruptTask",
+    "Forecast",
+    "ForecastPoint",
     "ForeignDatabase",
     "DatabasePathError",
     "DiskFull",

@@ -108,6 +108,8 @@ class Queue(Observable):
     ``durability="full"`` (default) makes every enqueue and completion survive power loss
     (synchronous=FULL); ``"normal"`` survives a process crash but may lose the last commits
     on power loss, and is faster. Several queues (``name``) can share one file.
+    ``clock`` (tests and replayed benchmarks only): a ``ferroq.testing.ManualClock`` that
+    every stored time of this process's queue is read from.
     """
 
     def __init__(
@@ -123,6 +125,7 @@ class Queue(Observable):
         serializer: Serializer | None = None,
         events: str = "failures",
         observability: Observability | None = None,
+        clock: _core.ManualClock | None = None,
     ) -> None:
         _core.check_name("queue", _checks.text("queue name", name))
         if durability not in ("full", "normal"):
@@ -148,7 +151,7 @@ class Queue(Observable):
         self.serializer: Serializer = serializer or JsonSerializer()
         self._store = _core.Store(
             _worker_path(_path(path)), durability=durability, busy_timeout=busy_timeout, max_payload=max_payload,
-            task_events=events,
+            task_events=events, clock=clock,
         )
         _open_stores.add(self._store)
         self._tasks: dict[str, TaskBase[Any, Any]] = {}
