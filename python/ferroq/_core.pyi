@@ -204,6 +204,13 @@ class Store:
         """Adds this process's figures since the last flush into the metrics table."""
     def metrics(self, queue: str, since_ms: int, raw_keep_ms: int) -> dict[str, dict[str, Any]]:
         """{group: {counter: n, "wait"/"run": (count, sum_us, max_us, p50_us, p95_us, p99_us)}}."""
+    def record_events(self, queue: str, happened: list[tuple[str | None, str, str]]) -> None:
+        """Records (group, kind, detail JSON) events of ``queue``."""
+    def take_turn(self, queue: str, duty: str, every_ms: int) -> tuple[int, str] | None:
+        """A shared duty's turn: (fence, saved state JSON), or None if another's is recent."""
+    def end_turn(self, queue: str, duty: str, fence: int, state: str,
+                 happened: list[tuple[str | None, str, str]]) -> bool:
+        """Saves the turn's state and records its events unless a later turn was taken."""
     def metric_series(
         self, queue: str, group: str | None, name: str, bucket_ms: int, since_ms: int
     ) -> list[tuple[int, float]]:

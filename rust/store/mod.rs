@@ -21,7 +21,9 @@ use crate::task::{
 };
 
 pub use host::{ChangeToken, Engine, Host};
-pub use model::{CircuitCommand, Deferral, NoProcessor, TaskEvents, Unrunnable, WorkerInfo};
+pub use model::{
+    CircuitCommand, Deferral, NoProcessor, TaskEvents, TurnEvent, Unrunnable, WorkerInfo,
+};
 pub use operations::Operations;
 
 use std::collections::HashMap;
@@ -239,6 +241,26 @@ pub trait Store: Send + Sync {
         bucket_ms: Millis,
         since: Millis,
     ) -> Result<Vec<(Millis, f64)>>;
+
+    /// Records events of a queue (a worker's concurrency change); `detail` is a JSON object.
+    fn record_events(&self, queue: &str, happened: &[TurnEvent]) -> Result<()>;
+
+    /// Takes the turn of a duty the processes of `queue` share (alert evaluation) if its
+    /// last turn was taken `every_ms` ago or never: the turn's fence and the state the
+    /// last turn saved (`"{}"` at first). `None`: another process's turn is recent.
+    fn take_turn(&self, queue: &str, duty: &str, every_ms: Millis)
+    -> Result<Option<(i64, String)>>;
+
+    /// Ends turn `fence`: saves its state and records its events in one transaction,
+    /// unless a later turn was taken meanwhile (then nothing is saved: `false`).
+    fn end_turn(
+        &self,
+        queue: &str,
+        duty: &str,
+        fence: i64,
+        state: &str,
+        happened: &[TurnEvent],
+    ) -> Result<bool>;
 
     /// Deletes events, metrics and worker registrations past their retention; returns how
     /// many rows went.

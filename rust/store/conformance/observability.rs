@@ -285,3 +285,53 @@ fn a_producer_flushes_its_arrivals_an_interval_after_its_last_flush() {
     f.store.close();
     assert_eq!(enqueued(), 4.0, "closing flushes what is left");
 }
+
+#[test]
+fn a_duty_turn_is_taken_once_per_period_and_saved_only_by_its_holder() {
+    use crate::store::TurnEvent;
+    let f = fixture();
+    let other = super::open_engine(&f.path, &f.clock);
+    let (fence, state) = f.store.take_turn(Q, "alerts", 5_000).unwrap().unwrap();
+    assert_eq!(state, "{}");
+    assert!(
+        other.take_turn(Q, "alerts", 5_000).unwrap().is_none(),
+        "taken"
+    );
+    assert!(
+        other.take_turn(Q, "other", 5_000).unwrap().is_some(),
+        "duties apart"
+    );
+    let fired = TurnEvent {
+        group: Some("g".into()),
+        kind: "alert_fired".into(),
+        detail: "{\"alert\": \"slow\"}".into(),
+    };
+    assert!(
+        f.store
+            .end_turn(
+                Q,
+                "alerts",
+                fence,
+                "{\"a\":1}",
+                std::slice::from_ref(&fired)
+            )
+            .unwrap()
+    );
+    f.clock.advance(5_000);
+    let (next, state) = other.take_turn(Q, "alerts", 5_000).unwrap().unwrap();
+    assert_eq!((next, state.as_str()), (fence + 1, "{\"a\":1}"));
+    // The first holder's late save is refused: the turn is no longer its own.
+    assert!(
+        !f.store
+            .end_turn(Q, "alerts", fence, "{}", &[fired])
+            .unwrap()
+    );
+    let kinds: Vec<String> = f
+        .store
+        .events(Q, None, 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, ["alert_fired"]);
+}

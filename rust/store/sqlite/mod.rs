@@ -9,6 +9,7 @@ mod closing;
 mod convert;
 mod decode;
 mod defer;
+mod duties;
 mod enqueue;
 mod events;
 mod finish;
@@ -71,7 +72,7 @@ use crate::run_journal::{self, RunJournal};
 use crate::store::lease_watch::LeaseWatch;
 use crate::store::{CircuitCommand, WorkerInfo};
 use crate::store::{CircuitView, Host, Lease, ObservabilityRetention, Store};
-use crate::store::{Deferral, NoProcessor, Unrunnable};
+use crate::store::{Deferral, NoProcessor, TurnEvent, Unrunnable};
 use crate::task::{
     ClaimedTask, Enqueued, FailAction, FailureImpact, LeaseToken, NewTask, Outcome, RunEnd, TaskId,
     TaskRecord, TaskStatus, Transition,
@@ -824,6 +825,36 @@ impl Store for SqliteStore {
 
     fn metrics_totals(&self) -> SeriesMap {
         self.local.get().metrics.lock().totals()
+    }
+
+    fn record_events(&self, queue: &str, happened: &[TurnEvent]) -> Result<()> {
+        validate::name("queue", queue)?;
+        self.write(|tx, now| {
+            happened.iter().try_for_each(|e| {
+                events::record(tx, queue, e.group.as_deref(), &e.kind, &e.detail, now)
+            })
+        })
+    }
+
+    fn take_turn(
+        &self,
+        queue: &str,
+        duty: &str,
+        every_ms: Millis,
+    ) -> Result<Option<(i64, String)>> {
+        validate::name("queue", queue)?;
+        self.write(|tx, now| duties::take(tx, queue, duty, every_ms, now))
+    }
+
+    fn end_turn(
+        &self,
+        queue: &str,
+        duty: &str,
+        fence: i64,
+        state: &str,
+        happened: &[TurnEvent],
+    ) -> Result<bool> {
+        self.write(|tx, now| duties::end(tx, queue, duty, fence, state, happened, now))
     }
 
     fn metric_series(
