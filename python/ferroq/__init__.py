@@ -56,7 +56,7 @@ from .policies import CircuitBreaker, PriorityAging, Retention, RetryPolicy, Thr
 from .queue import Queue
 from .serializers import JsonSerializer, Serializer
 from .task import AsyncTask, BatchTask, BoundTask, Task, TaskBase, TaskCall, TaskHandle, TaskOptions
-from .worker import RunOutcome, Worker, WorkerStats
+from .worker import Autoscale, RunOutcome, Worker, WorkerStats
 
 __version__: str = _core.__version__
 
@@ -65,6 +65,7 @@ PRIORITY_MIN: int = _core.PRIORITY_MIN
 PRIORITY_MAX: int = _core.PRIORITY_MAX
 
 __all__ = [
+    "Autoscale",
     "AsyncTask",
     "BatchTask",
     "BoundTask",

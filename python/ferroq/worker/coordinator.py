@@ -24,6 +24,7 @@ from ..errors import InvalidArgument, LeaseLost, StorageError
 from ..queue import Queue
 from ..task import BatchTask
 from .async_runner import AsyncRunner
+from .autoscale import Autoscale, Autoscaler
 from .breaker_view import BreakerView
 from .claim_loop import PREFETCH_MAX, ClaimLoop
 from .completer import Completer
@@ -78,6 +79,11 @@ class Worker:
     error, an ``after_run`` that raises is logged and changes nothing. With
     ``pool="process"`` they must be importable by reference (module-level functions).
     Batch tasks are not wrapped by them.
+
+    ``autoscale=ferroq.Autoscale(min=1, max=32)`` (thread pool only) starts at ``min`` runner
+    threads and moves between ``min`` and ``max`` with the load: arrivals and their forecast
+    times run time (Little's law), plus the backlog, within the groups' running caps; each
+    change is a ``concurrency_changed`` event with its reason (see ``ferroq.worker.autoscale``).
     """
 
     #: Turns each run's end into its outcome (``ferroq.testing`` swaps in one whose retries
@@ -103,6 +109,7 @@ class Worker:
         on_stop: Callable[[], Any] | None = None,
         before_run: Callable[[TaskContext], Any] | None = None,
         after_run: Callable[[TaskContext, RunOutcome], Any] | None = None,
+        autoscale: Autoscale | None = None,
     ) -> None:
         if not isinstance(queue, Queue):
             raise InvalidArgument(f"Worker needs a ferroq.Queue, got {queue!r}")
@@ -126,6 +133,13 @@ class Worker:
             except Exception as e:  # noqa: BLE001 - pickling can fail in many ways
                 raise InvalidArgument(f'pool="process" sends the queue\'s serializer to its child processes, '
                                       f"and {queue.serializer!r} cannot be pickled: {e}") from None
+        if autoscale is not None and not isinstance(autoscale, Autoscale):
+            raise InvalidArgument(f"autoscale must be a ferroq.Autoscale, got {autoscale!r}")
+        if autoscale is not None and pool != "thread":
+            raise InvalidArgument('autoscale moves runner threads: it needs pool="thread" (a process pool\'s '
+                                  "children are started with the worker)")
+        #: How concurrency moves with the load (None: it stays ``concurrency``).
+        self.autoscale = autoscale
         for hook_name, hook in (("on_start", on_start), ("on_stop", on_stop), ("before_run", before_run),
                                 ("after_run", after_run)):
             check_hook(hook_name, hook, pool)
@@ -138,7 +152,8 @@ class Worker:
         self.groups: tuple[str, ...] | None = None if groups is None else _group_names(groups)
         self.queue = queue
         self._max_payload = queue._engine.max_payload
-        self.concurrency = concurrency
+        #: Tasks running at once (with ``autoscale``: now; it starts at ``autoscale.min``).
+        self.concurrency = concurrency if autoscale is None else autoscale.min
         #: Claimed tasks kept waiting for a free thread. None: adaptive, about 50 ms of work
         #: at the observed rate (at least ``concurrency``), so fast tasks are claimed in
         #: large batches and slow ones are not hoarded from other workers.
@@ -175,6 +190,7 @@ class Worker:
         self._async = AsyncRunner(self)
         self._completer = Completer(self)
         self._maintenance = Maintenance(self)
+        self._autoscaler: Autoscaler | None = None
         self._holds = GroupHolds(self)
         self._signals = StopSignals(self._stopping, self._hard_stop, queue._notify, self.shutdown_grace)
 
@@ -222,13 +238,18 @@ class Worker:
                 self._journal = None
                 self._call_on_stop()  # on_start ran: what it set up is torn down
                 raise
-        threads = [threading.Thread(target=self._runners.runner, args=(None if pool is None else pool.slots[i],),
-                                    name=f"ferroq-run-{i}", daemon=True)
-                   for i in range(self.concurrency)]
+        if self.autoscale is not None:
+            self.concurrency = self.autoscale.min
+        self._autoscaler = None if self.autoscale is None else Autoscaler(self, self.autoscale)
+        threads = [] if pool is None else [
+            threading.Thread(target=self._runners.runner, args=(pool.slots[i],), name=f"ferroq-run-{i}", daemon=True)
+            for i in range(self.concurrency)]
         completer = threading.Thread(target=self._completer.run, name="ferroq-completer", daemon=True)
         maintenance = threading.Thread(target=self._maintenance.run, name="ferroq-maintenance", daemon=True)
         for t in (*threads, completer, maintenance):
             t.start()
+        if pool is None:
+            self._runners.start_threads(self.concurrency)
         if pool is None and any(t.is_async for t in self.queue._tasks.values()):
             self._async.start()
         previous = self._signals.install() if self.handle_signals else {}
@@ -262,6 +283,12 @@ class Worker:
             self._call_on_stop()
         return self.stats
 
+    def _resize(self, n: int) -> None:
+        """Autoscale: ``n`` tasks at once from now on (runner threads and claims follow)."""
+        self.concurrency = n
+        self._runners.resize(n)
+        self.queue._notify()  # the claim loop's window changed
+
     def _call_on_stop(self) -> None:
         if self._on_stop is not None:
             try:
@@ -272,8 +299,9 @@ class Worker:
     def _open_journal(self) -> _core.RunJournal | None:
         """The run journal (see ``journal``), with room for every run this worker can hold."""
         prefetch = self.prefetch if self.prefetch is not None else PREFETCH_MAX
+        most = self.concurrency if self.autoscale is None else self.autoscale.max
         batches = [t.max_size for t in self.queue._tasks.values() if isinstance(t, BatchTask)]
-        return open_journal(self.queue._engine, self.id, self.concurrency + max([prefetch, *batches]) + 64)
+        return open_journal(self.queue._engine, self.id, most + max([prefetch, *batches]) + 64)
 
     # -- shared by the collaborators -----------------------------------------------------
 

@@ -76,6 +76,8 @@ class Maintenance:
                     next_rescue = now + w.rescue_interval
                 if not w._stopping.is_set():
                     self.scheduler.poll()
+                if w._autoscaler is not None and not w._stopping.is_set():
+                    w._autoscaler.tick(now)
                 aging = queue.priority_aging
                 if aging is not None and now >= next_aging and not w._stopping.is_set():
                     store.age_priorities(queue.name, max(1, int(aging.every * 1000)), aging.step, aging.max_priority)

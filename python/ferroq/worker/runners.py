@@ -5,6 +5,7 @@ completer in one go. ``execute`` is the per-task path: keep calls out of it."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -25,26 +26,69 @@ class ThreadRunners:
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.queue = worker.queue
+        #: Thread-pool runner threads alive (under the worker's ``_ready_cond``), and ever started.
+        self.live = 0
+        self.started = 0
+
+    def start_threads(self, n: int) -> list[threading.Thread]:
+        """Starts ``n`` more runner threads (thread pool); returns them."""
+        threads = []
+        with self.worker._ready_cond:
+            for _ in range(n):
+                threads.append(threading.Thread(target=self.runner, args=(None,), name=f"ferroq-run-{self.started}",
+                                                daemon=True))
+                self.started += 1
+                self.live += 1
+        for t in threads:
+            t.start()
+        return threads
+
+    def resize(self, n: int) -> None:
+        """Thread pool: ``n`` runner threads from now on. More start at once; surplus ones
+        leave when they next look for work (a run in progress finishes)."""
+        cond = self.worker._ready_cond
+        with cond:
+            more = n - self.live
+            cond.notify_all()
+        if more > 0:
+            self.start_threads(more)
 
     def runner(self, slot: Slot | None) -> None:
         """A runner thread's body (``slot``: its child process with ``pool="process"``)."""
+        counted_out = False
         try:
-            self.run_jobs(slot)
+            counted_out = self.run_jobs(slot)
         finally:
+            if slot is None and not counted_out:  # (a process pool's runners are not counted)
+                with self.worker._ready_cond:
+                    self.live -= 1
             if slot is not None:
                 slot.close()
 
-    def run_jobs(self, slot: Slot | None) -> None:
+    def surplus(self, slot: Slot | None) -> bool:
+        """A thread-pool runner beyond the worker's concurrency (after an autoscale shrink);
+        it leaves, counted out here so that no second one leaves for the same shrink."""
+        if slot is not None or self.live <= self.worker.concurrency:
+            return False
+        self.live -= 1
+        return True
+
+    def run_jobs(self, slot: Slot | None) -> bool:
+        """Runs jobs until closing (False) or surplus (True: counted out already)."""
         w = self.worker
         ready, cond, to_record, stopping = w._ready, w._ready_cond, w._to_record, w._stopping
         breakers, holds = w._breakers, w._holds
         held = breakers.held  # empty unless a group's failures hold it here
         while True:
             with cond:
-                while not ready and not w._closing:
+                while True:
+                    if self.surplus(slot):
+                        return True
+                    if ready or w._closing:
+                        break
                     cond.wait()
                 if not ready:
-                    return
+                    return False
                 share = max(1, min(len(ready) // w.concurrency, 64))
                 batch = [ready.popleft() for _ in range(min(share, len(ready)))]
             outcomes: list[Outcome] = []
