@@ -126,3 +126,11 @@ def test_a_worker_grows_under_a_backlog_and_shrinks_when_idle(tmp_path: Path) ->
     assert all(1 <= e.detail["to"] <= 6 for e in changes)
     assert changes[-1].detail["to"] == 1 and "backlog" in changes[-1].detail["reason"]
     assert changes[-1].detail["worker"] == w.id
+
+
+def test_a_growing_backlog_and_a_slower_measured_thread_time_add_threads() -> None:
+    # Arrivals the flushed metrics do not show yet: the backlog grew by 20/s.
+    assert decide(load(rate=40.0, growth=20.0), 2, CFG).wanted == 14
+    # Busy threads took 0.4 s per task (overheads included), not the 0.2 s run time.
+    d = decide(load(rate=40.0, service_time=0.4), 2, CFG)
+    assert d.wanted == 20 and "thread time 400 ms" in d.reason

@@ -3,13 +3,18 @@
 Every ``every`` seconds the maintenance thread decides how many runner threads the worker
 needs, by Little's law (tasks running = arrival rate x run time):
 
-    needed = headroom x rate x run_time / workers  +  backlog x run_time / drain / workers
+    needed = (headroom x rate + growth) x run_time / workers  +  backlog x run_time / drain / workers
 
-- ``rate``: the higher of the arrivals of the last minute and the forecast's peak over the
-  next ``lead`` seconds (``Queue.forecast``): it grows *ahead* of a predicted rise;
-- ``run_time``: the mean run time of the last five minutes (metrics table);
+- ``rate``: the highest of the arrival rates of the last minute and of its last 20 seconds
+  (quick to rise, slow to fall) and the forecast's peak over the next ``lead`` seconds
+  (``Queue.forecast``): it grows *ahead* of a predicted rise;
+- ``run_time``: the mean run time of the last five minutes (metrics table), or, while a
+  backlog waits (every thread busy), the thread time each finished task took here
+  (threads x seconds / tasks finished: claims, commits and the GIL included), if longer;
 - ``backlog``: pending tasks of the served groups (delayed ones too), to be cleared within
   ``drain`` seconds;
+- ``growth``: how fast the backlog grew since the last decision (arrivals the metrics,
+  flushed every 10 s, do not show yet);
 - ``workers``: live workers on the queue (each takes its share).
 
 Clamped to ``[min, max]`` and to the sum of the served groups' running caps when every one
@@ -48,7 +53,7 @@ class Autoscale:
     #: How far ahead the forecast is read (seconds).
     lead: float = 60.0
     #: A backlog is to be cleared within this many seconds.
-    drain: float = 30.0
+    drain: float = 10.0
     #: Capacity over the load needed (1.25: threads busy 80% of the time).
     headroom: float = 1.25
     #: Shrink only after wanting less for this many seconds.
@@ -77,7 +82,7 @@ class Autoscale:
 class Load:
     """What a decision is made from."""
 
-    #: Arrivals per second over the last minute.
+    #: Arrivals per second: the higher of the last minute's and its last 20 seconds'.
     rate: float
     #: The forecast's peak arrival rate over the lead, per second (None: no forecast).
     forecast_rate: float | None
@@ -89,6 +94,10 @@ class Load:
     workers: int
     #: Sum of the served groups' running caps (None: some group has none).
     cap: int | None
+    #: While saturated: thread-seconds per task finished here since the last decision.
+    service_time: float | None = None
+    #: Tasks per second the backlog grew by since the last decision (0 if it shrank).
+    growth: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -109,11 +118,15 @@ def decide(load: Load, current: int, cfg: Autoscale) -> Decision:
         wanted = current * 2 if load.backlog else current
         reason = f"backlog {load.backlog}, no run time measured yet" if load.backlog else "no run time measured yet"
     else:
-        steady = cfg.headroom * rate * load.run_time / workers
-        catch_up = load.backlog * load.run_time / cfg.drain / workers
+        per_task, what = load.run_time, "run"
+        if load.service_time is not None and load.service_time > per_task:
+            per_task, what = load.service_time, "thread time"
+        steady = (cfg.headroom * rate + load.growth) * per_task / workers
+        catch_up = load.backlog * per_task / cfg.drain / workers
         wanted = math.ceil(steady + catch_up)
-        reason = (f"{which} {rate:.2f}/s x run {load.run_time * 1000:.0f} ms x {cfg.headroom:g} / {workers} worker(s)"
-                  f" = {steady:.1f}; backlog {load.backlog} over {cfg.drain:g} s = {catch_up:.1f}")
+        growing = f" + backlog growth {load.growth:.2f}/s" if load.growth else ""
+        reason = (f"({which} {rate:.2f}/s x {cfg.headroom:g}{growing}) x {what} {per_task * 1000:.0f} ms / "
+                  f"{workers} worker(s) = {steady:.1f}; backlog {load.backlog} over {cfg.drain:g} s = {catch_up:.1f}")
     if load.cap is not None and wanted > load.cap:
         wanted, reason = load.cap, f"{reason}; groups' running caps {load.cap}"
     bounded = min(cfg.max, max(cfg.min, wanted))
@@ -133,6 +146,8 @@ class Autoscaler:
         self.lower_since: float | None = None
         self._forecast_at = 0.0
         self._forecast_rate: float | None = None
+        #: At the last decision: (monotonic time, tasks finished here, backlog).
+        self._last: tuple[float, int, int] | None = None
 
     def tick(self, now: float) -> None:
         if now < self.next_at:
@@ -170,8 +185,11 @@ class Autoscaler:
         q, store = w.queue, w.queue._engine
         groups = list(w.groups) if w.groups is not None else None
         served: list[str | None] = list(groups) if groups is not None else [None]
-        since = store.now_ms() - 60_000
-        arrived = sum(v for g in served for _, v in store.metric_series(q.name, g, "enqueued", 10_000, since))
+        now_ms = store.now_ms()
+        rows = [r for g in served for r in store.metric_series(q.name, g, "enqueued", 10_000, now_ms - 60_000)]
+        minute = sum(v for _, v in rows) / 60
+        # The last two intervals (the newest may be partly flushed).
+        recent = sum(v for start, v in rows if start >= now_ms - now_ms % 10_000 - 10_000) / 20
         metrics = q.metrics(window=300)
         ran = [m.run for g, m in metrics.items() if groups is None or g in groups]
         runs = sum(r.count for r in ran)
@@ -181,7 +199,23 @@ class Autoscaler:
         caps = [s.concurrency_limit for s in states]
         cap = sum(c for c in caps if c is not None) if states and all(c is not None for c in caps) else None
         alive = sum(1 for x in q.workers() if x.alive) or 1
-        return Load(arrived / 60, self.forecast_rate(now, served), run_time, backlog, alive, cap)
+        service, growth = self.since_last(now, backlog)
+        return Load(max(minute, recent), self.forecast_rate(now, served), run_time, backlog, alive, cap,
+                    service, growth)
+
+    def since_last(self, now: float, backlog: int) -> tuple[float | None, float]:
+        """Since the last decision: thread-seconds per task finished here when a backlog
+        waited at both (every thread busy: Little's law on this worker), and how fast the
+        backlog grew."""
+        st = self.worker.stats
+        finished = st.completed + st.retried + st.dead
+        last, self._last = self._last, (now, finished, backlog)
+        if last is None or now <= last[0]:
+            return None, 0.0
+        growth = max(0.0, (backlog - last[2]) / (now - last[0]))
+        if not (backlog and last[2]) or finished <= last[1]:
+            return None, growth
+        return self.worker.concurrency * (now - last[0]) / (finished - last[1]), growth
 
     def forecast_rate(self, now: float, served: list[str | None]) -> float | None:
         """The forecast's peak rate over the lead (refreshed every minute: it is a fit)."""
