@@ -1,5 +1,5 @@
 """Looking ahead: ``ferroq forecast`` (predicted arrivals with a 95% band, and how the
-forecast was made)."""
+forecast was made) and ``ferroq alerts`` (what fired and resolved)."""
 
 from __future__ import annotations
 
@@ -45,3 +45,28 @@ def forecast(ctx: click.Context, db: str | None, queue_name: str | None, output:
         click.echo(dumps(dict(asdict(f), total=f.total, peak_rate=f.peak_rate)))
         return
     console().print(_forecast_table(f))
+
+
+@click.command()
+@db_options
+@output_option
+@click.pass_context
+def alerts(ctx: click.Context, db: str | None, queue_name: str | None, output: str) -> None:
+    """Alerts as their latest event left them, firing first (declared in code with
+    ``Queue.alert``; workers evaluate them every 10 s and record each fire and resolve)."""
+    s = settings(ctx, db, queue_name)
+    with open_queue(s) as q:
+        found = q.alerts()
+    if output == "json":
+        click.echo(dumps({"queue": s.queue, "alerts": [asdict(a) for a in found]}))
+        return
+    if not found:
+        console().print(f"no alert has fired on queue {s.queue!r}")
+        return
+    table = Table(title=f"Alerts of queue {s.queue!r}", title_justify="left")
+    for col in ("alert", "state", "group", "since", "detail"):
+        table.add_column(col)
+    for a in found:
+        table.add_row(escape(a.name), "[red]firing[/red]" if a.firing else "resolved", escape(a.group or "-"),
+                      stamp(a.since), escape(a.detail))
+    console().print(table)
