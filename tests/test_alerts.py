@@ -169,7 +169,7 @@ class Hook(http.server.BaseHTTPRequestHandler):
     received: list[dict[str, Any]] = []
     fail_first = 1
 
-    def do_POST(self) -> None:  # noqa: N802 - the http.server API
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if Hook.fail_first:
             Hook.fail_first -= 1
