@@ -38,7 +38,7 @@ ferroq.Worker(q, name=name).run()
 """
 
 
-def test_three_workers_fire_an_alert_once(tmp_path: Path, procs: Procs) -> None:  # noqa: F811
+def test_three_workers_fire_an_alert_once(tmp_path: Path, procs: Procs) -> None:
     db, told = tmp_path / "q.db", tmp_path / "told"
     q = ferroq.Queue(db)
     script = procs.script("app", APP)
