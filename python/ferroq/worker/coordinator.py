@@ -253,8 +253,9 @@ class Worker:
         if pool is None and any(t.is_async for t in self.queue._tasks.values()):
             self._async.start()
         previous = self._signals.install() if self.handle_signals else {}
-        log.info("worker %s started on %s (queue %r, concurrency %d)",
-                 self.id, os.path.abspath(self.queue.path), self.queue.name, self.concurrency)
+        scaling = "" if self.autoscale is None else f", autoscaled within {self.autoscale.min}..{self.autoscale.max}"
+        log.info("worker %s started on %s (queue %r, concurrency %d%s)",
+                 self.id, os.path.abspath(self.queue.path), self.queue.name, self.concurrency, scaling)
         try:
             self._claims.run(until_idle, until_empty)
             self._drain(self.shutdown_grace)
