@@ -47,6 +47,9 @@ def test_bounds_and_group_caps_hold() -> None:
     assert decide(load(rate=1000.0), 2, CFG).wanted == 20
     assert "bounded to [2, 20]" in decide(load(rate=1000.0), 2, CFG).reason
     assert decide(load(rate=1000.0, cap=6), 2, CFG).wanted == 6
+    # A rate limit of 20/s lets 20 x 0.2 s x 1.25 = 5 threads be busy.
+    limited = decide(load(rate=1000.0, rate_limit=20.0), 2, CFG)
+    assert limited.wanted == 5 and "rate limits 20/s allow 5" in limited.reason
     assert decide(load(rate=0.0), 9, CFG).wanted == 2
     assert decide(load(rate=0.1), 9, CFG).wanted == 2
 

@@ -17,8 +17,9 @@ needs, by Little's law (tasks running = arrival rate x run time):
   flushed every 10 s, do not show yet);
 - ``workers``: live workers on the queue (each takes its share).
 
-Clamped to ``[min, max]`` and to the sum of the served groups' running caps when every one
-has a cap (threads beyond them could only wait). It grows at once and shrinks only after
+Clamped to ``[min, max]``, to the sum of the served groups' running caps when every one
+has a cap, and to what their rate limits let start (headroom x rate x run time) when every
+one has a rate: threads beyond those could only wait. It grows at once and shrinks only after
 wanting less for ``cooldown`` seconds, so it does not flap. Each change is an event
 ``concurrency_changed`` (``worker``, ``from``, ``to``, ``reason``) and a log line.
 """
@@ -98,6 +99,8 @@ class Load:
     service_time: float | None = None
     #: Tasks per second the backlog grew by since the last decision (0 if it shrank).
     growth: float = 0.0
+    #: Sum of the served groups' rate limits, per second (None: some group has none).
+    rate_limit: float | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,10 @@ def decide(load: Load, current: int, cfg: Autoscale) -> Decision:
                   f"{workers} worker(s) = {steady:.1f}; backlog {load.backlog} over {cfg.drain:g} s = {catch_up:.1f}")
     if load.cap is not None and wanted > load.cap:
         wanted, reason = load.cap, f"{reason}; groups' running caps {load.cap}"
+    if load.rate_limit is not None and load.run_time is not None:
+        allowed = max(1, math.ceil(cfg.headroom * load.rate_limit * max(load.run_time, load.service_time or 0.0)))
+        if wanted > allowed:
+            wanted, reason = allowed, f"{reason}; groups' rate limits {load.rate_limit:g}/s allow {allowed}"
     bounded = min(cfg.max, max(cfg.min, wanted))
     if bounded != wanted:
         reason = f"{reason}; bounded to [{cfg.min}, {cfg.max}]"
@@ -198,10 +205,12 @@ class Autoscaler:
         backlog = sum(s.pending for s in states) if states else q.counts()["pending"]
         caps = [s.concurrency_limit for s in states]
         cap = sum(c for c in caps if c is not None) if states and all(c is not None for c in caps) else None
+        rates = [s.rate for s in states]
+        rate_limit = sum(r for r in rates if r is not None) if states and all(r is not None for r in rates) else None
         alive = sum(1 for x in q.workers() if x.alive) or 1
         service, growth = self.since_last(now, backlog)
         return Load(max(minute, recent), self.forecast_rate(now, served), run_time, backlog, alive, cap,
-                    service, growth)
+                    service, growth, rate_limit)
 
     def since_last(self, now: float, backlog: int) -> tuple[float | None, float]:
         """Since the last decision: thread-seconds per task finished here when a backlog
