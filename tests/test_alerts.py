@@ -15,7 +15,7 @@ import pytest
 
 import ferroq
 from ferroq.alerts import (ArrivalAnomaly, BacklogGrowth, CircuitOpen, DeadTasks, ErrorRate, ForecastOverCapacity,
-                           NoWorker, Transition, WaitP95)
+                           NoWorker, Transition, WaitAnomaly, WaitP95)
 from ferroq.errors import InvalidArgument
 from ferroq.testing import ManualClock, drain
 
@@ -243,3 +243,21 @@ def test_cli_alerts_and_status_show_what_fires(tmp_path: Path) -> None:
     assert "alert 'nobody' firing" in status.output and "0 worker(s) alive" in status.output
     status_json = json.loads(CliRunner().invoke(main, ["--db", db, "status", "-o", "json"]).output)
     assert [a["name"] for a in status_json["queues"][0]["alerts_firing"]] == ["nobody"]
+
+
+def test_a_wait_anomaly_against_the_usual_waits(tmp_path: Path) -> None:
+    clock = ManualClock(START)
+    q = open_queue(tmp_path, clock)
+    q.alert("stuck", when=WaitAnomaly(z=5, recent=60, history=1800, min_wait=1))
+    assert q.check_alerts() == []  # no history: not judged
+    for i in range(180):  # half an hour of waits between 0.1 and 0.3 s
+        waited(q, clock, 0.1 + 0.1 * (i % 3), n=2)
+        clock.advance(10_000 - (100 + 100 * (i % 3)))
+    clock.advance(TICK)
+    assert q.check_alerts() == []
+    for _ in range(6):  # then a minute of 4 s waits
+        waited(q, clock, 4, n=2)
+        clock.advance(6_000)
+    fired = q.check_alerts()
+    assert fired is not None and [t.alert for t in fired] == ["stuck"]
+    assert "usually" in fired[0].detail and fired[0].value > 5

@@ -204,6 +204,10 @@ class Store:
         """Adds this process's figures since the last flush into the metrics table."""
     def metrics(self, queue: str, since_ms: int, raw_keep_ms: int) -> dict[str, dict[str, Any]]:
         """{group: {counter: n, "wait"/"run": (count, sum_us, max_us, p50_us, p95_us, p99_us)}}."""
+    def metric_histograms(
+        self, queue: str, group: str | None, name: str, bucket_ms: int, since_ms: int
+    ) -> list[tuple[int, tuple[int, int, int, int, int, int]]]:
+        """[(interval start ms, (count, sum_us, max_us, p50_us, p95_us, p99_us))], oldest first."""
     def record_events(self, queue: str, happened: list[tuple[str | None, str, str]]) -> None:
         """Records (group, kind, detail JSON) events of ``queue``."""
     def take_turn(self, queue: str, duty: str, every_ms: int) -> tuple[int, str] | None:

@@ -12,7 +12,8 @@ webhook is told after that commit, so once per transition whichever worker evalu
 - thresholds: ``WaitP95``, ``ErrorRate``, ``DeadTasks``, ``BacklogGrowth``, ``NoWorker``,
   ``CircuitOpen``;
 - anomaly: ``ArrivalAnomaly``: the last interval's arrivals against the forecast made
-  without it (``Queue.forecast``), as a z-score of its band (robust: a band, not a mean);
+  without it (``Queue.forecast``), as a z-score of its band; ``WaitAnomaly``: recent p95
+  waits as a robust z-score (median, MAD) of the hour before;
 - predictive: ``ForecastOverCapacity``: the forecast's peak rate within the horizon above
   what the live workers can run (their threads / the mean run time).
 """
@@ -36,7 +37,8 @@ if TYPE_CHECKING:
     from .queue import Queue
 
 __all__ = ["Alert", "AlertState", "ArrivalAnomaly", "BacklogGrowth", "CircuitOpen", "DeadTasks", "ErrorRate",
-           "ForecastOverCapacity", "NoWorker", "Rule", "Transition", "WaitP95", "check_alerts", "WEBHOOK_TASK"]
+           "ForecastOverCapacity", "NoWorker", "Rule", "Transition", "WaitAnomaly", "WaitP95", "check_alerts",
+           "WEBHOOK_TASK"]
 
 log = logging.getLogger("ferroq.alerts")
 
@@ -207,6 +209,43 @@ class ArrivalAnomaly:
 
 
 @dataclass(frozen=True)
+class WaitAnomaly:
+    """Waits far above their usual: the median of the p95 waits of the last ``recent``
+    seconds' 10-second intervals, as a robust z-score against those of the ``history``
+    seconds before (``(x - median) / (1.4826 MAD)``) above ``z``, and above ``min_wait``
+    seconds (3 ms after 1 ms is not worth waking anyone for)."""
+
+    z: float = 5.0
+    recent: float = 300.0
+    history: float = 3600.0
+    min_wait: float = 1.0
+
+    def __post_init__(self) -> None:
+        _limit("z", self.z), _window(self.recent), _window(self.history), _limit("min_wait", self.min_wait)
+
+    def check(self, view: View) -> tuple[bool, float, str]:
+        q = view.q
+        split = view.now_ms - int(self.recent * 1000)
+        rows = q._store.metric_histograms(q.name, view.group, "wait", 10_000, split - int(self.history * 1000))
+        before = [summary[4] / 1e6 for start, summary in rows if start < split and summary[0]]
+        recent = [summary[4] / 1e6 for start, summary in rows if start >= split and summary[0]]
+        if len(before) < 10 or not recent:
+            return False, 0.0, f"{len(before)} intervals of wait history, {len(recent)} recent: not judged"
+        middle = _median(before)
+        spread = max(1.4826 * _median([abs(x - middle) for x in before]), 0.001 + 0.05 * middle)
+        now = _median(recent)
+        z = (now - middle) / spread
+        return (z > self.z and now > self.min_wait, z,
+                f"p95 wait {now:.3f} s lately against {middle:.3f} s usually: z {z:+.1f} (limit {self.z:g})")
+
+
+def _median(xs: list[float]) -> float:
+    s = sorted(xs)
+    n = len(s)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+@dataclass(frozen=True)
 class ForecastOverCapacity:
     """The forecast's peak arrival rate within ``horizon`` seconds above what the live
     workers can run: their threads / the mean run time over the last ``window`` seconds."""
@@ -232,7 +271,8 @@ class ForecastOverCapacity:
                 f"({threads} threads / run {run_time * 1000:.0f} ms)")
 
 
-RULES = (WaitP95, ErrorRate, DeadTasks, BacklogGrowth, NoWorker, CircuitOpen, ArrivalAnomaly, ForecastOverCapacity)
+RULES = (WaitP95, ErrorRate, DeadTasks, BacklogGrowth, NoWorker, CircuitOpen, ArrivalAnomaly, WaitAnomaly,
+         ForecastOverCapacity)
 
 
 @dataclass(frozen=True)
@@ -367,5 +407,5 @@ def states(q: Queue) -> list[AlertState]:
     return sorted(out, key=lambda s: (not s.firing, s.name))
 
 
-AnyRule = Union[WaitP95, ErrorRate, DeadTasks, BacklogGrowth, NoWorker, CircuitOpen, ArrivalAnomaly,
+AnyRule = Union[WaitP95, ErrorRate, DeadTasks, BacklogGrowth, NoWorker, CircuitOpen, ArrivalAnomaly, WaitAnomaly,
                 ForecastOverCapacity]

@@ -73,6 +73,25 @@ impl PyStore {
         Ok(d)
     }
 
+    /// [(interval start ms, summary)] of one duration histogram per interval, summary as
+    /// in `metrics` (see `Store::metric_histograms`).
+    #[pyo3(signature = (queue, group, name, bucket_ms, since_ms))]
+    fn metric_histograms(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        group: Option<&str>,
+        name: &str,
+        bucket_ms: Millis,
+        since_ms: Millis,
+    ) -> PyResult<Vec<(Millis, Summary)>> {
+        let rows = py.detach(|| {
+            self.store
+                .metric_histograms(queue, group, name, bucket_ms, since_ms)
+        })?;
+        Ok(rows.iter().map(|(s, h)| (*s, summary(h))).collect())
+    }
+
     /// Records [(group | None, kind, detail JSON)] as events of `queue`.
     fn record_events(
         &self,

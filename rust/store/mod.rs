@@ -242,6 +242,17 @@ pub trait Store: Send + Sync {
         since: Millis,
     ) -> Result<Vec<(Millis, f64)>>;
 
+    /// One duration histogram (`name`: "wait" or "run") per interval of `bucket_ms` from
+    /// `since` on, oldest first, merged over groups unless `group` names one.
+    fn metric_histograms(
+        &self,
+        queue: &str,
+        group: Option<&str>,
+        name: &str,
+        bucket_ms: Millis,
+        since: Millis,
+    ) -> Result<Vec<(Millis, crate::metrics::Histogram)>>;
+
     /// Records events of a queue (a worker's concurrency change); `detail` is a JSON object.
     fn record_events(&self, queue: &str, happened: &[TurnEvent]) -> Result<()>;
 

@@ -335,3 +335,35 @@ fn a_duty_turn_is_taken_once_per_period_and_saved_only_by_its_holder() {
         .collect();
     assert_eq!(kinds, ["alert_fired"]);
 }
+
+#[test]
+fn metric_histograms_give_each_intervals_durations() {
+    let f = fixture();
+    let start = f.store.now_ms();
+    let mut b = task("b", 0);
+    b.resource_group = "other".into();
+    f.store.enqueue(Q, &[task("a", 0), b]).unwrap();
+    f.clock.advance(3_000);
+    f.store.claim(Q, "w", 2, LEASE).unwrap();
+    f.store.flush_metrics().unwrap();
+    f.clock.advance(20_000);
+    f.store.enqueue(Q, &[task("c", 0)]).unwrap();
+    f.clock.advance(1_000);
+    f.store.claim(Q, "w", 1, LEASE).unwrap();
+    f.store.flush_metrics().unwrap();
+    let rows = f
+        .store
+        .metric_histograms(Q, None, "wait", 10_000, start - 60_000)
+        .unwrap();
+    let seen: Vec<(u64, u64)> = rows
+        .iter()
+        .map(|(_, h)| (h.count(), h.max_us() / 1_000_000))
+        .collect();
+    assert_eq!(seen, [(2, 3), (1, 1)], "merged over groups, per interval");
+    let other = f
+        .store
+        .metric_histograms(Q, Some("other"), "wait", 10_000, start - 60_000)
+        .unwrap();
+    assert_eq!(other.len(), 1);
+    assert_eq!(other[0].1.count(), 1);
+}

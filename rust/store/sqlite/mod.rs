@@ -827,6 +827,17 @@ impl Store for SqliteStore {
         self.local.get().metrics.lock().totals()
     }
 
+    fn metric_histograms(
+        &self,
+        queue: &str,
+        group: Option<&str>,
+        name: &str,
+        bucket_ms: Millis,
+        since: Millis,
+    ) -> Result<Vec<(Millis, crate::metrics::Histogram)>> {
+        self.read(|conn, _| metrics::histograms(conn, queue, group, name, bucket_ms, since))
+    }
+
     fn record_events(&self, queue: &str, happened: &[TurnEvent]) -> Result<()> {
         validate::name("queue", queue)?;
         self.write(|tx, now| {
