@@ -116,3 +116,14 @@ def test_cli_forecast_prints_a_table_and_json(tmp_path: Path) -> None:
     assert data["total"] == pytest.approx(150, rel=0.1)
     bad = CliRunner().invoke(main, ["--db", db, "forecast", "--interval", "15s"])
     assert bad.exit_code != 0 and "multiple of 10" in bad.output and "Traceback" not in bad.output
+
+
+def test_the_band_is_as_wide_as_the_errors_the_model_made(tmp_path: Path) -> None:
+    import random
+    rng = random.Random(5)
+    q, clock = open_queue(tmp_path)
+    # Two hours at 2/s, counted as Poisson (normal approximation): sd sqrt(120) a minute.
+    arrive(q, clock, [max(0, round(rng.gauss(20, math.sqrt(20)))) for _ in range(720)], 10_000)
+    first = q.forecast(horizon=60, interval=60).points[0]
+    half = (first.high - first.low) / 2
+    assert half == pytest.approx(1.96 * math.sqrt(120), rel=0.3)

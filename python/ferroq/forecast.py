@@ -11,8 +11,9 @@ The model, in three parts, each said in ``Forecast.explanation``:
 2. **Level and trend** from the raw 10-second rows (kept a day), summed per ``interval``
    and divided by the season: Holt's damped trend, its smoothing constants chosen by the
    least one-step error over that history.
-3. **Band**: the one-step residuals' spread, widened with the steps ahead as exponential
-   smoothing's variance grows, times the season; 95% (±1.96σ), never below zero.
+3. **Band**: the spread of the errors the fitted model made over the history at the same
+   number of steps ahead (up to ``MAX_BAND_STEPS``; beyond, widened as exponential
+   smoothing's variance grows), times the season; 95% (±1.96σ), never below zero.
 
 With less than a few intervals of raw history the level comes from the hourly rows; with
 nothing recorded the forecast is zero and says so (``method="none"``).
@@ -45,6 +46,8 @@ MIN_RAW_POINTS = 6
 ALPHAS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8)
 BETAS = (0.0, 0.02, 0.1)
 PHI = 0.95
+#: Steps ahead whose errors over the history are measured for the band.
+MAX_BAND_STEPS = 60
 Z95 = 1.96
 #: A season factor below this is taken as this (a quiet hour must not blow up the level).
 MIN_FACTOR = 0.05
@@ -152,9 +155,6 @@ class Holt:
         damped = sum(PHI**i for i in range(1, steps + 1))
         return max(self.level + self.trend * damped, 0.0)
 
-    def spread(self, steps: int) -> float:
-        return self.sigma * math.sqrt(1 + (steps - 1) * self.alpha**2)
-
 
 def _run_holt(values: Sequence[float], alpha: float, beta: float) -> Holt:
     start = values[: min(len(values), 10)]
@@ -168,6 +168,25 @@ def _run_holt(values: Sequence[float], alpha: float, beta: float) -> Holt:
         trend = beta * (new_level - level) + (1 - beta) * PHI * trend
         level = new_level
     return Holt(alpha, beta, level, trend, math.sqrt(sq / n) if n else 0.0)
+
+
+def step_errors(values: Sequence[float], holt: Holt, steps: int) -> list[float]:
+    """The root mean square error of ``holt``'s forecasts 1..``steps`` ahead over ``values``
+    (replayed from the start with its smoothing constants)."""
+    start = values[: min(len(values), 10)]
+    level, trend = sum(start) / len(start), 0.0
+    sq, n = [0.0] * steps, [0] * steps
+    for t, v in enumerate(values):
+        damped = 0.0
+        for h in range(min(steps, len(values) - t - 1)):
+            damped += PHI ** (h + 1)
+            sq[h] += (values[t + h + 1] - max(level + trend * damped, 0.0)) ** 2
+            n[h] += 1
+        new_level = holt.alpha * v + (1 - holt.alpha) * (level + PHI * trend)
+        trend = holt.beta * (new_level - level) + (1 - holt.beta) * PHI * trend
+        level = new_level
+    out = [math.sqrt(sq[h] / n[h]) if n[h] else holt.sigma for h in range(steps)]
+    return [max(e, holt.sigma) for e in out]
 
 
 def fit_holt(values: Sequence[float]) -> Holt:
@@ -273,17 +292,27 @@ def forecast(store: Store, queue: str, group: str | None, *, horizon: float, int
                         points)
     deseasoned = [v / factor_at(profile, first + i * step_ms + step_ms / 2) for i, v in enumerate(series)]
     holt = fit_holt(deseasoned)
+    last_ahead = max(1, math.ceil((start + (steps - 1) * interval_ms - last_seen) / step_ms))
+    measured = step_errors(deseasoned, holt, min(last_ahead, MAX_BAND_STEPS))
     out = []
     for i in range(steps):
         at = start + i * interval_ms
         ahead = max(1, math.ceil((at - last_seen) / step_ms))
         f = factor_at(profile, at + interval_ms / 2)
         expected = holt.ahead(ahead) * f * scale
-        half = Z95 * holt.spread(ahead) * f * scale
+        half = Z95 * _spread(holt, measured, ahead) * f * scale
         out.append(ForecastPoint(_at(at), expected, max(expected - half, 0.0), expected + half))
     explanation = (f"season: {season or 'none'} ({why}); level: Holt damped trend (alpha {holt.alpha}, "
                    f"beta {holt.beta}, phi {PHI}) over {len(series)} intervals of {step_ms // 1000:g} s")
     return Forecast(group, interval, horizon, method, season, explanation, tuple(out))
+
+
+def _spread(holt: Holt, measured: Sequence[float], ahead: int) -> float:
+    """The error's spread ``ahead`` steps ahead: as measured, or grown from the last measured."""
+    if ahead <= len(measured):
+        return measured[ahead - 1]
+    k = len(measured)
+    return measured[-1] * math.sqrt((1 + (ahead - 1) * holt.alpha**2) / (1 + (k - 1) * holt.alpha**2))
 
 
 def _at(ms: int) -> datetime:
