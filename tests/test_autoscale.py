@@ -12,6 +12,7 @@ import pytest
 import ferroq
 from ferroq.errors import InvalidArgument
 from ferroq.worker.autoscale import Autoscale, Load, decide
+from procs import Procs, procs, wait_until  # noqa: F401
 
 CFG = Autoscale(min=2, max=20, drain=30, headroom=1.25)
 
@@ -66,15 +67,13 @@ def test_bad_settings_are_refused(kwargs: dict[str, object]) -> None:
         Autoscale(**kwargs)  # type: ignore[arg-type]
 
 
-def test_parse_and_pool_checks(tmp_path: Path) -> None:
+def test_parse_and_type_checks(tmp_path: Path) -> None:
     assert Autoscale.parse("2:16") == Autoscale(min=2, max=16)
     assert Autoscale.parse("8") == Autoscale(min=1, max=8)
     for bad in ("a:b", "4:2", ":"):
         with pytest.raises(InvalidArgument):
             Autoscale.parse(bad)
     q = ferroq.Queue(tmp_path / "q.db")
-    with pytest.raises(InvalidArgument, match="pool=\"thread\""):
-        ferroq.Worker(q, pool="process", autoscale=Autoscale())
     with pytest.raises(InvalidArgument):
         ferroq.Worker(q, autoscale=(1, 4))  # type: ignore[arg-type]
 
@@ -137,3 +136,53 @@ def test_a_growing_backlog_and_a_slower_measured_thread_time_add_threads() -> No
     # Busy threads took 0.4 s per task (overheads included), not the 0.2 s run time.
     d = decide(load(rate=40.0, service_time=0.4), 2, CFG)
     assert d.wanted == 20 and "thread time 400 ms" in d.reason
+
+
+
+POOL_WORKER = """
+import multiprocessing, threading
+from ferroq.worker.autoscale import Autoscale
+
+db, gate = sys.argv[1], sys.argv[2]
+q = ferroq.Queue(db, durability="normal")
+
+@q.task(name="wait_for_gate")
+def wait_for_gate():
+    deadline = time.monotonic() + 60
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+if __name__ == "__main__":
+    w = ferroq.Worker(q, pool="process", autoscale=Autoscale(min=1, max=4, every=0.05, cooldown=0.2), lease=5)
+
+    def report():
+        while True:
+            emit({"concurrency": w.concurrency, "children": len(multiprocessing.active_children())})
+            time.sleep(0.05)
+
+    threading.Thread(target=report, daemon=True).start()
+    w.run()
+    emit({"stopped": True, "children": len(multiprocessing.active_children())})
+"""
+
+
+@pytest.mark.slow
+def test_a_process_pool_grows_and_shrinks_its_children(tmp_path: Path, procs: Procs) -> None:
+    db, gate = tmp_path / "q.db", tmp_path / "go"
+    q = ferroq.Queue(db, durability="normal")
+    q._store.enqueue(q.name, [("wait_for_gate", "default", b'{"args": [], "kwargs": {}}', 0, None, 3, None)] * 40)
+    worker = procs.start(procs.script("pool_worker", POOL_WORKER), db, gate)
+
+    def seen(concurrency: int, children: int) -> bool:
+        return any(r.get("concurrency") == concurrency and r["children"] == children for r in worker.records())
+
+    wait_until(lambda: seen(4, 4), 60, "four children under the backlog", children=[worker])
+    gate.touch()
+    wait_until(lambda: q.counts()["completed"] == 40, 60, "the queue to drain", children=[worker])
+    n = len(worker.records())
+    wait_until(lambda: any(r.get("concurrency") == 1 and r["children"] == 1 for r in worker.records()[n:]), 60,
+               "one child left when idle", children=[worker])
+    worker.send(15)
+    worker.check(30)
+    assert worker.last() == {"stopped": True, "children": 0}
+    assert max(r["children"] for r in worker.records()) <= 4

@@ -51,7 +51,8 @@ def load_queue(spec: str) -> Queue:
 @option("--processes", type=click.IntRange(1, 1_000), default=None,
         help="Run processors in N child processes (pool='process') instead of threads.")
 @option("--autoscale", default=None, metavar="MIN:MAX",
-        help="Move the runner threads between MIN and MAX with the load (forecast, backlog, run times).")
+        help="Move the runner threads between MIN and MAX with the load (forecast, backlog, run times); "
+             "child processes autoscale through Worker(pool='process', autoscale=...).")
 @option("--groups", default=None, help="Claim only tasks of these resource groups (comma-separated).")
 @option("--lease", type=float, default=30.0, show_default=True, help="Lease seconds (renewed every lease/3).")
 @option("--prefetch", type=click.IntRange(0, 100_000), default=None, help="Buffered tasks (default: adaptive).")

@@ -1,4 +1,6 @@
-"""Autoscaling a worker's concurrency (``Worker(autoscale=ferroq.Autoscale(min, max))``).
+"""Autoscaling a worker's concurrency (``Worker(autoscale=ferroq.Autoscale(min, max))``):
+its runner threads, and with ``pool="process"`` their child processes (a new runner starts
+its child; a runner that leaves stops its child).
 
 Every ``every`` seconds the maintenance thread decides how many runner threads the worker
 needs, by Little's law (tasks running = arrival rate x run time):

@@ -80,8 +80,8 @@ class Worker:
     ``pool="process"`` they must be importable by reference (module-level functions).
     Batch tasks are not wrapped by them.
 
-    ``autoscale=ferroq.Autoscale(min=1, max=32)`` (thread pool only) starts at ``min`` runner
-    threads and moves between ``min`` and ``max`` with the load: arrivals and their forecast
+    ``autoscale=ferroq.Autoscale(min=1, max=32)`` starts at ``min`` runner threads (with
+    ``pool="process"``: children) and moves between ``min`` and ``max`` with the load: arrivals and their forecast
     times run time (Little's law), plus the backlog, within the groups' running caps; each
     change is a ``concurrency_changed`` event with its reason (see ``ferroq.worker.autoscale``).
     """
@@ -135,9 +135,6 @@ class Worker:
                                       f"and {queue.serializer!r} cannot be pickled: {e}") from None
         if autoscale is not None and not isinstance(autoscale, Autoscale):
             raise InvalidArgument(f"autoscale must be a ferroq.Autoscale, got {autoscale!r}")
-        if autoscale is not None and pool != "thread":
-            raise InvalidArgument('autoscale moves runner threads: it needs pool="thread" (a process pool\'s '
-                                  "children are started with the worker)")
         #: How concurrency moves with the load (None: it stays ``concurrency``).
         self.autoscale = autoscale
         for hook_name, hook in (("on_start", on_start), ("on_stop", on_stop), ("before_run", before_run),
@@ -227,6 +224,8 @@ class Worker:
         # Before the pool starts: its children map the journal when they start, to note the
         # runs they start (a child started without it never does).
         self._journal = self._open_journal()
+        if self.autoscale is not None:
+            self.concurrency = self.autoscale.min
         pool = None
         if self.pool == "process":
             try:  # before anything is claimed: a task no child can find, a child that cannot start
@@ -238,18 +237,13 @@ class Worker:
                 self._journal = None
                 self._call_on_stop()  # on_start ran: what it set up is torn down
                 raise
-        if self.autoscale is not None:
-            self.concurrency = self.autoscale.min
         self._autoscaler = None if self.autoscale is None else Autoscaler(self, self.autoscale)
-        threads = [] if pool is None else [
-            threading.Thread(target=self._runners.runner, args=(pool.slots[i],), name=f"ferroq-run-{i}", daemon=True)
-            for i in range(self.concurrency)]
+        self._runners.reset(pool)
         completer = threading.Thread(target=self._completer.run, name="ferroq-completer", daemon=True)
         maintenance = threading.Thread(target=self._maintenance.run, name="ferroq-maintenance", daemon=True)
-        for t in (*threads, completer, maintenance):
+        self._runners.start_threads(self.concurrency)
+        for t in (completer, maintenance):
             t.start()
-        if pool is None:
-            self._runners.start_threads(self.concurrency)
         if pool is None and any(t.is_async for t in self.queue._tasks.values()):
             self._async.start()
         previous = self._signals.install() if self.handle_signals else {}
@@ -268,7 +262,7 @@ class Worker:
             if pool is not None:
                 # Runners only wait on their children here (a released run's child is killed
                 # within a tick), so joining them is safe; then no child is left running.
-                for t in threads:
+                for t in self._runners.threads:
                     t.join(timeout=10)
                 pool.close()
             self._to_record.put(None)

@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..context import _current
+from ..errors import ProcessCrashed
 from ..tracebacks import format_traceback
 from .failures import internal_failure
 from .journal import note_return, note_start
@@ -17,7 +18,7 @@ from .runs import Batch, Outcome, Run, completed_null, runs_of
 
 if TYPE_CHECKING:
     from .coordinator import Worker
-    from .process_pool import Slot
+    from .process_pool import ProcessPool, Slot
 
 log = logging.getLogger("ferroq.worker")
 
@@ -26,26 +27,45 @@ class ThreadRunners:
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.queue = worker.queue
-        #: Thread-pool runner threads alive (under the worker's ``_ready_cond``), and ever started.
+        #: Runner threads alive (under the worker's ``_ready_cond``), and every one this run.
         self.live = 0
-        self.started = 0
+        self.threads: list[threading.Thread] = []
+        #: The process pool whose slots the runners use (None: the thread pool).
+        self.pool: ProcessPool | None = None
 
-    def start_threads(self, n: int) -> list[threading.Thread]:
-        """Starts ``n`` more runner threads (thread pool); returns them."""
-        threads = []
+    def reset(self, pool: ProcessPool | None) -> None:
+        """A new ``Worker.run``: its process pool, if any."""
+        self.pool, self.threads, self.live = pool, [], 0
+
+    def start_threads(self, n: int) -> None:
+        """Starts ``n`` more runner threads; with a process pool each gets a slot: the pool's
+        first ones (started with it), else a new one whose child its thread starts."""
+        started = []
         with self.worker._ready_cond:
             for _ in range(n):
-                threads.append(threading.Thread(target=self.runner, args=(None,), name=f"ferroq-run-{self.started}",
-                                                daemon=True))
-                self.started += 1
+                index = len(self.threads)
+                slot, spawn = self.slot(index)
+                t = threading.Thread(target=self.runner, args=(slot, spawn), name=f"ferroq-run-{index}", daemon=True)
+                self.threads.append(t)
+                started.append(t)
                 self.live += 1
-        for t in threads:
+        for t in started:
             t.start()
-        return threads
+
+    def slot(self, index: int) -> tuple[Slot | None, bool]:
+        """Runner ``index``'s slot, and whether its child is still to be started."""
+        pool = self.pool
+        if pool is None:
+            return None, False
+        if index < len(pool.slots):
+            return pool.slots[index], False
+        from .process_pool import Slot
+        pool.slots.append(Slot(self.worker, index))
+        return pool.slots[-1], True
 
     def resize(self, n: int) -> None:
-        """Thread pool: ``n`` runner threads from now on. More start at once; surplus ones
-        leave when they next look for work (a run in progress finishes)."""
+        """``n`` runners from now on (autoscale). More start at once; surplus ones leave
+        when they next look for work (a run in progress finishes), closing their child."""
         cond = self.worker._ready_cond
         with cond:
             more = n - self.live
@@ -53,22 +73,28 @@ class ThreadRunners:
         if more > 0:
             self.start_threads(more)
 
-    def runner(self, slot: Slot | None) -> None:
-        """A runner thread's body (``slot``: its child process with ``pool="process"``)."""
+    def runner(self, slot: Slot | None, spawn: bool = False) -> None:
+        """A runner thread's body (``slot``: its child process with ``pool="process"``,
+        started here first when ``spawn``)."""
         counted_out = False
         try:
+            if slot is not None and spawn:
+                slot.spawn()
+                slot.await_ready()
             counted_out = self.run_jobs(slot)
+        except ProcessCrashed as e:  # a new child could not start: this runner is not added
+            log.warning("could not start another child process: %s", e)
         finally:
-            if slot is None and not counted_out:  # (a process pool's runners are not counted)
+            if not counted_out:
                 with self.worker._ready_cond:
                     self.live -= 1
             if slot is not None:
                 slot.close()
 
-    def surplus(self, slot: Slot | None) -> bool:
-        """A thread-pool runner beyond the worker's concurrency (after an autoscale shrink);
-        it leaves, counted out here so that no second one leaves for the same shrink."""
-        if slot is not None or self.live <= self.worker.concurrency:
+    def surplus(self) -> bool:
+        """A runner beyond the worker's concurrency (after an autoscale shrink): it leaves,
+        counted out here so that no second one leaves for the same shrink."""
+        if self.live <= self.worker.concurrency:
             return False
         self.live -= 1
         return True
@@ -82,7 +108,7 @@ class ThreadRunners:
         while True:
             with cond:
                 while True:
-                    if self.surplus(slot):
+                    if self.surplus():
                         return True
                     if ready or w._closing:
                         break
