@@ -13,8 +13,8 @@ needs, by Little's law (tasks running = arrival rate x run time):
 - ``run_time``: the mean run time of the last five minutes (metrics table), or, while a
   backlog waits (every thread busy), the thread time each finished task took here
   (threads x seconds / tasks finished: claims, commits and the GIL included), if longer;
-- ``backlog``: pending tasks of the served groups (delayed ones too), to be cleared within
-  ``drain`` seconds;
+- ``backlog``: pending tasks of the served groups (delayed ones too) and the tasks claimed
+  into this worker's buffer, to be cleared within ``drain`` seconds;
 - ``growth``: how fast the backlog grew since the last decision (arrivals the metrics,
   flushed every 10 s, do not show yet);
 - ``workers``: live workers on the queue (each takes its share).
@@ -22,7 +22,7 @@ needs, by Little's law (tasks running = arrival rate x run time):
 Clamped to ``[min, max]``, to the sum of the served groups' running caps when every one
 has a cap, and to what their rate limits let start (headroom x rate x run time) when every
 one has a rate: threads beyond those could only wait. It grows at once and shrinks only after
-wanting less for ``cooldown`` seconds, so it does not flap. Each change is an event
+wanting less for ``cooldown`` seconds, by half at most each time, so it does not flap. Each change is an event
 ``concurrency_changed`` (``worker``, ``from``, ``to``, ``reason``) and a log line.
 """
 
@@ -181,6 +181,8 @@ class Autoscaler:
             if now - self.lower_since < self.cfg.cooldown:
                 return
         self.lower_since = None
+        if d.wanted < current // 2:  # a lull after a burst is often short: halve at most
+            d = Decision(max(d.wanted, current // 2, self.cfg.min), f"{d.reason}; down by half at most")
         w._resize(d.wanted)
         log.info("worker %s: concurrency %d -> %d (%s)", w.id, current, d.wanted, d.reason)
         detail = json.dumps({"worker": w.id, "from": current, "to": d.wanted, "reason": d.reason})
@@ -204,7 +206,8 @@ class Autoscaler:
         runs = sum(r.count for r in ran)
         run_time = sum(r.mean * r.count for r in ran) / runs if runs else None
         states = q.groups() if groups is None else [q.group(g).state() for g in groups]
-        backlog = sum(s.pending for s in states) if states else q.counts()["pending"]
+        # Claimed into this worker's buffer but not started: waiting as much as pending ones.
+        backlog = (sum(s.pending for s in states) if states else q.counts()["pending"]) + len(w._ready)
         caps = [s.concurrency_limit for s in states]
         cap = sum(c for c in caps if c is not None) if states and all(c is not None for c in caps) else None
         rates = [s.rate for s in states]
