@@ -155,13 +155,17 @@ def wait_for_gate():
 if __name__ == "__main__":
     w = ferroq.Worker(q, pool="process", autoscale=Autoscale(min=1, max=4, every=0.05, cooldown=0.2), lease=5)
 
-    def report():
-        while True:
-            emit({"concurrency": w.concurrency, "children": len(multiprocessing.active_children())})
-            time.sleep(0.05)
+    done = threading.Event()
 
-    threading.Thread(target=report, daemon=True).start()
+    def report():
+        while not done.wait(0.05):
+            emit({"concurrency": w.concurrency, "children": len(multiprocessing.active_children())})
+
+    reporter = threading.Thread(target=report)
+    reporter.start()
     w.run()
+    done.set()
+    reporter.join()
     emit({"stopped": True, "children": len(multiprocessing.active_children())})
 """
 
