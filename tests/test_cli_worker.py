@@ -161,3 +161,16 @@ def test_worker_hook_options_that_are_wrong_are_one_line_errors(tmp_path: Path) 
         assert f"error: {message}" in done.stderr or message in done.stderr, (args, done.stderr)
         assert "Traceback" not in done.stderr, done.stderr
     assert q.counts()["pending"] == 1  # nothing ran
+
+
+def test_worker_autoscales_and_refuses_bad_autoscale_options(tmp_path: Path) -> None:
+    db, q = make_app(tmp_path)
+    enqueue(q, "double", 20, "cpu", 21)
+    done = ferroq_cli(tmp_path, "worker", "app:queue", "--until-empty", "--autoscale", "1:4")
+    assert done.returncode == 0, done.stderr
+    assert q.counts()["completed"] == 20
+    assert "autoscaled within 1..4" in done.stderr
+    for bad in (["--autoscale", "4:1"], ["--autoscale", "x"], ["--autoscale", "1:4", "--concurrency", "2"]):
+        refused = ferroq_cli(tmp_path, "worker", "app:queue", "--until-empty", *bad)
+        assert refused.returncode == 2, refused.stderr
+        assert "autoscale" in refused.stderr and "Traceback" not in refused.stderr

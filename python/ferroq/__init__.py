@@ -40,6 +40,7 @@ from .errors import (
     ValidationError,
 )
 from .groups import Circuit, Event, GroupState, ResourceGroup
+from .forecast import Forecast, ForecastPoint
 from .observe import (
     GroupMetrics,
     Health,
@@ -55,7 +56,7 @@ from .policies import CircuitBreaker, PriorityAging, Retention, RetryPolicy, Thr
 from .queue import Queue
 from .serializers import JsonSerializer, Serializer
 from .task import AsyncTask, BatchTask, BoundTask, Task, TaskBase, TaskCall, TaskHandle, TaskOptions
-from .worker import RunOutcome, Worker, WorkerStats
+from .worker import Autoscale, RunOutcome, Worker, WorkerStats
 
 __version__: str = _core.__version__
 
@@ -64,6 +65,7 @@ PRIORITY_MIN: int = _core.PRIORITY_MIN
 PRIORITY_MAX: int = _core.PRIORITY_MAX
 
 __all__ = [
+    "Autoscale",
     "AsyncTask",
     "BatchTask",
     "BoundTask",
@@ -71,6 +73,8 @@ __all__ = [
     "CircuitBreaker",
     "CorruptDatabase",
     "CorruptTask",
+    "Forecast",
+    "ForecastPoint",
     "ForeignDatabase",
     "DatabasePathError",
     "DiskFull",

@@ -98,12 +98,19 @@ class RunJournalView:
         """The processor of the run in ``slot`` returned."""
 
 @final
+class ManualClock:
+    """A clock that moves only when told to (tests, replayed benchmarks)."""
+
+    def __new__(cls, start_ms: int) -> ManualClock: ...
+    def advance(self, ms: int) -> None: ...
+    def now_ms(self) -> int: ...
+
 class Store:
     """One SQLite task store file; every method releases the GIL around storage work."""
 
     def __new__(
         cls, path: str | PathLike[str], *, durability: str = "full", busy_timeout: float = 30.0,
-        max_payload: int = ..., task_events: str = "failures",
+        max_payload: int = ..., task_events: str = "failures", clock: ManualClock | None = None,
     ) -> Store: ...
     @property
     def path(self) -> str:
@@ -230,6 +237,21 @@ class Store:
         """Adds this process's figures since the last flush into the metrics table."""
     def metrics(self, queue: str, since_ms: int, raw_keep_ms: int) -> dict[str, dict[str, Any]]:
         """{group: {counter: n, "wait"/"run": (count, sum_us, max_us, p50_us, p95_us, p99_us)}}."""
+    def metric_histograms(
+        self, queue: str, group: str | None, name: str, bucket_ms: int, since_ms: int
+    ) -> list[tuple[int, tuple[int, int, int, int, int, int]]]:
+        """[(interval start ms, (count, sum_us, max_us, p50_us, p95_us, p99_us))], oldest first."""
+    def record_events(self, queue: str, happened: list[tuple[str | None, str, str]]) -> None:
+        """Records (group, kind, detail JSON) events of ``queue``."""
+    def take_turn(self, queue: str, duty: str, every_ms: int) -> tuple[int, str] | None:
+        """A shared duty's turn: (fence, saved state JSON), or None if another's is recent."""
+    def end_turn(self, queue: str, duty: str, fence: int, state: str,
+                 happened: list[tuple[str | None, str, str]]) -> bool:
+        """Saves the turn's state and records its events unless a later turn was taken."""
+    def metric_series(
+        self, queue: str, group: str | None, name: str, bucket_ms: int, since_ms: int
+    ) -> list[tuple[int, float]]:
+        """[(interval start ms, value)] of one stored counter, oldest first."""
     def metrics_totals(
         self, bounds_us: list[int]
     ) -> list[tuple[str, str, dict[str, int], tuple[int, int, list[int]], tuple[int, int, list[int]]]]:

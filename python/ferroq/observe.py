@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Iterator
 
-from . import _aio, _checks
+from . import _aio, _checks, _core
 from ._units import duration
 from .errors import CorruptDatabase, StorageError
-from .groups import Event
+from .forecast import Forecast
+from .forecast import forecast as _forecast
+from .groups import Event, group_name
 from .info import from_ms
 
 if TYPE_CHECKING:
@@ -195,6 +197,19 @@ class Observable:
             )
             for group, d in sorted(raw.items())
         }
+
+    def forecast(self, group: str | None = None, horizon: float = 600.0, interval: float = 60.0) -> Forecast:
+        """Predicted arrivals (tasks enqueued) per ``interval`` seconds (a multiple of 10) over
+        the next ``horizon`` seconds, for one resource group or (``None``) the whole queue,
+        with a 95% prediction interval, from the stored metrics: a daily or weekly season
+        from the hourly rows when the history shows one, a damped-trend level from the
+        10-second rows. ``Forecast.explanation`` says what was chosen and why (see
+        ``ferroq.forecast``)."""
+        if group is not None:
+            group = group_name(group)
+            _core.check_name("resource group", _checks.text("group", group))
+        return _forecast(self._store, self.name, group, horizon=horizon, interval=interval,
+                         now_ms=self._store.now_ms(), raw_keep_ms=_ms(self.observability.metrics_raw_age))
 
     def workers(self) -> list[WorkerState]:
         """Workers registered on this queue, most recently seen first."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Coroutine, Iterable, Iterator, ParamSpec, Protocol, Sequence, TypeVar, overload
 
 from . import _aio, _checks, _core
+from . import alerts as alerts_module
 from ._names import module_of
 from .errors import CorruptDatabase, DatabasePathError, InvalidArgument, PayloadError, UnknownTaskName
 from .groups import Circuit, Event, GroupState, ResourceGroup, group_name
@@ -108,6 +109,8 @@ class Queue(Observable):
     ``durability="full"`` (default) makes every enqueue and completion survive power loss
     (synchronous=FULL); ``"normal"`` survives a process crash but may lose the last commits
     on power loss, and is faster. Several queues (``name``) can share one file.
+    ``clock`` (tests and replayed benchmarks only): a ``ferroq.testing.ManualClock`` that
+    every stored time of this process's queue is read from.
     """
 
     def __init__(
@@ -123,6 +126,7 @@ class Queue(Observable):
         serializer: Serializer | None = None,
         events: str = "failures",
         observability: Observability | None = None,
+        clock: _core.ManualClock | None = None,
     ) -> None:
         _core.check_name("queue", _checks.text("queue name", name))
         if durability not in ("full", "normal"):
@@ -148,7 +152,7 @@ class Queue(Observable):
         self.serializer: Serializer = serializer or JsonSerializer()
         self._store = _core.Store(
             _worker_path(_path(path)), durability=durability, busy_timeout=busy_timeout, max_payload=max_payload,
-            task_events=events,
+            task_events=events, clock=clock,
         )
         _open_stores.add(self._store)
         self._tasks: dict[str, TaskBase[Any, Any]] = {}
@@ -158,6 +162,7 @@ class Queue(Observable):
         #: under it, before giving the task back: it may register one (an integration whose
         #: tasks are found by import path, as ``ferroq.contrib.django`` does). None: never.
         self._resolve: Callable[[str], object] | None = None
+        self._alerts: dict[str, alerts_module.Alert] = {}
 
     def __repr__(self) -> str:
         return f"Queue({str(self.path)!r}, name={self.name!r})"
@@ -265,6 +270,44 @@ class Queue(Observable):
             return task
 
         return register
+
+    # -- alerts --------------------------------------------------------------------------
+
+    def alert(
+        self,
+        name: str,
+        *,
+        when: alerts_module.AnyRule,
+        for_: float = 0.0,
+        group: str | ResourceGroup | None = None,
+        notify: alerts_module.Notify | None = None,
+        webhook: str | None = None,
+    ) -> alerts_module.Alert:
+        """Declares an alert: it fires (an ``alert_fired`` event) once ``when`` (a rule from
+        ``ferroq.alerts``: ``WaitP95(above=5)``, ``ErrorRate(above=0.1)``, ...) has held for
+        ``for_`` seconds, on ``group`` or the whole queue, and resolves (``alert_resolved``)
+        when it no longer holds. The workers of this queue evaluate it every 10 s, once
+        across processes; each transition is passed to ``notify(transition)`` (in the worker
+        that evaluated it) and POSTed as JSON to ``webhook`` by a ferroq task (retried with
+        backoff, so a webhook down for a while still hears of it)."""
+        gname = None if group is None else group_name(group)
+        entry = alerts_module.make_alert(name, when, for_, gname, notify, webhook)
+        if name in self._alerts:
+            raise InvalidArgument(f"an alert named {name!r} is already declared")
+        if webhook is not None and alerts_module.WEBHOOK_TASK not in self._tasks:
+            self.task(name=alerts_module.WEBHOOK_TASK, max_attempts=10,
+                      retry=RetryPolicy(base_delay=5.0, max_delay=600.0))(alerts_module.post_webhook)
+        self._alerts[name] = entry
+        return entry
+
+    def check_alerts(self) -> list[alerts_module.Transition] | None:
+        """Evaluates the alerts declared here now, if no other process did within the
+        evaluation period (None then): what fired or resolved. Workers call this."""
+        return alerts_module.check_alerts(self, self._alerts)
+
+    def alerts(self) -> list[alerts_module.AlertState]:
+        """Every alert as its latest event left it (from any process): firing ones first."""
+        return alerts_module.states(self)
 
     # -- periodic tasks ----------------------------------------------------------------
 

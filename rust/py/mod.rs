@@ -63,6 +63,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<boundary::PyNewTask>()?;
     m.add_class::<boundary::PyClaimedTask>()?;
     m.add_class::<boundary::PyOutcomes>()?;
+    m.add_class::<queue::PyManualClock>()?;
     m.add_class::<journal::PyRunJournal>()?;
     m.add_class::<journal::PyRunJournalView>()?;
     m.add_function(wrap_pyfunction!(hold_closes, m)?)?;

@@ -7,7 +7,7 @@ use pyo3::types::PyDict;
 use super::queue::PyStore;
 use crate::clock::Millis;
 use crate::metrics::{Counter, Histogram, Series};
-use crate::store::{ObservabilityRetention, WorkerInfo};
+use crate::store::{ObservabilityRetention, TurnEvent, WorkerInfo};
 
 /// (count, sum_us, max_us, p50_us, p95_us, p99_us)
 type Summary = (u64, u64, u64, u64, u64, u64);
@@ -35,6 +35,17 @@ fn series_dict<'py>(py: Python<'py>, s: &Series) -> PyResult<Bound<'py, PyDict>>
     Ok(d)
 }
 
+fn turn_events(happened: Vec<(Option<String>, String, String)>) -> Vec<TurnEvent> {
+    happened
+        .into_iter()
+        .map(|(group, kind, detail)| TurnEvent {
+            group,
+            kind,
+            detail,
+        })
+        .collect()
+}
+
 #[pymethods]
 impl PyStore {
     fn last_event_id(&self, py: Python<'_>) -> PyResult<i64> {
@@ -60,6 +71,78 @@ impl PyStore {
             d.set_item(group, series_dict(py, s)?)?;
         }
         Ok(d)
+    }
+
+    /// [(interval start ms, summary)] of one duration histogram per interval, summary as
+    /// in `metrics` (see `Store::metric_histograms`).
+    #[pyo3(signature = (queue, group, name, bucket_ms, since_ms))]
+    fn metric_histograms(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        group: Option<&str>,
+        name: &str,
+        bucket_ms: Millis,
+        since_ms: Millis,
+    ) -> PyResult<Vec<(Millis, Summary)>> {
+        let rows = py.detach(|| {
+            self.store
+                .metric_histograms(queue, group, name, bucket_ms, since_ms)
+        })?;
+        Ok(rows.iter().map(|(s, h)| (*s, summary(h))).collect())
+    }
+
+    /// Records [(group | None, kind, detail JSON)] as events of `queue`.
+    fn record_events(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        happened: Vec<(Option<String>, String, String)>,
+    ) -> PyResult<()> {
+        let happened = turn_events(happened);
+        Ok(py.detach(|| self.store.record_events(queue, &happened))?)
+    }
+
+    /// Takes a shared duty's turn: (fence, saved state JSON), or None (see `Store::take_turn`).
+    fn take_turn(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        duty: &str,
+        every_ms: Millis,
+    ) -> PyResult<Option<(i64, String)>> {
+        Ok(py.detach(|| self.store.take_turn(queue, duty, every_ms))?)
+    }
+
+    /// Ends turn `fence` (see `Store::end_turn`): whether it was still this turn.
+    fn end_turn(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        duty: &str,
+        fence: i64,
+        state: &str,
+        happened: Vec<(Option<String>, String, String)>,
+    ) -> PyResult<bool> {
+        let happened = turn_events(happened);
+        Ok(py.detach(|| self.store.end_turn(queue, duty, fence, state, &happened))?)
+    }
+
+    /// [(interval start ms, value)] of one stored counter (see `Store::metric_series`).
+    #[pyo3(signature = (queue, group, name, bucket_ms, since_ms))]
+    fn metric_series(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        group: Option<&str>,
+        name: &str,
+        bucket_ms: Millis,
+        since_ms: Millis,
+    ) -> PyResult<Vec<(Millis, f64)>> {
+        Ok(py.detach(|| {
+            self.store
+                .metric_series(queue, group, name, bucket_ms, since_ms)
+        })?)
     }
 
     /// This process's totals since it started, per (queue, group): counters, and each

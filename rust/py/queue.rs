@@ -58,6 +58,34 @@ impl<'py> CallOptions<'py> {
     }
 }
 
+/// A clock that moves only when told to, for a store opened on it (tests and replayed
+/// benchmarks): `ferroq.testing.ManualClock`.
+#[pyclass(name = "ManualClock", module = "ferroq._core", frozen)]
+pub struct PyManualClock {
+    clock: Arc<crate::clock::ManualClock>,
+}
+
+#[pymethods]
+impl PyManualClock {
+    #[new]
+    fn new(start_ms: Millis) -> Self {
+        Self {
+            clock: Arc::new(crate::clock::ManualClock::new(start_ms)),
+        }
+    }
+
+    /// Time passes: `ms` milliseconds.
+    fn advance(&self, ms: Millis) {
+        self.clock.advance(ms)
+    }
+
+    /// Epoch milliseconds now.
+    fn now_ms(&self) -> Millis {
+        use crate::clock::Clock;
+        self.clock.now_ms()
+    }
+}
+
 /// One task store, whichever engine holds it.
 #[pyclass(name = "Store", module = "ferroq._core", frozen, weakref)]
 pub struct PyStore {
@@ -77,7 +105,7 @@ impl Drop for PyStore {
 #[pymethods]
 impl PyStore {
     #[new]
-    #[pyo3(signature = (path, *, durability = "full", busy_timeout = 30.0, max_payload = crate::validate::DEFAULT_MAX_PAYLOAD, task_events = "failures"))]
+    #[pyo3(signature = (path, *, durability = "full", busy_timeout = 30.0, max_payload = crate::validate::DEFAULT_MAX_PAYLOAD, task_events = "failures", clock = None))]
     fn new(
         py: Python<'_>,
         path: PathBuf,
@@ -85,6 +113,7 @@ impl PyStore {
         busy_timeout: f64,
         max_payload: usize,
         task_events: &str,
+        clock: Option<PyRef<'_, PyManualClock>>,
     ) -> PyResult<Self> {
         if !(busy_timeout.is_finite() && busy_timeout >= 0.0) {
             return Err(crate::Error::InvalidArgument(format!(
@@ -107,7 +136,11 @@ impl PyStore {
                 }
             },
         };
-        let store = py.detach(|| crate::store::open(&path, options))?;
+        let clock: Arc<dyn crate::clock::Clock> = match clock {
+            Some(c) => c.clock.clone(),
+            None => Arc::new(crate::clock::SystemClock),
+        };
+        let store = py.detach(|| crate::store::open_with_clock(&path, options, clock))?;
         Ok(Self {
             store: ManuallyDrop::new(store),
         })

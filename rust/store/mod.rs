@@ -21,7 +21,9 @@ use crate::task::{
 };
 
 pub use host::{ChangeToken, Engine, Host};
-pub use model::{CircuitCommand, Deferral, NoProcessor, TaskEvents, Unrunnable, WorkerInfo};
+pub use model::{
+    CircuitCommand, Deferral, NoProcessor, TaskEvents, TurnEvent, Unrunnable, WorkerInfo,
+};
 pub use operations::Operations;
 
 use std::collections::HashMap;
@@ -227,6 +229,50 @@ pub trait Store: Send + Sync {
     /// What this process recorded since it started (for a scrape of this process).
     fn metrics_totals(&self) -> SeriesMap;
 
+    /// One stored counter (`name`, e.g. "enqueued") per interval of `bucket_ms` (10 s or an
+    /// hour, as flushed) from `since` on: (interval start, value), oldest first, intervals
+    /// with nothing left out; summed over groups unless `group` names one. What forecasts
+    /// and alerts read.
+    fn metric_series(
+        &self,
+        queue: &str,
+        group: Option<&str>,
+        name: &str,
+        bucket_ms: Millis,
+        since: Millis,
+    ) -> Result<Vec<(Millis, f64)>>;
+
+    /// One duration histogram (`name`: "wait" or "run") per interval of `bucket_ms` from
+    /// `since` on, oldest first, merged over groups unless `group` names one.
+    fn metric_histograms(
+        &self,
+        queue: &str,
+        group: Option<&str>,
+        name: &str,
+        bucket_ms: Millis,
+        since: Millis,
+    ) -> Result<Vec<(Millis, crate::metrics::Histogram)>>;
+
+    /// Records events of a queue (a worker's concurrency change); `detail` is a JSON object.
+    fn record_events(&self, queue: &str, happened: &[TurnEvent]) -> Result<()>;
+
+    /// Takes the turn of a duty the processes of `queue` share (alert evaluation) if its
+    /// last turn was taken `every_ms` ago or never: the turn's fence and the state the
+    /// last turn saved (`"{}"` at first). `None`: another process's turn is recent.
+    fn take_turn(&self, queue: &str, duty: &str, every_ms: Millis)
+    -> Result<Option<(i64, String)>>;
+
+    /// Ends turn `fence`: saves its state and records its events in one transaction,
+    /// unless a later turn was taken meanwhile (then nothing is saved: `false`).
+    fn end_turn(
+        &self,
+        queue: &str,
+        duty: &str,
+        fence: i64,
+        state: &str,
+        happened: &[TurnEvent],
+    ) -> Result<bool>;
+
     /// Deletes events, metrics and worker registrations past their retention; returns how
     /// many rows went.
     fn prune_observability(&self, keep: &ObservabilityRetention) -> Result<u64>;
@@ -286,6 +332,19 @@ pub fn open(
     location: &std::path::Path,
     options: sqlite::Options,
 ) -> Result<std::sync::Arc<dyn Engine>> {
+    open_with_clock(
+        location,
+        options,
+        std::sync::Arc::new(crate::clock::SystemClock),
+    )
+}
+
+/// `open` on an injected clock (tests and replayed benchmarks: `ferroq.testing.ManualClock`).
+pub fn open_with_clock(
+    location: &std::path::Path,
+    options: sqlite::Options,
+    clock: std::sync::Arc<dyn crate::clock::Clock>,
+) -> Result<std::sync::Arc<dyn Engine>> {
     let text = location.to_string_lossy();
     if text.starts_with("postgres://") || text.starts_with("postgresql://") {
         return Err(crate::error::Error::InvalidArgument(
@@ -293,7 +352,7 @@ pub fn open(
                 .into(),
         ));
     }
-    Ok(std::sync::Arc::new(sqlite::SqliteStore::open(
-        location, options,
+    Ok(std::sync::Arc::new(sqlite::SqliteStore::open_with_clock(
+        location, options, clock,
     )?))
 }

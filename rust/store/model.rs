@@ -65,3 +65,12 @@ pub struct NoProcessor {
     /// Pending tasks of that name.
     pub pending: u64,
 }
+
+/// An event a duty's turn records (`Store::end_turn`), or a worker's (`Store::record_event`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnEvent {
+    pub group: Option<String>,
+    pub kind: String,
+    /// A JSON object.
+    pub detail: String,
+}

@@ -15,7 +15,7 @@ import click
 
 from .. import __version__
 from ..errors import FerroqError
-from . import _bench, _circuit, _control, _groups, _observe, _schedules, _status, _tasks, _worker, _workers
+from . import _bench, _circuit, _control, _groups, _intel, _observe, _schedules, _status, _tasks, _worker, _workers
 from ._common import ERROR_PREFIX, EXIT_CODES_HELP, CliError, Exit, Settings, option, show_error, translate
 
 __all__ = ["main"]
@@ -79,7 +79,7 @@ _COMMANDS = [
     _status.status,
     _tasks.list_command, _tasks.inspect, _tasks.export,
     _control.retry, _control.cancel, _control.purge, _control.pause, _control.resume,
-    _observe.stats, _observe.health, _observe.events,
+    _observe.stats, _observe.health, _observe.events, _intel.forecast, _intel.alerts,
     _bench.bench_command,
     _workers.workers, _schedules.schedules, _circuit.circuit, _groups.group,
 ]

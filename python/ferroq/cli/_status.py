@@ -47,6 +47,7 @@ def _queue_entry(q: Queue) -> dict[str, Any]:
             "metrics": {g: stats_data(m) for g, m in metrics.items()},
             "alive_workers": sum(w.alive for w in q.workers()),
             "missing_processors": [asdict(m) for m in q.missing_processors()],
+            "alerts_firing": [asdict(a) for a in q.alerts() if a.firing],
         }
 
 
@@ -119,6 +120,9 @@ def render(data: dict[str, Any], width: int = 200) -> Stack:
             cells = dict(zip(_GROUP_COLUMNS, _group_cells(entry, g)))
             groups.add_row(*(cells[c] for c in shown))
     lines = [_missing_line(entry, m) for entry in data["queues"] for m in entry["missing_processors"] if m["pending"]]
+    lines += [Text(f"alert {a['name']!r} firing on queue {entry['name']!r}"
+                   f"{'' if a['group'] is None else ', group ' + repr(a['group'])}: {a['detail']}", style="red")
+              for entry in data["queues"] for a in entry["alerts_firing"]]
     return Stack(queues, *([groups] if groups.row_count else []), *lines)
 
 

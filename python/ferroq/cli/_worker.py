@@ -11,7 +11,8 @@ from typing import Any, Callable
 import click
 
 from ..queue import WORKER_CREATE_ENV, WORKER_DB_ENV, Queue
-from ..worker import Worker
+from ..errors import InvalidArgument
+from ..worker import Autoscale, Worker
 from ._common import CliError, Exit, option, settings, split_list
 
 
@@ -50,6 +51,9 @@ def load_queue(spec: str) -> Queue:
         help="Runner threads (default 8).")
 @option("--processes", type=click.IntRange(1, 1_000), default=None,
         help="Run processors in N child processes (pool='process') instead of threads.")
+@option("--autoscale", default=None, metavar="MIN:MAX",
+        help="Move the runner threads between MIN and MAX with the load (forecast, backlog, run times); "
+             "child processes autoscale through Worker(pool='process', autoscale=...).")
 @option("--groups", default=None, help="Claim only tasks of these resource groups (comma-separated).")
 @option("--lease", type=float, default=30.0, show_default=True, help="Lease seconds (renewed every lease/3).")
 @option("--prefetch", type=click.IntRange(0, 100_000), default=None, help="Buffered tasks (default: adaptive).")
@@ -77,10 +81,10 @@ def load_queue(spec: str) -> Queue:
         help="Address the metrics endpoint listens on (0.0.0.0: every IPv4 address; 127.0.0.1: this host only).")
 @click.pass_context
 def worker(ctx: click.Context, spec: str, db: str | None, create: bool, concurrency: int | None,
-           processes: int | None, groups: str | None, lease: float, prefetch: int | None, shutdown_grace: float,
-           name: str | None, unknown_task_grace: float, on_start: str | None, on_stop: str | None,
-           before_run: str | None, after_run: str | None, until_idle: bool, until_empty: bool, log_level: str,
-           metrics_port: int | None, metrics_host: str) -> None:
+           processes: int | None, autoscale: str | None, groups: str | None, lease: float, prefetch: int | None,
+           shutdown_grace: float, name: str | None, unknown_task_grace: float, on_start: str | None,
+           on_stop: str | None, before_run: str | None, after_run: str | None, until_idle: bool, until_empty: bool,
+           log_level: str, metrics_port: int | None, metrics_host: str) -> None:
     """Run a worker on the queue MODULE:QUEUE (e.g. myapp.tasks:queue) until SIGINT/SIGTERM.
 
     The database is the one the Queue in your code opens, unless --db (or FERROQ_DB) names
@@ -97,11 +101,20 @@ def worker(ctx: click.Context, spec: str, db: str | None, create: bool, concurre
     if metrics_port is not None:
         _serve_metrics(q, metrics_host, metrics_port)
     only = split_list((groups,)) if groups else None
+    scaling = None
+    if autoscale is not None:
+        if concurrency is not None or processes is not None:
+            raise CliError("give --autoscale MIN:MAX or a fixed --concurrency/--processes, not both", Exit.USAGE)
+        try:
+            scaling = Autoscale.parse(autoscale)
+        except InvalidArgument as e:
+            raise CliError(f"--autoscale: {e}", Exit.USAGE) from None
     w = Worker(q, concurrency=processes or concurrency or 8, pool="process" if processes else "thread",
                lease=lease, prefetch=prefetch, shutdown_grace=shutdown_grace, name=name, groups=only,
-               unknown_task_grace=unknown_task_grace, on_start=_reported(on_start, load_hook("--on-start", on_start)),
-               on_stop=load_hook("--on-stop", on_stop), before_run=load_hook("--before-run", before_run),
-               after_run=load_hook("--after-run", after_run))
+                unknown_task_grace=unknown_task_grace, autoscale=scaling,
+                on_start=_reported(on_start, load_hook("--on-start", on_start)),
+                on_stop=load_hook("--on-stop", on_stop), before_run=load_hook("--before-run", before_run),
+                after_run=load_hook("--after-run", after_run))
     stats = w.run(until_idle=until_idle, until_empty=until_empty)
     logging.getLogger("ferroq.cli").info("done: %s", stats)
 

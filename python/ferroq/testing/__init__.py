@@ -20,13 +20,14 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from .._core import ManualClock
 from ..errors import DrainTimeout, InvalidArgument
 from ..queue import Queue
 from ..worker import Worker, WorkerStats
 from ..worker.failures import Outcomes
 from ..worker.runs import Outcome, Run
 
-__all__ = ["DrainTimeout", "drain", "eager"]
+__all__ = ["DrainTimeout", "ManualClock", "drain", "eager"]
 
 
 class _RetryAtOnce(Outcomes):

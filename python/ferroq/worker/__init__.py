@@ -35,10 +35,12 @@ loop, ``Completer.flush``) the code is as it was in one file: no layer of calls 
 from __future__ import annotations
 
 from .claim_loop import PREFETCH_MAX
+from .autoscale import Autoscale
 from .coordinator import Worker
 from .hooks import RunOutcome
 from .maintenance import METRICS_INTERVAL, WORKER_SEEN_INTERVAL
 from .runs import WorkerStats
 
 # The constants are public too (tests and user code tune against them).
-__all__ = ["METRICS_INTERVAL", "PREFETCH_MAX", "WORKER_SEEN_INTERVAL", "RunOutcome", "Worker", "WorkerStats"]
+__all__ = ["Autoscale", "METRICS_INTERVAL", "PREFETCH_MAX", "WORKER_SEEN_INTERVAL", "RunOutcome", "Worker",
+           "WorkerStats"]

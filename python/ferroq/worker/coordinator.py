@@ -24,6 +24,7 @@ from ..errors import InvalidArgument, LeaseLost, StorageError
 from ..queue import Queue
 from ..task import BatchTask
 from .async_runner import AsyncRunner
+from .autoscale import Autoscale, Autoscaler
 from .breaker_view import BreakerView
 from .claim_loop import PREFETCH_MAX, ClaimLoop
 from .completer import Completer
@@ -80,6 +81,10 @@ class Worker:
     A batch task's runs each get them: ``before_run`` for each run before the batch function
     is called (a run whose hook raises is left out of the batch and fails with that error),
     ``after_run`` for each after it, with its own item's outcome.
+    ``autoscale=ferroq.Autoscale(min=1, max=32)`` starts at ``min`` runner threads (with
+    ``pool="process"``: children) and moves between ``min`` and ``max`` with the load: arrivals and their forecast
+    times run time (Little's law), plus the backlog, within the groups' running caps; each
+    change is a ``concurrency_changed`` event with its reason (see ``ferroq.worker.autoscale``).
     """
 
     #: Turns each run's end into its outcome (``ferroq.testing`` swaps in one whose retries
@@ -105,6 +110,7 @@ class Worker:
         on_stop: Callable[[], Any] | None = None,
         before_run: Callable[[TaskContext], Any] | None = None,
         after_run: Callable[[TaskContext, RunOutcome], Any] | None = None,
+        autoscale: Autoscale | None = None,
     ) -> None:
         if not isinstance(queue, Queue):
             raise InvalidArgument(f"Worker needs a ferroq.Queue, got {queue!r}")
@@ -128,6 +134,10 @@ class Worker:
             except Exception as e:  # noqa: BLE001 - pickling can fail in many ways
                 raise InvalidArgument(f'pool="process" sends the queue\'s serializer to its child processes, '
                                       f"and {queue.serializer!r} cannot be pickled: {e}") from None
+        if autoscale is not None and not isinstance(autoscale, Autoscale):
+            raise InvalidArgument(f"autoscale must be a ferroq.Autoscale, got {autoscale!r}")
+        #: How concurrency moves with the load (None: it stays ``concurrency``).
+        self.autoscale = autoscale
         for hook_name, hook in (("on_start", on_start), ("on_stop", on_stop), ("before_run", before_run),
                                 ("after_run", after_run)):
             check_hook(hook_name, hook, pool)
@@ -140,7 +150,8 @@ class Worker:
         self.groups: tuple[str, ...] | None = None if groups is None else _group_names(groups)
         self.queue = queue
         self._max_payload = queue._engine.max_payload
-        self.concurrency = concurrency
+        #: Tasks running at once (with ``autoscale``: now; it starts at ``autoscale.min``).
+        self.concurrency = concurrency if autoscale is None else autoscale.min
         #: Claimed tasks kept waiting for a free thread. None: adaptive, about 50 ms of work
         #: at the observed rate (at least ``concurrency``), so fast tasks are claimed in
         #: large batches and slow ones are not hoarded from other workers.
@@ -177,6 +188,7 @@ class Worker:
         self._async = AsyncRunner(self)
         self._completer = Completer(self)
         self._maintenance = Maintenance(self)
+        self._autoscaler: Autoscaler | None = None
         self._holds = GroupHolds(self)
         self._signals = StopSignals(self._stopping, self._hard_stop, queue._notify, self.shutdown_grace)
 
@@ -213,6 +225,8 @@ class Worker:
         # Before the pool starts: its children map the journal when they start, to note the
         # runs they start (a child started without it never does).
         self._journal = self._open_journal()
+        if self.autoscale is not None:
+            self.concurrency = self.autoscale.min
         pool = None
         if self.pool == "process":
             try:  # before anything is claimed: a task no child can find, a child that cannot start
@@ -224,18 +238,19 @@ class Worker:
                 self._journal = None
                 self._call_on_stop()  # on_start ran: what it set up is torn down
                 raise
-        threads = [threading.Thread(target=self._runners.runner, args=(None if pool is None else pool.slots[i],),
-                                    name=f"ferroq-run-{i}", daemon=True)
-                   for i in range(self.concurrency)]
+        self._autoscaler = None if self.autoscale is None else Autoscaler(self, self.autoscale)
+        self._runners.reset(pool)
         completer = threading.Thread(target=self._completer.run, name="ferroq-completer", daemon=True)
         maintenance = threading.Thread(target=self._maintenance.run, name="ferroq-maintenance", daemon=True)
-        for t in (*threads, completer, maintenance):
+        self._runners.start_threads(self.concurrency)
+        for t in (completer, maintenance):
             t.start()
         if pool is None and any(t.is_async for t in self.queue._tasks.values()):
             self._async.start()
         previous = self._signals.install() if self.handle_signals else {}
-        log.info("worker %s started on %s (queue %r, concurrency %d)",
-                 self.id, os.path.abspath(self.queue.path), self.queue.name, self.concurrency)
+        scaling = "" if self.autoscale is None else f", autoscaled within {self.autoscale.min}..{self.autoscale.max}"
+        log.info("worker %s started on %s (queue %r, concurrency %d%s)",
+                 self.id, os.path.abspath(self.queue.path), self.queue.name, self.concurrency, scaling)
         try:
             self._claims.run(until_idle, until_empty)
             self._drain(self.shutdown_grace)
@@ -248,7 +263,7 @@ class Worker:
             if pool is not None:
                 # Runners only wait on their children here (a released run's child is killed
                 # within a tick), so joining them is safe; then no child is left running.
-                for t in threads:
+                for t in self._runners.threads:
                     t.join(timeout=10)
                 pool.close()
             self._to_record.put(None)
@@ -264,6 +279,12 @@ class Worker:
             self._call_on_stop()
         return self.stats
 
+    def _resize(self, n: int) -> None:
+        """Autoscale: ``n`` tasks at once from now on (runner threads and claims follow)."""
+        self.concurrency = n
+        self._runners.resize(n)
+        self.queue._notify()  # the claim loop's window changed
+
     def _call_on_stop(self) -> None:
         if self._on_stop is not None:
             try:
@@ -274,8 +295,9 @@ class Worker:
     def _open_journal(self) -> _core.RunJournal | None:
         """The run journal (see ``journal``), with room for every run this worker can hold."""
         prefetch = self.prefetch if self.prefetch is not None else PREFETCH_MAX
+        most = self.concurrency if self.autoscale is None else self.autoscale.max
         batches = [t.max_size for t in self.queue._tasks.values() if isinstance(t, BatchTask)]
-        return open_journal(self.queue._engine, self.id, self.concurrency + max([prefetch, *batches]) + 64)
+        return open_journal(self.queue._engine, self.id, most + max([prefetch, *batches]) + 64)
 
     # -- shared by the collaborators -----------------------------------------------------
 

@@ -11,6 +11,7 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
+from ..alerts import EVALUATE_EVERY as ALERTS_EVERY
 from ..errors import StorageError
 from .failures import is_fatal
 from .scheduler import Scheduler
@@ -47,7 +48,7 @@ class Maintenance:
         tick = min(0.1, w.lease / 6)
         now = time.monotonic()
         next_heartbeat, next_rescue = now + w.lease / 3, now
-        next_prune = next_aging = next_seen = next_metrics = next_observe_prune = now
+        next_prune = next_aging = next_seen = next_metrics = next_observe_prune = next_alerts = now
         while True:
             now = time.monotonic()
             try:
@@ -76,6 +77,11 @@ class Maintenance:
                     next_rescue = now + w.rescue_interval
                 if not w._stopping.is_set():
                     self.scheduler.poll()
+                if w._autoscaler is not None and not w._stopping.is_set():
+                    w._autoscaler.tick(now)
+                if queue._alerts and now >= next_alerts and not w._stopping.is_set():
+                    next_alerts = now + ALERTS_EVERY
+                    self.check_alerts()
                 aging = queue.priority_aging
                 if aging is not None and now >= next_aging and not w._stopping.is_set():
                     store.age_priorities(queue.name, max(1, int(aging.every * 1000)), aging.step, aging.max_priority)
@@ -91,6 +97,16 @@ class Maintenance:
                 log.warning("maintenance step failed, will retry: %s", e)
             if w._maintenance_done.wait(tick):
                 return
+
+    def check_alerts(self) -> None:
+        """One alert evaluation, if this worker gets the turn (a failing rule is logged by
+        ``check_alerts``; anything else must not stop the maintenance thread)."""
+        try:
+            self.worker.queue.check_alerts()
+        except StorageError:
+            raise
+        except Exception:
+            log.exception("alert evaluation failed")
 
     def register(self) -> None:
         """Registers this worker in the file (or renews it), for health checks."""

@@ -5,10 +5,12 @@ completer in one go. ``execute`` is the per-task path: keep calls out of it."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import TYPE_CHECKING
 
 from ..context import _current
+from ..errors import ProcessCrashed
 from ..tracebacks import format_traceback
 from .failures import internal_failure
 from .hooks import check_batch_results
@@ -17,7 +19,7 @@ from .runs import Batch, Outcome, Run, completed_null, runs_of
 
 if TYPE_CHECKING:
     from .coordinator import Worker
-    from .process_pool import Slot
+    from .process_pool import ProcessPool, Slot
 
 log = logging.getLogger("ferroq.worker")
 
@@ -26,26 +28,94 @@ class ThreadRunners:
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.queue = worker.queue
+        #: Runner threads alive (under the worker's ``_ready_cond``), and every one this run.
+        self.live = 0
+        self.threads: list[threading.Thread] = []
+        #: The process pool whose slots the runners use (None: the thread pool).
+        self.pool: ProcessPool | None = None
 
-    def runner(self, slot: Slot | None) -> None:
-        """A runner thread's body (``slot``: its child process with ``pool="process"``)."""
+    def reset(self, pool: ProcessPool | None) -> None:
+        """A new ``Worker.run``: its process pool, if any."""
+        self.pool, self.threads, self.live = pool, [], 0
+
+    def start_threads(self, n: int) -> None:
+        """Starts ``n`` more runner threads; with a process pool each gets a slot: the pool's
+        first ones (started with it), else a new one whose child its thread starts."""
+        started = []
+        with self.worker._ready_cond:
+            for _ in range(n):
+                index = len(self.threads)
+                slot, spawn = self.slot(index)
+                t = threading.Thread(target=self.runner, args=(slot, spawn), name=f"ferroq-run-{index}", daemon=True)
+                self.threads.append(t)
+                started.append(t)
+                self.live += 1
+        for t in started:
+            t.start()
+
+    def slot(self, index: int) -> tuple[Slot | None, bool]:
+        """Runner ``index``'s slot, and whether its child is still to be started."""
+        pool = self.pool
+        if pool is None:
+            return None, False
+        if index < len(pool.slots):
+            return pool.slots[index], False
+        from .process_pool import Slot
+        pool.slots.append(Slot(self.worker, index))
+        return pool.slots[-1], True
+
+    def resize(self, n: int) -> None:
+        """``n`` runners from now on (autoscale). More start at once; surplus ones leave
+        when they next look for work (a run in progress finishes), closing their child."""
+        cond = self.worker._ready_cond
+        with cond:
+            more = n - self.live
+            cond.notify_all()
+        if more > 0:
+            self.start_threads(more)
+
+    def runner(self, slot: Slot | None, spawn: bool = False) -> None:
+        """A runner thread's body (``slot``: its child process with ``pool="process"``,
+        started here first when ``spawn``)."""
+        counted_out = False
         try:
-            self.run_jobs(slot)
+            if slot is not None and spawn:
+                slot.spawn()
+                slot.await_ready()
+            counted_out = self.run_jobs(slot)
+        except ProcessCrashed as e:  # a new child could not start: this runner is not added
+            log.warning("could not start another child process: %s", e)
         finally:
+            if not counted_out:
+                with self.worker._ready_cond:
+                    self.live -= 1
             if slot is not None:
                 slot.close()
 
-    def run_jobs(self, slot: Slot | None) -> None:
+    def surplus(self) -> bool:
+        """A runner beyond the worker's concurrency (after an autoscale shrink): it leaves,
+        counted out here so that no second one leaves for the same shrink."""
+        if self.live <= self.worker.concurrency:
+            return False
+        self.live -= 1
+        return True
+
+    def run_jobs(self, slot: Slot | None) -> bool:
+        """Runs jobs until closing (False) or surplus (True: counted out already)."""
         w = self.worker
         ready, cond, to_record, stopping = w._ready, w._ready_cond, w._to_record, w._stopping
         breakers, holds = w._breakers, w._holds
         held = breakers.held  # empty unless a group's failures hold it here
         while True:
             with cond:
-                while not ready and not w._closing:
+                while True:
+                    if self.surplus():
+                        return True
+                    if ready or w._closing:
+                        break
                     cond.wait()
                 if not ready:
-                    return
+                    return False
                 share = max(1, min(len(ready) // w.concurrency, 64))
                 batch = [ready.popleft() for _ in range(min(share, len(ready)))]
             outcomes: list[Outcome] = []

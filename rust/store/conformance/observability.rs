@@ -234,3 +234,136 @@ fn health_figures() {
     assert_eq!(f.store.dead_since(Q, enqueued_at).unwrap(), 1);
     assert_eq!(f.store.dead_since(Q, f.store.now_ms() + 1).unwrap(), 0);
 }
+
+#[test]
+fn metric_series_gives_each_interval_by_group_or_summed() {
+    let f = fixture();
+    let start = f.store.now_ms();
+    let mut b = task("b", 0);
+    b.resource_group = "other".into();
+    f.store.enqueue(Q, &[task("a", 0), b]).unwrap();
+    f.store.flush_metrics().unwrap();
+    f.clock.advance(20_000);
+    f.store.enqueue(Q, &[task("c", 0)]).unwrap();
+    f.store.flush_metrics().unwrap();
+    let since = start - 3_600_000;
+    let raw = |group| {
+        f.store
+            .metric_series(Q, group, "enqueued", 10_000, since)
+            .unwrap()
+    };
+    let first = start - start.rem_euclid(10_000);
+    assert_eq!(raw(None), [(first, 2.0), (first + 20_000, 1.0)]);
+    assert_eq!(raw(Some("other")), [(first, 1.0)]);
+    let hours = f
+        .store
+        .metric_series(Q, None, "enqueued", 3_600_000, since)
+        .unwrap();
+    assert_eq!(hours.iter().map(|h| h.1).sum::<f64>(), 3.0);
+}
+
+#[test]
+fn a_producer_flushes_its_arrivals_an_interval_after_its_last_flush() {
+    let f = fixture();
+    let since = f.store.now_ms() - 60_000;
+    let enqueued = || {
+        f.store
+            .metric_series(Q, None, "enqueued", 10_000, since)
+            .unwrap()
+            .iter()
+            .map(|r| r.1)
+            .sum::<f64>()
+    };
+    f.store.enqueue(Q, &[task("a", 0)]).unwrap();
+    f.clock.advance(5_000);
+    f.store.enqueue(Q, &[task("b", 0)]).unwrap();
+    assert_eq!(enqueued(), 0.0, "within an interval of the first: not yet");
+    f.clock.advance(5_000);
+    f.store.enqueue(Q, &[task("c", 0)]).unwrap();
+    assert_eq!(enqueued(), 3.0, "no worker flushed them: the enqueue did");
+    f.store.enqueue(Q, &[task("d", 0)]).unwrap();
+    f.store.close();
+    assert_eq!(enqueued(), 4.0, "closing flushes what is left");
+}
+
+#[test]
+fn a_duty_turn_is_taken_once_per_period_and_saved_only_by_its_holder() {
+    use crate::store::TurnEvent;
+    let f = fixture();
+    let other = super::open_engine(&f.path, &f.clock);
+    let (fence, state) = f.store.take_turn(Q, "alerts", 5_000).unwrap().unwrap();
+    assert_eq!(state, "{}");
+    assert!(
+        other.take_turn(Q, "alerts", 5_000).unwrap().is_none(),
+        "taken"
+    );
+    assert!(
+        other.take_turn(Q, "other", 5_000).unwrap().is_some(),
+        "duties apart"
+    );
+    let fired = TurnEvent {
+        group: Some("g".into()),
+        kind: "alert_fired".into(),
+        detail: "{\"alert\": \"slow\"}".into(),
+    };
+    assert!(
+        f.store
+            .end_turn(
+                Q,
+                "alerts",
+                fence,
+                "{\"a\":1}",
+                std::slice::from_ref(&fired)
+            )
+            .unwrap()
+    );
+    f.clock.advance(5_000);
+    let (next, state) = other.take_turn(Q, "alerts", 5_000).unwrap().unwrap();
+    assert_eq!((next, state.as_str()), (fence + 1, "{\"a\":1}"));
+    // The first holder's late save is refused: the turn is no longer its own.
+    assert!(
+        !f.store
+            .end_turn(Q, "alerts", fence, "{}", &[fired])
+            .unwrap()
+    );
+    let kinds: Vec<String> = f
+        .store
+        .events(Q, None, 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, ["alert_fired"]);
+}
+
+#[test]
+fn metric_histograms_give_each_intervals_durations() {
+    let f = fixture();
+    let start = f.store.now_ms();
+    let mut b = task("b", 0);
+    b.resource_group = "other".into();
+    f.store.enqueue(Q, &[task("a", 0), b]).unwrap();
+    f.clock.advance(3_000);
+    f.store.claim(Q, "w", 2, LEASE).unwrap();
+    f.store.flush_metrics().unwrap();
+    f.clock.advance(20_000);
+    f.store.enqueue(Q, &[task("c", 0)]).unwrap();
+    f.clock.advance(1_000);
+    f.store.claim(Q, "w", 1, LEASE).unwrap();
+    f.store.flush_metrics().unwrap();
+    let rows = f
+        .store
+        .metric_histograms(Q, None, "wait", 10_000, start - 60_000)
+        .unwrap();
+    let seen: Vec<(u64, u64)> = rows
+        .iter()
+        .map(|(_, h)| (h.count(), h.max_us() / 1_000_000))
+        .collect();
+    assert_eq!(seen, [(2, 3), (1, 1)], "merged over groups, per interval");
+    let other = f
+        .store
+        .metric_histograms(Q, Some("other"), "wait", 10_000, start - 60_000)
+        .unwrap();
+    assert_eq!(other.len(), 1);
+    assert_eq!(other[0].1.count(), 1);
+}

@@ -33,6 +33,8 @@ pub struct Local {
     pub watched: std::sync::Once,
     /// This process's counters and histograms (a child starts from zero).
     pub metrics: Mutex<Recorder>,
+    /// When `metrics` was last flushed (store clock; 0: not yet looked at).
+    pub last_flush: std::sync::atomic::AtomicI64,
     /// Moves the WAL into the database off the commit path.
     pub checkpointer: Arc<Checkpointer>,
 }
@@ -49,6 +51,7 @@ impl Local {
             changes: Arc::default(),
             watched: std::sync::Once::new(),
             metrics: Mutex::new(Recorder::default()),
+            last_flush: std::sync::atomic::AtomicI64::new(0),
             checkpointer,
         }
     }

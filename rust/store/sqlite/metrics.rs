@@ -139,6 +139,59 @@ pub fn read(
     Ok(out)
 }
 
+/// One counter per interval of `bucket_ms` from `since` (see `Store::metric_series`).
+pub fn series(
+    conn: &Connection,
+    queue: &str,
+    group: Option<&str>,
+    name: &str,
+    bucket_ms: Millis,
+    since: Millis,
+) -> Result<Vec<(Millis, f64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT bucket_start, sum(value) FROM metrics
+         WHERE queue = ?1 AND name = ?2 AND bucket_ms = ?3 AND bucket_start >= ?4
+           AND (?5 IS NULL OR resource_group = ?5)
+         GROUP BY bucket_start ORDER BY bucket_start",
+    )?;
+    let rows = stmt.query_map((queue, name, bucket_ms, since, group), |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// One duration histogram ("wait" or "run") per interval of `bucket_ms` from `since`,
+/// merged over groups unless `group` names one (see `Store::metric_histograms`).
+pub fn histograms(
+    conn: &Connection,
+    queue: &str,
+    group: Option<&str>,
+    name: &str,
+    bucket_ms: Millis,
+    since: Millis,
+) -> Result<Vec<(Millis, Histogram)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT bucket_start, histogram FROM metrics
+         WHERE queue = ?1 AND name = ?2 AND bucket_ms = ?3 AND bucket_start >= ?4
+           AND (?5 IS NULL OR resource_group = ?5) AND histogram IS NOT NULL
+         ORDER BY bucket_start",
+    )?;
+    let mut rows = stmt.query((queue, name, bucket_ms, since, group))?;
+    let mut out: Vec<(Millis, Histogram)> = Vec::new();
+    while let Some(r) = rows.next()? {
+        let start: Millis = r.get(0)?;
+        let blob: Vec<u8> = r.get(1)?;
+        let Some(h) = Histogram::from_bytes(&blob) else {
+            continue;
+        };
+        match out.last_mut() {
+            Some((last, sum)) if *last == start => sum.merge(&h),
+            _ => out.push((start, h)),
+        }
+    }
+    Ok(out)
+}
+
 /// Deletes raw rows older than `raw_keep_ms` and hourly rows older than `hour_keep_ms`, at
 /// most `limit` at a time; returns how many.
 pub fn prune(

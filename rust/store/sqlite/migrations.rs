@@ -16,6 +16,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("migrations/0004_large_payloads_apart.sql")),
     (5, include_str!("migrations/0005_delayed_tasks_apart.sql")),
     (6, include_str!("migrations/0006_schedules.sql")),
+    (7, include_str!("migrations/0007_duties.sql")),
 ];
 
 /// The newest schema version this build knows.

@@ -9,6 +9,7 @@ mod closing;
 mod convert;
 mod decode;
 mod defer;
+mod duties;
 mod enqueue;
 mod events;
 mod finish;
@@ -29,6 +30,7 @@ mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use parking_lot::Mutex;
 
@@ -70,7 +72,7 @@ use crate::run_journal::{self, RunJournal};
 use crate::store::lease_watch::LeaseWatch;
 use crate::store::{CircuitCommand, WorkerInfo};
 use crate::store::{CircuitView, Host, Lease, ObservabilityRetention, Store};
-use crate::store::{Deferral, NoProcessor, Unrunnable};
+use crate::store::{Deferral, NoProcessor, TurnEvent, Unrunnable};
 use crate::task::{
     ClaimedTask, Enqueued, FailAction, FailureImpact, LeaseToken, NewTask, Outcome, RunEnd, TaskId,
     TaskRecord, TaskStatus, Transition,
@@ -207,6 +209,10 @@ impl SqliteStore {
     /// file meanwhile (a checkpoint asked for before the close is dropped), so the caller
     /// may delete it.
     pub fn close(&self) {
+        // What this process counted since its last flush is kept (a producer's arrivals).
+        if let Err(e) = self.flush_metrics() {
+            log::debug!("metrics flush on close failed: {e}");
+        }
         let local = self.local.get();
         let mut writer = local.writer.lock(); // no commit can ask for a checkpoint now
         local.checkpointer.go_dormant();
@@ -371,13 +377,23 @@ impl SqliteStore {
         self.with_conn(|l| &l.reader, |conn| read_data_version(conn))
     }
 
-    /// Counts a committed enqueue (see `Recorder::count_enqueued`).
+    /// Counts a committed enqueue (see `Recorder::count_enqueued`), and flushes this
+    /// process's figures when its last flush is an interval old: a producer that runs no
+    /// worker (a web app) has no maintenance thread to flush its arrivals, which forecasts
+    /// and alerts read from the table.
     fn count_enqueued(&self, queue: &str, tasks: &[NewTask], done: &[Enqueued]) {
-        self.local
-            .get()
-            .metrics
-            .lock()
-            .count_enqueued(queue, tasks, done);
+        let local = self.local.get();
+        local.metrics.lock().count_enqueued(queue, tasks, done);
+        let now = self.clock.now_ms();
+        let last = local.last_flush.load(Ordering::Relaxed);
+        if last == 0 {
+            local.last_flush.store(now, Ordering::Relaxed);
+        } else if now - last >= metrics::INTERVAL_MS {
+            // The enqueue committed: a failed flush keeps its figures for the next one.
+            if let Err(e) = self.flush_metrics() {
+                log::debug!("metrics flush after an enqueue failed (kept for the next): {e}");
+            }
+        }
     }
 
     /// Counts committed run ends (see `Recorder::record_runs`).
@@ -779,7 +795,11 @@ impl Store for SqliteStore {
     }
 
     fn flush_metrics(&self) -> Result<()> {
-        let recorder = &self.local.get().metrics;
+        let local = self.local.get();
+        local
+            .last_flush
+            .store(self.clock.now_ms(), Ordering::Relaxed);
+        let recorder = &local.metrics;
         let taken = recorder.lock().take_interval();
         if taken.is_empty() {
             return Ok(());
@@ -805,6 +825,58 @@ impl Store for SqliteStore {
 
     fn metrics_totals(&self) -> SeriesMap {
         self.local.get().metrics.lock().totals()
+    }
+
+    fn metric_histograms(
+        &self,
+        queue: &str,
+        group: Option<&str>,
+        name: &str,
+        bucket_ms: Millis,
+        since: Millis,
+    ) -> Result<Vec<(Millis, crate::metrics::Histogram)>> {
+        self.read(|conn, _| metrics::histograms(conn, queue, group, name, bucket_ms, since))
+    }
+
+    fn record_events(&self, queue: &str, happened: &[TurnEvent]) -> Result<()> {
+        validate::name("queue", queue)?;
+        self.write(|tx, now| {
+            happened.iter().try_for_each(|e| {
+                events::record(tx, queue, e.group.as_deref(), &e.kind, &e.detail, now)
+            })
+        })
+    }
+
+    fn take_turn(
+        &self,
+        queue: &str,
+        duty: &str,
+        every_ms: Millis,
+    ) -> Result<Option<(i64, String)>> {
+        validate::name("queue", queue)?;
+        self.write(|tx, now| duties::take(tx, queue, duty, every_ms, now))
+    }
+
+    fn end_turn(
+        &self,
+        queue: &str,
+        duty: &str,
+        fence: i64,
+        state: &str,
+        happened: &[TurnEvent],
+    ) -> Result<bool> {
+        self.write(|tx, now| duties::end(tx, queue, duty, fence, state, happened, now))
+    }
+
+    fn metric_series(
+        &self,
+        queue: &str,
+        group: Option<&str>,
+        name: &str,
+        bucket_ms: Millis,
+        since: Millis,
+    ) -> Result<Vec<(Millis, f64)>> {
+        self.read(|conn, _| metrics::series(conn, queue, group, name, bucket_ms, since))
     }
 
     fn prune_observability(&self, keep: &ObservabilityRetention) -> Result<u64> {
