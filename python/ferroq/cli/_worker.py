@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from ..queue import WORKER_CREATE_ENV, WORKER_DB_ENV, Queue
+from ..queue import WORKER_CREATE_ENV, WORKER_DB_ENV, Queue, is_database_url
 from ..worker import Worker
 from ._common import CliError, Exit, option, settings, split_list
 
@@ -99,7 +99,7 @@ def _open_policy(db: str | None, create: bool) -> None:
     may create the file: environment variables ``ferroq.Queue`` reads (see queue.py). The
     worker command owns its process; main() called in-process keeps them set afterwards."""
     if db:
-        os.environ[WORKER_DB_ENV] = os.path.abspath(db)
+        os.environ[WORKER_DB_ENV] = db if is_database_url(db) else os.path.abspath(db)
     else:
         os.environ.pop(WORKER_DB_ENV, None)  # one inherited from a parent worker is not ours
     os.environ[WORKER_CREATE_ENV] = "1" if create else "0"

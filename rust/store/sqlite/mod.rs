@@ -41,6 +41,17 @@ pub use open::{Durability, Options};
 #[path = "../conformance/mod.rs"]
 mod conformance;
 
+/// SQLite runs every conformance test, anywhere.
+#[cfg(test)]
+fn conformance_available() -> bool {
+    true
+}
+
+#[cfg(test)]
+fn conformance_skips() -> &'static [&'static str] {
+    &[]
+}
+
 /// The conformance suite's engine: a SQLite file at `path` on `clock` (`normal` durability:
 /// the suite checks behaviour, not fsyncs).
 #[cfg(test)]
