@@ -7,10 +7,13 @@ use postgres::GenericClient;
 
 use super::events;
 use super::pool::Db;
-use super::unsupported::not_yet;
+use std::collections::HashMap;
+
+use super::groups;
 use crate::clock::Millis;
 use crate::error::Result;
 use crate::json;
+use crate::resource_group::GroupState;
 use crate::store::TaskEvents;
 use crate::task::{ClaimedTask, LeaseToken};
 
@@ -43,6 +46,33 @@ const CLAIM_SQL: &str = "WITH c AS MATERIALIZED (
                t.created_at, t.run_at,
                coalesce((SELECT payload FROM task_payloads p WHERE p.task_id = t.id), ''::bytea)";
 
+/// The claim of a queue with group settings (or restricted to some groups): the best ready
+/// tasks overall, at most `cap` of each capped group (`$7`, `$8`), of the groups `$9` only
+/// when given. The caller holds the queue's group rows locked, so no other claim on the
+/// queue runs meanwhile (caps and tokens hold across hosts); the UPDATE re-checks each row
+/// is still pending (an operator may have cancelled it since).
+const LIMITED_SQL: &str = "WITH caps AS (
+         SELECT * FROM unnest($7::text[], $8::bigint[]) AS c(grp, cap)),
+     ranked AS (
+         SELECT t.id, t.priority, caps.cap,
+                row_number() OVER (PARTITION BY t.resource_group
+                                   ORDER BY t.priority DESC, t.id) AS rn
+         FROM tasks t LEFT JOIN caps ON caps.grp = t.resource_group
+         WHERE t.queue = $1 AND t.status = 'pending' AND t.run_at <= t.updated_at
+           AND t.run_at <= $4 AND ($9::text[] IS NULL OR t.resource_group = ANY($9))
+           AND coalesce(caps.cap, 1) > 0),
+     c AS MATERIALIZED (
+         SELECT id FROM ranked WHERE cap IS NULL OR rn <= cap
+         ORDER BY priority DESC, id LIMIT $6)
+     UPDATE tasks t
+     SET status = 'running', attempts = t.attempts + 1, lease_owner = $2, lease_token = $3,
+         lease_expires_at = $5, started_at = $4, updated_at = $4, progress = NULL,
+         progress_message = NULL
+     FROM c WHERE t.id = c.id AND t.status = 'pending'
+     RETURNING t.id, t.name, t.resource_group, t.priority, t.attempts, t.max_attempts,
+               t.created_at, t.run_at,
+               coalesce((SELECT payload FROM task_payloads p WHERE p.task_id = t.id), ''::bytea)";
+
 /// What a claim hands out and on what terms.
 pub struct Lease<'a> {
     pub worker: &'a str,
@@ -53,10 +83,13 @@ pub struct Lease<'a> {
     pub task_events: TaskEvents,
 }
 
-/// Leases up to `lease.limit` ready tasks, highest priority first, FIFO within a priority.
+/// Leases up to `lease.limit` ready tasks, highest priority first, FIFO within a priority,
+/// skipping what paused queues and groups, open breakers and throttles hold back: from
+/// every group, or only from the groups `only` for a worker dedicated to them.
 pub fn claim<C: GenericClient>(
     db: &mut Db<'_, C>,
     queue: &str,
+    only: Option<&[String]>,
     lease: &Lease<'_>,
 ) -> Result<Vec<ClaimedTask>> {
     let row = db.query_one(
@@ -67,24 +100,23 @@ pub fn claim<C: GenericClient>(
     if row.get::<_, bool>(0) {
         return Ok(Vec::new());
     }
-    if row.get::<_, bool>(1) {
-        // Settings stored by a newer ferroq: never claim past limits this one cannot keep.
-        return Err(not_yet("claims in a queue with resource group settings"));
-    }
+    let limited = row.get::<_, bool>(1);
     let most = PROMOTE_MAX.max(lease.limit) as i64;
     db.execute(PROMOTE_SQL, &[&queue, &lease.now, &most])?;
     let limit = lease.limit as i64;
-    let rows = db.query(
-        CLAIM_SQL,
-        &[
-            &queue,
-            &lease.worker,
-            &lease.token,
-            &lease.now,
-            &lease.expires_at,
-            &limit,
-        ],
-    )?;
+    let params = [
+        &queue as &(dyn postgres::types::ToSql + Sync),
+        &lease.worker,
+        &lease.token,
+        &lease.now,
+        &lease.expires_at,
+        &limit,
+    ];
+    let rows = if limited || only.is_some() {
+        claim_limited(db, queue, only, lease, &params)?
+    } else {
+        db.query(CLAIM_SQL, &params)?
+    };
     let mut tasks: Vec<ClaimedTask> = rows
         .iter()
         .map(|r| ClaimedTask {
@@ -101,6 +133,9 @@ pub fn claim<C: GenericClient>(
             lease_expires_at: lease.expires_at,
         })
         .collect();
+    if limited {
+        spend_tokens(db, queue, &tasks, lease.now)?;
+    }
     // RETURNING does not promise the CTE's order.
     tasks.sort_unstable_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
     if lease.task_events == TaskEvents::All {
@@ -115,4 +150,62 @@ pub fn claim<C: GenericClient>(
         }
     }
     Ok(tasks)
+}
+
+/// The limited claim (see `LIMITED_SQL`): locks the queue's group rows, turns due breakers
+/// half-open, and caps each group at its allowance (`GroupState::allowance`).
+fn claim_limited<C: GenericClient>(
+    db: &mut Db<'_, C>,
+    queue: &str,
+    only: Option<&[String]>,
+    lease: &Lease<'_>,
+    params: &[&(dyn postgres::types::ToSql + Sync); 6],
+) -> Result<Vec<postgres::Row>> {
+    let mut groups = groups::load_all(db, queue, true)?;
+    if let Some(only) = only {
+        groups.retain(|g| only.contains(&g.name));
+    }
+    groups::poll_breakers(db, queue, &mut groups, lease.now)?;
+    let running = if groups.iter().any(GroupState::needs_running) {
+        groups::running_by_group(db, queue, lease.now)?
+    } else {
+        HashMap::new()
+    };
+    let mut names = Vec::new();
+    let mut caps = Vec::new();
+    for g in &groups {
+        let running = running.get(&g.name).copied().unwrap_or(0);
+        if let Some(allowed) = g.allowance(running, lease.now) {
+            names.push(g.name.as_str());
+            caps.push(allowed.min(lease.limit as u64) as i64);
+        }
+    }
+    let only: Option<Vec<&str>> = only.map(|o| o.iter().map(String::as_str).collect());
+    let mut all = params.to_vec();
+    all.extend([&names as &(dyn postgres::types::ToSql + Sync), &caps, &only]);
+    db.query(LIMITED_SQL, &all)
+}
+
+/// Groups that started tasks spend their tokens (an empty claim writes nothing).
+fn spend_tokens<C: GenericClient>(
+    db: &mut Db<'_, C>,
+    queue: &str,
+    tasks: &[ClaimedTask],
+    now: Millis,
+) -> Result<()> {
+    let mut started: HashMap<&str, usize> = HashMap::new();
+    for t in tasks {
+        *started.entry(t.resource_group.as_str()).or_default() += 1;
+    }
+    if started.is_empty() {
+        return Ok(());
+    }
+    // Already locked by this transaction's claim.
+    for mut g in groups::load_all(db, queue, false)? {
+        let n = started.get(g.name.as_str()).copied().unwrap_or(0);
+        if g.consume(n, now) {
+            groups::save(db, queue, &g, now)?;
+        }
+    }
+    Ok(())
 }

@@ -78,6 +78,7 @@ pub fn finish_many<C: GenericClient>(
             Outcome::Failed { id, .. } => failed_status.remove(id).ok_or(Error::LeaseLost(*id)),
         })
         .collect();
+    super::groups::account(db, &ends, now)?;
     Ok((answers, ends))
 }
 

@@ -9,6 +9,7 @@ mod enqueue;
 mod errors;
 mod events;
 mod finish;
+mod groups;
 mod history;
 mod local;
 mod migrations;
@@ -71,33 +72,8 @@ fn conformance_available() -> bool {
 #[cfg(test)]
 fn conformance_skips() -> &'static [&'static str] {
     &[
-        // Resource groups, breakers, throttles, aging (step 3).
-        "a_deferral_is_fenced_by_the_lease_token",
-        "a_deferred_task_goes_dead_once_the_grace_since_its_first_deferral_is_over",
-        "a_deferred_task_is_pending_with_its_attempt_back_and_a_delay_doubling_across_workers",
-        "a_failed_probe_reopens_for_longer",
-        "a_retry_after_holds_the_group",
-        "adaptive_cap_halves_on_errors_and_grows_back",
-        "aging_raises_waiting_tasks_up_to_the_cap",
-        "an_open_breaker_holds_its_group_pending_and_a_probe_closes_it",
-        "another_outcome_starts_a_new_count",
-        "circuit_state_agrees_with_group_info",
-        "circuit_view_reports_the_time_left_open_and_the_settings",
-        "claims_restricted_to_groups_take_only_those_and_keep_their_limits",
-        "forgetting_a_group",
-        "limits_keep_priority_order_across_groups",
-        "listing_pages_by_id_both_ways_with_filters",
-        "live_workers_without_a_processor_are_listed_with_the_pending_tasks",
-        "max_concurrency_counts_live_leases_across_claims",
-        "no_grace_kills_at_the_first_meeting",
-        "operators_open_close_and_reset_a_breaker",
-        "paused_groups_and_queues_are_skipped",
-        "purge_deletes_only_what_matches_in_batches",
-        "requeue_batch_revives_dead_tasks_and_skips_held_unique_keys",
-        "task_names_like_matches_whole_names_or_suffixes_at_a_dot",
-        "the_rate_bucket_is_shared_and_refills",
-        "uncounted_failures_leave_the_breaker_closed",
-    ]
+        // Deferral of tasks without a processor, listing, purge, bulk requeue (step 3).
+]
 }
 
 /// The conformance suite's engine: the tempdir `path` names a schema of its own in the test
@@ -204,6 +180,38 @@ impl PgStore {
         f(&mut pooled.conn().plain(), now)
     }
 
+    /// Both claims: from every group, or only from `only`.
+    fn lease_ready(
+        &self,
+        queue: &str,
+        only: Option<&[String]>,
+        worker: &str,
+        limit: usize,
+        lease_ms: Millis,
+    ) -> Result<Vec<ClaimedTask>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        validate::name("worker", worker)?;
+        let token = new_token();
+        let events = self.options.task_events;
+        let (tasks, now) = self.write(|db, now| {
+            let lease = claim::Lease {
+                worker,
+                limit,
+                now,
+                expires_at: now + lease_ms,
+                token,
+                task_events: events,
+            };
+            Ok((claim::claim(db, queue, only, &lease)?, now))
+        })?;
+        if let Some(mut m) = self.metrics() {
+            m.record_claims(queue, &tasks, now);
+        }
+        Ok(tasks)
+    }
+
     fn channel(&self) -> String {
         wakeup::channel(&self.target.schema)
     }
@@ -285,27 +293,7 @@ impl Store for PgStore {
         limit: usize,
         lease_ms: Millis,
     ) -> Result<Vec<ClaimedTask>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        validate::name("worker", worker)?;
-        let token = new_token();
-        let events = self.options.task_events;
-        let (tasks, now) = self.write(|db, now| {
-            let lease = claim::Lease {
-                worker,
-                limit,
-                now,
-                expires_at: now + lease_ms,
-                token,
-                task_events: events,
-            };
-            Ok((claim::claim(db, queue, &lease)?, now))
-        })?;
-        if let Some(mut m) = self.metrics() {
-            m.record_claims(queue, &tasks, now);
-        }
-        Ok(tasks)
+        self.lease_ready(queue, None, worker, limit, lease_ms)
     }
 
     fn complete(&self, id: TaskId, token: LeaseToken, result: &[u8]) -> Result<()> {
@@ -497,16 +485,38 @@ impl Store for PgStore {
         })
     }
 
-    fn configure_group(&self, _queue: &str, _group: &str, _config: &GroupConfig) -> Result<()> {
-        Err(not_yet("resource group settings"))
+    fn configure_group(&self, queue: &str, group: &str, config: &GroupConfig) -> Result<()> {
+        validate::group(queue, group)?;
+        crate::resource_group::validate(config)?;
+        let channel = self.channel();
+        self.write(|db, now| {
+            groups::configure(db, queue, group, config, now)?;
+            events::notify(db, &channel, queue)
+        })
     }
 
-    fn set_group_paused(&self, _queue: &str, _group: &str, _paused: bool) -> Result<bool> {
-        Err(not_yet("pausing a resource group"))
+    fn set_group_paused(&self, queue: &str, group: &str, paused: bool) -> Result<bool> {
+        validate::group(queue, group)?;
+        let channel = self.channel();
+        self.write(|db, now| {
+            let changed = groups::set_paused(db, queue, group, paused, now)?;
+            if changed && !paused {
+                events::notify(db, &channel, queue)?;
+            }
+            Ok(changed)
+        })
     }
 
-    fn forget_group(&self, _queue: &str, _group: &str, _force: bool) -> Result<bool> {
-        Err(not_yet("forgetting a resource group"))
+    fn forget_group(&self, queue: &str, group: &str, force: bool) -> Result<bool> {
+        validate::group(queue, group)?;
+        let channel = self.channel();
+        self.write(|db, now| {
+            let gone = groups::forget(db, queue, group, force, now)?;
+            if gone {
+                events::notify(db, &channel, queue)?;
+            }
+            Ok(gone)
+        })
     }
 
     fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<bool> {
@@ -527,24 +537,33 @@ impl Store for PgStore {
 
     fn circuit(
         &self,
-        _queue: &str,
-        _group: &str,
-        _command: &CircuitCommand,
-        _reason: &str,
+        queue: &str,
+        group: &str,
+        command: &CircuitCommand,
+        reason: &str,
     ) -> Result<CircuitState> {
-        Err(not_yet("circuit breakers"))
+        validate::group(queue, group)?;
+        validate::circuit_command(command)?;
+        let channel = self.channel();
+        self.write(|db, now| {
+            let state = groups::command(db, queue, group, command, reason, now)?;
+            events::notify(db, &channel, queue)?;
+            Ok(state)
+        })
     }
 
-    fn group_info(&self, _queue: &str, _group: &str) -> Result<GroupInfo> {
-        Err(not_yet("resource group information"))
+    fn group_info(&self, queue: &str, group: &str) -> Result<GroupInfo> {
+        validate::name("resource group", group)?;
+        self.read(|db, now| groups::info(db, queue, group, now))
     }
 
-    fn circuit_view(&self, _queue: &str, _group: &str) -> Result<CircuitView> {
-        Err(not_yet("circuit breakers"))
+    fn circuit_view(&self, queue: &str, group: &str) -> Result<CircuitView> {
+        validate::name("resource group", group)?;
+        self.read(|db, now| groups::circuit_view(db, queue, group, now))
     }
 
-    fn group_names(&self, _queue: &str) -> Result<Vec<String>> {
-        Err(not_yet("listing resource groups"))
+    fn group_names(&self, queue: &str) -> Result<Vec<String>> {
+        self.read(|db, _| groups::names(db, queue))
     }
 
     fn events(
@@ -567,9 +586,8 @@ impl Store for PgStore {
         self.read(|db, _| events::latest(db, queue, kinds, up_to, limit))
     }
 
-    fn next_unblock_at(&self, _queue: &str) -> Result<Option<Millis>> {
-        // No group can be held by time until group settings are supported.
-        Ok(None)
+    fn next_unblock_at(&self, queue: &str) -> Result<Option<Millis>> {
+        self.read(|db, now| groups::next_unblock_at(db, queue, now))
     }
 
     fn age_priorities(&self, _queue: &str, every_ms: Millis, step: i64, max: i64) -> Result<u64> {
@@ -710,13 +728,14 @@ impl Operations for PgStore {
 
     fn claim_in_groups(
         &self,
-        _queue: &str,
-        _groups: &[String],
-        _worker: &str,
-        _limit: usize,
-        _lease_ms: Millis,
+        queue: &str,
+        groups: &[String],
+        worker: &str,
+        limit: usize,
+        lease_ms: Millis,
     ) -> Result<Vec<ClaimedTask>> {
-        Err(not_yet("claims restricted to resource groups"))
+        validate::claim_groups(groups)?;
+        self.lease_ready(queue, Some(groups), worker, limit, lease_ms)
     }
 
     fn queue_names(&self) -> Result<Vec<String>> {
