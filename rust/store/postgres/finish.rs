@@ -160,6 +160,20 @@ pub struct Failure<'a> {
     pub run_us: Option<u64>,
 }
 
+/// Fails one run (fenced) and feeds it to its group; `LeaseLost` if the lease changed.
+pub fn fail_one<C: GenericClient>(
+    db: &mut Db<'_, C>,
+    failure: Failure<'_>,
+    now: Millis,
+) -> Result<RunEnd> {
+    let id = failure.id;
+    let end = fail_many(db, &[failure], now)?
+        .pop()
+        .ok_or(Error::LeaseLost(id))?;
+    super::groups::account(db, std::slice::from_ref(&end), now)?;
+    Ok(end)
+}
+
 /// 1 if the failure gives its attempt back: a rate limit is the resource's doing.
 fn refund(f: &Failure) -> i64 {
     i64::from(f.impact.hold_ms.is_some() && matches!(f.action, FailAction::Retry { .. }))
