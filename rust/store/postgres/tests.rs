@@ -29,3 +29,202 @@ pub fn schema_url(path: &Path) -> String {
     let sep = if url.contains('?') { '&' } else { '?' };
     format!("{url}{sep}schema=t_{hash:016x}")
 }
+
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use super::{Options, PgStore};
+use crate::clock::{Clock, ManualClock};
+use crate::error::Error;
+use crate::policy::throttle::ThrottleConfig;
+use crate::resource_group::GroupConfig;
+use crate::store::testing::task;
+use crate::store::{Host, Store};
+use crate::task::TaskStatus;
+
+/// A fresh schema on the test server (and the temp dir naming it), or `None` without one.
+fn fresh() -> Option<(tempfile::TempDir, String)> {
+    server_url()?;
+    let dir = tempfile::tempdir().unwrap();
+    let url = schema_url(dir.path());
+    Some((dir, url))
+}
+
+fn open(url: &str) -> PgStore {
+    PgStore::open(url, Options::default()).unwrap()
+}
+
+/// Hosts starting at once on a new database: each migration is applied once (under the
+/// advisory lock), and every host opens.
+#[test]
+fn hosts_racing_to_open_a_new_schema_apply_each_migration_once() {
+    let Some((_dir, url)) = fresh() else { return };
+    let barrier = Arc::new(Barrier::new(8));
+    let opened: Vec<_> = (0..8)
+        .map(|_| {
+            let (url, barrier) = (url.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                PgStore::open(&url, Options::default()).map(|_| ())
+            })
+        })
+        .collect();
+    for t in opened {
+        t.join().unwrap().unwrap();
+    }
+    let store = open(&url);
+    assert_eq!(
+        store.schema_versions().unwrap(),
+        vec![super::migrations::LATEST]
+    );
+}
+
+/// Claimers on several hosts at once never take the same task (SKIP LOCKED), and each task
+/// is completed exactly once.
+#[test]
+fn concurrent_claimers_on_two_hosts_take_each_task_once() {
+    let Some((_dir, url)) = fresh() else { return };
+    let hosts = [Arc::new(open(&url)), Arc::new(open(&url))];
+    let batch: Vec<_> = (0..2000).map(|_| task("t", 0)).collect();
+    hosts[0].enqueue("q", &batch).unwrap();
+    let workers: Vec<_> = (0..6)
+        .map(|i| {
+            let store = hosts[i % 2].clone();
+            std::thread::spawn(move || {
+                let mut done = Vec::new();
+                loop {
+                    let claimed = store.claim("q", &format!("w{i}"), 37, 60_000).unwrap();
+                    if claimed.is_empty() {
+                        return done;
+                    }
+                    for t in claimed {
+                        store.complete(t.id, t.token, b"null").unwrap();
+                        done.push(t.id);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut all: Vec<i64> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert_eq!(all.len(), 2000);
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), 2000, "a task was claimed twice");
+    let counts = hosts[1].counts("q").unwrap();
+    assert!(
+        counts.contains(&(TaskStatus::Completed, 2000)),
+        "{counts:?}"
+    );
+}
+
+/// A group's cap holds across hosts claiming at the same moment: its row is locked for
+/// each claim's transaction.
+#[test]
+fn a_concurrency_cap_holds_across_hosts_claiming_at_once() {
+    let Some((_dir, url)) = fresh() else { return };
+    let hosts: Vec<_> = (0..4).map(|_| Arc::new(open(&url))).collect();
+    let config = GroupConfig {
+        breaker: None,
+        throttle: Some(ThrottleConfig {
+            rate: None,
+            burst: 1.0,
+            max_concurrency: Some(3),
+            adaptive: None,
+        }),
+    };
+    hosts[0].configure_group("q", "api", &config).unwrap();
+    let mut in_api = task("t", 0);
+    in_api.resource_group = "api".into();
+    hosts[0].enqueue("q", &vec![in_api; 50]).unwrap();
+    for _round in 0..5 {
+        let barrier = Arc::new(Barrier::new(hosts.len()));
+        let claims: Vec<_> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, store)| {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    store.claim("q", &format!("w{i}"), 10, 60_000).unwrap()
+                })
+            })
+            .collect();
+        let claimed: Vec<_> = claims.into_iter().flat_map(|c| c.join().unwrap()).collect();
+        assert_eq!(claimed.len(), 3, "the cap of 3 was not held");
+        for t in claimed {
+            hosts[0].complete(t.id, t.token, b"null").unwrap();
+        }
+    }
+}
+
+/// The rescuer never overwrites a task completed after it sighted the lease (river#1302):
+/// its update is fenced by the token, which the completion cleared.
+#[test]
+fn a_completion_just_before_a_rescue_stands() {
+    let Some((dir, _)) = fresh() else { return };
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let url = schema_url(dir.path());
+    let store = PgStore::open_with_clock(&url, Options::default(), clock.clone()).unwrap();
+    let id = store.enqueue("q", &[task("t", 0)]).unwrap()[0].id;
+    let t = store.claim("q", "w", 1, 30_000).unwrap().remove(0);
+    clock.advance(15_000);
+    assert!(store.rescue_expired("q").unwrap().is_empty()); // sighted, not yet due
+    clock.advance(30_000);
+    store.complete(id, t.token, b"1").unwrap(); // the holder was alive after all
+    assert!(store.rescue_expired("q").unwrap().is_empty());
+    let record = store.get("q", id).unwrap();
+    assert_eq!(record.status, TaskStatus::Completed);
+    assert_eq!(record.result.as_deref(), Some(&b"1"[..]));
+}
+
+/// An enqueue on one host wakes a waiter on another through LISTEN/NOTIFY (with the
+/// listener connected, waiters do not poll: without the NOTIFY this wait times out).
+#[test]
+fn an_enqueue_on_one_host_wakes_a_waiter_on_another() {
+    let Some((_dir, url)) = fresh() else { return };
+    let (writer, waiter) = (open(&url), open(&url));
+    let token = waiter.change_token().unwrap();
+    waiter.wait_for_change(token, Duration::ZERO).unwrap(); // starts the listener
+    let local = waiter.local.get().unwrap();
+    while !local.wakeup.listening() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let token = waiter.change_token().unwrap();
+    let enqueue = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        writer.enqueue("q", &[task("t", 0)]).unwrap();
+    });
+    assert!(
+        waiter
+            .wait_for_change(token, Duration::from_secs(30))
+            .unwrap()
+    );
+    enqueue.join().unwrap();
+}
+
+/// A server that cannot be reached is a typed storage error naming where, never a panic.
+#[test]
+fn an_unreachable_server_is_a_typed_error() {
+    if server_url().is_none() {
+        return;
+    }
+    // Port 9 (discard) on loopback: nothing listens there.
+    let err =
+        PgStore::open("postgresql://nobody@127.0.0.1:9/none", Options::default()).unwrap_err();
+    assert!(matches!(err, Error::Storage(_)), "{err:?}");
+    assert!(err.to_string().contains("127.0.0.1:9"), "{err}");
+}
+
+/// A clock set on the store drives stored times (the conformance suite relies on it).
+#[test]
+fn stored_times_come_from_the_store_clock() {
+    let Some((dir, _)) = fresh() else { return };
+    let clock = Arc::new(ManualClock::new(1_600_000_000_000));
+    let url = schema_url(dir.path());
+    let store = PgStore::open_with_clock(&url, Options::default(), clock.clone()).unwrap();
+    let id = store.enqueue("q", &[task("t", 0)]).unwrap()[0].id;
+    assert_eq!(store.get("q", id).unwrap().created_at, clock.now_ms());
+}

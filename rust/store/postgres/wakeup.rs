@@ -71,6 +71,12 @@ impl Wakeup {
         });
     }
 
+    /// Whether the listener is connected and listening (for tests).
+    #[cfg(test)]
+    pub fn listening(&self) -> bool {
+        self.listening.load(Ordering::Relaxed)
+    }
+
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
     }
