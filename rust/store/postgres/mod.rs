@@ -158,25 +158,37 @@ impl PgStore {
                     }
                     return Ok(out);
                 }
+                // Nothing ran: a connection the server closed while it sat in the pool (a
+                // restart). Safe to run on a fresh one.
+                Err(TxError::Begin(_)) if tries < TRIES && pooled.conn().is_closed() => {
+                    log::debug!("reconnecting to PostgreSQL");
+                }
                 Err(TxError::Transient(e)) if tries < TRIES => {
                     log::debug!("retrying a transaction: {e}");
                     std::thread::sleep(Duration::from_millis(fastrand::u64(1..=5 * tries as u64)));
                 }
                 Err(TxError::Transient(e)) | Err(TxError::Core(e)) => return Err(e),
-                Err(TxError::Pg(e)) => return Err(e.into()),
+                Err(TxError::Pg(e)) | Err(TxError::Begin(e)) => return Err(e.into()),
             }
         }
     }
 
-    /// Runs `f` outside a transaction (each statement its own snapshot).
+    /// Runs `f` outside a transaction (each statement its own snapshot); once more on a
+    /// fresh connection if the pooled one turns out closed (reads change nothing).
     fn read<T>(
         &self,
-        f: impl FnOnce(&mut Db<'_, postgres::Client>, Millis) -> Result<T>,
+        mut f: impl FnMut(&mut Db<'_, postgres::Client>, Millis) -> Result<T>,
     ) -> Result<T> {
         let local = self.local.get()?;
         let mut pooled = local.pool.get()?;
         let now = self.clock.now_ms();
-        f(&mut pooled.conn().plain(), now)
+        match f(&mut pooled.conn().plain(), now) {
+            Err(_) if pooled.conn().is_closed() => {
+                drop(pooled);
+                f(&mut local.pool.get()?.conn().plain(), now)
+            }
+            other => other,
+        }
     }
 
     /// Both claims: from every group, or only from `only`.

@@ -126,7 +126,7 @@ impl Conn {
         f: impl FnOnce(&mut Db<'_, postgres::Transaction<'_>>) -> Result<T>,
     ) -> std::result::Result<(T, bool), TxError> {
         let Conn { client, stmts } = self;
-        let mut tx = client.transaction().map_err(TxError::Pg)?;
+        let mut tx = client.transaction().map_err(TxError::Begin)?;
         let mut db = Db {
             c: &mut tx,
             stmts,
@@ -143,6 +143,11 @@ impl Conn {
         Ok((out, notified))
     }
 
+    /// Whether the server closed this connection (a restart, an idle timeout).
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
     /// Statements outside a transaction (each its own).
     pub fn plain(&mut self) -> Db<'_, Client> {
         let Conn { client, stmts } = self;
@@ -157,6 +162,8 @@ impl Conn {
 
 /// Why a transaction failed: the server (maybe transient), or the work inside it.
 pub enum TxError {
+    /// BEGIN failed: nothing ran (a pooled connection the server closed meanwhile).
+    Begin(postgres::Error),
     Pg(postgres::Error),
     Transient(Error),
     Core(Error),

@@ -228,3 +228,38 @@ fn stored_times_come_from_the_store_clock() {
     let id = store.enqueue("q", &[task("t", 0)]).unwrap()[0].id;
     assert_eq!(store.get("q", id).unwrap().created_at, clock.now_ms());
 }
+
+/// A pooled connection the server closed (a restart, an idle timeout, an operator) is
+/// replaced on the next call: the call succeeds, it does not fail once per stale connection.
+#[test]
+fn a_connection_closed_by_the_server_is_replaced() {
+    let Some((_dir, url)) = fresh() else { return };
+    let (store, admin) = (open(&url), open(&url));
+    store.enqueue("q", &[task("t", 0)]).unwrap();
+    let pid: i32 = store
+        .read(|db, _| Ok(db.query_one("SELECT pg_backend_pid()", &[])?.get(0)))
+        .unwrap();
+    let killed: bool = admin
+        .read(|db, _| {
+            Ok(db
+                .query_one("SELECT pg_terminate_backend($1)", &[&pid])?
+                .get(0))
+        })
+        .unwrap();
+    assert!(killed);
+    std::thread::sleep(Duration::from_millis(100)); // let the backend go
+    store.enqueue("q", &[task("t", 0)]).unwrap(); // a write: BEGIN on a fresh connection
+    let pid: i32 = store
+        .read(|db, _| Ok(db.query_one("SELECT pg_backend_pid()", &[])?.get(0)))
+        .unwrap();
+    admin
+        .read(|db, _| {
+            Ok(db
+                .query_one("SELECT pg_terminate_backend($1)", &[&pid])?
+                .get::<_, bool>(0))
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let counts = store.counts("q").unwrap(); // a read, on a fresh connection
+    assert!(counts.contains(&(TaskStatus::Pending, 2)), "{counts:?}");
+}
