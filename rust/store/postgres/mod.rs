@@ -57,6 +57,7 @@ pub use self::url::is_postgres;
 /// The engine-neutral conformance suite, run against this engine.
 #[cfg(test)]
 #[path = "../conformance/mod.rs"]
+#[allow(clippy::duplicate_mod)] // on purpose: the same suite, once per engine
 mod conformance;
 
 #[cfg(test)]
@@ -283,7 +284,8 @@ fn journal_base(target: &url::Target) -> PathBuf {
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
-    base.join(format!("ferroq-pg-{key}")).join("queue")
+    // `run_journal::dir_for` puts the journals beside it, in `ferroq-pg-...-runs`.
+    base.join(format!("ferroq-pg-{key}"))
 }
 
 fn new_token() -> LeaseToken {

@@ -109,7 +109,17 @@ pub fn dead_since<C: GenericClient>(db: &mut Db<'_, C>, queue: &str, since: Mill
 /// bucket at once each add theirs, none overwrites another's. Keys in one order, so two
 /// flushes never deadlock.
 pub fn flush<C: GenericClient>(db: &mut Db<'_, C>, taken: &SeriesMap, now: Millis) -> Result<()> {
-    let mut rows: Vec<(&str, &str, &str, Millis, Millis, f64, Option<&Histogram>)> = Vec::new();
+    // (queue, name, group, bucket_ms, bucket_start, value, histogram)
+    type MetricRow<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        Millis,
+        Millis,
+        f64,
+        Option<&'a Histogram>,
+    );
+    let mut rows: Vec<MetricRow<'_>> = Vec::new();
     for bucket_ms in [INTERVAL_MS, HOUR_MS] {
         let start = now - now.rem_euclid(bucket_ms);
         for (queue, groups) in taken {

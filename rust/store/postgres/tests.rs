@@ -263,3 +263,41 @@ fn a_connection_closed_by_the_server_is_replaced() {
     let counts = store.counts("q").unwrap(); // a read, on a fresh connection
     assert!(counts.contains(&(TaskStatus::Pending, 2)), "{counts:?}");
 }
+
+/// Workers keep their run journal on this host (a folder of the temp or runtime directory
+/// named by server, database and schema): it opens, and a rescue on this host reads it.
+#[test]
+fn a_workers_run_journal_opens_on_this_host() {
+    let Some((_dir, url)) = fresh() else { return };
+    let store = open(&url);
+    let journal = store.run_journal("w", 16).unwrap();
+    assert!(journal.path().exists());
+    assert!(
+        journal.path().starts_with(std::env::temp_dir())
+            || std::env::var_os("XDG_RUNTIME_DIR").is_some()
+    );
+}
+
+/// A rescuer on the worker's host reads its journal: a task the dead worker claimed but
+/// never started gets its attempt back (a rescuer elsewhere cannot, and charges it).
+#[test]
+fn a_rescue_on_the_workers_host_returns_an_attempt_never_started() {
+    let Some((dir, _)) = fresh() else { return };
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let url = schema_url(dir.path());
+    let store = PgStore::open_with_clock(&url, Options::default(), clock.clone()).unwrap();
+    let id = store.enqueue("q", &[task("t", 0)]).unwrap()[0].id;
+    let journal = store.run_journal("w", 16).unwrap();
+    store.claim("q", "w", 1, 30_000).unwrap();
+    // The worker dies holding it, never having started it: its journal stays behind (a
+    // clean stop would delete it).
+    std::mem::forget(journal);
+    clock.advance(15_000);
+    assert!(store.rescue_expired("q").unwrap().is_empty());
+    clock.advance(30_000);
+    assert_eq!(
+        store.rescue_expired("q").unwrap(),
+        vec![(id, TaskStatus::Pending)]
+    );
+    assert_eq!(store.get("q", id).unwrap().attempts, 0);
+}
