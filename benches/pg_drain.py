@@ -10,13 +10,13 @@ Without a URL it reads ``FERROQ_TEST_PG_URL``.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
+import subprocess
 import sys
 import threading
 import time
 import uuid
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import ferroq
 
@@ -33,10 +33,10 @@ def _schema_url(url: str) -> str:
     return f"{url}{sep}schema=bench_{uuid.uuid4().hex[:12]}"
 
 
-def _drain_child(url: str, concurrency: int, out: Any) -> None:
+def _drain_child(url: str, concurrency: int) -> None:
     q = ferroq.Queue(url)
     q.task(name="noop")(lambda i: None)
-    out.put(ferroq.Worker(q, concurrency=concurrency, handle_signals=False).run(until_empty=True).completed)
+    print(ferroq.Worker(q, concurrency=concurrency, handle_signals=False).run(until_empty=True).completed)
 
 
 def _drain(url: str, n: int, processes: int) -> float:
@@ -44,16 +44,12 @@ def _drain(url: str, n: int, processes: int) -> float:
     noop = q.task(name="noop")(lambda i: None)
     for start in range(0, n, 10_000):
         q.enqueue_many(noop.call(i) for i in range(start, min(n, start + 10_000)))
-    ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    workers = [ctx.Process(target=_drain_child, args=(url, 8, results)) for _ in range(processes)]
+    # Worker processes run this script (importable as a file, wherever it was loaded from).
     t = time.perf_counter()
-    for w in workers:
-        w.start()
-    done = sum(results.get(timeout=600) for _ in workers)
+    workers = [subprocess.Popen([sys.executable, __file__, url, "--drain-child"], stdout=subprocess.PIPE, text=True)
+               for _ in range(processes)]
+    done = sum(int(w.communicate(timeout=600)[0].split()[-1]) for w in workers)
     rate = done / (time.perf_counter() - t)
-    for w in workers:
-        w.join()
     assert q.counts()["completed"] >= n, q.counts()
     q.close()
     return rate
@@ -99,7 +95,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("url", nargs="?", default=os.environ.get("FERROQ_TEST_PG_URL"))
     parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--drain-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.drain_child:
+        return _drain_child(args.url, 8)
     if not args.url:
         sys.exit("give a postgresql:// URL (or set FERROQ_TEST_PG_URL)")
     figures = measure(args.url, args.tasks)
