@@ -17,13 +17,20 @@ use crate::resource_group::GroupState;
 use crate::store::TaskEvents;
 use crate::task::{ClaimedTask, LeaseToken};
 
-/// Moves delayed tasks that came due into `tasks_ready` (updated_at = now makes
-/// `run_at <= updated_at` true), earliest first, at most `$3` a claim.
-const PROMOTE_SQL: &str = "UPDATE tasks SET updated_at = $2
-     WHERE id IN (SELECT id FROM tasks
-                  WHERE queue = $1 AND status = 'pending' AND run_at > updated_at
-                    AND run_at <= $2
-                  ORDER BY run_at LIMIT $3 FOR UPDATE SKIP LOCKED)";
+/// Whether the queue is paused and whether it has group settings; unless paused, moves
+/// delayed tasks that came due into `tasks_ready` (updated_at = now makes `run_at <=
+/// updated_at` true), earliest first, at most `$3` a claim.
+const CHECK_AND_PROMOTE_SQL: &str = "WITH s AS (
+         SELECT coalesce((SELECT paused FROM queues WHERE queue = $1), false) AS paused,
+                EXISTS (SELECT 1 FROM resource_groups WHERE queue = $1) AS limited),
+     p AS (
+         UPDATE tasks SET updated_at = $2
+         WHERE id IN (SELECT id FROM tasks
+                      WHERE queue = $1 AND status = 'pending' AND run_at > updated_at
+                        AND run_at <= $2 AND NOT (SELECT paused FROM s)
+                      ORDER BY run_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+         RETURNING 1)
+     SELECT paused, limited, (SELECT count(*) FROM p) FROM s";
 
 /// Most delayed tasks one claim makes ready (more if it asks for more), as in SQLite.
 const PROMOTE_MAX: usize = 5_000;
@@ -92,17 +99,9 @@ pub fn claim<C: GenericClient>(
     only: Option<&[String]>,
     lease: &Lease<'_>,
 ) -> Result<Vec<ClaimedTask>> {
-    let row = db.query_one(
-        "SELECT coalesce((SELECT paused FROM queues WHERE queue = $1), false),
-                EXISTS (SELECT 1 FROM resource_groups WHERE queue = $1)",
-        &[&queue],
-    )?;
-    if row.get::<_, bool>(0) {
-        return Ok(Vec::new());
-    }
-    let limited = row.get::<_, bool>(1);
-    let most = PROMOTE_MAX.max(lease.limit) as i64;
-    db.execute(PROMOTE_SQL, &[&queue, &lease.now, &most])?;
+    let Some(limited) = check_and_promote(db, queue, lease)? else {
+        return Ok(Vec::new()); // paused
+    };
     let limit = lease.limit as i64;
     let params = [
         &queue as &(dyn postgres::types::ToSql + Sync),
@@ -117,8 +116,61 @@ pub fn claim<C: GenericClient>(
     } else {
         db.query(CLAIM_SQL, &params)?
     };
-    let mut tasks: Vec<ClaimedTask> = rows
-        .iter()
+    let mut tasks = leased(&rows, lease);
+    if limited {
+        spend_tokens(db, queue, &tasks, lease.now)?;
+    }
+    settle(db, queue, &mut tasks, lease)?;
+    Ok(tasks)
+}
+
+/// The claim of a queue without group settings, from every group, without task events: a
+/// statement that promotes due tasks and reads the queue's state, then the claim, each
+/// atomic on its own (run outside a transaction: two round trips, not five). `None` when
+/// the queue turns out to have group settings: the caller claims in a transaction instead.
+pub fn claim_unlimited<C: GenericClient>(
+    db: &mut Db<'_, C>,
+    queue: &str,
+    lease: &Lease<'_>,
+) -> Result<Option<Vec<ClaimedTask>>> {
+    match check_and_promote(db, queue, lease)? {
+        None => Ok(Some(Vec::new())), // paused
+        Some(true) => Ok(None),
+        Some(false) => {
+            let limit = lease.limit as i64;
+            let rows = db.query(
+                CLAIM_SQL,
+                &[
+                    &queue,
+                    &lease.worker,
+                    &lease.token,
+                    &lease.now,
+                    &lease.expires_at,
+                    &limit,
+                ],
+            )?;
+            let mut tasks = leased(&rows, lease);
+            settle(db, queue, &mut tasks, lease)?;
+            Ok(Some(tasks))
+        }
+    }
+}
+
+/// Whether the queue has group settings (`None`: it is paused), having made the delayed
+/// tasks that came due claimable, in one statement.
+fn check_and_promote<C: GenericClient>(
+    db: &mut Db<'_, C>,
+    queue: &str,
+    lease: &Lease<'_>,
+) -> Result<Option<bool>> {
+    let most = PROMOTE_MAX.max(lease.limit) as i64;
+    let row = db.query_one(CHECK_AND_PROMOTE_SQL, &[&queue, &lease.now, &most])?;
+    Ok((!row.get::<_, bool>(0)).then(|| row.get(1)))
+}
+
+/// The tasks a claim's RETURNING rows describe.
+fn leased(rows: &[postgres::Row], lease: &Lease<'_>) -> Vec<ClaimedTask> {
+    rows.iter()
         .map(|r| ClaimedTask {
             id: r.get(0),
             token: lease.token,
@@ -132,14 +184,20 @@ pub fn claim<C: GenericClient>(
             payload: r.get(8),
             lease_expires_at: lease.expires_at,
         })
-        .collect();
-    if limited {
-        spend_tokens(db, queue, &tasks, lease.now)?;
-    }
+        .collect()
+}
+
+/// Orders what a claim leased and records "started" events when asked.
+fn settle<C: GenericClient>(
+    db: &mut Db<'_, C>,
+    queue: &str,
+    tasks: &mut [ClaimedTask],
+    lease: &Lease<'_>,
+) -> Result<()> {
     // RETURNING does not promise the CTE's order.
     tasks.sort_unstable_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
     if lease.task_events == TaskEvents::All {
-        for t in &tasks {
+        for t in tasks.iter() {
             let detail = format!(
                 r#"{{"worker":{},"attempt":{}}}"#,
                 json::string(lease.worker),
@@ -149,7 +207,7 @@ pub fn claim<C: GenericClient>(
             events::record_task(db, queue, group, Some(t.id), "started", &detail, lease.now)?;
         }
     }
-    Ok(tasks)
+    Ok(())
 }
 
 /// The limited claim (see `LIMITED_SQL`): locks the queue's group rows, turns due breakers

@@ -27,21 +27,12 @@ pub fn finish_many<C: GenericClient>(
     db: &mut Db<'_, C>,
     outcomes: &[Outcome],
     task_events: TaskEvents,
+    channel: &str,
     now: Millis,
 ) -> Result<(Vec<Result<TaskStatus>>, Vec<RunEnd>)> {
-    let completions: Vec<(TaskId, LeaseToken, &[u8], Option<u64>)> = outcomes
-        .iter()
-        .filter_map(|o| match o {
-            Outcome::Completed {
-                id,
-                token,
-                result,
-                run_us,
-            } => Some((*id, *token, result.as_slice(), *run_us)),
-            Outcome::Failed { .. } => None,
-        })
-        .collect();
-    let (completed, mut ends) = complete_many(db, &completions, task_events, now)?;
+    let completions = completions(outcomes);
+    let done = complete_many(db, &completions, task_events, channel, now)?;
+    let (completed, mut ends, mut limited) = (done.ids, done.ends, done.limited);
     // An id given twice is failed once: its other outcomes find the lease gone.
     let mut seen = HashSet::new();
     let failures: Vec<Failure> = outcomes
@@ -68,6 +59,12 @@ pub fn finish_many<C: GenericClient>(
     let failed = fail_many(db, &failures, now)?;
     let mut failed_status: HashMap<TaskId, TaskStatus> =
         failed.iter().map(|e| (e.task_id, e.status)).collect();
+    let queues: std::collections::BTreeSet<&str> =
+        failed.iter().map(|e| e.queue.as_str()).collect();
+    for queue in queues {
+        events::notify(db, channel, queue)?;
+    }
+    limited.extend(failed.iter().cloned());
     ends.extend(failed);
     let answers = outcomes
         .iter()
@@ -78,12 +75,65 @@ pub fn finish_many<C: GenericClient>(
             Outcome::Failed { id, .. } => failed_status.remove(id).ok_or(Error::LeaseLost(*id)),
         })
         .collect();
-    super::groups::account(db, &ends, now)?;
+    super::groups::account(db, &limited, now)?;
     Ok((answers, ends))
 }
 
-/// Completes a batch in one statement: the fenced UPDATE, and the results (a JSON `null`
-/// result, most fire-and-forget tasks, is stored as no row).
+/// The completions among `outcomes`.
+fn completions(outcomes: &[Outcome]) -> Vec<(TaskId, LeaseToken, &[u8], Option<u64>)> {
+    outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::Completed {
+                id,
+                token,
+                result,
+                run_us,
+            } => Some((*id, *token, result.as_slice(), *run_us)),
+            Outcome::Failed { .. } => None,
+        })
+        .collect()
+}
+
+/// A batch of completions alone, without task events: `COMPLETE_SQL` is atomic on its own,
+/// so it runs outside a transaction (one round trip). Returns the answers, the runs that
+/// ended, and those whose group has settings (to account for, `groups::account`).
+pub fn complete_only<C: GenericClient>(
+    db: &mut Db<'_, C>,
+    outcomes: &[Outcome],
+    channel: &str,
+    now: Millis,
+) -> Result<(Vec<Result<TaskStatus>>, Completed)> {
+    let done = complete_many(
+        db,
+        &completions(outcomes),
+        TaskEvents::Failures,
+        channel,
+        now,
+    )?;
+    let answers = outcomes
+        .iter()
+        .map(|o| match o {
+            Outcome::Completed { id, .. } if done.ids.contains(id) => Ok(TaskStatus::Completed),
+            Outcome::Completed { id, .. } | Outcome::Failed { id, .. } => {
+                Err(Error::LeaseLost(*id))
+            }
+        })
+        .collect();
+    Ok((answers, done))
+}
+
+/// What a batch of completions did.
+pub struct Completed {
+    pub ids: HashSet<TaskId>,
+    pub ends: Vec<RunEnd>,
+    /// The runs among `ends` whose group has settings (a breaker, a throttle...).
+    pub limited: Vec<RunEnd>,
+}
+
+/// Completes a batch in one statement: the fenced UPDATE, the results (a JSON `null` result,
+/// most fire-and-forget tasks, is stored as no row), a NOTIFY per queue (at commit), and
+/// per run whether its group has settings.
 const COMPLETE_SQL: &str = "WITH d AS MATERIALIZED (
          SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[]) AS d(id, token, result)),
      u AS (
@@ -96,17 +146,26 @@ const COMPLETE_SQL: &str = "WITH d AS MATERIALIZED (
          INSERT INTO task_results (task_id, result, created_at)
          SELECT u.id, d.result, $4 FROM u JOIN d ON d.id = u.id WHERE d.result <> 'null'::bytea
          ON CONFLICT (task_id) DO UPDATE SET result = excluded.result,
-                                            created_at = excluded.created_at)
-     SELECT id, queue, resource_group, started_at FROM u";
+                                            created_at = excluded.created_at),
+     n AS (SELECT count(pg_notify($5, q.queue)) AS sent FROM (SELECT DISTINCT queue FROM u) q)
+     SELECT u.id, u.queue, u.resource_group, u.started_at,
+            EXISTS (SELECT 1 FROM resource_groups g
+                    WHERE g.queue = u.queue AND g.resource_group = u.resource_group)
+     FROM u CROSS JOIN n";
 
 fn complete_many<C: GenericClient>(
     db: &mut Db<'_, C>,
     done: &[(TaskId, LeaseToken, &[u8], Option<u64>)],
     task_events: TaskEvents,
+    channel: &str,
     now: Millis,
-) -> Result<(HashSet<TaskId>, Vec<RunEnd>)> {
+) -> Result<Completed> {
     if done.is_empty() {
-        return Ok((HashSet::new(), Vec::new()));
+        return Ok(Completed {
+            ids: HashSet::new(),
+            ends: Vec::new(),
+            limited: Vec::new(),
+        });
     }
     // One row per id (the first outcome given for it), in id order: batches on other
     // connections lock rows in the same order, so they never deadlock.
@@ -125,12 +184,13 @@ fn complete_many<C: GenericClient>(
         .iter()
         .filter_map(|(id, _, _, us)| us.map(|us| (*id, us)))
         .collect();
+    let mut limited = Vec::new();
     let mut ends: Vec<RunEnd> = db
-        .query(COMPLETE_SQL, &[&ids, &tokens, &results, &now])?
+        .query(COMPLETE_SQL, &[&ids, &tokens, &results, &now, &channel])?
         .iter()
         .map(|r| {
             let id: TaskId = r.get(0);
-            RunEnd {
+            let end = RunEnd {
                 task_id: id,
                 status: TaskStatus::Completed,
                 queue: r.get(1),
@@ -138,16 +198,25 @@ fn complete_many<C: GenericClient>(
                 started_at: r.get(3),
                 kind: RunEndKind::Succeeded,
                 run_us: run_times.get(&id).copied(),
+            };
+            if r.get::<_, bool>(4) {
+                limited.push(end.clone());
             }
+            end
         })
         .collect();
     ends.sort_unstable_by_key(|e| e.task_id);
+    db.notified |= !ends.is_empty();
     if task_events == TaskEvents::All {
         for end in &ends {
             events::record_run(db, end, "completed", "{}", now)?;
         }
     }
-    Ok((ends.iter().map(|e| e.task_id).collect(), ends))
+    Ok(Completed {
+        ids: ends.iter().map(|e| e.task_id).collect(),
+        ends,
+        limited,
+    })
 }
 
 /// One failed run to record.

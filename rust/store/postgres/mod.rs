@@ -174,6 +174,38 @@ impl PgStore {
         }
     }
 
+    /// Completions alone (the usual batch): one statement outside a transaction, then, only
+    /// for runs of groups with settings, their accounting in a transaction of its own (a
+    /// crash between the two loses that accounting, never a completion).
+    fn complete_only(
+        &self,
+        outcomes: &[Outcome],
+        channel: &str,
+    ) -> Result<Vec<Result<TaskStatus>>> {
+        let now = self.clock.now_ms();
+        let (answers, done) =
+            self.autocommit(|db| finish::complete_only(db, outcomes, channel, now))?;
+        if !done.ends.is_empty() {
+            self.local.get()?.wakeup.bump();
+        }
+        if !done.limited.is_empty() {
+            self.write(|db, now| groups::account(db, &done.limited, now))?;
+        }
+        self.record_runs(&done.ends, now);
+        Ok(answers)
+    }
+
+    /// Runs the writes of `f` outside a transaction, each statement atomic on its own (for a
+    /// caller that needs no more, and saves BEGIN's and COMMIT's round trips).
+    fn autocommit<T>(
+        &self,
+        f: impl FnOnce(&mut Db<'_, postgres::Client>) -> Result<T>,
+    ) -> Result<T> {
+        let local = self.local.get()?;
+        let mut pooled = local.pool.get()?;
+        f(&mut pooled.conn().plain())
+    }
+
     /// Runs `f` outside a transaction (each statement its own snapshot); once more on a
     /// fresh connection if the pooled one turns out closed (reads change nothing).
     fn read<T>(
@@ -207,6 +239,24 @@ impl PgStore {
         validate::name("worker", worker)?;
         let token = new_token();
         let events = self.options.task_events;
+        if only.is_none() && events != crate::store::TaskEvents::All {
+            let now = self.clock.now_ms();
+            let lease = claim::Lease {
+                worker,
+                limit,
+                now,
+                expires_at: now + lease_ms,
+                token,
+                task_events: events,
+            };
+            let fast = self.autocommit(|db| claim::claim_unlimited(db, queue, &lease))?;
+            if let Some(tasks) = fast {
+                if let Some(mut m) = self.metrics() {
+                    m.record_claims(queue, &tasks, now);
+                }
+                return Ok(tasks);
+            }
+        }
         let (tasks, now) = self.write(|db, now| {
             let lease = claim::Lease {
                 worker,
@@ -360,15 +410,14 @@ impl Store for PgStore {
         }
         let events = self.options.task_events;
         let channel = self.channel();
+        let only_completions = outcomes
+            .iter()
+            .all(|o| matches!(o, Outcome::Completed { .. }));
+        if only_completions && events != crate::store::TaskEvents::All {
+            return self.complete_only(outcomes, &channel);
+        }
         let (answers, ends, now) = self.write(|db, now| {
-            let (answers, ends) = finish::finish_many(db, outcomes, events, now)?;
-            if !ends.is_empty() {
-                let queues: std::collections::BTreeSet<&str> =
-                    ends.iter().map(|e| e.queue.as_str()).collect();
-                for queue in queues {
-                    events::notify(db, &channel, queue)?;
-                }
-            }
+            let (answers, ends) = finish::finish_many(db, outcomes, events, &channel, now)?;
             Ok((answers, ends, now))
         })?;
         self.record_runs(&ends, now);

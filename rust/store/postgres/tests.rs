@@ -180,29 +180,52 @@ fn a_completion_just_before_a_rescue_stands() {
     assert_eq!(record.result.as_deref(), Some(&b"1"[..]));
 }
 
+/// A store whose listener is connected (waiters then rely on NOTIFY alone, no polling).
+fn listening(url: &str) -> PgStore {
+    let store = open(url);
+    let token = store.change_token().unwrap();
+    store.wait_for_change(token, Duration::ZERO).unwrap(); // starts the listener
+    while !store.local.get().unwrap().wakeup.listening() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    store
+}
+
+/// Whether `waiter` is woken (within 30 s) by `change`, run on another host after 50 ms.
+fn wakes(waiter: &PgStore, change: impl FnOnce() + Send + 'static) -> bool {
+    let token = waiter.change_token().unwrap();
+    let other = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        change();
+    });
+    let woken = waiter
+        .wait_for_change(token, Duration::from_secs(30))
+        .unwrap();
+    other.join().unwrap();
+    woken
+}
+
 /// An enqueue on one host wakes a waiter on another through LISTEN/NOTIFY (with the
 /// listener connected, waiters do not poll: without the NOTIFY this wait times out).
 #[test]
 fn an_enqueue_on_one_host_wakes_a_waiter_on_another() {
     let Some((_dir, url)) = fresh() else { return };
-    let (writer, waiter) = (open(&url), open(&url));
-    let token = waiter.change_token().unwrap();
-    waiter.wait_for_change(token, Duration::ZERO).unwrap(); // starts the listener
-    let local = waiter.local.get().unwrap();
-    while !local.wakeup.listening() {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let token = waiter.change_token().unwrap();
-    let enqueue = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(50));
+    let (writer, waiter) = (open(&url), listening(&url));
+    assert!(wakes(&waiter, move || {
         writer.enqueue("q", &[task("t", 0)]).unwrap();
-    });
-    assert!(
-        waiter
-            .wait_for_change(token, Duration::from_secs(30))
-            .unwrap()
-    );
-    enqueue.join().unwrap();
+    }));
+}
+
+/// A completion on one host wakes a waiter on another (a `result()` in another process).
+#[test]
+fn a_completion_on_one_host_wakes_a_waiter_on_another() {
+    let Some((_dir, url)) = fresh() else { return };
+    let (worker, waiter) = (open(&url), listening(&url));
+    worker.enqueue("q", &[task("t", 0)]).unwrap();
+    let t = worker.claim("q", "w", 1, 60_000).unwrap().remove(0);
+    assert!(wakes(&waiter, move || {
+        worker.complete(t.id, t.token, b"null").unwrap();
+    }));
 }
 
 /// A server that cannot be reached is a typed storage error naming where, never a panic.
