@@ -249,7 +249,16 @@ impl PgStore {
                 token,
                 task_events: events,
             };
-            let fast = self.autocommit(|db| claim::claim_unlimited(db, queue, &lease))?;
+            // Once more on a fresh connection if the pooled one was closed (a server
+            // restart): a claim that ran but whose answer was lost only leases tasks that
+            // the rescuer gives back, their attempt returned (this worker's journal never
+            // saw them start).
+            let fast = match self.autocommit(|db| claim::claim_unlimited(db, queue, &lease)) {
+                Err(_) if self.local.get()?.pool.saw_closed() => {
+                    self.autocommit(|db| claim::claim_unlimited(db, queue, &lease))?
+                }
+                other => other?,
+            };
             if let Some(tasks) = fast {
                 if let Some(mut m) = self.metrics() {
                     m.record_claims(queue, &tasks, now);

@@ -25,6 +25,8 @@ pub struct Pool {
     target: Target,
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     idle: Mutex<Vec<Conn>>,
+    /// Set when a connection was found closed by the server (see `saw_closed`).
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Pool {
@@ -38,6 +40,7 @@ impl Pool {
             target,
             tls,
             idle: Mutex::new(Vec::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -70,6 +73,23 @@ impl Pool {
             pool: self,
             conn: Some(conn),
         })
+    }
+
+    /// Whether a connection was found closed by the server since the last time this was
+    /// asked: the failure just seen was the connection's, and a call may run again.
+    pub fn saw_closed(&self) -> bool {
+        self.closed.swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// The server's process id of each idle connection (for tests of lost connections).
+    #[cfg(test)]
+    pub fn idle_backend_pids(&self) -> Vec<i32> {
+        self.idle
+            .lock()
+            .iter_mut()
+            .filter_map(|c| c.client.query_one("SELECT pg_backend_pid()", &[]).ok())
+            .map(|r| r.get(0))
+            .collect()
     }
 
     /// Drops every idle connection (close, fork): the next call connects afresh.
@@ -109,6 +129,12 @@ impl Drop for Pooled<'_> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             if conn.client.is_closed() {
+                // The server went away (a restart): the idle ones are most likely closed
+                // too, and each would cost the next calls a failure to find out.
+                self.pool.clear();
+                self.pool
+                    .closed
+                    .store(true, std::sync::atomic::Ordering::Release);
                 return;
             }
             let mut idle = self.pool.idle.lock();

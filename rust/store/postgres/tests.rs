@@ -332,3 +332,44 @@ fn a_rescue_on_the_workers_host_returns_an_attempt_never_started() {
     );
     assert_eq!(store.get("q", id).unwrap().attempts, 0);
 }
+
+/// After a server restart every pooled connection is closed; the first claim and the
+/// first write after it succeed all the same (no failure per stale connection).
+#[test]
+fn calls_after_every_pooled_connection_was_closed_succeed() {
+    let Some((_dir, url)) = fresh() else { return };
+    let (store, admin) = (Arc::new(open(&url)), open(&url));
+    store.enqueue("q", &vec![task("t", 0); 8]).unwrap();
+    // Several connections in the pool, all idle afterwards.
+    let barrier = Arc::new(Barrier::new(4));
+    let busy: Vec<_> = (0..4)
+        .map(|_| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                store
+                    .read(|db, _| {
+                        barrier.wait(); // all four connections out at once
+                        Ok(db.query_one("SELECT 1", &[])?.get::<_, i32>(0))
+                    })
+                    .unwrap()
+            })
+        })
+        .collect();
+    for b in busy {
+        b.join().unwrap();
+    }
+    let pids = store.local.get().unwrap().pool.idle_backend_pids();
+    assert!(pids.len() >= 4, "{pids:?}");
+    // What a restart does to this store: every one of its backends goes.
+    admin
+        .read(|db, _| {
+            Ok(db.execute(
+                "SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid",
+                &[&pids],
+            )?)
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(store.claim("q", "w", 8, 60_000).unwrap().len(), 8);
+    store.enqueue("q", &[task("t", 0)]).unwrap();
+}
