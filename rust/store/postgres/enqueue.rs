@@ -13,7 +13,8 @@ use crate::store::TaskEvents;
 use crate::task::{Enqueued, NewTask, TaskId};
 
 /// Ids are drawn in the batch's order (`WITH ORDINALITY`), so a batch keeps FIFO; payloads go
-/// to their own table (an empty one has no row).
+/// to their own table (an empty one has no row); waiting hosts are notified (at commit). One
+/// statement, atomic on its own: a batch without unique keys needs no transaction around it.
 const INSERT_MANY_SQL: &str = "WITH r AS MATERIALIZED (
          SELECT nextval(pg_get_serial_sequence('tasks', 'id')) AS id, u.*
          FROM unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
@@ -27,8 +28,9 @@ const INSERT_MANY_SQL: &str = "WITH r AS MATERIALIZED (
          SELECT id, $1, name, grp, priority, run_at, 'pending', max_attempts, $8, $8 FROM r),
      pay AS (
          INSERT INTO task_payloads (task_id, payload)
-         SELECT id, payload FROM r WHERE length(payload) > 0)
-     SELECT ord, id FROM r";
+         SELECT id, payload FROM r WHERE length(payload) > 0),
+     n AS (SELECT count(pg_notify($9, $1)) AS sent)
+     SELECT ord, id FROM r CROSS JOIN n";
 
 const INSERT_KEYED_SQL: &str = "INSERT INTO tasks (queue, name, resource_group, priority, run_at,
                             status, max_attempts, unique_key, created_at, updated_at)
@@ -46,6 +48,7 @@ pub fn insert_all<C: GenericClient>(
     queue: &str,
     tasks: &[NewTask],
     task_events: TaskEvents,
+    channel: &str,
     now: Millis,
 ) -> Result<Vec<Enqueued>> {
     let mut out = Vec::with_capacity(tasks.len());
@@ -53,12 +56,15 @@ pub fn insert_all<C: GenericClient>(
     while !rest.is_empty() {
         let keyless = rest.iter().take_while(|t| t.unique_key.is_none()).count();
         if keyless > 0 {
-            insert_many(db, queue, &rest[..keyless], now, &mut out)?;
+            insert_many(db, queue, &rest[..keyless], channel, now, &mut out)?;
             rest = &rest[keyless..];
         } else {
             out.push(insert_keyed(db, queue, &rest[0], now)?);
             rest = &rest[1..];
         }
+    }
+    if !db.notified && out.iter().any(|e| e.created) {
+        events::notify(db, channel, queue)?;
     }
     if task_events == TaskEvents::All {
         for (task, e) in tasks.iter().zip(&out) {
@@ -76,6 +82,7 @@ fn insert_many<C: GenericClient>(
     db: &mut Db<'_, C>,
     queue: &str,
     tasks: &[NewTask],
+    channel: &str,
     now: Millis,
     out: &mut Vec<Enqueued>,
 ) -> Result<()> {
@@ -96,8 +103,10 @@ fn insert_many<C: GenericClient>(
             &attempts,
             &payloads,
             &now,
+            &channel,
         ],
     )?;
+    db.notified = true;
     let mut ids: Vec<(i64, TaskId)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     if ids.len() != tasks.len() {
         return Err(Error::Storage(format!(

@@ -358,11 +358,11 @@ impl Store for PgStore {
         validate::new_tasks(tasks, self.options.max_payload)?;
         let channel = self.channel();
         let events = self.options.task_events;
-        let done = self.write(|db, now| {
-            let done = enqueue::insert_all(db, queue, tasks, events, now)?;
-            events::notify(db, &channel, queue)?;
-            Ok(done)
-        })?;
+        // In a transaction, though its usual statement is atomic alone: a BEGIN that finds
+        // the connection closed (a server restart) runs again on a fresh one, where a lone
+        // statement that failed might have run, and running it again would enqueue twice.
+        let done =
+            self.write(|db, now| enqueue::insert_all(db, queue, tasks, events, &channel, now))?;
         if let Some(mut m) = self.metrics() {
             m.count_enqueued(queue, tasks, &done);
         }
@@ -807,11 +807,8 @@ impl Operations for PgStore {
         let channel = self.channel();
         let task_events = self.options.task_events;
         let done = self.write(|db, now| {
-            let done = schedules::enqueue_tick(db, queue, name, tick, task, task_events, now)?;
-            if done.is_some() {
-                events::notify(db, &channel, queue)?;
-            }
-            Ok(done)
+            let tick = (name, tick);
+            schedules::enqueue_tick(db, queue, tick, task, (task_events, &channel), now)
         })?;
         if let (Some(e), Some(mut m)) = (done, self.metrics()) {
             m.count_enqueued(queue, std::slice::from_ref(task), &[e]);

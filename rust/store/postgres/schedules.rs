@@ -54,10 +54,9 @@ pub fn declare<C: GenericClient>(
 pub fn enqueue_tick<C: GenericClient>(
     db: &mut Db<'_, C>,
     queue: &str,
-    name: &str,
-    tick: Millis,
+    (name, tick): (&str, Millis),
     task: &NewTask,
-    task_events: TaskEvents,
+    (task_events, channel): (TaskEvents, &str),
     now: Millis,
 ) -> Result<Option<Enqueued>> {
     // Locked: a second host ticking at once waits here, then sees the tick taken.
@@ -74,7 +73,14 @@ pub fn enqueue_tick<C: GenericClient>(
     if last.is_some_and(|last| last >= tick) {
         return Ok(None);
     }
-    let enqueued = enqueue::insert_all(db, queue, std::slice::from_ref(task), task_events, now)?[0];
+    let enqueued = enqueue::insert_all(
+        db,
+        queue,
+        std::slice::from_ref(task),
+        task_events,
+        channel,
+        now,
+    )?[0];
     db.execute(
         "UPDATE schedules SET last_tick = $3, last_task_id = $4 WHERE queue = $1 AND name = $2",
         &[&queue, &name, &tick, &enqueued.id],
