@@ -51,6 +51,9 @@ pub fn insert_all<C: GenericClient>(
     channel: &str,
     now: Millis,
 ) -> Result<Vec<Enqueued>> {
+    // Whether this call notified `queue` (another call in the same transaction may have
+    // notified another queue).
+    let notified_before = std::mem::take(&mut db.notified);
     let mut out = Vec::with_capacity(tasks.len());
     let mut rest = tasks;
     while !rest.is_empty() {
@@ -66,6 +69,7 @@ pub fn insert_all<C: GenericClient>(
     if !db.notified && out.iter().any(|e| e.created) {
         events::notify(db, channel, queue)?;
     }
+    db.notified |= notified_before;
     if task_events == TaskEvents::All {
         for (task, e) in tasks.iter().zip(&out) {
             if e.created {

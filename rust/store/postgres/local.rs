@@ -12,10 +12,18 @@ use super::url::Target;
 use super::wakeup::Wakeup;
 use crate::error::Result;
 use crate::metrics::Recorder;
+use crate::store::sqlite::group::GroupCommit;
+use crate::task::{Enqueued, NewTask};
+
+/// An enqueue waiting to share a transaction (see `store::sqlite::group`).
+pub type EnqueueRequest = (String, Vec<NewTask<'static>>);
 
 pub struct Local {
     pub pid: u32,
     pub pool: Arc<Pool>,
+    /// Small concurrent enqueues share one transaction (and one NOTIFY, which serialises
+    /// commits on the server).
+    pub enqueues: GroupCommit<EnqueueRequest, Vec<Enqueued>>,
     pub wakeup: Arc<Wakeup>,
     pub metrics: Mutex<Recorder>,
 }
@@ -25,6 +33,7 @@ impl Local {
         Ok(Self {
             pid: std::process::id(),
             pool: Arc::new(Pool::new(target.clone())?),
+            enqueues: GroupCommit::new(),
             wakeup: Arc::default(),
             metrics: Mutex::new(Recorder::default()),
         })

@@ -361,8 +361,26 @@ impl Store for PgStore {
         // In a transaction, though its usual statement is atomic alone: a BEGIN that finds
         // the connection closed (a server restart) runs again on a fresh one, where a lone
         // statement that failed might have run, and running it again would enqueue twice.
-        let done =
-            self.write(|db, now| enqueue::insert_all(db, queue, tasks, events, &channel, now))?;
+        // A large batch is its own transaction; small concurrent ones from many threads
+        // share one, each caller still waiting for its commit.
+        let done = if tasks.len() > 64 {
+            self.write(|db, now| enqueue::insert_all(db, queue, tasks, events, &channel, now))?
+        } else {
+            let request = (
+                queue.to_string(),
+                tasks.iter().map(NewTask::to_owned).collect(),
+            );
+            self.local.get()?.enqueues.submit(request, |requests| {
+                self.write(|db, now| {
+                    requests
+                        .iter()
+                        .map(|(queue, tasks)| {
+                            enqueue::insert_all(db, queue, tasks, events, &channel, now)
+                        })
+                        .collect()
+                })
+            })?
+        };
         if let Some(mut m) = self.metrics() {
             m.count_enqueued(queue, tasks, &done);
         }

@@ -12,7 +12,7 @@ mod defer;
 mod enqueue;
 mod events;
 mod finish;
-mod group;
+pub(crate) mod group;
 pub mod health;
 mod history;
 mod listing;
