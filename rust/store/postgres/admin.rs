@@ -408,8 +408,15 @@ pub fn latest_stored_time<C: GenericClient>(db: &mut Db<'_, C>) -> Result<Option
     Ok((t > 0).then_some(t))
 }
 
-/// Server settings that matter to a queue, as the server reports them.
+/// Server settings that matter to a queue, as the server reports them, and the dead row
+/// versions of each table of the queue's schema (what autovacuum has yet to reclaim: every
+/// transition leaves one behind).
 pub fn settings<C: GenericClient>(db: &mut Db<'_, C>) -> Result<Vec<(String, String)>> {
+    let dead = db.query(
+        "SELECT relname || '.dead_tuples', n_dead_tup::text FROM pg_stat_user_tables
+         WHERE schemaname = current_schema() ORDER BY relname",
+        &[],
+    )?;
     Ok(db
         .query(
             "SELECT name, setting FROM pg_settings
@@ -419,6 +426,7 @@ pub fn settings<C: GenericClient>(db: &mut Db<'_, C>) -> Result<Vec<(String, Str
             &[],
         )?
         .iter()
+        .chain(dead.iter())
         .map(|r| (r.get(0), r.get(1)))
         .collect())
 }

@@ -373,3 +373,13 @@ fn calls_after_every_pooled_connection_was_closed_succeed() {
     assert_eq!(store.claim("q", "w", 8, 60_000).unwrap().len(), 8);
     store.enqueue("q", &[task("t", 0)]).unwrap();
 }
+
+/// `settings` reports the server's settings and each table's dead row versions.
+#[test]
+fn settings_report_dead_tuples_per_table() {
+    let Some((_dir, url)) = fresh() else { return };
+    let store = open(&url);
+    let settings: std::collections::HashMap<_, _> = store.settings().unwrap().into_iter().collect();
+    assert!(settings.contains_key("server_version"), "{settings:?}");
+    assert!(settings.contains_key("tasks.dead_tuples"), "{settings:?}");
+}
