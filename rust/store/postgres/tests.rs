@@ -383,3 +383,22 @@ fn settings_report_dead_tuples_per_table() {
     assert!(settings.contains_key("server_version"), "{settings:?}");
     assert!(settings.contains_key("tasks.dead_tuples"), "{settings:?}");
 }
+
+/// TLS as libpq's modes: `prefer` falls back to plain text on a server without TLS (the
+/// test server has none), `require` refuses it with a typed error, `disable` never asks.
+#[test]
+fn tls_modes_behave_as_libpqs_on_a_server_without_tls() {
+    let Some((dir, _)) = fresh() else { return };
+    let url = schema_url(dir.path());
+    let sep = if url.contains('?') { '&' } else { '?' };
+    for mode in ["prefer", "disable"] {
+        let store = open(&format!("{url}{sep}sslmode={mode}"));
+        store.enqueue("q", &[task("t", 0)]).unwrap();
+    }
+    let err = PgStore::open(&format!("{url}{sep}sslmode=require"), Options::default()).unwrap_err();
+    assert!(matches!(err, Error::Storage(_)), "{err:?}");
+    assert!(
+        err.to_string().to_lowercase().contains("tls") || err.to_string().contains("SSL"),
+        "{err}"
+    );
+}

@@ -78,10 +78,12 @@ pub fn parse(url: &str) -> Result<Target> {
     })
 }
 
-/// Schema names are spelled into SQL (search_path, CREATE SCHEMA): a plain identifier only.
+/// Schema names are spelled into SQL (search_path, CREATE SCHEMA): a plain identifier only,
+/// short enough that the NOTIFY channel named after it (`ferroq_` + schema) fits in the 63
+/// bytes of an identifier.
 fn validate_schema(schema: &str) -> Result<()> {
     let ok = !schema.is_empty()
-        && schema.len() <= 63
+        && schema.len() <= 56
         && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
         && schema
             .chars()
@@ -96,23 +98,37 @@ fn validate_schema(schema: &str) -> Result<()> {
     }
 }
 
-/// The URL as logs and errors show it: user, hosts, database and schema, no password.
+/// The URL as logs and errors show it, and as worker processes reopen it (`Queue.path`):
+/// user, hosts, database, schema and a TLS mode other than the default; never the password.
 fn shown(config: &postgres::Config, schema: &str) -> String {
     use postgres::config::Host;
-    let hosts: Vec<String> = config
-        .get_hosts()
-        .iter()
-        .zip(config.get_ports().iter().chain(std::iter::repeat(&5432)))
-        .map(|(h, port)| match h {
-            Host::Tcp(name) => format!("{name}:{port}"),
-            Host::Unix(path) => format!("{}:{port}", path.display()),
-        })
-        .collect();
+    let ports = config.get_ports().iter().chain(std::iter::repeat(&5432));
+    let mut tcp = Vec::new();
+    let mut params = Vec::new();
+    for (h, port) in config.get_hosts().iter().zip(ports) {
+        match h {
+            Host::Tcp(name) => tcp.push(format!("{name}:{port}")),
+            // A socket directory cannot stand in the authority: it goes as `host=`.
+            Host::Unix(path) => {
+                params.push(format!("host={}", path.display()));
+                params.push(format!("port={port}"));
+            }
+        }
+    }
     let user = config.get_user().unwrap_or("");
     let db = config.get_dbname().unwrap_or(user);
-    let mut out = format!("postgresql://{user}@{}/{db}", hosts.join(","));
     if schema != "public" {
-        out.push_str(&format!("?schema={schema}"));
+        params.push(format!("schema={schema}"));
+    }
+    match config.get_ssl_mode() {
+        SslMode::Disable => params.push("sslmode=disable".into()),
+        SslMode::Require => params.push("sslmode=require".into()),
+        _ => {}
+    }
+    let mut out = format!("postgresql://{user}@{}/{db}", tcp.join(","));
+    if !params.is_empty() {
+        out.push('?');
+        out.push_str(&params.join("&"));
     }
     out
 }
@@ -146,7 +162,10 @@ mod tests {
         let t =
             parse("postgresql://u:secret@db.example:6543/app?schema=jobs&sslmode=disable").unwrap();
         assert_eq!(t.schema, "jobs");
-        assert_eq!(t.shown, "postgresql://u@db.example:6543/app?schema=jobs");
+        assert_eq!(
+            t.shown,
+            "postgresql://u@db.example:6543/app?schema=jobs&sslmode=disable"
+        );
         assert!(!format!("{t:?}").contains("secret"));
         assert!(!wants_tls(&t.config));
     }
@@ -158,6 +177,29 @@ mod tests {
         assert!(!e.to_string().contains("secret"), "{e}");
         let e = parse("postgresql://h/db?schema=Robert');DROP").unwrap_err();
         assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+    }
+
+    /// What `location` shows is what worker processes reopen: it must parse to the same
+    /// server, database, schema and TLS mode (a socket directory included).
+    #[test]
+    fn the_shown_url_reopens_the_same_place() {
+        for url in [
+            "postgresql://u:pw@h1:5433/db?schema=s1&sslmode=require",
+            "postgres://u@/db?host=/run/postgresql&port=5434",
+            "postgresql://u@h/db",
+        ] {
+            let first = parse(url).unwrap();
+            let again = parse(&first.shown).unwrap();
+            assert_eq!(again.shown, first.shown, "{url}");
+            assert_eq!(again.config.get_hosts(), first.config.get_hosts(), "{url}");
+            assert_eq!(again.config.get_ports(), first.config.get_ports(), "{url}");
+            assert_eq!(
+                again.config.get_ssl_mode(),
+                first.config.get_ssl_mode(),
+                "{url}"
+            );
+            assert_eq!(again.schema, first.schema, "{url}");
+        }
     }
 
     #[test]
