@@ -181,3 +181,22 @@ def test_async_enqueue_script_runs(tmp_path: Path) -> None:
     assert rates.threads_per_s > 0 and rates.coroutines_per_s > 0
     lag = bench.measure_lag(tasks=500, coroutines=20, directory=str(tmp_path))
     assert lag.tasks == 500 and lag.max_gap_ms >= 0
+
+
+def test_pg_drain_script_runs() -> None:
+    """benches/pg_drain.py on a short run against the PostgreSQL test server, so it never
+    rots: every figure is positive (the drains check every task completed)."""
+    import importlib.util
+    import os
+
+    url = os.environ.get("FERROQ_TEST_PG_URL")
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail("FERROQ_TEST_PG_URL is not set: CI must run the PostgreSQL suite")
+        pytest.skip("PostgreSQL suite SKIPPED: FERROQ_TEST_PG_URL is not set (run under tests/pg_cluster.py)")
+    spec = importlib.util.spec_from_file_location("pg_drain", Path(__file__).with_name("pg_drain.py"))
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    figures = bench.measure(url, tasks=500)
+    assert all(v > 0 for v in figures)

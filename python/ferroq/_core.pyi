@@ -114,7 +114,7 @@ class Store:
     ) -> Store: ...
     @property
     def path(self) -> str:
-        """The database file."""
+        """The database file, or a PostgreSQL URL without its password."""
     @property
     def max_payload(self) -> int:
         """Largest accepted payload or result, in bytes."""

@@ -767,9 +767,18 @@ WORKER_DB_ENV = "FERROQ_WORKER_DB"
 WORKER_CREATE_ENV = "FERROQ_WORKER_CREATE"
 
 
+def is_database_url(path: str) -> bool:
+    """Whether ``path`` names a PostgreSQL database (a URL) rather than a SQLite file."""
+    return path.startswith(("postgres://", "postgresql://"))
+
+
 def _worker_path(path: str) -> str:
     """The path a Queue opens: the code's, or the one ``ferroq worker --db`` gave."""
     override = os.environ.get(WORKER_DB_ENV)
+    if override and is_database_url(override):
+        return override  # a server: nothing to find on disk, or to create
+    if is_database_url(path):
+        return path
     if override:
         if os.path.abspath(path) != os.path.abspath(override):
             logging.getLogger("ferroq.cli").warning(

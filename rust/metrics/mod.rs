@@ -4,5 +4,8 @@
 pub mod histogram;
 pub mod recorder;
 
+/// The finest resolution of the stored metrics: one row per counter and interval.
+pub const INTERVAL_MS: crate::clock::Millis = 10_000;
+
 pub use histogram::Histogram;
 pub use recorder::{Counter, Recorder, Series, SeriesMap};

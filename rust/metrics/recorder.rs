@@ -83,6 +83,8 @@ pub struct Recorder {
     /// Everything flushed before (`totals` adds the interval on read): each event is
     /// recorded once, on the hot path, and merged into the totals once per flush.
     flushed: SeriesMap,
+    /// When this process last flushed (or first counted an enqueue): 0 before either.
+    last_flush: Millis,
 }
 
 fn series<'a>(map: &'a mut SeriesMap, queue: &str, group: &str) -> &'a mut Series {
@@ -183,6 +185,23 @@ impl Recorder {
     }
 
     /// Takes what was recorded since the last call (for a flush to the table).
+    /// Notes a flush at `now`.
+    pub fn flushed_at(&mut self, now: Millis) {
+        self.last_flush = now;
+    }
+
+    /// Whether a producer's enqueue at `now` should flush: its last flush is an interval
+    /// old. A process that runs no worker (a web app) has no maintenance thread to flush
+    /// its arrivals, which forecasts and alerts read from the table. Every engine asks
+    /// this after counting a committed enqueue.
+    pub fn producer_flush_due(&mut self, now: Millis) -> bool {
+        if self.last_flush == 0 {
+            self.last_flush = now;
+            return false;
+        }
+        now - self.last_flush >= super::INTERVAL_MS
+    }
+
     pub fn take_interval(&mut self) -> SeriesMap {
         let taken = std::mem::take(&mut self.interval);
         merge_into(&mut self.flushed, &taken);

@@ -146,10 +146,11 @@ impl PyStore {
         })
     }
 
-    /// The database file.
+    /// The database file, or a PostgreSQL URL (without its password). A string, not a
+    /// path: a URL's `//` must survive (a `pathlib.Path` would fold it to one slash).
     #[getter]
-    fn path(&self) -> PathBuf {
-        PathBuf::from(self.store.location())
+    fn path(&self) -> String {
+        self.store.location()
     }
 
     /// The largest accepted payload or result, in bytes.

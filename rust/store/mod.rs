@@ -5,6 +5,7 @@ pub mod host;
 pub mod lease_watch;
 pub mod model;
 pub mod operations;
+pub mod postgres;
 pub mod sqlite;
 
 #[cfg(test)]
@@ -326,8 +327,8 @@ impl Default for ObservabilityRetention {
     }
 }
 
-/// Opens the engine `location` names: a SQLite file today (PostgreSQL URLs are refused
-/// with a clear error until that engine exists).
+/// Opens the engine `location` names: a PostgreSQL database for a `postgres://` or
+/// `postgresql://` URL, else a SQLite file.
 pub fn open(
     location: &std::path::Path,
     options: sqlite::Options,
@@ -346,11 +347,10 @@ pub fn open_with_clock(
     clock: std::sync::Arc<dyn crate::clock::Clock>,
 ) -> Result<std::sync::Arc<dyn Engine>> {
     let text = location.to_string_lossy();
-    if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-        return Err(crate::error::Error::InvalidArgument(
-            "PostgreSQL is not supported by this version of ferroq yet: pass a SQLite file path"
-                .into(),
-        ));
+    if postgres::is_postgres(&text) {
+        return Ok(std::sync::Arc::new(postgres::PgStore::open(
+            &text, options,
+        )?));
     }
     Ok(std::sync::Arc::new(sqlite::SqliteStore::open_with_clock(
         location, options, clock,

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..errors import CorruptDatabase, DatabasePathError, FerroqError, ForeignDatabase, InvalidArgument, \
     InvalidTransition, SchemaTooNew, StorageError, UnknownTask
 from .._units import duration
-from ..queue import Queue
+from ..queue import Queue, is_database_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -126,6 +126,9 @@ def open_queue(s: Settings, *, new_queue: bool = False) -> Queue:
     if not s.db:
         raise CliError("no database given: pass --db PATH or set FERROQ_DB", Exit.USAGE)
     path = s.db
+    if is_database_url(path):
+        # A server: Queue never creates a database there, only its schema's tables.
+        return _open_checked(path, s, new_queue)
     if not os.path.exists(path):
         raise CliError(f"no database at {path} (check --db or FERROQ_DB)", Exit.DATABASE)
     if not os.path.isfile(path):
@@ -137,6 +140,10 @@ def open_queue(s: Settings, *, new_queue: bool = False) -> Queue:
         raise CliError(f"cannot read {path}: {e.strerror}", Exit.DATABASE) from None
     if header != SQLITE_HEADER:
         raise CliError(f"{path} is not a ferroq database (not SQLite, or damaged)", Exit.DATABASE)
+    return _open_checked(path, s, new_queue)
+
+
+def _open_checked(path: str, s: Settings, new_queue: bool) -> Queue:
     q = Queue(path, name=s.queue, busy_timeout=s.busy_timeout)
     if s.queue_given and not new_queue:
         _require_queue(q)

@@ -10,8 +10,8 @@ from typing import Any, Callable
 
 import click
 
-from ..queue import WORKER_CREATE_ENV, WORKER_DB_ENV, Queue
 from ..errors import InvalidArgument
+from ..queue import WORKER_CREATE_ENV, WORKER_DB_ENV, Queue, is_database_url
 from ..worker import Autoscale, Worker
 from ._common import CliError, Exit, option, settings, split_list
 
@@ -162,7 +162,7 @@ def _open_policy(db: str | None, create: bool) -> None:
     may create the file: environment variables ``ferroq.Queue`` reads (see queue.py). The
     worker command owns its process; main() called in-process keeps them set afterwards."""
     if db:
-        os.environ[WORKER_DB_ENV] = os.path.abspath(db)
+        os.environ[WORKER_DB_ENV] = db if is_database_url(db) else os.path.abspath(db)
     else:
         os.environ.pop(WORKER_DB_ENV, None)  # one inherited from a parent worker is not ours
     os.environ[WORKER_CREATE_ENV] = "1" if create else "0"

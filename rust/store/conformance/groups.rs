@@ -72,7 +72,7 @@ fn trip_breaker(f: &super::Fixture) {
 
 #[test]
 fn an_open_breaker_holds_its_group_pending_and_a_probe_closes_it() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     f.store.configure_group(Q, "pay", &breaker_only()).unwrap();
     f.store
         .enqueue(
@@ -129,7 +129,7 @@ fn an_open_breaker_holds_its_group_pending_and_a_probe_closes_it() {
 /// step: no row at all, open, due to turn half-open, half-open, closed again.
 #[test]
 fn circuit_state_agrees_with_group_info() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let agree = |expected: CircuitState| {
         assert_eq!(f.store.group_info(Q, "pay").unwrap().circuit, expected);
         assert_eq!(f.store.circuit_state(Q, "pay").unwrap(), expected);
@@ -152,7 +152,7 @@ fn circuit_state_agrees_with_group_info() {
 /// settings; nothing about a group without a row.
 #[test]
 fn circuit_view_reports_the_time_left_open_and_the_settings() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let none = f.store.circuit_view(Q, "nobody").unwrap();
     assert_eq!(
         (none.state, none.open_for_ms, none.config),
@@ -179,7 +179,7 @@ fn circuit_view_reports_the_time_left_open_and_the_settings() {
 
 #[test]
 fn a_failed_probe_reopens_for_longer() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     trip_breaker(&f);
     f.clock.advance(1_000);
     let probe = f.store.claim(Q, "w", 10, LEASE).unwrap();
@@ -191,7 +191,7 @@ fn a_failed_probe_reopens_for_longer() {
 
 #[test]
 fn uncounted_failures_leave_the_breaker_closed() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     f.store.configure_group(Q, "pay", &breaker_only()).unwrap();
     f.store
         .enqueue(Q, &[in_group("pay", 0), in_group("pay", 0)])
@@ -210,7 +210,7 @@ fn uncounted_failures_leave_the_breaker_closed() {
 
 #[test]
 fn operators_open_close_and_reset_a_breaker() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     f.store.enqueue(Q, &[in_group("pay", 0)]).unwrap();
     let open = CircuitCommand::Open { duration_ms: None };
     assert_eq!(
@@ -257,7 +257,7 @@ fn operators_open_close_and_reset_a_breaker() {
 
 #[test]
 fn max_concurrency_counts_live_leases_across_claims() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     f.store
         .configure_group(Q, "api", &throttle(None, 1.0, Some(2)))
         .unwrap();
@@ -275,7 +275,7 @@ fn max_concurrency_counts_live_leases_across_claims() {
 
 #[test]
 fn the_rate_bucket_is_shared_and_refills() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     f.store
         .configure_group(Q, "api", &throttle(Some(2.0), 3.0, None))
         .unwrap();
@@ -297,7 +297,7 @@ fn the_rate_bucket_is_shared_and_refills() {
 
 #[test]
 fn limits_keep_priority_order_across_groups() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     f.store
         .configure_group(Q, "api", &throttle(None, 1.0, Some(1)))
         .unwrap();
@@ -322,7 +322,7 @@ fn limits_keep_priority_order_across_groups() {
 /// highest priority first, then oldest, as one queue would.
 #[test]
 fn claims_across_groups_take_the_best_tasks_overall() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let groups = ["a", "b", "c", "d", "e"];
     let mut batch = Vec::new();
     for i in 0..400usize {
@@ -357,7 +357,7 @@ fn claims_across_groups_take_the_best_tasks_overall() {
 /// keep the claim from other groups' tasks that are.
 #[test]
 fn a_task_not_due_by_this_clock_does_not_block_other_groups() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let then = f.clock.now_ms();
     // Another process, its clock a second ahead, enqueues after the claimer opened the file
     // (the claimer's clock keeps to the file's timeline only from its next rescue pass).
@@ -374,7 +374,7 @@ fn a_task_not_due_by_this_clock_does_not_block_other_groups() {
 
 #[test]
 fn paused_groups_and_queues_are_skipped() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let e = f
         .store
         .enqueue(Q, &[in_group("pay", 0), task("x", 0)])
@@ -401,7 +401,7 @@ fn paused_groups_and_queues_are_skipped() {
 /// A resumed queue leaves no row behind: a queue paused by mistake disappears once resumed.
 #[test]
 fn resuming_a_queue_forgets_it() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     assert!(f.store.set_queue_paused("typo", true).unwrap());
     assert!(f.store.queue_names().unwrap().contains(&"typo".to_string()));
     assert!(f.store.set_queue_paused("typo", false).unwrap());
@@ -416,7 +416,7 @@ fn resuming_a_queue_forgets_it() {
 /// unfinished tasks unless forced.
 #[test]
 fn forgetting_a_group() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     f.store.configure_group(Q, "api", &breaker_only()).unwrap();
     f.store.set_group_paused(Q, "api", true).unwrap();
     f.store
@@ -445,7 +445,7 @@ fn forgetting_a_group() {
 
 #[test]
 fn a_retry_after_holds_the_group() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     f.store
         .configure_group(Q, "api", &throttle(None, 1.0, Some(5)))
         .unwrap();
@@ -474,7 +474,7 @@ fn a_retry_after_holds_the_group() {
 
 #[test]
 fn adaptive_cap_halves_on_errors_and_grows_back() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let config = GroupConfig {
         breaker: None,
         throttle: Some(ThrottleConfig {
@@ -525,7 +525,7 @@ fn adaptive_cap_halves_on_errors_and_grows_back() {
 
 #[test]
 fn aging_raises_waiting_tasks_up_to_the_cap() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let e = f.store.enqueue(Q, &[task("old", 0)]).unwrap();
     f.clock.advance(1_000);
     let fresh = f.store.enqueue(Q, &[task("new", 1)]).unwrap();

@@ -23,7 +23,7 @@ fn claim_and_defer(f: &super::Fixture, worker: &str) -> Result<crate::store::Def
 
 #[test]
 fn a_deferred_task_is_pending_with_its_attempt_back_and_a_delay_doubling_across_workers() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let id = f.store.enqueue(Q, &[task("new", 0)]).unwrap()[0].id;
     let mut delays = Vec::new();
     for n in 1..=11 {
@@ -65,7 +65,7 @@ fn a_deferred_task_is_pending_with_its_attempt_back_and_a_delay_doubling_across_
 
 #[test]
 fn a_deferred_task_goes_dead_once_the_grace_since_its_first_deferral_is_over() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let id = f.store.enqueue(Q, &[task("new", 0)]).unwrap()[0].id;
     let first = f.clock.now_ms();
     while f.clock.now_ms() - first < GRACE {
@@ -84,7 +84,7 @@ fn a_deferred_task_goes_dead_once_the_grace_since_its_first_deferral_is_over() {
 
 #[test]
 fn no_grace_kills_at_the_first_meeting() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     f.store.enqueue(Q, &[task("new", 0)]).unwrap();
     let t = f.store.claim(Q, "old", 1, LEASE).unwrap().remove(0);
     let unrunnable = Unrunnable {
@@ -100,7 +100,7 @@ fn no_grace_kills_at_the_first_meeting() {
 /// starts a new count: short delays again, and a fresh grace.
 #[test]
 fn another_outcome_starts_a_new_count() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     f.store.enqueue(Q, &[task("new", 0)]).unwrap();
     for _ in 0..3 {
         let d = claim_and_defer(&f, "old").unwrap();
@@ -116,7 +116,7 @@ fn another_outcome_starts_a_new_count() {
 
 #[test]
 fn a_deferral_is_fenced_by_the_lease_token() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let id = f.store.enqueue(Q, &[task("new", 0)]).unwrap()[0].id;
     let t = f.store.claim(Q, "old", 1, LEASE).unwrap().remove(0);
     let stale = Unrunnable {
@@ -137,7 +137,7 @@ fn worker(id: &str) -> WorkerInfo {
 /// event per (name, worker), however often it defers.
 #[test]
 fn live_workers_without_a_processor_are_listed_with_the_pending_tasks() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     for w in ["old-a", "old-b", "gone"] {
         f.store.worker_seen(&worker(w)).unwrap();
     }

@@ -7,7 +7,7 @@ use crate::task::{FailAction, Outcome};
 
 #[test]
 fn metrics_count_every_outcome_and_keep_run_times() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     f.store
         .enqueue(Q, &[task("a", 0), task("b", 0), task("c", 0)])
         .unwrap();
@@ -72,7 +72,7 @@ fn metrics_count_every_outcome_and_keep_run_times() {
 
 #[test]
 fn failures_progress_and_cancels_are_events() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let e = f.store.enqueue(Q, &[task("a", 0), task("b", 0)]).unwrap();
     f.store.cancel(Q, e[1].id).unwrap();
     let t = f.store.claim(Q, "w", 1, LEASE).unwrap().remove(0);
@@ -110,7 +110,7 @@ fn failures_progress_and_cancels_are_events() {
 
 #[test]
 fn a_failure_event_holds_its_error_as_an_object() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     f.store.enqueue(Q, &[task("a", 0)]).unwrap();
     let t = f.store.claim(Q, "w", 1, LEASE).unwrap().remove(0);
     let error = r#"{"type":"E","message":"boom","traceback":null}"#;
@@ -127,7 +127,7 @@ fn a_failure_event_holds_its_error_as_an_object() {
 
 #[test]
 fn the_latest_events_are_filtered_by_kind_before_the_limit() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let e = f.store.enqueue(Q, &[task("a", 0), task("b", 0)]).unwrap();
     let t = f.store.claim(Q, "w", 1, LEASE).unwrap().remove(0);
     f.store.fail(t.id, t.token, "{}", FailAction::Dead).unwrap();
@@ -159,7 +159,7 @@ fn the_latest_events_are_filtered_by_kind_before_the_limit() {
 
 #[test]
 fn workers_register_renew_and_expire() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let w = super::worker_info("host:1:ab");
     f.store.worker_seen(&w).unwrap();
     f.store.enqueue(Q, &[task("a", 0), task("b", 0)]).unwrap();
@@ -185,7 +185,7 @@ fn workers_register_renew_and_expire() {
 
 #[test]
 fn retention_prunes_old_events_and_metrics() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let e = f.store.enqueue(Q, &[task("a", 0)]).unwrap();
     f.store.cancel(Q, e[0].id).unwrap();
     f.store.flush_metrics().unwrap();
@@ -224,7 +224,7 @@ fn retention_prunes_old_events_and_metrics() {
 
 #[test]
 fn health_figures() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     f.store.enqueue(Q, &[task("a", 0), task("b", 0)]).unwrap();
     let enqueued_at = f.store.now_ms();
     f.clock.advance(1_000);
@@ -237,7 +237,7 @@ fn health_figures() {
 
 #[test]
 fn metric_series_gives_each_interval_by_group_or_summed() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let start = f.store.now_ms();
     let mut b = task("b", 0);
     b.resource_group = "other".into();
@@ -264,7 +264,7 @@ fn metric_series_gives_each_interval_by_group_or_summed() {
 
 #[test]
 fn a_producer_flushes_its_arrivals_an_interval_after_its_last_flush() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let since = f.store.now_ms() - 60_000;
     let enqueued = || {
         f.store
@@ -289,7 +289,7 @@ fn a_producer_flushes_its_arrivals_an_interval_after_its_last_flush() {
 #[test]
 fn a_duty_turn_is_taken_once_per_period_and_saved_only_by_its_holder() {
     use crate::store::TurnEvent;
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let other = super::open_engine(&f.path, &f.clock);
     let (fence, state) = f.store.take_turn(Q, "alerts", 5_000).unwrap().unwrap();
     assert_eq!(state, "{}");
@@ -338,7 +338,7 @@ fn a_duty_turn_is_taken_once_per_period_and_saved_only_by_its_holder() {
 
 #[test]
 fn metric_histograms_give_each_intervals_durations() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let start = f.store.now_ms();
     let mut b = task("b", 0);
     b.resource_group = "other".into();

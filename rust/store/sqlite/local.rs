@@ -34,7 +34,6 @@ pub struct Local {
     /// This process's counters and histograms (a child starts from zero).
     pub metrics: Mutex<Recorder>,
     /// When `metrics` was last flushed (store clock; 0: not yet looked at).
-    pub last_flush: std::sync::atomic::AtomicI64,
     /// Moves the WAL into the database off the commit path.
     pub checkpointer: Arc<Checkpointer>,
 }
@@ -51,7 +50,6 @@ impl Local {
             changes: Arc::default(),
             watched: std::sync::Once::new(),
             metrics: Mutex::new(Recorder::default()),
-            last_flush: std::sync::atomic::AtomicI64::new(0),
             checkpointer,
         }
     }

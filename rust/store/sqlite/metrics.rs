@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::metrics::{Counter, Histogram, Series, SeriesMap};
 
 /// The raw resolution.
-pub const INTERVAL_MS: Millis = 10_000;
+pub use crate::metrics::INTERVAL_MS;
 /// The rolled-up resolution.
 pub const HOUR_MS: Millis = 3_600_000;
 

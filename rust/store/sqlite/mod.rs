@@ -13,7 +13,7 @@ mod duties;
 mod enqueue;
 mod events;
 mod finish;
-mod group;
+pub(crate) mod group;
 pub mod health;
 mod history;
 mod listing;
@@ -30,7 +30,6 @@ mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use parking_lot::Mutex;
 
@@ -42,6 +41,17 @@ pub use open::{Durability, Options};
 #[cfg(test)]
 #[path = "../conformance/mod.rs"]
 mod conformance;
+
+/// SQLite runs every conformance test, anywhere.
+#[cfg(test)]
+fn conformance_available() -> bool {
+    true
+}
+
+#[cfg(test)]
+fn conformance_skips() -> &'static [&'static str] {
+    &[]
+}
 
 /// The conformance suite's engine: a SQLite file at `path` on `clock` (`normal` durability:
 /// the suite checks behaviour, not fsyncs).
@@ -382,13 +392,13 @@ impl SqliteStore {
     /// worker (a web app) has no maintenance thread to flush its arrivals, which forecasts
     /// and alerts read from the table.
     fn count_enqueued(&self, queue: &str, tasks: &[NewTask], done: &[Enqueued]) {
-        let local = self.local.get();
-        local.metrics.lock().count_enqueued(queue, tasks, done);
         let now = self.clock.now_ms();
-        let last = local.last_flush.load(Ordering::Relaxed);
-        if last == 0 {
-            local.last_flush.store(now, Ordering::Relaxed);
-        } else if now - last >= metrics::INTERVAL_MS {
+        let due = {
+            let mut m = self.local.get().metrics.lock();
+            m.count_enqueued(queue, tasks, done);
+            m.producer_flush_due(now)
+        };
+        if due {
             // The enqueue committed: a failed flush keeps its figures for the next one.
             if let Err(e) = self.flush_metrics() {
                 log::debug!("metrics flush after an enqueue failed (kept for the next): {e}");
@@ -796,11 +806,12 @@ impl Store for SqliteStore {
 
     fn flush_metrics(&self) -> Result<()> {
         let local = self.local.get();
-        local
-            .last_flush
-            .store(self.clock.now_ms(), Ordering::Relaxed);
         let recorder = &local.metrics;
-        let taken = recorder.lock().take_interval();
+        let taken = {
+            let mut m = recorder.lock();
+            m.flushed_at(self.clock.now_ms());
+            m.take_interval()
+        };
         if taken.is_empty() {
             return Ok(());
         }

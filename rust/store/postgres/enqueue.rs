@@ -1,0 +1,169 @@
+//! Enqueue: keyless runs of a batch in one set-based statement (tasks and payloads from
+//! arrays), each task with a unique key on its own (`ON CONFLICT DO NOTHING` on the partial
+//! unique index, so two hosts enqueueing the same key at once get one task).
+
+use postgres::GenericClient;
+
+use super::events;
+use super::pool::Db;
+use crate::clock::Millis;
+use crate::error::{Error, Result};
+use crate::json;
+use crate::store::TaskEvents;
+use crate::task::{Enqueued, NewTask, TaskId};
+
+/// Ids are drawn in the batch's order (`WITH ORDINALITY`), so a batch keeps FIFO; payloads go
+/// to their own table (an empty one has no row); waiting hosts are notified (at commit). One
+/// statement, atomic on its own: a batch without unique keys needs no transaction around it.
+const INSERT_MANY_SQL: &str = "WITH r AS MATERIALIZED (
+         SELECT nextval(pg_get_serial_sequence('tasks', 'id')) AS id, u.*
+         FROM unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
+                     $7::bytea[]) WITH ORDINALITY
+              AS u(name, grp, priority, run_at, max_attempts, payload, ord)
+         ORDER BY u.ord),
+     ins AS (
+         INSERT INTO tasks (id, queue, name, resource_group, priority, run_at, status,
+                            max_attempts, created_at, updated_at)
+         OVERRIDING SYSTEM VALUE
+         SELECT id, $1, name, grp, priority, run_at, 'pending', max_attempts, $8, $8 FROM r),
+     pay AS (
+         INSERT INTO task_payloads (task_id, payload)
+         SELECT id, payload FROM r WHERE length(payload) > 0),
+     n AS (SELECT count(pg_notify($9, $1)) AS sent)
+     SELECT ord, id FROM r CROSS JOIN n";
+
+const INSERT_KEYED_SQL: &str = "INSERT INTO tasks (queue, name, resource_group, priority, run_at,
+                            status, max_attempts, unique_key, created_at, updated_at)
+     VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $8)
+     ON CONFLICT (queue, unique_key)
+         WHERE unique_key IS NOT NULL AND status IN ('pending', 'running') DO NOTHING
+     RETURNING id";
+
+const HOLDER_SQL: &str = "SELECT id FROM tasks
+     WHERE queue = $1 AND unique_key = $2 AND status IN ('pending', 'running')";
+
+/// Inserts `tasks` in order; a task whose unique key an unfinished task holds is that task.
+pub fn insert_all<C: GenericClient>(
+    db: &mut Db<'_, C>,
+    queue: &str,
+    tasks: &[NewTask],
+    task_events: TaskEvents,
+    channel: &str,
+    now: Millis,
+) -> Result<Vec<Enqueued>> {
+    // Whether this call notified `queue` (another call in the same transaction may have
+    // notified another queue).
+    let notified_before = std::mem::take(&mut db.notified);
+    let mut out = Vec::with_capacity(tasks.len());
+    let mut rest = tasks;
+    while !rest.is_empty() {
+        let keyless = rest.iter().take_while(|t| t.unique_key.is_none()).count();
+        if keyless > 0 {
+            insert_many(db, queue, &rest[..keyless], channel, now, &mut out)?;
+            rest = &rest[keyless..];
+        } else {
+            out.push(insert_keyed(db, queue, &rest[0], now)?);
+            rest = &rest[1..];
+        }
+    }
+    if !db.notified && out.iter().any(|e| e.created) {
+        events::notify(db, channel, queue)?;
+    }
+    db.notified |= notified_before;
+    if task_events == TaskEvents::All {
+        for (task, e) in tasks.iter().zip(&out) {
+            if e.created {
+                let detail = format!(r#"{{"name":{}}}"#, json::string(&task.name));
+                let group = Some(&*task.resource_group);
+                events::record_task(db, queue, group, Some(e.id), "enqueued", &detail, now)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn insert_many<C: GenericClient>(
+    db: &mut Db<'_, C>,
+    queue: &str,
+    tasks: &[NewTask],
+    channel: &str,
+    now: Millis,
+    out: &mut Vec<Enqueued>,
+) -> Result<()> {
+    let names: Vec<&str> = tasks.iter().map(|t| &*t.name).collect();
+    let groups: Vec<&str> = tasks.iter().map(|t| &*t.resource_group).collect();
+    let priorities: Vec<i64> = tasks.iter().map(|t| t.priority).collect();
+    let run_ats: Vec<i64> = tasks.iter().map(|t| t.run_at.unwrap_or(now)).collect();
+    let attempts: Vec<i64> = tasks.iter().map(|t| t.max_attempts).collect();
+    let payloads: Vec<&[u8]> = tasks.iter().map(|t| &*t.payload).collect();
+    let rows = db.query(
+        INSERT_MANY_SQL,
+        &[
+            &queue,
+            &names,
+            &groups,
+            &priorities,
+            &run_ats,
+            &attempts,
+            &payloads,
+            &now,
+            &channel,
+        ],
+    )?;
+    db.notified = true;
+    let mut ids: Vec<(i64, TaskId)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    if ids.len() != tasks.len() {
+        return Err(Error::Storage(format!(
+            "a {}-row insert reported {} rows",
+            tasks.len(),
+            ids.len()
+        )));
+    }
+    ids.sort_unstable();
+    out.extend(
+        ids.into_iter()
+            .map(|(_, id)| Enqueued { id, created: true }),
+    );
+    Ok(())
+}
+
+fn insert_keyed<C: GenericClient>(
+    db: &mut Db<'_, C>,
+    queue: &str,
+    task: &NewTask,
+    now: Millis,
+) -> Result<Enqueued> {
+    let key = task.unique_key.as_deref();
+    loop {
+        let inserted = db.query_opt(
+            INSERT_KEYED_SQL,
+            &[
+                &queue,
+                &&*task.name,
+                &&*task.resource_group,
+                &task.priority,
+                &task.run_at.unwrap_or(now),
+                &task.max_attempts,
+                &key,
+                &now,
+            ],
+        )?;
+        if let Some(row) = inserted {
+            let id: TaskId = row.get(0);
+            if !task.payload.is_empty() {
+                db.execute(
+                    "INSERT INTO task_payloads (task_id, payload) VALUES ($1, $2)",
+                    &[&id, &&*task.payload],
+                )?;
+            }
+            return Ok(Enqueued { id, created: true });
+        }
+        // The holder may have finished since the conflict: then insert again.
+        if let Some(row) = db.query_opt(HOLDER_SQL, &[&queue, &key])? {
+            return Ok(Enqueued {
+                id: row.get(0),
+                created: false,
+            });
+        }
+    }
+}

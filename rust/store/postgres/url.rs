@@ -1,0 +1,212 @@
+//! A PostgreSQL URL as ferroq takes it: libpq's `postgres://` / `postgresql://` form, plus
+//! ferroq's own `schema` parameter (where the queue's tables live; `public` by default).
+
+use std::str::FromStr;
+
+use postgres::config::SslMode;
+
+use crate::error::{Error, Result};
+
+/// Whether `location` names a PostgreSQL database rather than a SQLite file.
+pub fn is_postgres(location: &str) -> bool {
+    location.starts_with("postgres://") || location.starts_with("postgresql://")
+}
+
+/// A parsed URL: the client configuration, the schema, and the URL to show (no password).
+#[derive(Clone)]
+pub struct Target {
+    pub config: postgres::Config,
+    pub schema: String,
+    pub shown: String,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown) // never the password
+    }
+}
+
+/// Parses `url`; a malformed one is an `InvalidArgument` naming what is wrong (never echoing
+/// the password).
+pub fn parse(url: &str) -> Result<Target> {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut schema = "public".to_string();
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("schema", value)) => schema = value.to_string(),
+            _ => kept.push(pair),
+        }
+    }
+    validate_schema(&schema)?;
+    let rest = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    let mut config = postgres::Config::from_str(&rest).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "invalid PostgreSQL URL {}: {e}",
+            without_password(url)
+        ))
+    })?;
+    if config.get_user().is_none() {
+        let user = std::env::var("PGUSER")
+            .or_else(|_| std::env::var("USER"))
+            .unwrap_or_else(|_| "postgres".into());
+        config.user(&user);
+    }
+    if config.get_password().is_none() {
+        // As libpq: a password kept out of the URL (and out of `location`, which worker
+        // processes reopen) comes from the environment.
+        if let Ok(password) = std::env::var("PGPASSWORD") {
+            config.password(password);
+        }
+    }
+    if config.get_hosts().is_empty() {
+        config.host("localhost");
+    }
+    config.application_name("ferroq");
+    config.connect_timeout(std::time::Duration::from_secs(10));
+    // Tables are found in the queue's schema alone (it is created on open if missing).
+    config.options(&format!("-c search_path={schema}"));
+    let shown = shown(&config, &schema);
+    Ok(Target {
+        config,
+        schema,
+        shown,
+    })
+}
+
+/// Schema names are spelled into SQL (search_path, CREATE SCHEMA): a plain identifier only,
+/// short enough that the NOTIFY channel named after it (`ferroq_` + schema) fits in the 63
+/// bytes of an identifier.
+fn validate_schema(schema: &str) -> Result<()> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 56
+        && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "invalid schema {schema:?} in the PostgreSQL URL: use lowercase letters, digits and \
+             underscores (at most 63, not starting with a digit)"
+        )))
+    }
+}
+
+/// The URL as logs and errors show it, and as worker processes reopen it (`Queue.path`):
+/// user, hosts, database, schema and a TLS mode other than the default; never the password.
+fn shown(config: &postgres::Config, schema: &str) -> String {
+    use postgres::config::Host;
+    let ports = config.get_ports().iter().chain(std::iter::repeat(&5432));
+    let mut tcp = Vec::new();
+    let mut params = Vec::new();
+    for (h, port) in config.get_hosts().iter().zip(ports) {
+        match h {
+            Host::Tcp(name) => tcp.push(format!("{name}:{port}")),
+            // A socket directory cannot stand in the authority: it goes as `host=`.
+            Host::Unix(path) => {
+                params.push(format!("host={}", path.display()));
+                params.push(format!("port={port}"));
+            }
+        }
+    }
+    let user = config.get_user().unwrap_or("");
+    let db = config.get_dbname().unwrap_or(user);
+    if schema != "public" {
+        params.push(format!("schema={schema}"));
+    }
+    match config.get_ssl_mode() {
+        SslMode::Disable => params.push("sslmode=disable".into()),
+        SslMode::Require => params.push("sslmode=require".into()),
+        _ => {}
+    }
+    let mut out = format!("postgresql://{user}@{}/{db}", tcp.join(","));
+    if !params.is_empty() {
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
+}
+
+/// `url` with any password replaced, for an error message about a URL that did not parse.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (auth, tail) = match rest.find('@') {
+        Some(at) => (&rest[..at], &rest[at..]),
+        None => return url.to_string(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***{tail}"),
+        None => url.to_string(),
+    }
+}
+
+/// Whether the connection asks for TLS at all.
+pub fn wants_tls(config: &postgres::Config) -> bool {
+    config.get_ssl_mode() != SslMode::Disable
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_is_taken_out_and_the_password_never_shown() {
+        let t =
+            parse("postgresql://u:secret@db.example:6543/app?schema=jobs&sslmode=disable").unwrap();
+        assert_eq!(t.schema, "jobs");
+        assert_eq!(
+            t.shown,
+            "postgresql://u@db.example:6543/app?schema=jobs&sslmode=disable"
+        );
+        assert!(!format!("{t:?}").contains("secret"));
+        assert!(!wants_tls(&t.config));
+    }
+
+    #[test]
+    fn bad_urls_and_schemas_are_typed_errors_without_the_password() {
+        let e = parse("postgresql://u:secret@h/db?sslmode=bogus").unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+        assert!(!e.to_string().contains("secret"), "{e}");
+        let e = parse("postgresql://h/db?schema=Robert');DROP").unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+    }
+
+    /// What `location` shows is what worker processes reopen: it must parse to the same
+    /// server, database, schema and TLS mode (a socket directory included).
+    #[test]
+    fn the_shown_url_reopens_the_same_place() {
+        for url in [
+            "postgresql://u:pw@h1:5433/db?schema=s1&sslmode=require",
+            "postgres://u@/db?host=/run/postgresql&port=5434",
+            "postgresql://u@h/db",
+        ] {
+            let first = parse(url).unwrap();
+            let again = parse(&first.shown).unwrap();
+            assert_eq!(again.shown, first.shown, "{url}");
+            assert_eq!(again.config.get_hosts(), first.config.get_hosts(), "{url}");
+            assert_eq!(again.config.get_ports(), first.config.get_ports(), "{url}");
+            assert_eq!(
+                again.config.get_ssl_mode(),
+                first.config.get_ssl_mode(),
+                "{url}"
+            );
+            assert_eq!(again.schema, first.schema, "{url}");
+        }
+    }
+
+    #[test]
+    fn postgres_urls_are_recognised() {
+        assert!(is_postgres("postgres://h/db"));
+        assert!(is_postgres("postgresql://h/db"));
+        assert!(!is_postgres("/tmp/postgresql://x"));
+        assert!(!is_postgres("queue.db"));
+    }
+}
