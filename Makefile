@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "maturin>=1.7,<2" "orjson>=3.9" "click>=8.1" "prometheus-client>=0.20" "rich>=13" "pytest>=8" "pytest-timeout>=2.3" "mypy>=1.10" \
 		"pytest-benchmark>=4" "ruff>=0.6" "fastapi>=0.110" "httpx>=0.27" "croniter>=2" \
-		"opentelemetry-api>=1.20" "opentelemetry-sdk>=1.20"
+		"opentelemetry-api>=1.20" "opentelemetry-sdk>=1.20" \
+		"starlette>=0.37" "jinja2>=3.1" "uvicorn>=0.29" "selenium>=4.15"
 	touch $(STAMP)
 
 # Builds the Rust extension (release) into the venv as an editable install.
@@ -27,13 +28,20 @@ demo: build
 test: system-deps lint test-rust test-python test-benches perf-check wheel-smoke
 
 # Debian packages the tests use: libfaketime (clock-step tests with a wall clock per
-# process). Installed when missing and we are root (CI is); otherwise those tests skip.
+# process), chromium and chromium-driver (the dashboard's browser tests). Installed when
+# missing and we are root (CI is); otherwise those tests skip, loudly (and fail under CI=true).
 FAKETIME_LIB := /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
 system-deps:
 	@if [ ! -e $(FAKETIME_LIB) ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    (apt-get install -y -q faketime || (apt-get update -q && apt-get install -y -q faketime)) >/dev/null; \
 	  else echo "*** faketime is not installed: the clock-step tests will be skipped ***"; fi; \
+	fi
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -q chromium chromium-driver || \
+	     (apt-get update -q && apt-get install -y -q chromium chromium-driver)) >/dev/null; \
+	  else echo "*** chromium/chromium-driver are not installed: the dashboard's browser tests will be skipped ***"; fi; \
 	fi
 
 test-rust:

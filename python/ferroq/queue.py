@@ -526,6 +526,18 @@ class Queue(Observable):
         ``watch_events``/``events`` to see only what happens from now on."""
         return int(self._store.last_event_id())
 
+    def change_token(self) -> tuple[int, int]:
+        """Where the file stands now: pass it to ``wait_for_change`` (dashboards tailing the
+        file wait on this instead of polling)."""
+        return self._store.change_token()
+
+    def wait_for_change(self, token: tuple[int, int], timeout: float) -> bool:
+        """Waits until anything commits to the file after ``token`` (from ``change_token``),
+        by this process or another (seen within about a millisecond), or ``timeout`` seconds
+        pass; True if something did."""
+        _checks.seconds("timeout", timeout)
+        return bool(self._store.wait_for_change(token, min(float(timeout), 3600.0)))
+
     # -- in-process wake-ups -----------------------------------------------------------
 
     @property
