@@ -352,3 +352,31 @@ def test_command_refuses_other_addresses_without_credentials(q: ferroq.Queue, tm
     code, out = _dashboard("--db", q.path, "--root-path", "ferroq")
     assert code == 2 and "--root-path must start with /" in out
     assert "Traceback" not in out
+
+
+def test_one_tail_fans_out_to_every_stream(q: ferroq.Queue) -> None:
+    """Concurrent streams share one reader of the file, and each gets every new event."""
+    import asyncio
+    import threading
+
+    import httpx
+
+    app = create_app(q, timing=Timing(keepalive=5.0, lifetime=1.5))
+    start = q.last_event_id()
+
+    async def main() -> list[str]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            streams = [asyncio.create_task(client.get(f"/api/stream?after={start}")) for _ in range(5)]
+            await asyncio.sleep(0.5)
+            tails = [t for t in threading.enumerate() if t.name == "ferroq-web-tail"]
+            assert len(tails) == 1
+            await asyncio.to_thread(q.enqueue, "work", "live")  # a commit the tail sees
+            return [r.text for r in await asyncio.gather(*streams)]
+
+    bodies = asyncio.run(main())
+    new = [e.id for e in q.events(after=start)]
+    assert new
+    for body in bodies:
+        assert [int(m["id"]) for m in sse_messages(body) if m.get("event") == "ferroq"] == new
+        assert any(m.get("event") == "change" for m in sse_messages(body))
