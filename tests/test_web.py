@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -367,10 +368,11 @@ def test_one_tail_fans_out_to_every_stream(q: ferroq.Queue) -> None:
     async def main() -> list[str]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            before = {t.ident for t in threading.enumerate() if t.name == "ferroq-web-tail"}
             streams = [asyncio.create_task(client.get(f"/api/stream?after={start}")) for _ in range(5)]
             await asyncio.sleep(0.5)
-            tails = [t for t in threading.enumerate() if t.name == "ferroq-web-tail"]
-            assert len(tails) == 1
+            tails = {t.ident for t in threading.enumerate() if t.name == "ferroq-web-tail"} - before
+            assert len(tails) == 1 and app.state.dashboard.tail.subscribers == 5
             await asyncio.to_thread(q.enqueue, "work", "live")  # a commit the tail sees
             return [r.text for r in await asyncio.gather(*streams)]
 
@@ -380,3 +382,79 @@ def test_one_tail_fans_out_to_every_stream(q: ferroq.Queue) -> None:
     for body in bodies:
         assert [int(m["id"]) for m in sse_messages(body) if m.get("event") == "ferroq"] == new
         assert any(m.get("event") == "change" for m in sse_messages(body))
+
+
+def test_a_page_reads_a_bounded_number_of_ids(q: ferroq.Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A filter that matches few tasks does not read the whole table for one page: the page
+    stops after SCAN_IDS ids with a cursor, and the next pages go on from there."""
+    from ferroq.web import query
+
+    @q.task(name="rare", max_attempts=1)
+    def rare() -> None:
+        raise ValueError("x")
+
+    rare_id = q.enqueue("rare").id
+    drain(q)
+    ids = [q.enqueue("work", i).id for i in range(25)]
+    monkeypatch.setattr(query, "WINDOW", 4)
+    monkeypatch.setattr(query, "SCAN_IDS", 8)
+    app = create_app(q, timing=FAST)
+    seen, after, pages = [], None, 0
+    while True:
+        page = get(app, "/api/tasks?status=dead" + (f"&after={after}" if after else "")).json()
+        pages += 1
+        seen += [t["id"] for t in page["tasks"]]
+        if page["next_after"] is None:
+            break
+        assert page["note"] and not page["tasks"]
+        after = page["next_after"]
+    assert seen == [rare_id] and pages == 4  # 26 ids, 8 a page
+    assert "go on with Older" in get(app, "/tasks?status=dead").text
+    assert [t.id for t in q.list(until_id=ids[1])] == [rare_id, ids[0], ids[1]]
+    assert [t.id for t in q.list(newest_first=True, after_id=ids[3], until_id=ids[1])] == [ids[2], ids[1]]
+    with pytest.raises(ferroq.InvalidArgument):
+        q.list(until_id=-1)
+
+
+def test_the_tail_reads_what_commits_while_it_publishes(q: ferroq.Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit made while the tail hands out the previous batch (slow with many streams) is
+    read without waiting for yet another commit: the last events of a burst arrive."""
+    import asyncio
+
+    from ferroq.web import stream
+
+    tail = stream.Tail(q)
+    publish = tail._publish
+    published = []
+
+    def slow_publish(item: tuple[str, object]) -> None:
+        publish(item)
+        if item[0] == "event":
+            published.append(item)
+            if len(published) == 1:
+                q.cancel(q.enqueue("work", "during").id)  # commits while the first batch goes out
+            time.sleep(0.2)
+
+    monkeypatch.setattr(tail, "_publish", slow_publish)
+
+    async def main() -> list[str]:
+        sub = tail.subscribe()
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(lambda: q.cancel(q.enqueue("work", "first").id))
+        kinds: list[str] = []
+        deadline = time.monotonic() + 5
+        while "during" not in kinds and time.monotonic() < deadline:
+            try:
+                kind, value = await asyncio.wait_for(sub.items.get(), 0.5)
+            except asyncio.TimeoutError:
+                continue
+            if kind == "event" and value.kind == "enqueued":
+                event = json.loads(value.sse.split(b"data: ", 1)[1])
+                kinds.append(q.get(event["task_id"]).args[0])
+        tail.unsubscribe(sub)
+        return kinds
+
+    try:
+        assert asyncio.run(main()) == ["first", "during"]
+    finally:
+        tail.close()

@@ -564,16 +564,23 @@ class Queue(Observable):
         limit: int = LIST_LIMIT,
         after_id: int | None = None,
         newest_first: bool = False,
+        until_id: int | None = None,
     ) -> builtins.list[TaskInfo]:
         """Tasks matching the filters, by id (oldest first, or ``newest_first``), at most
         ``limit``. For the next page pass the last id seen as ``after_id`` ("after" in the
         listing's order: smaller ids when ``newest_first``). A task that cannot be read is
-        listed too, with ``TaskInfo.corrupt`` set."""
+        listed too, with ``TaskInfo.corrupt`` set.
+
+        ``until_id`` ends the page at that id (inclusive, in the listing's order), full or
+        not: a filter few tasks match reads every row until the page fills, so a caller that
+        must answer in bounded time (a dashboard) reads a window of ids at a time."""
         _checks.integer("limit", limit, 0, 100_000)
         if after_id is not None:
             _task_id(after_id)
+        if until_id is not None:
+            _checks.integer("until_id", until_id, 0, _checks.INT64_MAX)
         rows = self._store.list_tasks(self.name, _statuses(status), _group_or_none(group), _name_or_none(name),
-                                      after_id, bool(newest_first), limit)
+                                      after_id, bool(newest_first), limit, until_id)
         return [TaskInfo.from_core(row, self.serializer.loads) for row in rows]
 
     def iter_tasks(

@@ -14,7 +14,7 @@ from starlette.routing import Route
 from ..errors import InvalidArgument, InvalidTransition, UnknownTask
 from .query import BadRequest, Filter, NotFound, bulk_count, bulk_statuses, dashboard, listing, queue_of, task_id
 from .stream import dashboard_stream, task_stream
-from .views import event_view, group_view, history_view, overview, task_view, worker_view
+from .views import event_view, group_view, history_view, task_view, worker_view
 
 __all__ = ["routes", "json_response", "guarded"]
 
@@ -74,7 +74,7 @@ def _body(request: Request, raw: bytes) -> dict[str, Any]:
 # -- reading ------------------------------------------------------------------------------
 
 def api_overview(request: Request) -> Response:
-    return json_response({"queues": overview(dashboard(request).all_queues())})
+    return json_response({"queues": dashboard(request).overview()})
 
 
 def api_tasks(request: Request) -> Response:

@@ -4,6 +4,8 @@ or to mount in a Starlette/FastAPI/Django (ASGI) site."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,11 +23,13 @@ from ..queue import Queue
 from . import api, pages
 from .security import Credentials, SecurityMiddleware
 from .stream import Tail, Timing
-from .views import Redact, hide_payloads
+from .views import Redact, hide_payloads, overview
 
 __all__ = ["create_app", "Dashboard"]
 
 HERE = Path(__file__).resolve().parent
+#: How stale the overview's counts may be (seconds): "appears within 1 s".
+OVERVIEW_TTL = 0.5
 
 
 @dataclass(eq=False)
@@ -39,6 +43,20 @@ class Dashboard:
     templates: Jinja2Templates
     tail: Tail
     _others: dict[str, Queue] = field(default_factory=dict)
+    _overview: tuple[float, tuple[int, int], list[dict[str, Any]]] | None = None
+    _overview_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def overview(self) -> list[dict[str, Any]]:
+        """Every queue's counts and figures, shared by all requests: computed again only when
+        the file changed since, and then at most once per OVERVIEW_TTL seconds. Counting a
+        million finished tasks reads their index (about 100 ms), and every open tab refreshes
+        its overview on each change (the page asks again after the TTL: see dashboard.js)."""
+        with self._overview_lock:  # one computation at a time; the others then read its result
+            now, token = time.monotonic(), self.queue.change_token()
+            cached = self._overview
+            if cached is None or (cached[1] != token and now - cached[0] >= OVERVIEW_TTL):
+                self._overview = cached = (now, token, overview(self.all_queues()))
+            return cached[2]
 
     def queue_named(self, name: str | None) -> Queue | None:
         """The app's queue, or another queue of the same file (None if there is no such queue)."""

@@ -12,7 +12,7 @@ from starlette.routing import Route
 from ..errors import UnknownTask
 from ..info import STATUSES
 from .query import BadRequest, Filter, dashboard, listing, queue_of, task_id
-from .views import event_view, group_view, history_view, overview, task_view, worker_view
+from .views import event_view, group_view, history_view, task_view, worker_view
 
 __all__ = ["routes"]
 
@@ -42,7 +42,7 @@ def _page(template: str, page: str, build: Any) -> Any:
 
 
 def _overview(request: Request) -> dict[str, Any]:
-    return {"queues": overview(dashboard(request).all_queues())}
+    return {"queues": dashboard(request).overview()}
 
 
 def _groups(request: Request) -> dict[str, Any]:

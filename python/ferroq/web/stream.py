@@ -45,6 +45,15 @@ class Timing:
     retry_ms: int = 1000
 
 
+@dataclass(frozen=True)
+class _Message:
+    """An event as every stream sends it: encoded once by the tail, shared by all."""
+
+    id: int
+    kind: str
+    sse: bytes
+
+
 @dataclass(eq=False)
 class _Subscriber:
     loop: asyncio.AbstractEventLoop
@@ -103,6 +112,7 @@ class Tail:
 
     def _run(self) -> None:
         q, idle_since = self.queue, None
+        token = q.change_token()
         self.cursor = self._start_cursor()
         while not self._stop.is_set():
             if not self._subscribers:
@@ -114,9 +124,11 @@ class Tail:
                             return
             else:
                 idle_since = None
-            token = q.change_token()
             if q.wait_for_change(token, 0.5):
                 self._stop.wait(BATCH_WINDOW)
+                # The token before the read: a commit made while we read and publish wakes
+                # the next wait (taken after, such a commit would wait for another one).
+                token = q.change_token()
                 self._read_new()
                 self._publish(("change", None))
 
@@ -136,7 +148,8 @@ class Tail:
                 return  # the file is busy or gone for now: the next change retries
             for event in events:
                 self.cursor = event.id
-                self._publish(("event", event))
+                self._publish(("event", _Message(event.id, event.kind,
+                                                 sse(data=event_view(event), event="ferroq", id=event.id))))
             if len(events) < 1000:
                 return
 
@@ -184,6 +197,11 @@ async def dashboard_stream(tail: Tail, after: int | None, kinds: frozenset[str] 
         tail.unsubscribe(sub)
 
 
+#: Messages written to a stream in one chunk at most (a burst goes out in few writes).
+CHUNK_MAX = 500
+_CHANGE = sse(data={}, event="change")
+
+
 async def _live(sub: _Subscriber, after: int, kinds: frozenset[str] | None, timing: Timing) -> AsyncIterator[bytes]:
     end = time.monotonic() + timing.lifetime
     while (left := end - time.monotonic()) > 0:
@@ -192,16 +210,23 @@ async def _live(sub: _Subscriber, after: int, kinds: frozenset[str] | None, timi
             if end - time.monotonic() > 0:
                 yield b": keep-alive\n\n"
             continue
-        kind, value = item
-        if kind == "dropped":
-            return  # too far behind: the client resumes from the file
-        if kind == "change":
-            if sub.items.empty():  # a later tick is coming anyway
-                yield sse(data={}, event="change")
-        elif value.id > after:  # the backlog may have sent it already
-            after = value.id
-            if kinds is None or value.kind in kinds:
-                yield sse(data=event_view(value), event="ferroq", id=value.id)
+        chunk: list[bytes] = []
+        changed = False
+        while item is not None:
+            kind, value = item
+            if kind == "dropped":
+                return  # too far behind: the client resumes from the file
+            if kind == "change":
+                changed = True
+            elif value.id > after:  # the backlog may have sent it already
+                after = value.id
+                if kinds is None or value.kind in kinds:
+                    chunk.append(value.sse)
+            item = sub.items.get_nowait() if not sub.items.empty() and len(chunk) < CHUNK_MAX else None
+        if changed and sub.items.empty():  # one change message after the events it follows
+            chunk.append(_CHANGE)
+        if chunk:
+            yield b"".join(chunk)
     yield sse(data={"reason": "stream lifetime reached: reconnect"}, event="end")
 
 

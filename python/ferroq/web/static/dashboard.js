@@ -56,8 +56,12 @@
         if (again) { again = false; scheduleRefresh(); }
       });
   }
-  // At most one refresh every 300 ms, the last change always shown.
+  // At most one refresh every 300 ms, the last change always shown. The server shares one
+  // overview among all tabs for up to 0.5 s, so a change also asks once more after that.
+  var followUp = null;
   function scheduleRefresh() {
+    clearTimeout(followUp);
+    followUp = setTimeout(function () { followUp = null; refresh(); }, 900);
     if (pending) { return; }
     var wait = Math.max(0, 300 - (Date.now() - lastRefresh));
     pending = setTimeout(function () { pending = null; refresh(); }, wait);
@@ -140,7 +144,7 @@
   }
   if (document.getElementById("throughput")) {
     sampleThroughput();
-    setInterval(scheduleRefresh, 5000);  // a rate needs samples even when nothing changes
+    setInterval(refresh, 5000);  // a rate needs samples even when nothing changes
   }
 
   // -- actions -----------------------------------------------------------------------------
