@@ -14,7 +14,7 @@ from starlette.routing import Route
 from ..errors import InvalidArgument, InvalidTransition, UnknownTask
 from .query import BadRequest, Filter, NotFound, bulk_count, bulk_statuses, dashboard, listing, queue_of, task_id
 from .stream import dashboard_stream, task_stream
-from .views import event_view, group_view, history_view, task_view, worker_view
+from .views import event_view, group_events, group_view, history_view, task_view, worker_view
 
 __all__ = ["routes", "json_response", "guarded"]
 
@@ -97,7 +97,7 @@ def api_groups(request: Request) -> Response:
 
 def api_group_transitions(request: Request) -> Response:
     q, name = queue_of(request), request.path_params["name"]
-    return json_response({"events": [event_view(e) for e in q.events(group=name, limit=200)]})
+    return json_response({"events": [event_view(e) for e in group_events(q, name, 200)]})
 
 
 def api_workers(request: Request) -> Response:

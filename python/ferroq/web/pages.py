@@ -12,7 +12,7 @@ from starlette.routing import Route
 from ..errors import UnknownTask
 from ..info import STATUSES
 from .query import BadRequest, Filter, dashboard, listing, queue_of, task_id
-from .views import event_view, group_view, history_view, task_view, worker_view
+from .views import event_view, group_events, group_view, history_view, task_view, worker_view
 
 __all__ = ["routes"]
 
@@ -49,8 +49,7 @@ def _groups(request: Request) -> dict[str, Any]:
     q = queue_of(request)
     groups = []
     for g in q.groups():
-        events = [event_view(e) for e in q.events(group=g.name, limit=1000)][-10:]
-        groups.append({**group_view(g), "transitions": list(reversed(events))})
+        groups.append({**group_view(g), "transitions": [event_view(e) for e in group_events(q, g.name, 10)]})
     return {"queue_obj": q, "groups": groups, "paused": q.paused}
 
 

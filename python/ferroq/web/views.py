@@ -13,7 +13,7 @@ from ..observe import GroupMetrics, Percentiles, WorkerState
 from ..queue import Queue
 
 __all__ = ["Redact", "hide_payloads", "task_view", "event_view", "group_view", "worker_view", "metrics_view",
-           "history_view", "overview", "iso"]
+           "history_view", "overview", "iso", "group_events"]
 
 #: ``redact(task, field, value) -> value shown``, for ``field`` in "args", "kwargs",
 #: "result", "progress_message" and "error" (the message and traceback of a failure).
@@ -75,6 +75,19 @@ def event_view(e: Event) -> dict[str, Any]:
     detail = {k: iso(v) if isinstance(v, datetime) else v for k, v in e.detail.items()}
     return {"id": e.id, "at": iso(e.at), "queue": e.queue, "group": e.group, "task_id": e.task_id,
             "kind": e.kind, "detail": detail}
+
+
+def group_events(q: Queue, group: str, n: int) -> list[Event]:
+    """The newest ``n`` of a group's own events (circuit, throttle, pause), newest first. They
+    are few (a transition now and then, pruned after a week), read through their index."""
+    out: list[Event] = []
+    after = 0
+    while True:
+        page = q.events(group=group, after=after, limit=1000)
+        out = (out + page)[-n:]
+        if len(page) < 1000:
+            return list(reversed(out))
+        after = page[-1].id
 
 
 def group_view(g: GroupState) -> dict[str, Any]:
