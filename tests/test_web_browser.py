@@ -158,9 +158,16 @@ def run_tasks(procs: Procs, db: Path, what: str, n: int) -> Any:
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Polls ``condition``; an element the page replaced meanwhile (a live region swapped in
+    by a refresh) is read again on the next poll."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while True:
-        value = condition()
+        try:
+            value = condition()
+        except StaleElementReferenceException:
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:
@@ -209,7 +216,8 @@ def test_a_task_finished_by_another_process_appears_within_a_second(browser: Any
     assert len(browser.find_elements("css selector", "table.tasks tbody tr[data-id]")) == before + 1
     assert seen_at - done_at < 1.0, f"shown {seen_at - done_at:.2f}s after the other process finished it"
     open_page(browser, server.url + "/")
-    completed = browser.find_element("css selector", '.counts [data-status="completed"]').text
+    completed = wait_for(lambda: browser.find_element("css selector", '.counts [data-status="completed"]').text, 5,
+                         "the completed count")
     run_tasks(procs, db, "work", 1)
     wait_for(lambda: browser.find_element("css selector", '.counts [data-status="completed"]').text != completed,
              1.5, "the overview's completed count to move")
@@ -232,8 +240,9 @@ def test_server_restart_reconnects_without_losing_events(browser: Any, server: S
     q.close()
 
     def shown() -> list[int]:
-        return sorted(int(r.get_attribute("data-event-id")) for r in
-                      browser.find_elements("css selector", "#event-rows tr[data-event-id]"))
+        return sorted(browser.execute_script(
+            "return Array.from(document.querySelectorAll('#event-rows tr[data-event-id]'))"
+            ".map(function (r) { return Number(r.getAttribute('data-event-id')); });"))
     wait_for(lambda: shown() == expected, 10, "every event, once")
     console_errors(browser)  # the failed connections while it was down are logged; that is expected
 
