@@ -350,3 +350,34 @@ def test_inline_script_is_blocked_and_reported(browser: Any, server: Server) -> 
     time.sleep(0.2)
     assert browser.execute_script("return window.ran === undefined")
     assert any("Content Security Policy" in e["message"] for e in console_errors(browser))
+
+
+def test_an_opened_circuit_shows_within_a_second(browser: Any, server: Server) -> None:
+    q = ferroq.Queue(server.db)
+    q.group("api", breaker=ferroq.CircuitBreaker(failure_threshold=3))
+    q.task(name="call", resource_group="api")(lambda: None)
+    q.enqueue("call")
+    open_page(browser, server.url + "/groups")
+    wait_for(lambda: browser.find_elements("css selector", 'tr[data-group="api"] .circuit-closed'), 5, "the group")
+    q.circuit("api").open(reason="upstream down")
+    opened = time.monotonic()
+    wait_for(lambda: browser.find_elements("css selector", 'tr[data-group="api"] .circuit-open'), 5, "the open circuit")
+    assert time.monotonic() - opened < 1.0
+    assert "upstream down" in browser.find_element("css selector", 'tr[data-group="api"]').text
+    q.close()
+
+
+def test_offline_after_the_last_attempt_and_retry_now(browser: Any, server: Server) -> None:
+    open_page(browser, server.url + "/workers")
+    browser.execute_script("""
+        window.states = [];
+        window.s = new FerroqProgress.LiveStream('/nowhere', {}, {maxAttempts: 1, closeWhenHidden: false,
+          onState: function (name, info) { window.states.push(name + ':' + (info.attempt || '')); }});
+    """)
+    wait_for(lambda: "offline:1" in browser.execute_script("return window.states"), 10, "offline")
+    states = browser.execute_script("return window.states")
+    assert states[0] == "reconnecting:1" and states[-1] == "offline:1", states
+    browser.execute_script("window.s.retryNow();")
+    wait_for(lambda: browser.execute_script("return window.states").count("reconnecting:1") == 2, 5, "a new attempt")
+    browser.execute_script("window.s.close();")
+    console_errors(browser)  # /nowhere's 404s are logged: expected here
