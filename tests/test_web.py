@@ -355,6 +355,29 @@ def test_command_refuses_other_addresses_without_credentials(q: ferroq.Queue, tm
     assert "Traceback" not in out
 
 
+def test_a_stopping_server_ends_every_stream(q: ferroq.Queue, filled: dict[str, int]) -> None:
+    """end_streams (what `ferroq dashboard` does on SIGTERM) ends the dashboard's and the
+    tasks' streams at once with their end message, long before their lifetime."""
+    import asyncio
+
+    import httpx
+
+    app = create_app(q, timing=Timing(keepalive=30.0, lifetime=30.0))
+
+    async def main() -> list[str]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            streams = [asyncio.create_task(client.get(path)) for path in
+                       ["/api/stream", "/api/stream", f"/api/tasks/{filled['pending']}/stream"]]
+            while app.state.dashboard.tail.subscribers < 3:
+                await asyncio.sleep(0.01)
+            app.state.dashboard.tail.end_streams()
+            return [r.text for r in await asyncio.wait_for(asyncio.gather(*streams), 10)]
+
+    for body in asyncio.run(main()):
+        assert sse_messages(body)[-1]["event"] == "end"
+
+
 def test_one_tail_fans_out_to_every_stream(q: ferroq.Queue) -> None:
     """Concurrent streams share one reader of the file, and each gets every new event."""
     import asyncio

@@ -72,6 +72,29 @@ def dashboard(ctx: click.Context, db: str | None, queue_name: str | None, host: 
     app = create_app(q, read_only=read_only, auth=credentials, hide_args=hide_args)
     click.echo(f"ferroq dashboard of {q.path} (queue {q.name!r}) on http://{host}:{port}{root_path.rstrip('/')}/"
                f"{' (read-only)' if read_only else ''}", err=True)
-    # A short graceful shutdown: open event streams end at once and browsers reconnect.
-    uvicorn.run(app, host=host, port=port, root_path=root_path.rstrip("/"), log_level="warning",
-                timeout_graceful_shutdown=1)
+    config = uvicorn.Config(app, host=host, port=port, root_path=root_path.rstrip("/"), log_level="warning",
+                            timeout_graceful_shutdown=5)
+    _server(config, app.state.dashboard.tail).run()
+
+
+def _server_class() -> Any:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """Ends the open event streams cleanly on SIGTERM/SIGINT: uvicorn waits for open
+        responses, and a stream would otherwise run to its 60 s end (or be cut)."""
+
+        def __init__(self, config: Any, tail: Any) -> None:
+            super().__init__(config)
+            self.tail = tail
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            self.tail.end_streams()
+            super().handle_exit(sig, frame)
+
+    return Server
+
+
+def _server(config: Any, tail: Any) -> Any:
+    """The server; its class is made on first use (uvicorn is an optional dependency)."""
+    return _server_class()(config, tail)

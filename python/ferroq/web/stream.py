@@ -91,6 +91,11 @@ class Tail:
         with self._lock:
             self._subscribers.discard(sub)
 
+    def end_streams(self) -> None:
+        """Ends every open stream now with its ``end`` message (a server shutting down: the
+        browsers reconnect instead of being cut off mid-stream)."""
+        self._publish(("end", None))
+
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
@@ -216,6 +221,11 @@ async def _live(sub: _Subscriber, after: int, kinds: frozenset[str] | None, timi
             kind, value = item
             if kind == "dropped":
                 return  # too far behind: the client resumes from the file
+            if kind == "end":
+                if chunk:
+                    yield b"".join(chunk)
+                yield sse(data={"reason": "the server is stopping: reconnect"}, event="end")
+                return
             if kind == "change":
                 changed = True
             elif value.id > after:  # the backlog may have sent it already
@@ -296,8 +306,11 @@ async def _wait_tick(sub: _Subscriber, end: float, timing: Timing) -> str:
     if left <= 0:
         return "end"
     item = await _next(sub, min(left, timing.keepalive))
+    ending = item is not None and item[0] == "end"
     while not sub.items.empty():  # a burst: one read for all of it
-        sub.items.get_nowait()
+        ending = ending or sub.items.get_nowait()[0] == "end"
+    if ending:
+        return "end"
     if item is None:
         return "end" if end - time.monotonic() <= 0 else "keepalive"
     return "tick"
