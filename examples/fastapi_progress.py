@@ -10,8 +10,9 @@ from ferroq.web import create_app
 
 q = ferroq.Queue("reports.db")
 app = FastAPI()
-# The task streams and ferroq-progress.js (and the dashboard: guard /ferroq as you guard your app).
-app.mount("/ferroq", create_app(q, read_only=True))
+# Only the task streams and ferroq-progress.js. Task ids are sequential: a stream shows its
+# task's result to whoever asks, so hide what is private (redact=) or guard the mount.
+app.mount("/ferroq", create_app(q, streams_only=True))
 
 
 @q.task(name="report")

@@ -481,3 +481,14 @@ def test_the_tail_reads_what_commits_while_it_publishes(q: ferroq.Queue, monkeyp
         assert asyncio.run(main()) == ["first", "during"]
     finally:
         tail.close()
+
+
+def test_streams_only(q: ferroq.Queue, filled: dict[str, int]) -> None:
+    """For a public site: the task streams and the client script, nothing else."""
+    app = create_app(q, streams_only=True, timing=FAST)
+    for path in [*PAGES, "/api/tasks", "/api/overview", f"/api/tasks/{filled['ok']}", "/api/events"]:
+        assert get(app, path).status_code == 404, path
+    assert post(app, f"/api/tasks/{filled['pending']}/cancel").status_code in (403, 404, 405)
+    assert q.get(filled["pending"]).status == "pending"
+    assert sse_messages(get(app, f"/api/tasks/{filled['ok']}/stream").text)[-1]["event"] == "result"
+    assert get(app, "/static/ferroq-progress.js").status_code == 200

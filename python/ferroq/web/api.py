@@ -261,6 +261,10 @@ async def task_events(request: Request) -> Response:
                              headers=_SSE_HEADERS)
 
 
+def task_stream_route() -> Route:
+    return Route("/api/tasks/{id}/stream", task_events)
+
+
 def routes() -> list[Route]:
     return [
         Route("/api/overview", guarded(api_overview)),
@@ -268,7 +272,7 @@ def routes() -> list[Route]:
         Route("/api/tasks/bulk/{action}", guarded(api_bulk_count)),
         Route("/api/tasks/bulk/{action}", bulk_action, methods=["POST"]),
         Route("/api/tasks/{id}", guarded(api_task)),
-        Route("/api/tasks/{id}/stream", task_events),
+        task_stream_route(),
         Route("/api/tasks/{id}/{action}", task_action, methods=["POST"]),
         Route("/api/groups", guarded(api_groups)),
         Route("/api/groups/{name}/transitions", guarded(api_group_transitions)),

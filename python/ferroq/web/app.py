@@ -80,6 +80,7 @@ def create_app(
     auth: str | Credentials | None = None,
     redact: Redact | None = None,
     hide_args: bool = False,
+    streams_only: bool = False,
     timing: Timing | None = None,
 ) -> Starlette:
     """The dashboard for ``queue_or_path`` (a ``Queue``, or the path of its file: the queue
@@ -87,7 +88,10 @@ def create_app(
     ``auth``: ``"USER:PASS"`` for HTTP Basic, or ``Credentials(token=...)``; compared in
     constant time. ``redact(task, field, value)`` replaces what is shown of a task's
     ``args``, ``kwargs``, ``result``, ``progress_message`` and ``error``; ``hide_args`` hides
-    arguments and results altogether. Mount it under any path: links follow ``root_path``."""
+    arguments and results altogether. ``streams_only``: only the task streams
+    (``/api/tasks/{id}/stream``) and the client script, for a public site showing users their
+    own tasks' progress (no listing, no actions). Mount it under any path: links follow
+    ``root_path``."""
     if isinstance(queue_or_path, Queue):
         queue = queue_or_path
     elif isinstance(queue_or_path, (str, os.PathLike)):
@@ -105,10 +109,10 @@ def create_app(
     templates.env.filters["tojson_compact"] = lambda v: _json(v, 0)
     dash = Dashboard(queue=queue, read_only=bool(read_only), redact=redact, timing=timing or Timing(),
                      templates=templates, tail=Tail(queue))
-    routes = [*pages.routes(), *api.routes(),
-              Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static")]
+    static = Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static")
+    routes = [api.task_stream_route(), static] if streams_only else [*pages.routes(), *api.routes(), static]
     app = Starlette(routes=routes, middleware=[
-        Middleware(SecurityMiddleware, credentials=Credentials.parse(auth), read_only=bool(read_only))])
+        Middleware(SecurityMiddleware, credentials=Credentials.parse(auth), read_only=bool(read_only or streams_only))])
     app.state.dashboard = dash
     return app
 
