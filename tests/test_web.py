@@ -492,3 +492,23 @@ def test_streams_only(q: ferroq.Queue, filled: dict[str, int]) -> None:
     assert q.get(filled["pending"]).status == "pending"
     assert sse_messages(get(app, f"/api/tasks/{filled['ok']}/stream").text)[-1]["event"] == "result"
     assert get(app, "/static/ferroq-progress.js").status_code == 200
+
+
+def test_a_stream_loses_no_event_while_the_tail_starts(q: ferroq.Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event committed after a stream read its backlog but before the (new) tail took its
+    cursor reaches the stream: the stream reads its backlog only once the tail is ready."""
+    from ferroq.web import stream
+
+    start = q.last_event_id()
+    committed: list[int] = []
+    original = stream.Tail._start_cursor
+
+    def slow_start(self: stream.Tail) -> int:
+        time.sleep(0.3)  # long after the stream could have read its backlog
+        committed.append(q.enqueue("work", "between").id)
+        return original(self)
+
+    monkeypatch.setattr(stream.Tail, "_start_cursor", slow_start)
+    body = get(create_app(q, timing=FAST), f"/api/stream?after={start}").text
+    task_ids = [json.loads(m["data"])["task_id"] for m in sse_messages(body) if m.get("event") == "ferroq"]
+    assert task_ids == committed

@@ -71,6 +71,8 @@ class Tail:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        #: Set once the running tail has its cursor: events after it will be published.
+        self.ready = threading.Event()
         self.cursor = 0
 
     @property
@@ -83,6 +85,7 @@ class Tail:
             self._subscribers.add(sub)
             if self._thread is None or not self._thread.is_alive():
                 self._stop.clear()
+                self.ready.clear()
                 self._thread = threading.Thread(target=self._run, name="ferroq-web-tail", daemon=True)
                 self._thread.start()
         return sub
@@ -119,6 +122,7 @@ class Tail:
         q, idle_since = self.queue, None
         token = q.change_token()
         self.cursor = self._start_cursor()
+        self.ready.set()
         while not self._stop.is_set():
             if not self._subscribers:
                 idle_since = idle_since or time.monotonic()
@@ -189,6 +193,10 @@ async def dashboard_stream(tail: Tail, after: int | None, kinds: frozenset[str] 
     sub = tail.subscribe()
     try:
         yield f"retry: {timing.retry_ms}\n\n".encode()
+        # The backlog is read once the tail has its cursor: whatever the backlog does not
+        # reach, the tail publishes (a tail started after the read would skip the events
+        # committed in between).
+        await asyncio.to_thread(tail.ready.wait, 10.0)
         if after is None:
             after = await asyncio.to_thread(tail.queue.last_event_id)
         async for event in _backlog(tail.queue, after):
