@@ -256,6 +256,7 @@ async def task_stream(tail: Tail, task_id: int | None, redact: Redact | None, ti
     sub = tail.subscribe()
     try:
         yield f"retry: {timing.retry_ms}\n\n".encode()
+        await asyncio.to_thread(tail.ready.wait, 10.0)  # a change after our first read wakes us
         end = time.monotonic() + timing.lifetime
         last: dict[str, Any] = {}
         while True:
