@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet "maturin>=1.7,<2" "orjson>=3.9" "click>=8.1" "prometheus-client>=0.20" "rich>=13" "pytest>=8" "pytest-timeout>=2.3" "mypy>=1.10" \
 		"pytest-benchmark>=4" "ruff>=0.6" "fastapi>=0.110" "httpx>=0.27" "croniter>=2" \
 		"opentelemetry-api>=1.20" "opentelemetry-sdk>=1.20" "django>=5.2,<6" "django-tasks>=0.9" \
-		"psycopg[binary]>=3.1" "procrastinate>=3"
+		"psycopg[binary]>=3.1" "procrastinate>=3" \
+		"starlette>=0.37" "jinja2>=3.1" "uvicorn>=0.29" "selenium>=4.15"
 	touch $(STAMP)
 
 # Builds the Rust extension (release) into the venv as an editable install.
@@ -28,9 +29,10 @@ demo: build
 test: system-deps lint test-rust test-python test-benches perf-check wheel-smoke django-smoke
 
 # Debian packages the tests use, installed when missing and we are root (CI is); otherwise the
-# tests that need them skip, loudly. libfaketime: clock-step tests with a wall clock per process.
-# postgresql: the server binaries for tests/pg_cluster.py's throw-away clusters (no main cluster:
-# the tests start their own). iproute2: `ip netns` for the multi-host tests (tests/netns.py).
+# tests that need them skip, loudly (and fail under CI=true). libfaketime: clock-step tests with a
+# wall clock per process. postgresql: the server binaries for tests/pg_cluster.py's throw-away
+# clusters (no main cluster: the tests start their own). iproute2: `ip netns` for the multi-host
+# tests (tests/netns.py). chromium and chromium-driver: the dashboard's browser tests.
 FAKETIME_LIB := /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
 APT_INSTALL  := apt-get install -y -q --no-install-recommends
 system-deps:
@@ -50,6 +52,12 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    ($(APT_INSTALL) iproute2 || (apt-get update -q && $(APT_INSTALL) iproute2)) >/dev/null; \
 	  else echo "*** iproute2 is not installed: the multi-host (network namespace) tests will be skipped ***"; fi; \
+	fi
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -q chromium chromium-driver || \
+	     (apt-get update -q && apt-get install -y -q chromium chromium-driver)) >/dev/null; \
+	  else echo "*** chromium/chromium-driver are not installed: the dashboard's browser tests will be skipped ***"; fi; \
 	fi
 
 # The suites that take FERROQ_TEST_PG_URL run under a throw-away PostgreSQL cluster (each its own).

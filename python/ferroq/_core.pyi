@@ -285,9 +285,10 @@ class Store:
     # -- operations (rust/py/listing.rs) --
     def list_tasks(
         self, queue: str, statuses: list[str], group: str | None, name: str | None, after: int | None,
-        newest_first: bool, limit: int,
+        newest_first: bool, limit: int, until: int | None = None,
     ) -> list[dict[str, Any]]:
-        """One page of tasks (dicts like ``get``) by id after ``after`` (descending if ``newest_first``)."""
+        """One page of tasks (dicts like ``get``) by id after ``after`` (descending if ``newest_first``),
+        reading no id beyond ``until``."""
     def count_finished(
         self, queue: str, status: str, finished_before: int | None, group: str | None, name: str | None
     ) -> int:

@@ -573,6 +573,18 @@ class Queue(Observable):
         ``watch_events``/``events`` to see only what happens from now on."""
         return int(self._store.last_event_id())
 
+    def change_token(self) -> tuple[int, int]:
+        """Where the file stands now: pass it to ``wait_for_change`` (dashboards tailing the
+        file wait on this instead of polling)."""
+        return self._store.change_token()
+
+    def wait_for_change(self, token: tuple[int, int], timeout: float) -> bool:
+        """Waits until anything commits to the file after ``token`` (from ``change_token``),
+        by this process or another (seen within about a millisecond), or ``timeout`` seconds
+        pass; True if something did."""
+        _checks.seconds("timeout", timeout)
+        return bool(self._store.wait_for_change(token, min(float(timeout), 3600.0)))
+
     # -- in-process wake-ups -----------------------------------------------------------
 
     @property
@@ -599,16 +611,23 @@ class Queue(Observable):
         limit: int = LIST_LIMIT,
         after_id: int | None = None,
         newest_first: bool = False,
+        until_id: int | None = None,
     ) -> builtins.list[TaskInfo]:
         """Tasks matching the filters, by id (oldest first, or ``newest_first``), at most
         ``limit``. For the next page pass the last id seen as ``after_id`` ("after" in the
         listing's order: smaller ids when ``newest_first``). A task that cannot be read is
-        listed too, with ``TaskInfo.corrupt`` set."""
+        listed too, with ``TaskInfo.corrupt`` set.
+
+        ``until_id`` ends the page at that id (inclusive, in the listing's order), full or
+        not: a filter few tasks match reads every row until the page fills, so a caller that
+        must answer in bounded time (a dashboard) reads a window of ids at a time."""
         _checks.integer("limit", limit, 0, 100_000)
         if after_id is not None:
             _task_id(after_id)
+        if until_id is not None:
+            _checks.integer("until_id", until_id, 0, _checks.INT64_MAX)
         rows = self._store.list_tasks(self.name, _statuses(status), _group_or_none(group), _name_or_none(name),
-                                      after_id, bool(newest_first), limit)
+                                      after_id, bool(newest_first), limit, until_id)
         return [TaskInfo.from_core(row, self.serializer.loads) for row in rows]
 
     def iter_tasks(

@@ -66,7 +66,7 @@ fn step_tuple(step: Step) -> StepTuple {
 #[pymethods]
 impl PyStore {
     /// One page of tasks (dicts like `get`), by id after `after` (descending if `newest_first`).
-    #[pyo3(signature = (queue, statuses, group, name, after, newest_first, limit))]
+    #[pyo3(signature = (queue, statuses, group, name, after, newest_first, limit, until=None))]
     #[allow(clippy::too_many_arguments)]
     fn list_tasks<'py>(
         &self,
@@ -78,6 +78,7 @@ impl PyStore {
         after: Option<i64>,
         newest_first: bool,
         limit: usize,
+        until: Option<i64>,
     ) -> PyResult<Bound<'py, PyList>> {
         let filter = TaskFilter {
             statuses: statuses
@@ -91,6 +92,7 @@ impl PyStore {
             after,
             newest_first,
             limit,
+            until,
         };
         let rows = py.detach(|| self.store.list(queue, &filter, page))?;
         let dicts = rows

@@ -20,11 +20,17 @@ pub struct TaskFilter {
 /// One page of a listing: ids strictly after `after` in the listing's order (ascending id,
 /// or descending with `newest_first`). Keyset, never OFFSET: a page costs the same at the
 /// millionth row as at the first.
-#[derive(Debug, Clone, Copy)]
+///
+/// `until` bounds the ids the page may read (inclusive, in the listing's order: at most
+/// `until` ascending, at least `until` descending). A filter that matches few tasks reads
+/// every row until the page is full; with `until` a caller reads a window of ids at a time
+/// and stays in a bounded time per call (a dashboard over a million tasks).
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Page {
     pub after: Option<TaskId>,
     pub newest_first: bool,
     pub limit: usize,
+    pub until: Option<TaskId>,
 }
 
 /// Finished tasks of one status (completed, dead or cancelled), finished before a time.

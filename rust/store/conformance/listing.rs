@@ -19,7 +19,44 @@ fn page(after: Option<i64>, newest_first: bool, limit: usize) -> Page {
         after,
         newest_first,
         limit,
+        until: None,
     }
+}
+
+/// `until` ends the page at that id, full or not, both ways: a caller can read a bounded
+/// window of ids at a time.
+#[test]
+fn a_listing_page_stops_at_until() {
+    let Some(f) = fixture() else { return };
+    let e = f
+        .store
+        .enqueue(Q, &[task("t", 0), task("t", 0), task("t", 0), task("t", 0)])
+        .unwrap();
+    let all: Vec<i64> = e.iter().map(|x| x.id).collect();
+    let none = TaskFilter::default();
+    let listed = |p: Page| -> Vec<i64> {
+        f.store
+            .list(Q, &none, p)
+            .unwrap()
+            .iter()
+            .map(|t| t.id)
+            .collect()
+    };
+    let up = Page {
+        until: Some(all[1]),
+        ..page(None, false, 10)
+    };
+    assert_eq!(listed(up), vec![all[0], all[1]]);
+    let down = Page {
+        until: Some(all[2]),
+        ..page(Some(all[3]), true, 10)
+    };
+    assert_eq!(listed(down), vec![all[2]]);
+    let empty = Page {
+        until: Some(all[3]),
+        ..page(Some(all[3]), false, 10)
+    };
+    assert_eq!(listed(empty), Vec::<i64>::new());
 }
 
 fn dead(status: TaskStatus) -> Finished {

@@ -17,14 +17,15 @@ pub fn list<C: GenericClient>(
     filter: &TaskFilter,
     page: Page,
 ) -> Result<Vec<TaskRecord>> {
-    let (cmp, order, start) = if page.newest_first {
-        ("<", "DESC", TaskId::MAX)
+    // `until` ends the page at that id (inclusive), full or not: a bounded window of ids.
+    let (cmp, bound, order, start, end) = if page.newest_first {
+        ("<", ">=", "DESC", TaskId::MAX, TaskId::MIN)
     } else {
-        (">", "ASC", TaskId::MIN)
+        (">", "<=", "ASC", TaskId::MIN, TaskId::MAX)
     };
     let sql = format!(
         "SELECT {RECORD_COLUMNS} FROM tasks t LEFT JOIN task_results r ON r.task_id = t.id
-         WHERE t.id {cmp} $2 AND t.queue = $1
+         WHERE t.id {cmp} $2 AND t.id {bound} $7 AND t.queue = $1
            AND ($3::text[] IS NULL OR t.status = ANY($3))
            AND ($4::text IS NULL OR t.resource_group = $4) AND ($5::text IS NULL OR t.name = $5)
          ORDER BY t.id {order} LIMIT $6"
@@ -41,6 +42,7 @@ pub fn list<C: GenericClient>(
             &filter.group,
             &filter.name,
             &(page.limit as i64),
+            &page.until.unwrap_or(end),
         ],
     )?
     .iter()

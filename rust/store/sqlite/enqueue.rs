@@ -328,6 +328,7 @@ mod tests {
             after: None,
             newest_first: false,
             limit: 1000,
+            until: None,
         };
         let listed = store.list("q", &TaskFilter::default(), page).unwrap();
         assert_eq!(listed.len(), payloads.len());

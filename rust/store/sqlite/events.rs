@@ -62,6 +62,18 @@ pub fn prune(tx: &Transaction<'_>, before: Millis, limit: usize) -> Result<u64> 
     Ok(n as u64)
 }
 
+/// A tail (dashboards, `watch_events`): a primary-key range from the cursor.
+const READ_SQL: &str = "SELECT id, at, queue, resource_group, task_id, kind, detail FROM events
+     WHERE id > ?3 AND queue = ?1 AND ?2 IS NULL ORDER BY id LIMIT ?4";
+const READ_GROUP_SQL: &str = "SELECT id, at, queue, resource_group, task_id, kind, detail
+     FROM events
+     WHERE queue = ?1 AND resource_group = ?2 AND task_id IS NULL AND id > ?3
+     ORDER BY id LIMIT ?4";
+const LATEST_SQL: &str = "SELECT id, at, queue, resource_group, task_id, kind, detail FROM events
+     WHERE id <= ?3 AND queue = ?1
+       AND (?2 IS NULL OR kind IN (SELECT value FROM json_each(?2)))
+     ORDER BY id DESC LIMIT ?4";
+
 /// Events of `queue` after id `after` (oldest first); with `group`, that group's own events
 /// (circuit, throttle, pause), not its tasks'.
 pub fn read(
@@ -72,15 +84,8 @@ pub fn read(
     limit: usize,
 ) -> Result<Vec<Event>> {
     let mut stmt = conn.prepare_cached(match group {
-        None => {
-            "SELECT id, at, queue, resource_group, task_id, kind, detail FROM events
-             WHERE id > ?3 AND queue = ?1 AND ?2 IS NULL ORDER BY id LIMIT ?4"
-        }
-        Some(_) => {
-            "SELECT id, at, queue, resource_group, task_id, kind, detail FROM events
-             WHERE queue = ?1 AND resource_group = ?2 AND task_id IS NULL AND id > ?3
-             ORDER BY id LIMIT ?4"
-        }
+        None => READ_SQL,
+        Some(_) => READ_GROUP_SQL,
     })?;
     let rows = stmt.query_map((queue, group, after, limit as i64), event)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -97,12 +102,7 @@ pub fn latest(
     limit: usize,
 ) -> Result<Vec<Event>> {
     let kinds = (!kinds.is_empty()).then(|| json::strings(kinds.iter().map(|k| k.as_str())));
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, at, queue, resource_group, task_id, kind, detail FROM events
-         WHERE id <= ?3 AND queue = ?1
-           AND (?2 IS NULL OR kind IN (SELECT value FROM json_each(?2)))
-         ORDER BY id DESC LIMIT ?4",
-    )?;
+    let mut stmt = conn.prepare_cached(LATEST_SQL)?;
     let rows = stmt.query_map((queue, kinds, up_to, limit as i64), event)?;
     let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;
     out.reverse();
@@ -119,4 +119,29 @@ fn event(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
         kind: r.get(5)?,
         detail: r.get(6)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::query_plan as plan;
+
+    /// The dashboard's live tail and its events page read from a cursor on the primary key
+    /// (or a group's own index), never the whole table, and never sort.
+    #[test]
+    fn event_reads_are_ranges_without_sorting() {
+        for (name, p) in [
+            ("tail", plan(super::READ_SQL, ("q", None::<String>, 5, 10))),
+            ("group", plan(super::READ_GROUP_SQL, ("q", "g", 5, 10))),
+            (
+                "latest",
+                plan(super::LATEST_SQL, ("q", None::<String>, 5, 10)),
+            ),
+        ] {
+            assert!(
+                p.contains("INTEGER PRIMARY KEY (rowid") || p.contains("INDEX events_by_group"),
+                "{name}: {p}"
+            );
+            assert!(!p.contains("TEMP B-TREE"), "{name}: {p}");
+        }
+    }
 }

@@ -59,15 +59,15 @@ pub fn record(r: &Row<'_>) -> rusqlite::Result<TaskRecord> {
 /// rowid range but no secondary index, whose order is not id order): a page costs the rows
 /// read until it is full, and a whole listing (an export) is one pass over the table.
 fn list_sql(newest_first: bool) -> String {
-    let (cmp, order) = if newest_first {
-        ("<", "DESC")
+    let (cmp, bound, order) = if newest_first {
+        ("<", ">=", "DESC")
     } else {
-        (">", "ASC")
+        (">", "<=", "ASC")
     };
     format!(
         "SELECT {RECORD_COLUMNS} FROM tasks AS t NOT INDEXED
              LEFT JOIN task_results r ON r.task_id = t.id
-         WHERE t.id {cmp} ?2 AND t.queue = ?1
+         WHERE t.id {cmp} ?2 AND t.id {bound} ?7 AND t.queue = ?1
            AND (?3 IS NULL OR t.status IN (SELECT value FROM json_each(?3)))
            AND (?4 IS NULL OR t.resource_group = ?4) AND (?5 IS NULL OR t.name = ?5)
          ORDER BY t.id {order} LIMIT ?6"
@@ -80,11 +80,12 @@ pub fn list(
     filter: &TaskFilter,
     page: Page,
 ) -> Result<Vec<TaskRecord>> {
-    let after = page.after.unwrap_or(if page.newest_first {
-        TaskId::MAX
+    let (start, end) = if page.newest_first {
+        (TaskId::MAX, TaskId::MIN)
     } else {
-        TaskId::MIN
-    });
+        (TaskId::MIN, TaskId::MAX)
+    };
+    let (after, until) = (page.after.unwrap_or(start), page.until.unwrap_or(end));
     let statuses = (!filter.statuses.is_empty())
         .then(|| json::strings(filter.statuses.iter().map(|s| s.as_str())));
     let mut stmt = conn.prepare_cached(&list_sql(page.newest_first))?;
@@ -96,6 +97,7 @@ pub fn list(
             &filter.group,
             &filter.name,
             page.limit as i64,
+            until,
         ),
         record,
     )?;
@@ -334,9 +336,21 @@ mod tests {
         for newest_first in [false, true] {
             let p = plan(
                 &list_sql(newest_first),
-                ("q", 5, None::<String>, None::<String>, None::<String>, 10),
+                (
+                    "q",
+                    5,
+                    None::<String>,
+                    None::<String>,
+                    None::<String>,
+                    10,
+                    1,
+                ),
             );
-            assert!(p.contains("INTEGER PRIMARY KEY (rowid"), "{p}");
+            // Both ends of the window bound the range: a page never reads past `until`.
+            assert!(
+                p.contains("INTEGER PRIMARY KEY (rowid>? AND rowid<?)"),
+                "{p}"
+            );
             assert!(!p.contains("TEMP B-TREE"), "{p}");
         }
     }

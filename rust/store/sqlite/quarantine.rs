@@ -242,6 +242,7 @@ mod tests {
             after: None,
             newest_first: false,
             limit: 10,
+            until: None,
         };
         let listed = store.list("q", &TaskFilter::default(), page).unwrap();
         let ids: Vec<TaskId> = listed.iter().map(|t| t.id).collect();
