@@ -6,7 +6,7 @@ from typing import Any, final
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD", "NAME_MAX_LEN", "PRIORITY_MAX", "PRIORITY_MIN", "SCHEMA_VERSION",
-    "ClaimedTask", "NewTask", "Outcomes", "RunJournal", "RunJournalView", "Store",
+    "ClaimedTask", "ManualClock", "NewTask", "Outcomes", "RunJournal", "RunJournalView", "Store",
     "backoff_delay_ms", "check_max_attempts", "check_name", "check_priority", "hold_closes", "release_closes",
     "__version__",
 ]
@@ -105,6 +105,7 @@ class ManualClock:
     def advance(self, ms: int) -> None: ...
     def now_ms(self) -> int: ...
 
+@final
 class Store:
     """One SQLite task store file; every method releases the GIL around storage work."""
 

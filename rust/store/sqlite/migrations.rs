@@ -125,6 +125,7 @@ mod tests {
             "resource_groups",
             "queues",
             "events",
+            "duties",
         ] {
             let n: i64 = conn
                 .query_row(
