@@ -34,7 +34,7 @@ def check_priority(value: int) -> None:
 def check_max_attempts(value: int) -> None:
     """Raises InvalidArgument unless ``value`` is a valid max_attempts."""
 
-_NewTaskTuple = tuple[str, str, bytes, int, int | None, int, str | None]
+_NewTaskTuple = tuple[str, str, bytes, int, int | None, int, str | None, int | None]
 _ClaimedTuple = tuple[int, int, str, str, bytes, int, int, int, int]
 
 @final
@@ -211,7 +211,7 @@ class Store:
     ) -> dict[str, Any]:
         """Records or renews a schedule; returns it as stored."""
     def enqueue_tick(
-        self, queue: str, name: str, tick_ms: int, task: tuple[str, str, bytes, int, int | None, int, str | None],
+        self, queue: str, name: str, tick_ms: int, task: _NewTaskTuple,
     ) -> tuple[int, bool] | None:
         """Enqueues a schedule's tick unless it (or a later one) was; raises its last tick."""
     def schedules(self, queue: str) -> list[dict[str, Any]]:
@@ -255,3 +255,5 @@ class Store:
         """Queues with tasks, settings or a pause in the file."""
     def task_names_like(self, queue: str, name: str) -> list[str]:
         """Stored task names equal to ``name`` or ending in ``.name``, sorted."""
+    def clear_cache(self, queue: str, name: str, key: str | None = None) -> int:
+        """Ends the cache entries of task ``name`` (one key, or all); how many."""

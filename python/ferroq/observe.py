@@ -80,6 +80,10 @@ class GroupMetrics:
     cancelled: int
     wait: Percentiles
     run: Percentiles
+    #: Enqueues of cached tasks answered without a new run (a cached result, or a run in
+    #: flight they attached to), and those that started one.
+    cache_hits: int = 0
+    cache_misses: int = 0
 
     @property
     def failed(self) -> int:
@@ -192,6 +196,7 @@ class Observable:
                 group=group, window=seconds, enqueued=d["enqueued"], started=d["started"],
                 completed=d["completed"], retried=d["retried"], dead=d["dead"], cancelled=d["cancelled"],
                 wait=Percentiles.from_core(d["wait"]), run=Percentiles.from_core(d["run"]),
+                cache_hits=d["cache_hits"], cache_misses=d["cache_misses"],
             )
             for group, d in sorted(raw.items())
         }

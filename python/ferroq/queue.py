@@ -19,7 +19,7 @@ from .groups import Circuit, Event, GroupState, ResourceGroup, group_name
 from .info import STATUSES, TaskError, TaskInfo, Transition, from_ms
 from .observe import Observability, Observable
 from .periodic import Cron, Schedule, ScheduleState, state
-from .policies import CircuitBreaker, PriorityAging, Retention, RetryPolicy, Throttle
+from .policies import Cache, CircuitBreaker, PriorityAging, Retention, RetryPolicy, Throttle
 from .serializers import JsonSerializer, Serializer
 from .task import AsyncTask, BatchTask, Task, TaskBase, TaskCall, TaskHandle, TaskOptions, _EncodedCall
 
@@ -191,6 +191,7 @@ class Queue(Observable):
         max_attempts: int = 3,
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
+        cache: Cache | None = None,
     ) -> TaskDecorator: ...
 
     def task(
@@ -203,6 +204,7 @@ class Queue(Observable):
         max_attempts: int = 3,
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
+        cache: Cache | None = None,
     ) -> Any:
         """Registers a processor. Use bare (``@q.task``) or with options (``@q.task(priority=5)``).
 
@@ -211,9 +213,10 @@ class Queue(Observable):
         ``python -c`` or an interactive session give ``name=``). ``timeout`` (seconds)
         fails a run that takes longer: async processors are cancelled; a sync processor's
         thread cannot be killed, so its run is failed and its late result discarded.
+        ``cache`` (a ``ferroq.Cache``): identical calls share one run and its result.
         """
         options = TaskOptions(priority=priority, resource_group=group_name(resource_group), max_attempts=max_attempts,
-                              retry=retry or RetryPolicy(), timeout=timeout)
+                              retry=retry or RetryPolicy(), timeout=timeout, cache=cache)
 
         def register(fn: Callable[..., Any]) -> TaskBase[Any, Any]:
             task_name = self._task_name(fn, name)

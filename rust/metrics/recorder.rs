@@ -17,16 +17,23 @@ pub enum Counter {
     Retried,
     Dead,
     Cancelled,
+    /// Enqueues of a cached task answered without a new run: by a completed run's cached
+    /// result, or by attaching to the identical run pending or running.
+    CacheHits,
+    /// Enqueues of a cached task that started a new run.
+    CacheMisses,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 6] = [
+    pub const ALL: [Counter; 8] = [
         Counter::Enqueued,
         Counter::Started,
         Counter::Completed,
         Counter::Retried,
         Counter::Dead,
         Counter::Cancelled,
+        Counter::CacheHits,
+        Counter::CacheMisses,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -37,6 +44,8 @@ impl Counter {
             Counter::Retried => "retried",
             Counter::Dead => "dead",
             Counter::Cancelled => "cancelled",
+            Counter::CacheHits => "cache_hits",
+            Counter::CacheMisses => "cache_misses",
         }
     }
 
@@ -48,7 +57,7 @@ impl Counter {
 /// One (queue, group)'s figures.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Series {
-    pub counts: [u64; 6],
+    pub counts: [u64; Counter::ALL.len()],
     /// From when a task was due (enqueued, or its delay ended) to its claim.
     pub wait: Histogram,
     /// A run's duration, as the worker measured it.
@@ -132,6 +141,9 @@ impl Recorder {
                 .iter()
                 .filter(|e| e.created)
                 .count();
+            if run.iter().any(|t| t.cache_ttl.is_some()) {
+                self.count_cache(queue, run, &done[at..at + run.len()]);
+            }
             at += run.len();
             if created > 0 {
                 self.count(
@@ -140,6 +152,21 @@ impl Recorder {
                     Counter::Enqueued,
                     created as u64,
                 );
+            }
+        }
+    }
+
+    /// Counts the cache hits and misses of one group's run of enqueues.
+    fn count_cache(&mut self, queue: &str, tasks: &[NewTask], done: &[Enqueued]) {
+        let series = self.series(queue, &tasks[0].resource_group);
+        for (task, e) in tasks.iter().zip(done) {
+            if task.cache_ttl.is_some() {
+                let counter = if e.created {
+                    Counter::CacheMisses
+                } else {
+                    Counter::CacheHits
+                };
+                series.counts[counter as usize] += 1;
             }
         }
     }
@@ -278,7 +305,11 @@ mod tests {
             crate::store::testing::task("t", 0),
             other,
         ];
-        let done = [(1, true), (1, false), (2, true)].map(|(id, created)| Enqueued { id, created });
+        let done = [(1, true), (1, false), (2, true)].map(|(id, created)| Enqueued {
+            id,
+            created,
+            cached: false,
+        });
         r.count_enqueued("q", &tasks, &done);
         let totals = r.totals();
         assert_eq!(totals["q"]["default"].count(Counter::Enqueued), 1);

@@ -20,7 +20,8 @@ use crate::store::sqlite::{Durability, Options, TaskEvents};
 use crate::store::{Engine, Unrunnable};
 use crate::task::{FailAction, FailureImpact, NewTask, Outcome, TaskStatus};
 
-/// (name, resource_group, payload, priority, run_at_ms | None, max_attempts, unique_key | None)
+/// (name, resource_group, payload, priority, run_at_ms | None, max_attempts, unique_key | None,
+/// cache_ttl_ms | None)
 pub(super) type NewTaskTuple<'py> = (
     String,
     String,
@@ -29,11 +30,12 @@ pub(super) type NewTaskTuple<'py> = (
     Option<Millis>,
     i64,
     Option<String>,
+    Option<Millis>,
 );
 
 /// A new task as the core takes it, borrowing the tuple's text and payload.
 pub(super) fn new_task<'a>(t: &'a NewTaskTuple<'_>) -> NewTask<'a> {
-    let (name, resource_group, payload, priority, run_at, max_attempts, unique_key) = t;
+    let (name, resource_group, payload, priority, run_at, max_attempts, unique_key, cache_ttl) = t;
     NewTask {
         name: name.into(),
         resource_group: resource_group.into(),
@@ -42,6 +44,7 @@ pub(super) fn new_task<'a>(t: &'a NewTaskTuple<'_>) -> NewTask<'a> {
         run_at: *run_at,
         max_attempts: *max_attempts,
         unique_key: unique_key.as_deref().map(Cow::Borrowed),
+        cache_ttl: *cache_ttl,
     }
 }
 
@@ -63,12 +66,13 @@ struct CallOptions<'py> {
     run_at: Option<Millis>,
     max_attempts: i64,
     unique_key: Option<Bound<'py, PyString>>,
+    cache_ttl: Option<Millis>,
 }
 
 impl<'py> CallOptions<'py> {
     fn read(source: Bound<'py, PyAny>) -> PyResult<Self> {
         let py = source.py();
-        let (resource_group, priority, run_at, max_attempts, unique_key) = source
+        let (resource_group, priority, run_at, max_attempts, unique_key, cache_ttl) = source
             .call_method0(intern!(py, "core_options"))?
             .extract()?;
         Ok(Self {
@@ -77,6 +81,7 @@ impl<'py> CallOptions<'py> {
             run_at,
             max_attempts,
             unique_key,
+            cache_ttl,
         })
     }
 }
@@ -295,6 +300,7 @@ impl PyStore {
                     .map(|k| utf8("unique_key", k))
                     .transpose()?
                     .map(Cow::Borrowed),
+                cache_ttl: o.cache_ttl,
             });
         }
         let done = py.detach(|| self.store.enqueue(queue, &tasks))?;
