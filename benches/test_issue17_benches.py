@@ -1,0 +1,21 @@
+"""The issue-17 benchmark scripts on short runs, so they never rot (`make test` runs this
+file). Nothing here asserts speed; the soak asserts that memory and descriptors stay flat."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cache_script_runs(tmp_path: Path) -> None:
+    f = load("cache").measure(calls=20, directory=str(tmp_path))
+    assert f.calls == 20 and f.run_p50_ms > 0 and f.hit_p50_ms > 0
