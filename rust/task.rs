@@ -241,6 +241,8 @@ pub struct RunEnd {
     pub status: TaskStatus,
     pub queue: String,
     pub group: String,
+    /// The task's name (per-task run times).
+    pub name: String,
     pub started_at: Option<Millis>,
     pub kind: RunEndKind,
     /// How long the processor ran, as the worker measured it.

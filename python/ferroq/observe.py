@@ -201,6 +201,14 @@ class Observable:
             for group, d in sorted(raw.items())
         }
 
+    def run_times(self, window: float = 600.0) -> dict[str, Percentiles]:
+        """Run times per task name over the last ``window`` seconds, whatever group ran
+        them, as every worker flushed them (what ``route(slower_than=...)`` reads)."""
+        seconds = _checks.seconds("window", window, positive=True)
+        since = self._store.now_ms() - int(seconds * 1000)
+        rows = self._store.task_run_times(self.name, since, _ms(self.observability.metrics_raw_age))
+        return {name: Percentiles.from_core(summary) for name, summary in rows}
+
     def workers(self) -> list[WorkerState]:
         """Workers registered on this queue, most recently seen first."""
         now = self._store.now_ms()

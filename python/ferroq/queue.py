@@ -19,6 +19,7 @@ from .groups import Circuit, Event, GroupState, ResourceGroup, group_name
 from .info import STATUSES, TaskError, TaskInfo, Transition, from_ms
 from .observe import Observability, Observable
 from .periodic import Cron, Schedule, ScheduleState, state
+from .routing import Route, Router, make_route
 from .policies import Cache, CircuitBreaker, PriorityAging, Retention, RetryPolicy, Throttle
 from .serializers import JsonSerializer, Serializer
 from .task import AsyncTask, BatchTask, Task, TaskBase, TaskCall, TaskHandle, TaskOptions, _EncodedCall
@@ -153,6 +154,8 @@ class Queue(Observable):
         _open_stores.add(self._store)
         self._tasks: dict[str, TaskBase[Any, Any]] = {}
         self._groups: dict[str, ResourceGroup] = {}
+        #: None until the first route: enqueues check it and nothing else.
+        self._router: Router | None = None
         self._schedules: dict[str, Schedule] = {}
 
     def __repr__(self) -> str:
@@ -450,6 +453,36 @@ class Queue(Observable):
                                   f"restore it from a backup (`ferroq health` reports it)")
 
     # -- resource groups, pausing, events ------------------------------------------------
+
+    def route(
+        self,
+        to: str | ResourceGroup,
+        *,
+        task: TaskBase[Any, Any] | str | Sequence[TaskBase[Any, Any] | str] | None = None,
+        when: Callable[..., bool] | None = None,
+        slower_than: float | None = None,
+        window: float = 600.0,
+        min_runs: int = 20,
+        name: str | None = None,
+    ) -> Route:
+        """Sends matching enqueues to group ``to`` (give it its own concurrency with
+        ``q.group(to, throttle=ferroq.Throttle(max_concurrency=n))``). A rule matches a call of
+        ``task`` (a task, a name, or several; None: every task) when ``when(*args, **kwargs)``
+        is true and, with ``slower_than`` (seconds), when the task's p95 run time over the
+        last ``window`` seconds, over at least ``min_runs`` runs of every worker, exceeds it.
+        Rules apply in the order added, the first match wins, and override the declared
+        group; the reason is stored with the task (``TaskInfo.route``, ``ferroq inspect``).
+        Declare routes where the producers declare their tasks: they apply at enqueue."""
+        _core.check_name("resource group", _checks.text("route target", group_name(to)))
+        rule = make_route(group_name(to), task, when, slower_than, window, min_runs, name)
+        if self._router is None:
+            self._router = Router(self)
+        self._router.add(rule)
+        return rule
+
+    def routes(self) -> list[Route]:
+        """The routes declared in this process, in the order they apply."""
+        return [] if self._router is None else list(self._router.routes)
 
     def group(
         self,

@@ -270,6 +270,9 @@ class _Enqueuer(Generic[P, R]):
         if kwargs or len(args) not in self._args.positional:
             self._args.check(self.name, args, kwargs)
         envelope = {"args": args, "kwargs": kwargs}
+        options = self.options
+        if self.queue._router is not None:
+            options = self._routed(options, envelope, args, kwargs)
         if _traceparent is not None:  # OpenTelemetry installed: the active span's context rides along
             trace = _traceparent()
             if trace is not None:
@@ -278,10 +281,25 @@ class _Enqueuer(Generic[P, R]):
             payload = self.queue.serializer.dumps(envelope)
         except InvalidArgument as e:
             raise type(e)(f"payload of task {self.name!r} is {e}") from None
-        if self.options.cache is None:
-            return _EncodedCall(self.name, payload, self.options)
-        key = self._cache_key(self.options.cache, args, kwargs)
-        return _EncodedCall(self.name, payload, self.options._with({"unique_key": key}))
+        if options.cache is None:
+            return _EncodedCall(self.name, payload, options)
+        key = self._cache_key(options.cache, args, kwargs)
+        return _EncodedCall(self.name, payload, options._with({"unique_key": key}))
+
+    def _routed(self, options: TaskOptions, envelope: dict[str, Any], args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> TaskOptions:
+        """The options with the group the queue's routes pick; the reason goes in the
+        envelope (``TaskInfo.route``)."""
+        router = self.queue._router
+        assert router is not None
+        try:
+            picked = router.pick(self.name, options.resource_group, args, kwargs)
+        except Exception as e:  # a user predicate: whatever it raises
+            raise InvalidArgument(f"a route's predicate failed on task {self.name!r}: {e!r}") from e
+        if picked is None:
+            return options
+        envelope["route"] = picked[1]
+        return options._with({"resource_group": picked[0]})
 
     def _cache_key(self, cache: Cache, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """The unique key of a cached call: the task's name and a digest of its arguments

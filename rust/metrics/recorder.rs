@@ -62,6 +62,33 @@ pub struct Series {
     pub wait: Histogram,
     /// A run's duration, as the worker measured it.
     pub run: Histogram,
+    /// The same per task name (stored as `task_run:<name>`): what routing by run time reads.
+    pub task_runs: HashMap<String, Histogram>,
+    /// Named figures a worker adds itself (the profiler's `profile:...`), in the unit the
+    /// name says.
+    pub samples: HashMap<String, Histogram>,
+}
+
+/// The metric name of a task's run times.
+pub const TASK_RUN_PREFIX: &str = "task_run:";
+
+fn merge_named(into: &mut HashMap<String, Histogram>, from: &HashMap<String, Histogram>) {
+    for (name, h) in from {
+        match into.get_mut(name) {
+            Some(mine) => mine.merge(h),
+            None => {
+                into.insert(name.clone(), h.clone());
+            }
+        }
+    }
+}
+
+/// The histogram named `name` in `map`, created empty (allocates only the first time).
+fn named<'a>(map: &'a mut HashMap<String, Histogram>, name: &str) -> &'a mut Histogram {
+    if !map.contains_key(name) {
+        map.insert(name.to_string(), Histogram::default());
+    }
+    map.get_mut(name).expect("inserted above")
 }
 
 impl Series {
@@ -70,7 +97,11 @@ impl Series {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.counts.iter().all(|&n| n == 0) && self.wait.is_empty() && self.run.is_empty()
+        self.counts.iter().all(|&n| n == 0)
+            && self.wait.is_empty()
+            && self.run.is_empty()
+            && self.task_runs.is_empty()
+            && self.samples.is_empty()
     }
 
     pub fn merge(&mut self, other: &Series) {
@@ -79,6 +110,8 @@ impl Series {
         }
         self.wait.merge(&other.wait);
         self.run.merge(&other.run);
+        merge_named(&mut self.task_runs, &other.task_runs);
+        merge_named(&mut self.samples, &other.samples);
     }
 }
 
@@ -204,8 +237,17 @@ impl Recorder {
                 });
                 if let Some(us) = run_us {
                     series.run.record(us);
+                    named(&mut series.task_runs, &e.name).record(us);
                 }
             }
+        }
+    }
+
+    /// Adds `values` to the figure `name` of a queue and group (see `Series::samples`).
+    pub fn samples(&mut self, queue: &str, group: &str, name: &str, values: &[u64]) {
+        let h = named(&mut self.series(queue, group).samples, name);
+        for &v in values {
+            h.record(v);
         }
     }
 
@@ -229,6 +271,16 @@ impl Recorder {
                 }
                 total.wait.unmerge(&s.wait);
                 total.run.unmerge(&s.run);
+                for (mine, theirs) in [
+                    (&mut total.task_runs, &s.task_runs),
+                    (&mut total.samples, &s.samples),
+                ] {
+                    for (name, h) in theirs {
+                        if let Some(t) = mine.get_mut(name) {
+                            t.unmerge(h);
+                        }
+                    }
+                }
             }
         }
         merge_into(&mut back, &self.interval);
@@ -289,6 +341,7 @@ mod tests {
             status,
             queue: "q".into(),
             group: group.into(),
+            name: "t".into(),
             started_at: Some(1_000),
             kind: crate::task::RunEndKind::Succeeded,
             run_us,

@@ -227,6 +227,21 @@ pub trait Store: Send + Sync {
     /// What this process recorded since it started (for a scrape of this process).
     fn metrics_totals(&self) -> SeriesMap;
 
+    /// Adds `values` (in the unit the name says) to this process's histogram `name` of
+    /// `queue` and `group`, stored by the next `flush_metrics` (the profiler's figures).
+    fn record_samples(&self, queue: &str, group: &str, name: &str, values: &[u64]);
+
+    /// The stored histograms of `queue` whose name starts with `prefix` (each task's run
+    /// times under `task_run:`, the profiler's under `profile:`), summed per (group, name)
+    /// since `since` as `metrics` reads them; sorted by group, then name.
+    fn named_metrics(
+        &self,
+        queue: &str,
+        prefix: &str,
+        since: Millis,
+        raw_keep_ms: Millis,
+    ) -> Result<Vec<(String, String, crate::metrics::Histogram)>>;
+
     /// Deletes events, metrics and worker registrations past their retention; returns how
     /// many rows went.
     fn prune_observability(&self, keep: &ObservabilityRetention) -> Result<u64>;

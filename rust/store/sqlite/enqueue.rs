@@ -185,15 +185,15 @@ fn insert_one(
 ) -> Result<()> {
     // We hold the write lock, so nobody can take the key between this check and the insert.
     if let Some(key) = &task.unique_key {
-        if task.cache_ttl.is_some() {
-            if let Some(id) = cached(tx, queue, &task.name, key, now)? {
-                out.push(Enqueued {
-                    id,
-                    created: false,
-                    cached: true,
-                });
-                return Ok(());
-            }
+        if task.cache_ttl.is_some()
+            && let Some(id) = cached(tx, queue, &task.name, key, now)?
+        {
+            out.push(Enqueued {
+                id,
+                created: false,
+                cached: true,
+            });
+            return Ok(());
         }
         let found = tx
             .prepare_cached(

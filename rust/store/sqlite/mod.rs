@@ -807,6 +807,24 @@ impl Store for SqliteStore {
         self.local.get().metrics.lock().totals()
     }
 
+    fn record_samples(&self, queue: &str, group: &str, name: &str, values: &[u64]) {
+        self.local
+            .get()
+            .metrics
+            .lock()
+            .samples(queue, group, name, values);
+    }
+
+    fn named_metrics(
+        &self,
+        queue: &str,
+        prefix: &str,
+        since: Millis,
+        raw_keep_ms: Millis,
+    ) -> Result<Vec<(String, String, crate::metrics::Histogram)>> {
+        self.read(|conn, now| metrics::read_named(conn, queue, prefix, since, now, raw_keep_ms))
+    }
+
     fn prune_observability(&self, keep: &ObservabilityRetention) -> Result<u64> {
         let mut total = self.write(|tx, now| health::prune_workers(tx, now, keep.workers_ms))?;
         // Small transactions, like task pruning.
