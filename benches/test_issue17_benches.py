@@ -19,3 +19,12 @@ def load(name: str) -> ModuleType:
 def test_cache_script_runs(tmp_path: Path) -> None:
     f = load("cache").measure(calls=20, directory=str(tmp_path))
     assert f.calls == 20 and f.run_p50_ms > 0 and f.hit_p50_ms > 0
+
+
+def test_routing_script_runs(tmp_path: Path) -> None:
+    """A short run (long tasks of 50 ms): the routed scenario sends the long task to the slow
+    lane, so every short task still runs and is measured."""
+    routing = load("routing")
+    for routed in (False, True):
+        w = routing.scenario(str(tmp_path), routed, seconds=0.5, rate=60, concurrency=4, lane=2, long_s=0.05)
+        assert w.short > 0 and w.p95_ms >= 0
