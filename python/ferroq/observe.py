@@ -18,6 +18,7 @@ from .info import from_ms
 
 if TYPE_CHECKING:
     from ._core import Store
+    from .profiling import Profile
 
 __all__ = ["Observability", "Percentiles", "GroupMetrics", "WorkerState", "MissingProcessor", "HealthCheck", "Health",
            "Subscription", "Observable"]
@@ -208,6 +209,16 @@ class Observable:
         since = self._store.now_ms() - int(seconds * 1000)
         rows = self._store.task_run_times(self.name, since, _ms(self.observability.metrics_raw_age))
         return {name: Percentiles.from_core(summary) for name, summary in rows}
+
+    def profile(self, window: float = 60.0) -> Profile:
+        """What profiling workers (``Worker(profile=True)``) recorded over the last
+        ``window`` seconds (to the 10-second interval): time per stage and per task name."""
+        from .profiling import build  # the profiling module imports this one
+
+        seconds = _checks.seconds("window", window, positive=True)
+        since = self._store.now_ms() - int(seconds * 1000)
+        rows = self._store.named_metrics(self.name, "profile:", since, _ms(self.observability.metrics_raw_age))
+        return build(seconds, rows)
 
     def workers(self) -> list[WorkerState]:
         """Workers registered on this queue, most recently seen first."""

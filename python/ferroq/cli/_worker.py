@@ -66,11 +66,13 @@ def load_queue(spec: str) -> Queue:
         help="Serve Prometheus metrics on this port (0: any free port, logged).")
 @option("--metrics-host", default="0.0.0.0", show_default=True,
         help="Address the metrics endpoint listens on (0.0.0.0: every IPv4 address; 127.0.0.1: this host only).")
+@option("--profile", is_flag=True,
+        help="Record where the worker's time goes (per stage and task), for `ferroq profile`.")
 @click.pass_context
 def worker(ctx: click.Context, spec: str, db: str | None, create: bool, concurrency: int | None,
            processes: int | None, groups: str | None, lease: float, prefetch: int | None, shutdown_grace: float,
            name: str | None, unknown_task_grace: float, until_idle: bool, until_empty: bool, log_level: str,
-           metrics_port: int | None, metrics_host: str) -> None:
+           metrics_port: int | None, metrics_host: str, profile: bool) -> None:
     """Run a worker on the queue MODULE:QUEUE (e.g. myapp.tasks:queue) until SIGINT/SIGTERM.
 
     The database is the one the Queue in your code opens, unless --db (or FERROQ_DB) names
@@ -89,7 +91,7 @@ def worker(ctx: click.Context, spec: str, db: str | None, create: bool, concurre
     only = split_list((groups,)) if groups else None
     w = Worker(q, concurrency=processes or concurrency or 8, pool="process" if processes else "thread",
                lease=lease, prefetch=prefetch, shutdown_grace=shutdown_grace, name=name, groups=only,
-               unknown_task_grace=unknown_task_grace)
+               unknown_task_grace=unknown_task_grace, profile=profile)
     stats = w.run(until_idle=until_idle, until_empty=until_empty)
     logging.getLogger("ferroq.cli").info("done: %s", stats)
 

@@ -30,7 +30,7 @@ class ClaimLoop:
 
     def run(self, until_idle: bool, until_empty: bool) -> None:
         w = self.worker
-        store, name = w.queue._engine, w.queue.name
+        store, name = w._engine, w.queue.name
         lease_ms = int(w.lease * 1000)
         while not w._stopping.is_set():
             target = w.concurrency + self.prefetch_now()

@@ -57,7 +57,7 @@ class Completer:
                 for run, data, error, delay, _, counts, hold in batch]
         while True:
             try:
-                answers = w.queue._engine.finish_many(rows)
+                answers = w._engine.finish_many(rows)
                 break
             except FATAL_STORAGE as e:
                 log.error("cannot record %d outcome(s), the database is unusable: %s", len(rows), e)
