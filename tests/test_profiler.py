@@ -64,7 +64,6 @@ def test_off_nothing_is_recorded_and_the_usual_path_runs(queue: ferroq.Queue) ->
     declare(queue)
     w = ferroq.Worker(queue, concurrency=1)
     assert (type(w._claims), type(w._runners), type(w._completer)) == (ClaimLoop, ThreadRunners, Completer)
-    assert w._engine is queue._engine
     w.run(until_idle=True)
     assert queue.profile(window=60).empty
     assert queue.counts()["completed"] == 8

@@ -57,7 +57,7 @@ class Completer:
                 for run, data, error, delay, _, counts, hold in batch]
         while True:
             try:
-                answers = w._engine.finish_many(rows)
+                answers = self.commit(rows)
                 break
             except FATAL_STORAGE as e:
                 log.error("cannot record %d outcome(s), the database is unusable: %s", len(rows), e)
@@ -116,6 +116,10 @@ class Completer:
         if counted:
             w._holds.learn(counted)
         w.queue._notify()
+
+    def commit(self, rows: list[tuple[Any, ...]]) -> list[str | None]:
+        """Records the outcomes in one transaction; per outcome its status (None: lost)."""
+        return self.worker.queue._engine.finish_many(rows)
 
     def log_extra(self, ctx: TaskContext, outcome: str) -> dict[str, Any]:
         """Structured fields on task log records (for JSON log formatters)."""

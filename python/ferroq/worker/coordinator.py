@@ -33,8 +33,7 @@ from .hooks import RunHooks, RunOutcome, check_hook
 from .journal import forget, open_journal
 from .maintenance import Maintenance
 from .process_pool import ProcessPool, check_importable
-from .profiler import (ProfiledClaimLoop, ProfiledCompleter, ProfiledRunners, Profiler, QueueView, TimedEngine,
-                       TimedSerializer)
+from .profiler import ProfiledClaimLoop, ProfiledCompleter, ProfiledRunners, Profiler, QueueView, TimedSerializer
 from .runners import ThreadRunners
 from .runs import Batch, Outcome, Run, WorkerStats, runs_of
 from .signals import StopSignals
@@ -173,8 +172,6 @@ class Worker:
             raise InvalidArgument(f"profile must be True or False, got {profile!r}")
         #: The profiler (None: off, and nothing on the per-task path knows of it).
         self._profiler = Profiler() if profile else None
-        #: The store as the claim loop and completer use it (timed when profiling).
-        self._engine: Any = queue._engine if self._profiler is None else TimedEngine(queue._engine, self._profiler)
         # -- per run: the breaker view, and the outcomes told to it.
         self._breakers = BreakerView(partial(declared_breaker, queue))
         self._outcomes = self._make_outcomes()

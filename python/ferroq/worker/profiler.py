@@ -19,6 +19,7 @@ from .completer import Completer
 from .runners import ThreadRunners
 
 if TYPE_CHECKING:
+    from .._core import Store
     from ..queue import Queue
     from .coordinator import Worker
     from .runs import Outcome, Run
@@ -110,46 +111,18 @@ class QueueView:
         return getattr(self._queue, name)
 
 
-class TimedEngine:
-    """The store as the profiled worker's claim loop and completer see it: claims and
-    commits timed."""
-
-    def __init__(self, engine: Any, profiler: Profiler) -> None:
-        self._engine = engine
-        self._profiler = profiler
-
-    def claim(self, *args: Any) -> Any:
-        t = _perf()
-        rows = self._engine.claim(*args)
-        self._claimed(rows, _perf() - t)
-        return rows
-
-    def claim_in_groups(self, *args: Any) -> Any:
-        t = _perf()
-        rows = self._engine.claim_in_groups(*args)
-        self._claimed(rows, _perf() - t)
-        return rows
-
-    def _claimed(self, rows: list[Any], seconds: float) -> None:
-        """Each task's share of its claim (an empty claim is idle time, not a stage)."""
-        for _ in rows:
-            self._profiler.stage("claim", seconds / len(rows))
-
-    def finish_many(self, rows: Any) -> Any:
-        t = _perf()
-        try:
-            return self._engine.finish_many(rows)
-        finally:
-            self._profiler.local.commit = _perf() - t
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._engine, name)
-
-
 class ProfiledClaimLoop(ClaimLoop):
     def __init__(self, worker: Worker, profiler: Profiler) -> None:
         super().__init__(worker)
         self.profiler = profiler
+
+    def claim(self, store: Store, name: str, free: int, lease_ms: int) -> list[tuple[Any, ...]]:
+        t = _perf()
+        rows = super().claim(store, name, free, lease_ms)
+        seconds = _perf() - t
+        for _ in rows:  # each task's share (an empty claim is idle time, not a stage)
+            self.profiler.stage("claim", seconds / len(rows))
+        return rows
 
     def start(self, rows: list[tuple[Any, ...]]) -> None:
         handed, now = self.profiler.handed, _perf()
@@ -196,6 +169,13 @@ class ProfiledCompleter(Completer):
     def __init__(self, worker: Worker, profiler: Profiler) -> None:
         super().__init__(worker)
         self.profiler = profiler
+
+    def commit(self, rows: list[tuple[Any, ...]]) -> list[str | None]:
+        t = _perf()
+        try:
+            return super().commit(rows)
+        finally:
+            self.profiler.local.commit = _perf() - t
 
     def flush(self, batch: list[Outcome]) -> None:
         local = self.profiler.local
