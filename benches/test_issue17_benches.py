@@ -28,3 +28,13 @@ def test_routing_script_runs(tmp_path: Path) -> None:
     for routed in (False, True):
         w = routing.scenario(str(tmp_path), routed, seconds=0.5, rate=60, concurrency=4, lane=2, long_s=0.05)
         assert w.short > 0 and w.p95_ms >= 0
+
+
+def test_soak_memory_stays_flat(tmp_path: Path) -> None:
+    """A short soak (10 simulated hours of 2,000 tasks): the worker's RSS and open
+    descriptors after the 3-hour warm-up stay within 16 MiB and 2 descriptors of where the
+    warm-up left them (a leak of a descriptor per hour, or of a kilobyte per task, fails)."""
+    soak = load("soak_memory")
+    samples = soak.soak(str(tmp_path), hours=10, per_hour=2000, report=False)
+    rss, fds = soak.growth(samples, warmup=3)
+    assert rss <= 16.0 and fds <= 2, samples
