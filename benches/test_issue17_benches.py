@@ -33,8 +33,13 @@ def test_routing_script_runs(tmp_path: Path) -> None:
 def test_soak_memory_stays_flat(tmp_path: Path) -> None:
     """A short soak (10 simulated hours of 2,000 tasks): the worker's RSS and open
     descriptors after the 3-hour warm-up stay within 16 MiB and 2 descriptors of where the
-    warm-up left them (a leak of a descriptor per hour, or of a kilobyte per task, fails)."""
+    warm-up left them (a leak of a descriptor per hour, or of 2 KB per task, fails)."""
     soak = load("soak_memory")
     samples = soak.soak(str(tmp_path), hours=10, per_hour=2000, report=False)
     rss, fds = soak.growth(samples, warmup=3)
     assert rss <= 16.0 and fds <= 2, samples
+
+
+def test_profiler_overhead_script_runs(tmp_path: Path) -> None:
+    rates = load("profiler_overhead").measure(tasks=300, work_us=0, rounds=1, directory=str(tmp_path))
+    assert set(rates) == {False, "time", True} and all(r > 0 for r in rates.values())

@@ -69,9 +69,19 @@ def test_off_nothing_is_recorded_and_the_usual_path_runs(queue: ferroq.Queue) ->
     assert queue.counts()["completed"] == 8
 
 
-def test_profile_must_be_a_bool(queue: ferroq.Queue) -> None:
-    with pytest.raises(ferroq.InvalidArgument, match="profile"):
-        ferroq.Worker(queue, profile="yes")  # type: ignore[arg-type]
+def test_profile_without_memory_records_time_only(queue: ferroq.Queue) -> None:
+    declare(queue)
+    ferroq.Worker(queue, concurrency=1, profile="time").run(until_idle=True)
+    p = queue.profile(window=60)
+    tasks = {t.name: t for t in p.tasks}
+    assert tasks["alloc"].runs == 3 and tasks["alloc"].memory_peak_max == 0
+    assert len(p.stages) == len(STAGES)
+
+
+def test_bad_profile_settings_are_refused(queue: ferroq.Queue) -> None:
+    for bad in ("yes", 1, None, "on"):
+        with pytest.raises(ferroq.InvalidArgument, match="profile"):
+            ferroq.Worker(queue, profile=bad)  # type: ignore[arg-type]
 
 
 def test_the_cli_prints_the_profile_or_says_there_is_none(db_path: Path, queue: ferroq.Queue) -> None:
@@ -108,7 +118,7 @@ def test_ferroq_profile_reads_a_running_worker_from_another_process(tmp_path: Pa
     q = ferroq.Queue(db)
     step = q.task(name="step")(lambda i: i)
     q.enqueue_many(step.call(i) for i in range(3000))  # ~30 s of work: still running when read
-    worker = subprocess.Popen([sys.executable, "-m", "ferroq.cli", "worker", "app:queue", "--profile",
+    worker = subprocess.Popen([sys.executable, "-m", "ferroq.cli", "worker", "app:queue", "--profile", "on",
                                "--concurrency", "1"], cwd=tmp_path, env=child_env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -66,13 +66,14 @@ def load_queue(spec: str) -> Queue:
         help="Serve Prometheus metrics on this port (0: any free port, logged).")
 @option("--metrics-host", default="0.0.0.0", show_default=True,
         help="Address the metrics endpoint listens on (0.0.0.0: every IPv4 address; 127.0.0.1: this host only).")
-@option("--profile", is_flag=True,
-        help="Record where the worker's time goes (per stage and task), for `ferroq profile`.")
+@option("--profile", type=click.Choice(["off", "on", "time"]), default="off", show_default=True,
+        help="Record where the worker's time goes (per stage and task), for `ferroq profile`; "
+             "'time': without the per-task peak memory (tracemalloc, most of the cost).")
 @click.pass_context
 def worker(ctx: click.Context, spec: str, db: str | None, create: bool, concurrency: int | None,
            processes: int | None, groups: str | None, lease: float, prefetch: int | None, shutdown_grace: float,
            name: str | None, unknown_task_grace: float, until_idle: bool, until_empty: bool, log_level: str,
-           metrics_port: int | None, metrics_host: str, profile: bool) -> None:
+           metrics_port: int | None, metrics_host: str, profile: str) -> None:
     """Run a worker on the queue MODULE:QUEUE (e.g. myapp.tasks:queue) until SIGINT/SIGTERM.
 
     The database is the one the Queue in your code opens, unless --db (or FERROQ_DB) names
@@ -91,9 +92,14 @@ def worker(ctx: click.Context, spec: str, db: str | None, create: bool, concurre
     only = split_list((groups,)) if groups else None
     w = Worker(q, concurrency=processes or concurrency or 8, pool="process" if processes else "thread",
                lease=lease, prefetch=prefetch, shutdown_grace=shutdown_grace, name=name, groups=only,
-               unknown_task_grace=unknown_task_grace, profile=profile)
+               unknown_task_grace=unknown_task_grace,
+               profile=PROFILE_SETTINGS[profile])
     stats = w.run(until_idle=until_idle, until_empty=until_empty)
     logging.getLogger("ferroq.cli").info("done: %s", stats)
+
+
+#: ``--profile`` as ``Worker(profile=...)`` takes it.
+PROFILE_SETTINGS: dict[str, bool | str] = {"off": False, "on": True, "time": "time"}
 
 
 def _open_policy(db: str | None, create: bool) -> None:

@@ -104,7 +104,7 @@ class Worker:
         on_stop: Callable[[], Any] | None = None,
         before_run: Callable[[TaskContext], Any] | None = None,
         after_run: Callable[[TaskContext, RunOutcome], Any] | None = None,
-        profile: bool = False,
+        profile: bool | str = False,
     ) -> None:
         if not isinstance(queue, Queue):
             raise InvalidArgument(f"Worker needs a ferroq.Queue, got {queue!r}")
@@ -168,10 +168,10 @@ class Worker:
         self._maintenance_done = threading.Event()
         self._running = False
         self._journal: _core.RunJournal | None = None
-        if not isinstance(profile, bool):
-            raise InvalidArgument(f"profile must be True or False, got {profile!r}")
+        if profile not in (False, True, "time") or not isinstance(profile, (bool, str)):
+            raise InvalidArgument(f'profile must be False, True or "time" (no memory figures), got {profile!r}')
         #: The profiler (None: off, and nothing on the per-task path knows of it).
-        self._profiler = Profiler() if profile else None
+        self._profiler = Profiler(memory=profile is True) if profile else None
         # -- per run: the breaker view, and the outcomes told to it.
         self._breakers = BreakerView(partial(declared_breaker, queue))
         self._outcomes = self._make_outcomes()

@@ -41,7 +41,10 @@ def _us(seconds: float) -> int:
 class Profiler:
     """Samples buffered in this process until ``push`` hands them to the store."""
 
-    def __init__(self) -> None:
+    def __init__(self, memory: bool = True) -> None:
+        #: Peak memory per run by tracemalloc (most of the profiler's cost: every allocation
+        #: in the process is traced while it is on).
+        self.memory = memory
         self._lock = threading.Lock()
         self._samples: defaultdict[str, list[int]] = defaultdict(list)
         #: perf_counter() when each claimed run was handed over (for the wait for a runner).
@@ -50,7 +53,7 @@ class Profiler:
         self._started_tracing = False
 
     def start(self) -> None:
-        if not tracemalloc.is_tracing():
+        if self.memory and not tracemalloc.is_tracing():
             tracemalloc.start()
             self._started_tracing = True
 
@@ -145,14 +148,15 @@ class ProfiledRunners(ThreadRunners):
             p.stage("wait", start - handed)
         local.decode = local.encode = 0.0
         cpu = time.thread_time()
-        memory = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
+        tracing = p.memory and tracemalloc.is_tracing()
+        if tracing:
+            memory = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()  # process-wide: with several threads, peaks overlap
         try:
             return super().execute(run)
         finally:
             wall = _perf() - start
             cpu = time.thread_time() - cpu
-            peak = tracemalloc.get_traced_memory()[1]
             decode, encode = local.decode, local.encode
             p.stage("decode", decode)
             if encode:
@@ -162,7 +166,8 @@ class ProfiledRunners(ThreadRunners):
             name = TASK + run.ctx.name
             p.add(name + ":wall", _us(wall))
             p.add(name + ":cpu", _us(cpu))
-            p.add(name + ":mem", max(0, peak - memory))
+            if tracing:
+                p.add(name + ":mem", max(0, tracemalloc.get_traced_memory()[1] - memory))
 
 
 class ProfiledCompleter(Completer):
