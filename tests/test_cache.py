@@ -151,6 +151,9 @@ def test_bad_cache_settings_are_refused(queue: ferroq.Queue) -> None:
     with pytest.raises(ferroq.InvalidArgument, match="bad arguments"):
         declare(queue, []).cache_clear(1, 2, 3)
 
+    with pytest.raises(ferroq.InvalidArgument, match="is cached"):
+        queue.schedule(keyed, cron="* * * * *", args=("x",))
+
     @queue.task(name="plain")
     def plain() -> None:
         pass

@@ -288,6 +288,8 @@ class Queue(Observable):
         ``name`` (default: the task's name) identifies the schedule in the file."""
         if not isinstance(task, TaskBase) or self._tasks.get(task.name) is not task:
             raise InvalidArgument(f"schedule takes a task registered on queue {self.name!r}, got {task!r}")
+        if task.options.cache is not None:  # each tick would be answered by the first one's result
+            raise InvalidArgument(f"task {task.name!r} is cached: a schedule needs a task that runs at every tick")
         name = task.name if name is None else name
         _core.check_name("schedule", _checks.text("schedule name", name))
         if name in self._schedules:

@@ -242,8 +242,9 @@ pub trait Store: Send + Sync {
         raw_keep_ms: Millis,
     ) -> Result<Vec<(String, String, crate::metrics::Histogram)>>;
 
-    /// Deletes events, metrics and worker registrations past their retention; returns how
-    /// many rows went.
+    /// Deletes events, metrics and worker registrations past their retention, and ends
+    /// result-cache entries past their ttl (the runs stay); returns how many rows went or
+    /// changed.
     fn prune_observability(&self, keep: &ObservabilityRetention) -> Result<u64>;
 
     /// Registers or renews a worker.

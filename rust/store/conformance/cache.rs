@@ -166,3 +166,26 @@ fn a_cache_needs_a_key_and_a_positive_ttl() {
         ));
     }
 }
+
+#[test]
+fn the_observability_pass_ends_expired_entries_and_keeps_the_runs() {
+    let f = fixture();
+    f.store
+        .enqueue(Q, &[cached("t", "old"), cached("t", "new")])
+        .unwrap();
+    let old = run_one(&*f.store, b"1");
+    f.clock.advance(TTL / 2);
+    run_one(&*f.store, b"2");
+    f.clock.advance(TTL / 2); // "old" expired, "new" has half its ttl left
+    let keep_all = crate::store::ObservabilityRetention {
+        events_ms: i64::MAX / 4,
+        raw_metrics_ms: i64::MAX / 4,
+        hourly_metrics_ms: i64::MAX / 4,
+        workers_ms: i64::MAX / 4,
+    };
+    assert_eq!(f.store.prune_observability(&keep_all).unwrap(), 1);
+    assert_eq!(f.store.prune_observability(&keep_all).unwrap(), 0);
+    assert_eq!(f.store.get(Q, old).unwrap().status, TaskStatus::Completed);
+    assert!(f.store.enqueue(Q, &[cached("t", "new")]).unwrap()[0].cached);
+    assert!(f.store.enqueue(Q, &[cached("t", "old")]).unwrap()[0].created);
+}

@@ -254,6 +254,21 @@ fn cached(
         .optional()?)
 }
 
+/// Ends up to `limit` cache entries that expired by `now` (their ttl set to NULL, so the
+/// partial indexes keep only live entries); returns how many.
+pub fn end_expired_cache(tx: &Transaction<'_>, now: Millis, limit: usize) -> Result<u64> {
+    let n = tx
+        .prepare_cached(
+            "UPDATE tasks SET cache_ttl_ms = NULL WHERE id IN (
+                 SELECT id FROM tasks
+                 WHERE status = 'completed' AND cache_ttl_ms IS NOT NULL
+                   AND finished_at + cache_ttl_ms <= ?1
+                 LIMIT ?2)",
+        )?
+        .execute((now, limit as i64))?;
+    Ok(n as u64)
+}
+
 /// Ends the cache entries of task `name` (one key, or all): the runs stay, as history.
 pub fn clear_cache(
     tx: &Transaction<'_>,
@@ -273,7 +288,25 @@ pub fn clear_cache(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Options, SqliteStore, read_one};
+    use super::super::{Options, SqliteStore, query_plan, read_one};
+
+    #[test]
+    fn cache_lookups_and_expiry_use_their_partial_indexes() {
+        let hit = query_plan(
+            "SELECT id FROM tasks
+             WHERE queue = ?1 AND unique_key = ?2 AND status = 'completed'
+               AND cache_ttl_ms IS NOT NULL AND name = ?3 AND finished_at + cache_ttl_ms > ?4
+             ORDER BY finished_at DESC LIMIT 1",
+            ("q", "k", "t", 0),
+        );
+        assert!(hit.contains("tasks_cached"), "{hit}");
+        let expired = query_plan(
+            "SELECT id FROM tasks WHERE status = 'completed' AND cache_ttl_ms IS NOT NULL
+               AND finished_at + cache_ttl_ms <= ?1 LIMIT ?2",
+            (0, 10),
+        );
+        assert!(expired.contains("tasks_cache_expiry"), "{expired}");
+    }
 
     /// `insert_chunk` derives ids from `last_insert_rowid`: a trigger inserting into tasks
     /// would take ids in between.

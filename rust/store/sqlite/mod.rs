@@ -831,7 +831,8 @@ impl Store for SqliteStore {
         loop {
             let n = self.write(|tx, now| {
                 Ok(events::prune(tx, now - keep.events_ms, 1000)?
-                    + metrics::prune(tx, now, keep.raw_metrics_ms, keep.hourly_metrics_ms, 1000)?)
+                    + metrics::prune(tx, now, keep.raw_metrics_ms, keep.hourly_metrics_ms, 1000)?
+                    + enqueue::end_expired_cache(tx, now, 1000)?)
             })?;
             total += n;
             if n == 0 {

@@ -5,3 +5,6 @@
 ALTER TABLE tasks ADD COLUMN cache_ttl_ms INTEGER;
 CREATE INDEX tasks_cached ON tasks (queue, unique_key, finished_at)
     WHERE status = 'completed' AND cache_ttl_ms IS NOT NULL;
+-- Expired entries, for the worker's pruning pass (which sets their ttl to NULL).
+CREATE INDEX tasks_cache_expiry ON tasks (finished_at + cache_ttl_ms)
+    WHERE status = 'completed' AND cache_ttl_ms IS NOT NULL;
