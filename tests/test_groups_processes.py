@@ -82,7 +82,7 @@ def lines(log: Path) -> list[list[str]]:
 
 def enqueue(q: ferroq.Queue, name: str, group: str, n: int, max_attempts: int = 3) -> list[int]:
     """n tasks of a processor registered only in the worker processes."""
-    row = (name, group, b'{"args":[],"kwargs":{}}', 0, None, max_attempts, None)
+    row = (name, group, b'{"args":[],"kwargs":{}}', 0, None, max_attempts, None, None)
     return [task_id for task_id, _ in q._store.enqueue(q.name, [row] * n)]
 
 
@@ -209,7 +209,7 @@ def test_every_task_runs_once_across_processes_with_delays_retries_limits_and_a_
         fail = i % 4 == 1
         run_at = now_ms + 200 + (i % 5) * 100 if i % 4 == 2 else None
         payload = f'{{"args":[{str(fail).lower()}],"kwargs":{{}}}}'.encode()
-        rows.append((f"work_{group}", group, payload, i % 3, run_at, 3, None))
+        rows.append((f"work_{group}", group, payload, i % 3, run_at, 3, None, None))
     ids = [task_id for task_id, _ in q._store.enqueue(q.name, rows)]
     fails_first = {task_id for task_id, row in zip(ids, rows) if b"true" in row[2]}
     q.group("pay").pause()

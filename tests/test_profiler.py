@@ -60,6 +60,18 @@ def test_a_profiling_worker_records_stages_and_tasks(queue: ferroq.Queue) -> Non
     assert "commit" in text and "alloc" in text and "16MiB" in text
 
 
+def test_runs_off_the_runner_threads_leave_nothing_behind(queue: ferroq.Queue) -> None:
+    @queue.task(name="aio")
+    async def aio(i: int) -> int:
+        return i
+
+    queue.enqueue_many(aio.call(i) for i in range(20))
+    w = ferroq.Worker(queue, concurrency=2, profile=True)
+    w.run(until_idle=True)
+    assert queue.counts()["completed"] == 20
+    assert w._profiler is not None and w._profiler.handed == {}
+
+
 def test_off_nothing_is_recorded_and_the_usual_path_runs(queue: ferroq.Queue) -> None:
     declare(queue)
     w = ferroq.Worker(queue, concurrency=1)

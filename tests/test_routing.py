@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,9 @@ from click.testing import CliRunner
 import ferroq
 import ferroq.routing
 from ferroq.cli import main as cli
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from procs import Procs, procs  # noqa: F401
 
 
 @pytest.fixture(autouse=True)
@@ -115,3 +119,34 @@ def test_bad_routes_are_refused_and_a_failing_predicate_enqueues_nothing(queue: 
     with pytest.raises(ferroq.InvalidArgument, match="predicate failed on task 'resize'"):
         resize.enqueue(1)
     assert queue.counts()["pending"] == 0
+
+
+WORKER = """
+db = sys.argv[1]
+q = ferroq.Queue(db)
+
+@q.task(name="slow")
+def slow(i):
+    time.sleep(0.3)
+    return i
+
+@q.task(name="fast")
+def fast(i):
+    return i
+
+ferroq.Worker(q, concurrency=4).run(until_empty=True)  # flushes its metrics when it stops
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_run_times_observed_by_another_process_route_here(tmp_path: Path, procs: Procs) -> None:
+    db = tmp_path / "q.db"
+    q = ferroq.Queue(db)
+    slow = q.task(name="slow")(lambda i: i)
+    fast = q.task(name="fast")(lambda i: i)
+    q.enqueue_many([*(slow.call(i) for i in range(5)), *(fast.call(i) for i in range(5))])
+    procs.run(procs.script("worker", WORKER), db, timeout=90)
+    q.route("lane", slower_than=0.2, min_runs=5)
+    assert slow.enqueue(9).info().resource_group == "lane"
+    assert fast.enqueue(9).info().resource_group == "default"

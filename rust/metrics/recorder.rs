@@ -146,6 +146,22 @@ fn merge_into(target: &mut SeriesMap, source: &SeriesMap) {
     }
 }
 
+/// `merge_into` for the totals since start: counters and the wait and run histograms only.
+/// The named histograms (per task, profiler) go to the table and are not kept for the life
+/// of the process, which would grow with every task name and profiled stage it ever saw.
+fn merge_totals(target: &mut SeriesMap, source: &SeriesMap) {
+    for (queue, groups) in source {
+        for (group, s) in groups {
+            let total = series(target, queue, group);
+            for (a, b) in total.counts.iter_mut().zip(s.counts) {
+                *a += b;
+            }
+            total.wait.merge(&s.wait);
+            total.run.merge(&s.run);
+        }
+    }
+}
+
 impl Recorder {
     /// The series of one queue and group, for several updates in a row.
     pub fn series(&mut self, queue: &str, group: &str) -> &mut Series {
@@ -254,7 +270,7 @@ impl Recorder {
     /// Takes what was recorded since the last call (for a flush to the table).
     pub fn take_interval(&mut self) -> SeriesMap {
         let taken = std::mem::take(&mut self.interval);
-        merge_into(&mut self.flushed, &taken);
+        merge_totals(&mut self.flushed, &taken);
         taken
     }
 
@@ -271,16 +287,6 @@ impl Recorder {
                 }
                 total.wait.unmerge(&s.wait);
                 total.run.unmerge(&s.run);
-                for (mine, theirs) in [
-                    (&mut total.task_runs, &s.task_runs),
-                    (&mut total.samples, &s.samples),
-                ] {
-                    for (name, h) in theirs {
-                        if let Some(t) = mine.get_mut(name) {
-                            t.unmerge(h);
-                        }
-                    }
-                }
             }
         }
         merge_into(&mut back, &self.interval);
@@ -290,7 +296,7 @@ impl Recorder {
     /// Everything since the process started.
     pub fn totals(&self) -> SeriesMap {
         let mut all = self.flushed.clone();
-        merge_into(&mut all, &self.interval);
+        merge_totals(&mut all, &self.interval);
         all
     }
 }
@@ -302,6 +308,25 @@ fn ms_to_us(ms: Millis) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn named_histograms_are_flushed_not_kept_for_the_life_of_the_process() {
+        let mut r = Recorder::default();
+        r.samples("q", "g", "profile:stage:run", &[5, 6]);
+        r.record_runs(&[ended("g", TaskStatus::Completed, Some(10))], 0);
+        let taken = r.take_interval();
+        assert_eq!(taken["q"]["g"].samples["profile:stage:run"].count(), 2);
+        assert_eq!(taken["q"]["g"].task_runs["t"].count(), 1);
+        let totals = r.totals();
+        let g = &totals["q"]["g"];
+        assert!(g.samples.is_empty() && g.task_runs.is_empty());
+        assert_eq!((g.count(Counter::Completed), g.run.count()), (1, 1));
+        r.restore_interval(taken);
+        assert_eq!(
+            r.take_interval()["q"]["g"].samples["profile:stage:run"].count(),
+            2
+        );
+    }
 
     #[test]
     fn totals_survive_flushes_and_failed_flushes() {

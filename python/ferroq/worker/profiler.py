@@ -183,11 +183,13 @@ class ProfiledCompleter(Completer):
             self.profiler.local.commit = _perf() - t
 
     def flush(self, batch: list[Outcome]) -> None:
-        local = self.profiler.local
+        local, handed = self.profiler.local, self.profiler.handed
         local.commit = 0.0
         start = _perf()
         super().flush(batch)
         total = _perf() - start
+        for run, *_ in batch:  # runs that never reached a runner thread (async, batch, process pool)
+            handed.pop(run.ctx.id, None)
         # Per task: the batch's time shared by its runs.
         share = 1 / max(1, len(batch))
         for _ in batch:
