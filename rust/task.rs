@@ -71,6 +71,9 @@ pub struct NewTask<'a> {
     pub max_attempts: i64,
     /// At most one pending or running task holds a given key.
     pub unique_key: Option<Cow<'a, str>>,
+    /// Result cache (needs a `unique_key`): once completed, the task answers enqueues with
+    /// its key for this long, and nothing runs again.
+    pub cache_ttl: Option<Millis>,
 }
 
 impl NewTask<'_> {
@@ -84,6 +87,7 @@ impl NewTask<'_> {
             run_at: self.run_at,
             max_attempts: self.max_attempts,
             unique_key: self.unique_key.as_ref().map(|k| Cow::Owned(k.to_string())),
+            cache_ttl: self.cache_ttl,
         }
     }
 }
@@ -94,6 +98,18 @@ pub struct Enqueued {
     pub id: TaskId,
     /// False when an unfinished task with the same unique key already existed: `id` is that task's.
     pub created: bool,
+    /// A cache hit: `id` is a completed task whose cached result answers this enqueue.
+    pub cached: bool,
+}
+
+impl Enqueued {
+    pub fn new(id: TaskId) -> Self {
+        Self {
+            id,
+            created: true,
+            cached: false,
+        }
+    }
 }
 
 /// A task handed to a worker by a claim.
@@ -225,6 +241,8 @@ pub struct RunEnd {
     pub status: TaskStatus,
     pub queue: String,
     pub group: String,
+    /// The task's name (per-task run times).
+    pub name: String,
     pub started_at: Option<Millis>,
     pub kind: RunEndKind,
     /// How long the processor ran, as the worker measured it.

@@ -97,6 +97,13 @@ pub fn new_tasks(tasks: &[NewTask], max_payload: usize) -> Result<()> {
                 key.len()
             )));
         }
+        if let Some(ttl) = task.cache_ttl
+            && (ttl <= 0 || task.unique_key.is_none())
+        {
+            return Err(Error::InvalidArgument(format!(
+                "a cached task needs a cache key (unique_key) and a ttl above 0 ms, got ttl {ttl}"
+            )));
+        }
     }
     Ok(())
 }
@@ -240,6 +247,15 @@ mod tests {
             },
             NewTask {
                 unique_key: Some("".into()),
+                ..good.clone()
+            },
+            NewTask {
+                cache_ttl: Some(1000),
+                ..good.clone()
+            },
+            NewTask {
+                unique_key: Some("k".into()),
+                cache_ttl: Some(0),
                 ..good.clone()
             },
         ];

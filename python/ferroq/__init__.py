@@ -52,7 +52,7 @@ from .observe import (
     WorkerState,
 )
 from .info import STATUSES, TaskError, TaskInfo, Transition
-from .policies import CircuitBreaker, PriorityAging, Retention, RetryPolicy, Throttle
+from .policies import Cache, CircuitBreaker, PriorityAging, Retention, RetryPolicy, Throttle
 from .queue import Queue
 from .serializers import JsonSerializer, Serializer
 from .task import AsyncTask, BatchTask, BoundTask, Task, TaskBase, TaskCall, TaskHandle, TaskOptions
@@ -69,6 +69,7 @@ __all__ = [
     "AsyncTask",
     "BatchTask",
     "BoundTask",
+    "Cache",
     "Circuit",
     "CircuitBreaker",
     "CorruptDatabase",

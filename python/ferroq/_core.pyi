@@ -44,8 +44,9 @@ class NewTask:
     run_at_ms: int | None
     max_attempts: int
     unique_key: str | None
+    cache_ttl_ms: int | None
     def __new__(cls, name: str, group: str, payload: bytes, priority: int, run_at_ms: int | None,
-                max_attempts: int, unique_key: str | None) -> NewTask: ...
+                max_attempts: int, unique_key: str | None, cache_ttl_ms: int | None = None) -> NewTask: ...
 
 @final
 class ClaimedTask:
@@ -312,3 +313,13 @@ class Store:
         """Queues with tasks, settings or a pause in the file."""
     def task_names_like(self, queue: str, name: str) -> list[str]:
         """Stored task names equal to ``name`` or ending in ``.name``, sorted."""
+    def record_samples(self, queue: str, group: str, name: str, values: list[int]) -> None:
+        """Adds values to this process's histogram ``name`` (flushed with the metrics)."""
+    def named_metrics(self, queue: str, prefix: str, since_ms: int, raw_keep_ms: int
+                      ) -> list[tuple[str, str, tuple[int, int, int, int, int, int]]]:
+        """(group, name, (count, sum, max, p50, p95, p99)) of stored histograms named prefix..."""
+    def task_run_times(self, queue: str, since_ms: int, raw_keep_ms: int
+                       ) -> list[tuple[str, tuple[int, int, int, int, int, int]]]:
+        """(task name, (count, sum, max, p50, p95, p99) µs) of run times since since_ms."""
+    def clear_cache(self, queue: str, name: str, key: str | None = None) -> int:
+        """Ends the cache entries of task ``name`` (one key, or all); how many."""

@@ -162,15 +162,19 @@ class TaskInfo:
     started_at: datetime | None
     finished_at: datetime | None
     corrupt: CorruptTask | None = None
+    #: Why a route (``Queue.route``) sent the task to its group; None if none did.
+    route: str | None = None
 
     @classmethod
     def from_core(cls, row: dict[str, Any], loads: Callable[[bytes], Any]) -> TaskInfo:
         corrupt = _corrupt_row(row)
+        route = None
         if corrupt is None or corrupt.column != "payload":
             try:
                 payload = loads(row["payload"])
                 args = payload.get("args", []) if isinstance(payload, dict) else []
                 kwargs = payload.get("kwargs", {}) if isinstance(payload, dict) else {}
+                route = payload.get("route") if isinstance(payload, dict) else None
             except Exception as e:  # noqa: BLE001 - whatever the serializer raises
                 unreadable = _Unreadable(_undecodable(row, "payload", loads, e))
                 corrupt = corrupt or unreadable.error
@@ -210,6 +214,7 @@ class TaskInfo:
             started_at=from_ms(row["started_at"]),
             finished_at=from_ms(row["finished_at"]),
             corrupt=corrupt,
+            route=route if isinstance(route, str) else None,
         )
 
     def __repr__(self) -> str:

@@ -20,6 +20,7 @@ from .info import from_ms
 
 if TYPE_CHECKING:
     from ._core import Store
+    from .profiling import Profile
 
 __all__ = ["Observability", "Percentiles", "GroupMetrics", "WorkerState", "MissingProcessor", "HealthCheck", "Health",
            "Subscription", "Observable"]
@@ -82,6 +83,10 @@ class GroupMetrics:
     cancelled: int
     wait: Percentiles
     run: Percentiles
+    #: Enqueues of cached tasks answered without a new run (a cached result, or a run in
+    #: flight they attached to), and those that started one.
+    cache_hits: int = 0
+    cache_misses: int = 0
 
     @property
     def failed(self) -> int:
@@ -194,6 +199,7 @@ class Observable:
                 group=group, window=seconds, enqueued=d["enqueued"], started=d["started"],
                 completed=d["completed"], retried=d["retried"], dead=d["dead"], cancelled=d["cancelled"],
                 wait=Percentiles.from_core(d["wait"]), run=Percentiles.from_core(d["run"]),
+                cache_hits=d["cache_hits"], cache_misses=d["cache_misses"],
             )
             for group, d in sorted(raw.items())
         }
@@ -210,6 +216,24 @@ class Observable:
             _core.check_name("resource group", _checks.text("group", group))
         return _forecast(self._store, self.name, group, horizon=horizon, interval=interval,
                          now_ms=self._store.now_ms(), raw_keep_ms=_ms(self.observability.metrics_raw_age))
+
+    def run_times(self, window: float = 600.0) -> dict[str, Percentiles]:
+        """Run times per task name over the last ``window`` seconds, whatever group ran
+        them, as every worker flushed them (what ``route(slower_than=...)`` reads)."""
+        seconds = _checks.seconds("window", window, positive=True)
+        since = self._store.now_ms() - int(seconds * 1000)
+        rows = self._store.task_run_times(self.name, since, _ms(self.observability.metrics_raw_age))
+        return {name: Percentiles.from_core(summary) for name, summary in rows}
+
+    def profile(self, window: float = 60.0) -> Profile:
+        """What profiling workers (``Worker(profile=True)``) recorded over the last
+        ``window`` seconds (to the 10-second interval): time per stage and per task name."""
+        from .profiling import build  # the profiling module imports this one
+
+        seconds = _checks.seconds("window", window, positive=True)
+        since = self._store.now_ms() - int(seconds * 1000)
+        rows = self._store.named_metrics(self.name, "profile:", since, _ms(self.observability.metrics_raw_age))
+        return build(seconds, rows)
 
     def workers(self) -> list[WorkerState]:
         """Workers registered on this queue, most recently seen first."""

@@ -10,7 +10,7 @@ from typing import Callable
 from . import _checks, _core
 from .errors import Fail, InvalidArgument, Retry
 
-__all__ = ["RetryPolicy", "Retention", "CircuitBreaker", "Throttle", "PriorityAging"]
+__all__ = ["RetryPolicy", "Retention", "CircuitBreaker", "Throttle", "PriorityAging", "Cache"]
 
 
 @dataclass(frozen=True)
@@ -225,3 +225,24 @@ class PriorityAging:
 
 def _ms_at_least_1(seconds: float) -> int:
     return max(1, int(seconds * 1000))
+
+
+@dataclass(frozen=True)
+class Cache:
+    """A task's result cache: a completed run answers identical enqueues for ``ttl`` seconds
+    (their handle is the completed task: nothing runs), and identical enqueues while a run
+    is pending or running attach to that run. Identical means the same task and arguments,
+    or the same ``key(*args, **kwargs)`` (a string) when ``key`` is given. Shared by every
+    process on the file; an entry also ends when retention prunes its run."""
+
+    ttl: float = 3600.0
+    key: Callable[..., str] | None = None
+
+    def __post_init__(self) -> None:
+        _checks.seconds("ttl", self.ttl, positive=True)
+        if self.key is not None and not callable(self.key):
+            raise InvalidArgument(f"key must be a function returning a string, got {self.key!r}")
+
+    @property
+    def ttl_ms(self) -> int:
+        return max(1, int(self.ttl * 1000))

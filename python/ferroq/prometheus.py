@@ -46,14 +46,20 @@ class FerroqCollector(Collector):
         wait = HistogramMetricFamily("ferroq_task_wait_seconds",
                                      "From when a task was due until a worker claimed it.", labels=["queue", "group"])
         run = HistogramMetricFamily("ferroq_task_run_seconds", "How long processors ran.", labels=["queue", "group"])
+        cache = CounterMetricFamily("ferroq_cache_lookups", "Enqueues of cached tasks by this process: hit "
+                                    "(no new run) or miss.", labels=["queue", "group", "result"])
         for queue, group, counts, wait_b, run_b in store.metrics_totals([int(b * 1e6) for b in BUCKETS]):
             for status, n in counts.items():
-                tasks.add_metric([queue, group, status], n)
+                if status.startswith("cache_"):
+                    cache.add_metric([queue, group, status.removeprefix("cache_").removesuffix("s")], n)
+                else:
+                    tasks.add_metric([queue, group, status], n)
             for family, (count, sum_us, cumulative) in ((wait, wait_b), (run, run_b)):
                 buckets: list[tuple[str, float]] = [(_le(b), c) for b, c in zip(BUCKETS, cumulative)]
                 buckets.append(("+Inf", count))
                 family.add_metric([queue, group], buckets, sum_us / 1e6)
         yield tasks
+        yield cache
         yield wait
         yield run
         try:

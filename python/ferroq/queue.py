@@ -20,7 +20,8 @@ from .groups import Circuit, Event, GroupState, ResourceGroup, group_name
 from .info import STATUSES, TaskError, TaskInfo, Transition, from_ms
 from .observe import Observability, Observable
 from .periodic import Cron, Schedule, ScheduleState, state
-from .policies import CircuitBreaker, PriorityAging, Retention, RetryPolicy, Throttle
+from .routing import Route, Router, make_route
+from .policies import Cache, CircuitBreaker, PriorityAging, Retention, RetryPolicy, Throttle
 from .serializers import JsonSerializer, Serializer
 from .task import AsyncTask, BatchTask, Task, TaskBase, TaskCall, TaskHandle, TaskOptions, _EncodedCall
 
@@ -157,6 +158,8 @@ class Queue(Observable):
         _open_stores.add(self._store)
         self._tasks: dict[str, TaskBase[Any, Any]] = {}
         self._groups: dict[str, ResourceGroup] = {}
+        #: None until the first route: enqueues check it and nothing else.
+        self._router: Router | None = None
         self._schedules: dict[str, Schedule] = {}
         #: Called by a worker with a claimed task's name when no processor is registered
         #: under it, before giving the task back: it may register one (an integration whose
@@ -200,6 +203,7 @@ class Queue(Observable):
         max_attempts: int = 3,
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
+        cache: Cache | None = None,
     ) -> TaskDecorator: ...
 
     def task(
@@ -212,6 +216,7 @@ class Queue(Observable):
         max_attempts: int = 3,
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
+        cache: Cache | None = None,
     ) -> Any:
         """Registers a processor. Use bare (``@q.task``) or with options (``@q.task(priority=5)``).
 
@@ -220,9 +225,10 @@ class Queue(Observable):
         ``python -c`` or an interactive session give ``name=``). ``timeout`` (seconds)
         fails a run that takes longer: async processors are cancelled; a sync processor's
         thread cannot be killed, so its run is failed and its late result discarded.
+        ``cache`` (a ``ferroq.Cache``): identical calls share one run and its result.
         """
         options = TaskOptions(priority=priority, resource_group=group_name(resource_group), max_attempts=max_attempts,
-                              retry=retry or RetryPolicy(), timeout=timeout)
+                              retry=retry or RetryPolicy(), timeout=timeout, cache=cache)
 
         def register(fn: Callable[..., Any]) -> TaskBase[Any, Any]:
             task_name = self._task_name(fn, name)
@@ -329,6 +335,8 @@ class Queue(Observable):
         ``name`` (default: the task's name) identifies the schedule in the file."""
         if not isinstance(task, TaskBase) or self._tasks.get(task.name) is not task:
             raise InvalidArgument(f"schedule takes a task registered on queue {self.name!r}, got {task!r}")
+        if task.options.cache is not None:  # each tick would be answered by the first one's result
+            raise InvalidArgument(f"task {task.name!r} is cached: a schedule needs a task that runs at every tick")
         name = task.name if name is None else name
         _core.check_name("schedule", _checks.text("schedule name", name))
         if name in self._schedules:
@@ -494,6 +502,36 @@ class Queue(Observable):
                                   f"restore it from a backup (`ferroq health` reports it)")
 
     # -- resource groups, pausing, events ------------------------------------------------
+
+    def route(
+        self,
+        to: str | ResourceGroup,
+        *,
+        task: TaskBase[Any, Any] | str | Sequence[TaskBase[Any, Any] | str] | None = None,
+        when: Callable[..., bool] | None = None,
+        slower_than: float | None = None,
+        window: float = 600.0,
+        min_runs: int = 20,
+        name: str | None = None,
+    ) -> Route:
+        """Sends matching enqueues to group ``to`` (give it its own concurrency with
+        ``q.group(to, throttle=ferroq.Throttle(max_concurrency=n))``). A rule matches a call of
+        ``task`` (a task, a name, or several; None: every task) when ``when(*args, **kwargs)``
+        is true and, with ``slower_than`` (seconds), when the task's p95 run time over the
+        last ``window`` seconds, over at least ``min_runs`` runs of every worker, exceeds it.
+        Rules apply in the order added, the first match wins, and override the declared
+        group; the reason is stored with the task (``TaskInfo.route``, ``ferroq inspect``).
+        Declare routes where the producers declare their tasks: they apply at enqueue."""
+        _core.check_name("resource group", _checks.text("route target", group_name(to)))
+        rule = make_route(group_name(to), task, when, slower_than, window, min_runs, name)
+        if self._router is None:
+            self._router = Router(self)
+        self._router.add(rule)
+        return rule
+
+    def routes(self) -> list[Route]:
+        """The routes declared in this process, in the order they apply."""
+        return [] if self._router is None else list(self._router.routes)
 
     def group(
         self,

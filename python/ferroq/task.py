@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import math
@@ -15,7 +16,7 @@ from ._core import NewTask
 from .errors import InvalidArgument, ResultTimeout, TaskCancelled, TaskFailed, TaskNotImportable
 from .groups import ResourceGroup, group_name
 from .info import TaskInfo
-from .policies import RetryPolicy
+from .policies import Cache, RetryPolicy
 from .tracing import publish_span as _publish_span
 from .tracing import traceparent as _traceparent
 
@@ -40,6 +41,7 @@ class TaskOptions:
     delay: float | None = None
     run_at: datetime | float | None = None
     unique_key: str | None = None
+    cache: Cache | None = None
 
     def __post_init__(self) -> None:
         self._check(_OPTION_NAMES)
@@ -69,6 +71,8 @@ class TaskOptions:
                     raise InvalidArgument(f"run_at must be a finite time between 1970 and 2170, got {self.run_at!r}")
         if "unique_key" in names and self.unique_key is not None:
             _checks.text("unique_key", self.unique_key)
+        if "cache" in names and self.cache is not None and not isinstance(self.cache, Cache):
+            raise InvalidArgument(f"cache must be a ferroq.Cache, got {self.cache!r}")
 
     def _with(self, changes: dict[str, Any]) -> TaskOptions:
         """A copy with ``changes``, checking only those: ``using()`` is often called once per
@@ -80,10 +84,11 @@ class TaskOptions:
         copy._check(changes)
         return copy
 
-    def core_options(self) -> tuple[str, int, int | None, int, str | None]:
-        """(resource_group, priority, run_at_ms, max_attempts, unique_key) as the core takes
-        them; run_at_ms is computed now."""
-        return (self.resource_group, self.priority, self.run_at_ms(), self.max_attempts, self.unique_key)
+    def core_options(self) -> tuple[str, int, int | None, int, str | None, int | None]:
+        """(resource_group, priority, run_at_ms, max_attempts, unique_key, cache_ttl_ms) as the
+        core takes them; run_at_ms is computed now."""
+        cache_ttl = None if self.cache is None else self.cache.ttl_ms
+        return (self.resource_group, self.priority, self.run_at_ms(), self.max_attempts, self.unique_key, cache_ttl)
 
     def run_at_ms(self) -> int | None:
         """When the task may first run, in epoch ms; None for now."""
@@ -114,8 +119,8 @@ class TaskCall(Generic[R]):
 
     def core_task(self) -> NewTask:
         """The call as the store inserts it (its options read now: a delay counts from here)."""
-        group, priority, run_at, max_attempts, unique_key = self.options.core_options()
-        return NewTask(self.name, group, self.payload, priority, run_at, max_attempts, unique_key)
+        group, priority, run_at, max_attempts, unique_key, cache_ttl = self.options.core_options()
+        return NewTask(self.name, group, self.payload, priority, run_at, max_attempts, unique_key, cache_ttl)
 
 
 class _EncodedCall(TaskCall[R]):
@@ -267,6 +272,9 @@ class _Enqueuer(Generic[P, R]):
         if kwargs or len(args) not in self._args.positional:
             self._args.check(self.name, args, kwargs)
         envelope = {"args": args, "kwargs": kwargs}
+        options = self.options
+        if self.queue._router is not None:
+            options = self._routed(options, envelope, args, kwargs)
         if _traceparent is not None:  # OpenTelemetry installed: the active span's context rides along
             trace = _traceparent()
             if trace is not None:
@@ -275,7 +283,54 @@ class _Enqueuer(Generic[P, R]):
             payload = self.queue.serializer.dumps(envelope)
         except InvalidArgument as e:
             raise type(e)(f"payload of task {self.name!r} is {e}") from None
-        return _EncodedCall(self.name, payload, self.options)
+        if options.cache is None:
+            return _EncodedCall(self.name, payload, options)
+        key = self._cache_key(options.cache, args, kwargs)
+        return _EncodedCall(self.name, payload, options._with({"unique_key": key}))
+
+    def _routed(self, options: TaskOptions, envelope: dict[str, Any], args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> TaskOptions:
+        """The options with the group the queue's routes pick; the reason goes in the
+        envelope (``TaskInfo.route``)."""
+        router = self.queue._router
+        assert router is not None
+        try:
+            picked = router.pick(self.name, options.resource_group, args, kwargs)
+        except Exception as e:  # a user predicate: whatever it raises
+            raise InvalidArgument(f"a route's predicate failed on task {self.name!r}: {e!r}") from e
+        if picked is None:
+            return options
+        envelope["route"] = picked[1]
+        return options._with({"resource_group": picked[0]})
+
+    def _cache_key(self, cache: Cache, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """The unique key of a cached call: the task's name and a digest of its arguments
+        bound to its parameters, defaults applied, as the serializer encodes them (not the
+        payload: a trace context rides in that), or of ``cache.key(*args, **kwargs)``."""
+        if cache.key is None:
+            bound = self.signature.bind(*args, **kwargs)  # f(1) and f(x=1) are one call
+            bound.apply_defaults()
+            material = self.queue.serializer.dumps({"args": (), "kwargs": dict(bound.arguments)})
+        else:
+            custom = cache.key(*args, **kwargs)
+            if not isinstance(custom, str):
+                raise InvalidArgument(f"the cache key function of task {self.name!r} must return a str, "
+                                      f"got {custom!r}")
+            material = _checks.text("cache key", custom).encode()
+        return f"cache:{self.name}:{hashlib.sha256(material).hexdigest()}"
+
+    def cache_clear(self, *args: P.args, **kwargs: P.kwargs) -> int:
+        """Ends the cached result of this call (every cached result of the task when called
+        without arguments), in every process: the next identical enqueue runs again. Returns
+        how many entries ended; the completed runs stay as history."""
+        cache = self.options.cache
+        if cache is None:
+            raise InvalidArgument(f"task {self.name!r} has no cache (declare it with cache=ferroq.Cache(...))")
+        if not args and not kwargs:
+            return int(self.queue._store.clear_cache(self.queue.name, self.name))
+        self._args.check(self.name, args, kwargs)
+        key = self._cache_key(cache, args, kwargs)
+        return int(self.queue._store.clear_cache(self.queue.name, self.name, key))
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
         """Stores one run of this task; durable when it returns."""
@@ -320,6 +375,8 @@ def _override(options: TaskOptions, overrides: dict[str, Any]) -> TaskOptions:
     if unknown:
         raise InvalidArgument(f"unknown option{'s' if len(unknown) > 1 else ''} for using(): "
                               f"{', '.join(map(repr, unknown))}; the options are {', '.join(USING_OPTIONS)}")
+    if "unique_key" in overrides and options.cache is not None:
+        raise InvalidArgument("a cached task's unique key is its cache key: give Cache(key=...) instead")
     if "resource_group" in overrides:
         overrides["resource_group"] = group_name(overrides["resource_group"])
     if "delay" in overrides:

@@ -9,3 +9,15 @@ pub const INTERVAL_MS: crate::clock::Millis = 10_000;
 
 pub use histogram::Histogram;
 pub use recorder::{Counter, Recorder, Series, SeriesMap};
+
+/// `Store::named_metrics` rows merged across groups, by name (a task routed to another
+/// group keeps one history of its run times).
+pub fn merge_by_name(
+    rows: Vec<(String, String, Histogram)>,
+) -> std::collections::BTreeMap<String, Histogram> {
+    let mut out = std::collections::BTreeMap::<String, Histogram>::new();
+    for (_, name, h) in rows {
+        out.entry(name).or_default().merge(&h);
+    }
+    out
+}

@@ -17,16 +17,23 @@ pub enum Counter {
     Retried,
     Dead,
     Cancelled,
+    /// Enqueues of a cached task answered without a new run: by a completed run's cached
+    /// result, or by attaching to the identical run pending or running.
+    CacheHits,
+    /// Enqueues of a cached task that started a new run.
+    CacheMisses,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 6] = [
+    pub const ALL: [Counter; 8] = [
         Counter::Enqueued,
         Counter::Started,
         Counter::Completed,
         Counter::Retried,
         Counter::Dead,
         Counter::Cancelled,
+        Counter::CacheHits,
+        Counter::CacheMisses,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -37,6 +44,8 @@ impl Counter {
             Counter::Retried => "retried",
             Counter::Dead => "dead",
             Counter::Cancelled => "cancelled",
+            Counter::CacheHits => "cache_hits",
+            Counter::CacheMisses => "cache_misses",
         }
     }
 
@@ -48,11 +57,38 @@ impl Counter {
 /// One (queue, group)'s figures.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Series {
-    pub counts: [u64; 6],
+    pub counts: [u64; Counter::ALL.len()],
     /// From when a task was due (enqueued, or its delay ended) to its claim.
     pub wait: Histogram,
     /// A run's duration, as the worker measured it.
     pub run: Histogram,
+    /// The same per task name (stored as `task_run:<name>`): what routing by run time reads.
+    pub task_runs: HashMap<String, Histogram>,
+    /// Named figures a worker adds itself (the profiler's `profile:...`), in the unit the
+    /// name says.
+    pub samples: HashMap<String, Histogram>,
+}
+
+/// The metric name of a task's run times.
+pub const TASK_RUN_PREFIX: &str = "task_run:";
+
+fn merge_named(into: &mut HashMap<String, Histogram>, from: &HashMap<String, Histogram>) {
+    for (name, h) in from {
+        match into.get_mut(name) {
+            Some(mine) => mine.merge(h),
+            None => {
+                into.insert(name.clone(), h.clone());
+            }
+        }
+    }
+}
+
+/// The histogram named `name` in `map`, created empty (allocates only the first time).
+fn named<'a>(map: &'a mut HashMap<String, Histogram>, name: &str) -> &'a mut Histogram {
+    if !map.contains_key(name) {
+        map.insert(name.to_string(), Histogram::default());
+    }
+    map.get_mut(name).expect("inserted above")
 }
 
 impl Series {
@@ -61,7 +97,11 @@ impl Series {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.counts.iter().all(|&n| n == 0) && self.wait.is_empty() && self.run.is_empty()
+        self.counts.iter().all(|&n| n == 0)
+            && self.wait.is_empty()
+            && self.run.is_empty()
+            && self.task_runs.is_empty()
+            && self.samples.is_empty()
     }
 
     pub fn merge(&mut self, other: &Series) {
@@ -70,6 +110,8 @@ impl Series {
         }
         self.wait.merge(&other.wait);
         self.run.merge(&other.run);
+        merge_named(&mut self.task_runs, &other.task_runs);
+        merge_named(&mut self.samples, &other.samples);
     }
 }
 
@@ -106,6 +148,22 @@ fn merge_into(target: &mut SeriesMap, source: &SeriesMap) {
     }
 }
 
+/// `merge_into` for the totals since start: counters and the wait and run histograms only.
+/// The named histograms (per task, profiler) go to the table and are not kept for the life
+/// of the process, which would grow with every task name and profiled stage it ever saw.
+fn merge_totals(target: &mut SeriesMap, source: &SeriesMap) {
+    for (queue, groups) in source {
+        for (group, s) in groups {
+            let total = series(target, queue, group);
+            for (a, b) in total.counts.iter_mut().zip(s.counts) {
+                *a += b;
+            }
+            total.wait.merge(&s.wait);
+            total.run.merge(&s.run);
+        }
+    }
+}
+
 impl Recorder {
     /// The series of one queue and group, for several updates in a row.
     pub fn series(&mut self, queue: &str, group: &str) -> &mut Series {
@@ -134,6 +192,9 @@ impl Recorder {
                 .iter()
                 .filter(|e| e.created)
                 .count();
+            if run.iter().any(|t| t.cache_ttl.is_some()) {
+                self.count_cache(queue, run, &done[at..at + run.len()]);
+            }
             at += run.len();
             if created > 0 {
                 self.count(
@@ -142,6 +203,21 @@ impl Recorder {
                     Counter::Enqueued,
                     created as u64,
                 );
+            }
+        }
+    }
+
+    /// Counts the cache hits and misses of one group's run of enqueues.
+    fn count_cache(&mut self, queue: &str, tasks: &[NewTask], done: &[Enqueued]) {
+        let series = self.series(queue, &tasks[0].resource_group);
+        for (task, e) in tasks.iter().zip(done) {
+            if task.cache_ttl.is_some() {
+                let counter = if e.created {
+                    Counter::CacheMisses
+                } else {
+                    Counter::CacheHits
+                };
+                series.counts[counter as usize] += 1;
             }
         }
     }
@@ -179,8 +255,17 @@ impl Recorder {
                 });
                 if let Some(us) = run_us {
                     series.run.record(us);
+                    named(&mut series.task_runs, &e.name).record(us);
                 }
             }
+        }
+    }
+
+    /// Adds `values` to the figure `name` of a queue and group (see `Series::samples`).
+    pub fn samples(&mut self, queue: &str, group: &str, name: &str, values: &[u64]) {
+        let h = named(&mut self.series(queue, group).samples, name);
+        for &v in values {
+            h.record(v);
         }
     }
 
@@ -204,7 +289,7 @@ impl Recorder {
 
     pub fn take_interval(&mut self) -> SeriesMap {
         let taken = std::mem::take(&mut self.interval);
-        merge_into(&mut self.flushed, &taken);
+        merge_totals(&mut self.flushed, &taken);
         taken
     }
 
@@ -230,7 +315,7 @@ impl Recorder {
     /// Everything since the process started.
     pub fn totals(&self) -> SeriesMap {
         let mut all = self.flushed.clone();
-        merge_into(&mut all, &self.interval);
+        merge_totals(&mut all, &self.interval);
         all
     }
 }
@@ -242,6 +327,25 @@ fn ms_to_us(ms: Millis) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn named_histograms_are_flushed_not_kept_for_the_life_of_the_process() {
+        let mut r = Recorder::default();
+        r.samples("q", "g", "profile:stage:run", &[5, 6]);
+        r.record_runs(&[ended("g", TaskStatus::Completed, Some(10))], 0);
+        let taken = r.take_interval();
+        assert_eq!(taken["q"]["g"].samples["profile:stage:run"].count(), 2);
+        assert_eq!(taken["q"]["g"].task_runs["t"].count(), 1);
+        let totals = r.totals();
+        let g = &totals["q"]["g"];
+        assert!(g.samples.is_empty() && g.task_runs.is_empty());
+        assert_eq!((g.count(Counter::Completed), g.run.count()), (1, 1));
+        r.restore_interval(taken);
+        assert_eq!(
+            r.take_interval()["q"]["g"].samples["profile:stage:run"].count(),
+            2
+        );
+    }
 
     #[test]
     fn totals_survive_flushes_and_failed_flushes() {
@@ -281,6 +385,7 @@ mod tests {
             status,
             queue: "q".into(),
             group: group.into(),
+            name: "t".into(),
             started_at: Some(1_000),
             kind: crate::task::RunEndKind::Succeeded,
             run_us,
@@ -297,7 +402,11 @@ mod tests {
             crate::store::testing::task("t", 0),
             other,
         ];
-        let done = [(1, true), (1, false), (2, true)].map(|(id, created)| Enqueued { id, created });
+        let done = [(1, true), (1, false), (2, true)].map(|(id, created)| Enqueued {
+            id,
+            created,
+            cached: false,
+        });
         r.count_enqueued("q", &tasks, &done);
         let totals = r.totals();
         assert_eq!(totals["q"]["default"].count(Counter::Enqueued), 1);

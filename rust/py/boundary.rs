@@ -14,7 +14,8 @@ use crate::clock::Millis;
 use crate::task::{FailAction, FailureImpact, NewTask, Outcome};
 
 /// A task to insert: `ferroq._core.NewTask(name, group, payload, priority, run_at_ms,
-/// max_attempts, unique_key)`.
+/// max_attempts, unique_key, cache_ttl_ms=None)`. With `cache_ttl_ms`, a completed run is
+/// the result of identical enqueues (same `unique_key`) for that long.
 #[pyclass(name = "NewTask", module = "ferroq._core", frozen, get_all)]
 pub struct PyNewTask {
     name: Py<PyString>,
@@ -24,12 +25,14 @@ pub struct PyNewTask {
     run_at_ms: Option<Millis>,
     max_attempts: i64,
     unique_key: Option<Py<PyString>>,
+    cache_ttl_ms: Option<Millis>,
 }
 
 #[pymethods]
 impl PyNewTask {
     #[new]
-    #[pyo3(signature = (name, group, payload, priority, run_at_ms, max_attempts, unique_key))]
+    #[pyo3(signature = (name, group, payload, priority, run_at_ms, max_attempts, unique_key, cache_ttl_ms=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         name: Py<PyString>,
         group: Py<PyString>,
@@ -38,6 +41,7 @@ impl PyNewTask {
         run_at_ms: Option<Millis>,
         max_attempts: i64,
         unique_key: Option<Py<PyString>>,
+        cache_ttl_ms: Option<Millis>,
     ) -> Self {
         Self {
             name,
@@ -47,6 +51,7 @@ impl PyNewTask {
             run_at_ms,
             max_attempts,
             unique_key,
+            cache_ttl_ms,
         }
     }
 
@@ -82,6 +87,7 @@ impl PyNewTask {
                 .map(|k| super::queue::utf8("unique_key", k.bind(py)))
                 .transpose()?
                 .map(Cow::Borrowed),
+            cache_ttl: self.cache_ttl_ms,
         })
     }
 }

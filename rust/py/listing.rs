@@ -176,4 +176,16 @@ impl PyStore {
     fn task_names_like(&self, py: Python<'_>, queue: &str, name: &str) -> PyResult<Vec<String>> {
         Ok(py.detach(|| self.store.task_names_like(queue, name))?)
     }
+
+    /// Ends the cache entries of task `name` (one key, or all); returns how many.
+    #[pyo3(signature = (queue, name, key=None))]
+    fn clear_cache(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        name: &str,
+        key: Option<&str>,
+    ) -> PyResult<u64> {
+        Ok(py.detach(|| self.store.clear_cache(queue, name, key))?)
+    }
 }

@@ -6,6 +6,7 @@ use pyo3::types::PyDict;
 
 use super::queue::PyStore;
 use crate::clock::Millis;
+use crate::metrics::recorder::TASK_RUN_PREFIX;
 use crate::metrics::{Counter, Histogram, Series};
 use crate::store::{ObservabilityRetention, TurnEvent, WorkerInfo};
 
@@ -143,6 +144,48 @@ impl PyStore {
             self.store
                 .metric_series(queue, group, name, bucket_ms, since_ms)
         })?)
+    }
+
+    /// Adds `values` to this process's histogram `name` (flushed with the metrics).
+    fn record_samples(&self, queue: &str, group: &str, name: &str, values: Vec<u64>) {
+        self.store.record_samples(queue, group, name, &values);
+    }
+
+    /// [(group, name, summary)] of the stored histograms named `prefix...` since `since_ms`.
+    fn named_metrics(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        prefix: &str,
+        since_ms: Millis,
+        raw_keep_ms: Millis,
+    ) -> PyResult<Vec<(String, String, Summary)>> {
+        let rows = py.detach(|| {
+            self.store
+                .named_metrics(queue, prefix, since_ms, raw_keep_ms)
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(|(group, name, h)| (group, name, summary(&h)))
+            .collect())
+    }
+
+    /// {task name: summary} of every task's run times since `since_ms`, all groups merged.
+    fn task_run_times(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        since_ms: Millis,
+        raw_keep_ms: Millis,
+    ) -> PyResult<Vec<(String, Summary)>> {
+        let rows = py.detach(|| {
+            self.store
+                .named_metrics(queue, TASK_RUN_PREFIX, since_ms, raw_keep_ms)
+        })?;
+        Ok(crate::metrics::merge_by_name(rows)
+            .into_iter()
+            .map(|(name, h)| (name[TASK_RUN_PREFIX.len()..].to_string(), summary(&h)))
+            .collect())
     }
 
     /// This process's totals since it started, per (queue, group): counters, and each

@@ -40,12 +40,13 @@ struct CallOptions<'py> {
     run_at: Option<Millis>,
     max_attempts: i64,
     unique_key: Option<Bound<'py, PyString>>,
+    cache_ttl: Option<Millis>,
 }
 
 impl<'py> CallOptions<'py> {
     fn read(source: Bound<'py, PyAny>) -> PyResult<Self> {
         let py = source.py();
-        let (resource_group, priority, run_at, max_attempts, unique_key) = source
+        let (resource_group, priority, run_at, max_attempts, unique_key, cache_ttl) = source
             .call_method0(intern!(py, "core_options"))?
             .extract()?;
         Ok(Self {
@@ -54,6 +55,7 @@ impl<'py> CallOptions<'py> {
             run_at,
             max_attempts,
             unique_key,
+            cache_ttl,
         })
     }
 }
@@ -310,6 +312,7 @@ impl PyStore {
                     .map(|k| utf8("unique_key", k))
                     .transpose()?
                     .map(Cow::Borrowed),
+                cache_ttl: o.cache_ttl,
             });
         }
         let done = py.detach(|| self.store.enqueue(queue, &tasks))?;

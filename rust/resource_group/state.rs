@@ -392,6 +392,7 @@ mod tests {
             status: TaskStatus::Completed,
             queue: "q".into(),
             group: "api".into(),
+            name: "t".into(),
             started_at: Some(started_at),
             kind,
             run_us: None,

@@ -274,8 +274,24 @@ pub trait Store: Send + Sync {
         happened: &[TurnEvent],
     ) -> Result<bool>;
 
-    /// Deletes events, metrics and worker registrations past their retention; returns how
-    /// many rows went.
+    /// Adds `values` (in the unit the name says) to this process's histogram `name` of
+    /// `queue` and `group`, stored by the next `flush_metrics` (the profiler's figures).
+    fn record_samples(&self, queue: &str, group: &str, name: &str, values: &[u64]);
+
+    /// The stored histograms of `queue` whose name starts with `prefix` (each task's run
+    /// times under `task_run:`, the profiler's under `profile:`), summed per (group, name)
+    /// since `since` as `metrics` reads them; sorted by group, then name.
+    fn named_metrics(
+        &self,
+        queue: &str,
+        prefix: &str,
+        since: Millis,
+        raw_keep_ms: Millis,
+    ) -> Result<Vec<(String, String, crate::metrics::Histogram)>>;
+
+    /// Deletes events, metrics and worker registrations past their retention, and ends
+    /// result-cache entries past their ttl (the runs stay); returns how many rows went or
+    /// changed.
     fn prune_observability(&self, keep: &ObservabilityRetention) -> Result<u64>;
 
     /// Registers or renews a worker.

@@ -134,4 +134,9 @@ pub trait Operations: Store {
     /// boundary), sorted: what an operator's short name may mean. Reads every task of the
     /// queue (no index on names): for operators, not hot paths.
     fn task_names_like(&self, queue: &str, name: &str) -> Result<Vec<String>>;
+
+    /// Ends the result-cache entries of task `name` (the one with unique key `key`, or all
+    /// of them): the next identical enqueue runs again. The completed runs stay. Returns
+    /// how many entries were live or expired-but-kept.
+    fn clear_cache(&self, queue: &str, name: &str, key: Option<&str>) -> Result<u64>;
 }

@@ -12,5 +12,6 @@ pub(crate) fn task(name: &str, priority: i64) -> NewTask<'_> {
         run_at: None,
         max_attempts: 3,
         unique_key: None,
+        cache_ttl: None,
     }
 }

@@ -80,7 +80,7 @@ _COMMANDS = [
     _status.status,
     _tasks.list_command, _tasks.inspect, _tasks.export,
     _control.retry, _control.cancel, _control.purge, _control.pause, _control.resume,
-    _observe.stats, _observe.health, _observe.events, _intel.forecast, _intel.alerts,
+    _observe.stats, _observe.health, _observe.events, _observe.profile, _intel.forecast, _intel.alerts,
     _bench.bench_command,
     _workers.workers, _schedules.schedules, _circuit.circuit, _groups.group,
     _dashboard.dashboard,

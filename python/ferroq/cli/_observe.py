@@ -1,8 +1,10 @@
 """Reading what the queue did: ``ferroq stats`` (rates and percentiles), ``ferroq health``
-(exit 0/1) and ``ferroq events`` (tail lifecycle events, from any process)."""
+(exit 0/1), ``ferroq events`` (tail lifecycle events, from any process) and ``ferroq
+profile`` (where profiling workers' time goes)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
@@ -16,8 +18,6 @@ from ..groups import Event
 from ..observe import GroupMetrics, Percentiles
 from ._common import Duration, Exit, console, db_options, dumps, open_queue, option, output_option, settings, \
     split_list, stamp
-
-
 
 
 def stats_data(m: GroupMetrics) -> dict[str, Any]:
@@ -139,3 +139,34 @@ def _detail_text(detail: dict[str, Any]) -> str:
             text = dumps(value, pretty=False)
         parts.append(f"{key}={text}")
     return " ".join(parts)
+
+
+@click.command()
+@db_options
+@output_option
+@option("--seconds", type=click.FloatRange(1, 86_400), default=10.0, show_default=True,
+        help="How long to watch (or, with --no-wait, how far back to look).")
+@option("--wait/--no-wait", default=True, show_default=True,
+        help="Watch for --seconds, then show them; --no-wait: show the last --seconds at once.")
+@click.pass_context
+def profile(ctx: click.Context, db: str | None, queue_name: str | None, output: str, seconds: float,
+            wait: bool) -> None:
+    """Where profiling workers' time goes (workers run with --profile, or Worker(profile=True)):
+    per stage (claim, decode, wait for a runner, run, encode, record, commit) and per task
+    name (wall and CPU time, peak memory delta), read live from the metrics table (they add
+    their figures every second), to the 10-second interval."""
+    s = settings(ctx, db, queue_name)
+    with open_queue(s) as q:
+        if wait:
+            time.sleep(seconds + 1.5)  # a profiling worker adds its figures every second
+        prof = q.profile(window=seconds)
+    if output == "json":
+        click.echo(dumps({"queue": s.queue, "window": seconds, "stages": [asdict(x) for x in prof.stages],
+                          "tasks": [asdict(x) for x in prof.tasks]}))
+        return
+    if prof.empty:
+        console().print(f"no profile recorded on queue {s.queue!r} in the last {duration(seconds)}: run a worker "
+                        f"with --profile (or Worker(profile=True))")
+        return
+    click.echo(f"Queue {s.queue!r}, last {duration(seconds)} (profiling workers)")
+    click.echo(prof.table())

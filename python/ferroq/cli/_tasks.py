@@ -177,7 +177,7 @@ def inspect(ctx: click.Context, db: str | None, queue_name: str | None, output: 
     table_of_fields.add_column()
     rows: list[tuple[str, Any]] = [
         ("id", info.id), ("queue", info.queue), ("name", info.name), ("status", info.status),
-        ("resource group", info.resource_group), ("priority", info.priority),
+        ("resource group", info.resource_group), ("routed", info.route), ("priority", info.priority),
         ("attempts", f"{info.attempts}/{info.max_attempts}"), ("unique key", info.unique_key),
         ("progress", info.progress), ("progress message", info.progress_message), ("created", info.created_at),
         ("run at", info.run_at),

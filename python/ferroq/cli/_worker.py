@@ -79,12 +79,15 @@ def load_queue(spec: str) -> Queue:
         help="Serve Prometheus metrics on this port (0: any free port, logged).")
 @option("--metrics-host", default="0.0.0.0", show_default=True,
         help="Address the metrics endpoint listens on (0.0.0.0: every IPv4 address; 127.0.0.1: this host only).")
+@option("--profile", type=click.Choice(["off", "on", "time"]), default="off", show_default=True,
+        help="Record where the worker's time goes (per stage and task), for `ferroq profile`; "
+             "'time': without the per-task peak memory (tracemalloc, most of the cost).")
 @click.pass_context
 def worker(ctx: click.Context, spec: str, db: str | None, create: bool, concurrency: int | None,
            processes: int | None, autoscale: str | None, groups: str | None, lease: float, prefetch: int | None,
            shutdown_grace: float, name: str | None, unknown_task_grace: float, on_start: str | None,
            on_stop: str | None, before_run: str | None, after_run: str | None, until_idle: bool, until_empty: bool,
-           log_level: str, metrics_port: int | None, metrics_host: str) -> None:
+           log_level: str, metrics_port: int | None, metrics_host: str, profile: str) -> None:
     """Run a worker on the queue MODULE:QUEUE (e.g. myapp.tasks:queue) until SIGINT/SIGTERM.
 
     The database is the one the Queue in your code opens, unless --db (or FERROQ_DB) names
@@ -114,7 +117,7 @@ def worker(ctx: click.Context, spec: str, db: str | None, create: bool, concurre
                 unknown_task_grace=unknown_task_grace, autoscale=scaling,
                 on_start=_reported(on_start, load_hook("--on-start", on_start)),
                 on_stop=load_hook("--on-stop", on_stop), before_run=load_hook("--before-run", before_run),
-                after_run=load_hook("--after-run", after_run))
+                after_run=load_hook("--after-run", after_run), profile=PROFILE_SETTINGS[profile])
     stats = w.run(until_idle=until_idle, until_empty=until_empty)
     logging.getLogger("ferroq.cli").info("done: %s", stats)
 
@@ -155,6 +158,10 @@ def _reported(spec: str | None, hook: Callable[..., Any] | None) -> Callable[[],
             raise CliError(f"--on-start {spec} failed, the worker did not start: {type(e).__name__}: {e}",
                            Exit.FAILED) from None
     return on_start
+
+
+#: ``--profile`` as ``Worker(profile=...)`` takes it.
+PROFILE_SETTINGS: dict[str, bool | str] = {"off": False, "on": True, "time": "time"}
 
 
 def _open_policy(db: str | None, create: bool) -> None:

@@ -17,6 +17,7 @@ from .failures import FATAL_STORAGE
 from .runs import Batch, Job, Run
 
 if TYPE_CHECKING:
+    from .._core import Store
     from .coordinator import Worker
 
 log = logging.getLogger("ferroq.worker")
@@ -48,8 +49,7 @@ class ClaimLoop:
                 pass
             elif free >= batch_floor or (free > 0 and not w._ready):
                 try:
-                    rows = (store.claim(name, w.id, free, lease_ms) if w.groups is None
-                            else store.claim_in_groups(name, list(w.groups), w.id, free, lease_ms))
+                    rows = self.claim(store, name, free, lease_ms)
                 except FATAL_STORAGE:
                     raise
                 except StorageError as e:
@@ -67,6 +67,13 @@ class ClaimLoop:
                 wait = self.idle_wait()
             wait = min(wait, self.dispatch_due_batches())
             store.wait_for_change(token, wait)
+
+    def claim(self, store: Store, name: str, free: int, lease_ms: int) -> list[tuple[Any, ...]]:
+        """Up to ``free`` tasks under fresh leases (of the worker's groups, if it has any)."""
+        w = self.worker
+        if w.groups is None:
+            return store.claim(name, w.id, free, lease_ms)
+        return store.claim_in_groups(name, list(w.groups), w.id, free, lease_ms)
 
     def prefetch_now(self) -> int:
         w = self.worker

@@ -64,7 +64,7 @@ class Completer:
                 failed(ctx.id, ctx.token, error, delay, toward_breaker, hold, run.run_us)
         while True:
             try:
-                answers = w.queue._engine.finish_many(rows)
+                answers = self.commit(rows)
                 break
             except FATAL_STORAGE as e:
                 log.error("cannot record %d outcome(s), the database is unusable: %s", len(rows), e)
@@ -123,6 +123,10 @@ class Completer:
         if counted:
             w._holds.learn(counted)
         w.queue._notify()
+
+    def commit(self, rows: list[tuple[Any, ...]]) -> list[str | None]:
+        """Records the outcomes in one transaction; per outcome its status (None: lost)."""
+        return self.worker.queue._engine.finish_many(rows)
 
     def log_extra(self, ctx: TaskContext, outcome: str) -> dict[str, Any]:
         """Structured fields on task log records (for JSON log formatters)."""

@@ -34,6 +34,7 @@ from .hooks import RunHooks, RunOutcome, check_hook
 from .journal import forget, open_journal
 from .maintenance import Maintenance
 from .process_pool import ProcessPool, check_importable
+from .profiler import ProfiledClaimLoop, ProfiledCompleter, ProfiledRunners, Profiler, QueueView, TimedSerializer
 from .runners import ThreadRunners
 from .runs import Batch, Outcome, Run, WorkerStats, runs_of
 from .signals import StopSignals
@@ -111,6 +112,7 @@ class Worker:
         before_run: Callable[[TaskContext], Any] | None = None,
         after_run: Callable[[TaskContext, RunOutcome], Any] | None = None,
         autoscale: Autoscale | None = None,
+        profile: bool | str = False,
     ) -> None:
         if not isinstance(queue, Queue):
             raise InvalidArgument(f"Worker needs a ferroq.Queue, got {queue!r}")
@@ -179,14 +181,23 @@ class Worker:
         self._maintenance_done = threading.Event()
         self._running = False
         self._journal: _core.RunJournal | None = None
+        if profile not in (False, True, "time") or not isinstance(profile, (bool, str)):
+            raise InvalidArgument(f'profile must be False, True or "time" (no memory figures), got {profile!r}')
+        #: The profiler (None: off, and nothing on the per-task path knows of it).
+        self._profiler = Profiler(memory=profile is True) if profile else None
         # -- per run: the breaker view, and the outcomes told to it.
         self._breakers = BreakerView(partial(declared_breaker, queue))
-        self._outcomes = self._outcomes_type(queue, self._breakers, self._max_payload)
+        self._outcomes = self._make_outcomes()
         # -- the collaborators, one concept each.
-        self._claims = ClaimLoop(self)
-        self._runners = ThreadRunners(self)
+        if self._profiler is None:
+            self._claims = ClaimLoop(self)
+            self._runners = ThreadRunners(self)
+            self._completer = Completer(self)
+        else:
+            self._claims = ProfiledClaimLoop(self, self._profiler)
+            self._runners = ProfiledRunners(self, self._profiler)
+            self._completer = ProfiledCompleter(self, self._profiler)
         self._async = AsyncRunner(self)
-        self._completer = Completer(self)
         self._maintenance = Maintenance(self)
         self._autoscaler: Autoscaler | None = None
         self._holds = GroupHolds(self)
@@ -213,10 +224,12 @@ class Worker:
         if self._on_start is not None:
             self._on_start()  # raises: nothing was started or claimed
         self._running = True
+        if self._profiler is not None:
+            self._profiler.start()
         self.id = self._name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.stats = WorkerStats()
         self._breakers = BreakerView(partial(declared_breaker, self.queue))
-        self._outcomes = self._outcomes_type(self.queue, self._breakers, self._max_payload)
+        self._outcomes = self._make_outcomes()
         self._stopping.clear()
         self._signals.reset(self.shutdown_grace)
         self._hard_stop.clear()
@@ -275,6 +288,8 @@ class Worker:
             self._running = False
             self._journal = None  # every run is recorded or given back: its file goes
             self._maintenance.unregister()
+            if self._profiler is not None:
+                self._profiler.stop()
             log.info("worker %s stopped: %s", self.id, self.stats)
             self._call_on_stop()
         return self.stats
@@ -284,6 +299,15 @@ class Worker:
         self.concurrency = n
         self._runners.resize(n)
         self.queue._notify()  # the claim loop's window changed
+
+    def _make_outcomes(self) -> Outcomes:
+        # Profiling: results are encoded through the timed serializer (the encode stage).
+        queue = self.queue if self._profiler is None else self._runners_queue()
+        return self._outcomes_type(queue, self._breakers, self._max_payload)
+
+    def _runners_queue(self) -> Queue:
+        assert self._profiler is not None
+        return QueueView(self.queue, TimedSerializer(self.queue.serializer, self._profiler))  # type: ignore[return-value]
 
     def _call_on_stop(self) -> None:
         if self._on_stop is not None:

@@ -25,6 +25,8 @@ log = logging.getLogger("ferroq.worker")
 #: How often a worker renews its registration, and flushes its metrics to the file.
 WORKER_SEEN_INTERVAL = 2.0
 METRICS_INTERVAL = 10.0
+#: A profiling worker's flush interval (``ferroq profile`` reads it live).
+PROFILE_INTERVAL = 1.0
 
 
 class Maintenance:
@@ -56,8 +58,10 @@ class Maintenance:
                     self.register()
                     next_seen = now + WORKER_SEEN_INTERVAL
                 if now >= next_metrics:
+                    if w._profiler is not None:  # profiling: every second, for live readers
+                        w._profiler.push(queue)
                     store.flush_metrics()
-                    next_metrics = now + METRICS_INTERVAL
+                    next_metrics = now + (METRICS_INTERVAL if w._profiler is None else PROFILE_INTERVAL)
                 if now >= next_observe_prune and not w._stopping.is_set():
                     queue.observability.prune(queue)
                     next_observe_prune = now + 60.0
@@ -117,6 +121,8 @@ class Maintenance:
         w = self.worker
         try:
             store = w.queue._engine
+            if w._profiler is not None:
+                w._profiler.push(w.queue)
             store.flush_metrics()
             store.worker_stopped(w.id)
         except StorageError as e:

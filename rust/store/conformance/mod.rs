@@ -10,6 +10,7 @@ use crate::policy::retention::{Keep, Retention};
 use crate::store::Engine;
 use crate::task::{FailAction, NewTask, TaskStatus};
 
+mod cache;
 mod clock_steps;
 mod groups;
 mod listing;
@@ -791,6 +792,7 @@ fn batches_store_every_task_as_given_whatever_their_mix() {
             run_at: (mixed && i % 7 == 0).then_some(now + 1000 + i64::from(i)),
             max_attempts: if mixed { 1 + i64::from(i % 4) } else { 3 },
             unique_key: (i == 272 || i == 276).then(|| format!("k{i}").into()),
+            cache_ttl: None,
         });
     }
     let done = f.store.enqueue(Q, &tasks).unwrap();

@@ -367,3 +367,61 @@ fn metric_histograms_give_each_intervals_durations() {
     assert_eq!(other.len(), 1);
     assert_eq!(other[0].1.count(), 1);
 }
+
+/// Each task name's run times are stored apart (`task_run:<name>`), and a process's own
+/// figures (`record_samples`) too; another engine on the same store reads them by prefix,
+/// and the groups' series do not show them.
+#[test]
+fn per_task_run_times_and_samples_are_stored_by_name() {
+    let Some(f) = fixture() else { return };
+    let slow = crate::task::NewTask {
+        resource_group: "g".into(),
+        ..task("slow", 0)
+    };
+    f.store
+        .enqueue(Q, &[task("fast", 0), task("fast", 0), slow])
+        .unwrap();
+    let claimed = f.store.claim(Q, "w", 3, LEASE).unwrap();
+    let outcomes: Vec<Outcome> = claimed
+        .iter()
+        .map(|t| Outcome::Completed {
+            id: t.id,
+            token: t.token,
+            result: b"null".to_vec(),
+            run_us: Some(if t.name == "slow" { 500_000 } else { 1_000 }),
+        })
+        .collect();
+    f.store.finish_many(&outcomes).unwrap();
+    f.store
+        .record_samples(Q, "g", "profile:stage:claim", &[10, 20]);
+    f.store.flush_metrics().unwrap();
+    let since = f.store.now_ms() - 60_000;
+    let other = super::open_engine(&f.path, &f.clock);
+    let runs = other
+        .named_metrics(Q, "task_run:", since, 86_400_000)
+        .unwrap();
+    let got: Vec<(&str, &str, u64, u64)> = runs
+        .iter()
+        .map(|(g, n, h)| (g.as_str(), n.as_str(), h.count(), h.max_us()))
+        .collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(
+        (got[0].0, got[0].1, got[0].2),
+        ("default", "task_run:fast", 2)
+    );
+    assert_eq!((got[1].0, got[1].1, got[1].2), ("g", "task_run:slow", 1));
+    let rel = |a: u64, b: u64| (a as f64 - b as f64).abs() / b as f64;
+    assert!(
+        rel(got[0].3, 1_000) < 0.05 && rel(got[1].3, 500_000) < 0.05,
+        "{got:?}"
+    );
+    let samples = other
+        .named_metrics(Q, "profile:", since, 86_400_000)
+        .unwrap();
+    assert_eq!(samples.len(), 1);
+    assert_eq!((samples[0].0.as_str(), samples[0].2.count()), ("g", 2));
+    let groups = other.metrics(Q, since, 86_400_000).unwrap();
+    let mut names: Vec<&String> = groups.keys().collect();
+    names.sort();
+    assert_eq!(names, ["default", "g"]);
+}

@@ -33,11 +33,17 @@ const INSERT_MANY_SQL: &str = "WITH r AS MATERIALIZED (
      SELECT ord, id FROM r CROSS JOIN n";
 
 const INSERT_KEYED_SQL: &str = "INSERT INTO tasks (queue, name, resource_group, priority, run_at,
-                            status, max_attempts, unique_key, created_at, updated_at)
-     VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $8)
+                            status, max_attempts, unique_key, created_at, updated_at, cache_ttl_ms)
+     VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $8, $9)
      ON CONFLICT (queue, unique_key)
          WHERE unique_key IS NOT NULL AND status IN ('pending', 'running') DO NOTHING
      RETURNING id";
+
+/// The newest completed run of a task with this cache key whose entry is still live.
+const CACHED_SQL: &str = "SELECT id FROM tasks
+     WHERE queue = $1 AND unique_key = $2 AND status = 'completed'
+       AND cache_ttl_ms IS NOT NULL AND name = $3 AND finished_at + cache_ttl_ms > $4
+     ORDER BY finished_at DESC LIMIT 1";
 
 const HOLDER_SQL: &str = "SELECT id FROM tasks
      WHERE queue = $1 AND unique_key = $2 AND status IN ('pending', 'running')";
@@ -120,10 +126,7 @@ fn insert_many<C: GenericClient>(
         )));
     }
     ids.sort_unstable();
-    out.extend(
-        ids.into_iter()
-            .map(|(_, id)| Enqueued { id, created: true }),
-    );
+    out.extend(ids.into_iter().map(|(_, id)| Enqueued::new(id)));
     Ok(())
 }
 
@@ -134,6 +137,15 @@ fn insert_keyed<C: GenericClient>(
     now: Millis,
 ) -> Result<Enqueued> {
     let key = task.unique_key.as_deref();
+    if task.cache_ttl.is_some()
+        && let Some(row) = db.query_opt(CACHED_SQL, &[&queue, &key, &&*task.name, &now])?
+    {
+        return Ok(Enqueued {
+            id: row.get(0),
+            created: false,
+            cached: true,
+        });
+    }
     loop {
         let inserted = db.query_opt(
             INSERT_KEYED_SQL,
@@ -146,6 +158,7 @@ fn insert_keyed<C: GenericClient>(
                 &task.max_attempts,
                 &key,
                 &now,
+                &task.cache_ttl,
             ],
         )?;
         if let Some(row) = inserted {
@@ -156,14 +169,47 @@ fn insert_keyed<C: GenericClient>(
                     &[&id, &&*task.payload],
                 )?;
             }
-            return Ok(Enqueued { id, created: true });
+            return Ok(Enqueued::new(id));
         }
         // The holder may have finished since the conflict: then insert again.
         if let Some(row) = db.query_opt(HOLDER_SQL, &[&queue, &key])? {
             return Ok(Enqueued {
                 id: row.get(0),
                 created: false,
+                cached: false,
             });
         }
     }
+}
+
+/// Ends up to `limit` cache entries that expired by `now` (their ttl set to NULL, so the
+/// partial indexes keep only live entries); returns how many.
+pub fn end_expired_cache<C: GenericClient>(
+    db: &mut Db<'_, C>,
+    now: Millis,
+    limit: usize,
+) -> Result<u64> {
+    db.execute(
+        "UPDATE tasks SET cache_ttl_ms = NULL WHERE id IN (
+             SELECT id FROM tasks
+             WHERE status = 'completed' AND cache_ttl_ms IS NOT NULL
+               AND finished_at + cache_ttl_ms <= $1
+             LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        &[&now, &(limit as i64)],
+    )
+}
+
+/// Ends the cache entries of task `name` (one key, or all): the runs stay, as history.
+pub fn clear_cache<C: GenericClient>(
+    db: &mut Db<'_, C>,
+    queue: &str,
+    name: &str,
+    key: Option<&str>,
+) -> Result<u64> {
+    db.execute(
+        "UPDATE tasks SET cache_ttl_ms = NULL
+         WHERE queue = $1 AND status = 'completed' AND cache_ttl_ms IS NOT NULL
+           AND name = $2 AND ($3::text IS NULL OR unique_key = $3)",
+        &[&queue, &name, &key],
+    )
 }

@@ -141,7 +141,7 @@ const COMPLETE_SQL: &str = "WITH d AS MATERIALIZED (
          SET status = 'completed', finished_at = $4, updated_at = $4, progress = 1.0,
              lease_token = NULL, lease_expires_at = NULL
          FROM d WHERE t.id = d.id AND t.lease_token = d.token AND t.status = 'running'
-         RETURNING t.id, t.queue, t.resource_group, t.started_at),
+         RETURNING t.id, t.queue, t.resource_group, t.started_at, t.name),
      r AS (
          INSERT INTO task_results (task_id, result, created_at)
          SELECT u.id, d.result, $4 FROM u JOIN d ON d.id = u.id WHERE d.result <> 'null'::bytea
@@ -150,7 +150,8 @@ const COMPLETE_SQL: &str = "WITH d AS MATERIALIZED (
      n AS (SELECT count(pg_notify($5, q.queue)) AS sent FROM (SELECT DISTINCT queue FROM u) q)
      SELECT u.id, u.queue, u.resource_group, u.started_at,
             EXISTS (SELECT 1 FROM resource_groups g
-                    WHERE g.queue = u.queue AND g.resource_group = u.resource_group)
+                    WHERE g.queue = u.queue AND g.resource_group = u.resource_group),
+            u.name
      FROM u CROSS JOIN n";
 
 fn complete_many<C: GenericClient>(
@@ -195,6 +196,7 @@ fn complete_many<C: GenericClient>(
                 status: TaskStatus::Completed,
                 queue: r.get(1),
                 group: r.get(2),
+                name: r.get(5),
                 started_at: r.get(3),
                 kind: RunEndKind::Succeeded,
                 run_us: run_times.get(&id).copied(),
@@ -262,7 +264,7 @@ const FAIL_SQL: &str = "WITH f AS MATERIALIZED (
          last_error = f.error, updated_at = $6, lease_token = NULL, lease_expires_at = NULL
      FROM f WHERE t.id = f.id AND t.lease_token = f.token AND t.status = 'running'
      RETURNING t.id, t.status, t.queue, t.resource_group, t.started_at, t.attempts, t.run_at,
-               t.lease_owner";
+               t.lease_owner, t.name";
 
 /// A run that ended (failed or rescued) as its row was left, for history and events.
 pub struct Ended {
@@ -314,6 +316,7 @@ fn fail_many<C: GenericClient>(
                     status: status(r.get(1)),
                     queue: r.get(2),
                     group: r.get(3),
+                    name: r.get(8),
                     started_at: r.get(4),
                     kind: RunEndKind::Failed {
                         counts: f.impact.counts,

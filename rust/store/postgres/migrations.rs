@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_duties.sql")),
+    (3, include_str!("migrations/0003_result_cache.sql")),
 ];
 
 /// The newest schema this version knows.

@@ -751,6 +751,22 @@ impl Store for PgStore {
         self.metrics().map(|m| m.totals()).unwrap_or_default()
     }
 
+    fn record_samples(&self, queue: &str, group: &str, name: &str, values: &[u64]) {
+        if let Some(mut m) = self.metrics() {
+            m.samples(queue, group, name, values);
+        }
+    }
+
+    fn named_metrics(
+        &self,
+        queue: &str,
+        prefix: &str,
+        since: Millis,
+        raw_keep_ms: Millis,
+    ) -> Result<Vec<(String, String, crate::metrics::Histogram)>> {
+        self.read(|db, now| observe::read_named(db, queue, prefix, since, now, raw_keep_ms))
+    }
+
     fn metric_series(
         &self,
         queue: &str,
@@ -803,7 +819,10 @@ impl Store for PgStore {
         let mut total = self.write(|db, now| observe::prune_workers(db, now, keep.workers_ms))?;
         // Batched deletes, like task retention.
         loop {
-            let n = self.write(|db, now| observe::prune_batch(db, now, keep, 1000))?;
+            let n = self.write(|db, now| {
+                Ok(observe::prune_batch(db, now, keep, 1000)?
+                    + enqueue::end_expired_cache(db, now, 1000)?)
+            })?;
             total += n;
             if n == 0 {
                 return Ok(total);
@@ -865,6 +884,11 @@ impl Store for PgStore {
 }
 
 impl Operations for PgStore {
+    fn clear_cache(&self, queue: &str, name: &str, key: Option<&str>) -> Result<u64> {
+        validate::name("queue", queue)?;
+        self.write(|db, _| enqueue::clear_cache(db, queue, name, key))
+    }
+
     fn declare_schedule(&self, queue: &str, schedule: &Schedule, now: Millis) -> Result<Schedule> {
         validate::name("queue", queue)?;
         validate::name("schedule", &schedule.name)?;

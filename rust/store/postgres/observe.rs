@@ -8,6 +8,7 @@ use postgres::GenericClient;
 use super::pool::Db;
 use crate::clock::Millis;
 use crate::error::Result;
+use crate::metrics::recorder::TASK_RUN_PREFIX;
 use crate::metrics::{Counter, Histogram, Series, SeriesMap};
 use crate::store::WorkerInfo;
 
@@ -112,7 +113,7 @@ pub fn flush<C: GenericClient>(db: &mut Db<'_, C>, taken: &SeriesMap, now: Milli
     // (queue, name, group, bucket_ms, bucket_start, value, histogram)
     type MetricRow<'a> = (
         &'a str,
-        &'a str,
+        String,
         &'a str,
         Millis,
         Millis,
@@ -129,7 +130,7 @@ pub fn flush<C: GenericClient>(db: &mut Db<'_, C>, taken: &SeriesMap, now: Milli
                     if n > 0 {
                         rows.push((
                             queue,
-                            counter.as_str(),
+                            counter.as_str().to_string(),
                             group,
                             bucket_ms,
                             start,
@@ -138,7 +139,15 @@ pub fn flush<C: GenericClient>(db: &mut Db<'_, C>, taken: &SeriesMap, now: Milli
                         ));
                     }
                 }
-                for (name, h) in [(WAIT, &series.wait), (RUN, &series.run)] {
+                let task_runs = series
+                    .task_runs
+                    .iter()
+                    .map(|(task, h)| (format!("{TASK_RUN_PREFIX}{task}"), h));
+                let samples = series.samples.iter().map(|(n, h)| (n.clone(), h));
+                let builtin = [(WAIT, &series.wait), (RUN, &series.run)]
+                    .into_iter()
+                    .map(|(n, h)| (n.to_string(), h));
+                for (name, h) in builtin.chain(task_runs).chain(samples) {
                     if !h.is_empty() {
                         rows.push((
                             queue,
@@ -154,7 +163,7 @@ pub fn flush<C: GenericClient>(db: &mut Db<'_, C>, taken: &SeriesMap, now: Milli
             }
         }
     }
-    rows.sort_by(|a, b| (a.0, a.1, a.3, a.4, a.2).cmp(&(b.0, b.1, b.3, b.4, b.2)));
+    rows.sort_by(|a, b| (a.0, &a.1, a.3, a.4, a.2).cmp(&(b.0, &b.1, b.3, b.4, b.2)));
     for (queue, name, group, bucket_ms, start, value, histogram) in rows {
         db.execute(
             "INSERT INTO metrics (bucket_start, bucket_ms, queue, resource_group, name, value)
@@ -223,6 +232,38 @@ pub fn read<C: GenericClient>(
         }
     }
     Ok(out)
+}
+
+/// The histograms whose metric name starts with `prefix`, summed per (group, name) over
+/// `[since, now]` as `read` picks its resolution; sorted by group, then name.
+pub fn read_named<C: GenericClient>(
+    db: &mut Db<'_, C>,
+    queue: &str,
+    prefix: &str,
+    since: Millis,
+    now: Millis,
+    raw_keep_ms: Millis,
+) -> Result<Vec<(String, String, Histogram)>> {
+    let bucket_ms = if now - since <= raw_keep_ms {
+        INTERVAL_MS
+    } else {
+        HOUR_MS
+    };
+    let from = since - since.rem_euclid(bucket_ms);
+    // starts_with, not LIKE: no escaping of `%`/`_` in task names.
+    let rows = db.query(
+        "SELECT resource_group, name, histogram FROM metrics
+         WHERE queue = $1 AND starts_with(name, $2) AND bucket_ms = $3 AND bucket_start >= $4",
+        &[&queue, &prefix, &bucket_ms, &from],
+    )?;
+    let mut out: std::collections::BTreeMap<(String, String), Histogram> = Default::default();
+    for r in rows {
+        let blob: Option<Vec<u8>> = r.get(2);
+        if let Some(h) = blob.as_deref().and_then(Histogram::from_bytes) {
+            out.entry((r.get(0), r.get(1))).or_default().merge(&h);
+        }
+    }
+    Ok(out.into_iter().map(|((g, n), h)| (g, n, h)).collect())
 }
 
 /// One stored counter per interval of `bucket_ms` from `since`, summed over groups unless

@@ -71,13 +71,13 @@ const CHARGED_SQL: &str = "UPDATE tasks
          run_at = $4, updated_at = $4, last_error = $5,
          lease_token = NULL, lease_expires_at = NULL
      WHERE id = $1 AND lease_token = $2 AND lease_expires_at = $3 AND status = 'running'
-     RETURNING attempts, id, status, queue, resource_group, started_at, lease_owner";
+     RETURNING attempts, id, status, queue, resource_group, started_at, lease_owner, name";
 
 const RETURNED_SQL: &str = "UPDATE tasks
      SET status = 'pending', attempts = greatest(attempts - 1, 0), run_at = $4, updated_at = $4,
          lease_token = NULL, lease_expires_at = NULL
      WHERE id = $1 AND lease_token = $2 AND lease_expires_at = $3 AND status = 'running'
-     RETURNING attempts, id, status, queue, resource_group, started_at, lease_owner";
+     RETURNING attempts, id, status, queue, resource_group, started_at, lease_owner, name";
 
 /// Takes over expired leases (see the SQLite engine's `finish::rescue`): a run that started,
 /// or of which no journal knows, used its attempt; one that never started, or whose
@@ -122,6 +122,7 @@ pub fn rescue<C: GenericClient>(
             status: TaskStatus::parse(row.get(2))?,
             queue: row.get(3),
             group: row.get(4),
+            name: row.get(7),
             started_at: row.get(5),
             kind: RunEndKind::Failed {
                 counts: false,

@@ -171,7 +171,7 @@ fn insert_chunk(
     for (id, task) in (first_id..=last).zip(chunk) {
         store_apart(tx, id, task)?;
     }
-    out.extend((first_id..=last).map(|id| Enqueued { id, created: true }));
+    out.extend((first_id..=last).map(Enqueued::new));
     Ok(())
 }
 
@@ -185,6 +185,16 @@ fn insert_one(
 ) -> Result<()> {
     // We hold the write lock, so nobody can take the key between this check and the insert.
     if let Some(key) = &task.unique_key {
+        if task.cache_ttl.is_some()
+            && let Some(id) = cached(tx, queue, &task.name, key, now)?
+        {
+            out.push(Enqueued {
+                id,
+                created: false,
+                cached: true,
+            });
+            return Ok(());
+        }
         let found = tx
             .prepare_cached(
                 "SELECT id FROM tasks
@@ -193,14 +203,18 @@ fn insert_one(
             .query_row((queue, key), |r| r.get(0))
             .optional()?;
         if let Some(id) = found {
-            out.push(Enqueued { id, created: false });
+            out.push(Enqueued {
+                id,
+                created: false,
+                cached: false,
+            });
             return Ok(());
         }
     }
     tx.prepare_cached(
         "INSERT INTO tasks (queue, name, resource_group, payload, priority, run_at, status,
-                            max_attempts, unique_key, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?8, ?9, ?9)",
+                            max_attempts, unique_key, created_at, updated_at, cache_ttl_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?8, ?9, ?9, ?10)",
     )?
     .execute((
         queue,
@@ -212,17 +226,87 @@ fn insert_one(
         task.max_attempts,
         &task.unique_key,
         now,
+        task.cache_ttl,
     ))?;
     let id = tx.last_insert_rowid();
     store_apart(tx, id, task)?;
     // No history row: `history` derives the enqueue from created_at.
-    out.push(Enqueued { id, created: true });
+    out.push(Enqueued::new(id));
     Ok(())
+}
+
+/// The newest completed run of task `name` with cache key `key` whose entry is still live.
+fn cached(
+    tx: &Transaction<'_>,
+    queue: &str,
+    name: &str,
+    key: &str,
+    now: Millis,
+) -> Result<Option<i64>> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT id FROM tasks
+             WHERE queue = ?1 AND unique_key = ?2 AND status = 'completed'
+               AND cache_ttl_ms IS NOT NULL AND name = ?3 AND finished_at + cache_ttl_ms > ?4
+             ORDER BY finished_at DESC LIMIT 1",
+        )?
+        .query_row((queue, key, name, now), |r| r.get(0))
+        .optional()?)
+}
+
+/// Ends up to `limit` cache entries that expired by `now` (their ttl set to NULL, so the
+/// partial indexes keep only live entries); returns how many.
+pub fn end_expired_cache(tx: &Transaction<'_>, now: Millis, limit: usize) -> Result<u64> {
+    let n = tx
+        .prepare_cached(
+            "UPDATE tasks SET cache_ttl_ms = NULL WHERE id IN (
+                 SELECT id FROM tasks
+                 WHERE status = 'completed' AND cache_ttl_ms IS NOT NULL
+                   AND finished_at + cache_ttl_ms <= ?1
+                 LIMIT ?2)",
+        )?
+        .execute((now, limit as i64))?;
+    Ok(n as u64)
+}
+
+/// Ends the cache entries of task `name` (one key, or all): the runs stay, as history.
+pub fn clear_cache(
+    tx: &Transaction<'_>,
+    queue: &str,
+    name: &str,
+    key: Option<&str>,
+) -> Result<u64> {
+    let n = tx
+        .prepare_cached(
+            "UPDATE tasks SET cache_ttl_ms = NULL
+             WHERE queue = ?1 AND status = 'completed' AND cache_ttl_ms IS NOT NULL
+               AND name = ?2 AND (?3 IS NULL OR unique_key = ?3)",
+        )?
+        .execute((queue, name, key))?;
+    Ok(n as u64)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Options, SqliteStore, read_one};
+    use super::super::{Options, SqliteStore, query_plan, read_one};
+
+    #[test]
+    fn cache_lookups_and_expiry_use_their_partial_indexes() {
+        let hit = query_plan(
+            "SELECT id FROM tasks
+             WHERE queue = ?1 AND unique_key = ?2 AND status = 'completed'
+               AND cache_ttl_ms IS NOT NULL AND name = ?3 AND finished_at + cache_ttl_ms > ?4
+             ORDER BY finished_at DESC LIMIT 1",
+            ("q", "k", "t", 0),
+        );
+        assert!(hit.contains("tasks_cached"), "{hit}");
+        let expired = query_plan(
+            "SELECT id FROM tasks WHERE status = 'completed' AND cache_ttl_ms IS NOT NULL
+               AND finished_at + cache_ttl_ms <= ?1 LIMIT ?2",
+            (0, 10),
+        );
+        assert!(expired.contains("tasks_cache_expiry"), "{expired}");
+    }
 
     /// `insert_chunk` derives ids from `last_insert_rowid`: a trigger inserting into tasks
     /// would take ids in between.

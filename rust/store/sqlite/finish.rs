@@ -127,7 +127,7 @@ fn fail_many(tx: &Transaction<'_>, failures: &[Failure], now: Millis) -> Result<
                           value ->> 3 AS retry_at, value ->> 4 AS refund FROM json_each(?1)) AS f
              WHERE tasks.id = f.id AND tasks.lease_token = f.token AND tasks.status = 'running'
              RETURNING tasks.attempts, tasks.id, tasks.status, tasks.queue, tasks.resource_group,
-                       tasks.started_at",
+                       tasks.started_at, tasks.name",
         )?
         .query_map((rows, now), |r| {
             let id: TaskId = r.get(1)?;
@@ -202,8 +202,8 @@ fn record_failed_runs(tx: &Transaction<'_>, runs: &[(TaskId, i64)], now: Millis)
     Ok(())
 }
 
-/// A finished run's facts from `id, status, queue, resource_group, started_at` at column
-/// `first` of a RETURNING row.
+/// A finished run's facts from `id, status, queue, resource_group, started_at, name` at
+/// column `first` of a RETURNING row.
 fn run_end(
     r: &rusqlite::Row<'_>,
     first: usize,
@@ -216,6 +216,7 @@ fn run_end(
         queue: r.get(first + 2)?,
         group: r.get(first + 3)?,
         started_at: r.get(first + 4)?,
+        name: r.get(first + 5)?,
         kind,
         run_us,
     })
@@ -311,7 +312,7 @@ fn complete_many(
              lease_token = NULL, lease_expires_at = NULL
          WHERE id IN (SELECT value FROM json_each(?1)) AND lease_token = ?3
            AND status = 'running'
-         RETURNING id, status, queue, resource_group, started_at",
+         RETURNING id, status, queue, resource_group, started_at, name",
     )?;
     for (token, mut ids) in by_token {
         ids.push(']');
@@ -478,7 +479,7 @@ fn take_over(
                 counts: false,
                 hold_ms: None,
             };
-            Ok((r.get(0)?, run_end(r, 1, kind, None)?, r.get(6)?))
+            Ok((r.get(0)?, run_end(r, 1, kind, None)?, r.get(7)?))
         })
         .optional()?)
 }
@@ -506,14 +507,14 @@ pub fn rescue(
              run_at = ?4, updated_at = ?4, last_error = ?5,
              lease_token = NULL, lease_expires_at = NULL
          WHERE id = ?1 AND lease_token = ?2 AND lease_expires_at = ?3 AND status = 'running'
-         RETURNING attempts, id, status, queue, resource_group, started_at, lease_owner",
+         RETURNING attempts, id, status, queue, resource_group, started_at, name, lease_owner",
     )?;
     let mut returned_stmt = tx.prepare_cached(
         "UPDATE tasks
          SET status = 'pending', attempts = max(attempts - 1, 0), run_at = ?4, updated_at = ?4,
              lease_token = NULL, lease_expires_at = NULL
          WHERE id = ?1 AND lease_token = ?2 AND lease_expires_at = ?3 AND status = 'running'
-         RETURNING attempts, id, status, queue, resource_group, started_at, lease_owner",
+         RETURNING attempts, id, status, queue, resource_group, started_at, name, lease_owner",
     )?;
     let mut charged = Vec::new();
     let mut ends = Vec::new();

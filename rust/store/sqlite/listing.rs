@@ -323,6 +323,10 @@ impl Operations for SqliteStore {
     fn task_names_like(&self, queue: &str, name: &str) -> Result<Vec<String>> {
         self.read(|conn, _| task_names_like(conn, queue, name))
     }
+
+    fn clear_cache(&self, queue: &str, name: &str, key: Option<&str>) -> Result<u64> {
+        self.write(|tx, _| super::enqueue::clear_cache(tx, queue, name, key))
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction};
 
 use crate::clock::Millis;
 use crate::error::Result;
+use crate::metrics::recorder::TASK_RUN_PREFIX;
 use crate::metrics::{Counter, Histogram, Series, SeriesMap};
 
 /// The raw resolution.
@@ -40,7 +41,16 @@ pub fn flush(tx: &Transaction<'_>, taken: &SeriesMap, now: Millis) -> Result<()>
                         )?;
                     }
                 }
-                for (name, h) in [(WAIT, &series.wait), (RUN, &series.run)] {
+                let task_runs = series
+                    .task_runs
+                    .iter()
+                    .map(|(task, h)| (format!("{TASK_RUN_PREFIX}{task}"), h));
+                let samples = series.samples.iter().map(|(n, h)| (n.clone(), h));
+                let builtin = [(WAIT, &series.wait), (RUN, &series.run)]
+                    .into_iter()
+                    .map(|(n, h)| (n.to_string(), h));
+                for (name, h) in builtin.chain(task_runs).chain(samples) {
+                    let name = name.as_str();
                     if !h.is_empty() {
                         add(
                             tx,
@@ -125,16 +135,20 @@ pub fn read(
         let name: String = r.get(1)?;
         let value: f64 = r.get(2)?;
         let blob: Option<Vec<u8>> = r.get(3)?;
-        let series = out.entry(group).or_default();
         if let Some(counter) = Counter::parse(&name) {
-            series.counts[counter as usize] += value as u64;
-        } else if let Some(h) = blob.as_deref().and_then(Histogram::from_bytes) {
-            match name.as_str() {
-                WAIT => series.wait.merge(&h),
-                RUN => series.run.merge(&h),
-                _ => {}
-            }
+            out.entry(group).or_default().counts[counter as usize] += value as u64;
+        } else if (name == WAIT || name == RUN)
+            && let Some(h) = blob.as_deref().and_then(Histogram::from_bytes)
+        {
+            let series = out.entry(group).or_default();
+            let into = if name == WAIT {
+                &mut series.wait
+            } else {
+                &mut series.run
+            };
+            into.merge(&h);
         }
+        // Other names (per-task run times, profiler figures): see `read_named`.
     }
     Ok(out)
 }
@@ -190,6 +204,39 @@ pub fn histograms(
         }
     }
     Ok(out)
+}
+
+/// The histograms whose metric name starts with `prefix`, summed per (group, name) over
+/// `[since, now]` as `read` picks its resolution; sorted by group, then name.
+pub fn read_named(
+    conn: &Connection,
+    queue: &str,
+    prefix: &str,
+    since: Millis,
+    now: Millis,
+    raw_keep_ms: Millis,
+) -> Result<Vec<(String, String, Histogram)>> {
+    let bucket_ms = if now - since <= raw_keep_ms {
+        INTERVAL_MS
+    } else {
+        HOUR_MS
+    };
+    let from = since - since.rem_euclid(bucket_ms);
+    // A range on the name (metrics_time's second column), not LIKE: no escaping of `%`/`_`.
+    let mut stmt = conn.prepare_cached(
+        "SELECT resource_group, name, histogram FROM metrics
+         WHERE queue = ?1 AND name >= ?2 AND name < ?2 || char(1114111)
+           AND bucket_ms = ?3 AND bucket_start >= ?4",
+    )?;
+    let mut rows = stmt.query((queue, prefix, bucket_ms, from))?;
+    let mut out: std::collections::BTreeMap<(String, String), Histogram> = Default::default();
+    while let Some(r) = rows.next()? {
+        let blob: Option<Vec<u8>> = r.get(2)?;
+        if let Some(h) = blob.as_deref().and_then(Histogram::from_bytes) {
+            out.entry((r.get(0)?, r.get(1)?)).or_default().merge(&h);
+        }
+    }
+    Ok(out.into_iter().map(|((g, n), h)| (g, n, h)).collect())
 }
 
 /// Deletes raw rows older than `raw_keep_ms` and hourly rows older than `hour_keep_ms`, at

@@ -17,6 +17,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("migrations/0005_delayed_tasks_apart.sql")),
     (6, include_str!("migrations/0006_schedules.sql")),
     (7, include_str!("migrations/0007_duties.sql")),
+    (8, include_str!("migrations/0008_result_cache.sql")),
 ];
 
 /// The newest schema version this build knows.
@@ -112,9 +113,9 @@ mod tests {
     #[test]
     fn applies_once_and_records_versions() {
         let mut conn = Connection::open_in_memory().unwrap();
-        assert_eq!(migrate(&mut conn, 1).unwrap(), vec![1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(migrate(&mut conn, 1).unwrap(), vec![1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(migrate(&mut conn, 2).unwrap(), Vec::<i64>::new());
-        assert_eq!(applied_versions(&conn).unwrap(), vec![1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(applied_versions(&conn).unwrap(), vec![1, 2, 3, 4, 5, 6, 7, 8]);
         for table in [
             "tasks",
             "task_payloads",

@@ -890,13 +890,32 @@ impl Store for SqliteStore {
         self.read(|conn, _| metrics::series(conn, queue, group, name, bucket_ms, since))
     }
 
+    fn record_samples(&self, queue: &str, group: &str, name: &str, values: &[u64]) {
+        self.local
+            .get()
+            .metrics
+            .lock()
+            .samples(queue, group, name, values);
+    }
+
+    fn named_metrics(
+        &self,
+        queue: &str,
+        prefix: &str,
+        since: Millis,
+        raw_keep_ms: Millis,
+    ) -> Result<Vec<(String, String, crate::metrics::Histogram)>> {
+        self.read(|conn, now| metrics::read_named(conn, queue, prefix, since, now, raw_keep_ms))
+    }
+
     fn prune_observability(&self, keep: &ObservabilityRetention) -> Result<u64> {
         let mut total = self.write(|tx, now| health::prune_workers(tx, now, keep.workers_ms))?;
         // Small transactions, like task pruning.
         loop {
             let n = self.write(|tx, now| {
                 Ok(events::prune(tx, now - keep.events_ms, 1000)?
-                    + metrics::prune(tx, now, keep.raw_metrics_ms, keep.hourly_metrics_ms, 1000)?)
+                    + metrics::prune(tx, now, keep.raw_metrics_ms, keep.hourly_metrics_ms, 1000)?
+                    + enqueue::end_expired_cache(tx, now, 1000)?)
             })?;
             total += n;
             if n == 0 {
