@@ -68,7 +68,7 @@ class ClaimLoop:
             wait = min(wait, self.dispatch_due_batches())
             store.wait_for_change(token, wait)
 
-    def claim(self, store: Store, name: str, free: int, lease_ms: int) -> list[tuple[Any, ...]]:
+    def claim(self, store: Store, name: str, free: int, lease_ms: int) -> list[ClaimedTask]:
         """Up to ``free`` tasks under fresh leases (of the worker's groups, if it has any)."""
         w = self.worker
         if w.groups is None:

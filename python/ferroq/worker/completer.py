@@ -124,7 +124,7 @@ class Completer:
             w._holds.learn(counted)
         w.queue._notify()
 
-    def commit(self, rows: list[tuple[Any, ...]]) -> list[str | None]:
+    def commit(self, rows: Outcomes) -> list[str | None]:
         """Records the outcomes in one transaction; per outcome its status (None: lost)."""
         return self.worker.queue._engine.finish_many(rows)
 

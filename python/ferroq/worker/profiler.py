@@ -19,7 +19,7 @@ from .completer import Completer
 from .runners import ThreadRunners
 
 if TYPE_CHECKING:
-    from .._core import Store
+    from .._core import ClaimedTask, Outcomes, Store
     from ..queue import Queue
     from .coordinator import Worker
     from .runs import Outcome, Run
@@ -119,7 +119,7 @@ class ProfiledClaimLoop(ClaimLoop):
         super().__init__(worker)
         self.profiler = profiler
 
-    def claim(self, store: Store, name: str, free: int, lease_ms: int) -> list[tuple[Any, ...]]:
+    def claim(self, store: Store, name: str, free: int, lease_ms: int) -> list[ClaimedTask]:
         t = _perf()
         rows = super().claim(store, name, free, lease_ms)
         seconds = _perf() - t
@@ -127,10 +127,10 @@ class ProfiledClaimLoop(ClaimLoop):
             self.profiler.stage("claim", seconds / len(rows))
         return rows
 
-    def start(self, rows: list[tuple[Any, ...]]) -> None:
+    def start(self, rows: list[ClaimedTask]) -> None:
         handed, now = self.profiler.handed, _perf()
         for row in rows:
-            handed[row[0]] = now
+            handed[row.id] = now
         super().start(rows)
 
 
@@ -175,7 +175,7 @@ class ProfiledCompleter(Completer):
         super().__init__(worker)
         self.profiler = profiler
 
-    def commit(self, rows: list[tuple[Any, ...]]) -> list[str | None]:
+    def commit(self, rows: Outcomes) -> list[str | None]:
         t = _perf()
         try:
             return super().commit(rows)
