@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 import ferroq
 import ferroq.routing
+from ferroq._core import Outcomes
 from ferroq.cli import main as cli
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -80,9 +81,10 @@ def test_slow_tasks_go_to_the_slow_lane_by_observed_p95(queue: ferroq.Queue) -> 
     # Run times as a worker reports them: slow's 0.5 s, resize's 1 ms (a worker measures
     # and stores them; here the run time is given so the test does not depend on timing).
     store = queue._store
+    outcomes = Outcomes()
     for t in store.claim(queue.name, "w", 100, 30_000):
-        us = 500_000 if t[2] == "slow" else 1_000
-        store.finish_many([(t[0], t[1], b"null", None, None, False, None, us)])
+        outcomes.completed(t.id, t.token, b"null", 500_000 if t.name == "slow" else 1_000)
+    store.finish_many(outcomes)
     store.flush_metrics()
     times = queue.run_times()
     assert times["slow"].count == 6 and times["slow"].p95 > 0.2 and times["resize"].p95 < 0.01
