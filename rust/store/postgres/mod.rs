@@ -153,9 +153,15 @@ impl PgStore {
             let mut pooled = local.pool.get()?;
             let now = self.clock.now_ms();
             match pooled.conn().transaction(|db| f(db, now)) {
-                Ok((out, notified)) => {
-                    if notified {
+                Ok((out, notes)) => {
+                    if notes.notified || !notes.skipped.is_empty() {
                         local.wakeup.bump();
+                    }
+                    if !notes.skipped.is_empty() {
+                        local.wakeup.trail(notes.skipped);
+                        local
+                            .wakeup
+                            .ensure_listener(&local.pool, &self.target.schema);
                     }
                     return Ok(out);
                 }
@@ -363,19 +369,33 @@ impl Store for PgStore {
         // statement that failed might have run, and running it again would enqueue twice.
         // A large batch is its own transaction; small concurrent ones from many threads
         // share one, each caller still waiting for its commit.
+        let local = self.local.get()?;
+        // The channel to NOTIFY now, or none (rate-limited: owed once committed).
+        let channel_for = |db: &mut Db<'_, postgres::Transaction<'_>>, queue: &str| {
+            if local.wakeup.notify_now(queue) {
+                Some(channel.as_str())
+            } else {
+                db.skipped.push(queue.to_string());
+                None
+            }
+        };
         let done = if tasks.len() > 64 {
-            self.write(|db, now| enqueue::insert_all(db, queue, tasks, events, &channel, now))?
+            self.write(|db, now| {
+                let channel = channel_for(db, queue);
+                enqueue::insert_all(db, queue, tasks, events, channel, now)
+            })?
         } else {
             let request = (
                 queue.to_string(),
                 tasks.iter().map(NewTask::to_owned).collect(),
             );
-            self.local.get()?.enqueues.submit(request, |requests| {
+            local.enqueues.submit(request, |requests| {
                 self.write(|db, now| {
                     requests
                         .iter()
                         .map(|(queue, tasks)| {
-                            enqueue::insert_all(db, queue, tasks, events, &channel, now)
+                            let channel = channel_for(db, queue);
+                            enqueue::insert_all(db, queue, tasks, events, channel, now)
                         })
                         .collect()
                 })
