@@ -29,7 +29,7 @@ const INSERT_MANY_SQL: &str = "WITH r AS MATERIALIZED (
      pay AS (
          INSERT INTO task_payloads (task_id, payload)
          SELECT id, payload FROM r WHERE length(payload) > 0),
-     n AS (SELECT count(pg_notify($9, $1)) AS sent)
+     n AS (SELECT count(CASE WHEN $9::text IS NOT NULL THEN pg_notify($9, $1) END) AS sent)
      SELECT ord, id FROM r CROSS JOIN n";
 
 const INSERT_KEYED_SQL: &str = "INSERT INTO tasks (queue, name, resource_group, priority, run_at,
@@ -49,12 +49,13 @@ const HOLDER_SQL: &str = "SELECT id FROM tasks
      WHERE queue = $1 AND unique_key = $2 AND status IN ('pending', 'running')";
 
 /// Inserts `tasks` in order; a task whose unique key an unfinished task holds is that task.
+/// Notifies `channel` (at commit) when given.
 pub fn insert_all<C: GenericClient>(
     db: &mut Db<'_, C>,
     queue: &str,
     tasks: &[NewTask],
     task_events: TaskEvents,
-    channel: &str,
+    channel: Option<&str>,
     now: Millis,
 ) -> Result<Vec<Enqueued>> {
     // Whether this call notified `queue` (another call in the same transaction may have
@@ -72,7 +73,7 @@ pub fn insert_all<C: GenericClient>(
             rest = &rest[1..];
         }
     }
-    if !db.notified && out.iter().any(|e| e.created) {
+    if let Some(channel) = channel.filter(|_| !db.notified && out.iter().any(|e| e.created)) {
         events::notify(db, channel, queue)?;
     }
     db.notified |= notified_before;
@@ -92,7 +93,7 @@ fn insert_many<C: GenericClient>(
     db: &mut Db<'_, C>,
     queue: &str,
     tasks: &[NewTask],
-    channel: &str,
+    channel: Option<&str>,
     now: Millis,
     out: &mut Vec<Enqueued>,
 ) -> Result<()> {
@@ -116,7 +117,7 @@ fn insert_many<C: GenericClient>(
             &channel,
         ],
     )?;
-    db.notified = true;
+    db.notified |= channel.is_some();
     let mut ids: Vec<(i64, TaskId)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     if ids.len() != tasks.len() {
         return Err(Error::Storage(format!(

@@ -13,10 +13,12 @@ mod events;
 mod finish;
 mod groups;
 mod history;
+mod host;
 mod listing;
 mod local;
 mod migrations;
 mod observe;
+mod operations;
 mod pool;
 mod rescue;
 mod schedules;
@@ -39,13 +41,12 @@ use crate::metrics::{Counter, Series, SeriesMap};
 use crate::policy::breaker::CircuitState;
 use crate::policy::retention::Retention;
 use crate::resource_group::{Event, GroupConfig, GroupInfo};
-use crate::run_journal::{self, RunJournal};
+use crate::run_journal;
 use crate::store::lease_watch::LeaseWatch;
-use crate::store::operations::{Cursor, Finished, Operations, Page, Schedule, Step, TaskFilter};
 use crate::store::sqlite::Options;
 use crate::store::{
-    ChangeToken, CircuitCommand, CircuitView, Deferral, Host, Lease, NoProcessor,
-    ObservabilityRetention, Store, TurnEvent, Unrunnable, WorkerInfo,
+    CircuitCommand, CircuitView, Deferral, Lease, NoProcessor, ObservabilityRetention, Store,
+    TurnEvent, Unrunnable, WorkerInfo,
 };
 use crate::task::{
     ClaimedTask, Enqueued, FailAction, LeaseToken, NewTask, Outcome, RunEnd, TaskId, TaskRecord,
@@ -154,9 +155,15 @@ impl PgStore {
             let mut pooled = local.pool.get()?;
             let now = self.clock.now_ms();
             match pooled.conn().transaction(|db| f(db, now)) {
-                Ok((out, notified)) => {
-                    if notified {
+                Ok((out, notes)) => {
+                    if notes.notified || !notes.skipped.is_empty() {
                         local.wakeup.bump();
+                    }
+                    if !notes.skipped.is_empty() {
+                        local.wakeup.trail(notes.skipped);
+                        local
+                            .wakeup
+                            .ensure_listener(&local.pool, &self.target.schema);
                     }
                     return Ok(out);
                 }
@@ -364,19 +371,33 @@ impl Store for PgStore {
         // statement that failed might have run, and running it again would enqueue twice.
         // A large batch is its own transaction; small concurrent ones from many threads
         // share one, each caller still waiting for its commit.
+        let local = self.local.get()?;
+        // The channel to NOTIFY now, or none (rate-limited: owed once committed).
+        let channel_for = |db: &mut Db<'_, postgres::Transaction<'_>>, queue: &str| {
+            if local.wakeup.notify_now(queue) {
+                Some(channel.as_str())
+            } else {
+                db.skipped.push(queue.to_string());
+                None
+            }
+        };
         let done = if tasks.len() > 64 {
-            self.write(|db, now| enqueue::insert_all(db, queue, tasks, events, &channel, now))?
+            self.write(|db, now| {
+                let channel = channel_for(db, queue);
+                enqueue::insert_all(db, queue, tasks, events, channel, now)
+            })?
         } else {
             let request = (
                 queue.to_string(),
                 tasks.iter().map(NewTask::to_owned).collect(),
             );
-            self.local.get()?.enqueues.submit(request, |requests| {
+            local.enqueues.submit(request, |requests| {
                 self.write(|db, now| {
                     requests
                         .iter()
                         .map(|(queue, tasks)| {
-                            enqueue::insert_all(db, queue, tasks, events, &channel, now)
+                            let channel = channel_for(db, queue);
+                            enqueue::insert_all(db, queue, tasks, events, channel, now)
                         })
                         .collect()
                 })
@@ -880,190 +901,5 @@ impl Store for PgStore {
 
     fn no_processor(&self, queue: &str, alive_since: Millis) -> Result<Vec<NoProcessor>> {
         self.read(|db, _| defer::no_processor(db, queue, alive_since))
-    }
-}
-
-impl Operations for PgStore {
-    fn clear_cache(&self, queue: &str, name: &str, key: Option<&str>) -> Result<u64> {
-        validate::name("queue", queue)?;
-        self.write(|db, _| enqueue::clear_cache(db, queue, name, key))
-    }
-
-    fn declare_schedule(&self, queue: &str, schedule: &Schedule, now: Millis) -> Result<Schedule> {
-        validate::name("queue", queue)?;
-        validate::name("schedule", &schedule.name)?;
-        validate::name("task", &schedule.task)?;
-        self.write(|db, _| schedules::declare(db, queue, schedule, now))
-    }
-
-    fn enqueue_tick(
-        &self,
-        queue: &str,
-        name: &str,
-        tick: Millis,
-        task: &NewTask,
-    ) -> Result<Option<Enqueued>> {
-        validate::new_tasks(std::slice::from_ref(task), self.options.max_payload)?;
-        let channel = self.channel();
-        let task_events = self.options.task_events;
-        let done = self.write(|db, now| {
-            let tick = (name, tick);
-            schedules::enqueue_tick(db, queue, tick, task, (task_events, &channel), now)
-        })?;
-        if let (Some(e), Some(mut m)) = (done, self.metrics()) {
-            m.count_enqueued(queue, std::slice::from_ref(task), &[e]);
-        }
-        Ok(done)
-    }
-
-    fn schedules(&self, queue: &str) -> Result<Vec<Schedule>> {
-        self.read(|db, _| schedules::list(db, queue))
-    }
-
-    fn list(&self, queue: &str, filter: &TaskFilter, page: Page) -> Result<Vec<TaskRecord>> {
-        if page.limit == 0 {
-            return Ok(Vec::new());
-        }
-        self.read(|db, _| listing::list(db, queue, filter, page))
-    }
-
-    fn count_finished(&self, queue: &str, which: &Finished) -> Result<u64> {
-        validate::finished(which)?;
-        self.read(|db, _| listing::count_finished(db, queue, which))
-    }
-
-    fn purge_batch(
-        &self,
-        queue: &str,
-        which: &Finished,
-        after: Option<Cursor>,
-        limit: usize,
-    ) -> Result<Step> {
-        validate::finished(which)?;
-        self.write(|db, _| listing::purge_batch(db, queue, which, after, limit.max(1)))
-    }
-
-    fn requeue_batch(
-        &self,
-        queue: &str,
-        which: &Finished,
-        after: Option<Cursor>,
-        limit: usize,
-    ) -> Result<Step> {
-        validate::requeue(which)?;
-        let channel = self.channel();
-        self.write(|db, now| {
-            let step = listing::requeue_batch(db, queue, which, after, limit.max(1), now)?;
-            if step.done > 0 {
-                events::notify(db, &channel, queue)?;
-            }
-            Ok(step)
-        })
-    }
-
-    fn claim_in_groups(
-        &self,
-        queue: &str,
-        groups: &[String],
-        worker: &str,
-        limit: usize,
-        lease_ms: Millis,
-    ) -> Result<Vec<ClaimedTask>> {
-        validate::claim_groups(groups)?;
-        self.lease_ready(queue, Some(groups), worker, limit, lease_ms)
-    }
-
-    fn queue_names(&self) -> Result<Vec<String>> {
-        self.read(|db, _| admin::queue_names(db))
-    }
-
-    fn task_names_like(&self, queue: &str, name: &str) -> Result<Vec<String>> {
-        self.read(|db, _| listing::task_names_like(db, queue, name))
-    }
-}
-
-impl Host for PgStore {
-    fn location(&self) -> String {
-        self.target.shown.clone()
-    }
-
-    fn max_payload(&self) -> usize {
-        self.options.max_payload
-    }
-
-    fn now_ms(&self) -> Millis {
-        self.clock.now_ms()
-    }
-
-    fn clock_lead_ms(&self) -> Millis {
-        self.clock.lead_ms()
-    }
-
-    fn change_token(&self) -> Result<ChangeToken> {
-        Ok(self.local.get()?.wakeup.token())
-    }
-
-    fn try_change_token(&self) -> Option<Result<ChangeToken>> {
-        Some(self.change_token())
-    }
-
-    fn wait_for_change(&self, token: ChangeToken, timeout: Duration) -> Result<bool> {
-        let local = self.local.get()?;
-        local
-            .wakeup
-            .ensure_listener(&local.pool, &self.target.schema);
-        Ok(local.wakeup.wait(token, timeout))
-    }
-
-    fn notify(&self) {
-        if let Ok(local) = self.local.get() {
-            local.wakeup.bump();
-        }
-    }
-
-    fn close(&self) {
-        // What this process counted since its last flush is kept (a producer's arrivals).
-        if let Err(e) = self.flush_metrics() {
-            log::debug!("metrics flush on close failed: {e}");
-        }
-        if let Ok(local) = self.local.get() {
-            local.pool.clear();
-        }
-    }
-
-    fn before_fork(&self) {}
-
-    fn after_fork_in_parent(&self) {}
-
-    fn settings(&self) -> Result<Vec<(String, String)>> {
-        self.read(|db, _| admin::settings(db))
-    }
-
-    fn schema_versions(&self) -> Result<Vec<i64>> {
-        self.read(|db, _| migrations::versions(db.c, &self.target.schema))
-    }
-
-    fn integrity_check(&self) -> Result<Vec<String>> {
-        // The server keeps its own data consistent; what ferroq can check is its schema.
-        let versions = self.schema_versions()?;
-        if versions.last() == Some(&migrations::LATEST) {
-            Ok(vec!["ok".to_string()])
-        } else {
-            Ok(vec![format!(
-                "schema versions {versions:?}, expected up to {}",
-                migrations::LATEST
-            )])
-        }
-    }
-
-    fn run_journal(&self, worker: &str, capacity: usize) -> Result<RunJournal> {
-        validate::name("worker", worker)?;
-        self.collect_run_journals();
-        RunJournal::create(&self.journal_db, worker, capacity)
-    }
-
-    fn close_in_background(self: Arc<Self>) {
-        // Nothing to flush: dropping the pool closes its connections.
-        drop(self);
     }
 }

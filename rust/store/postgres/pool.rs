@@ -146,11 +146,11 @@ impl Drop for Pooled<'_> {
 }
 
 impl Conn {
-    /// Runs `f` in one transaction, committing on success; also says whether it notified.
+    /// Runs `f` in one transaction, committing on success; also says what it notified.
     pub fn transaction<T>(
         &mut self,
         f: impl FnOnce(&mut Db<'_, postgres::Transaction<'_>>) -> Result<T>,
-    ) -> std::result::Result<(T, bool), TxError> {
+    ) -> std::result::Result<(T, Notes), TxError> {
         let Conn { client, stmts } = self;
         let mut tx = client.transaction().map_err(TxError::Begin)?;
         let mut db = Db {
@@ -158,15 +158,19 @@ impl Conn {
             stmts,
             transient: false,
             notified: false,
+            skipped: Vec::new(),
         };
         let out = match f(&mut db) {
             Ok(out) => out,
             Err(e) if db.transient => return Err(TxError::Transient(e)),
             Err(e) => return Err(TxError::Core(e)),
         };
-        let notified = db.notified;
+        let notes = Notes {
+            notified: db.notified,
+            skipped: std::mem::take(&mut db.skipped),
+        };
         tx.commit().map_err(TxError::Pg)?;
-        Ok((out, notified))
+        Ok((out, notes))
     }
 
     /// Whether the server closed this connection (a restart, an idle timeout).
@@ -182,6 +186,7 @@ impl Conn {
             stmts,
             transient: false,
             notified: false,
+            skipped: Vec::new(),
         }
     }
 }
@@ -206,6 +211,14 @@ pub struct Db<'a, C: GenericClient> {
     /// this process's waiters are woken too once it commits. Only then: an empty claim
     /// must not wake anyone (they would claim again, and so on).
     pub notified: bool,
+    /// Queues whose enqueue NOTIFY was skipped (rate-limited): owed once this commits.
+    pub skipped: Vec<String>,
+}
+
+/// What a committed transaction told other processes, and what it still owes them.
+pub struct Notes {
+    pub notified: bool,
+    pub skipped: Vec<String>,
 }
 
 type Params<'p> = &'p [&'p (dyn ToSql + Sync)];

@@ -78,7 +78,7 @@ pub fn enqueue_tick<C: GenericClient>(
         queue,
         std::slice::from_ref(task),
         task_events,
-        channel,
+        Some(channel),
         now,
     )?[0];
     db.execute(

@@ -402,3 +402,29 @@ fn tls_modes_behave_as_libpqs_on_a_server_without_tls() {
         "{err}"
     );
 }
+
+/// Enqueues NOTIFY at most once per few milliseconds per queue; one skipped in that window
+/// is still heard (the listener sends it once the window has passed): a waiter woken by
+/// the first of two quick enqueues is woken again by the second.
+#[test]
+fn a_rate_limited_enqueue_still_wakes_other_hosts() {
+    let Some((_dir, url)) = fresh() else { return };
+    let (writer, waiter) = (Arc::new(open(&url)), listening(&url));
+    for _round in 0..5 {
+        let token = waiter.change_token().unwrap();
+        writer.enqueue("q", &[task("t", 0)]).unwrap();
+        assert!(
+            waiter
+                .wait_for_change(token, Duration::from_secs(30))
+                .unwrap()
+        );
+        // At once: within the first enqueue's window, so its own NOTIFY is skipped.
+        let token = waiter.change_token().unwrap();
+        writer.enqueue("q", &[task("t", 0)]).unwrap();
+        assert!(
+            waiter
+                .wait_for_change(token, Duration::from_secs(30))
+                .unwrap()
+        );
+    }
+}

@@ -67,6 +67,16 @@ pub fn parse(url: &str) -> Result<Target> {
         config.host("localhost");
     }
     config.application_name("ferroq");
+    // A server (or link) that vanished without a word must not leave the listener waiting
+    // for hours (the default keepalive idle is 2 h): found dead within about 30 s.
+    if !query.contains("keepalives_idle") {
+        config.keepalives_idle(std::time::Duration::from_secs(10));
+        config.keepalives_interval(std::time::Duration::from_secs(5));
+        config.keepalives_retries(3);
+    }
+    if !query.contains("tcp_user_timeout") {
+        config.tcp_user_timeout(std::time::Duration::from_secs(30));
+    }
     config.connect_timeout(std::time::Duration::from_secs(10));
     // Tables are found in the queue's schema alone (it is created on open if missing).
     config.options(&format!("-c search_path={schema}"));
@@ -200,6 +210,21 @@ mod tests {
             );
             assert_eq!(again.schema, first.schema, "{url}");
         }
+    }
+
+    /// A dead peer is found within about half a minute (the listener waits on its socket),
+    /// unless the URL says otherwise.
+    #[test]
+    fn keepalives_find_a_vanished_server_soon_unless_the_url_sets_them() {
+        use std::time::Duration;
+        let t = parse("postgresql://u@h/db").unwrap();
+        assert_eq!(t.config.get_keepalives_idle(), Duration::from_secs(10));
+        assert_eq!(
+            t.config.get_tcp_user_timeout(),
+            Some(&Duration::from_secs(30))
+        );
+        let t = parse("postgresql://u@h/db?keepalives_idle=60").unwrap();
+        assert_eq!(t.config.get_keepalives_idle(), Duration::from_secs(60));
     }
 
     #[test]

@@ -2,7 +2,12 @@
 //! counter that `wait_for_change` waits on; writers NOTIFY from their transaction (delivered
 //! at commit, to every listening process). If the listener's connection is lost, waiters
 //! fall back to polling (they wake every `POLL` and look) while it reconnects with backoff.
+//!
+//! Enqueues NOTIFY at most once per `NOTIFY_EVERY` per queue from a process (a NOTIFY
+//! serialises commits on the server): one skipped is sent by the listener thread once the
+//! window has passed, after the skipped transaction committed, so no enqueue goes unheard.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -15,8 +20,11 @@ use crate::store::host::ChangeToken;
 
 /// How often a waiter looks while no listener is connected.
 const POLL: Duration = Duration::from_millis(100);
-/// How long the listener waits for a notification before checking its connection.
-const LISTEN_SLICE: Duration = Duration::from_millis(250);
+/// How long the listener waits for a notification before checking its connection and the
+/// notifications it owes (`trail`).
+const LISTEN_SLICE: Duration = Duration::from_millis(20);
+/// Enqueues of a queue NOTIFY at most this often from one process.
+const NOTIFY_EVERY: Duration = Duration::from_millis(5);
 /// Reconnection backoff, doubling from the first to the last.
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -32,6 +40,10 @@ pub struct Wakeup {
     listening: AtomicBool,
     stop: AtomicBool,
     started: std::sync::Once,
+    /// When this process last had an enqueue NOTIFY, by queue.
+    sent: Mutex<HashMap<String, Instant>>,
+    /// NOTIFYs skipped by committed enqueues, by queue: when the listener sends each.
+    trailing: Mutex<HashMap<String, Instant>>,
 }
 
 impl Default for Wakeup {
@@ -42,6 +54,8 @@ impl Default for Wakeup {
             listening: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             started: std::sync::Once::new(),
+            sent: Mutex::new(HashMap::new()),
+            trailing: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -69,6 +83,57 @@ impl Wakeup {
                 log::warn!("cannot start the PostgreSQL listener ({e}); polling instead");
             }
         });
+    }
+
+    /// Whether an enqueue of `queue` should NOTIFY now: not if one did within
+    /// `NOTIFY_EVERY` (then `trail` it once committed).
+    pub fn notify_now(&self, queue: &str) -> bool {
+        let now = Instant::now();
+        let mut sent = self.sent.lock();
+        match sent.get(queue) {
+            Some(at) if now.duration_since(*at) < NOTIFY_EVERY => false,
+            _ => {
+                sent.insert(queue.to_string(), now);
+                true
+            }
+        }
+    }
+
+    /// After the commit of enqueues whose NOTIFY was skipped: the listener sends one for
+    /// each queue when the window has passed (the caller makes sure it runs).
+    pub fn trail(&self, queues: Vec<String>) {
+        let due = Instant::now() + NOTIFY_EVERY;
+        let mut trailing = self.trailing.lock();
+        for queue in queues {
+            trailing.entry(queue).or_insert(due);
+        }
+    }
+
+    /// Sends the skipped NOTIFYs that are due; any that fail stay owed.
+    fn send_trailing(&self, client: &mut postgres::Client, channel: &str) {
+        let now = Instant::now();
+        let due: Vec<String> = {
+            let mut trailing = self.trailing.lock();
+            let due: Vec<String> = trailing
+                .iter()
+                .filter(|(_, at)| **at <= now)
+                .map(|(q, _)| q.clone())
+                .collect();
+            for q in &due {
+                trailing.remove(q);
+            }
+            due
+        };
+        for (i, queue) in due.iter().enumerate() {
+            if client
+                .execute("SELECT pg_notify($1, $2)", &[&channel, queue])
+                .is_err()
+            {
+                self.trail(due[i..].to_vec());
+                return;
+            }
+            self.sent.lock().insert(queue.clone(), now);
+        }
     }
 
     /// Whether the listener is connected and listening (for tests).
@@ -102,12 +167,13 @@ impl Wakeup {
             // Anything may have changed while no one listened.
             self.bump();
             while !self.stop.load(Ordering::Relaxed) && !client.is_closed() {
-                let mut notifications = client.notifications();
-                match notifications.timeout_iter(LISTEN_SLICE).next() {
+                let heard = client.notifications().timeout_iter(LISTEN_SLICE).next();
+                match heard {
                     Ok(Some(_)) => self.bump(),
                     Ok(None) => {}
                     Err(_) => break,
                 }
+                self.send_trailing(&mut client, channel);
             }
             self.listening.store(false, Ordering::Relaxed);
             self.bump();

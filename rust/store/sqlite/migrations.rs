@@ -115,7 +115,10 @@ mod tests {
         let mut conn = Connection::open_in_memory().unwrap();
         assert_eq!(migrate(&mut conn, 1).unwrap(), vec![1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(migrate(&mut conn, 2).unwrap(), Vec::<i64>::new());
-        assert_eq!(applied_versions(&conn).unwrap(), vec![1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(
+            applied_versions(&conn).unwrap(),
+            vec![1, 2, 3, 4, 5, 6, 7, 8]
+        );
         for table in [
             "tasks",
             "task_payloads",
