@@ -33,9 +33,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # A marked test that can't take the parametrisation would silently run on SQLite only.
+    # A marked test that can't take the parametrisation would silently run on SQLite only. A module
+    # marked as a whole (``pytestmark``) may hold tests that need no queue (pure functions, or
+    # SQLite-only ones with a reason): only a test's own marker must be honoured.
     for item in items:
-        if item.get_closest_marker("both_engines") and "queue_location" not in getattr(item, "fixturenames", ()):
+        own = any(m.name == "both_engines" for m in getattr(item, "own_markers", ()))
+        if own and "queue_location" not in getattr(item, "fixturenames", ()):
             raise pytest.UsageError(f"{item.nodeid}: both_engines needs the queue or queue_location fixture")
 
 
