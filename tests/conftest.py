@@ -24,12 +24,22 @@ ENGINE_MISSING = "the PostgreSQL engine is not in this build yet (ferroq.Queue r
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if metafunc.definition.get_closest_marker("both_engines") and "queue_location" in metafunc.fixturenames:
+    marked = metafunc.definition.get_closest_marker("both_engines")
+    # sqlite_only("why"): a test in a both_engines module that is about SQLite itself (its file,
+    # its locks) keeps the default, SQLite location.
+    if marked and "queue_location" in metafunc.fixturenames and not _sqlite_only(metafunc.definition):
         metafunc.parametrize(
             "queue_location",
             [pytest.param(e, id=e, marks=[pytest.mark.postgres] if e == "postgres" else []) for e in ENGINES],
             indirect=True,
         )
+
+
+def _sqlite_only(item: pytest.Item) -> bool:
+    marker = item.get_closest_marker("sqlite_only")
+    if marker is not None and not (marker.args and isinstance(marker.args[0], str)):
+        raise pytest.UsageError(f"{item.nodeid}: sqlite_only needs its reason")
+    return marker is not None
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
