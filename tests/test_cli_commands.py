@@ -17,6 +17,7 @@ from click.testing import CliRunner, Result
 
 import ferroq
 from ferroq.cli import main
+from pg_cluster import with_database
 from procs import child_env
 
 
@@ -196,7 +197,8 @@ def test_environment_variables_select_database_queue_and_options(shop: ferroq.Qu
     result = CliRunner().invoke(main, ["list"], env=env)
     assert result.exit_code == 0 and len(json.loads(result.output)) == 2
     # A --db given on the command line wins over FERROQ_DB.
-    missing = CliRunner().invoke(main, ["--db", str(db) + ".nope", "list"], env=env)
+    nope = str(db) + ".nope" if isinstance(db, Path) else with_database(db, "ferroq_nope")
+    missing = CliRunner().invoke(main, ["--db", nope, "list"], env=env)
     assert missing.exit_code == 3
 
 
