@@ -157,6 +157,21 @@ def test_large_arguments_reach_the_processor_whole(queue: ferroq.Queue) -> None:
     assert unique.result(timeout=WAIT) == 5_000
 
 
+def test_a_queue_on_an_injected_clock_keeps_to_it(queue_location: Path | str) -> None:
+    """Every engine takes its times from the clock the queue was given (PostgreSQL's used to
+    open on the system clock)."""
+    from ferroq.testing import ManualClock
+
+    start = 1_700_000_000_000
+    clock = ManualClock(start)
+    with ferroq.Queue(queue_location, clock=clock) as q:
+        first = q.task(name="t")(lambda: None).enqueue()
+        clock.advance(60_000)
+        second = q.tasks["t"].enqueue()
+        created = [q.get(h.id).created_at.timestamp() * 1000 for h in (first, second)]
+    assert created == [start, start + 60_000]
+
+
 def test_get_unknown_id_raises_unknown_task(queue: ferroq.Queue) -> None:
     with pytest.raises(ferroq.UnknownTask):
         queue.get(12345)
