@@ -114,8 +114,9 @@ def pg_engine_available(pg_database_url: str) -> bool:
 
 @pytest.fixture
 def queue_location(request: pytest.FixtureRequest, db_path: Path) -> Path | str:
-    """Where the test's queue lives: ``db_path`` (SQLite), or a fresh PostgreSQL database's URL
-    for the ``postgres`` run of a ``both_engines`` test (``pg_url``) (xfailed while the engine is missing)."""
+    """Where the test's queue lives: ``db_path`` (SQLite), or a fresh PostgreSQL schema's URL
+    (``pg_url``) for the ``postgres`` run of a ``both_engines`` test (xfailed while the engine
+    is missing)."""
     engine = getattr(request, "param", "sqlite")
     if engine == "sqlite":
         return db_path
