@@ -266,6 +266,25 @@ def with_database(url: str, database: str) -> str:
     return f"{base}/{database}"
 
 
+def with_schema(url: str, schema: str) -> str:
+    """A queue URL for ``schema`` in ``url``'s database (the engine creates the schema)."""
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}schema={schema}"
+
+
+def drop_schema(database_url: str, schema: str) -> None:
+    """Drops ``schema`` from the database, ending every other connection to that database first:
+    a queue the test left open must not hold the schema's locks (nor a connection slot) for the
+    rest of the session. Only for a database one test process owns."""
+    psql(
+        None,
+        database_url,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid();"
+        f' DROP SCHEMA IF EXISTS "{schema}" CASCADE',
+    )
+
+
 # -- command line ----------------------------------------------------------------------------
 
 

@@ -20,12 +20,14 @@ from ferroq.alerts import (ArrivalAnomaly, BacklogGrowth, CircuitOpen, DeadTasks
 from ferroq.errors import InvalidArgument
 from ferroq.testing import ManualClock, drain
 
+pytestmark = pytest.mark.both_engines  # every test runs on SQLite and PostgreSQL
+
 START = 1_699_920_000_000
 TICK = 10_000  # one evaluation period
 
 
-def open_queue(path: Path, clock: ManualClock) -> ferroq.Queue:
-    return ferroq.Queue(path / "q.db", durability="normal", clock=clock)
+def open_queue(location: Path | str, clock: ManualClock) -> ferroq.Queue:
+    return ferroq.Queue(location, durability="normal", clock=clock)
 
 
 def one(name: str = "t") -> NewTask:
@@ -45,9 +47,9 @@ def kinds(q: ferroq.Queue) -> list[tuple[str, str]]:
     return [(e.kind, e.detail["alert"]) for e in q.events() if e.kind.startswith("alert_")]
 
 
-def test_a_rule_fires_after_holding_for_its_duration_and_resolves(tmp_path: Path) -> None:
+def test_a_rule_fires_after_holding_for_its_duration_and_resolves(queue_location: Path | str) -> None:
     clock = ManualClock(START)
-    q = open_queue(tmp_path, clock)
+    q = open_queue(queue_location, clock)
     told: list[Transition] = []
     q.alert("slow", when=WaitP95(above=5, window=60), for_=25, notify=told.append)
     assert q.check_alerts() == []  # nothing waited: nothing holds
@@ -73,9 +75,9 @@ def test_a_rule_fires_after_holding_for_its_duration_and_resolves(tmp_path: Path
     assert not q.alerts()[0].firing and len(told) == 2
 
 
-def test_an_evaluation_is_done_once_across_processes(tmp_path: Path) -> None:
+def test_an_evaluation_is_done_once_across_processes(queue_location: Path | str) -> None:
     clock = ManualClock(START)
-    a, b = open_queue(tmp_path, clock), open_queue(tmp_path, clock)
+    a, b = open_queue(queue_location, clock), open_queue(queue_location, clock)
     told: list[str] = []
     for q, who in ((a, "a"), (b, "b")):
         q.alert("nobody", when=NoWorker(), notify=lambda t, who=who: told.append(who))
@@ -87,9 +89,9 @@ def test_an_evaluation_is_done_once_across_processes(tmp_path: Path) -> None:
     assert told == ["a"] and kinds(a) == [("alert_fired", "nobody")]
 
 
-def test_threshold_rules(tmp_path: Path) -> None:
+def test_threshold_rules(queue_location: Path | str) -> None:
     clock = ManualClock(START)
-    q = open_queue(tmp_path, clock)
+    q = open_queue(queue_location, clock)
     q.alert("dead", when=DeadTasks(at_least=2, window=600))
     q.alert("errors", when=ErrorRate(above=0.5, window=600, min_runs=3))
     q.alert("growing", when=BacklogGrowth(per_minute=10, window=300))
@@ -111,9 +113,9 @@ def test_threshold_rules(tmp_path: Path) -> None:
     assert "'g' open 31 s" in fired[0].detail
 
 
-def test_an_arrival_anomaly_against_the_forecast_band(tmp_path: Path) -> None:
+def test_an_arrival_anomaly_against_the_forecast_band(queue_location: Path | str) -> None:
     clock = ManualClock(START)
-    q = open_queue(tmp_path, clock)
+    q = open_queue(queue_location, clock)
     q.alert("surge", when=ArrivalAnomaly(z=4, interval=60))
     for _ in range(6 * 60):  # an hour of 10 every 10 s
         q._store.enqueue(q.name, [one()] * 10)
@@ -129,9 +131,9 @@ def test_an_arrival_anomaly_against_the_forecast_band(tmp_path: Path) -> None:
     assert "600 arrivals in 60 s, forecast 60" in fired[0].detail
 
 
-def test_a_forecast_over_capacity_warns_ahead(tmp_path: Path) -> None:
+def test_a_forecast_over_capacity_warns_ahead(queue_location: Path | str) -> None:
     clock = ManualClock(START)
-    q = open_queue(tmp_path, clock)
+    q = open_queue(queue_location, clock)
     q.alert("capacity", when=ForecastOverCapacity(horizon=600))
     q._store.worker_seen("w", q.name, "h", 1, 2, "thread")  # 2 threads
     for _ in range(60):  # 10 minutes of 30 tasks per 10 s (3/s) that ran 1 s each
@@ -153,8 +155,8 @@ def test_a_forecast_over_capacity_warns_ahead(tmp_path: Path) -> None:
     {"when": "p95 > 5"}, {"when": WaitP95(above=1), "for_": -1}, {"when": WaitP95(above=1), "notify": 3},
     {"when": WaitP95(above=1), "webhook": "ftp://x"}, {"when": WaitP95(above=1), "group": ""},
 ])
-def test_bad_alerts_are_refused(tmp_path: Path, kwargs: dict[str, Any]) -> None:
-    q = ferroq.Queue(tmp_path / "q.db")
+def test_bad_alerts_are_refused(queue_location: Path | str, kwargs: dict[str, Any]) -> None:
+    q = ferroq.Queue(queue_location)
     with pytest.raises(InvalidArgument):
         q.alert("a", **kwargs)
     for bad in (lambda: WaitP95(above=-1), lambda: ErrorRate(above=float("nan")), lambda: DeadTasks(at_least=0)):
@@ -162,8 +164,8 @@ def test_bad_alerts_are_refused(tmp_path: Path, kwargs: dict[str, Any]) -> None:
             bad()
 
 
-def test_a_duplicate_alert_name_is_refused(tmp_path: Path) -> None:
-    q = ferroq.Queue(tmp_path / "q.db")
+def test_a_duplicate_alert_name_is_refused(queue_location: Path | str) -> None:
+    q = ferroq.Queue(queue_location)
     q.alert("a", when=NoWorker())
     with pytest.raises(InvalidArgument, match="already declared"):
         q.alert("a", when=NoWorker())
@@ -187,11 +189,12 @@ class Hook(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_a_webhook_is_a_retried_ferroq_task(tmp_path: Path) -> None:
+def test_a_webhook_is_a_retried_ferroq_task(queue_location: Path | str) -> None:
+    Hook.received, Hook.fail_first = [], 1  # the handler's state is per class: fresh for each engine's run
     server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        q = ferroq.Queue(tmp_path / "q.db")
+        q = ferroq.Queue(queue_location)
         q.alert("nobody", when=NoWorker(), webhook=f"http://127.0.0.1:{server.server_port}/hook")
         fired = q.check_alerts()
         assert fired is not None and len(fired) == 1
@@ -203,12 +206,12 @@ def test_a_webhook_is_a_retried_ferroq_task(tmp_path: Path) -> None:
         server.server_close()
 
 
-def test_a_worker_evaluates_alerts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_worker_evaluates_alerts(queue_location: Path | str, monkeypatch: pytest.MonkeyPatch) -> None:
     from ferroq.worker import maintenance
     monkeypatch.setattr(maintenance, "ALERTS_EVERY", 0.1)
     monkeypatch.setattr(maintenance, "METRICS_INTERVAL", 0.1)
     monkeypatch.setattr("ferroq.alerts.EVALUATE_EVERY", 0.6)
-    q = ferroq.Queue(tmp_path / "q.db")
+    q = ferroq.Queue(queue_location)
 
     @q.task(max_attempts=1)
     def broken() -> None:
@@ -228,13 +231,13 @@ def test_a_worker_evaluates_alerts(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert [x.kind for x in told] == ["alert_fired"] and kinds(q) == [("alert_fired", "dead")]
 
 
-def test_cli_alerts_and_status_show_what_fires(tmp_path: Path) -> None:
+def test_cli_alerts_and_status_show_what_fires(queue_location: Path | str) -> None:
     from click.testing import CliRunner
 
     from ferroq.cli import main
 
-    q = ferroq.Queue(tmp_path / "q.db")
-    db = str(tmp_path / "q.db")
+    q = ferroq.Queue(queue_location)
+    db = str(queue_location)
     none = CliRunner().invoke(main, ["--db", db, "alerts"])
     assert none.exit_code == 0 and "no alert has fired" in none.output
     q.alert("nobody", when=NoWorker())
@@ -249,9 +252,9 @@ def test_cli_alerts_and_status_show_what_fires(tmp_path: Path) -> None:
     assert [a["name"] for a in status_json["queues"][0]["alerts_firing"]] == ["nobody"]
 
 
-def test_a_wait_anomaly_against_the_usual_waits(tmp_path: Path) -> None:
+def test_a_wait_anomaly_against_the_usual_waits(queue_location: Path | str) -> None:
     clock = ManualClock(START)
-    q = open_queue(tmp_path, clock)
+    q = open_queue(queue_location, clock)
     q.alert("stuck", when=WaitAnomaly(z=5, recent=60, history=1800, min_wait=1))
     assert q.check_alerts() == []  # no history: not judged
     for i in range(180):  # half an hour of waits between 0.1 and 0.3 s

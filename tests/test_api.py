@@ -19,6 +19,8 @@ import pytest
 import ferroq
 from workers import BackgroundWorker
 
+pytestmark = pytest.mark.both_engines  # every test with a queue runs on SQLite and PostgreSQL
+
 WAIT = 30.0  # generous: waits end as soon as the condition holds
 
 
@@ -59,7 +61,6 @@ def no_retry_policy() -> ferroq.RetryPolicy:
 # -- enqueue and TaskInfo ------------------------------------------------------------------
 
 
-@pytest.mark.both_engines
 def test_enqueue_returns_a_handle_with_an_id(queue: ferroq.Queue) -> None:
     @queue.task
     def add(a: int, b: int) -> int:
@@ -76,7 +77,6 @@ def test_enqueue_returns_a_handle_with_an_id(queue: ferroq.Queue) -> None:
     assert queue.handle(h1.id).info() == queue.get(h1.id)
 
 
-@pytest.mark.both_engines
 def test_get_returns_every_field(queue: ferroq.Queue) -> None:
     @queue.task(priority=7, resource_group="images", max_attempts=4)
     def resize(path: str, width: int) -> dict[str, Any]:
@@ -157,7 +157,21 @@ def test_large_arguments_reach_the_processor_whole(queue: ferroq.Queue) -> None:
     assert unique.result(timeout=WAIT) == 5_000
 
 
-@pytest.mark.both_engines
+def test_a_queue_on_an_injected_clock_keeps_to_it(queue_location: Path | str) -> None:
+    """Every engine takes its times from the clock the queue was given (PostgreSQL's used to
+    open on the system clock)."""
+    from ferroq.testing import ManualClock
+
+    start = 1_700_000_000_000
+    clock = ManualClock(start)
+    with ferroq.Queue(queue_location, clock=clock) as q:
+        first = q.task(name="t")(lambda: None).enqueue()
+        clock.advance(60_000)
+        second = q.tasks["t"].enqueue()
+        created = [q.get(h.id).created_at.timestamp() * 1000 for h in (first, second)]
+    assert created == [start, start + 60_000]
+
+
 def test_get_unknown_id_raises_unknown_task(queue: ferroq.Queue) -> None:
     with pytest.raises(ferroq.UnknownTask):
         queue.get(12345)
@@ -167,7 +181,6 @@ def test_get_unknown_id_raises_unknown_task(queue: ferroq.Queue) -> None:
         queue.get("1")  # type: ignore[arg-type]
 
 
-@pytest.mark.both_engines
 def test_using_overrides_options_for_one_enqueue(queue: ferroq.Queue) -> None:
     @queue.task(priority=1)
     def job() -> None:
@@ -179,7 +192,6 @@ def test_using_overrides_options_for_one_enqueue(queue: ferroq.Queue) -> None:
     assert queue.get(job.enqueue().id).priority == 1  # the task's own options are unchanged
 
 
-@pytest.mark.both_engines
 def test_enqueue_many_stores_all_calls_in_order(queue: ferroq.Queue) -> None:
     @queue.task
     def square(x: int) -> int:
@@ -234,7 +246,6 @@ def test_enqueue_many_counts_a_delay_from_the_end_of_the_iterable(queue: ferroq.
     assert queue.get(task_id).run_at.timestamp() >= done_at[0] + 60 - 0.001
 
 
-@pytest.mark.both_engines
 def test_enqueue_many_runs_in_fifo_order_within_a_priority(queue: ferroq.Queue) -> None:
     seen: list[int] = []
 
@@ -249,7 +260,6 @@ def test_enqueue_many_runs_in_fifo_order_within_a_priority(queue: ferroq.Queue) 
     assert seen == list(range(310))
 
 
-@pytest.mark.both_engines
 def test_enqueue_many_deduplicates_unique_keys_within_the_batch(queue: ferroq.Queue) -> None:
     @queue.task
     def sync(account: str) -> None:
@@ -267,7 +277,6 @@ def test_enqueue_many_deduplicates_unique_keys_within_the_batch(queue: ferroq.Qu
 # -- results ---------------------------------------------------------------------------------
 
 
-@pytest.mark.both_engines
 def test_result_returns_the_stored_result(queue: ferroq.Queue) -> None:
     @queue.task
     def echo(value: Any) -> Any:
@@ -325,7 +334,6 @@ def test_result_raises_result_timeout_when_not_done(queue: ferroq.Queue) -> None
 # -- cancel / requeue ------------------------------------------------------------------------
 
 
-@pytest.mark.both_engines
 def test_cancel_pending_task(queue: ferroq.Queue) -> None:
     ran = []
 
@@ -428,7 +436,6 @@ def test_requeue_cancelled_task(queue: ferroq.Queue) -> None:
 # -- history and counts ----------------------------------------------------------------------
 
 
-@pytest.mark.both_engines
 def test_history_lists_every_transition(queue: ferroq.Queue) -> None:
     calls = []
 
@@ -483,7 +490,6 @@ def test_history_of_cancel_and_requeue(queue: ferroq.Queue) -> None:
     ]
 
 
-@pytest.mark.both_engines
 def test_counts_lists_every_status(queue: ferroq.Queue) -> None:
     assert queue.counts() == {status: 0 for status in ferroq.STATUSES}
     assert set(ferroq.STATUSES) == {"pending", "running", "completed", "dead", "cancelled"}
@@ -520,23 +526,24 @@ def test_counts_lists_every_status(queue: ferroq.Queue) -> None:
     assert queue.counts() == {"pending": 1, "running": 0, "completed": 3, "dead": 1, "cancelled": 1}
 
 
-def test_queues_dropped_without_close_lose_nothing(db_path: Any) -> None:
+def test_queues_dropped_without_close_lose_nothing(queue_location: Path | str) -> None:
     """A queue left to the garbage collector is closed on a thread of its own, while new
     queues keep opening the same file: every enqueue stays, the file stays intact."""
     for round_ in range(20):
-        q = ferroq.Queue(db_path, durability="normal")
+        q = ferroq.Queue(queue_location, durability="normal")
         t = q.task(name="t")(lambda i: None)
         q.enqueue_many(t.call(i) for i in range(500))
         t.enqueue(round_)
         del q, t
         gc.collect()  # a queue and its tasks refer to each other: only the collector frees them
-    with ferroq.Queue(db_path) as q:
+    with ferroq.Queue(queue_location) as q:
         assert q.counts()["pending"] == 20 * 501
         assert q.check() == ["ok"]
 
 
 def test_a_script_that_never_closes_its_queue_leaves_one_file(tmp_path: Path) -> None:
-    """A queue still open at exit is closed before the interpreter tears down, not left to
+    """SQLite-only: about the -wal/-shm files beside the queue file.
+    A queue still open at exit is closed before the interpreter tears down, not left to
     the closing thread of a dropped store (which the exit can cut short, leaving -wal and
     -shm files behind). The script's own exit hook, registered first, runs last: by then
     the file must stand alone."""
@@ -556,9 +563,9 @@ q.enqueue_many(job.call("x" * 500) for _ in range(2_000))
         assert q.counts()["pending"] == 2_000
 
 
-def test_queues_sharing_a_file_are_separate(db_path: Any) -> None:
-    a = ferroq.Queue(db_path, name="a", durability="normal")
-    b = ferroq.Queue(db_path, name="b", durability="normal")
+def test_queues_sharing_a_file_are_separate(queue_location: Path | str) -> None:
+    a = ferroq.Queue(queue_location, name="a", durability="normal")
+    b = ferroq.Queue(queue_location, name="b", durability="normal")
 
     @a.task(name="job")
     def job_a() -> str:

@@ -21,12 +21,14 @@ import pytest
 import ferroq
 from procs import child_env, wait_until
 
+pytestmark = pytest.mark.both_engines  # every test with a queue runs on SQLite and PostgreSQL
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fastapi_app.py"
 
 
 @pytest.fixture
-def q(db_path: Path) -> Iterator[ferroq.Queue]:
-    queue = ferroq.Queue(db_path, durability="normal", events="all", max_payload=1000)
+def q(queue_location: Path | str) -> Iterator[ferroq.Queue]:
+    queue = ferroq.Queue(queue_location, durability="normal", events="all", max_payload=1000)
     yield queue
     queue.close()
 
@@ -189,10 +191,16 @@ LOCK_HOLDER = (
 )
 
 
-def test_a_commit_waiting_for_the_write_lock_does_not_block_the_loop(q: ferroq.Queue, tmp_path: Path) -> None:
+def test_a_commit_waiting_for_the_write_lock_does_not_block_the_loop(db_path: Path, tmp_path: Path) -> None:
     """Another process holds the write lock until told: aenqueue waits for it off the
     loop, so a ticker keeps ticking meanwhile (a blocking enqueue would stop it dead: the
-    ticker's count could not grow, and the release is only sent by the ticker itself)."""
+    ticker's count could not grow, and the release is only sent by the ticker itself).
+    SQLite-only: the lock is SQLite's file write lock."""
+    with ferroq.Queue(db_path, durability="normal") as q:
+        _commit_waiting_for_the_lock(q, tmp_path)
+
+
+def _commit_waiting_for_the_lock(q: ferroq.Queue, tmp_path: Path) -> None:
     add, _ = tasks(q)
     add.enqueue(0)  # the schema exists before the other process locks the file
     locked, release = tmp_path / "locked", tmp_path / "release"

@@ -20,7 +20,7 @@ import ferroq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from procs import Procs, procs, wait_until  # noqa: F401
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.both_engines]
 
 WORKER = """
 db, log_path, pool, prefetch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -74,10 +74,11 @@ def declare(q: ferroq.Queue, max_attempts: int) -> dict[str, ferroq.Task]:
 
 
 @pytest.mark.timeout(120)
-def test_sigkill_charges_only_the_run_that_had_started(tmp_path: Path, procs: Procs) -> None:
+def test_sigkill_charges_only_the_run_that_had_started(
+        tmp_path: Path, queue_location: Path | str, procs: Procs) -> None:
     """The issue's scenario: concurrency 1, prefetch 20, 0.3 s tasks, one attempt each; the
     worker is killed mid-run with most of its claim still buffered."""
-    db, log = tmp_path / "q.db", tmp_path / "runs.log"
+    db, log = queue_location, tmp_path / "runs.log"
     q = ferroq.Queue(db)
     tasks = declare(q, max_attempts=1)
     ids = [tasks["slow"].enqueue(i).id for i in range(30)]
@@ -111,11 +112,11 @@ def test_sigkill_charges_only_the_run_that_had_started(tmp_path: Path, procs: Pr
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("pool", ["thread", "process"])
 def test_a_poison_task_goes_dead_after_exactly_max_attempts_real_runs(
-        tmp_path: Path, procs: Procs, pool: str) -> None:
+        tmp_path: Path, queue_location: Path | str, procs: Procs, pool: str) -> None:
     """A task that kills the process running it: under pool="thread" the worker dies each
     time and is started again; under pool="process" only the child dies. Either way the
     poison task is dead after exactly max_attempts runs, and every other task completes."""
-    db, log = tmp_path / "q.db", tmp_path / "runs.log"
+    db, log = queue_location, tmp_path / "runs.log"
     q = ferroq.Queue(db)
     tasks = declare(q, max_attempts=3)
     normal = [tasks["work"].enqueue(i).id for i in range(10)]
@@ -152,12 +153,12 @@ os.kill(os.getpid(), signal.SIGKILL)  # nothing started: every claimed task stil
 
 @pytest.mark.timeout(120)
 def test_a_worker_started_after_a_kill_keeps_the_dead_workers_journal_until_its_leases_are_rescued(
-        tmp_path: Path, procs: Procs) -> None:
+        tmp_path: Path, queue_location: Path | str, procs: Procs) -> None:
     """Found by benches/soak_faults.py: a supervisor restarts a killed worker at once; the new
     worker, opening its own journal, deleted the dead one's (no run it noted was running: it
     notes only started runs), so the rescuer found no journal and charged an attempt to each
     buffered task it had never started (dead tasks that never ran, with max_attempts=1)."""
-    db = tmp_path / "q.db"
+    db = queue_location
     q = ferroq.Queue(db)
     tasks = declare(q, max_attempts=1)
     ids = [tasks["work"].enqueue(i).id for i in range(5)]
@@ -207,13 +208,15 @@ if __name__ == "__main__":  # the children import this script
 
 
 @pytest.mark.timeout(120)
-def test_a_run_handed_to_a_child_that_never_started_it_is_not_charged(tmp_path: Path, procs: Procs) -> None:
+@pytest.mark.sqlite_only("watches the run journal in the directory beside the queue file")
+def test_a_run_handed_to_a_child_that_never_started_it_is_not_charged(
+        tmp_path: Path, queue_location: Path | str, procs: Procs) -> None:
     """Found by benches/soak_faults.py --pool process: a worker killed between handing a run
     to its child and the child calling the processor (a pipe message and the child's wake-up:
     milliseconds on a loaded machine) is charged "worker died during run" though the
     processor never ran; the child dies with its worker. Here the child is held stopped so
     the window stays open."""
-    db, log = tmp_path / "q.db", tmp_path / "runs.log"
+    db, log = queue_location, tmp_path / "runs.log"
     q = ferroq.Queue(db)
     task = q.task(name="work", max_attempts=1)(lambda n: None)
     script = procs.script("handoff", HANDOFF_WORKER)
@@ -235,11 +238,12 @@ def test_a_run_handed_to_a_child_that_never_started_it_is_not_charged(tmp_path: 
 
 
 @pytest.mark.timeout(120)
-def test_a_run_in_a_first_child_is_charged_when_its_worker_dies(tmp_path: Path, procs: Procs) -> None:
+def test_a_run_in_a_first_child_is_charged_when_its_worker_dies(
+        tmp_path: Path, queue_location: Path | str, procs: Procs) -> None:
     """pool="process": the children started with the worker note their runs in its journal
     too (they were started before the journal existed, so a run in one of them looked never
     started and a task that killed its worker that way was never charged)."""
-    db, log = tmp_path / "q.db", tmp_path / "runs.log"
+    db, log = queue_location, tmp_path / "runs.log"
     q = ferroq.Queue(db)
     task_id = declare(q, max_attempts=1)["long"].enqueue(0).id
     script = procs.script("worker", WORKER)

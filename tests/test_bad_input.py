@@ -24,6 +24,10 @@ import pytest
 
 import ferroq
 
+# Tests with a queue run on both engines; those about the SQLite file (no file left behind,
+# damaged or unreadable files, directories) take db_path or tmp_path and stay SQLite-only.
+pytestmark = pytest.mark.both_engines
+
 WAIT = 30.0
 EMPTY = {status: 0 for status in ferroq.STATUSES}
 PAGE = 4096  # SQLite's default page size, which ferroq keeps
@@ -121,8 +125,8 @@ def payload_size(*args: Any, **kwargs: Any) -> int:
     return len(orjson.dumps({"args": args, "kwargs": kwargs}))
 
 
-def test_payload_over_the_queue_limit(db_path: Path) -> None:
-    q = ferroq.Queue(db_path, durability="normal", max_payload=1000)
+def test_payload_over_the_queue_limit(queue_location: Path | str) -> None:
+    q = ferroq.Queue(queue_location, durability="normal", max_payload=1000)
 
     @q.task(name="echo")
     def echo(text: str) -> str:
@@ -245,17 +249,17 @@ def test_bad_resource_group(queue: ferroq.Queue, add: Any, name: str) -> None:
     assert_nothing_written(queue)
 
 
-def test_good_names_are_accepted(db_path: Path) -> None:
+def test_good_names_are_accepted(queue_location: Path | str) -> None:
     for i, name in enumerate(GOOD_NAMES):
-        q = ferroq.Queue(db_path, name=name, durability="normal")
+        q = ferroq.Queue(queue_location, name=name, durability="normal")
         task = q.task(name=name, resource_group=name)(lambda i=i: i)
         info = q.get(task.enqueue().id)
         assert (info.queue, info.name, info.resource_group) == (name, name, name)
 
 
-def test_non_str_names(db_path: Path, queue: ferroq.Queue) -> None:
+def test_non_str_names(queue_location: Path | str, queue: ferroq.Queue) -> None:
     with pytest.raises(ferroq.InvalidArgument):
-        ferroq.Queue(db_path, name=5)  # type: ignore[arg-type]
+        ferroq.Queue(queue_location, name=5)  # type: ignore[arg-type]
     with pytest.raises(ferroq.InvalidArgument):
         queue.task(name=5)(lambda: None)  # type: ignore[call-overload]
     with pytest.raises(ferroq.InvalidArgument):

@@ -9,9 +9,11 @@ import pytest
 
 import ferroq
 
+pytestmark = pytest.mark.both_engines  # every test with a queue runs on SQLite and PostgreSQL
 
-def test_items_are_processed_in_batches_up_to_max_size(tmp_path: Path) -> None:
-    q = ferroq.Queue(tmp_path / "q.db", durability="normal")
+
+def test_items_are_processed_in_batches_up_to_max_size(queue_location: Path | str) -> None:
+    q = ferroq.Queue(queue_location, durability="normal")
     sizes: list[int] = []
 
     @q.batch_task(name="double", max_size=10, max_wait=0.05)
@@ -27,8 +29,8 @@ def test_items_are_processed_in_batches_up_to_max_size(tmp_path: Path) -> None:
     assert double([1, 2]) == [2, 4]  # inline call runs the function
 
 
-def test_an_exception_in_the_results_fails_only_its_item(tmp_path: Path) -> None:
-    q = ferroq.Queue(tmp_path / "q.db", durability="normal")
+def test_an_exception_in_the_results_fails_only_its_item(queue_location: Path | str) -> None:
+    q = ferroq.Queue(queue_location, durability="normal")
 
     @q.batch_task(name="check", max_size=50, max_wait=0.01, max_attempts=1)
     def check(items: list[int]) -> list[Any]:
@@ -46,8 +48,8 @@ def test_an_exception_in_the_results_fails_only_its_item(tmp_path: Path) -> None
             assert h.result(timeout=5) == i
 
 
-def test_a_raising_batch_fails_every_item_and_retries_them(tmp_path: Path) -> None:
-    q = ferroq.Queue(tmp_path / "q.db", durability="normal")
+def test_a_raising_batch_fails_every_item_and_retries_them(queue_location: Path | str) -> None:
+    q = ferroq.Queue(queue_location, durability="normal")
     calls: list[list[str]] = []
 
     @q.batch_task(name="flaky", max_size=5, max_wait=0.01, max_attempts=2,
@@ -64,8 +66,8 @@ def test_a_raising_batch_fails_every_item_and_retries_them(tmp_path: Path) -> No
     assert all(h.info().attempts == 2 for h in handles)
 
 
-def test_wrong_result_count_is_a_clear_failure(tmp_path: Path) -> None:
-    q = ferroq.Queue(tmp_path / "q.db", durability="normal")
+def test_wrong_result_count_is_a_clear_failure(queue_location: Path | str) -> None:
+    q = ferroq.Queue(queue_location, durability="normal")
 
     @q.batch_task(name="short", max_size=4, max_wait=0.01, max_attempts=1)
     def short(items: list[int]) -> list[int]:
@@ -78,8 +80,8 @@ def test_wrong_result_count_is_a_clear_failure(tmp_path: Path) -> None:
     assert "must return a list of 4 results" in failed.value.error.message
 
 
-def test_batches_do_not_mix_resource_groups(tmp_path: Path) -> None:
-    q = ferroq.Queue(tmp_path / "q.db", durability="normal")
+def test_batches_do_not_mix_resource_groups(queue_location: Path | str) -> None:
+    q = ferroq.Queue(queue_location, durability="normal")
     seen: list[set[str]] = []
 
     @q.batch_task(name="grouped", max_size=50, max_wait=0.02)
@@ -95,8 +97,8 @@ def test_batches_do_not_mix_resource_groups(tmp_path: Path) -> None:
     assert q.counts()["completed"] == 10
 
 
-def test_bad_batch_options_are_refused(tmp_path: Path) -> None:
-    q = ferroq.Queue(tmp_path / "q.db", durability="normal")
+def test_bad_batch_options_are_refused(queue_location: Path | str) -> None:
+    q = ferroq.Queue(queue_location, durability="normal")
     with pytest.raises(ferroq.InvalidArgument):
         q.batch_task(max_size=0)
     with pytest.raises(ferroq.InvalidArgument):

@@ -13,6 +13,8 @@ import pytest
 import ferroq
 from workers import WAIT
 
+pytestmark = pytest.mark.both_engines  # every test runs on SQLite and PostgreSQL
+
 LONG_BACKOFF = ferroq.RetryPolicy(base_delay=60, max_delay=60, jitter=0)
 THRESHOLD = 3
 

@@ -15,7 +15,7 @@ import ferroq
 from procs import child_env
 
 # Real worker processes: seconds each (`pytest -m 'not slow'` skips them).
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.both_engines]
 
 APP = '''
 import ferroq
@@ -32,8 +32,8 @@ def send(to: str) -> str:
 '''
 
 
-def make_app(tmp_path: Path) -> tuple[Path, ferroq.Queue]:
-    db = tmp_path / "app.db"
+def make_app(tmp_path: Path, db: Path | str) -> tuple[Path | str, ferroq.Queue]:
+    """app.py in ``tmp_path``, whose queue lives at ``db`` (a file or a PostgreSQL URL)."""
     (tmp_path / "app.py").write_text(textwrap.dedent(APP.format(db=str(db))))
     q = ferroq.Queue(db, durability="normal")
     return db, q
@@ -50,8 +50,8 @@ def enqueue(q: ferroq.Queue, name: str, n: int, group: str, arg: object) -> None
     q.enqueue_many([task.call(arg) for _ in range(n)])
 
 
-def test_worker_runs_a_modules_queue_until_empty(tmp_path: Path) -> None:
-    db, q = make_app(tmp_path)
+def test_worker_runs_a_modules_queue_until_empty(tmp_path: Path, queue_location: Path | str) -> None:
+    db, q = make_app(tmp_path, queue_location)
     enqueue(q, "double", 20, "cpu", 21)
     done = ferroq_cli(tmp_path, "worker", "app:queue", "--until-empty", "--concurrency", "4")
     assert done.returncode == 0, done.stderr
@@ -60,16 +60,16 @@ def test_worker_runs_a_modules_queue_until_empty(tmp_path: Path) -> None:
     assert "started on" in done.stderr  # logged at --log-level info
 
 
-def test_worker_with_processes_uses_the_process_pool(tmp_path: Path) -> None:
-    db, q = make_app(tmp_path)
+def test_worker_with_processes_uses_the_process_pool(tmp_path: Path, queue_location: Path | str) -> None:
+    db, q = make_app(tmp_path, queue_location)
     enqueue(q, "send", 5, "mail", "ada")
     done = ferroq_cli(tmp_path, "worker", "app", "--until-empty", "--processes", "2", "--log-level", "warning")
     assert done.returncode == 0, done.stderr
     assert [t.result for t in q.list(status="completed")] == ["sent ada"] * 5
 
 
-def test_worker_claims_only_its_groups(tmp_path: Path) -> None:
-    db, q = make_app(tmp_path)
+def test_worker_claims_only_its_groups(tmp_path: Path, queue_location: Path | str) -> None:
+    db, q = make_app(tmp_path, queue_location)
     enqueue(q, "double", 5, "cpu", 1)
     enqueue(q, "send", 5, "mail", "bob")
     done = ferroq_cli(tmp_path, "worker", "app:queue", "--groups", "mail", "--until-empty")
@@ -78,8 +78,8 @@ def test_worker_claims_only_its_groups(tmp_path: Path) -> None:
     assert {t.resource_group for t in q.list(status="pending")} == {"cpu"}
 
 
-def test_worker_obeys_a_pause_made_by_the_cli(tmp_path: Path) -> None:
-    db, q = make_app(tmp_path)
+def test_worker_obeys_a_pause_made_by_the_cli(tmp_path: Path, queue_location: Path | str) -> None:
+    db, q = make_app(tmp_path, queue_location)
     enqueue(q, "double", 3, "cpu", 1)
     enqueue(q, "send", 3, "mail", "eve")
     assert ferroq_cli(tmp_path, "--db", str(db), "pause", "mail").returncode == 0
@@ -91,8 +91,8 @@ def test_worker_obeys_a_pause_made_by_the_cli(tmp_path: Path) -> None:
     assert q.counts()["completed"] == 6
 
 
-def test_worker_reports_a_bad_target_without_a_traceback(tmp_path: Path) -> None:
-    make_app(tmp_path)
+def test_worker_reports_a_bad_target_without_a_traceback(tmp_path: Path, queue_location: Path | str) -> None:
+    make_app(tmp_path, queue_location)
     for spec, message in (("nosuchmodule:q", "cannot import"), ("app:nope", "no attribute"),
                           ("app:double", "not a ferroq.Queue")):
         done = ferroq_cli(tmp_path, "worker", spec)
@@ -130,8 +130,9 @@ NOT_A_FUNCTION = 3
 
 
 @pytest.mark.parametrize("pool", [(), ("--processes", "2")], ids=["threads", "processes"])
-def test_worker_hook_options_call_functions_named_by_module(tmp_path: Path, pool: tuple[str, ...]) -> None:
-    db, q = make_app(tmp_path)
+def test_worker_hook_options_call_functions_named_by_module(tmp_path: Path, queue_location: Path | str,
+                                                            pool: tuple[str, ...]) -> None:
+    db, q = make_app(tmp_path, queue_location)
     (tmp_path / "hooks.py").write_text(HOOKS)
     enqueue(q, "double", 3, "cpu", 4)
     done = ferroq_cli(tmp_path, "worker", "app:queue", "--until-empty", *pool, "--on-start", "hooks:start",
@@ -146,8 +147,8 @@ def test_worker_hook_options_call_functions_named_by_module(tmp_path: Path, pool
         assert (seen[0][-1] == lines[0][-1]) == (not pool)  # in the worker process, or in a child
 
 
-def test_worker_hook_options_that_are_wrong_are_one_line_errors(tmp_path: Path) -> None:
-    db, q = make_app(tmp_path)
+def test_worker_hook_options_that_are_wrong_are_one_line_errors(tmp_path: Path, queue_location: Path | str) -> None:
+    db, q = make_app(tmp_path, queue_location)
     (tmp_path / "hooks.py").write_text(HOOKS)
     enqueue(q, "double", 1, "cpu", 4)
     for args, code, message in ((("--on-start", "hooks"), 2, "takes MODULE:FUNC"),
@@ -163,8 +164,8 @@ def test_worker_hook_options_that_are_wrong_are_one_line_errors(tmp_path: Path) 
     assert q.counts()["pending"] == 1  # nothing ran
 
 
-def test_worker_autoscales_and_refuses_bad_autoscale_options(tmp_path: Path) -> None:
-    db, q = make_app(tmp_path)
+def test_worker_autoscales_and_refuses_bad_autoscale_options(tmp_path: Path, queue_location: Path | str) -> None:
+    db, q = make_app(tmp_path, queue_location)
     enqueue(q, "double", 20, "cpu", 21)
     done = ferroq_cli(tmp_path, "worker", "app:queue", "--until-empty", "--autoscale", "1:4")
     assert done.returncode == 0, done.stderr

@@ -17,14 +17,16 @@ from ferroq.cli import main
 from ferroq.errors import InvalidArgument
 from ferroq.testing import ManualClock
 
+pytestmark = pytest.mark.both_engines  # every test runs on SQLite and PostgreSQL
+
 DAY_MS = 86_400_000
 #: A UTC midnight.
 START = 1_699_920_000_000
 
 
-def open_queue(tmp_path: Path) -> tuple[ferroq.Queue, ManualClock]:
+def open_queue(location: Path | str) -> tuple[ferroq.Queue, ManualClock]:
     clock = ManualClock(START)
-    return ferroq.Queue(tmp_path / "q.db", durability="normal", clock=clock), clock
+    return ferroq.Queue(location, durability="normal", clock=clock), clock
 
 
 def arrive(q: ferroq.Queue, clock: ManualClock, per_step: list[int], step_ms: int, group: str = "default") -> None:
@@ -40,16 +42,16 @@ def daily_shape(hour: float) -> float:
     return 1 + 0.8 * math.sin(2 * math.pi * hour / 24)
 
 
-def test_no_history_forecasts_nothing_and_says_so(tmp_path: Path) -> None:
-    q, _ = open_queue(tmp_path)
+def test_no_history_forecasts_nothing_and_says_so(queue_location: Path | str) -> None:
+    q, _ = open_queue(queue_location)
     f = q.forecast(horizon=600, interval=60)
     assert f.method == "none" and f.season is None
     assert len(f.points) == 10 and f.total == 0
     assert "no arrivals" in f.explanation
 
 
-def test_a_short_steady_history_gives_its_rate_without_a_season(tmp_path: Path) -> None:
-    q, clock = open_queue(tmp_path)
+def test_a_short_steady_history_gives_its_rate_without_a_season(queue_location: Path | str) -> None:
+    q, clock = open_queue(queue_location)
     arrive(q, clock, [20] * 360, 10_000)  # an hour at 2/s
     f = q.forecast(horizon=600, interval=60)
     assert f.method == "holt" and f.season is None
@@ -60,8 +62,8 @@ def test_a_short_steady_history_gives_its_rate_without_a_season(tmp_path: Path) 
     assert f.peak_rate == pytest.approx(2, rel=0.05)
 
 
-def test_a_daily_cycle_is_found_and_followed(tmp_path: Path) -> None:
-    q, clock = open_queue(tmp_path)
+def test_a_daily_cycle_is_found_and_followed(queue_location: Path | str) -> None:
+    q, clock = open_queue(queue_location)
     # Three days hour by hour (the hourly rows), then the last day minute by minute.
     arrive(q, clock, [round(3600 * daily_shape(h + 0.5)) for h in range(72)], 3_600_000)
     arrive(q, clock, [round(60 * daily_shape((m + 0.5) / 60)) for m in range(18 * 60)], 60_000)
@@ -74,8 +76,8 @@ def test_a_daily_cycle_is_found_and_followed(tmp_path: Path) -> None:
         assert p.expected == pytest.approx(600 * daily_shape(18 + (i + 0.5) / 6), rel=0.15), (i, p)
 
 
-def test_a_group_forecast_counts_only_that_group(tmp_path: Path) -> None:
-    q, clock = open_queue(tmp_path)
+def test_a_group_forecast_counts_only_that_group(queue_location: Path | str) -> None:
+    q, clock = open_queue(queue_location)
     arrive(q, clock, [10] * 60, 10_000, group="a")
     arrive(q, clock, [0] * 6, 10_000)
     for _ in range(60):
@@ -89,25 +91,25 @@ def test_a_group_forecast_counts_only_that_group(tmp_path: Path) -> None:
     {"interval": 15}, {"interval": 0}, {"interval": True}, {"interval": float("nan")},
     {"horizon": 30, "interval": 60}, {"horizon": -1}, {"horizon": 30 * 86_400}, {"horizon": "soon"},
 ])
-def test_bad_arguments_are_refused_clearly(tmp_path: Path, kwargs: dict[str, object]) -> None:
-    q, _ = open_queue(tmp_path)
+def test_bad_arguments_are_refused_clearly(queue_location: Path | str, kwargs: dict[str, object]) -> None:
+    q, _ = open_queue(queue_location)
     with pytest.raises(InvalidArgument):
         q.forecast(**kwargs)  # type: ignore[arg-type]
 
 
-def test_a_bad_group_name_is_refused(tmp_path: Path) -> None:
-    q, _ = open_queue(tmp_path)
+def test_a_bad_group_name_is_refused(queue_location: Path | str) -> None:
+    q, _ = open_queue(queue_location)
     with pytest.raises(InvalidArgument):
         q.forecast("")
 
 
-def test_cli_forecast_prints_a_table_and_json(tmp_path: Path) -> None:
+def test_cli_forecast_prints_a_table_and_json(queue_location: Path | str) -> None:
     # Twenty minutes of history ending now: the CLI reads the real clock.
     clock = ManualClock(int(time.time() * 1000) - 1_200_000)
-    q = ferroq.Queue(tmp_path / "q.db", durability="normal", clock=clock)
+    q = ferroq.Queue(queue_location, durability="normal", clock=clock)
     arrive(q, clock, [5] * 120, 10_000)
     q.close()
-    db = str(tmp_path / "q.db")
+    db = str(queue_location)
     table = CliRunner().invoke(main, ["--db", db, "forecast", "--horizon", "5m"])
     assert table.exit_code == 0, table.output
     assert "expected" in table.output and "holt" in table.output
@@ -119,10 +121,10 @@ def test_cli_forecast_prints_a_table_and_json(tmp_path: Path) -> None:
     assert bad.exit_code != 0 and "multiple of 10" in bad.output and "Traceback" not in bad.output
 
 
-def test_the_band_is_as_wide_as_the_errors_the_model_made(tmp_path: Path) -> None:
+def test_the_band_is_as_wide_as_the_errors_the_model_made(queue_location: Path | str) -> None:
     import random
     rng = random.Random(5)
-    q, clock = open_queue(tmp_path)
+    q, clock = open_queue(queue_location)
     # Two hours at 2/s, counted as Poisson (normal approximation): sd sqrt(120) a minute.
     arrive(q, clock, [max(0, round(rng.gauss(20, math.sqrt(20)))) for _ in range(720)], 10_000)
     first = q.forecast(horizon=60, interval=60).points[0]

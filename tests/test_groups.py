@@ -11,6 +11,8 @@ import pytest
 import ferroq
 from workers import WAIT, BackgroundWorker
 
+pytestmark = pytest.mark.both_engines  # every test with a queue runs on SQLite and PostgreSQL
+
 NO_BACKOFF = ferroq.RetryPolicy(base_delay=0, max_delay=0, jitter=0)
 
 
@@ -277,8 +279,8 @@ def test_adaptive_throttle_cuts_the_cap_on_errors_and_shows_it(queue: ferroq.Que
     assert changes and changes[-1].detail["concurrency_limit"] == state.concurrency_limit
 
 
-def test_priority_aging_lifts_a_waiting_task(db_path: Path) -> None:
-    q = ferroq.Queue(db_path, durability="normal",
+def test_priority_aging_lifts_a_waiting_task(queue_location: Path | str) -> None:
+    q = ferroq.Queue(queue_location, durability="normal",
                      priority_aging=ferroq.PriorityAging(every=0.05, step=1, max_priority=3))
 
     @q.task(resource_group="slow", priority=-2)

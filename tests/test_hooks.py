@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from procs import Procs, procs  # noqa: F401
 
 # Real worker processes: seconds each (`pytest -m 'not slow'` skips them).
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.both_engines]
 
 WORKER = """
 import asyncio, threading
@@ -94,8 +94,9 @@ def _lines(log: Path) -> list[list[str]]:
     return [line.split(" ") for line in log.read_text().splitlines()]
 
 
-def _drain(tmp_path: Path, procs: Procs, pool: str, enqueue: Any) -> tuple[ferroq.Queue, int, list[list[str]], str]:
-    db, log = tmp_path / "q.db", tmp_path / "hooks.log"
+def _drain(tmp_path: Path, db: Path | str, procs: Procs, pool: str,
+           enqueue: Any) -> tuple[ferroq.Queue, int, list[list[str]], str]:
+    log = tmp_path / "hooks.log"
     q = ferroq.Queue(db)
     for name in ("ok", "boom", "aok", "before_fails", "after_fails"):  # to enqueue by name here
         q.task(name=name, max_attempts=1)(_stub)
@@ -106,7 +107,8 @@ def _drain(tmp_path: Path, procs: Procs, pool: str, enqueue: Any) -> tuple[ferro
 
 
 @pytest.mark.parametrize("pool", ["thread", "process"])
-def test_each_run_of_a_batch_task_gets_its_hooks(tmp_path: Path, procs: Procs, pool: str) -> None:
+def test_each_run_of_a_batch_task_gets_its_hooks(tmp_path: Path, queue_location: Path | str, procs: Procs,
+                                                 pool: str) -> None:
     """before_run for each run before the batch function, after_run for each after it with
     its own item's outcome; a run whose before_run raises is left out of the batch and fails
     with the hook's error, the others run."""
@@ -118,7 +120,7 @@ def test_each_run_of_a_batch_task_gets_its_hooks(tmp_path: Path, procs: Procs, p
             ids[item] = q.enqueue("batch", item).id
         (tmp_path / f"hooks.log.refuse{ids[2]}").touch()
 
-    q, _, lines, _ = _drain(tmp_path, procs, pool, enqueue)
+    q, _, lines, _ = _drain(tmp_path, queue_location, procs, pool, enqueue)
     batched = sorted(int(item) for line in lines if line[0] == "batch" for item in line[2:-2])
     assert batched == [1, 3, 4]  # item 2's before_run refused it
     after = {1: ["True", "10", "NoneType"], 3: ["False", "None", "ValueError"], 4: ["True", "40", "NoneType"]}
@@ -140,7 +142,8 @@ def _by_task(lines: list[list[str]], task_id: int) -> list[list[str]]:
 
 
 @pytest.mark.parametrize("pool", ["thread", "process"])
-def test_hooks_run_around_each_run_where_it_runs(tmp_path: Path, procs: Procs, pool: str) -> None:
+def test_hooks_run_around_each_run_where_it_runs(tmp_path: Path, queue_location: Path | str, procs: Procs,
+                                                 pool: str) -> None:
     """on_start first and on_stop last, once each, in the worker process; before_run, the
     processor and after_run in that order, in one thread of the process that runs the task
     (the worker's own under pool="thread", a child under pool="process"); after_run sees
@@ -151,7 +154,7 @@ def test_hooks_run_around_each_run_where_it_runs(tmp_path: Path, procs: Procs, p
         for name, arg in (("ok", 5), ("boom", 1), ("aok", 9)):
             ids[name] = q.enqueue(name, arg).id
 
-    q, worker_pid, lines, _ = _drain(tmp_path, procs, pool, enqueue)
+    q, worker_pid, lines, _ = _drain(tmp_path, queue_location, procs, pool, enqueue)
     assert lines[0][:3] == ["on_start", "0", str(worker_pid)]
     assert lines[-1][:3] == ["on_stop", "0", str(worker_pid)]
     assert [line[0] for line in lines].count("on_start") == 1
@@ -171,14 +174,14 @@ def test_hooks_run_around_each_run_where_it_runs(tmp_path: Path, procs: Procs, p
 
 @pytest.mark.parametrize("pool", ["thread", "process"])
 def test_a_failing_before_run_fails_the_run_and_a_failing_after_run_changes_nothing(
-        tmp_path: Path, procs: Procs, pool: str) -> None:
+        tmp_path: Path, queue_location: Path | str, procs: Procs, pool: str) -> None:
     ids: dict[str, int] = {}
 
     def enqueue(q: ferroq.Queue) -> None:
         ids["before"] = q.enqueue("before_fails", 1).id
         ids["after"] = q.enqueue("after_fails", 2).id
 
-    q, _, lines, stderr = _drain(tmp_path, procs, pool, enqueue)
+    q, _, lines, stderr = _drain(tmp_path, queue_location, procs, pool, enqueue)
     # before_run raised: the processor never ran, the run failed with the hook's error.
     assert [line[0] for line in _by_task(lines, ids["before"])] == ["before"]
     refused = q.get(ids["before"])
@@ -196,8 +199,8 @@ def _module_hook(ctx: Any) -> None:
     pass
 
 
-def test_hooks_are_checked_when_the_worker_is_made(tmp_path: Path) -> None:
-    q = ferroq.Queue(tmp_path / "q.db")
+def test_hooks_are_checked_when_the_worker_is_made(queue_location: Path | str) -> None:
+    q = ferroq.Queue(queue_location)
     for name in ("on_start", "on_stop", "before_run", "after_run"):
         with pytest.raises(ferroq.InvalidArgument, match=name):
             ferroq.Worker(q, **{name: "not callable"})  # type: ignore[arg-type]
@@ -214,8 +217,8 @@ def test_hooks_are_checked_when_the_worker_is_made(tmp_path: Path) -> None:
     ferroq.Worker(q, before_run=lambda ctx: None)  # threads: anything callable
 
 
-def test_an_on_start_that_raises_stops_run_before_anything_is_claimed(tmp_path: Path) -> None:
-    q = ferroq.Queue(tmp_path / "q.db")
+def test_an_on_start_that_raises_stops_run_before_anything_is_claimed(queue_location: Path | str) -> None:
+    q = ferroq.Queue(queue_location)
     ran: list[int] = []
     q.task(name="t")(lambda: ran.append(1))
     handle = q.enqueue("t")
@@ -232,8 +235,8 @@ def test_an_on_start_that_raises_stops_run_before_anything_is_claimed(tmp_path: 
     assert ran == [1]
 
 
-def test_on_stop_follows_on_start_when_the_process_pool_cannot_start(tmp_path: Path) -> None:
-    q = ferroq.Queue(tmp_path / "q.db")
+def test_on_stop_follows_on_start_when_the_process_pool_cannot_start(queue_location: Path | str) -> None:
+    q = ferroq.Queue(queue_location)
     q.task(name="t")(lambda: None)  # no child could import it: run() refuses before claiming
     calls: list[str] = []
     worker = ferroq.Worker(q, pool="process", on_start=lambda: calls.append("start"),

@@ -19,7 +19,7 @@ import ferroq
 from procs import Procs, child_env, procs, wait_until  # noqa: F401
 
 # Real worker processes: seconds each (`pytest -m 'not slow'` skips them).
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.both_engines]
 
 #: The installed ``ferroq`` console script, next to this interpreter (a Python script).
 FERROQ = Path(sys.executable).with_name("ferroq")
@@ -42,8 +42,7 @@ def new_thing(n: int) -> int:
 '''
 
 
-def setup(tmp_path: Path) -> tuple[Path, ferroq.Queue]:
-    db = tmp_path / "q.db"
+def setup(tmp_path: Path, db: Path | str) -> tuple[Path | str, ferroq.Queue]:
     (tmp_path / "old_app.py").write_text(textwrap.dedent(OLD_APP.format(db=str(db))))
     (tmp_path / "new_app.py").write_text(textwrap.dedent(NEW_APP.format(db=str(db), new=NEW)))
     return db, ferroq.Queue(db, durability="normal")
@@ -59,8 +58,9 @@ def deferrals(q: ferroq.Queue, task_id: int) -> int:
     return sum(1 for t in q.history(task_id) if t.error is not None and t.error.type == "NoProcessor")
 
 
-def test_an_old_worker_gives_the_task_back_and_a_new_worker_runs_it(tmp_path: Path, procs: Procs) -> None:
-    db, q = setup(tmp_path)
+def test_an_old_worker_gives_the_task_back_and_a_new_worker_runs_it(
+        tmp_path: Path, queue_location: Path | str, procs: Procs) -> None:
+    db, q = setup(tmp_path, queue_location)
     ids = enqueue_new(q, 1, 2, 3)
     invoice = q.task(name="billing.invoice")(lambda n: n).enqueue(7)
     old = procs.start(FERROQ, "worker", "old_app:q", "--log-level", "warning", label="old-worker")
@@ -90,8 +90,9 @@ def test_an_old_worker_gives_the_task_back_and_a_new_worker_runs_it(tmp_path: Pa
                                      env=child_env(), capture_output=True, text=True, timeout=60).stdout
 
 
-def test_a_task_no_worker_can_run_goes_dead_after_the_grace(tmp_path: Path, procs: Procs) -> None:
-    db, q = setup(tmp_path)
+def test_a_task_no_worker_can_run_goes_dead_after_the_grace(
+        tmp_path: Path, queue_location: Path | str, procs: Procs) -> None:
+    db, q = setup(tmp_path, queue_location)
     (task_id,) = enqueue_new(q, 1)
     old = procs.start(FERROQ, "worker", "old_app:q", "--until-empty", "--unknown-task-grace", "2",
                       "--log-level", "warning", label="old-worker")
@@ -104,8 +105,8 @@ def test_a_task_no_worker_can_run_goes_dead_after_the_grace(tmp_path: Path, proc
     assert old.stderr().count(WARNING) == 1 and "is dead" in old.stderr()
 
 
-def test_the_grace_is_checked(tmp_path: Path) -> None:
-    db, q = setup(tmp_path)
+def test_the_grace_is_checked(tmp_path: Path, queue_location: Path | str) -> None:
+    db, q = setup(tmp_path, queue_location)
     with pytest.raises(ferroq.InvalidArgument, match="unknown_task_grace"):
         ferroq.Worker(q, unknown_task_grace=-1.0)
     done = subprocess.run([str(FERROQ), "worker", "old_app:q", "--unknown-task-grace", "-1"], cwd=tmp_path,

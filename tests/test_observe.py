@@ -18,6 +18,8 @@ from workers import WAIT, BackgroundWorker
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from procs import Procs, procs, wait_until  # noqa: F401
 
+pytestmark = pytest.mark.both_engines  # every test with a queue runs on SQLite and PostgreSQL
+
 
 def test_run_percentiles_match_a_known_distribution_of_sleeps(queue: ferroq.Queue) -> None:
     # 60% sleep 20 ms, 35% sleep 60 ms, 5% sleep 150 ms: p50 ~ 20 ms, p95 ~ 60 ms, p99 ~ 150 ms.
@@ -83,8 +85,8 @@ def test_progress_messages_are_stored_and_are_events(queue: ferroq.Queue) -> Non
         queue._store.progress(h.id, 1, 0.5, "x" * 2000)
 
 
-def test_events_all_records_every_transition_and_watch_tails_them(db_path: Path) -> None:
-    q = ferroq.Queue(db_path, durability="normal", events="all")
+def test_events_all_records_every_transition_and_watch_tails_them(queue_location: Path | str) -> None:
+    q = ferroq.Queue(queue_location, durability="normal", events="all")
 
     @q.task
     def ok(n: int) -> int:
@@ -96,7 +98,7 @@ def test_events_all_records_every_transition_and_watch_tails_them(db_path: Path)
     seen = [(e.kind, e.task_id) for e in q.watch_events(after=start, timeout=0.2)]
     assert seen == [("enqueued", h.id), ("started", h.id), ("completed", h.id)]
     with pytest.raises(ferroq.InvalidArgument):
-        ferroq.Queue(db_path, events="some")
+        ferroq.Queue(queue_location, events="some")
 
 
 WATCHER = """
@@ -111,15 +113,15 @@ for e in events:
 """
 
 
-def test_events_arrive_in_order_in_another_process(db_path: Path, tmp_path: Path, procs: Procs) -> None:
-    q = ferroq.Queue(db_path, durability="normal", events="all")
+def test_events_arrive_in_order_in_another_process(queue_location: Path | str, tmp_path: Path, procs: Procs) -> None:
+    q = ferroq.Queue(queue_location, durability="normal", events="all")
 
     @q.task(max_attempts=1)
     def fails() -> None:
         raise ValueError("x")
 
     ready = tmp_path / "ready"
-    watcher = procs.start(procs.script("watcher", WATCHER), db_path, ready)
+    watcher = procs.start(procs.script("watcher", WATCHER), queue_location, ready)
     wait_until(ready.exists, 30, "the watcher to start", children=[watcher])
     time.sleep(0.1)  # its cursor is taken when the generator first runs
     h = fails.enqueue()
@@ -173,6 +175,7 @@ def test_health_needs_a_live_worker_and_reports_waiting_and_dead_tasks(queue: fe
 
 
 def test_health_reports_a_corrupt_database_without_raising(tmp_path: Path) -> None:
+    # SQLite-only: corrupts the file's bytes.
     path = tmp_path / "q.db"
     q = ferroq.Queue(path)
     q.close()
@@ -183,8 +186,8 @@ def test_health_reports_a_corrupt_database_without_raising(tmp_path: Path) -> No
     assert not result.ok and result.checks[0].name == "database" and not result.checks[0].ok
 
 
-def test_retention_prunes_events_and_metrics(db_path: Path) -> None:
-    q = ferroq.Queue(db_path, durability="normal",
+def test_retention_prunes_events_and_metrics(queue_location: Path | str) -> None:
+    q = ferroq.Queue(queue_location, durability="normal",
                      observability=ferroq.Observability(events_age=0.01, metrics_raw_age=0.01,
                                                         metrics_hourly_age=0.01, workers_age=0.01))
     @q.task

@@ -374,7 +374,7 @@ def _listening_address(port: int) -> str:
 @pytest.mark.parametrize("host, listens_on", [(None, "0.0.0.0"), ("127.0.0.1", "127.0.0.1")],
                          ids=["default", "loopback"])
 def test_the_metrics_endpoint_listens_where_told(tmp_path: Path, host: str | None, listens_on: str) -> None:
-    db, q = make_app(tmp_path)
+    db, q = make_app(tmp_path, tmp_path / "app.db")
     q.close()
     args = ["--metrics-port", "0"] + ([] if host is None else ["--metrics-host", host])
     with subprocess.Popen([sys.executable, "-m", "ferroq.cli", "worker", "app:queue", *args], cwd=tmp_path,
@@ -394,7 +394,7 @@ def test_the_metrics_endpoint_listens_where_told(tmp_path: Path, host: str | Non
 
 
 def test_a_metrics_host_that_cannot_be_bound_is_a_message(tmp_path: Path) -> None:
-    make_app(tmp_path)[1].close()
+    make_app(tmp_path, tmp_path / "app.db")[1].close()
     done = subprocess.run([sys.executable, "-m", "ferroq.cli", "worker", "app:queue", "--until-idle",
                            "--metrics-port", "0", "--metrics-host", "256.0.0.1"],
                           cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=120)

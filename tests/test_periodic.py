@@ -15,6 +15,8 @@ from ferroq.worker.scheduler import Scheduler
 
 from procs import procs  # noqa: F401
 
+pytestmark = pytest.mark.both_engines  # every test runs on SQLite and PostgreSQL
+
 BERLIN = ZoneInfo("Europe/Berlin")
 UTC = timezone.utc
 
@@ -27,7 +29,7 @@ class Clock:
         return self.at.timestamp()
 
 
-def make_queue(db: Path, cron: str, missed: str = "once") -> Queue:
+def make_queue(db: Path | str, cron: str, missed: str = "once") -> Queue:
     q = Queue(db)
 
     @q.periodic(cron, tz="Europe/Berlin", missed=missed, name="job")
@@ -56,8 +58,8 @@ def berlin(*args: int) -> datetime:
     return datetime(*args, tzinfo=BERLIN)  # type: ignore[misc]
 
 
-def test_minute_boundaries(tmp_path: Path) -> None:
-    q = make_queue(tmp_path / "q.db", "*/5 * * * *")
+def test_minute_boundaries(queue_location: Path | str) -> None:
+    q = make_queue(queue_location, "*/5 * * * *")
     clock = Clock(berlin(2024, 6, 1, 10, 0, 30))
     s = Scheduler(q, clock)
     assert s.poll() == []
@@ -72,35 +74,35 @@ def test_minute_boundaries(tmp_path: Path) -> None:
     assert ticks(q) == [berlin(2024, 6, 1, 10, 5).astimezone(UTC), berlin(2024, 6, 1, 10, 10).astimezone(UTC)]
 
 
-def test_dst_forward_daily_job_runs_once_when_the_clocks_skip_its_time(tmp_path: Path) -> None:
-    q = make_queue(tmp_path / "q.db", "30 2 * * *")
+def test_dst_forward_daily_job_runs_once_when_the_clocks_skip_its_time(queue_location: Path | str) -> None:
+    q = make_queue(queue_location, "30 2 * * *")
     step(q, Clock(berlin(2024, 3, 30, 12, 0)), berlin(2024, 4, 1, 12, 0))
     # 31 March has no 02:30: the run comes when the clocks jump, 03:00 CEST.
     assert ticks(q) == [datetime(2024, 3, 31, 1, 0, tzinfo=UTC), datetime(2024, 4, 1, 0, 30, tzinfo=UTC)]
 
 
-def test_dst_forward_interval_job_keeps_its_pace(tmp_path: Path) -> None:
-    q = make_queue(tmp_path / "q.db", "*/30 * * * *")
+def test_dst_forward_interval_job_keeps_its_pace(queue_location: Path | str) -> None:
+    q = make_queue(queue_location, "*/30 * * * *")
     step(q, Clock(berlin(2024, 3, 31, 0, 50)), berlin(2024, 3, 31, 4, 10))
     start = datetime(2024, 3, 31, 0, 0, tzinfo=UTC)  # 01:00 CET; 01:00Z is 03:00 CEST
     assert ticks(q) == [start + timedelta(minutes=30 * i) for i in range(5)]
 
 
-def test_dst_back_daily_job_runs_once_in_the_repeated_hour(tmp_path: Path) -> None:
-    q = make_queue(tmp_path / "q.db", "30 2 * * *")
+def test_dst_back_daily_job_runs_once_in_the_repeated_hour(queue_location: Path | str) -> None:
+    q = make_queue(queue_location, "30 2 * * *")
     step(q, Clock(berlin(2024, 10, 26, 12, 0)), berlin(2024, 10, 28, 12, 0))
     assert ticks(q) == [datetime(2024, 10, 27, 0, 30, tzinfo=UTC), datetime(2024, 10, 28, 1, 30, tzinfo=UTC)]
 
 
-def test_dst_back_interval_job_runs_in_both_hours(tmp_path: Path) -> None:
-    q = make_queue(tmp_path / "q.db", "*/30 * * * *")
+def test_dst_back_interval_job_runs_in_both_hours(queue_location: Path | str) -> None:
+    q = make_queue(queue_location, "*/30 * * * *")
     step(q, Clock(berlin(2024, 10, 27, 1, 50)), berlin(2024, 10, 27, 3, 10))
     start = datetime(2024, 10, 27, 0, 0, tzinfo=UTC)  # 02:00 CEST
     assert ticks(q) == [start + timedelta(minutes=30 * i) for i in range(5)]  # ... 03:00 CET
 
 
-def test_a_finished_tick_is_not_enqueued_again_after_a_restart(tmp_path: Path) -> None:
-    db = tmp_path / "q.db"
+def test_a_finished_tick_is_not_enqueued_again_after_a_restart(queue_location: Path | str) -> None:
+    db = queue_location
     q = make_queue(db, "*/5 * * * *")
     clock = Clock(berlin(2024, 6, 1, 10, 4))
     Scheduler(q, clock).poll()
@@ -113,8 +115,8 @@ def test_a_finished_tick_is_not_enqueued_again_after_a_restart(tmp_path: Path) -
     assert len(ticks(again)) == 1
 
 
-def test_missed_ticks_once(tmp_path: Path) -> None:
-    db = tmp_path / "q.db"
+def test_missed_ticks_once(queue_location: Path | str) -> None:
+    db = queue_location
     clock = Clock(berlin(2024, 6, 1, 10, 4))
     step(make_queue(db, "*/5 * * * *"), clock, berlin(2024, 6, 1, 10, 6))
     clock.at = berlin(2024, 6, 1, 10, 27)  # no worker ran from 10:06 to 10:27
@@ -126,8 +128,8 @@ def test_missed_ticks_once(tmp_path: Path) -> None:
     assert [t.astimezone(BERLIN).strftime("%H:%M") for t in ticks(q)] == ["10:05", "10:25", "10:30"]
 
 
-def test_missed_ticks_skip(tmp_path: Path) -> None:
-    db = tmp_path / "q.db"
+def test_missed_ticks_skip(queue_location: Path | str) -> None:
+    db = queue_location
     clock = Clock(berlin(2024, 6, 1, 10, 4))
     step(make_queue(db, "*/5 * * * *", missed="skip"), clock, berlin(2024, 6, 1, 10, 6))
     clock.at = berlin(2024, 6, 1, 10, 27)
@@ -139,8 +141,8 @@ def test_missed_ticks_skip(tmp_path: Path) -> None:
     assert [t.astimezone(BERLIN).strftime("%H:%M") for t in ticks(q)] == ["10:05", "10:30"]
 
 
-def test_a_new_schedule_does_not_run_ticks_from_before_it_existed(tmp_path: Path) -> None:
-    q = make_queue(tmp_path / "q.db", "0 0 * * *")
+def test_a_new_schedule_does_not_run_ticks_from_before_it_existed(queue_location: Path | str) -> None:
+    q = make_queue(queue_location, "0 0 * * *")
     assert Scheduler(q, Clock(berlin(2024, 6, 1, 10, 0))).poll() == []
 
 
@@ -175,8 +177,9 @@ emit({"done": True})
 
 
 @pytest.mark.slow
-def test_two_schedulers_in_two_processes_enqueue_each_tick_once(tmp_path: Path, procs) -> None:
-    db = tmp_path / "q.db"
+def test_two_schedulers_in_two_processes_enqueue_each_tick_once(queue_location: Path | str, tmp_path: Path,
+                                                                 procs) -> None:
+    db = queue_location
     Queue(db).close()
     go = tmp_path / "go"
     script = procs.script("scheduler", SCHEDULER)
@@ -190,8 +193,8 @@ def test_two_schedulers_in_two_processes_enqueue_each_tick_once(tmp_path: Path, 
     assert got[0] == datetime(2024, 10, 27, 0, 51, tzinfo=UTC)  # through the repeated hour
 
 
-def test_bad_declarations(tmp_path: Path) -> None:
-    q = Queue(tmp_path / "q.db")
+def test_bad_declarations(queue_location: Path | str) -> None:
+    q = Queue(queue_location)
 
     @q.task
     def job() -> None: ...

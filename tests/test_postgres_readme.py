@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from pg_server import fresh_queue_url
-
 # Real processes (the examples' own workers, some with process pools).
 pytestmark = pytest.mark.slow
 
@@ -21,10 +19,10 @@ QUEUE_FILE = re.compile(r"""Queue\((["'])[\w.-]+\.db\1""")
 
 
 @pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
-def test_readme_example_runs_on_postgres(code: str, tmp_path: Path) -> None:
+def test_readme_example_runs_on_postgres(code: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     if not QUEUE_FILE.search(code):
         pytest.skip("this example opens no queue")
-    url = fresh_queue_url()
+    url: str = request.getfixturevalue("pg_url")  # only for the examples that open a queue
     script = tmp_path / "example.py"
     script.write_text(QUEUE_FILE.sub(lambda _: f"Queue({url!r}", code))
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=180)

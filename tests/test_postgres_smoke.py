@@ -13,7 +13,6 @@ import pytest
 import ferroq
 from ferroq.errors import InvalidArgument
 
-from pg_server import fresh_queue_url
 from procs import child_env
 
 pytestmark = pytest.mark.slow
@@ -29,8 +28,8 @@ def double(n: int) -> int:
 '''
 
 
-def test_a_worker_drains_a_postgres_queue_completing_each_task_once(tmp_path: Path) -> None:
-    url = fresh_queue_url()
+def test_a_worker_drains_a_postgres_queue_completing_each_task_once(tmp_path: Path, pg_url: str) -> None:
+    url = pg_url
     (tmp_path / "app.py").write_text(textwrap.dedent(APP.format(url=url)))
     with ferroq.Queue(url) as q:
         double = q.task(name="double")(lambda n: n * 2)
@@ -50,8 +49,8 @@ def test_a_worker_drains_a_postgres_queue_completing_each_task_once(tmp_path: Pa
             assert [s.to_status for s in q.history(i)] == ["pending", "running", "completed"]
 
 
-def test_the_cli_reads_a_postgres_queue(tmp_path: Path) -> None:
-    url = fresh_queue_url()
+def test_the_cli_reads_a_postgres_queue(tmp_path: Path, pg_url: str) -> None:
+    url = pg_url
     with ferroq.Queue(url) as q:
         q.task(name="noop")(lambda: None).enqueue()
     shown = subprocess.run([sys.executable, "-m", "ferroq.cli", "--db", url, "status"], cwd=tmp_path,

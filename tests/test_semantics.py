@@ -21,6 +21,8 @@ import pytest
 import ferroq
 from workers import BackgroundWorker
 
+pytestmark = pytest.mark.both_engines  # every test runs on SQLite and PostgreSQL
+
 WAIT = 30.0  # generous: waits end as soon as the condition holds
 NO_BACKOFF = ferroq.RetryPolicy(base_delay=0, jitter=0)
 
@@ -455,8 +457,8 @@ def test_results_are_stored(queue: ferroq.Queue) -> None:
     assert other.get(handles["list"].id).result == [1, "two", 3.0]
 
 
-def test_unstorable_result_goes_dead_with_payload_error(db_path: Path) -> None:
-    q = ferroq.Queue(db_path, durability="normal", max_payload=1000)
+def test_unstorable_result_goes_dead_with_payload_error(queue_location: Path | str) -> None:
+    q = ferroq.Queue(queue_location, durability="normal", max_payload=1000)
 
     @q.task(max_attempts=3)
     def returns_set() -> Any:
@@ -515,8 +517,8 @@ def test_retention_prunes_by_count_and_age(queue: ferroq.Queue) -> None:
     assert queue.counts() == {"pending": 1, "running": 0, "completed": 0, "dead": 0, "cancelled": 0}
 
 
-def test_worker_applies_the_queue_retention(db_path: Path) -> None:
-    q = ferroq.Queue(db_path, durability="normal",
+def test_worker_applies_the_queue_retention(queue_location: Path | str) -> None:
+    q = ferroq.Queue(queue_location, durability="normal",
                      retention=ferroq.Retention(completed_count=1, interval=0.05))
     ran: list[int] = []
 
@@ -618,10 +620,10 @@ def test_async_timeout_with_fatal_policy_goes_dead_at_once(queue: ferroq.Queue) 
 # -- unregistered processors ---------------------------------------------------------------------
 
 
-def _producer_and_consumer(db_path: Path) -> tuple[ferroq.Queue, ferroq.Queue, list[int]]:
+def _producer_and_consumer(queue_location: Path | str) -> tuple[ferroq.Queue, ferroq.Queue, list[int]]:
     """A producer that knows jobs.orphan and a consumer (an older worker) that does not."""
-    producer = ferroq.Queue(db_path, durability="normal")
-    consumer = ferroq.Queue(db_path, durability="normal")
+    producer = ferroq.Queue(queue_location, durability="normal")
+    consumer = ferroq.Queue(queue_location, durability="normal")
 
     @producer.task(name="jobs.known")
     def known_p(i: int) -> int:
@@ -641,10 +643,10 @@ def _producer_and_consumer(db_path: Path) -> tuple[ferroq.Queue, ferroq.Queue, l
     return producer, consumer, ran
 
 
-def test_task_without_a_processor_in_the_worker_is_given_back(db_path: Path) -> None:
+def test_task_without_a_processor_in_the_worker_is_given_back(queue_location: Path | str) -> None:
     """A rolling deploy: newer code enqueued a task this worker cannot run. It is given back
     whole (a worker that has the processor may run it), not killed."""
-    producer, consumer, ran = _producer_and_consumer(db_path)
+    producer, consumer, ran = _producer_and_consumer(queue_location)
     before = producer.enqueue("jobs.known", 1)
     orphan = producer.enqueue("jobs.orphan")
     after = producer.enqueue("jobs.known", 2)
@@ -661,8 +663,8 @@ def test_task_without_a_processor_in_the_worker_is_given_back(db_path: Path) -> 
     assert stats.deferred == 1 and stats.dead == 0 and stats.completed == 2
 
 
-def test_task_without_a_processor_goes_dead_with_no_grace(db_path: Path) -> None:
-    producer, consumer, ran = _producer_and_consumer(db_path)
+def test_task_without_a_processor_goes_dead_with_no_grace(queue_location: Path | str) -> None:
+    producer, consumer, ran = _producer_and_consumer(queue_location)
     orphan = producer.enqueue("jobs.orphan")
     known = producer.enqueue("jobs.known", 1)
     stats = ferroq.Worker(consumer, concurrency=1, unknown_task_grace=0).run(until_idle=True)

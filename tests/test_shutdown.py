@@ -15,6 +15,9 @@ import pytest
 
 import ferroq
 
+# The worker processes run on both engines; the signal-handler unit tests need no store of their own.
+pytestmark = pytest.mark.both_engines
+
 WORKER = textwrap.dedent("""
     import sys, time, pathlib, ferroq
     db, marker, seconds = sys.argv[1], pathlib.Path(sys.argv[2]), float(sys.argv[3])
@@ -31,7 +34,7 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def start_worker(tmp_path: Path, db: Path, seconds: float, grace: float) -> tuple[subprocess.Popen[str], Path]:
+def start_worker(tmp_path: Path, db: Path | str, seconds: float, grace: float) -> tuple[subprocess.Popen[str], Path]:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     marker = tmp_path / "started"
@@ -48,15 +51,15 @@ def wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 30.0) -> 
         time.sleep(0.02)
 
 
-def queue(db: Path) -> ferroq.Queue:
+def queue(db: Path | str) -> ferroq.Queue:
     q = ferroq.Queue(db, durability="normal")
     q.task(name="slow")(lambda n: n)
     return q
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_lets_the_running_task_finish(tmp_path: Path, sig: signal.Signals) -> None:
-    db = tmp_path / "q.db"
+def test_a_signal_lets_the_running_task_finish(tmp_path: Path, queue_location: Path | str, sig: signal.Signals) -> None:
+    db = queue_location
     q = queue(db)
     h = q.enqueue("slow", 7)
     proc, marker = start_worker(tmp_path, db, seconds=1.0, grace=30.0)
@@ -72,8 +75,8 @@ def test_a_signal_lets_the_running_task_finish(tmp_path: Path, sig: signal.Signa
     assert q.counts()["running"] == 0
 
 
-def test_a_second_signal_stops_at_once_and_gives_the_task_back(tmp_path: Path) -> None:
-    db = tmp_path / "q.db"
+def test_a_second_signal_stops_at_once_and_gives_the_task_back(tmp_path: Path, queue_location: Path | str) -> None:
+    db = queue_location
     q = queue(db)
     h = q.enqueue("slow", 7)
     proc, marker = start_worker(tmp_path, db, seconds=60.0, grace=60.0)
@@ -93,8 +96,8 @@ def test_a_second_signal_stops_at_once_and_gives_the_task_back(tmp_path: Path) -
     assert [t.to_status for t in q.history(h.id)] == ["pending", "running", "pending"]
 
 
-def test_grace_period_expiry_releases_the_task(tmp_path: Path) -> None:
-    db = tmp_path / "q.db"
+def test_grace_period_expiry_releases_the_task(tmp_path: Path, queue_location: Path | str) -> None:
+    db = queue_location
     q = queue(db)
     h = q.enqueue("slow", 1)
     proc, marker = start_worker(tmp_path, db, seconds=60.0, grace=0.5)

@@ -17,7 +17,7 @@ import ferroq
 from procs import child_env
 
 # Real worker processes: seconds each (`pytest -m 'not slow'` skips them).
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.both_engines]
 
 #: The installed ``ferroq`` console script, next to this interpreter.
 FERROQ = str(Path(sys.executable).with_name("ferroq"))
@@ -41,7 +41,7 @@ if __name__ == "__main__":
 '''
 
 
-def write_app(path: Path, db: Path) -> None:
+def write_app(path: Path, db: Path | str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(APP.format(db=str(db))))
 
@@ -52,14 +52,15 @@ def run(cwd: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     return done
 
 
-def ran(db: Path, task_id: int) -> tuple[str, object]:
+def ran(db: Path | str, task_id: int) -> tuple[str, object]:
     with ferroq.Queue(db) as q:
         info = q.get(task_id)
         return info.status, info.result
 
 
-def test_a_script_run_directly_enqueues_what_ferroq_worker_runs(tmp_path: Path) -> None:
-    db = tmp_path / "q.db"
+def test_a_script_run_directly_enqueues_what_ferroq_worker_runs(
+        tmp_path: Path, queue_location: Path | str) -> None:
+    db = queue_location
     write_app(tmp_path / "app.py", db)
     enqueued = json.loads(run(tmp_path, sys.executable, "app.py").stdout)
     assert enqueued["name"] == "app.resize"
@@ -67,8 +68,9 @@ def test_a_script_run_directly_enqueues_what_ferroq_worker_runs(tmp_path: Path) 
     assert ran(db, enqueued["id"]) == ("completed", 42)
 
 
-def test_a_module_run_with_python_m_is_named_by_its_import_path(tmp_path: Path) -> None:
-    db = tmp_path / "q.db"
+def test_a_module_run_with_python_m_is_named_by_its_import_path(
+        tmp_path: Path, queue_location: Path | str) -> None:
+    db = queue_location
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "__init__.py").write_text("")
     write_app(tmp_path / "pkg" / "app.py", db)
@@ -79,10 +81,11 @@ def test_a_module_run_with_python_m_is_named_by_its_import_path(tmp_path: Path) 
 
 
 @pytest.mark.parametrize("pool", ["thread", "process"])
-def test_the_script_as_worker_runs_what_an_import_of_it_enqueued(tmp_path: Path, pool: str) -> None:
+def test_the_script_as_worker_runs_what_an_import_of_it_enqueued(tmp_path: Path, queue_location: Path | str,
+                                                                 pool: str) -> None:
     """The reverse: code that imports ``app`` enqueues, ``python app.py work`` runs it (with
     a process pool, whose children import the script as ``__mp_main__``)."""
-    db = tmp_path / "q.db"
+    db = queue_location
     write_app(tmp_path / "app.py", db)
     enqueued = json.loads(run(tmp_path, sys.executable, "-c", textwrap.dedent("""
         import json, app
@@ -93,11 +96,11 @@ def test_the_script_as_worker_runs_what_an_import_of_it_enqueued(tmp_path: Path,
     assert ran(db, enqueued["id"]) == ("completed", 42)
 
 
-def test_a_task_defined_without_a_file_needs_a_name(tmp_path: Path) -> None:
+def test_a_task_defined_without_a_file_needs_a_name(tmp_path: Path, queue_location: Path | str) -> None:
     """``python -c`` (or an interactive session): no module a worker could import."""
     script = textwrap.dedent(f"""
         import ferroq
-        q = ferroq.Queue({str(tmp_path / "q.db")!r})
+        q = ferroq.Queue({str(queue_location)!r})
         try:
             @q.task
             def resize(x): return x

@@ -13,6 +13,8 @@ import pytest
 import ferroq
 from ferroq.testing import DrainTimeout, drain, eager
 
+pytestmark = pytest.mark.both_engines  # every test with a queue runs on SQLite and PostgreSQL
+
 HOUR = 3600.0  # a backoff no test waits out: a retry that runs shows it was skipped
 
 

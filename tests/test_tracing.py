@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from procs import Procs, procs  # noqa: F401
 
 # Real worker processes: seconds each (`pytest -m 'not slow'` skips them).
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.both_engines]
 
 pytest.importorskip("opentelemetry.sdk")
 
@@ -94,8 +94,9 @@ def _process_span(spans: list[dict[str, Any]], task_id: int) -> dict[str, Any]:
     return found[0]
 
 
-def test_runs_are_spans_children_of_the_enqueue_span(tmp_path: Path, procs: Procs) -> None:
-    app = procs.run(procs.script("app.py", SCRIPT), tmp_path / "q.db", "app", tmp_path / "unused", timeout=60)
+def test_runs_are_spans_children_of_the_enqueue_span(tmp_path: Path, queue_location: Path | str,
+                                                      procs: Procs) -> None:
+    app = procs.run(procs.script("app.py", SCRIPT), queue_location, "app", tmp_path / "unused", timeout=60)
     out = app.last()
     traced, failing, untraced = out["ids"]
     spans = out["spans"]
@@ -125,10 +126,11 @@ def test_runs_are_spans_children_of_the_enqueue_span(tmp_path: Path, procs: Proc
     assert len([s for s in spans if s["kind"] == "PRODUCER"]) == 2
 
 
-def test_the_trace_context_crosses_to_a_process_pool_child(tmp_path: Path, procs: Procs) -> None:
+def test_the_trace_context_crosses_to_a_process_pool_child(tmp_path: Path, queue_location: Path | str,
+                                                            procs: Procs) -> None:
     """Enqueued in one process, run by a worker process's child: the run's span (made in
     the child) is a child of the publish span made by the enqueuer."""
-    db, spans_path = tmp_path / "q.db", tmp_path / "spans.jsonl"
+    db, spans_path = queue_location, tmp_path / "spans.jsonl"
     script = procs.script("app.py", SCRIPT)
     (task_id,) = procs.run(script, db, "enqueue", spans_path, timeout=60).last()["ids"]
     worker = procs.run(script, db, "process", spans_path, timeout=120)

@@ -364,8 +364,9 @@ pub fn open_with_clock(
 ) -> Result<std::sync::Arc<dyn Engine>> {
     let text = location.to_string_lossy();
     if postgres::is_postgres(&text) {
-        return Ok(std::sync::Arc::new(postgres::PgStore::open(
-            &text, options,
+        // The injected clock too: a queue opened on a ManualClock keeps to it on either engine.
+        return Ok(std::sync::Arc::new(postgres::PgStore::open_with_clock(
+            &text, options, clock,
         )?));
     }
     Ok(std::sync::Arc::new(sqlite::SqliteStore::open_with_clock(
