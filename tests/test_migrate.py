@@ -166,3 +166,32 @@ def test_refused_while_a_worker_is_alive_on_src(tmp_path: Path) -> None:
     finally:
         worker.terminate()
         worker.wait(60)
+
+
+def test_a_missing_src_is_refused_and_not_created(tmp_path: Path) -> None:
+    missing, b = tmp_path / "typo.db", tmp_path / "b.db"
+    refused = cli(tmp_path, "migrate", str(missing), str(b))
+    assert refused.returncode != 0 and "no database at" in refused.stderr and "Traceback" not in refused.stderr
+    assert not missing.exists() and not b.exists()
+
+
+def test_queue_moves_that_queue_only(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.db", tmp_path / "b.db"
+    for name in ("one", "two"):
+        with ferroq.Queue(a, name=name) as q:
+            q.task(name="job")(lambda n: n).enqueue(1)
+    moved = cli(tmp_path, "--queue", "one", "migrate", str(a), str(b))
+    assert moved.returncode == 0, moved.stderr
+    assert set(unfinished_names(b)) == {"one"}
+
+
+def unfinished_names(location: Path) -> list[str]:
+    """The queues holding tasks other than a migration's checkpoints."""
+    with ferroq.Queue(location) as probe:
+        names = probe.queue_names()
+    found = []
+    for name in names:
+        with ferroq.Queue(location, name=name) as q:
+            if any(t.name != MARKER for t in q.list()):
+                found.append(name)
+    return found

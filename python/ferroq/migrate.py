@@ -159,14 +159,17 @@ def _close_checkpoints(dst: Queue, token: str) -> None:
 
 
 def migrate(src_path: str, dst_path: str, *, batch: int = 1000, dry_run: bool = False, force: bool = False,
-            progress: Callable[[QueueReport], None] | None = None) -> list[QueueReport]:
-    """Moves the unfinished tasks of every queue of ``src_path`` to ``dst_path``."""
+            progress: Callable[[QueueReport], None] | None = None,
+            queues: list[str] | None = None) -> list[QueueReport]:
+    """Moves the unfinished tasks of every queue of ``src_path`` (or of ``queues``) to ``dst_path``."""
     if not 1 <= batch <= 100_000:
         raise InvalidArgument(f"batch must be between 1 and 100000, got {batch}")
     if _same(src_path, dst_path):
         raise InvalidArgument("SRC and DST are the same store")
-    with Queue(src_path) as probe:
-        names = probe.queue_names()
+    if queues is None:
+        with Queue(src_path) as probe:
+            queues = probe.queue_names()
+    names = queues
     for name in names:  # every queue checked before any is moved
         with Queue(src_path, name=name) as q:
             _refuse_live_workers(q, force)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import migrate as migration
-from ._common import option
+from ._common import Settings, open_queue, option
 
 
 @click.command("migrate")
@@ -15,11 +15,16 @@ from ._common import option
         help="Tasks per DST transaction (each with its checkpoint).")
 @option("--dry-run", is_flag=True, help="Count what would move; change nothing.")
 @option("--force", is_flag=True, help="Run even while workers are alive on SRC.")
-def migrate_command(src: str, dst: str, batch: int, dry_run: bool, force: bool) -> None:
+@click.pass_context
+def migrate_command(ctx: click.Context, src: str, dst: str, batch: int, dry_run: bool, force: bool) -> None:
     """Moves the unfinished tasks (pending, delayed, running -> pending) of every queue of SRC
     to DST, a SQLite file or a postgresql:// URL each. Safe to re-run after an interruption:
-    it resumes where it stopped and copies nothing twice."""
-    for r in migration.migrate(src, dst, batch=batch, dry_run=dry_run, force=force):
+    it resumes where it stopped and copies nothing twice. With --queue, that queue only."""
+    s = ctx.find_object(Settings) or Settings()
+    # SRC must exist (a typo must not migrate an empty file it created); --queue must be there.
+    open_queue(Settings(db=src, queue=s.queue, queue_given=s.queue_given, busy_timeout=s.busy_timeout)).close()
+    queues = [s.queue] if s.queue_given else None
+    for r in migration.migrate(src, dst, batch=batch, dry_run=dry_run, force=force, queues=queues):
         verb = "would copy" if dry_run else "copied"
         line = f"queue {r.queue}: {verb} {r.copied} task(s)"
         if r.deduped:
