@@ -36,5 +36,5 @@ def test_bench_on_postgres_reports_the_issue_14_columns(server_url: str) -> None
         drain = figures[f"drain no-op, {p} process(es)"]
         assert drain.value > 0 and drain.ceiling and drain.ratio
     assert figures["procrastinate drain, 1 process (concurrency 10)"].value > 0
-    assert {"enqueue, 1 thread", "enqueue, 16 threads", "enqueue_many (COPY)"} <= set(figures)
+    assert {"enqueue, 1 thread", "enqueue, 16 threads", "enqueue_many (INSERT from unnest, not COPY)"} <= set(figures)
     assert "raw SQL" in bench.render(list(figures.values()), "raw SQL")

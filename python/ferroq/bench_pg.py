@@ -82,7 +82,7 @@ def run(url: str, quick: bool = False, tasks: int | None = None) -> list[Figure]
     with pg.fresh_database(url, "ferroq_bench") as db:
         figures.append(Figure("enqueue, 16 threads", _enqueue(db, min(n, 8_000 if quick else 32_000), 16), "tasks/s"))
     with pg.fresh_database(url, "ferroq_bench") as db:
-        figures.append(Figure("enqueue_many (COPY)", _enqueue_many(db, n), "tasks/s"))
+        figures.append(Figure("enqueue_many (INSERT from unnest, not COPY)", _enqueue_many(db, n), "tasks/s"))
     if not quick:
         with pg.fresh_database(url, "ferroq_bench") as db:
             figures += bench_latency(1_000, 3.0, cross_process=True, location=db)
