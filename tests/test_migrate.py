@@ -195,3 +195,13 @@ def unfinished_names(location: Path) -> list[str]:
             if any(t.name != MARKER for t in q.list()):
                 found.append(name)
     return found
+
+
+def test_dry_run_counts_and_changes_nothing(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.db", tmp_path / "b.db"
+    fill(a)
+    dry = cli(tmp_path, "migrate", str(a), str(b), "--dry-run")
+    assert dry.returncode == 0 and f"would copy {N} task(s)" in dry.stdout, dry.stderr
+    with ferroq.Queue(a) as q:
+        assert not q.paused and q.counts()["cancelled"] == 0
+    assert not unfinished_names(b)
