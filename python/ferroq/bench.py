@@ -226,11 +226,14 @@ def _stamp(sent: float) -> float:
     return time.time() - sent
 
 
-def bench_latency(rate: float, seconds: float, cross_process: bool, label: str = "") -> list[Figure]:
+def bench_latency(rate: float, seconds: float, cross_process: bool, label: str = "",
+                  location: str | None = None) -> list[Figure]:
     """Enqueue -> processor start at a fixed rate, the worker waking on commits (not
     polling). Above 1,000/s the producer enqueues each millisecond's tasks together (one
-    ``enqueue_many``), each stamped with the time it was sent."""
-    with tempfile.TemporaryDirectory() as d, ferroq.Queue(os.path.join(d, "lat.db"), durability="normal") as q:
+    ``enqueue_many``), each stamped with the time it was sent. ``location``: an empty queue
+    to use (a PostgreSQL database) instead of a new file."""
+    with tempfile.TemporaryDirectory() as d, \
+            ferroq.Queue(location or os.path.join(d, "lat.db"), durability="normal") as q:
         stamp = q.task(name="stamp")(_stamp)
         if cross_process:
             ctx = multiprocessing.get_context("spawn")
@@ -441,8 +444,8 @@ def run(quick: bool = False, big: bool = False) -> list[Figure]:
     return figures
 
 
-def render(figures: list[Figure]) -> str:
-    lines = [f"{'scenario':<56} {'ferroq':>12} {'raw SQLite':>12} {'ratio':>7}  unit"]
+def render(figures: list[Figure], ceiling: str = "raw SQLite") -> str:
+    lines = [f"{'scenario':<56} {'ferroq':>12} {ceiling:>12} {'ratio':>7}  unit"]
     for f in figures:
         ceiling = f"{f.ceiling:>12,.0f}" if f.ceiling else f"{'-':>12}"
         ratio = f"{f.ratio:>7.2f}" if f.ratio is not None else f"{'-':>7}"

@@ -15,8 +15,8 @@ import click
 
 from .. import __version__
 from ..errors import FerroqError
-from . import (_bench, _circuit, _control, _dashboard, _groups, _intel, _observe, _schedules, _status, _tasks, _worker,
-               _workers)
+from . import (_bench, _circuit, _control, _dashboard, _groups, _intel, _migrate, _observe, _schedules, _status, _tasks,
+               _worker, _workers)
 from ._common import ERROR_PREFIX, EXIT_CODES_HELP, CliError, Exit, Settings, option, show_error, translate
 
 __all__ = ["main"]
@@ -83,7 +83,7 @@ _COMMANDS = [
     _observe.stats, _observe.health, _observe.events, _observe.profile, _intel.forecast, _intel.alerts,
     _bench.bench_command,
     _workers.workers, _schedules.schedules, _circuit.circuit, _groups.group,
-    _dashboard.dashboard,
+    _dashboard.dashboard, _migrate.migrate_command,
 ]
 for _command in _COMMANDS:
     main.add_command(_command)

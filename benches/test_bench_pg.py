@@ -1,0 +1,40 @@
+"""``ferroq bench --db postgresql://`` once, small, so it never rots (figures come from the full run)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+import pg_cluster
+
+from ferroq import bench, bench_pg
+
+
+@pytest.fixture(scope="module")
+def server_url() -> Iterator[str]:
+    url = os.environ.get(pg_cluster.URL_VAR)
+    if url:
+        yield url
+        return
+    if pg_cluster.find_bindir() is None:
+        if pg_cluster.in_ci():
+            pytest.fail(pg_cluster.SKIPPED + " (CI=true)")
+        pytest.skip(pg_cluster.SKIPPED)
+    with pg_cluster.Cluster() as cluster:
+        yield cluster.url
+
+
+def test_bench_on_postgres_reports_the_issue_14_columns(server_url: str) -> None:
+    figures = {f.scenario: f for f in bench_pg.run(server_url, quick=True, tasks=300)}
+    for p in (1, 2):  # each drain beside the raw ceiling measured in the same run
+        drain = figures[f"drain no-op, {p} process(es)"]
+        assert drain.value > 0 and drain.ceiling and drain.ratio
+    assert figures["procrastinate drain, 1 process (concurrency 10)"].value > 0
+    assert {"enqueue, 1 thread", "enqueue, 16 threads", "enqueue_many (INSERT from unnest, not COPY)"} <= set(figures)
+    assert "raw SQL" in bench.render(list(figures.values()), "raw SQL")
