@@ -280,18 +280,50 @@ def _ferroq_child(url: str, ready: Any, go: Any, out: Any) -> None:
 
 def ferroq_drain(url: str, tasks: int, processes: int) -> float:
     """tasks/s of ferroq workers draining ``tasks`` no-op tasks from a PostgreSQL queue."""
+    with fresh_database(url, "ferroq_drain") as db:
+        return ferroq_drain_in(db, tasks, processes)
+
+
+def ferroq_drain_in(db: str, tasks: int, processes: int) -> float:
+    """``ferroq_drain`` in the queue database ``db``, whatever finished tasks it holds."""
     import ferroq
 
-    with fresh_database(url, "ferroq_drain") as db:
-        q = ferroq.Queue(db)
-        noop = q.task(name="noop")(lambda i: None)
-        for start in range(0, tasks, 50_000):
-            q.enqueue_many(noop.call(i) for i in range(start, min(tasks, start + 50_000)))
-        done, seconds = _run_processes(_ferroq_child, (db,), processes)
-        counts = q.counts()
-        q.close()
-        _check(done, tasks, (counts.get("completed", 0), sum(counts.values())), "ferroq")
+    q = ferroq.Queue(db)
+    before = q.counts()
+    noop = q.task(name="noop")(lambda i: None)
+    for start in range(0, tasks, 50_000):
+        q.enqueue_many(noop.call(i) for i in range(start, min(tasks, start + 50_000)))
+    done, seconds = _run_processes(_ferroq_child, (db,), processes)
+    counts = q.counts()
+    q.close()
+    completed = counts.get("completed", 0) - before.get("completed", 0)
+    _check(done, tasks, (completed, sum(counts.values()) - sum(before.values())), "ferroq")
     return tasks / seconds
+
+
+def add_finished_history(db: str, tasks: int) -> None:
+    """Puts ``tasks`` completed no-op tasks (rows and payloads, finished over the last day) in
+    the ferroq queue database ``db``, as a busy queue's retention window holds them. Written in
+    SQL (the engine's own writes would take minutes), then vacuumed and analyzed, as autovacuum
+    would have left them."""
+    import ferroq
+    import psycopg
+
+    ferroq.Queue(db).close()  # the schema
+    now = int(time.time() * 1000)
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(
+            """WITH ins AS (
+                   INSERT INTO tasks (queue, name, resource_group, priority, run_at, status, attempts,
+                                      max_attempts, created_at, updated_at, started_at, finished_at)
+                   SELECT 'default', 'noop', 'default', 0, t, 'completed', 1, 3, t, t, t, t
+                   FROM (SELECT %(now)s - 86400000 + n * 86400000 / %(n)s AS t
+                         FROM generate_series(1, %(n)s::bigint) AS n) AS s
+                   RETURNING id)
+               INSERT INTO task_payloads (task_id, payload) SELECT id, %(payload)s FROM ins""",
+            {"now": now, "n": tasks, "payload": PAYLOAD},
+        )
+        conn.execute("VACUUM ANALYZE")
 
 
 # -- the table ---------------------------------------------------------------------------------

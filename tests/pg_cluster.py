@@ -279,7 +279,8 @@ def drop_schema(database_url: str, schema: str) -> None:
     psql(
         None,
         database_url,
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+        # The timeout waits until each is gone (not only signalled).
+        "SELECT count(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity"
         " WHERE datname = current_database() AND pid <> pg_backend_pid();"
         f' DROP SCHEMA IF EXISTS "{schema}" CASCADE',
     )

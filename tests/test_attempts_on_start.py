@@ -228,7 +228,7 @@ def test_a_run_handed_to_a_child_that_never_started_it_is_not_charged(
     wait_until(lambda: q.get(task_id).status == "running", 30, "the claim", children=[victim])
     # Handed over (the parent does it right after the claim), never started.
     wait_until(lambda: any(p.suffix == ".runs" and p.stat().st_size and any(p.read_bytes()[:8])
-                           for p in (tmp_path / "q.db-runs").glob("*.runs")), 30, "the handoff")
+                           for p in Path(f"{db}-runs").glob("*.runs")), 30, "the handoff")
     victim.kill()  # its child dies with it (PR_SET_PDEATHSIG)
     procs.start(script, db, log, "drainer", label="drainer").check(timeout=90)
     ran = runs(log)

@@ -82,8 +82,15 @@ def run(url: str, quick: bool = False, tasks: int | None = None) -> list[Figure]
     with pg.fresh_database(url, "ferroq_bench") as db:
         figures.append(Figure("enqueue, 16 threads", _enqueue(db, min(n, 8_000 if quick else 32_000), 16), "tasks/s"))
     with pg.fresh_database(url, "ferroq_bench") as db:
-        figures.append(Figure("enqueue_many (INSERT from unnest, not COPY)", _enqueue_many(db, n), "tasks/s"))
+        figures.append(Figure("enqueue_many (COPY)", _enqueue_many(db, n), "tasks/s"))
     if not quick:
         with pg.fresh_database(url, "ferroq_bench") as db:
             figures += bench_latency(1_000, 3.0, cross_process=True, location=db)
+        # The same on a table that holds a retention window's worth of finished tasks.
+        history = 1_000_000
+        with pg.fresh_database(url, "ferroq_bench") as db:
+            pg.add_finished_history(db, history)
+            after = f"after {history:,} finished"
+            figures.append(Figure(f"drain no-op, 1 process(es), {after}", pg.ferroq_drain_in(db, n, 1), "tasks/s"))
+            figures += bench_latency(1_000, 3.0, cross_process=True, location=db, label=f"at 1,000/s {after}")
     return figures

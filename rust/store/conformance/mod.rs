@@ -795,7 +795,46 @@ fn batches_store_every_task_as_given_whatever_their_mix() {
             cache_ttl: None,
         });
     }
-    let done = f.store.enqueue(Q, &tasks).unwrap();
+    assert_stored_as_given(&f, &tasks, now);
+}
+
+/// Runs of keyless tasks long enough for an engine's bulk path (the PostgreSQL engine COPYs
+/// from 1,024 on), around a unique key, with options and payloads (some empty) varying row to
+/// row: every task is stored as given, ids rising in order.
+#[test]
+fn bulk_batches_store_every_task_as_given() {
+    let Some(f) = fixture() else { return };
+    let now = f.clock.now_ms();
+    let tasks: Vec<NewTask> = (0..2_600u32)
+        .map(|i| NewTask {
+            name: if i % 2 == 0 {
+                "even".into()
+            } else {
+                "t".into()
+            },
+            resource_group: if i % 3 == 0 {
+                "g3".into()
+            } else {
+                "default".into()
+            },
+            payload: if i % 11 == 0 {
+                Vec::new().into()
+            } else {
+                format!("{{\"i\":{i}}}").into_bytes().into()
+            },
+            priority: i64::from(i % 5),
+            run_at: (i % 7 == 0).then_some(now + 1000 + i64::from(i)),
+            max_attempts: 1 + i64::from(i % 4),
+            unique_key: (i == 1_300).then(|| "k".into()),
+            cache_ttl: None,
+        })
+        .collect();
+    assert_stored_as_given(&f, &tasks, now);
+}
+
+/// Enqueues `tasks` (unique keys all new) and checks each is stored as given, ids rising.
+fn assert_stored_as_given(f: &Fixture, tasks: &[NewTask], now: i64) {
+    let done = f.store.enqueue(Q, tasks).unwrap();
     assert_eq!(done.len(), tasks.len());
     assert!(done.iter().all(|e| e.created));
     assert!(

@@ -3,6 +3,7 @@
 //! unique index, so two hosts enqueueing the same key at once get one task).
 
 use postgres::GenericClient;
+use postgres::types::Type;
 
 use super::events;
 use super::pool::Db;
@@ -15,9 +16,13 @@ use crate::task::{Enqueued, NewTask, TaskId};
 /// Ids are drawn in the batch's order (`WITH ORDINALITY`), so a batch keeps FIFO; payloads go
 /// to their own table (an empty one has no row); waiting hosts are notified (at commit). One
 /// statement, atomic on its own: a batch without unique keys needs no transaction around it.
-const INSERT_MANY_SQL: &str = "WITH r AS MATERIALIZED (
-         SELECT nextval(pg_get_serial_sequence('tasks', 'id')) AS id, u.*
-         FROM unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
+/// (The sequence's name is looked up once: `pg_get_serial_sequence` on every row cost more
+/// than the insert.)
+const INSERT_MANY_SQL: &str = "WITH s AS MATERIALIZED (
+         SELECT pg_get_serial_sequence('tasks', 'id')::regclass AS seq),
+     r AS MATERIALIZED (
+         SELECT nextval(s.seq) AS id, u.*
+         FROM s, unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
                      $7::bytea[]) WITH ORDINALITY
               AS u(name, grp, priority, run_at, max_attempts, payload, ord)
          ORDER BY u.ord),
@@ -31,6 +36,34 @@ const INSERT_MANY_SQL: &str = "WITH r AS MATERIALIZED (
          SELECT id, payload FROM r WHERE length(payload) > 0),
      n AS (SELECT count(CASE WHEN $9::text IS NOT NULL THEN pg_notify($9, $1) END) AS sent)
      SELECT ord, id FROM r CROSS JOIN n";
+
+/// From this many keyless tasks on, a batch goes in by COPY: the server writes its rows in
+/// multi-row batches (an `INSERT ... SELECT` writes them one by one), at the cost of two more
+/// round trips (the ids, the payloads' COPY) that a small batch would notice.
+const COPY_FROM: usize = 1024;
+
+/// A batch's ids from the table's sequence (sorted, they keep the batch's order: FIFO).
+const DRAW_IDS_SQL: &str = "WITH s AS MATERIALIZED (
+         SELECT pg_get_serial_sequence('tasks', 'id')::regclass AS seq)
+     SELECT array_agg(nextval(s.seq)) FROM s, generate_series(1, $1::bigint)";
+
+/// COPY writes identity columns as given (as `OVERRIDING SYSTEM VALUE` would).
+const COPY_TASKS_SQL: &str =
+    "COPY tasks (id, queue, name, resource_group, priority, run_at, status,
+                   max_attempts, created_at, updated_at) FROM STDIN (FORMAT binary)";
+const COPY_TASK_TYPES: [Type; 10] = [
+    Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT8,
+    Type::INT8,
+    Type::TEXT,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+];
+const COPY_PAYLOADS_SQL: &str = "COPY task_payloads (task_id, payload) FROM STDIN (FORMAT binary)";
 
 const INSERT_KEYED_SQL: &str = "INSERT INTO tasks (queue, name, resource_group, priority, run_at,
                             status, max_attempts, unique_key, created_at, updated_at, cache_ttl_ms)
@@ -65,7 +98,10 @@ pub fn insert_all<C: GenericClient>(
     let mut rest = tasks;
     while !rest.is_empty() {
         let keyless = rest.iter().take_while(|t| t.unique_key.is_none()).count();
-        if keyless > 0 {
+        if keyless >= COPY_FROM {
+            copy_many(db, queue, &rest[..keyless], channel, now, &mut out)?;
+            rest = &rest[keyless..];
+        } else if keyless > 0 {
             insert_many(db, queue, &rest[..keyless], channel, now, &mut out)?;
             rest = &rest[keyless..];
         } else {
@@ -128,6 +164,60 @@ fn insert_many<C: GenericClient>(
     }
     ids.sort_unstable();
     out.extend(ids.into_iter().map(|(_, id)| Enqueued::new(id)));
+    Ok(())
+}
+
+/// The same rows as `insert_many`, by COPY.
+fn copy_many<C: GenericClient>(
+    db: &mut Db<'_, C>,
+    queue: &str,
+    tasks: &[NewTask],
+    channel: Option<&str>,
+    now: Millis,
+    out: &mut Vec<Enqueued>,
+) -> Result<()> {
+    let drawn: Option<Vec<TaskId>> = db.query_one(DRAW_IDS_SQL, &[&(tasks.len() as i64)])?.get(0);
+    let mut ids = drawn.unwrap_or_default();
+    ids.sort_unstable();
+    if ids.len() != tasks.len() {
+        return Err(Error::Storage(format!(
+            "drew {} ids for {} tasks",
+            ids.len(),
+            tasks.len()
+        )));
+    }
+    db.copy_in(COPY_TASKS_SQL, &COPY_TASK_TYPES, |rows| {
+        for (id, t) in ids.iter().zip(tasks) {
+            let run_at = t.run_at.unwrap_or(now);
+            rows.write(&[
+                id,
+                &queue,
+                &&*t.name,
+                &&*t.resource_group,
+                &t.priority,
+                &run_at,
+                &"pending",
+                &t.max_attempts,
+                &now,
+                &now,
+            ])?;
+        }
+        Ok(())
+    })?;
+    if tasks.iter().any(|t| !t.payload.is_empty()) {
+        db.copy_in(COPY_PAYLOADS_SQL, &[Type::INT8, Type::BYTEA], |rows| {
+            for (id, t) in ids.iter().zip(tasks) {
+                if !t.payload.is_empty() {
+                    rows.write(&[id, &&*t.payload])?;
+                }
+            }
+            Ok(())
+        })?;
+    }
+    if let Some(channel) = channel {
+        events::notify(db, channel, queue)?;
+    }
+    out.extend(ids.into_iter().map(Enqueued::new));
     Ok(())
 }
 

@@ -6,7 +6,8 @@
 use std::collections::HashMap;
 
 use parking_lot::Mutex;
-use postgres::types::ToSql;
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::types::{ToSql, Type};
 use postgres::{Client, GenericClient, NoTls, Row, Statement};
 
 use super::url::{self, Target};
@@ -263,5 +264,20 @@ impl<C: GenericClient> Db<'_, C> {
         let s = self.stmt(sql)?;
         let r = self.c.execute(&s, params);
         self.seen(r)
+    }
+
+    /// `COPY ... FROM STDIN (FORMAT binary)` of the rows `fill` writes; returns how many.
+    pub fn copy_in(
+        &mut self,
+        sql: &str,
+        types: &[Type],
+        fill: impl FnOnce(&mut BinaryCopyInWriter<'_>) -> std::result::Result<(), postgres::Error>,
+    ) -> Result<u64> {
+        let copied = (|| {
+            let mut writer = BinaryCopyInWriter::new(self.c.copy_in(sql)?, types);
+            fill(&mut writer)?;
+            writer.finish()
+        })();
+        self.seen(copied)
     }
 }
