@@ -32,7 +32,7 @@ test: system-deps lint test-rust test-python test-benches perf-check wheel-smoke
 # tests that need them skip, loudly (and fail under CI=true). libfaketime: clock-step tests with a
 # wall clock per process. postgresql: the server binaries for tests/pg_cluster.py's throw-away
 # clusters (no main cluster: the tests start their own). iproute2: `ip netns` for the multi-host
-# tests (tests/netns.py). chromium and chromium-driver: the dashboard's browser tests.
+# tests (tests/netns.py). pgbouncer: the transaction-pooling tests (tests/pgbouncer.py). chromium and chromium-driver: the dashboard's browser tests.
 FAKETIME_LIB := /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
 APT_INSTALL  := apt-get install -y -q --no-install-recommends
 system-deps:
@@ -47,6 +47,11 @@ system-deps:
 	      echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/ferroq-tests.conf; \
 	    ($(APT_INSTALL) postgresql || (apt-get update -q && $(APT_INSTALL) postgresql)) >/dev/null; \
 	  else echo "*** PostgreSQL is not installed: the PostgreSQL suites will be skipped ***"; fi; \
+	fi
+	@if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    ($(APT_INSTALL) pgbouncer || (apt-get update -q && $(APT_INSTALL) pgbouncer)) >/dev/null; \
+	  else echo "*** pgbouncer is not installed: the PgBouncer tests will be skipped ***"; fi; \
 	fi
 	@if ! command -v ip >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -65,6 +70,7 @@ PG_RUN := $(PYTHON) tests/pg_cluster.py run --
 
 test-rust:
 	$(PG_RUN) cargo test --quiet
+	$(PG_RUN) $(PYTHON) tests/pgbouncer.py run -- cargo test --quiet store::postgres::conformance
 
 test-python: build
 	$(PG_RUN) $(PY) -m pytest -q

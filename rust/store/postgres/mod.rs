@@ -211,7 +211,7 @@ impl PgStore {
     ) -> Result<T> {
         let local = self.local.get()?;
         let mut pooled = local.pool.get()?;
-        f(&mut pooled.conn().plain())
+        pooled.conn().outside(f)
     }
 
     /// Runs `f` outside a transaction (each statement its own snapshot); once more on a
@@ -223,10 +223,10 @@ impl PgStore {
         let local = self.local.get()?;
         let mut pooled = local.pool.get()?;
         let now = self.clock.now_ms();
-        match f(&mut pooled.conn().plain(), now) {
+        match pooled.conn().outside(|db| f(db, now)) {
             Err(_) if pooled.conn().is_closed() => {
                 drop(pooled);
-                f(&mut local.pool.get()?.conn().plain(), now)
+                local.pool.get()?.conn().outside(|db| f(db, now))
             }
             other => other,
         }

@@ -20,6 +20,11 @@ const MAX_IDLE: usize = 16;
 pub struct Conn {
     pub client: Client,
     stmts: HashMap<String, Statement>,
+    /// Behind PgBouncer (transaction mode): what each transaction runs first (see
+    /// `Target::schema_per_transaction`). Then every statement runs in a transaction, and the statements it
+    /// prepared are closed before it ends: the next transaction may run on another server
+    /// connection, where they do not exist (or where another client's of the same name do).
+    set_schema: Option<String>,
 }
 
 pub struct Pool {
@@ -45,6 +50,11 @@ impl Pool {
         })
     }
 
+    /// Whether connections go through PgBouncer in transaction mode (`pgbouncer=true`).
+    pub fn through_pgbouncer(&self) -> bool {
+        self.target.pgbouncer
+    }
+
     /// A new connection (not pooled): also the listener's.
     pub fn connect(&self) -> Result<Client> {
         let connected = match &self.tls {
@@ -52,10 +62,16 @@ impl Pool {
             None => self.target.config.connect(NoTls),
         };
         connected.map_err(|e| {
+            let why = describe(&e);
+            // PgBouncer refuses the startup options that set the schema.
+            let hint = if why.contains("unsupported startup parameter") && !self.target.pgbouncer {
+                " (behind PgBouncer in transaction mode? add pgbouncer=true to the URL)"
+            } else {
+                ""
+            };
             Error::Storage(format!(
-                "cannot connect to PostgreSQL at {}: {}",
+                "cannot connect to PostgreSQL at {}: {why}{hint}",
                 self.target.shown,
-                describe(&e)
             ))
         })
     }
@@ -68,6 +84,7 @@ impl Pool {
             _ => Conn {
                 client: self.connect()?,
                 stmts: HashMap::new(),
+                set_schema: self.target.schema_per_transaction(),
             },
         };
         Ok(Pooled {
@@ -152,8 +169,15 @@ impl Conn {
         &mut self,
         f: impl FnOnce(&mut Db<'_, postgres::Transaction<'_>>) -> Result<T>,
     ) -> std::result::Result<(T, Notes), TxError> {
-        let Conn { client, stmts } = self;
+        let Conn {
+            client,
+            stmts,
+            set_schema,
+        } = self;
         let mut tx = client.transaction().map_err(TxError::Begin)?;
+        if let Some(set_schema) = set_schema {
+            tx.batch_execute(set_schema).map_err(TxError::Begin)?;
+        }
         let mut db = Db {
             c: &mut tx,
             stmts,
@@ -161,7 +185,11 @@ impl Conn {
             notified: false,
             skipped: Vec::new(),
         };
-        let out = match f(&mut db) {
+        let done = f(&mut db);
+        if set_schema.is_some() {
+            db.stmts.clear(); // closed inside the transaction, on its server connection
+        }
+        let out = match done {
             Ok(out) => out,
             Err(e) if db.transient => return Err(TxError::Transient(e)),
             Err(e) => return Err(TxError::Core(e)),
@@ -174,14 +202,30 @@ impl Conn {
         Ok((out, notes))
     }
 
+    /// Runs `f`'s statements outside a transaction, each its own; behind PgBouncer, in one
+    /// transaction (a statement's Parse and Execute must reach the same server connection).
+    pub fn outside<T>(&mut self, f: impl FnOnce(&mut Db<'_, Client>) -> Result<T>) -> Result<T> {
+        let Some(set_schema) = &self.set_schema else {
+            return f(&mut self.plain());
+        };
+        self.client.batch_execute(&format!("BEGIN; {set_schema}"))?;
+        let done = f(&mut self.plain());
+        self.stmts.clear(); // closed inside the transaction, on its server connection
+        let end = if done.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        let ended = self.client.batch_execute(end);
+        let out = done?;
+        ended?;
+        Ok(out)
+    }
+
     /// Whether the server closed this connection (a restart, an idle timeout).
     pub fn is_closed(&self) -> bool {
         self.client.is_closed()
     }
 
     /// Statements outside a transaction (each its own).
-    pub fn plain(&mut self) -> Db<'_, Client> {
-        let Conn { client, stmts } = self;
+    fn plain(&mut self) -> Db<'_, Client> {
+        let Conn { client, stmts, .. } = self;
         Db {
             c: client,
             stmts,

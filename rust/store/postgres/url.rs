@@ -1,5 +1,7 @@
 //! A PostgreSQL URL as ferroq takes it: libpq's `postgres://` / `postgresql://` form, plus
-//! ferroq's own `schema` parameter (where the queue's tables live; `public` by default).
+//! ferroq's own `schema` parameter (where the queue's tables live; `public` by default) and
+//! `pgbouncer=true` (the server is reached through PgBouncer in transaction mode: see
+//! `Target::pgbouncer`).
 
 use std::str::FromStr;
 
@@ -18,6 +20,10 @@ pub struct Target {
     pub config: postgres::Config,
     pub schema: String,
     pub shown: String,
+    /// Through a pooler that hands each transaction any server connection (PgBouncer's
+    /// transaction mode): no session state (no LISTEN, so waiters poll; no startup options,
+    /// so the schema is set in each transaction; no statement outlives its transaction).
+    pub pgbouncer: bool,
 }
 
 impl std::fmt::Debug for Target {
@@ -31,10 +37,12 @@ impl std::fmt::Debug for Target {
 pub fn parse(url: &str) -> Result<Target> {
     let (base, query) = url.split_once('?').unwrap_or((url, ""));
     let mut schema = "public".to_string();
+    let mut pgbouncer = false;
     let mut kept = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
             Some(("schema", value)) => schema = value.to_string(),
+            Some(("pgbouncer", value)) => pgbouncer = parse_flag("pgbouncer", value)?,
             _ => kept.push(pair),
         }
     }
@@ -79,13 +87,36 @@ pub fn parse(url: &str) -> Result<Target> {
     }
     config.connect_timeout(std::time::Duration::from_secs(10));
     // Tables are found in the queue's schema alone (it is created on open if missing).
-    config.options(&format!("-c search_path={schema}"));
-    let shown = shown(&config, &schema);
+    // PgBouncer refuses startup options: there each transaction sets it
+    // (`Target::schema_per_transaction`).
+    if !pgbouncer {
+        config.options(&format!("-c search_path={schema}"));
+    }
+    let shown = shown(&config, &schema, pgbouncer);
     Ok(Target {
         config,
         schema,
         shown,
+        pgbouncer,
     })
+}
+
+impl Target {
+    /// Behind PgBouncer, what each transaction runs first (the schema: no session keeps it).
+    pub fn schema_per_transaction(&self) -> Option<String> {
+        self.pgbouncer
+            .then(|| format!("SET LOCAL search_path = {}", self.schema))
+    }
+}
+
+fn parse_flag(name: &str, value: &str) -> Result<bool> {
+    match value {
+        "true" | "1" | "on" | "yes" => Ok(true),
+        "false" | "0" | "off" | "no" => Ok(false),
+        _ => Err(Error::InvalidArgument(format!(
+            "invalid {name}={value:?} in the PostgreSQL URL: use true or false"
+        ))),
+    }
 }
 
 /// Schema names are spelled into SQL (search_path, CREATE SCHEMA): a plain identifier only,
@@ -110,7 +141,7 @@ fn validate_schema(schema: &str) -> Result<()> {
 
 /// The URL as logs and errors show it, and as worker processes reopen it (`Queue.path`):
 /// user, hosts, database, schema and a TLS mode other than the default; never the password.
-fn shown(config: &postgres::Config, schema: &str) -> String {
+fn shown(config: &postgres::Config, schema: &str, pgbouncer: bool) -> String {
     use postgres::config::Host;
     let ports = config.get_ports().iter().chain(std::iter::repeat(&5432));
     let mut tcp = Vec::new();
@@ -129,6 +160,9 @@ fn shown(config: &postgres::Config, schema: &str) -> String {
     let db = config.get_dbname().unwrap_or(user);
     if schema != "public" {
         params.push(format!("schema={schema}"));
+    }
+    if pgbouncer {
+        params.push("pgbouncer=true".into());
     }
     match config.get_ssl_mode() {
         SslMode::Disable => params.push("sslmode=disable".into()),
@@ -195,6 +229,7 @@ mod tests {
     fn the_shown_url_reopens_the_same_place() {
         for url in [
             "postgresql://u:pw@h1:5433/db?schema=s1&sslmode=require",
+            "postgresql://u@h:6432/db?pgbouncer=true&schema=s2",
             "postgres://u@/db?host=/run/postgresql&port=5434",
             "postgresql://u@h/db",
         ] {
@@ -209,6 +244,7 @@ mod tests {
                 "{url}"
             );
             assert_eq!(again.schema, first.schema, "{url}");
+            assert_eq!(again.pgbouncer, first.pgbouncer, "{url}");
         }
     }
 
@@ -225,6 +261,29 @@ mod tests {
         );
         let t = parse("postgresql://u@h/db?keepalives_idle=60").unwrap();
         assert_eq!(t.config.get_keepalives_idle(), Duration::from_secs(60));
+    }
+
+    /// Behind PgBouncer no startup options are sent (it refuses them): the schema is set by
+    /// each transaction instead.
+    #[test]
+    fn pgbouncer_mode_sends_no_options_and_sets_the_schema_per_transaction() {
+        let direct = parse("postgresql://u@h/db?schema=jobs").unwrap();
+        assert_eq!(direct.config.get_options(), Some("-c search_path=jobs"));
+        assert_eq!(direct.schema_per_transaction(), None);
+        let pooled = parse("postgresql://u@h/db?schema=jobs&pgbouncer=true").unwrap();
+        assert!(pooled.pgbouncer);
+        assert_eq!(pooled.config.get_options(), None);
+        assert_eq!(
+            pooled.schema_per_transaction().as_deref(),
+            Some("SET LOCAL search_path = jobs")
+        );
+        assert!(
+            !parse("postgresql://u@h/db?pgbouncer=false")
+                .unwrap()
+                .pgbouncer
+        );
+        let e = parse("postgresql://u@h/db?pgbouncer=maybe").unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! counter that `wait_for_change` waits on; writers NOTIFY from their transaction (delivered
 //! at commit, to every listening process). If the listener's connection is lost, waiters
 //! fall back to polling (they wake every `POLL` and look) while it reconnects with backoff.
+//! Behind PgBouncer in transaction mode there is no listener: waiters always poll.
 //!
 //! Enqueues NOTIFY at most once per `NOTIFY_EVERY` per queue from a process (a NOTIFY
 //! serialises commits on the server): one skipped is sent by the listener thread once the
@@ -70,8 +71,12 @@ impl Wakeup {
         (*self.count.lock(), 0)
     }
 
-    /// Starts this process's listener once (on the first wait).
+    /// Starts this process's listener once (on the first wait). Behind PgBouncer none: a
+    /// LISTEN holds a session, which transaction pooling does not keep; waiters poll.
     pub fn ensure_listener(self: &Arc<Self>, pool: &Arc<Pool>, schema: &str) {
+        if pool.through_pgbouncer() {
+            return;
+        }
         self.started.call_once(|| {
             let me = self.clone();
             let pool = pool.clone();
