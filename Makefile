@@ -9,11 +9,13 @@ STAMP  := $(VENV)/.deps-stamp
 
 all: build
 
+# ruff is pinned: its formatter's style changes between releases, and `ruff format --check`
+# (part of lint) must pass on a fresh machine as it does here.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "maturin>=1.7,<2" "orjson>=3.9" "click>=8.1" "prometheus-client>=0.20" "rich>=13" "pytest>=8" "pytest-timeout>=2.3" "mypy>=1.10" \
-		"pytest-benchmark>=4" "ruff>=0.6" "fastapi>=0.110" "httpx>=0.27" "croniter>=2" \
+		"pytest-benchmark>=4" "ruff==0.17.6" "fastapi>=0.110" "httpx>=0.27" "croniter>=2" \
 		"opentelemetry-api>=1.20" "opentelemetry-sdk>=1.20" "django>=5.2,<6" "django-tasks>=0.9" \
 		"psycopg[binary]>=3.1" "procrastinate>=3" \
 		"starlette>=0.37" "jinja2>=3.1" "uvicorn>=0.29" "selenium>=4.15"
@@ -145,10 +147,12 @@ lint: build
 	cargo clippy --all-targets --features python -- -D warnings
 	cargo fmt --check
 	$(VENV)/bin/ruff check python tests benches
+	$(VENV)/bin/ruff format --check python tests benches
 	$(VENV)/bin/mypy
 
 fmt:
 	cargo fmt
+	$(VENV)/bin/ruff format python tests benches
 
 clean:
 	rm -rf target $(VENV) python/ferroq/_core*.so

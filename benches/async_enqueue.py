@@ -166,15 +166,21 @@ def main(argv: list[str] | None = None) -> None:
     rates = measure(args.workers, args.seconds)
     print(f"durability=full, one enqueue at a time ({os.cpu_count()} cores, Python {sys.version.split()[0]}):")
     print(f"  {args.workers} threads     enqueue():        {rates.threads_per_s:8,.0f} tasks/s")
-    print(f"  {args.workers} coroutines  await aenqueue(): {rates.coroutines_per_s:8,.0f} tasks/s "
-          f"({rates.coroutines_per_s / rates.threads_per_s:.0%} of the threads' rate)")
+    print(
+        f"  {args.workers} coroutines  await aenqueue(): {rates.coroutines_per_s:8,.0f} tasks/s "
+        f"({rates.coroutines_per_s / rates.threads_per_s:.0%} of the threads' rate)"
+    )
     lag = measure_lag(args.lag_tasks, args.lag_coroutines)
-    print(f"loop lag while {args.lag_coroutines} coroutines aenqueue {lag.tasks:,} tasks "
-          f"({lag.tasks / lag.seconds:,.0f} tasks/s): a 1 ms ticker's longest extra gap "
-          f"{lag.max_gap_ms:.2f} ms, p99 {lag.p99_gap_ms:.2f} ms")
+    print(
+        f"loop lag while {args.lag_coroutines} coroutines aenqueue {lag.tasks:,} tasks "
+        f"({lag.tasks / lag.seconds:,.0f} tasks/s): a 1 ms ticker's longest extra gap "
+        f"{lag.max_gap_ms:.2f} ms, p99 {lag.p99_gap_ms:.2f} ms"
+    )
     idle = idle_lag()
-    print(f"  the same ticker on an idle loop (this machine's noise): longest {idle.max_gap_ms:.2f} ms, "
-          f"p99 {idle.p99_gap_ms:.2f} ms")
+    print(
+        f"  the same ticker on an idle loop (this machine's noise): longest {idle.max_gap_ms:.2f} ms, "
+        f"p99 {idle.p99_gap_ms:.2f} ms"
+    )
 
 
 if __name__ == "__main__":

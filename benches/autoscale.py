@@ -50,8 +50,16 @@ def rate_at(t: float, cycle: float) -> float:
     return 5 + 65 * (0.5 - 0.5 * math.cos(2 * math.pi * t / cycle))
 
 
-def run(name: str, workdir: Path, seconds: float, run_s: float, seed: int, *, concurrency: int = 1,
-        autoscale: ferroq.Autoscale | None = None) -> Result:
+def run(
+    name: str,
+    workdir: Path,
+    seconds: float,
+    run_s: float,
+    seed: int,
+    *,
+    concurrency: int = 1,
+    autoscale: ferroq.Autoscale | None = None,
+) -> Result:
     q = ferroq.Queue(workdir / f"{name}.db", durability="normal")
     waits: list[float] = []
     enqueued: list[float] = []
@@ -93,12 +101,13 @@ def run(name: str, workdir: Path, seconds: float, run_s: float, seed: int, *, co
     worker.join(60)
     with lock:
         # Tasks never started: the last enqueued (claims are oldest first), at their wait so far.
-        waits.extend(end - at for at in enqueued[len(waits):])
+        waits.extend(end - at for at in enqueued[len(waits) :])
     changes = sum(1 for e in q.events() if e.kind == "concurrency_changed")
     q.close()
     waits.sort()
-    return Result(name, statistics.median(waits), waits[int(len(waits) * 0.95)], provisioned,
-                  len(waits) * run_s, peak, changes)
+    return Result(
+        name, statistics.median(waits), waits[int(len(waits) * 0.95)], provisioned, len(waits) * run_s, peak, changes
+    )
 
 
 def main() -> int:
@@ -112,8 +121,10 @@ def main() -> int:
     maintenance.METRICS_INTERVAL = 1.0  # time is compressed: see the docstring
     scaling = ferroq.Autoscale(min=1, max=32, every=1.0, cooldown=5.0, drain=5.0)
     configs: list[tuple[str, dict[str, object]]] = [
-        ("fixed min (1)", {"concurrency": 1}), ("fixed max (32)", {"concurrency": 32}),
-        ("autoscale 1:32", {"autoscale": scaling})]
+        ("fixed min (1)", {"concurrency": 1}),
+        ("fixed max (32)", {"concurrency": 32}),
+        ("autoscale 1:32", {"autoscale": scaling}),
+    ]
     if not args.quick:  # the backlog term's knob: a burst is sized to clear within `drain`
         configs.append(("  drain 1 s", {"autoscale": dataclasses.replace(scaling, drain=1.0)}))
     results = []
@@ -124,8 +135,10 @@ def main() -> int:
     print(f"\n{seconds:g} s cycle, tasks of {args.run_ms:g} ms; waits from enqueue to start")
     print(f"{'worker':16}{'p50 wait':>10}{'p95 wait':>10}{'worker-s':>10}{'busy-s':>8}{'peak':>6}{'changes':>9}")
     for r in results:
-        print(f"{r.name:16}{r.p50:>9.3f}s{r.p95:>9.3f}s{r.worker_seconds:>10.0f}{r.busy_seconds:>8.0f}{r.peak:>6}"
-              f"{r.changes:>9}")
+        print(
+            f"{r.name:16}{r.p50:>9.3f}s{r.p95:>9.3f}s{r.worker_seconds:>10.0f}{r.busy_seconds:>8.0f}{r.peak:>6}"
+            f"{r.changes:>9}"
+        )
     fixed_max, auto = results[1], results[2]  # (the drain variant is reported only)
     # Sanity (not a speed assert): the autoscaled worker must provision less than fixed max
     # and wait far less than fixed min.

@@ -28,15 +28,17 @@ def main() -> int:
     args = parser.parse_args()
     figures = [f for f in bench.run(quick=True) if f.ratio is not None]
     print(bench.render(figures))
-    measured = {f.scenario: round(f.ratio, 3) for f in figures
-                if f.ratio is not None and f.scenario not in NOT_CHECKED}
+    measured = {f.scenario: round(f.ratio, 3) for f in figures if f.ratio is not None and f.scenario not in NOT_CHECKED}
     if args.update:
         BASELINE.write_text(json.dumps(measured, indent=2, sort_keys=True) + "\n")
         print(f"baseline written to {BASELINE}")
         return 0
     baseline = json.loads(BASELINE.read_text())
-    failures = [f"{name}: ratio {measured[name]:.3f} < {TOLERANCE} x baseline {base:.3f}"
-                for name, base in baseline.items() if name in measured and measured[name] < TOLERANCE * base]
+    failures = [
+        f"{name}: ratio {measured[name]:.3f} < {TOLERANCE} x baseline {base:.3f}"
+        for name, base in baseline.items()
+        if name in measured and measured[name] < TOLERANCE * base
+    ]
     missing = sorted(set(baseline) - set(measured))
     for line in failures:
         print("REGRESSION", line)

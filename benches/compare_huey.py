@@ -52,6 +52,7 @@ WORKERS = 4
 # Children: each role prints one JSON object as its last stdout line.
 # ---------------------------------------------------------------------------------------
 
+
 def _noop(i: int) -> None:
     return None
 
@@ -79,6 +80,7 @@ def _pace(rate: float, n: int, enqueue: Any) -> list[Any]:
 
 
 # -- ferroq -------------------------------------------------------------------------------
+
 
 def _ferroq(path: str, durability: str) -> tuple[Any, Any, Any]:
     import ferroq
@@ -119,8 +121,13 @@ def ferroq_drain(path: str, durability: str, n: str) -> dict[str, Any]:
     counts = q.counts()
     if stats.completed != int(n) or counts["pending"] or counts["running"]:
         raise SystemExit(f"ferroq drain incomplete: {stats} {counts}")
-    return {"rate": stats.completed / elapsed, "elapsed": elapsed, "done_at": done_at,
-            "poll_interval": worker.poll_interval, "concurrency": worker.concurrency}
+    return {
+        "rate": stats.completed / elapsed,
+        "elapsed": elapsed,
+        "done_at": done_at,
+        "poll_interval": worker.poll_interval,
+        "concurrency": worker.concurrency,
+    }
 
 
 def ferroq_consume(path: str, durability: str) -> dict[str, Any]:
@@ -148,6 +155,7 @@ def ferroq_produce(path: str, durability: str, rate: str, n: str) -> dict[str, A
 
 # -- huey ---------------------------------------------------------------------------------
 
+
 def _huey(path: str, **storage: Any) -> tuple[Any, Any, Any]:
     from huey import SqliteHuey
 
@@ -167,18 +175,23 @@ def _huey_settings(huey: Any, consumer: Any = None) -> dict[str, Any]:
         "huey_version": huey_pkg.__version__,
         "python_sqlite_version": sqlite3.sqlite_version,
         "journal_mode": conn.execute("pragma journal_mode").fetchone()[0],
-        "synchronous": {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}[
-            conn.execute("pragma synchronous").fetchone()[0]],
+        "synchronous": {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}[conn.execute("pragma synchronous").fetchone()[0]],
         "busy_timeout_ms": conn.execute("pragma busy_timeout").fetchone()[0],
         "cache_size": conn.execute("pragma cache_size").fetchone()[0],
         "results": huey.results,
         "store_none": huey.store_none,
     }
     if consumer is not None:
-        out.update(workers=consumer.workers, worker_type=consumer.worker_type,
-                   initial_delay=consumer.default_delay, backoff=consumer.backoff,
-                   max_delay=consumer.max_delay, scheduler_interval=consumer.scheduler_interval,
-                   periodic=consumer.periodic, check_worker_health=consumer._health_check)
+        out.update(
+            workers=consumer.workers,
+            worker_type=consumer.worker_type,
+            initial_delay=consumer.default_delay,
+            backoff=consumer.backoff,
+            max_delay=consumer.max_delay,
+            scheduler_interval=consumer.scheduler_interval,
+            periodic=consumer.periodic,
+            check_worker_health=consumer._health_check,
+        )
     return out
 
 
@@ -231,8 +244,12 @@ def huey_drain(path: str, n: str) -> dict[str, Any]:
     pending = huey.pending_count()
     if not finished or pending:
         raise SystemExit(f"huey drain incomplete: completed={completed[0]} pending={pending}")
-    return {"rate": completed[0] / elapsed, "elapsed": elapsed, "done_at": done_at,
-            "settings": _huey_settings(huey, consumer)}
+    return {
+        "rate": completed[0] / elapsed,
+        "elapsed": elapsed,
+        "done_at": done_at,
+        "settings": _huey_settings(huey, consumer),
+    }
 
 
 def huey_consume(path: str) -> dict[str, Any]:
@@ -252,14 +269,27 @@ def huey_produce(path: str, rate: str, n: str) -> dict[str, Any]:
     return _quantiles([h.get(blocking=True, timeout=60) * 1000 for h in handles])
 
 
-ROLES = {f.__name__: f for f in (ferroq_enqueue, ferroq_fill, ferroq_drain, ferroq_consume,
-                                 ferroq_produce, huey_enqueue, huey_fill, huey_drain,
-                                 huey_consume, huey_produce)}
+ROLES = {
+    f.__name__: f
+    for f in (
+        ferroq_enqueue,
+        ferroq_fill,
+        ferroq_drain,
+        ferroq_consume,
+        ferroq_produce,
+        huey_enqueue,
+        huey_fill,
+        huey_drain,
+        huey_consume,
+        huey_produce,
+    )
+}
 
 
 # ---------------------------------------------------------------------------------------
 # Parent: runs the children, never imports ferroq or huey.
 # ---------------------------------------------------------------------------------------
+
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
@@ -279,8 +309,7 @@ def _child(role: str, *args: Any) -> dict[str, Any]:
 def enqueue_rate(lib: str, durability: str, n: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, f"{lib}.db")
-        return _child("ferroq_enqueue", path, durability, n) if lib == "ferroq" \
-            else _child("huey_enqueue", path, n)
+        return _child("ferroq_enqueue", path, durability, n) if lib == "ferroq" else _child("huey_enqueue", path, n)
 
 
 def drain_rate(lib: str, durability: str, n: int) -> dict[str, Any]:
@@ -312,8 +341,9 @@ def latency(lib: str, durability: str, rate: float, n: int) -> dict[str, Any]:
             consumer_cmd = _cmd("huey_consume", path)
         err_path = os.path.join(d, "consumer.stderr")
         with open(err_path, "w") as err_file:
-            proc = subprocess.Popen(consumer_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=err_file, text=True)
+            proc = subprocess.Popen(
+                consumer_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err_file, text=True
+            )
         assert proc.stdout is not None and proc.stdin is not None
 
         def consumer_error(what: str) -> RuntimeError:
@@ -324,8 +354,11 @@ def latency(lib: str, durability: str, rate: float, n: int) -> dict[str, Any]:
             if proc.stdout.readline().strip() != "ready":
                 raise consumer_error("did not start")
             time.sleep(0.5)
-            res = _child("ferroq_produce", path, durability, rate, n) if lib == "ferroq" \
+            res = (
+                _child("ferroq_produce", path, durability, rate, n)
+                if lib == "ferroq"
                 else _child("huey_produce", path, rate, n)
+            )
             proc.stdin.close()  # EOF on stdin: the consumer stops gracefully and reports
             rest = proc.stdout.read()
             if proc.wait(60):
@@ -344,9 +377,18 @@ def run(n: int, enqueue_n: int, lat_rate: float, lat_n: int, durabilities: list[
 
     def row(scenario: str, durability: str, f: float, h: float, unit: str, higher_better: bool) -> None:
         ratio = (f / h if higher_better else h / f) if f and h else None
-        rows.append({"scenario": scenario, "ferroq_durability": durability, "huey_synchronous":
-                     details["huey_settings"]["synchronous"], "ferroq": f, "huey": h, "unit": unit,
-                     "ratio": ratio, "higher_is_better": higher_better})
+        rows.append(
+            {
+                "scenario": scenario,
+                "ferroq_durability": durability,
+                "huey_synchronous": details["huey_settings"]["synchronous"],
+                "ferroq": f,
+                "huey": h,
+                "unit": unit,
+                "ratio": ratio,
+                "higher_is_better": higher_better,
+            }
+        )
 
     _log(f"enqueue rate, 1 thread, {enqueue_n:,} tasks ...")
     h = enqueue_rate("huey", "", enqueue_n)
@@ -375,20 +417,23 @@ def run(n: int, enqueue_n: int, lat_rate: float, lat_n: int, durabilities: list[
         details["ferroq_poll_interval"] = f["consumer"]["poll_interval"]
         for p in ("p50", "p95"):
             row(f"latency {p} @{lat_rate:,.0f}/s x-proc", dur, f[p], h[p], "ms", False)
-    return {"rows": rows, "details": details,
-            "ratio_meaning": "ferroq/huey for rates, huey/ferroq for latencies: > 1 means ferroq is better"}
+    return {
+        "rows": rows,
+        "details": details,
+        "ratio_meaning": "ferroq/huey for rates, huey/ferroq for latencies: > 1 means ferroq is better",
+    }
 
 
 def render(result: dict[str, Any]) -> str:
     s = result["details"]["huey_settings"]
     c = result["details"]["huey_consumer_settings"]
-    lines = [f"{'scenario':<32} {'ferroq dur.':<11} {'ferroq':>10} {'huey':>10} {'ratio':>7}  unit",
-             "-" * 80]
+    lines = [f"{'scenario':<32} {'ferroq dur.':<11} {'ferroq':>10} {'huey':>10} {'ratio':>7}  unit", "-" * 80]
     for r in result["rows"]:
         fmt = (lambda v: f"{v:>10,.0f}") if r["unit"] == "tasks/s" else (lambda v: f"{v:>10.2f}")
         ratio = f"{r['ratio']:>7.2f}" if r["ratio"] is not None else f"{'-':>7}"
-        lines.append(f"{r['scenario']:<32} {r['ferroq_durability']:<11} {fmt(r['ferroq'])} "
-                     f"{fmt(r['huey'])} {ratio}  {r['unit']}")
+        lines.append(
+            f"{r['scenario']:<32} {r['ferroq_durability']:<11} {fmt(r['ferroq'])} {fmt(r['huey'])} {ratio}  {r['unit']}"
+        )
     lines += [
         "",
         "ratio: ferroq/huey for rates, huey/ferroq for latencies (> 1: ferroq better).",
@@ -414,8 +459,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--enqueue-n", type=int, default=5_000, help="single enqueues timed (default 5000)")
     parser.add_argument("--latency-rate", type=float, default=200.0, help="tasks/s (default 200)")
     parser.add_argument("--latency-n", type=int, default=1_000, help="tasks (default 1000)")
-    parser.add_argument("--durability", choices=["both", "full", "normal"], default="both",
-                        help="ferroq durability to run (default both)")
+    parser.add_argument(
+        "--durability",
+        choices=["both", "full", "normal"],
+        default="both",
+        help="ferroq durability to run (default both)",
+    )
     parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
     args = parser.parse_args(argv)
     import importlib.util

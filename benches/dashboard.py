@@ -59,18 +59,27 @@ def make_file(path: Path, n: int) -> None:
     t0, done = time.perf_counter(), 0
     while done < n:
         size = min(20_000, n - done)
-        q.enqueue_many(charge.call(i, f"order {i} for customer {i % 977}") if i % 100 != 99 else refund.call(i)
-                       for i in range(done, done + size))
+        q.enqueue_many(
+            charge.call(i, f"order {i} for customer {i % 977}") if i % 100 != 99 else refund.call(i)
+            for i in range(done, done + size)
+        )
         done += size
     q.close()
     # Not this process: two SQLite libraries in one process drop each other's locks.
-    subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sqlite3
         c = sqlite3.connect({str(tmp)!r})
         c.executescript({FINISH_SQL!r})
         c.execute("ANALYZE")
         c.close()
-    """)], check=True)
+    """),
+        ],
+        check=True,
+    )
     os.replace(tmp, path)
     print(f"made {path}: {n:,} tasks in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
 
@@ -91,6 +100,7 @@ def timed_calls(app: Any, paths: list[str], repeat: int) -> dict[str, float]:
                     assert r.status_code == 200, (path, r.status_code, r.text[:300])
                 out[path] = statistics.median(times) * 1000
         return out
+
     return asyncio.run(main())
 
 
@@ -98,15 +108,26 @@ def pages(q: ferroq.Queue) -> list[str]:
     some = q.list(status="completed", limit=1, newest_first=True)[0].id
     dead = q.list(status="dead", limit=1, newest_first=True)[0].id
     return [
-        "/api/overview", "/",
-        "/api/tasks", "/tasks",
-        "/api/tasks?status=pending", "/api/tasks?status=dead", "/api/tasks?status=cancelled",
+        "/api/overview",
+        "/",
+        "/api/tasks",
+        "/tasks",
+        "/api/tasks?status=pending",
+        "/api/tasks?status=dead",
+        "/api/tasks?status=cancelled",
         "/api/tasks?status=running",
-        "/api/tasks?group=refunds", "/api/tasks?name=shop.refund", "/api/tasks?status=dead&group=refunds",
+        "/api/tasks?group=refunds",
+        "/api/tasks?name=shop.refund",
+        "/api/tasks?status=dead&group=refunds",
         f"/api/tasks?after={some // 2}",
-        f"/api/tasks/{some}", f"/tasks/{dead}",
-        "/api/events", "/api/events?kind=dead", "/events",
-        "/api/groups", "/groups", "/api/workers",
+        f"/api/tasks/{some}",
+        f"/tasks/{dead}",
+        "/api/events",
+        "/api/events?kind=dead",
+        "/events",
+        "/api/groups",
+        "/groups",
+        "/api/workers",
         "/api/tasks/bulk/retry?status=dead",
     ]
 
@@ -189,6 +210,7 @@ class Clients:
 
 def streams(path: Path, n_clients: int, idle: float, burst: int) -> dict[str, float]:
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -204,6 +226,7 @@ def streams(path: Path, n_clients: int, idle: float, burst: int) -> dict[str, fl
         for _ in range(300):
             try:
                 import urllib.request
+
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/api/workers", timeout=2).read()
                 break
             except OSError:
@@ -233,8 +256,14 @@ def streams(path: Path, n_clients: int, idle: float, burst: int) -> dict[str, fl
         complete = sum(1 for ids in clients.ids if [i for i in ids if i > start] == sent)
         clients.close()
         q.close()
-        return {"idle_cpu_share": idle_share, "burst_events": len(sent), "burst_delivered_s": delivered_in,
-                "burst_cpu_share": burst_cpu, "clients_complete": complete, "clients": n_clients}
+        return {
+            "idle_cpu_share": idle_share,
+            "burst_events": len(sent),
+            "burst_delivered_s": delivered_in,
+            "burst_cpu_share": burst_cpu,
+            "clients_complete": complete,
+            "clients": n_clients,
+        }
     finally:
         server.terminate()
         server.wait(30)
@@ -262,8 +291,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     times = timed_calls(app, pages(q), args.repeat)
     times["overview computed (shared by all requests, at most every 0.5 s)"] = uncached_overview(app, args.repeat)
     q.close()
-    result: dict[str, Any] = {"tasks": args.tasks, "ms": times,
-                              "streams": streams(path, args.clients, args.idle, args.burst)}
+    result: dict[str, Any] = {
+        "tasks": args.tasks,
+        "ms": times,
+        "streams": streams(path, args.clients, args.idle, args.burst),
+    }
     if args.json:
         print(json.dumps(result, indent=2))
         return result
@@ -272,8 +304,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"  {ms:8.1f}  {path_}")
     s = result["streams"]
     print(f"{s['clients']} idle event streams: {s['idle_cpu_share'] * 100:.1f}% of a core")
-    print(f"burst of {s['burst_events']} events in 1 s: all delivered to {s['clients_complete']} of {s['clients']} "
-          f"streams within {s['burst_delivered_s']:.2f}s of its start, {s['burst_cpu_share'] * 100:.0f}% of a core")
+    print(
+        f"burst of {s['burst_events']} events in 1 s: all delivered to {s['clients_complete']} of {s['clients']} "
+        f"streams within {s['burst_delivered_s']:.2f}s of its start, {s['burst_cpu_share'] * 100:.0f}% of a core"
+    )
     return result
 
 

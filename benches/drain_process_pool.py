@@ -47,8 +47,10 @@ def main() -> None:
     print(f"process pool start+stop, {args.concurrency} children: {startup * 1000:,.0f} ms")
     for pool in ("thread", "process"):
         rate, elapsed = drain(pool, args.tasks, args.concurrency)
-        print(f"drain no-op, pool={pool:<7} concurrency={args.concurrency}: {rate:>9,.0f} tasks/s "
-              f"({args.tasks:,} in {elapsed:.2f} s)")
+        print(
+            f"drain no-op, pool={pool:<7} concurrency={args.concurrency}: {rate:>9,.0f} tasks/s "
+            f"({args.tasks:,} in {elapsed:.2f} s)"
+        )
 
 
 if __name__ == "__main__":

@@ -51,9 +51,11 @@ Rate = Callable[[float], float]
 
 def diurnal(base: float = 1.5, swing: float = 0.7) -> Rate:
     """Quiet at night, peaking in the afternoon: two harmonics, as web traffic looks."""
+
     def rate(t: float) -> float:
         x = 2 * math.pi * (t % DAY) / DAY
         return base * max(0.05, 1 + swing * math.sin(x - 2.0) + 0.2 * math.sin(2 * x - 1.0))
+
     return rate
 
 
@@ -74,6 +76,7 @@ def bursts(rng: random.Random, days: float) -> Rate:
     def rate(t: float) -> float:
         burst = any(s <= t < s + 300 for s in starts)
         return day(t) * (8.0 if burst else 1.0)
+
     return rate
 
 
@@ -178,8 +181,11 @@ def main() -> int:
     print(f"{'trace':10}" + "".join(f"{f'{h // 60} min':>20}" for h in HORIZONS) + f"{'rate known':>14}")
     failed = False
     for name, s in results.items():
-        print(f"{name:10}" + "".join(f"{s.accuracy(h):>11.3f} ({s.coverage(h):.0%})   " for h in HORIZONS)
-              + f"{s.oracle():>11.3f}")
+        print(
+            f"{name:10}"
+            + "".join(f"{s.accuracy(h):>11.3f} ({s.coverage(h):.0%})   " for h in HORIZONS)
+            + f"{s.oracle():>11.3f}"
+        )
         if name in PERIODIC and not s.accuracy(600) >= TARGET:
             failed = True
     if failed:

@@ -58,7 +58,8 @@ def measure(threads: int = 16, seconds: float = 3.0, size: int = 12288) -> Ceili
     with tempfile.TemporaryDirectory(dir=os.getcwd()) as d:
         committer = multiprocessing.get_context("fork").Process(
             target=_committer,
-            args=(request_r, [w for _, w in answer_pipes], stop_r, os.path.join(d, "wal"), size, out_w))
+            args=(request_r, [w for _, w in answer_pipes], stop_r, os.path.join(d, "wal"), size, out_w),
+        )
         committer.start()
         done = threading.Event()
         counts = [0] * threads
@@ -96,8 +97,10 @@ def main() -> None:
     args = parser.parse_args()
     for n in sorted({1, args.threads}):
         c = measure(n, args.seconds, args.bytes)
-        print(f"{c.threads:>3} thread(s): {c.commits_per_s:>9,.0f} commits/s returned, "
-              f"{c.callers_per_fsync:.1f} callers per fsync")
+        print(
+            f"{c.threads:>3} thread(s): {c.commits_per_s:>9,.0f} commits/s returned, "
+            f"{c.callers_per_fsync:.1f} callers per fsync"
+        )
 
 
 if __name__ == "__main__":

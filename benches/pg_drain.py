@@ -46,8 +46,10 @@ def _drain(url: str, n: int, processes: int) -> float:
         q.enqueue_many(noop.call(i) for i in range(start, min(n, start + 10_000)))
     # Worker processes run this script (importable as a file, wherever it was loaded from).
     t = time.perf_counter()
-    workers = [subprocess.Popen([sys.executable, __file__, url, "--drain-child"], stdout=subprocess.PIPE, text=True)
-               for _ in range(processes)]
+    workers = [
+        subprocess.Popen([sys.executable, __file__, url, "--drain-child"], stdout=subprocess.PIPE, text=True)
+        for _ in range(processes)
+    ]
     done = sum(int(w.communicate(timeout=600)[0].split()[-1]) for w in workers)
     rate = done / (time.perf_counter() - t)
     assert q.counts()["completed"] >= n, q.counts()

@@ -63,8 +63,10 @@ def main() -> None:
         size = os.path.getsize(path) / 1e6
         print(f"built {size:,.0f} MB ({tasks:,} tasks, {args.payload}-character payloads) in {built:.0f} s")
         seconds = time_check(path, args.runs)
-        print(f"quick_check: median {statistics.median(seconds):.2f} s over {args.runs} runs "
-              f"({', '.join(f'{s:.2f}' for s in seconds)}), {size / statistics.median(seconds):,.0f} MB/s")
+        print(
+            f"quick_check: median {statistics.median(seconds):.2f} s over {args.runs} runs "
+            f"({', '.join(f'{s:.2f}' for s in seconds)}), {size / statistics.median(seconds):,.0f} MB/s"
+        )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,16 @@ def _p(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
-def scenario(directory: str, routed: bool, seconds: float, rate: float, concurrency: int, lane: int,
-             long_s: float = 0.5, seed: int = 17) -> Waits:
+def scenario(
+    directory: str,
+    routed: bool,
+    seconds: float,
+    rate: float,
+    concurrency: int,
+    lane: int,
+    long_s: float = 0.5,
+    seed: int = 17,
+) -> Waits:
     q = ferroq.Queue(os.path.join(directory, f"routing-{routed}.db"), durability="normal")
     waits: dict[str, list[float]] = {"short": [], "long": []}
 
@@ -91,15 +99,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--lane", type=int, default=3, help="the slow lane's concurrency")
     args = parser.parse_args(argv)
-    print(f"{args.rate:g} tasks/s for {args.seconds:g} s (95% 1 ms, 5% 500 ms), worker concurrency "
-          f"{args.concurrency}, slow lane {args.lane}")
+    print(
+        f"{args.rate:g} tasks/s for {args.seconds:g} s (95% 1 ms, 5% 500 ms), worker concurrency "
+        f"{args.concurrency}, slow lane {args.lane}"
+    )
     print(f"{'':18} {'short tasks':>11} {'wait p50':>10} {'p95':>10} {'p99':>10} {'long p95 wait':>14}")
     with tempfile.TemporaryDirectory() as d:
         for routed in (False, True):
             w = scenario(d, routed, args.seconds, args.rate, args.concurrency, args.lane)
             label = "with routing" if routed else "without routing"
-            print(f"{label:18} {w.short:11d} {w.p50_ms:8.1f}ms {w.p95_ms:8.1f}ms {w.p99_ms:8.1f}ms "
-                  f"{w.long_p95_ms:12.1f}ms")
+            print(
+                f"{label:18} {w.short:11d} {w.p50_ms:8.1f}ms {w.p95_ms:8.1f}ms {w.p99_ms:8.1f}ms "
+                f"{w.long_p95_ms:12.1f}ms"
+            )
     return 0
 
 

@@ -54,12 +54,12 @@ LABEL = os.environ.get("FERROQ_SOAK_WORKER", "-")
 
 #: kind -> (weight in the mix, max_attempts)
 KINDS = {
-    "fast": (40, 3),        # a no-op
-    "sleep": (30, 3),       # 50-200 ms
-    "flaky": (15, 3),       # raises on its first attempt, then succeeds
-    "once": (7, 1),         # a sleep with a single attempt: dead if its run dies
-    "poison": (5, 3),       # always raises: dead after three runs
-    "once_raise": (3, 1),   # raises, single attempt: dead after one run
+    "fast": (40, 3),  # a no-op
+    "sleep": (30, 3),  # 50-200 ms
+    "flaky": (15, 3),  # raises on its first attempt, then succeeds
+    "once": (7, 1),  # a sleep with a single attempt: dead if its run dies
+    "poison": (5, 3),  # always raises: dead after three runs
+    "once_raise": (3, 1),  # raises, single attempt: dead after one run
 }
 _log_fd: int | None = None
 
@@ -89,8 +89,9 @@ def _work(uid: str, kind: str, ms: int) -> None:
 def open_queue(directory: Path) -> tuple[ferroq.Queue, dict[str, ferroq.Task[..., None]]]:
     q = ferroq.Queue(directory / "soak.db", durability="normal")
     retry = ferroq.RetryPolicy(base_delay=0.05, max_delay=0.2)
-    tasks = {kind: q.task(name=kind, max_attempts=attempts, retry=retry)(_work)
-             for kind, (_, attempts) in KINDS.items()}
+    tasks = {
+        kind: q.task(name=kind, max_attempts=attempts, retry=retry)(_work) for kind, (_, attempts) in KINDS.items()
+    }
     return q, tasks
 
 
@@ -116,8 +117,11 @@ def producer(index: int, rate: float, seed: int) -> None:
             uid = f"p{index}-{n + len(calls)}"
             calls.append((uid, kind, rng.randint(50, 200) if kind in ("sleep", "once") else 0))
         try:
-            ids = (q.enqueue_many([tasks[kind].call(*c) for c in calls for kind in [c[1]]]) if size > 1
-                   else [tasks[calls[0][1]].enqueue(*calls[0]).id])
+            ids = (
+                q.enqueue_many([tasks[kind].call(*c) for c in calls for kind in [c[1]]])
+                if size > 1
+                else [tasks[calls[0][1]].enqueue(*calls[0]).id]
+            )
         except ferroq.FerroqError as e:  # counted, never acked
             errors += size
             print(f"enqueue of {size} failed: {e}", file=sys.stderr, flush=True)
@@ -129,11 +133,21 @@ def producer(index: int, rate: float, seed: int) -> None:
 
 
 def worker(pool: str, concurrency: int) -> None:
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(created).6f %(levelname)s %(name)s[%(process)d]: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.stderr,
+        format="%(created).6f %(levelname)s %(name)s[%(process)d]: %(message)s",
+    )
     q, _ = open_queue(DIR)
-    w = ferroq.Worker(q, concurrency=concurrency, lease=LEASE, rescue_interval=RESCUE_INTERVAL,
-                      poll_interval=0.1, pool=pool, shutdown_grace=30.0)
+    w = ferroq.Worker(
+        q,
+        concurrency=concurrency,
+        lease=LEASE,
+        rescue_interval=RESCUE_INTERVAL,
+        poll_interval=0.1,
+        pool=pool,
+        shutdown_grace=30.0,
+    )
     drain = DIR / "workers.drain"
     serving = threading.Event()
 
@@ -190,29 +204,50 @@ class Supervisor:
     log_offset: int = 0
 
     def _spawn(self, label: str, role_args: list[str], stem: str) -> subprocess.Popen[bytes]:
-        env = dict(os.environ, FERROQ_SOAK_DIR=str(self.directory), FERROQ_SOAK_WORKER=label,
-                   PYTHONUNBUFFERED="1")
+        env = dict(os.environ, FERROQ_SOAK_DIR=str(self.directory), FERROQ_SOAK_WORKER=label, PYTHONUNBUFFERED="1")
         with open(self.directory / f"{stem}.out", "wb") as out, open(self.directory / f"{stem}.err", "wb") as err:
             # Each in a session of its own: when the shell that started this script exits, the
             # kernel sends SIGHUP to a process group left with a stopped member (seen: a
             # worker SIGSTOPped here died of it), and a Ctrl-C here must reach the
             # supervisor only (it stops everyone).
-            return subprocess.Popen([sys.executable, __file__, *role_args], env=env, stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=err, start_new_session=True)
+            return subprocess.Popen(
+                [sys.executable, __file__, *role_args],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
 
     def start_worker(self, slot: int) -> None:
         self.generation[slot] += 1
         label = f"w{slot}.{self.generation[slot]}"
-        popen = self._spawn(label, ["--role", "worker", "--pool", self.args.pool,
-                                    "--concurrency", str(self.args.concurrency)], f"worker-{label}")
+        popen = self._spawn(
+            label,
+            ["--role", "worker", "--pool", self.args.pool, "--concurrency", str(self.args.concurrency)],
+            f"worker-{label}",
+        )
         self.workers[slot] = Proc(label, popen)
         self._log(f"start {label} {popen.pid}")
 
     def start_producers(self) -> None:
         for i in range(self.args.producers):
-            self.producers.append(self._spawn(f"p{i}", ["--role", "producer", "--index", str(i), "--rate",
-                                                       str(self.args.rate), "--seed", str(self.args.seed)],
-                                              f"producer-{i}"))
+            self.producers.append(
+                self._spawn(
+                    f"p{i}",
+                    [
+                        "--role",
+                        "producer",
+                        "--index",
+                        str(i),
+                        "--rate",
+                        str(self.args.rate),
+                        "--seed",
+                        str(self.args.seed),
+                    ],
+                    f"producer-{i}",
+                )
+            )
 
     def _log(self, line: str) -> None:
         with open(self.directory / "faults.log", "a") as f:
@@ -314,8 +349,7 @@ class Supervisor:
                 next_fault = now + self.rng.uniform(0.3, 1.2)
             if progress and now >= next_progress:
                 kills = sum(f.kind == "kill" for f in self.faults)
-                print(f"{now - t0:6.0f}s  {kills} kills, {len(self.faults) - kills} stops", file=sys.stderr,
-                      flush=True)
+                print(f"{now - t0:6.0f}s  {kills} kills, {len(self.faults) - kills} stops", file=sys.stderr, flush=True)
                 next_progress += 10
             time.sleep(0.02)
 
@@ -464,37 +498,64 @@ def report(q: ferroq.Queue, directory: Path, sup: Supervisor, stuck: list[str]) 
             started_at_kill.append(task_id)
             continue
         if info.attempts > starts:
-            charged_without_start.append({"task": task_id, "attempts": info.attempts, "starts": starts,
-                                          "status": info.status, "history": [_transition(t) for t in history]})
+            charged_without_start.append(
+                {
+                    "task": task_id,
+                    "attempts": info.attempts,
+                    "starts": starts,
+                    "status": info.status,
+                    "history": [_transition(t) for t in history],
+                }
+            )
         if info.status == "dead" and starts < info.max_attempts:
             dead_without_start.append({"task": task_id, "max_attempts": info.max_attempts, "starts": starts})
     overlapping, unexplained, unexplained_detail = duplicates(runs, sup.faults)
-    dup_tasks = sum(1 for r in runs.values()
-                    if any(b.outcome != "raise" for b in r[:-1]))
+    dup_tasks = sum(1 for r in runs.values() if any(b.outcome != "raise" for b in r[:-1]))
     lost = [i for i in acked if status_of(infos, i) not in ("completed", "dead")]
     kills = [f for f in sup.faults if f.kind == "kill"]
     stops = [f for f in sup.faults if f.kind == "stop"]
     return {
-        "seconds": sup.args.seconds, "workers": sup.args.workers, "producers": sup.args.producers,
-        "pool": sup.args.pool, "seed": sup.args.seed, "lease": LEASE, "rescue_interval": RESCUE_INTERVAL,
+        "seconds": sup.args.seconds,
+        "workers": sup.args.workers,
+        "producers": sup.args.producers,
+        "pool": sup.args.pool,
+        "seed": sup.args.seed,
+        "lease": LEASE,
+        "rescue_interval": RESCUE_INTERVAL,
         "dir": str(directory),
-        "faults": {"kills": len(kills), "stops": len(stops),
-                   "stops_past_rescue": sum(f.until - f.at > 1.5 * LEASE for f in stops),
-                   "restarts": sum(sup.generation.values()) - sup.args.workers},
-        "acked": len(acked), "completed": status["completed"], "dead": status["dead"],
-        "lost": len(lost), "lost_tasks": [_describe(infos, runs, i) for i in lost[:20]],
-        "left_running": status["running"], "left_pending": status["pending"], "missing": status["missing"],
+        "faults": {
+            "kills": len(kills),
+            "stops": len(stops),
+            "stops_past_rescue": sum(f.until - f.at > 1.5 * LEASE for f in stops),
+            "restarts": sum(sup.generation.values()) - sup.args.workers,
+        },
+        "acked": len(acked),
+        "completed": status["completed"],
+        "dead": status["dead"],
+        "lost": len(lost),
+        "lost_tasks": [_describe(infos, runs, i) for i in lost[:20]],
+        "left_running": status["running"],
+        "left_pending": status["pending"],
+        "missing": status["missing"],
         "runs": sum(len(r) for r in runs.values()),
         "rescues": {"total": sum(rescues.values()), **rescues},
-        "duplicate_runs": {"tasks": dup_tasks, "overlapping_fault": overlapping, "unexplained": unexplained,
-                           "unexplained_detail": unexplained_detail[:10]},
+        "duplicate_runs": {
+            "tasks": dup_tasks,
+            "overlapping_fault": overlapping,
+            "unexplained": unexplained,
+            "unexplained_detail": unexplained_detail[:10],
+        },
         "late_outcomes_discarded": sum(discarded.values()),
-        "double_completions": len(double_completions), "double_completion_tasks": double_completions[:20],
-        "charged_without_start": len(charged_without_start) + len(dead_without_start)
+        "double_completions": len(double_completions),
+        "double_completion_tasks": double_completions[:20],
+        "charged_without_start": len(charged_without_start)
+        + len(dead_without_start)
         + sum(max(0, n - sup.args.concurrency) for n in at_kill.values()),
         "started_at_a_kill": len(started_at_kill),
-        "charged_without_start_tasks": charged_without_start[:10], "dead_without_start_tasks": dead_without_start[:10],
-        "workers_not_drained": stuck, "unexpected_exits": sup.unexpected_exits,
+        "charged_without_start_tasks": charged_without_start[:10],
+        "dead_without_start_tasks": dead_without_start[:10],
+        "workers_not_drained": stuck,
+        "unexpected_exits": sup.unexpected_exits,
     }
 
 
@@ -522,8 +583,13 @@ def status_of(infos: dict[int, ferroq.TaskInfo], task_id: int) -> str:
 
 def _describe(infos: dict[int, ferroq.TaskInfo], runs: dict[int, list[Run]], task_id: int) -> dict[str, Any]:
     info = infos.get(task_id)
-    return {"task": task_id, "status": status_of(infos, task_id), "attempts": info and info.attempts,
-            "lease_owner": info and info.lease_owner, "runs": [r.__dict__ for r in runs.get(task_id, ())]}
+    return {
+        "task": task_id,
+        "status": status_of(infos, task_id),
+        "attempts": info and info.attempts,
+        "lease_owner": info and info.lease_owner,
+        "runs": [r.__dict__ for r in runs.get(task_id, ())],
+    }
 
 
 def _transition(t: ferroq.Transition) -> list[Any]:
@@ -531,16 +597,20 @@ def _transition(t: ferroq.Transition) -> list[Any]:
 
 
 def _rescue_kind(message: str) -> str:
-    for prefix, kind in (("lease expired before start", "before_start"), ("worker died during run", "during_run"),
-                         ("lease expired after the run", "after_run")):
+    for prefix, kind in (
+        ("lease expired before start", "before_start"),
+        ("worker died during run", "during_run"),
+        ("lease expired after the run", "after_run"),
+    ):
         if message.startswith(prefix):
             return kind
     return "no_journal"
 
 
 def failed(r: dict[str, Any]) -> list[str]:
-    problems = [f"{key} {r[key]}" for key in ("lost", "double_completions", "charged_without_start", "left_running")
-                if r[key]]
+    problems = [
+        f"{key} {r[key]}" for key in ("lost", "double_completions", "charged_without_start", "left_running") if r[key]
+    ]
     if r["workers_not_drained"]:
         problems.append(f"workers not drained: {r['workers_not_drained']}")
     return problems
@@ -548,18 +618,29 @@ def failed(r: dict[str, Any]) -> list[str]:
 
 def print_text(r: dict[str, Any]) -> None:
     f, d = r["faults"], r["duplicate_runs"]
-    print(f"{r['seconds']:.0f} s, {r['workers']} workers (pool={r['pool']}), {r['producers']} producers, seed "
-          f"{r['seed']}: {f['kills']} SIGKILLs, {f['stops']} SIGSTOPs ({f['stops_past_rescue']} past lease + "
-          f"lease/2), {f['restarts']} restarts")
-    print(f"acked {r['acked']:,}: completed {r['completed']:,}, dead {r['dead']:,}, lost {r['lost']}, "
-          f"left running {r['left_running']}")
+    print(
+        f"{r['seconds']:.0f} s, {r['workers']} workers (pool={r['pool']}), {r['producers']} producers, seed "
+        f"{r['seed']}: {f['kills']} SIGKILLs, {f['stops']} SIGSTOPs ({f['stops_past_rescue']} past lease + "
+        f"lease/2), {f['restarts']} restarts"
+    )
+    print(
+        f"acked {r['acked']:,}: completed {r['completed']:,}, dead {r['dead']:,}, lost {r['lost']}, "
+        f"left running {r['left_running']}"
+    )
     rescues = r["rescues"]
-    print(f"runs {r['runs']:,}; rescues {rescues['total']} ("
-          + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in rescues.items() if k != "total") + ")")
-    print(f"duplicate runs: {d['tasks']} tasks, {d['overlapping_fault']} overlap a fault, {d['unexplained']} do "
-          f"not; late outcomes discarded {r['late_outcomes_discarded']}")
-    print(f"double completions {r['double_completions']}, charged without start {r['charged_without_start']} "
-          f"(runs killed before their first line: {r['started_at_a_kill']})")
+    print(
+        f"runs {r['runs']:,}; rescues {rescues['total']} ("
+        + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in rescues.items() if k != "total")
+        + ")"
+    )
+    print(
+        f"duplicate runs: {d['tasks']} tasks, {d['overlapping_fault']} overlap a fault, {d['unexplained']} do "
+        f"not; late outcomes discarded {r['late_outcomes_discarded']}"
+    )
+    print(
+        f"double completions {r['double_completions']}, charged without start {r['charged_without_start']} "
+        f"(runs killed before their first line: {r['started_at_a_kill']})"
+    )
     if r["unexpected_exits"]:
         print(f"unexpected exits: {r['unexpected_exits']}")
     problems = failed(r)

@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import ferroq
 
-APP = '''
+APP = """
 import asyncio
 import ferroq
 
@@ -89,15 +89,15 @@ def cached(key):
 @queue.task(name="soak.routed")
 def routed(i):
     return i
-'''
+"""
 
-WORKER = '''
+WORKER = """
 import signal, sys
 sys.path.insert(0, sys.argv[1])
 import ferroq
 from app import queue
 ferroq.Worker(queue, concurrency=4).run()
-'''
+"""
 
 
 class Sample(NamedTuple):
@@ -139,7 +139,7 @@ def _one_hour(q: ferroq.Queue, tasks: dict[str, ferroq.TaskBase[..., object]], h
         else:
             calls.append(tasks["soak.routed"].call(i))
     for start in range(0, len(calls), 500):
-        q.enqueue_many(calls[start:start + 500])
+        q.enqueue_many(calls[start : start + 500])
 
 
 def _drained(q: ferroq.Queue, timeout: float) -> None:
@@ -173,15 +173,19 @@ def soak(directory: str, hours: int, per_hour: int, report: bool = True, pace: f
             _one_hour(q, tasks, hour, per_hour)
             _drained(q, timeout=max(120.0, per_hour / 20))
             if worker.poll() is not None:
-                raise RuntimeError(f"the worker exited with {worker.returncode}: "
-                                   f"{Path(directory, 'worker.err').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"the worker exited with {worker.returncode}: {Path(directory, 'worker.err').read_text()[-2000:]}"
+                )
             busy = time.monotonic() - start
             time.sleep(max(0.0, pace - busy))
             sample = Sample(hour, _rss_mib(worker.pid), _fds(worker.pid), busy)
             samples.append(sample)
             if report:
-                print(f"hour {hour:3d}: worker RSS {sample.rss_mib:7.1f} MiB   open fds {sample.fds:3d}   "
-                      f"({per_hour} tasks in {sample.seconds:.1f} s)", flush=True)
+                print(
+                    f"hour {hour:3d}: worker RSS {sample.rss_mib:7.1f} MiB   open fds {sample.fds:3d}   "
+                    f"({per_hour} tasks in {sample.seconds:.1f} s)",
+                    flush=True,
+                )
     finally:
         worker.send_signal(signal.SIGTERM)
         try:
@@ -208,9 +212,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rss-tolerance", type=float, default=16.0, help="MiB")
     parser.add_argument("--fd-tolerance", type=int, default=2)
-    parser.add_argument("--pace", type=float, default=0.0,
-                        help="real seconds each simulated hour lasts at least (the worker idles the rest, its "
-                             "maintenance running): --hours 24 --pace 75 is a 30-minute soak")
+    parser.add_argument(
+        "--pace",
+        type=float,
+        default=0.0,
+        help="real seconds each simulated hour lasts at least (the worker idles the rest, its "
+        "maintenance running): --hours 24 --pace 75 is a 30-minute soak",
+    )
     parser.add_argument("--quick", action="store_true", help="10 hours of 2,000 tasks, as fast as they run")
     args = parser.parse_args(argv)
     if args.quick:
@@ -220,8 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as d:
         samples = soak(d, args.hours, args.per_hour, pace=args.pace)
     rss, fds = growth(samples, args.warmup)
-    print(f"after the {args.warmup}-hour warm-up: RSS grew {rss:+.1f} MiB at most (tolerance "
-          f"{args.rss_tolerance:g}), open fds {fds:+d} (tolerance {args.fd_tolerance})")
+    print(
+        f"after the {args.warmup}-hour warm-up: RSS grew {rss:+.1f} MiB at most (tolerance "
+        f"{args.rss_tolerance:g}), open fds {fds:+d} (tolerance {args.fd_tolerance})"
+    )
     return 0 if rss <= args.rss_tolerance and fds <= args.fd_tolerance else 1
 
 

@@ -47,8 +47,9 @@ def _mix(i: int) -> dict[str, Any]:
 
 def open_queue(directory: Path) -> tuple[ferroq.Queue, ferroq.Task[[int], dict[str, Any]]]:
     q = ferroq.Queue(directory / "soak.db", durability="normal")
-    mix = q.task(name="mix", max_attempts=3, timeout=0.3,
-                 retry=ferroq.RetryPolicy(base_delay=0.01, max_delay=0.05))(_mix)
+    mix = q.task(name="mix", max_attempts=3, timeout=0.3, retry=ferroq.RetryPolicy(base_delay=0.01, max_delay=0.05))(
+        _mix
+    )
     return q, mix
 
 
@@ -91,8 +92,14 @@ def sample(pid: int, t0: float, enqueued: int) -> dict[str, Any]:
             children_kib += _status(kid).get("VmRSS", 0)
         except OSError:
             pass
-    return {"t": round(time.monotonic() - t0, 1), "enqueued": enqueued, "rss_kib": _status(pid)["VmRSS"],
-            "fds": len(os.listdir(f"/proc/{pid}/fd")), "children": len(kids), "children_rss_kib": children_kib}
+    return {
+        "t": round(time.monotonic() - t0, 1),
+        "enqueued": enqueued,
+        "rss_kib": _status(pid)["VmRSS"],
+        "fds": len(os.listdir(f"/proc/{pid}/fd")),
+        "children": len(kids),
+        "children_rss_kib": children_kib,
+    }
 
 
 def drive(directory: Path, seconds: float, rate: int, every: float, as_json: bool) -> int:
@@ -114,9 +121,12 @@ def drive(directory: Path, seconds: float, rate: int, every: float, as_json: boo
                 next_sample += every
                 if not as_json:
                     s = samples[-1]
-                    print(f"{s['t']:>7.1f}s  enqueued {s['enqueued']:>9,}  worker RSS {s['rss_kib'] / 1024:7.1f} MiB  "
-                          f"fds {s['fds']:>4}  children {s['children']}  children RSS "
-                          f"{s['children_rss_kib'] / 1024:6.1f} MiB", flush=True)
+                    print(
+                        f"{s['t']:>7.1f}s  enqueued {s['enqueued']:>9,}  worker RSS {s['rss_kib'] / 1024:7.1f} MiB  "
+                        f"fds {s['fds']:>4}  children {s['children']}  children RSS "
+                        f"{s['children_rss_kib'] / 1024:6.1f} MiB",
+                        flush=True,
+                    )
             if proc.poll() is not None:
                 raise SystemExit(f"the worker exited early with {proc.returncode}")
             time.sleep(max(0.0, step - (time.monotonic() - tick)))
@@ -137,22 +147,33 @@ def drive(directory: Path, seconds: float, rate: int, every: float, as_json: boo
     twice = sum(1 for i in done if i in seen or seen.add(i))  # type: ignore[func-returns-value]
     stats = result["stats"]
     report = {
-        "seconds": seconds, "rate": rate, "enqueued": enqueued, **counts,
+        "seconds": seconds,
+        "rate": rate,
+        "enqueued": enqueued,
+        **counts,
         "lost": enqueued - sum(counts.values()) + (counts["completed"] - len(seen)),
-        "completed_twice": twice, "crashed": stats["crashed"], "timed_out": stats["timed_out"],
-        "respawned": stats["respawned"], "worker_exit": proc.returncode, "children_left": result["children"],
+        "completed_twice": twice,
+        "crashed": stats["crashed"],
+        "timed_out": stats["timed_out"],
+        "respawned": stats["respawned"],
+        "worker_exit": proc.returncode,
+        "children_left": result["children"],
         "samples": samples,
     }
     if as_json:
         print(json.dumps(report))
     else:
         first, last = samples[min(1, len(samples) - 1)], samples[-1]
-        print(f"completed {counts['completed']:,} of {enqueued:,} "
-              f"(dead {counts['dead']}, pending {counts['pending']}); "
-              f"lost {report['lost']}, completed twice {twice}; child crashes {stats['crashed']}, "
-              f"timeouts {stats['timed_out']}, respawns {stats['respawned']}; worker exit {proc.returncode}")
-        print(f"worker RSS {first['rss_kib'] / 1024:.1f} MiB at {first['t']}s -> {last['rss_kib'] / 1024:.1f} MiB "
-              f"at {last['t']}s; fds {first['fds']} -> {last['fds']}")
+        print(
+            f"completed {counts['completed']:,} of {enqueued:,} "
+            f"(dead {counts['dead']}, pending {counts['pending']}); "
+            f"lost {report['lost']}, completed twice {twice}; child crashes {stats['crashed']}, "
+            f"timeouts {stats['timed_out']}, respawns {stats['respawned']}; worker exit {proc.returncode}"
+        )
+        print(
+            f"worker RSS {first['rss_kib'] / 1024:.1f} MiB at {first['t']}s -> {last['rss_kib'] / 1024:.1f} MiB "
+            f"at {last['t']}s; fds {first['fds']} -> {last['fds']}"
+        )
     return 0 if proc.returncode == 0 else 1
 
 

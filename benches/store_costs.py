@@ -147,10 +147,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=500)
-    parser.add_argument("--payload", type=int, nargs="*", default=[],
-                        help="also measure the store with string arguments of these lengths")
-    parser.add_argument("--cycle", type=int, nargs="*", default=[],
-                        help="also time enqueue, claim and finish in a steady cycle of this many tasks each")
+    parser.add_argument(
+        "--payload",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also measure the store with string arguments of these lengths",
+    )
+    parser.add_argument(
+        "--cycle",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also time enqueue, claim and finish in a steady cycle of this many tasks each",
+    )
     args = parser.parse_args()
     claim_us, finish_us = store_costs(args.tasks, args.batch)
     print(f"store, {args.batch} a batch:  claim {claim_us:.2f} µs/task   finish {finish_us:.2f} µs/task")
@@ -159,11 +169,16 @@ def main() -> None:
         print(f"  {size:>6}-char argument:  claim {claim_us:.2f} µs/task   finish {finish_us:.2f} µs/task")
     for size in args.cycle:
         costs = cycle_costs(min(args.tasks, 60_000), size)
-        print(f"  cycle of {size:>5}:  enqueue {costs[0]:.2f}   claim {costs[1]:.2f}   finish {costs[2]:.2f} µs/task"
-              f"   (the write connection is saturated at {1e6 / sum(costs):,.0f} tasks/s)")
+        print(
+            f"  cycle of {size:>5}:  enqueue {costs[0]:.2f}   claim {costs[1]:.2f}   finish {costs[2]:.2f} µs/task"
+            f"   (the write connection is saturated at {1e6 / sum(costs):,.0f} tasks/s)"
+        )
     py = python_costs()
-    print("worker Python:        " + "   ".join(f"{k} {v:.2f} µs/task" for k, v in py.items())
-          + f"   total {sum(py.values()):.2f}")
+    print(
+        "worker Python:        "
+        + "   ".join(f"{k} {v:.2f} µs/task" for k, v in py.items())
+        + f"   total {sum(py.values()):.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -148,8 +148,11 @@ def test_claim_cost_scenarios_of_the_big_run_run() -> None:
     """`ferroq bench --big`'s claim-cost scenarios on small counts, so they never rot."""
     from ferroq.bench import bench_claim_behind_delayed, bench_claim_behind_held_group, bench_claim_with_history
 
-    for figure in (bench_claim_with_history(2_000), bench_claim_behind_delayed(2_000),
-                   bench_claim_behind_held_group(2_000)):
+    for figure in (
+        bench_claim_with_history(2_000),
+        bench_claim_behind_delayed(2_000),
+        bench_claim_behind_held_group(2_000),
+    ):
         assert figure.value > 0 and figure.ceiling is not None and figure.ceiling > 0, figure
 
 

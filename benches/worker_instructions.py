@@ -38,9 +38,13 @@ def instructions(tasks: int, no_journal: bool, store: bool) -> int:
     entry = "store_costs(int(sys.argv[1]), 500)" if store else "python_costs(int(sys.argv[1]), 2)"
     driver = _DRIVER.format(benches=str(Path(__file__).resolve().parent), no_journal=no_journal, entry=entry)
     env = dict(os.environ, PYTHONHASHSEED="0")  # the same dict layouts run to run
-    out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-                          sys.executable, "-c", driver, str(tasks)],
-                         capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c", driver, str(tasks)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     found = re.search(r"Collected : (\d+)", out.stderr)
     if found is None:
         raise SystemExit(f"no instruction count in valgrind's output:\n{out.stderr[-2000:]}")
@@ -50,8 +54,11 @@ def instructions(tasks: int, no_journal: bool, store: bool) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-journal", action="store_true", help="without the run journal's notes")
-    parser.add_argument("--store", action="store_true",
-                        help="the store's side instead: enqueue_many, claim, finish_many through the extension")
+    parser.add_argument(
+        "--store",
+        action="store_true",
+        help="the store's side instead: enqueue_many, claim, finish_many through the extension",
+    )
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
@@ -61,8 +68,7 @@ def main() -> None:
         print(f"store (enqueue_many, claim, finish_many): {(large - small) / 4_000:,.0f} instructions per task")
         return
     per_task = (large - small) / (2 * 4_000)  # two repeats of 4,000 more tasks
-    print(f"worker Python: {per_task:,.0f} instructions per task"
-          f"{' (no run journal)' if args.no_journal else ''}")
+    print(f"worker Python: {per_task:,.0f} instructions per task{' (no run journal)' if args.no_journal else ''}")
 
 
 if __name__ == "__main__":

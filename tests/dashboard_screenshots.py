@@ -15,7 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-WORKER = '''
+WORKER = """
 import sys, time, ferroq
 q = ferroq.Queue(sys.argv[1], events="all")
 
@@ -53,7 +53,7 @@ if sys.argv[2] == "fill":
 else:
     render.enqueue(100)
     ferroq.Worker(q, handle_signals=False, groups=["reports"]).run()
-'''
+"""
 
 
 def main(out: Path) -> None:
@@ -75,8 +75,7 @@ def main(out: Path) -> None:
     options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,860"):
         options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"),
-                              options=options)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=options)
     try:
         for _ in range(100):
             try:
@@ -86,8 +85,14 @@ def main(out: Path) -> None:
                 time.sleep(0.1)
         time.sleep(3)  # the long report is running, with progress
         running = [t["id"] for t in _json(url + "/api/tasks?status=running")["tasks"]]
-        pages = {"overview": "/", "groups": "/groups", "tasks": "/tasks", "events": "/events",
-                 "workers": "/workers", "task": f"/tasks/{running[0] if running else 1}"}
+        pages = {
+            "overview": "/",
+            "groups": "/groups",
+            "tasks": "/tasks",
+            "events": "/events",
+            "workers": "/workers",
+            "task": f"/tasks/{running[0] if running else 1}",
+        }
         for name, path in pages.items():
             driver.get(url + path)
             time.sleep(1.5)
@@ -104,6 +109,7 @@ def main(out: Path) -> None:
 
 def _json(url: str) -> dict:  # type: ignore[type-arg]
     import json
+
     return json.loads(urllib.request.urlopen(url, timeout=5).read())  # type: ignore[no-any-return]
 
 

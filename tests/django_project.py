@@ -10,7 +10,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 #: The README's Django blocks by name: ``<!-- django: NAME -->`` before a ```py block.
 BLOCKS = dict(re.findall(r"<!-- django: (.+?) -->\n```py\n(.*?)```", README.read_text(), re.S))
 
-SETTINGS_HEAD = '''\
+SETTINGS_HEAD = """\
 import importlib.util
 from pathlib import Path
 
@@ -20,9 +20,9 @@ USE_TZ = True
 # The backport is an app (its signals' logging); Django 6 has the framework built in.
 INSTALLED_APPS = [] if importlib.util.find_spec("django.tasks") else ["django_tasks"]
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": BASE_DIR / "django.sqlite3"}}
-'''
+"""
 
-MANAGE_PY = '''\
+MANAGE_PY = """\
 import os
 import sys
 
@@ -31,10 +31,10 @@ if __name__ == "__main__":
     from django.core.management import execute_from_command_line
 
     execute_from_command_line(sys.argv)
-'''
+"""
 
 #: Tasks of the tests (a module outside any app: the worker finds them by import path).
-JOBS = '''\
+JOBS = """\
 import asyncio
 import os
 
@@ -118,7 +118,7 @@ def in_child():
     from django.conf import settings
 
     return {"pid": os.getpid(), "ready": apps.ready, "secret": settings.SECRET_KEY}
-'''
+"""
 
 
 def make_project(root: Path) -> Path:

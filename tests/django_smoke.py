@@ -35,8 +35,9 @@ CHECKS = textwrap.dedent("""\
 def manage(root: Path, *args: str) -> str:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p))
     env.pop("DJANGO_SETTINGS_MODULE", None)
-    done = subprocess.run([sys.executable, "manage.py", *args], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=root, env=env, capture_output=True, text=True, timeout=120
+    )
     if done.returncode != 0:
         raise SystemExit(f"manage.py {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return done.stdout
@@ -51,21 +52,36 @@ def main() -> None:
         if expect is not None and framework != expect:
             raise SystemExit(f"the backend found {framework}, expected {expect}")
         manage(root, "ferroq_worker", "--until-empty", "--log-level", "warning")
-        manage(root, "ferroq_worker", "--queue-name", "emails", "--until-empty", "--processes", "1",
-               "--log-level", "warning")
+        manage(
+            root,
+            "ferroq_worker",
+            "--queue-name",
+            "emails",
+            "--until-empty",
+            "--processes",
+            "1",
+            "--log-level",
+            "warning",
+        )
         manage(root, "shell", "-v", "0", "-c", BLOCKS["results"])
         *doubled, boom, context = ids
-        manage(root, "shell", "-v", "0", "-c", textwrap.dedent(f"""\
+        manage(
+            root,
+            "shell",
+            "-v",
+            "0",
+            "-c",
+            textwrap.dedent(f"""\
             import jobs
             assert [jobs.double.get_result(i).return_value for i in {doubled!r}] == [0, 2, 4, 6, 8]
             failed = jobs.boom.get_result({boom!r})
             assert failed.status == "FAILED" and failed.errors[0].exception_class is ValueError
             assert jobs.with_context.get_result({context!r}).return_value["attempt"] == 1
-        """))
+        """),
+        )
         import django
 
-        print(f"django smoke test passed: Django {django.get_version()}, {framework}, Python "
-              f"{sys.version.split()[0]}")
+        print(f"django smoke test passed: Django {django.get_version()}, {framework}, Python {sys.version.split()[0]}")
 
 
 if __name__ == "__main__":

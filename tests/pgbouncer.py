@@ -32,8 +32,7 @@ SKIPPED = "*** PgBouncer not found: the PgBouncer tests SKIPPED ***"
 
 
 def find() -> str | None:
-    return shutil.which("pgbouncer") or (
-        "/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").is_file() else None)
+    return shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").is_file() else None)
 
 
 class PgBouncer:
@@ -117,8 +116,11 @@ def run(command: list[str]) -> int:
     through a PgBouncer in transaction mode (``pgbouncer=true``); its exit code."""
     server = os.environ.get(pg_cluster.URL_VAR)
     if not server or find() is None:
-        print(SKIPPED if server else f"*** {pg_cluster.URL_VAR} is not set: the PgBouncer run SKIPPED ***",
-              file=sys.stderr, flush=True)
+        print(
+            SKIPPED if server else f"*** {pg_cluster.URL_VAR} is not set: the PgBouncer run SKIPPED ***",
+            file=sys.stderr,
+            flush=True,
+        )
         return 1 if pg_cluster.in_ci() else 0
     database = urlsplit(server).path.lstrip("/") or "postgres"
     # Four server connections: a test may hold a transaction open while another client works.

@@ -151,8 +151,10 @@ class Child:
     def describe(self) -> str:
         err = self.stderr() if self.err_path.exists() else ""
         out = self.stdout() if self.out_path.exists() else ""
-        return (f"--- {self.label} pid={self.pid} rc={self.popen.poll()}\n"
-                f"--- stderr (tail):\n{err[-4000:]}\n--- stdout (tail):\n{out[-1500:]}")
+        return (
+            f"--- {self.label} pid={self.pid} rc={self.popen.poll()}\n"
+            f"--- stderr (tail):\n{err[-4000:]}\n--- stdout (tail):\n{out[-1500:]}"
+        )
 
 
 class Procs:
@@ -177,8 +179,14 @@ class Procs:
         os.replace(staging, path)
         return path
 
-    def start(self, script: Path, *args: Any, label: str | None = None,
-              env: dict[str, str] | None = None, prefix: Sequence[str] = ()) -> Child:
+    def start(
+        self,
+        script: Path,
+        *args: Any,
+        label: str | None = None,
+        env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
+    ) -> Child:
         """Starts ``script``; ``prefix`` runs it through a wrapper that execs it (same pid), e.g.
         ``netns.Hosts.exec_prefix(i)`` to start it on another network host."""
         self._counter += 1
@@ -188,8 +196,11 @@ class Procs:
         with open(out, "wb") as fout, open(err, "wb") as ferr:
             popen = subprocess.Popen(
                 [*prefix, sys.executable, str(script), *map(str, args)],
-                stdin=subprocess.DEVNULL, stdout=fout, stderr=ferr,
-                env=child_env(env), cwd=str(self.dir),
+                stdin=subprocess.DEVNULL,
+                stdout=fout,
+                stderr=ferr,
+                env=child_env(env),
+                cwd=str(self.dir),
             )
         child = Child(label, popen, out, err)
         self.children.append(child)
@@ -219,8 +230,13 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
         p.close()
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02,
-               children: list[Child] | tuple[Child, ...] = ()) -> Any:
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float,
+    what: str,
+    interval: float = 0.02,
+    children: list[Child] | tuple[Child, ...] = (),
+) -> Any:
     """Polls ``predicate`` until truthy; fails the test (showing ``children``) after ``timeout`` s.
     A child that exits non-zero while waiting fails the test early."""
     deadline = time.monotonic() + timeout
@@ -238,7 +254,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
         time.sleep(interval)
 
 
-SQLITE3_PROBE = '''\
+SQLITE3_PROBE = """\
 import json, sqlite3, sys
 path, queries = sys.argv[1], json.loads(sys.argv[2])
 with open(path, "rb") as f:
@@ -249,17 +265,23 @@ for key, sql in queries.items():
     out[key] = con.execute(sql).fetchall()
 con.close()
 print(json.dumps(out))
-'''
+"""
 
 
-def sqlite3_probe(directory: Path, db: str | os.PathLike[str], queries: dict[str, str],
-                  timeout: float = 30) -> dict[str, Any]:
+def sqlite3_probe(
+    directory: Path, db: str | os.PathLike[str], queries: dict[str, str], timeout: float = 30
+) -> dict[str, Any]:
     """Runs SQL with Python's own sqlite3 in a *separate process*; returns
     ``{key: rows}`` plus the file header's write/read format versions (2 = WAL)."""
     script = Path(directory) / "sqlite3_probe.py"
     if not script.exists():
         script.write_text(SQLITE3_PROBE)
-    done = subprocess.run([sys.executable, str(script), os.fspath(db), json.dumps(queries)],
-                          capture_output=True, text=True, timeout=timeout, env=child_env())
+    done = subprocess.run(
+        [sys.executable, str(script), os.fspath(db), json.dumps(queries)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=child_env(),
+    )
     assert done.returncode == 0, f"sqlite3 probe failed:\n{done.stderr}"
     return json.loads(done.stdout)  # type: ignore[no-any-return]

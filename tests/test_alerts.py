@@ -15,8 +15,18 @@ import pytest
 
 import ferroq
 from ferroq._core import NewTask, Outcomes
-from ferroq.alerts import (ArrivalAnomaly, BacklogGrowth, CircuitOpen, DeadTasks, ErrorRate, ForecastOverCapacity,
-                           NoWorker, Transition, WaitAnomaly, WaitP95)
+from ferroq.alerts import (
+    ArrivalAnomaly,
+    BacklogGrowth,
+    CircuitOpen,
+    DeadTasks,
+    ErrorRate,
+    ForecastOverCapacity,
+    NoWorker,
+    Transition,
+    WaitAnomaly,
+    WaitP95,
+)
 from ferroq.errors import InvalidArgument
 from ferroq.testing import ManualClock, drain
 
@@ -151,10 +161,16 @@ def test_a_forecast_over_capacity_warns_ahead(queue_location: Path | str) -> Non
     assert "capacity 2.00/s" in fired[0].detail
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"when": "p95 > 5"}, {"when": WaitP95(above=1), "for_": -1}, {"when": WaitP95(above=1), "notify": 3},
-    {"when": WaitP95(above=1), "webhook": "ftp://x"}, {"when": WaitP95(above=1), "group": ""},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"when": "p95 > 5"},
+        {"when": WaitP95(above=1), "for_": -1},
+        {"when": WaitP95(above=1), "notify": 3},
+        {"when": WaitP95(above=1), "webhook": "ftp://x"},
+        {"when": WaitP95(above=1), "group": ""},
+    ],
+)
 def test_bad_alerts_are_refused(queue_location: Path | str, kwargs: dict[str, Any]) -> None:
     q = ferroq.Queue(queue_location)
     with pytest.raises(InvalidArgument):
@@ -208,6 +224,7 @@ def test_a_webhook_is_a_retried_ferroq_task(queue_location: Path | str) -> None:
 
 def test_a_worker_evaluates_alerts(queue_location: Path | str, monkeypatch: pytest.MonkeyPatch) -> None:
     from ferroq.worker import maintenance
+
     monkeypatch.setattr(maintenance, "ALERTS_EVERY", 0.1)
     monkeypatch.setattr(maintenance, "METRICS_INTERVAL", 0.1)
     monkeypatch.setattr("ferroq.alerts.EVALUATE_EVERY", 0.6)

@@ -52,8 +52,6 @@ def _join_loop_threads() -> None:
             thread.join(WAIT)
 
 
-
-
 def no_retry_policy() -> ferroq.RetryPolicy:
     return ferroq.RetryPolicy(base_delay=0, jitter=0)
 
@@ -125,8 +123,12 @@ def test_using_builds_the_same_options_as_declaring_them(queue: ferroq.Queue) ->
     def job(x: int) -> None: ...
 
     declared = job.options
-    every: list[dict[str, Any]] = [{"unique_key": "k"}, {"priority": -2, "delay": 1.5},
-                                   {"resource_group": "b", "max_attempts": 1}, {"run_at": 2_000_000_000.0}]
+    every: list[dict[str, Any]] = [
+        {"unique_key": "k"},
+        {"priority": -2, "delay": 1.5},
+        {"resource_group": "b", "max_attempts": 1},
+        {"run_at": 2_000_000_000.0},
+    ]
     for changes in every:
         expected = replace(declared, **{**changes, **({"run_at": None} if "delay" in changes else {})})
         assert job.using(**changes).options == expected
@@ -150,7 +152,7 @@ def test_large_arguments_reach_the_processor_whole(queue: ferroq.Queue) -> None:
     many = queue.enqueue_many(echo.call(t) for t in texts)
     for h, text in zip(single, texts):
         assert queue.get(h.id).args == [text]
-    assert [t.args for t in queue.list(limit=1000)][-len(texts):] == [[t] for t in texts]
+    assert [t.args for t in queue.list(limit=1000)][-len(texts) :] == [[t] for t in texts]
     drain(queue)
     assert sorted(seen) == sorted(texts[:3] + ["u" * 5_000] + texts)
     assert [queue.get(i).result for i in many] == [len(t) for t in texts]
@@ -266,8 +268,9 @@ def test_enqueue_many_deduplicates_unique_keys_within_the_batch(queue: ferroq.Qu
         return None
 
     keyed = sync.using(unique_key="acct")
-    ids = queue.enqueue_many([sync.call("a"), keyed.call("b"), sync.call("c"), keyed.call("d")] +
-                             [sync.call(str(i)) for i in range(200)])
+    ids = queue.enqueue_many(
+        [sync.call("a"), keyed.call("b"), sync.call("c"), keyed.call("d")] + [sync.call(str(i)) for i in range(200)]
+    )
     assert ids[1] == ids[3] and len(set(ids)) == 203
     assert queue.get(ids[1]).args == ["b"]  # the first call with the key holds it
     assert queue.enqueue_many([keyed.call("e")]) == [ids[1]]
@@ -620,6 +623,7 @@ def test_registering_a_different_function_under_a_taken_name_is_refused(queue: f
         pass
 
     with pytest.raises(ferroq.InvalidArgument):
+
         @queue.task(name="job")
         def two() -> None:
             pass
@@ -777,15 +781,17 @@ def test_current_task_gives_id_attempt_and_stores_progress(queue: ferroq.Queue) 
     def step() -> str:
         ctx = ferroq.current_task()
         ctx.progress(0.5)
-        seen.append({
-            "id": ctx.id,
-            "attempt": ctx.attempt,
-            "max_attempts": ctx.max_attempts,
-            "name": ctx.name,
-            "group": ctx.resource_group,
-            "stored_progress": queue.get(ctx.id).progress,
-            "cancelled": ctx.cancelled(),
-        })
+        seen.append(
+            {
+                "id": ctx.id,
+                "attempt": ctx.attempt,
+                "max_attempts": ctx.max_attempts,
+                "name": ctx.name,
+                "group": ctx.resource_group,
+                "stored_progress": queue.get(ctx.id).progress,
+                "cancelled": ctx.cancelled(),
+            }
+        )
         if ctx.attempt == 1:
             raise RuntimeError("try again")
         return "ok"
@@ -864,10 +870,21 @@ def test_enqueue_by_unregistered_name_raises(queue: ferroq.Queue) -> None:
 
 def test_error_tree() -> None:
     leaves = [
-        ferroq.InvalidArgument, ferroq.PayloadError, ferroq.PayloadTooLarge, ferroq.UnknownTask,
-        ferroq.UnknownTaskName, ferroq.InvalidTransition, ferroq.LeaseLost, ferroq.TaskFailed,
-        ferroq.TaskCancelled, ferroq.ResultTimeout, ferroq.StorageError, ferroq.DatabasePathError,
-        ferroq.CorruptDatabase, ferroq.DiskFull, ferroq.SchemaTooNew,
+        ferroq.InvalidArgument,
+        ferroq.PayloadError,
+        ferroq.PayloadTooLarge,
+        ferroq.UnknownTask,
+        ferroq.UnknownTaskName,
+        ferroq.InvalidTransition,
+        ferroq.LeaseLost,
+        ferroq.TaskFailed,
+        ferroq.TaskCancelled,
+        ferroq.ResultTimeout,
+        ferroq.StorageError,
+        ferroq.DatabasePathError,
+        ferroq.CorruptDatabase,
+        ferroq.DiskFull,
+        ferroq.SchemaTooNew,
     ]
     for cls in leaves:
         assert issubclass(cls, ferroq.FerroqError), cls

@@ -47,8 +47,9 @@ def tasks(q: ferroq.Queue) -> tuple[Any, Any]:
 
 def drain(q: ferroq.Queue) -> threading.Thread:
     """A worker thread running what is enqueued until the queue is empty."""
-    thread = threading.Thread(target=ferroq.Worker(q, concurrency=2, handle_signals=False).run,
-                              kwargs={"until_empty": True})
+    thread = threading.Thread(
+        target=ferroq.Worker(q, concurrency=2, handle_signals=False).run, kwargs={"until_empty": True}
+    )
     thread.start()
     return thread
 
@@ -62,12 +63,16 @@ def run(coro: Awaitable[Any]) -> Any:
 
 # -- enqueueing ------------------------------------------------------------------------
 
+
 def test_aenqueue_stores_the_call_as_enqueue_does(q: ferroq.Queue) -> None:
     add, _ = tasks(q)
 
     async def main() -> list[ferroq.TaskHandle[int]]:
-        return [await add.aenqueue(1, b=2), await add.using(priority=7, delay=3600).aenqueue(5),
-                await q.aenqueue("add", 3)]
+        return [
+            await add.aenqueue(1, b=2),
+            await add.using(priority=7, delay=3600).aenqueue(5),
+            await q.aenqueue("add", 3),
+        ]
 
     first, later, by_name = asyncio.run(main())
     assert first.created and isinstance(first, ferroq.TaskHandle)
@@ -107,6 +112,7 @@ def test_concurrent_aenqueues_of_one_pass_share_one_store_call(q: ferroq.Queue) 
             return real.enqueue(queue, batch)
 
     q._store = Counting()  # type: ignore[assignment]
+
     async def main() -> list[ferroq.TaskHandle[int]]:
         return await asyncio.gather(*(add.aenqueue(i) for i in range(16)))
 
@@ -146,20 +152,24 @@ def test_aenqueue_many(q: ferroq.Queue) -> None:
     assert q.counts()["pending"] == 10  # a refused batch stored nothing
 
 
-@pytest.mark.parametrize("make, error", [
-    (lambda add, q: add.aenqueue(1, 2, 3), ferroq.InvalidArgument),
-    (lambda add, q: add.aenqueue(object()), ferroq.PayloadError),
-    (lambda add, q: q.aenqueue("nope", 1), ferroq.UnknownTaskName),
-    (lambda add, q: q.aenqueue_many(5), TypeError),
-    (lambda add, q: q.aget("1"), ferroq.InvalidArgument),
-    (lambda add, q: q.aget(2**63), ferroq.InvalidArgument),
-    (lambda add, q: q.aget(12345), ferroq.UnknownTask),
-    (lambda add, q: q.handle(12345).aresult(timeout=1), ferroq.UnknownTask),
-    (lambda add, q: q.handle(1).aresult(timeout=float("nan")), ferroq.InvalidArgument),
-    (lambda add, q: q.handle(1).aresult(timeout=-1), ferroq.InvalidArgument),
-])
+@pytest.mark.parametrize(
+    "make, error",
+    [
+        (lambda add, q: add.aenqueue(1, 2, 3), ferroq.InvalidArgument),
+        (lambda add, q: add.aenqueue(object()), ferroq.PayloadError),
+        (lambda add, q: q.aenqueue("nope", 1), ferroq.UnknownTaskName),
+        (lambda add, q: q.aenqueue_many(5), TypeError),
+        (lambda add, q: q.aget("1"), ferroq.InvalidArgument),
+        (lambda add, q: q.aget(2**63), ferroq.InvalidArgument),
+        (lambda add, q: q.aget(12345), ferroq.UnknownTask),
+        (lambda add, q: q.handle(12345).aresult(timeout=1), ferroq.UnknownTask),
+        (lambda add, q: q.handle(1).aresult(timeout=float("nan")), ferroq.InvalidArgument),
+        (lambda add, q: q.handle(1).aresult(timeout=-1), ferroq.InvalidArgument),
+    ],
+)
 def test_bad_arguments_raise_typed_errors_from_the_coroutine(
-        q: ferroq.Queue, make: Callable[[Any, ferroq.Queue], Awaitable[Any]], error: type[Exception]) -> None:
+    q: ferroq.Queue, make: Callable[[Any, ferroq.Queue], Awaitable[Any]], error: type[Exception]
+) -> None:
     add, _ = tasks(q)
     coro = make(add, q)  # nothing raised yet: the await raises
     with pytest.raises(error):
@@ -204,8 +214,9 @@ def _commit_waiting_for_the_lock(q: ferroq.Queue, tmp_path: Path) -> None:
     add, _ = tasks(q)
     add.enqueue(0)  # the schema exists before the other process locks the file
     locked, release = tmp_path / "locked", tmp_path / "release"
-    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(q.path), str(locked), str(release)],
-                              env=child_env())
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(q.path), str(locked), str(release)], env=child_env()
+    )
     try:
         wait_until(locked.exists, 60, "the lock holder")
 
@@ -228,6 +239,7 @@ def _commit_waiting_for_the_lock(q: ferroq.Queue, tmp_path: Path) -> None:
 
 
 # -- results and reads --------------------------------------------------------------------
+
 
 def test_aresult_returns_results_and_raises_as_result_does(q: ferroq.Queue) -> None:
     add, boom = tasks(q)
@@ -268,10 +280,12 @@ def test_aresult_times_out(q: ferroq.Queue) -> None:
 def test_aresult_is_woken_by_a_commit_of_another_process(q: ferroq.Queue, tmp_path: Path) -> None:
     """The watcher sees commits from any process, not only this one's notifications."""
     add, _ = tasks(q)
-    script = ("import ferroq, sys\n"
-              "q = ferroq.Queue(sys.argv[1], durability='normal')\n"
-              "q.task(name='add')(lambda a, b=0: a + b)\n"
-              "ferroq.Worker(q, concurrency=1, handle_signals=False).run(until_empty=True)\n")
+    script = (
+        "import ferroq, sys\n"
+        "q = ferroq.Queue(sys.argv[1], durability='normal')\n"
+        "q.task(name='add')(lambda a, b=0: a + b)\n"
+        "ferroq.Worker(q, concurrency=1, handle_signals=False).run(until_empty=True)\n"
+    )
 
     async def main() -> int:
         handle = await add.aenqueue(20, 22)
@@ -332,6 +346,7 @@ def test_many_waiters_share_one_watcher_thread(q: ferroq.Queue) -> None:
 
 # -- events ---------------------------------------------------------------------------------
 
+
 def test_aevents_follows_commits_in_order(q: ferroq.Queue) -> None:
     add, _ = tasks(q)
     start = q.last_event_id()
@@ -376,14 +391,16 @@ async def _collect(events: Any) -> list[ferroq.Event]:
     return [e async for e in events]
 
 
-@pytest.mark.parametrize("kwargs", [{"after": -1}, {"after": "0"}, {"kinds": [1]}, {"timeout": float("nan")},
-                                    {"timeout": -1}])
+@pytest.mark.parametrize(
+    "kwargs", [{"after": -1}, {"after": "0"}, {"kinds": [1]}, {"timeout": float("nan")}, {"timeout": -1}]
+)
 def test_aevents_checks_its_arguments_at_the_call(q: ferroq.Queue, kwargs: dict[str, Any]) -> None:
     with pytest.raises(ferroq.InvalidArgument):
         q.aevents(**kwargs)
 
 
 # -- processes ------------------------------------------------------------------------------
+
 
 def _child_enqueues(path: str) -> None:
     q = ferroq.Queue(path, durability="normal")
@@ -413,6 +430,7 @@ def test_a_forked_child_gets_its_own_threads(q: ferroq.Queue) -> None:
 
 
 # -- the FastAPI example ----------------------------------------------------------------------
+
 
 def test_the_fastapi_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     httpx = pytest.importorskip("httpx")
@@ -449,4 +467,3 @@ def test_the_fastapi_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 def test_the_fastapi_example_is_the_one_in_the_readme() -> None:
     readme = (EXAMPLE.parent.parent / "README.md").read_text()
     assert EXAMPLE.read_text() in readme
-

@@ -75,7 +75,8 @@ def declare(q: ferroq.Queue, max_attempts: int) -> dict[str, ferroq.Task]:
 
 @pytest.mark.timeout(120)
 def test_sigkill_charges_only_the_run_that_had_started(
-        tmp_path: Path, queue_location: Path | str, procs: Procs) -> None:
+    tmp_path: Path, queue_location: Path | str, procs: Procs
+) -> None:
     """The issue's scenario: concurrency 1, prefetch 20, 0.3 s tasks, one attempt each; the
     worker is killed mid-run with most of its claim still buffered."""
     db, log = queue_location, tmp_path / "runs.log"
@@ -112,7 +113,8 @@ def test_sigkill_charges_only_the_run_that_had_started(
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("pool", ["thread", "process"])
 def test_a_poison_task_goes_dead_after_exactly_max_attempts_real_runs(
-        tmp_path: Path, queue_location: Path | str, procs: Procs, pool: str) -> None:
+    tmp_path: Path, queue_location: Path | str, procs: Procs, pool: str
+) -> None:
     """A task that kills the process running it: under pool="thread" the worker dies each
     time and is started again; under pool="process" only the child dies. Either way the
     poison task is dead after exactly max_attempts runs, and every other task completes."""
@@ -153,7 +155,8 @@ os.kill(os.getpid(), signal.SIGKILL)  # nothing started: every claimed task stil
 
 @pytest.mark.timeout(120)
 def test_a_worker_started_after_a_kill_keeps_the_dead_workers_journal_until_its_leases_are_rescued(
-        tmp_path: Path, queue_location: Path | str, procs: Procs) -> None:
+    tmp_path: Path, queue_location: Path | str, procs: Procs
+) -> None:
     """Found by benches/soak_faults.py: a supervisor restarts a killed worker at once; the new
     worker, opening its own journal, deleted the dead one's (no run it noted was running: it
     notes only started runs), so the rescuer found no journal and charged an attempt to each
@@ -210,7 +213,8 @@ if __name__ == "__main__":  # the children import this script
 @pytest.mark.timeout(120)
 @pytest.mark.sqlite_only("watches the run journal in the directory beside the queue file")
 def test_a_run_handed_to_a_child_that_never_started_it_is_not_charged(
-        tmp_path: Path, queue_location: Path | str, procs: Procs) -> None:
+    tmp_path: Path, queue_location: Path | str, procs: Procs
+) -> None:
     """Found by benches/soak_faults.py --pool process: a worker killed between handing a run
     to its child and the child calling the processor (a pipe message and the child's wake-up:
     milliseconds on a loaded machine) is charged "worker died during run" though the
@@ -227,8 +231,14 @@ def test_a_run_handed_to_a_child_that_never_started_it_is_not_charged(
     task_id = task.enqueue(1).id
     wait_until(lambda: q.get(task_id).status == "running", 30, "the claim", children=[victim])
     # Handed over (the parent does it right after the claim), never started.
-    wait_until(lambda: any(p.suffix == ".runs" and p.stat().st_size and any(p.read_bytes()[:8])
-                           for p in Path(f"{db}-runs").glob("*.runs")), 30, "the handoff")
+    wait_until(
+        lambda: any(
+            p.suffix == ".runs" and p.stat().st_size and any(p.read_bytes()[:8])
+            for p in Path(f"{db}-runs").glob("*.runs")
+        ),
+        30,
+        "the handoff",
+    )
     victim.kill()  # its child dies with it (PR_SET_PDEATHSIG)
     procs.start(script, db, log, "drainer", label="drainer").check(timeout=90)
     ran = runs(log)
@@ -239,7 +249,8 @@ def test_a_run_handed_to_a_child_that_never_started_it_is_not_charged(
 
 @pytest.mark.timeout(120)
 def test_a_run_in_a_first_child_is_charged_when_its_worker_dies(
-        tmp_path: Path, queue_location: Path | str, procs: Procs) -> None:
+    tmp_path: Path, queue_location: Path | str, procs: Procs
+) -> None:
     """pool="process": the children started with the worker note their runs in its journal
     too (they were started before the journal existed, so a run in one of them looked never
     started and a task that killed its worker that way was never charged)."""

@@ -61,8 +61,9 @@ def test_without_a_run_time_it_doubles_under_a_backlog_and_holds_otherwise() -> 
     assert decide(load(run_time=None, rate=5.0), 3, CFG).wanted == 3
 
 
-@pytest.mark.parametrize("kwargs", [{"min": 0}, {"min": 5, "max": 4}, {"every": 0}, {"headroom": 0.5},
-                                    {"headroom": True}, {"drain": -1}])
+@pytest.mark.parametrize(
+    "kwargs", [{"min": 0}, {"min": 5, "max": 4}, {"every": 0}, {"headroom": 0.5}, {"headroom": True}, {"drain": -1}]
+)
 def test_bad_settings_are_refused(kwargs: dict[str, object]) -> None:
     with pytest.raises(InvalidArgument):
         Autoscale(**kwargs)  # type: ignore[arg-type]
@@ -139,7 +140,6 @@ def test_a_growing_backlog_and_a_slower_measured_thread_time_add_threads() -> No
     assert d.wanted == 20 and "thread time 400 ms" in d.reason
 
 
-
 POOL_WORKER = """
 import multiprocessing, threading
 from ferroq.worker.autoscale import Autoscale
@@ -186,8 +186,12 @@ def test_a_process_pool_grows_and_shrinks_its_children(tmp_path: Path, procs: Pr
     gate.touch()
     wait_until(lambda: q.counts()["completed"] == 40, 60, "the queue to drain", children=[worker])
     n = len(worker.records())
-    wait_until(lambda: any(r.get("concurrency") == 1 and r["children"] == 1 for r in worker.records()[n:]), 60,
-               "one child left when idle", children=[worker])
+    wait_until(
+        lambda: any(r.get("concurrency") == 1 and r["children"] == 1 for r in worker.records()[n:]),
+        60,
+        "one child left when idle",
+        children=[worker],
+    )
     worker.send(15)
     worker.check(30)
     assert worker.last() == {"stopped": True, "children": 0}

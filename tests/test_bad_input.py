@@ -272,8 +272,9 @@ def test_non_str_names(queue_location: Path | str, queue: ferroq.Queue) -> None:
     [((1,), {}), ((1, 2, 3), {}), ((1, 2), {"c": 3}), ((1,), {"a": 2}), ((), {})],
     ids=["missing", "too-many", "unexpected-kwarg", "duplicate", "none"],
 )
-def test_arguments_that_do_not_fit_the_signature(queue: ferroq.Queue, add: Any, args: tuple[Any, ...],
-                                                  kwargs: dict[str, Any]) -> None:
+def test_arguments_that_do_not_fit_the_signature(
+    queue: ferroq.Queue, add: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
     with pytest.raises(ferroq.InvalidArgument) as caught:
         add.enqueue(*args, **kwargs)
     assert "math.add" in str(caught.value)
@@ -286,8 +287,9 @@ def test_arguments_that_do_not_fit_the_signature(queue: ferroq.Queue, add: Any, 
     assert_nothing_written(queue)
 
 
-@pytest.mark.parametrize("delay", [-1, -0.001, math.nan, math.inf, "5", True],
-                         ids=["-1", "-1ms", "nan", "inf", "str", "bool"])
+@pytest.mark.parametrize(
+    "delay", [-1, -0.001, math.nan, math.inf, "5", True], ids=["-1", "-1ms", "nan", "inf", "str", "bool"]
+)
 def test_bad_delay(queue: ferroq.Queue, add: Any, delay: Any) -> None:
     with pytest.raises(ferroq.InvalidArgument):
         add.using(delay=delay).enqueue(1, 2)
@@ -364,8 +366,14 @@ def test_bad_durability(db_path: Path) -> None:
 
 
 def test_bad_queue_settings(db_path: Path) -> None:
-    for kwargs in ({"max_payload": 0}, {"max_payload": -1}, {"max_payload": 1.5}, {"busy_timeout": -1},
-                   {"busy_timeout": math.nan}, {"retention": "forever"}):
+    for kwargs in (
+        {"max_payload": 0},
+        {"max_payload": -1},
+        {"max_payload": 1.5},
+        {"busy_timeout": -1},
+        {"busy_timeout": math.nan},
+        {"retention": "forever"},
+    ):
         with pytest.raises(ferroq.InvalidArgument):
             ferroq.Queue(db_path, **kwargs)
     assert not db_path.exists()
@@ -534,7 +542,8 @@ def test_truncated_database(pristine_db: Path, tmp_path: Path, keep: int) -> Non
 
 
 def test_worker_on_a_damaged_database_stops_with_corrupt_database(
-        pristine_db: Path, damaged_copy: Callable[[int, int], Path]) -> None:
+    pristine_db: Path, damaged_copy: Callable[[int, int], Path]
+) -> None:
     """A worker whose claims hit a damaged page must raise CorruptDatabase, like every
     other call does. A corrupt file does not heal, so retrying the claim forever (a
     warning a second, ``run(until_idle=True)`` never returning) is wrong."""
@@ -605,8 +614,9 @@ def readonly_dir(tmp_path: Path) -> Iterator[Path]:
         pytest.skip("running as root (permissions do not apply) and there is no mount command")
     done = _mount("-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path))
     if done.returncode != 0:
-        pytest.skip(f"running as root (permissions do not apply) and cannot mount a read-only "
-                    f"tmpfs: {done.stderr.strip()}")
+        pytest.skip(
+            f"running as root (permissions do not apply) and cannot mount a read-only tmpfs: {done.stderr.strip()}"
+        )
     try:
         yield path
     finally:
@@ -638,13 +648,21 @@ def test_existing_database_on_a_read_only_filesystem(tmp_path: Path) -> None:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
         path = mountpoint / "queue.db"
-        subprocess.run([sys.executable, "-c", f"""
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"""
 import ferroq
 q = ferroq.Queue({str(path)!r})
 @q.task(name="job")
 def job(): pass
 job.enqueue()
-"""], check=True, timeout=60)
+""",
+            ],
+            check=True,
+            timeout=60,
+        )
         content = path.read_bytes()
         done = _mount("-o", "remount,ro", str(mountpoint))
         if done.returncode != 0:

@@ -52,8 +52,9 @@ def test_a_raising_batch_fails_every_item_and_retries_them(queue_location: Path 
     q = ferroq.Queue(queue_location, durability="normal")
     calls: list[list[str]] = []
 
-    @q.batch_task(name="flaky", max_size=5, max_wait=0.01, max_attempts=2,
-                  retry=ferroq.RetryPolicy(base_delay=0, jitter=0))
+    @q.batch_task(
+        name="flaky", max_size=5, max_wait=0.01, max_attempts=2, retry=ferroq.RetryPolicy(base_delay=0, jitter=0)
+    )
     def flaky(items: list[str]) -> list[str]:
         calls.append(items)
         if len(calls) == 1:

@@ -28,7 +28,8 @@ def wait_until(condition, timeout: float = WAIT) -> None:  # type: ignore[no-unt
 
 @pytest.mark.parametrize("concurrency", [1, 4, 8])
 def test_calls_to_a_down_upstream_stop_at_threshold_plus_concurrency_minus_one(
-        queue: ferroq.Queue, concurrency: int) -> None:
+    queue: ferroq.Queue, concurrency: int
+) -> None:
     pay = queue.group("pay", breaker=ferroq.CircuitBreaker(failure_threshold=THRESHOLD, open_for=60))
     calls: list[int] = []
 
@@ -93,8 +94,9 @@ def test_buffered_tasks_are_given_back_when_the_process_trips_not_after_the_flus
 
 def test_half_open_lets_k_probes_through_and_a_success_closes_it(queue: ferroq.Queue, tmp_path: Path) -> None:
     probes = 2
-    pay = queue.group("pay", breaker=ferroq.CircuitBreaker(failure_threshold=THRESHOLD, open_for=0.3,
-                                                           half_open_probes=probes))
+    pay = queue.group(
+        "pay", breaker=ferroq.CircuitBreaker(failure_threshold=THRESHOLD, open_for=0.3, half_open_probes=probes)
+    )
     healthy = tmp_path / "healthy"
     calls: list[int] = []
     running = 0
@@ -143,8 +145,13 @@ def test_half_open_lets_k_probes_through_and_a_success_closes_it(queue: ferroq.Q
     assert stats.completed == 40
     assert [h.result(timeout=WAIT) for h in handles] == list(range(40))
     kinds = [(e.detail["from"], e.detail["to"]) for e in pay.circuit.transitions()]
-    assert kinds == [("closed", "open"), ("open", "half_open"), ("half_open", "open"),
-                     ("open", "half_open"), ("half_open", "closed")]
+    assert kinds == [
+        ("closed", "open"),
+        ("open", "half_open"),
+        ("half_open", "open"),
+        ("open", "half_open"),
+        ("half_open", "closed"),
+    ]
 
 
 def test_the_file_decides_when_its_breaker_does_not_open(queue: ferroq.Queue) -> None:

@@ -28,9 +28,13 @@ def test_bench_quick_json_has_every_scenario_with_a_ceiling() -> None:
 def test_bench_reports_the_median_of_repeated_runs() -> None:
     from ferroq.bench import Figure, median_of
 
-    runs = iter([[Figure("a", 3.0, "ms"), Figure("b", 10.0, "tasks/s", 20.0)],
-                 [Figure("a", 1.0, "ms"), Figure("b", 30.0, "tasks/s", 40.0)],
-                 [Figure("a", 2.0, "ms"), Figure("b", 20.0, "tasks/s", 10.0)]])
+    runs = iter(
+        [
+            [Figure("a", 3.0, "ms"), Figure("b", 10.0, "tasks/s", 20.0)],
+            [Figure("a", 1.0, "ms"), Figure("b", 30.0, "tasks/s", 40.0)],
+            [Figure("a", 2.0, "ms"), Figure("b", 20.0, "tasks/s", 10.0)],
+        ]
+    )
     a, b = median_of(3, lambda: next(runs))
     assert (a.scenario, a.value, a.ceiling) == ("a (median of 3)", 2.0, None)
     assert (b.scenario, b.value, b.ceiling, b.unit) == ("b (median of 3)", 20.0, 20.0, "tasks/s")

@@ -118,7 +118,10 @@ def test_inspect_shows_the_task_its_history_and_traceback(shop: ferroq.Queue, db
     assert data["task"]["status"] == "dead" and data["task"]["args"] == [1]
     assert "Traceback" in data["task"]["last_error"]["traceback"]
     assert [(h["from_status"], h["to_status"]) for h in data["history"]] == [
-        (None, "pending"), ("pending", "running"), ("running", "dead")]
+        (None, "pending"),
+        ("pending", "running"),
+        ("running", "dead"),
+    ]
     text = run(db, "inspect", str(dead)).output
     assert "card 1 declined" in text and "Traceback (most recent call last)" in text and "history" in text
     missing = run(db, "inspect", "999")
@@ -170,8 +173,7 @@ def test_purge_asks_then_deletes_only_what_matches(shop: ferroq.Queue, db: Path 
 
 def test_pause_and_resume_a_group_or_the_queue_and_a_worker_obeys(shop: ferroq.Queue, db: Path | str) -> None:
     shop.requeue(shop.list(status="dead", group="smtp")[0].id)  # one smtp task pending again
-    assert ok_json(db, "pause", "smtp") == {"queue": "default", "group": "smtp", "paused": True,
-                                                 "changed": True}
+    assert ok_json(db, "pause", "smtp") == {"queue": "default", "group": "smtp", "paused": True, "changed": True}
     assert "already paused" in run(db, "pause", "smtp").output
     ferroq.Worker(shop, handle_signals=False).run(until_idle=True)
     pending = shop.list(status="pending")
@@ -205,8 +207,19 @@ def test_environment_variables_select_database_queue_and_options(shop: ferroq.Qu
 def test_help_lists_environment_variables_and_exit_codes() -> None:
     top = CliRunner().invoke(main, ["--help"]).output
     assert "FERROQ_DB" in top and "Exit codes" in top
-    for command in ("worker", "status", "list", "inspect", "retry", "cancel", "purge", "pause", "resume",
-                    "export", "bench"):
+    for command in (
+        "worker",
+        "status",
+        "list",
+        "inspect",
+        "retry",
+        "cancel",
+        "purge",
+        "pause",
+        "resume",
+        "export",
+        "bench",
+    ):
         assert command in top
     assert "FERROQ_LIST_LIMIT" in CliRunner().invoke(main, ["list", "--help"]).output
     assert "FERROQ_WORKER_CONCURRENCY" in CliRunner().invoke(main, ["worker", "--help"]).output
@@ -237,12 +250,21 @@ def test_a_corrupt_database_is_reported_without_a_traceback(tmp_path: Path, cont
 def test_a_locked_database_is_reported_without_a_traceback(shop: ferroq.Queue, db_path: Path, tmp_path: Path) -> None:
     shop.close()
     ready = tmp_path / "locked"
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sqlite3, sys, time, pathlib\n"
-        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-        "c.execute('PRAGMA locking_mode=EXCLUSIVE'); c.execute('BEGIN EXCLUSIVE')\n"
-        "c.execute('UPDATE tasks SET priority = priority')\n"
-        "pathlib.Path(sys.argv[2]).touch(); time.sleep(60)\n"), str(db_path), str(ready)])
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sqlite3, sys, time, pathlib\n"
+                "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+                "c.execute('PRAGMA locking_mode=EXCLUSIVE'); c.execute('BEGIN EXCLUSIVE')\n"
+                "c.execute('UPDATE tasks SET priority = priority')\n"
+                "pathlib.Path(sys.argv[2]).touch(); time.sleep(60)\n"
+            ),
+            str(db_path),
+            str(ready),
+        ]
+    )
     try:
         for _ in range(1000):
             if ready.exists():
@@ -266,9 +288,25 @@ def test_status_watch_refreshes_until_interrupted(shop: ferroq.Queue, db: Path |
     # stdout to a file, not a pipe: unread, a pipe fills up and blocks the watcher's writes.
     out_path = tmp_path / "watch.out"
     with open(out_path, "w") as out_file:
-        watch = subprocess.Popen([sys.executable, "-m", "ferroq.cli", "--db", str(db), "status", "--watch",
-                                  "--interval", "0.1", "-o", "json"], env=child_env(), stdout=out_file,
-                                 stderr=subprocess.PIPE, text=True)
+        watch = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ferroq.cli",
+                "--db",
+                str(db),
+                "status",
+                "--watch",
+                "--interval",
+                "0.1",
+                "-o",
+                "json",
+            ],
+            env=child_env(),
+            stdout=out_file,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(2.0)
         shop.group("api").pause()
         time.sleep(1.0)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 FERROQ = str(Path(sys.executable).with_name("ferroq"))
 
-APP = '''
+APP = """
 import os, time
 import ferroq
 
@@ -37,13 +37,12 @@ def hold(marker: str) -> str:
     while not os.path.exists(marker):
         time.sleep(0.02)
     return "released"
-'''
+"""
 
 
 def cli(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The installed ``ferroq`` script, as a user runs it."""
-    return subprocess.run([FERROQ, *args], cwd=cwd, env=child_env(env), capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([FERROQ, *args], cwd=cwd, env=child_env(env), capture_output=True, text=True, timeout=120)
 
 
 def cli_json(cwd: Path, *args: str) -> Any:
@@ -75,6 +74,7 @@ def enqueue_adds(db: Path, n: int) -> ferroq.Queue:
 
 
 # -- the worker's database -------------------------------------------------------------------
+
 
 def test_a_worker_refuses_to_create_a_database_in_the_wrong_directory(app: Path) -> None:
     elsewhere = app / "elsewhere"
@@ -125,8 +125,17 @@ def test_db_on_a_process_pool_worker_reaches_its_children(app: Path) -> None:
     real = app / "queue.db"
     q = enqueue_adds(real, 4)
     elsewhere = app / "elsewhere"
-    done = cli(elsewhere, "worker", "shop.tasks:queue", "--until-empty", "--processes", "2", "--db", str(real),
-               env=app_env(app))
+    done = cli(
+        elsewhere,
+        "worker",
+        "shop.tasks:queue",
+        "--until-empty",
+        "--processes",
+        "2",
+        "--db",
+        str(real),
+        env=app_env(app),
+    )
     assert done.returncode == 0, done.stderr
     assert sorted(t.result for t in q.list(status="completed")) == [1, 2, 3, 4]
     assert list(elsewhere.iterdir()) == []
@@ -134,14 +143,14 @@ def test_db_on_a_process_pool_worker_reaches_its_children(app: Path) -> None:
 
 # -- another application's SQLite file -------------------------------------------------------
 
-FOREIGN = '''
+FOREIGN = """
 import sqlite3, sys
 con = sqlite3.connect(sys.argv[1])
 con.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
 con.execute("INSERT INTO users (name) VALUES ('ada')")
 con.commit()
 con.close()
-'''
+"""
 
 
 def make_foreign(path: Path) -> None:
@@ -152,8 +161,19 @@ def schema(tmp_path: Path, db: Path) -> list[Any]:
     return sqlite3_probe(tmp_path, db, {"s": "SELECT type, name FROM sqlite_master ORDER BY name"})["s"]
 
 
-@pytest.mark.parametrize("args", [["status"], ["list"], ["stats"], ["health"], ["events"], ["workers"],
-                                  ["pause", "g", "--create"], ["group", "forget", "g"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status"],
+        ["list"],
+        ["stats"],
+        ["health"],
+        ["events"],
+        ["workers"],
+        ["pause", "g", "--create"],
+        ["group", "forget", "g"],
+    ],
+)
 def test_a_foreign_sqlite_file_is_refused_and_left_untouched(tmp_path: Path, args: list[str]) -> None:
     db = tmp_path / "app.sqlite"
     make_foreign(db)
@@ -179,8 +199,16 @@ def test_an_empty_file_or_an_empty_sqlite_database_is_still_initialised(tmp_path
     empty = tmp_path / "empty.db"
     empty.touch()
     no_tables = tmp_path / "none.db"
-    subprocess.run([sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
-                    "c.execute('PRAGMA user_version = 7'); c.close()", str(no_tables)], check=True, timeout=60)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('PRAGMA user_version = 7'); c.close()",
+            str(no_tables),
+        ],
+        check=True,
+        timeout=60,
+    )
     for db in (empty, no_tables):
         q = ferroq.Queue(db)
         assert q.counts()["pending"] == 0
@@ -189,6 +217,7 @@ def test_an_empty_file_or_an_empty_sqlite_database_is_still_initialised(tmp_path
 
 
 # -- unknown queues and groups ---------------------------------------------------------------
+
 
 @pytest.fixture
 def shop_db(tmp_path: Path) -> Path:
@@ -217,12 +246,26 @@ def test_pausing_an_unknown_group_or_queue_is_refused_unless_created(shop_db: Pa
     assert q.queue_names() == ["default"], "a resumed queue with nothing in it leaves nothing behind"
 
 
-@pytest.mark.parametrize("args", [["status"], ["list"], ["stats"], ["health"], ["events"], ["workers"],
-                                  ["inspect", "1"], ["cancel", "1"], ["retry", "--all-dead"],
-                                  ["purge", "--status", "dead", "-y"], ["export"], ["resume"],
-                                  ["circuit", "open", "api"], ["group", "forget", "api"]])
-def test_a_queue_that_does_not_exist_is_exit_4_on_every_command(shop_db: Path, tmp_path: Path,
-                                                                   args: list[str]) -> None:
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status"],
+        ["list"],
+        ["stats"],
+        ["health"],
+        ["events"],
+        ["workers"],
+        ["inspect", "1"],
+        ["cancel", "1"],
+        ["retry", "--all-dead"],
+        ["purge", "--status", "dead", "-y"],
+        ["export"],
+        ["resume"],
+        ["circuit", "open", "api"],
+        ["group", "forget", "api"],
+    ],
+)
+def test_a_queue_that_does_not_exist_is_exit_4_on_every_command(shop_db: Path, tmp_path: Path, args: list[str]) -> None:
     done = cli(tmp_path, "--db", str(shop_db), "--queue", "nosuchq", *args)
     assert done.returncode == 4, (done.stdout, done.stderr)
     assert "no queue 'nosuchq'" in done.stderr and "Traceback" not in done.stderr
@@ -237,8 +280,11 @@ def test_forgetting_a_group(shop_db: Path, tmp_path: Path) -> None:
     assert q.group("api").state().paused and q.group("api").state().max_concurrency == 1
     with pytest.raises(ferroq.InvalidTransition, match="pending"):
         q.group("api").forget()
-    assert cli_json(tmp_path, "--db", str(shop_db), "group", "forget", "api", "--force") == \
-        {"queue": "default", "group": "api", "forgotten": True}
+    assert cli_json(tmp_path, "--db", str(shop_db), "group", "forget", "api", "--force") == {
+        "queue": "default",
+        "group": "api",
+        "forgotten": True,
+    }
     state = q.group("api").state()
     assert not state.paused and state.max_concurrency is None and state.pending == 1
     q.group("typo").pause()
@@ -249,6 +295,7 @@ def test_forgetting_a_group(shop_db: Path, tmp_path: Path) -> None:
 
 
 # -- circuit and workers ---------------------------------------------------------------------
+
 
 def test_circuit_open_close_and_reset_by_hand(shop_db: Path, tmp_path: Path) -> None:
     q = ferroq.Queue(shop_db)
@@ -275,11 +322,18 @@ def test_workers_lists_live_and_stopped_workers(app: Path) -> None:
     marker = app / "release"
     hold.enqueue(str(marker))
     log = open(app / "worker.log", "w")
-    worker = subprocess.Popen([FERROQ, "worker", "shop.tasks:queue", "--until-empty", "--concurrency", "3"],
-                              cwd=app, env=child_env(app_env(app)), stderr=log)
+    worker = subprocess.Popen(
+        [FERROQ, "worker", "shop.tasks:queue", "--until-empty", "--concurrency", "3"],
+        cwd=app,
+        env=child_env(app_env(app)),
+        stderr=log,
+    )
     try:
-        live = wait_until(lambda: [w for w in cli_json(app, "--db", str(db), "workers")
-                                   if w["alive"] and w["running"] == 1], 60, "a live worker running one task")
+        live = wait_until(
+            lambda: [w for w in cli_json(app, "--db", str(db), "workers") if w["alive"] and w["running"] == 1],
+            60,
+            "a live worker running one task",
+        )
         w = live[0]
         assert w["pid"] == worker.pid and w["concurrency"] == 3 and w["pool"] == "thread"
         assert w["hostname"] and w["started_at"] and w["last_seen"] and w["stopped_at"] is None

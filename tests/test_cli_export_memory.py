@@ -13,7 +13,7 @@ import ferroq
 from procs import child_env
 
 # Runs the CLI in this child with stdout counted, not stored; prints peak RSS and counts.
-EXPORT = '''
+EXPORT = """
 import io, json, resource, sys
 from ferroq.cli import main
 
@@ -31,7 +31,7 @@ except SystemExit as e:
 sys.stdout.flush()
 rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 sys.stderr.write(json.dumps({"lines": Count.lines, "bytes": Count.size, "rss_mib": rss_kib / 1024}) + "\\n")
-'''
+"""
 
 MILLION = 1_000_000
 BOUND_MIB = 150  # absolute ceiling for the 1M export (a 1,000-task export peaks near 75 MiB here)
@@ -52,8 +52,9 @@ def fill(path: Path, n: int) -> None:
 def export(tmp_path: Path, db: Path) -> dict[str, float]:
     script = tmp_path / "export_child.py"
     script.write_text(EXPORT)
-    done = subprocess.run([sys.executable, str(script), str(db)], env=child_env(), capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(script), str(db)], env=child_env(), capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stderr.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
@@ -64,7 +65,9 @@ def test_export_of_a_million_tasks_stays_under_a_fixed_memory_bound(tmp_path: Pa
     fill(big, MILLION)
     few, many = export(tmp_path, small), export(tmp_path, big)
     assert few["lines"] == 1_000 and many["lines"] == MILLION
-    print(f"\npeak RSS: 1,000 tasks {few['rss_mib']:.1f} MiB, 1,000,000 tasks {many['rss_mib']:.1f} MiB "
-          f"({many['bytes'] / 2**20:.0f} MiB of JSON lines)")
+    print(
+        f"\npeak RSS: 1,000 tasks {few['rss_mib']:.1f} MiB, 1,000,000 tasks {many['rss_mib']:.1f} MiB "
+        f"({many['bytes'] / 2**20:.0f} MiB of JSON lines)"
+    )
     assert many["rss_mib"] < BOUND_MIB, many
     assert many["rss_mib"] - few["rss_mib"] < GROWTH_MIB, (few, many)

@@ -105,9 +105,14 @@ def test_worker_serves_prometheus_metrics(tmp_path: Path, queue_location: Path |
     db, q = make_app(tmp_path, queue_location)
     double = q.task(name="double", resource_group="cpu")(lambda n: n)  # runs in app.py's worker
     q.enqueue_many([double.call(1) for _ in range(5)])
-    with subprocess.Popen([sys.executable, "-m", "ferroq.cli", "worker", "app:queue", "--metrics-port", "0"],
-                          cwd=tmp_path, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True) as proc:
+    with subprocess.Popen(
+        [sys.executable, "-m", "ferroq.cli", "worker", "app:queue", "--metrics-port", "0"],
+        cwd=tmp_path,
+        env=child_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
         try:
             port = None
             deadline = time.monotonic() + 60

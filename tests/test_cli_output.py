@@ -74,13 +74,17 @@ def shop(queue_location: Path | str) -> ferroq.Queue:
 def header(done: subprocess.CompletedProcess[str]) -> list[str]:
     assert done.returncode == 0, done.stderr
     line = done.stdout.splitlines()[0]
-    return [col for col in ("id", "name", "status", "run at", "group", "prio", "tries", "created", "finished",
-                            "last error") if col in line]
+    return [
+        col
+        for col in ("id", "name", "status", "run at", "group", "prio", "tries", "created", "finished", "last error")
+        if col in line
+    ]
 
 
 @pytest.mark.parametrize("width", [80, 120, 200])
-def test_list_keeps_the_id_and_drops_columns_in_the_documented_order(shop: ferroq.Queue, db: Path | str,
-                                                                    width: int) -> None:
+def test_list_keeps_the_id_and_drops_columns_in_the_documented_order(
+    shop: ferroq.Queue, db: Path | str, width: int
+) -> None:
     done = cli(db, "list", columns=width)
     shown = header(done)
     lines = done.stdout.splitlines()
@@ -88,7 +92,7 @@ def test_list_keeps_the_id_and_drops_columns_in_the_documented_order(shop: ferro
     assert set(LIST_ALWAYS) <= set(shown)
     optional = [c for c in LIST_DROPPED if c in shown]
     # What is shown of the droppable columns is what is left after dropping from the front.
-    assert optional == list(LIST_DROPPED[len(LIST_DROPPED) - len(optional):]), shown
+    assert optional == list(LIST_DROPPED[len(LIST_DROPPED) - len(optional) :]), shown
     ids = [line.split()[0] for line in lines[1:]]
     assert ids == ["4", "3", "2", "1"], lines  # every id whole, first on its line
     if width == 200:
@@ -204,8 +208,7 @@ def test_the_readme_exit_codes_are_the_codes() -> None:
 
 
 def test_durations_print_in_human_units(shop: ferroq.Queue, db: Path | str) -> None:
-    assert [duration(s) for s in (0.12, 5.6361, 8_640_000, 90, 0.0004)] == ["120ms", "5.6s", "100d", "1.5m",
-                                                                            "0.4ms"]
+    assert [duration(s) for s in (0.12, 5.6361, 8_640_000, 90, 0.0004)] == ["120ms", "5.6s", "100d", "1.5m", "0.4ms"]
     stats = cli(db, "stats", "--window", "100d")
     assert "last 100d" in stats.stdout and "e+" not in stats.stdout, stats.stdout
     health = cli(db, "health", "--no-require-workers", "--max-dead", "9", "--dead-window", "100d")
@@ -245,7 +248,8 @@ def test_list_shares_one_default_limit() -> None:
 
 def test_core_log_records_reach_the_ferroq_logger(tmp_path: Path) -> None:
     script = tmp_path / "log.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import logging, ferroq
         seen = []
         class Keep(logging.Handler):
@@ -255,9 +259,16 @@ def test_core_log_records_reach_the_ferroq_logger(tmp_path: Path) -> None:
         q = ferroq.Queue({str(tmp_path / "q.db")!r})
         q.circuit("api").open(60, reason="test")
         print(seen)
-    """))
-    done = subprocess.run([sys.executable, str(script)], env=child_env(), capture_output=True, text=True,
-                          timeout=60, cwd=os.fspath(tmp_path))
+    """)
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=os.fspath(tmp_path),
+    )
     assert done.returncode == 0, done.stderr
     names = eval(done.stdout)
     assert names and all(n.startswith("ferroq._core.") for n in names), names

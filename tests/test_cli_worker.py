@@ -17,7 +17,7 @@ from procs import child_env
 # Real worker processes: seconds each (`pytest -m 'not slow'` skips them).
 pytestmark = [pytest.mark.slow, pytest.mark.both_engines]
 
-APP = '''
+APP = """
 import ferroq
 
 queue = ferroq.Queue({db!r}, durability="normal")
@@ -29,7 +29,7 @@ def double(n: int) -> int:
 @queue.task(name="send", resource_group="mail")
 def send(to: str) -> str:
     return "sent " + to
-'''
+"""
 
 
 def make_app(tmp_path: Path, db: Path | str) -> tuple[Path | str, ferroq.Queue]:
@@ -40,8 +40,14 @@ def make_app(tmp_path: Path, db: Path | str) -> tuple[Path | str, ferroq.Queue]:
 
 
 def ferroq_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ferroq.cli", *args], cwd=tmp_path, env=child_env(),
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "ferroq.cli", *args],
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def enqueue(q: ferroq.Queue, name: str, n: int, group: str, arg: object) -> None:
@@ -93,8 +99,11 @@ def test_worker_obeys_a_pause_made_by_the_cli(tmp_path: Path, queue_location: Pa
 
 def test_worker_reports_a_bad_target_without_a_traceback(tmp_path: Path, queue_location: Path | str) -> None:
     make_app(tmp_path, queue_location)
-    for spec, message in (("nosuchmodule:q", "cannot import"), ("app:nope", "no attribute"),
-                          ("app:double", "not a ferroq.Queue")):
+    for spec, message in (
+        ("nosuchmodule:q", "cannot import"),
+        ("app:nope", "no attribute"),
+        ("app:double", "not a ferroq.Queue"),
+    ):
         done = ferroq_cli(tmp_path, "worker", spec)
         assert done.returncode == 2, done.stderr
         assert message in done.stderr and "Traceback" not in done.stderr
@@ -102,7 +111,7 @@ def test_worker_reports_a_bad_target_without_a_traceback(tmp_path: Path, queue_l
     assert both.returncode == 2 and "not both" in both.stderr
 
 
-HOOKS = '''
+HOOKS = """
 import os
 
 def note(*fields):
@@ -126,17 +135,31 @@ def refuse():
     raise RuntimeError("no database")
 
 NOT_A_FUNCTION = 3
-'''
+"""
 
 
 @pytest.mark.parametrize("pool", [(), ("--processes", "2")], ids=["threads", "processes"])
-def test_worker_hook_options_call_functions_named_by_module(tmp_path: Path, queue_location: Path | str,
-                                                            pool: tuple[str, ...]) -> None:
+def test_worker_hook_options_call_functions_named_by_module(
+    tmp_path: Path, queue_location: Path | str, pool: tuple[str, ...]
+) -> None:
     db, q = make_app(tmp_path, queue_location)
     (tmp_path / "hooks.py").write_text(HOOKS)
     enqueue(q, "double", 3, "cpu", 4)
-    done = ferroq_cli(tmp_path, "worker", "app:queue", "--until-empty", *pool, "--on-start", "hooks:start",
-                      "--on-stop", "hooks:stop", "--before-run", "hooks:before", "--after-run", "hooks:after")
+    done = ferroq_cli(
+        tmp_path,
+        "worker",
+        "app:queue",
+        "--until-empty",
+        *pool,
+        "--on-start",
+        "hooks:start",
+        "--on-stop",
+        "hooks:stop",
+        "--before-run",
+        "hooks:before",
+        "--after-run",
+        "hooks:after",
+    )
     assert done.returncode == 0, done.stderr
     lines = [line.split() for line in (tmp_path / "hooks.log").read_text().splitlines()]
     assert lines[0][0] == "start" and lines[-1][0] == "stop"
@@ -151,12 +174,17 @@ def test_worker_hook_options_that_are_wrong_are_one_line_errors(tmp_path: Path, 
     db, q = make_app(tmp_path, queue_location)
     (tmp_path / "hooks.py").write_text(HOOKS)
     enqueue(q, "double", 1, "cpu", 4)
-    for args, code, message in ((("--on-start", "hooks"), 2, "takes MODULE:FUNC"),
-                                (("--before-run", "nope:f"), 2, "cannot import 'nope'"),
-                                (("--after-run", "hooks:missing"), 2, "has no attribute 'missing'"),
-                                (("--on-stop", "hooks:NOT_A_FUNCTION"), 2, "not a function"),
-                                (("--on-start", "hooks:refuse"), 1, "--on-start hooks:refuse failed, the worker "
-                                                                    "did not start: RuntimeError: no database")):
+    for args, code, message in (
+        (("--on-start", "hooks"), 2, "takes MODULE:FUNC"),
+        (("--before-run", "nope:f"), 2, "cannot import 'nope'"),
+        (("--after-run", "hooks:missing"), 2, "has no attribute 'missing'"),
+        (("--on-stop", "hooks:NOT_A_FUNCTION"), 2, "not a function"),
+        (
+            ("--on-start", "hooks:refuse"),
+            1,
+            "--on-start hooks:refuse failed, the worker did not start: RuntimeError: no database",
+        ),
+    ):
         done = ferroq_cli(tmp_path, "worker", "app:queue", "--until-empty", *args)
         assert done.returncode == code, (args, done.stderr)
         assert f"error: {message}" in done.stderr or message in done.stderr, (args, done.stderr)

@@ -48,8 +48,12 @@ emit(w.run(until_empty=True).__dict__)
 
 
 def faked(offset_s: int) -> dict[str, str]:
-    return {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME": f"{offset_s:+d}",
-            "FAKETIME_DONT_FAKE_MONOTONIC": "1", "FAKETIME_NO_CACHE": "1"}
+    return {
+        "LD_PRELOAD": str(LIBFAKETIME),
+        "FAKETIME": f"{offset_s:+d}",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        "FAKETIME_NO_CACHE": "1",
+    }
 
 
 def enqueue(db: Path, n: int, sleep: float) -> ferroq.Queue:
@@ -76,6 +80,7 @@ def test_a_worker_whose_clock_stepped_back_runs_the_tasks_already_due(tmp_path: 
     behind = procs.start(script, db, log, 30, env=faked(-3600), label="behind").check(timeout=90)
     records = behind.records()
     import time
+
     assert records[0]["wall"] < time.time() - 3000, "faketime did not take"
     assert records[-1]["completed"] == 20, records[-1]
     assert q.counts()["completed"] == 20

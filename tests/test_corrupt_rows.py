@@ -71,16 +71,22 @@ def edit_rows(tmp_path: Path, db: Path, edits: list[tuple[str, Any, int]]) -> No
     script = tmp_path / "edit_rows.py"
     script.write_text(EDIT_SCRIPT)
     encoded = [(col, {"hex": v.hex()} if isinstance(v, bytes) else v, i) for col, v, i in edits]
-    done = subprocess.run([sys.executable, str(script), str(db), json.dumps(encoded)],
-                          capture_output=True, text=True, timeout=60, env=child_env())
+    done = subprocess.run(
+        [sys.executable, str(script), str(db), json.dumps(encoded)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+    )
     assert done.returncode == 0, done.stderr
 
 
 def ferroq_cli(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """The real ``ferroq`` executable of this environment."""
     exe = Path(sys.executable).with_name("ferroq")
-    done = subprocess.run([str(exe), "--db", str(db), *args], capture_output=True, text=True, timeout=60,
-                          env=child_env())
+    done = subprocess.run(
+        [str(exe), "--db", str(db), *args], capture_output=True, text=True, timeout=60, env=child_env()
+    )
     # (stdout may hold a task's own stored traceback: `inspect` shows it)
     assert "Traceback" not in done.stderr, done.stderr
     return done
@@ -91,6 +97,7 @@ def edited(tmp_path: Path) -> tuple[Path, list[int], dict[str, int]]:
     """A queue of good tasks with one row of each kind of EDITS among them (closed)."""
     db = tmp_path / "q.db"
     with ferroq.Queue(db, durability="normal") as q:
+
         @q.task(name="job")
         def job(i: int) -> int:
             return i * 2
@@ -103,7 +110,8 @@ def edited(tmp_path: Path) -> tuple[Path, list[int], dict[str, int]]:
 
 
 def test_a_worker_runs_every_good_task_and_sets_each_bad_row_aside(
-        procs: Procs, tmp_path: Path, edited: tuple[Path, list[int], dict[str, int]]) -> None:
+    procs: Procs, tmp_path: Path, edited: tuple[Path, list[int], dict[str, int]]
+) -> None:
     db, good, bad = edited
     worker = procs.run(procs.script("worker", WORKER), db, timeout=120)
     assert worker.last()["completed"] == len(good)
@@ -155,8 +163,11 @@ def test_a_worker_runs_every_good_task_and_sets_each_bad_row_aside(
     for column, task_id in bad.items():
         shown = ferroq_cli(db, "inspect", str(task_id))
         assert shown.returncode == 0, shown.stderr
-        assert "cannot be read" in shown.stdout and "column payload" in shown.stdout if column == "garbage" \
+        assert (
+            "cannot be read" in shown.stdout and "column payload" in shown.stdout
+            if column == "garbage"
             else f"column {column}" in shown.stdout
+        )
         as_json = json.loads(ferroq_cli(db, "inspect", str(task_id), "-o", "json").stdout)
         assert as_json["task"]["error"]["type"] == "CorruptTask"
     exported = ferroq_cli(db, "export")
@@ -173,8 +184,7 @@ def test_a_worker_runs_every_good_task_and_sets_each_bad_row_aside(
     assert all("error" not in by_id[i] for i in good)
 
 
-def test_reads_go_on_past_a_row_not_yet_claimed(
-        tmp_path: Path, edited: tuple[Path, list[int], dict[str, int]]) -> None:
+def test_reads_go_on_past_a_row_not_yet_claimed(tmp_path: Path, edited: tuple[Path, list[int], dict[str, int]]) -> None:
     """Before any worker ran: the rows are pending, listings and the CLI still show them."""
     db, good, bad = edited
     with ferroq.Queue(db) as q:
@@ -205,6 +215,7 @@ def test_a_payload_stored_apart_that_cannot_be_read_is_set_aside(procs: Procs, t
     """A large payload lives in task_payloads (schema 4); TEXT there is caught the same way."""
     db = tmp_path / "q.db"
     with ferroq.Queue(db, durability="normal") as q:
+
         @q.task(name="job")
         def job(i: int, pad: str = "") -> int:
             return i * 2

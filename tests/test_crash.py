@@ -93,8 +93,13 @@ def test_sigkilled_worker_task_is_rescued_and_completed_once(tmp_path: Path, pro
 
     rescuer = procs.start(tmp_path / "slow_worker.py", db, markers, "quick", "rescuer", "empty", label="rescuer")
     # The rescuer's own rescue loop frees the task once the lease (2 s) runs out.
-    wait_until(lambda: q.get(task_id).status == "completed", 2.0 + 5.0 + 1.0,
-               "the rescued task to complete within lease + 5 s", interval=0.05, children=[rescuer])
+    wait_until(
+        lambda: q.get(task_id).status == "completed",
+        2.0 + 5.0 + 1.0,
+        "the rescued task to complete within lease + 5 s",
+        interval=0.05,
+        children=[rescuer],
+    )
     assert time.monotonic() - killed_at <= 2.0 + 5.0 + 1.0
     rescuer.check(timeout=30)
 
@@ -127,8 +132,9 @@ def test_sigkilled_worker_with_one_attempt_goes_dead(tmp_path: Path, procs: Proc
     killed_at = start_and_kill(procs, tmp_path, db, task_id)
 
     # The rescuer here is a worker in the test process (its processor must never run).
-    worker = ferroq.Worker(q, concurrency=1, lease=2.0, rescue_interval=0.2, poll_interval=0.1,
-                           handle_signals=False, name="local")
+    worker = ferroq.Worker(
+        q, concurrency=1, lease=2.0, rescue_interval=0.2, poll_interval=0.1, handle_signals=False, name="local"
+    )
     result: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: result.update(stats=worker.run(until_empty=True)), daemon=True)
     thread.start()
@@ -303,6 +309,7 @@ def test_every_acknowledged_enqueue_survives_sigkill(tmp_path: Path, procs: Proc
 
 
 # -- fork ------------------------------------------------------------------------------------
+
 
 def _use_queue_in_child(q: ferroq.Queue, tag: str, out: Path) -> None:
     """Runs in a forked child: enqueue, read, and work the queue the parent opened."""
@@ -532,12 +539,12 @@ def test_forked_child_enqueues_survive_the_parent_letting_go(tmp_path: Path, pro
     closes its connections (or exits) and another process opens and closes the file.
     Every enqueue the child saw return must be in the file."""
     db, ids_path, done = tmp_path / "q.db", tmp_path / "child-ids.txt", tmp_path / "child-done"
-    parent = procs.start(procs.script("fork_parent", FORK_THEN_PARENT_LEAVES), db, ids_path, done, how,
-                         label="fork-parent")
+    parent = procs.start(
+        procs.script("fork_parent", FORK_THEN_PARENT_LEAVES), db, ids_path, done, how, label="fork-parent"
+    )
     child_pid = None
     try:
-        child_pid = wait_until(lambda: parent.lines() and parent.last()["child"], 30, "the fork",
-                               children=[parent])
+        child_pid = wait_until(lambda: parent.lines() and parent.last()["child"], 30, "the fork", children=[parent])
         if how == "parent-exits":
             parent.check(timeout=10)
             time.sleep(0.2)
@@ -563,17 +570,21 @@ def test_forked_child_enqueues_survive_the_parent_letting_go(tmp_path: Path, pro
             q.get(task_id)
         except ferroq.UnknownTask:
             lost.append(task_id)
-    assert not lost, (f"{len(lost)} of {len(acknowledged)} enqueues the forked child saw return are not "
-                      f"in the file (first: {lost[:5]}); counts now {q.counts()}")
+    assert not lost, (
+        f"{len(lost)} of {len(acknowledged)} enqueues the forked child saw return are not "
+        f"in the file (first: {lost[:5]}); counts now {q.counts()}"
+    )
     assert q.check() == ["ok"]
 
 
 # -- pragmas as read back -------------------------------------------------------------------
 
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("durability, synchronous", [("full", "2"), ("normal", "1")])
 def test_pragmas_read_back_in_process_and_from_another_process(
-        tmp_path: Path, durability: str, synchronous: str) -> None:
+    tmp_path: Path, durability: str, synchronous: str
+) -> None:
     db = tmp_path / "q.db"
     q = ferroq.Queue(db, durability=durability)
     pragmas = q.pragmas()
@@ -585,8 +596,11 @@ def test_pragmas_read_back_in_process_and_from_another_process(
     def t() -> None: ...
 
     t.enqueue()
-    queries = {"journal_mode": "PRAGMA journal_mode", "synchronous": "PRAGMA synchronous",
-               "tasks": "SELECT count(*) FROM tasks"}
+    queries = {
+        "journal_mode": "PRAGMA journal_mode",
+        "synchronous": "PRAGMA synchronous",
+        "tasks": "SELECT count(*) FROM tasks",
+    }
     # Another process with Python's own sqlite3, while ferroq has the file open...
     seen = sqlite3_probe(tmp_path, db, queries)
     assert seen["journal_mode"] == [["wal"]]
@@ -606,13 +620,15 @@ def test_pragmas_read_back_in_process_and_from_another_process(
 
 # -- full disk -------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Any:
     """A 1 MiB tmpfs mounted inside tmp_path (needs root / CAP_SYS_ADMIN)."""
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a 1 MiB tmpfs for the full-disk test: {done.stderr.strip() or done.returncode}")
     try:

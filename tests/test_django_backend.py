@@ -30,6 +30,7 @@ from procs import PACKAGE_ROOT
 
 # -- Django in this process: configured once, a queue file per test ------------------------
 
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from django.conf import settings
@@ -54,8 +55,10 @@ def tasks_settings(project: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
     from django.conf import settings
     from django.test.utils import override_settings
 
-    config = {alias: dict(entry, OPTIONS=dict(entry.get("OPTIONS", {}), path=tmp_path / "tasks.db"))
-              for alias, entry in settings.TASKS.items()}
+    config = {
+        alias: dict(entry, OPTIONS=dict(entry.get("OPTIONS", {}), path=tmp_path / "tasks.db"))
+        for alias, entry in settings.TASKS.items()
+    }
     with override_settings(TASKS=config):
         yield config
         backend().close()
@@ -77,7 +80,11 @@ def test_backend_declares_what_it_supports(tasks_settings: dict[str, Any]) -> No
     b = backend()
     assert isinstance(b, FerroqBackend)
     assert (b.supports_defer, b.supports_async_task, b.supports_get_result, b.supports_priority) == (
-        True, True, True, True)
+        True,
+        True,
+        True,
+        True,
+    )
 
 
 def test_enqueue_stores_a_ready_result_and_a_worker_runs_it(tasks_settings: dict[str, Any]) -> None:
@@ -132,8 +139,9 @@ def test_a_return_value_that_is_not_json_fails_the_run(tasks_settings: dict[str,
     assert result.status == "FAILED" and result.errors[-1].exception_class_path == "builtins.TypeError"
 
 
-def test_a_retried_task_lists_each_attempt_and_sends_signals_for_each(tasks_settings: dict[str, Any],
-                                                                        tmp_path: Path) -> None:
+def test_a_retried_task_lists_each_attempt_and_sends_signals_for_each(
+    tasks_settings: dict[str, Any], tmp_path: Path
+) -> None:
     import jobs
     from ferroq.contrib.django._compat import task_enqueued, task_finished, task_started
 
@@ -142,10 +150,13 @@ def test_a_retried_task_lists_each_attempt_and_sends_signals_for_each(tasks_sett
     def record(signal_name: str) -> Any:
         def receiver(sender: Any, task_result: Any, **kwargs: Any) -> None:
             seen.append((signal_name, task_result.id, str(task_result.status)))
+
         return receiver
 
-    receivers = {sig: record(name) for sig, name in ((task_enqueued, "enqueued"), (task_started, "started"),
-                                                     (task_finished, "finished"))}
+    receivers = {
+        sig: record(name)
+        for sig, name in ((task_enqueued, "enqueued"), (task_started, "started"), (task_finished, "finished"))
+    }
     for sig, fn in receivers.items():
         sig.connect(fn)
     try:
@@ -159,8 +170,13 @@ def test_a_retried_task_lists_each_attempt_and_sends_signals_for_each(tasks_sett
     assert [e.exception_class_path for e in result.errors] == ["builtins.ConnectionError"]
     assert len(result.worker_ids) == 2 and result.started_at < result.last_attempted_at
     i = result.id
-    assert seen == [("enqueued", i, "READY"), ("started", i, "RUNNING"), ("finished", i, "FAILED"),
-                    ("started", i, "RUNNING"), ("finished", i, "SUCCESSFUL")]
+    assert seen == [
+        ("enqueued", i, "READY"),
+        ("started", i, "RUNNING"),
+        ("finished", i, "FAILED"),
+        ("started", i, "RUNNING"),
+        ("finished", i, "SUCCESSFUL"),
+    ]
 
 
 def test_priorities_map_onto_ferroq_priorities(tasks_settings: dict[str, Any]) -> None:
@@ -279,9 +295,17 @@ def test_options_set_the_defaults_of_every_task(tasks_settings: dict[str, Any], 
     import jobs
     from django.test.utils import override_settings
 
-    config = {"default": {"BACKEND": "ferroq.contrib.django.FerroqBackend",
-                          "OPTIONS": {"path": tmp_path / "other.db", "max_attempts": 1,
-                                      "retry": ferroq.RetryPolicy(base_delay=0), "durability": "normal"}}}
+    config = {
+        "default": {
+            "BACKEND": "ferroq.contrib.django.FerroqBackend",
+            "OPTIONS": {
+                "path": tmp_path / "other.db",
+                "max_attempts": 1,
+                "retry": ferroq.RetryPolicy(base_delay=0),
+                "durability": "normal",
+            },
+        }
+    }
     with override_settings(TASKS=config):
         b = backend()
         result = jobs.add.enqueue(1, 1)
@@ -312,9 +336,12 @@ def test_bad_tasks_and_calls_get_clear_typed_errors(tasks_settings: dict[str, An
         jobs.add.enqueue(object(), 1)
     assert backend().queue().counts()["pending"] == 0  # nothing half-stored
 
-    for options, message in (({}, "needs \"path\""), ({"path": "x.db", "colour": 1}, "'colour'"),
-                             ({"path": "x.db", "max_attempts": 0}, "max_attempts"),
-                             ({"path": "x.db", "retry": 3}, "RetryPolicy")):
+    for options, message in (
+        ({}, 'needs "path"'),
+        ({"path": "x.db", "colour": 1}, "'colour'"),
+        ({"path": "x.db", "max_attempts": 0}, "max_attempts"),
+        ({"path": "x.db", "retry": 3}, "RetryPolicy"),
+    ):
         config = {"default": {"BACKEND": "ferroq.contrib.django.FerroqBackend", "OPTIONS": options}}
         with override_settings(TASKS=config), pytest.raises(ImproperlyConfigured, match=re.escape(message)):
             task_backends["default"]
@@ -333,12 +360,12 @@ def test_a_cancelled_task_is_failed(tasks_settings: dict[str, Any]) -> None:
 # -- manage.py ferroq_worker, a real process ---------------------------------------------
 
 
-
 def manage(root: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([PACKAGE_ROOT, str(root)]), PYTHONUNBUFFERED="1")
     env.pop("DJANGO_SETTINGS_MODULE", None)
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=root, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def shell(root: Path, code: str) -> str:
@@ -359,25 +386,30 @@ def test_the_readme_example_runs_with_manage_py_ferroq_worker(tmp_path: Path) ->
     done = manage(root, "ferroq_worker", "--queue-name", "emails", "--until-empty", "--concurrency", "2")
     assert done.returncode == 0, done.stderr
     shell(root, BLOCKS["results"])
-    shell(root, textwrap.dedent("""\
+    shell(
+        root,
+        textwrap.dedent("""\
         from shop.tasks import nightly_report
         r = nightly_report.get_result("2")
         assert r.status == "SUCCESSFUL", r.status
         assert r.return_value == {"day": "2026-12-04", "attempt": 1}, r.return_value
-    """))
+    """),
+    )
 
 
 @pytest.mark.slow
 def test_worker_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     root = make_project(tmp_path / "site")
-    for args, message in ((("ferroq_worker", "--until-empty"), "--create"),
-                          (("ferroq_worker", "--queue-name", "nope"), "not one of backend 'default'"),
-                          (("ferroq_worker", "--backend", "nope"), "nope"),
-                          (("ferroq_worker", "--concurrency", "2", "--processes", "2"), "not both"),
-                          (("ferroq_worker", "--concurrency", "0"), "not in the range"),
-                          (("ferroq_worker", "--prefetch", "-1"), "not in the range 0..100000"),
-                          (("ferroq_worker", "--metrics-port", "99999"), "not in the range 0..65535"),
-                          (("ferroq_worker", "--create", "--lease", "0.1"), "lease must be at least")):
+    for args, message in (
+        (("ferroq_worker", "--until-empty"), "--create"),
+        (("ferroq_worker", "--queue-name", "nope"), "not one of backend 'default'"),
+        (("ferroq_worker", "--backend", "nope"), "nope"),
+        (("ferroq_worker", "--concurrency", "2", "--processes", "2"), "not both"),
+        (("ferroq_worker", "--concurrency", "0"), "not in the range"),
+        (("ferroq_worker", "--prefetch", "-1"), "not in the range 0..100000"),
+        (("ferroq_worker", "--metrics-port", "99999"), "not in the range 0..65535"),
+        (("ferroq_worker", "--create", "--lease", "0.1"), "lease must be at least"),
+    ):
         done = manage(root, *args)
         assert done.returncode != 0 and message in done.stderr, (args, done.stderr)
         assert "Traceback" not in done.stderr, done.stderr
@@ -396,12 +428,15 @@ def test_process_pool_children_set_django_up_and_connections_close_around_runs(t
     shell(root, "import jobs; jobs.in_child.enqueue(); jobs.open_db.enqueue(); jobs.db_closed.enqueue()")
     done = manage(root, "ferroq_worker", "--processes", "1", "--until-empty")
     assert done.returncode == 0, done.stderr
-    out = shell(root, textwrap.dedent("""\
+    out = shell(
+        root,
+        textwrap.dedent("""\
         import os, jobs
         child = jobs.in_child.get_result("1").return_value
         print(child["ready"], child["secret"], child["pid"] != os.getpid())
         print(jobs.open_db.get_result("2").return_value, jobs.db_closed.get_result("3").return_value)
-    """))
+    """),
+    )
     assert out.split() == ["True", "test", "only", "True", "True", "True"]
     # In threads too: the connection one run opened is closed before the next run.
     shell(root, "import jobs; jobs.open_db.enqueue(); jobs.db_closed.enqueue()")
@@ -431,8 +466,13 @@ def test_a_backend_without_queues_takes_any_queue_name(tasks_settings: dict[str,
     import jobs
     from django.test.utils import override_settings
 
-    config = {"default": {"BACKEND": "ferroq.contrib.django.FerroqBackend", "QUEUES": [],
-                          "OPTIONS": {"path": tmp_path / "any.db"}}}
+    config = {
+        "default": {
+            "BACKEND": "ferroq.contrib.django.FerroqBackend",
+            "QUEUES": [],
+            "OPTIONS": {"path": tmp_path / "any.db"},
+        }
+    }
     with override_settings(TASKS=config):
         result = jobs.add.using(queue_name="anything").enqueue(1, 2)
         drain(backend().queue("anything"), timeout=60)

@@ -87,10 +87,19 @@ def test_a_group_forecast_counts_only_that_group(queue_location: Path | str) -> 
     assert q.forecast("a", horizon=60, interval=60).total < 5  # a stopped
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"interval": 15}, {"interval": 0}, {"interval": True}, {"interval": float("nan")},
-    {"horizon": 30, "interval": 60}, {"horizon": -1}, {"horizon": 30 * 86_400}, {"horizon": "soon"},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"interval": 15},
+        {"interval": 0},
+        {"interval": True},
+        {"interval": float("nan")},
+        {"horizon": 30, "interval": 60},
+        {"horizon": -1},
+        {"horizon": 30 * 86_400},
+        {"horizon": "soon"},
+    ],
+)
 def test_bad_arguments_are_refused_clearly(queue_location: Path | str, kwargs: dict[str, object]) -> None:
     q, _ = open_queue(queue_location)
     with pytest.raises(InvalidArgument):
@@ -123,6 +132,7 @@ def test_cli_forecast_prints_a_table_and_json(queue_location: Path | str) -> Non
 
 def test_the_band_is_as_wide_as_the_errors_the_model_made(queue_location: Path | str) -> None:
     import random
+
     rng = random.Random(5)
     q, clock = open_queue(queue_location)
     # Two hours at 2/s, counted as Poisson (normal approximation): sd sqrt(120) a minute.

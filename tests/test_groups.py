@@ -27,28 +27,31 @@ def wait_until(condition, timeout: float = WAIT) -> None:  # type: ignore[no-unt
         time.sleep(0.01)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: ferroq.CircuitBreaker(failure_threshold=0),
-    lambda: ferroq.CircuitBreaker(window=0),
-    lambda: ferroq.CircuitBreaker(open_for=-1),
-    lambda: ferroq.CircuitBreaker(open_for=10, max_open_for=5),
-    lambda: ferroq.CircuitBreaker(half_open_probes=0),
-    lambda: ferroq.CircuitBreaker(counts=(ValueError, "x")),  # type: ignore[arg-type]
-    lambda: ferroq.Throttle(),
-    lambda: ferroq.Throttle(rate=0),
-    lambda: ferroq.Throttle(rate=float("nan")),
-    lambda: ferroq.Throttle(rate=True),
-    lambda: ferroq.Throttle(rate=5, burst=0.5),
-    lambda: ferroq.Throttle(max_concurrency=3, burst=2),
-    lambda: ferroq.Throttle(max_concurrency=0),
-    lambda: ferroq.Throttle(rate=5, adaptive=True),
-    lambda: ferroq.Throttle(max_concurrency=4, adaptive=True, min_concurrency=5),
-    lambda: ferroq.Throttle(max_concurrency=4, error_rate=1.0),
-    lambda: ferroq.PriorityAging(every=0),
-    lambda: ferroq.PriorityAging(step=0),
-    lambda: ferroq.PriorityAging(max_priority=10**6),
-    lambda: ferroq.RateLimited(-1),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ferroq.CircuitBreaker(failure_threshold=0),
+        lambda: ferroq.CircuitBreaker(window=0),
+        lambda: ferroq.CircuitBreaker(open_for=-1),
+        lambda: ferroq.CircuitBreaker(open_for=10, max_open_for=5),
+        lambda: ferroq.CircuitBreaker(half_open_probes=0),
+        lambda: ferroq.CircuitBreaker(counts=(ValueError, "x")),  # type: ignore[arg-type]
+        lambda: ferroq.Throttle(),
+        lambda: ferroq.Throttle(rate=0),
+        lambda: ferroq.Throttle(rate=float("nan")),
+        lambda: ferroq.Throttle(rate=True),
+        lambda: ferroq.Throttle(rate=5, burst=0.5),
+        lambda: ferroq.Throttle(max_concurrency=3, burst=2),
+        lambda: ferroq.Throttle(max_concurrency=0),
+        lambda: ferroq.Throttle(rate=5, adaptive=True),
+        lambda: ferroq.Throttle(max_concurrency=4, adaptive=True, min_concurrency=5),
+        lambda: ferroq.Throttle(max_concurrency=4, error_rate=1.0),
+        lambda: ferroq.PriorityAging(every=0),
+        lambda: ferroq.PriorityAging(step=0),
+        lambda: ferroq.PriorityAging(max_priority=10**6),
+        lambda: ferroq.RateLimited(-1),
+    ],
+)
 def test_bad_settings_are_refused(make) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ferroq.InvalidArgument):
         make()
@@ -115,8 +118,13 @@ def test_breaker_opens_holds_the_group_pending_and_a_probe_closes_it(queue: ferr
 def test_which_failures_count_is_policy(queue: ferroq.Queue) -> None:
     only_infra = ferroq.CircuitBreaker(failure_threshold=1, counts=(ferroq.InfrastructureError,))
     db = queue.group("db", breaker=only_infra)
-    errors = {"bug": ValueError("bug"), "input": ferroq.ValidationError("bad input"),
-              "429": ferroq.RateLimited(0), "retry": ferroq.Retry(0), "down": ferroq.InfrastructureError("db down")}
+    errors = {
+        "bug": ValueError("bug"),
+        "input": ferroq.ValidationError("bad input"),
+        "429": ferroq.RateLimited(0),
+        "retry": ferroq.Retry(0),
+        "down": ferroq.InfrastructureError("db down"),
+    }
     seen: list[str] = []
 
     @queue.task(resource_group="db", max_attempts=1, retry=NO_BACKOFF)
@@ -138,8 +146,9 @@ def test_which_failures_count_is_policy(queue: ferroq.Queue) -> None:
 
 
 def test_rate_limited_waits_keeps_its_attempt_and_holds_a_throttled_group(queue: ferroq.Queue) -> None:
-    api = queue.group("api", breaker=ferroq.CircuitBreaker(failure_threshold=1),
-                      throttle=ferroq.Throttle(max_concurrency=4))
+    api = queue.group(
+        "api", breaker=ferroq.CircuitBreaker(failure_threshold=1), throttle=ferroq.Throttle(max_concurrency=4)
+    )
     calls: list[float] = []
 
     @queue.task(resource_group=api, max_attempts=1)
@@ -262,8 +271,9 @@ def test_rate_limit_spaces_task_starts(queue: ferroq.Queue) -> None:
 
 
 def test_adaptive_throttle_cuts_the_cap_on_errors_and_shows_it(queue: ferroq.Queue) -> None:
-    api = queue.group("api", throttle=ferroq.Throttle(max_concurrency=8, adaptive=True, min_concurrency=2,
-                                                      error_rate=0.2, cooldown=0))
+    api = queue.group(
+        "api", throttle=ferroq.Throttle(max_concurrency=8, adaptive=True, min_concurrency=2, error_rate=0.2, cooldown=0)
+    )
     assert api.state().concurrency_limit == 8
 
     @queue.task(resource_group=api, max_attempts=1)
@@ -280,8 +290,9 @@ def test_adaptive_throttle_cuts_the_cap_on_errors_and_shows_it(queue: ferroq.Que
 
 
 def test_priority_aging_lifts_a_waiting_task(queue_location: Path | str) -> None:
-    q = ferroq.Queue(queue_location, durability="normal",
-                     priority_aging=ferroq.PriorityAging(every=0.05, step=1, max_priority=3))
+    q = ferroq.Queue(
+        queue_location, durability="normal", priority_aging=ferroq.PriorityAging(every=0.05, step=1, max_priority=3)
+    )
 
     @q.task(resource_group="slow", priority=-2)
     def low() -> str:

@@ -98,8 +98,9 @@ def start_workers(procs: Procs, tmp_path: Path, n: int, concurrency: int, prefet
     db, log = tmp_path / "q.db", tmp_path / "runs.log"
     ferroq.Queue(db, durability="normal")  # create the file before the workers race to
     script = procs.script("app", APP)
-    workers = [procs.start(script, db, log, tmp_path / "healthy", concurrency, prefetch, label=f"worker-{i}")
-               for i in range(n)]
+    workers = [
+        procs.start(script, db, log, tmp_path / "healthy", concurrency, prefetch, label=f"worker-{i}") for i in range(n)
+    ]
     return workers, log
 
 
@@ -148,8 +149,7 @@ def test_a_rate_limit_holds_across_two_processes(tmp_path: Path, procs: Procs) -
 def test_a_concurrency_cap_of_3_holds_across_2_processes_of_8_threads(tmp_path: Path, procs: Procs) -> None:
     q = ferroq.Queue(tmp_path / "q.db", durability="normal")
     workers, log = start_workers(procs, tmp_path, n=2, concurrency=8, prefetch=8)
-    wait_until(lambda: q.group("db").state().max_concurrency == 3, 30, "workers declared the group",
-               children=workers)
+    wait_until(lambda: q.group("db").state().max_concurrency == 3, 30, "workers declared the group", children=workers)
     ids = enqueue(q, "query", "db", 60)
     wait_until(lambda: q.counts()["completed"] == 60, 60, "every query to complete", children=workers)
     stop(workers)
@@ -192,7 +192,8 @@ ferroq.Worker(q, concurrency=4, lease=5.0).run()
 
 
 def test_every_task_runs_once_across_processes_with_delays_retries_limits_and_a_pause(
-        tmp_path: Path, procs: Procs) -> None:
+    tmp_path: Path, procs: Procs
+) -> None:
     # Two processes claim from three groups (one throttled, one capped, one paused for a
     # while) with priorities, delayed tasks and retries waiting out a backoff: everything
     # that claims moves between the ready and delayed indexes and merges groups. Every task
@@ -201,8 +202,7 @@ def test_every_task_runs_once_across_processes_with_delays_retries_limits_and_a_
     q = ferroq.Queue(db, durability="normal")
     script = procs.script("mixed", MIXED_APP)
     workers = [procs.start(script, db, log, label=f"worker-{i}") for i in range(2)]
-    wait_until(lambda: q.group("db").state().max_concurrency == 2, 30, "workers declared the groups",
-               children=workers)
+    wait_until(lambda: q.group("db").state().max_concurrency == 2, 30, "workers declared the groups", children=workers)
     now_ms = q._store.now_ms()
     rows, fails_first = [], set()
     for i in range(600):

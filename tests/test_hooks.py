@@ -94,8 +94,9 @@ def _lines(log: Path) -> list[list[str]]:
     return [line.split(" ") for line in log.read_text().splitlines()]
 
 
-def _drain(tmp_path: Path, db: Path | str, procs: Procs, pool: str,
-           enqueue: Any) -> tuple[ferroq.Queue, int, list[list[str]], str]:
+def _drain(
+    tmp_path: Path, db: Path | str, procs: Procs, pool: str, enqueue: Any
+) -> tuple[ferroq.Queue, int, list[list[str]], str]:
     log = tmp_path / "hooks.log"
     q = ferroq.Queue(db)
     for name in ("ok", "boom", "aok", "before_fails", "after_fails"):  # to enqueue by name here
@@ -107,8 +108,9 @@ def _drain(tmp_path: Path, db: Path | str, procs: Procs, pool: str,
 
 
 @pytest.mark.parametrize("pool", ["thread", "process"])
-def test_each_run_of_a_batch_task_gets_its_hooks(tmp_path: Path, queue_location: Path | str, procs: Procs,
-                                                 pool: str) -> None:
+def test_each_run_of_a_batch_task_gets_its_hooks(
+    tmp_path: Path, queue_location: Path | str, procs: Procs, pool: str
+) -> None:
     """before_run for each run before the batch function, after_run for each after it with
     its own item's outcome; a run whose before_run raises is left out of the batch and fails
     with the hook's error, the others run."""
@@ -142,8 +144,9 @@ def _by_task(lines: list[list[str]], task_id: int) -> list[list[str]]:
 
 
 @pytest.mark.parametrize("pool", ["thread", "process"])
-def test_hooks_run_around_each_run_where_it_runs(tmp_path: Path, queue_location: Path | str, procs: Procs,
-                                                 pool: str) -> None:
+def test_hooks_run_around_each_run_where_it_runs(
+    tmp_path: Path, queue_location: Path | str, procs: Procs, pool: str
+) -> None:
     """on_start first and on_stop last, once each, in the worker process; before_run, the
     processor and after_run in that order, in one thread of the process that runs the task
     (the worker's own under pool="thread", a child under pool="process"); after_run sees
@@ -159,8 +162,11 @@ def test_hooks_run_around_each_run_where_it_runs(tmp_path: Path, queue_location:
     assert lines[-1][:3] == ["on_stop", "0", str(worker_pid)]
     assert [line[0] for line in lines].count("on_start") == 1
     assert [line[0] for line in lines].count("on_stop") == 1
-    after = {"ok": ["True", "10", "NoneType"], "boom": ["False", "None", "ValueError"],
-             "aok": ["True", "10", "NoneType"]}
+    after = {
+        "ok": ["True", "10", "NoneType"],
+        "boom": ["False", "None", "ValueError"],
+        "aok": ["True", "10", "NoneType"],
+    }
     for name, task_id in ids.items():
         seen = _by_task(lines, task_id)
         assert [line[0] for line in seen] == ["before", "run", "after"], (name, seen)
@@ -174,7 +180,8 @@ def test_hooks_run_around_each_run_where_it_runs(tmp_path: Path, queue_location:
 
 @pytest.mark.parametrize("pool", ["thread", "process"])
 def test_a_failing_before_run_fails_the_run_and_a_failing_after_run_changes_nothing(
-        tmp_path: Path, queue_location: Path | str, procs: Procs, pool: str) -> None:
+    tmp_path: Path, queue_location: Path | str, procs: Procs, pool: str
+) -> None:
     ids: dict[str, int] = {}
 
     def enqueue(q: ferroq.Queue) -> None:
@@ -239,8 +246,13 @@ def test_on_stop_follows_on_start_when_the_process_pool_cannot_start(queue_locat
     q = ferroq.Queue(queue_location)
     q.task(name="t")(lambda: None)  # no child could import it: run() refuses before claiming
     calls: list[str] = []
-    worker = ferroq.Worker(q, pool="process", on_start=lambda: calls.append("start"),
-                           on_stop=lambda: calls.append("stop"), handle_signals=False)
+    worker = ferroq.Worker(
+        q,
+        pool="process",
+        on_start=lambda: calls.append("start"),
+        on_stop=lambda: calls.append("stop"),
+        handle_signals=False,
+    )
     with pytest.raises(ferroq.TaskNotImportable):
         worker.run(until_empty=True)
     assert calls == ["start", "stop"]

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 N = 3000
 
-APP = '''
+APP = """
 import os
 import ferroq
 
@@ -34,12 +34,18 @@ def job(n: int) -> int:
     with open(os.environ["RUNS_LOG"], "a") as f:  # one line per run: a double run shows
         f.write(f"{n}\\n")
     return n
-'''
+"""
 
 
 def cli(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ferroq.cli", *args], cwd=cwd, env=child_env(env),
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "ferroq.cli", *args],
+        cwd=cwd,
+        env=child_env(env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def fill(db: Path) -> dict[int, tuple[int, str, int, str | None]]:
@@ -53,8 +59,11 @@ def fill(db: Path) -> dict[int, tuple[int, str, int, str | None]]:
             prio, group = n % 3, "cpu" if n % 4 else "io"
             key = f"key-{n}" if n % 10 == 0 else None
             delay = 1.5 if n % 7 == 0 else None
-            calls.append(job.using(priority=prio, resource_group=group, unique_key=key, delay=delay,
-                                   max_attempts=2 + n % 3).call(n))
+            calls.append(
+                job.using(
+                    priority=prio, resource_group=group, unique_key=key, delay=delay, max_attempts=2 + n % 3
+                ).call(n)
+            )
             want[n] = (prio, group, 2 + n % 3, key)
         q.enqueue_many(calls)
         for t in q._store.claim("default", "gone-worker", 5, 60_000):  # attempts 1: one run fewer
@@ -75,8 +84,9 @@ def unfinished(location: str | Path) -> dict[int, ferroq.TaskInfo]:
 def assert_same_tasks(location: str | Path, want: dict[int, tuple[int, str, int, str | None]]) -> None:
     got = unfinished(location)
     assert set(got) == set(want)
-    assert {n: (t.priority, t.resource_group, t.max_attempts - t.attempts, t.unique_key)
-            for n, t in got.items()} == want
+    assert {
+        n: (t.priority, t.resource_group, t.max_attempts - t.attempts, t.unique_key) for n, t in got.items()
+    } == want
     assert all(t.status == "pending" for t in got.values())
     # FIFO within a priority survives: the new ids are in the old order.
     for prio in range(3):
@@ -91,8 +101,17 @@ def drain(cwd: Path, location: str | Path) -> collections.Counter[int]:
     with ferroq.Queue(location) as q:
         q.resume()
         q.group("io").resume()
-    done = cli(cwd, "worker", "app:queue", "--until-empty", "--concurrency", "4", "--log-level", "warning",
-               env={"APP_DB": str(location), "RUNS_LOG": str(log)})
+    done = cli(
+        cwd,
+        "worker",
+        "app:queue",
+        "--until-empty",
+        "--concurrency",
+        "4",
+        "--log-level",
+        "warning",
+        env={"APP_DB": str(location), "RUNS_LOG": str(log)},
+    )
     assert done.returncode == 0, done.stderr
     return collections.Counter(int(line) for line in log.read_text().split())
 
@@ -128,8 +147,10 @@ def test_a_migration_killed_halfway_then_run_again_copies_nothing_twice(tmp_path
     a = tmp_path / "a.db"
     want = fill(a)
     # A real crash: the process dies (no cleanup) after the second batch is committed on DST.
-    crash = (f"import os; from ferroq.migrate import migrate; migrate({str(a)!r}, {pg_url!r}, batch=500, "
-             f"progress=lambda r: os._exit(9) if r.copied >= 1000 else None)")
+    crash = (
+        f"import os; from ferroq.migrate import migrate; migrate({str(a)!r}, {pg_url!r}, batch=500, "
+        f"progress=lambda r: os._exit(9) if r.copied >= 1000 else None)"
+    )
     died = subprocess.run([sys.executable, "-c", crash], env=child_env(), capture_output=True, text=True, timeout=300)
     assert died.returncode == 9, died.stderr
     assert len(unfinished(pg_url)) == 1000
@@ -150,8 +171,11 @@ def test_refused_while_a_worker_is_alive_on_src(tmp_path: Path) -> None:
     a, b = tmp_path / "a.db", tmp_path / "b.db"
     fill(a)
     (tmp_path / "app.py").write_text(textwrap.dedent(APP))
-    worker = subprocess.Popen([sys.executable, "-m", "ferroq.cli", "worker", "app:queue", "--log-level", "warning"],
-                              cwd=tmp_path, env=child_env({"APP_DB": str(a), "RUNS_LOG": os.devnull}))
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "ferroq.cli", "worker", "app:queue", "--log-level", "warning"],
+        cwd=tmp_path,
+        env=child_env({"APP_DB": str(a), "RUNS_LOG": os.devnull}),
+    )
     try:
         with ferroq.Queue(a) as q:
             deadline = time.monotonic() + 60

@@ -61,8 +61,7 @@ def test_four_workers_drain_5000_tasks_exactly_once(tmp_path: Path, procs: Procs
 
     script = procs.script("drain_worker", DRAIN_WORKER)
     go = tmp_path / "go"
-    workers = [procs.start(script, db, tmp_path / f"log-{i}.txt", f"w{i}", go, label=f"worker-{i}")
-               for i in range(4)]
+    workers = [procs.start(script, db, tmp_path / f"log-{i}.txt", f"w{i}", go, label=f"worker-{i}") for i in range(4)]
     go.touch()
     for w in workers:
         w.check(timeout=100)
@@ -94,7 +93,10 @@ def test_four_workers_drain_5000_tasks_exactly_once(tmp_path: Path, procs: Procs
         assert info.result == arg_of[task_id] * 2
         hist = q.history(task_id)
         assert [(t.from_status, t.to_status) for t in hist] == [
-            (None, "pending"), ("pending", "running"), ("running", "completed")], hist
+            (None, "pending"),
+            ("pending", "running"),
+            ("running", "completed"),
+        ], hist
         assert hist[1].worker == hist[2].worker and hist[2].worker in {"w0", "w1", "w2", "w3"}
     assert q.check() == ["ok"]
 
@@ -143,10 +145,13 @@ def test_concurrent_enqueuers_and_workers(tmp_path: Path, procs: Procs) -> None:
     go = tmp_path / "go"
     per_enqueuer, n_enqueuers = 1000, 3
 
-    workers = [procs.start(procs.script("echo_worker", ECHO_WORKER), db, f"w{i}", go, label=f"worker-{i}")
-               for i in range(2)]
-    enqueuers = [procs.start(procs.script("enqueuer", ENQUEUER), db, who, per_enqueuer, go,
-                             label=f"enqueuer-{who}") for who in range(n_enqueuers)]
+    workers = [
+        procs.start(procs.script("echo_worker", ECHO_WORKER), db, f"w{i}", go, label=f"worker-{i}") for i in range(2)
+    ]
+    enqueuers = [
+        procs.start(procs.script("enqueuer", ENQUEUER), db, who, per_enqueuer, go, label=f"enqueuer-{who}")
+        for who in range(n_enqueuers)
+    ]
     go.touch()
     for e in enqueuers:
         e.check(timeout=90)
@@ -158,15 +163,20 @@ def test_concurrent_enqueuers_and_workers(tmp_path: Path, procs: Procs) -> None:
     ids = [rec[0] for rec in enqueued]
     assert len(set(ids)) == total, "two enqueues got the same id"
     assert sorted((who, seq) for _, who, seq in enqueued) == [
-        (who, seq) for who in range(n_enqueuers) for seq in range(per_enqueuer)]
+        (who, seq) for who in range(n_enqueuers) for seq in range(per_enqueuer)
+    ]
 
-    wait_until(lambda: q.counts()["completed"] == total, 90, f"{total} completions", interval=0.1,
-               children=workers)
+    wait_until(lambda: q.counts()["completed"] == total, 90, f"{total} completions", interval=0.1, children=workers)
     # One worker may drain everything while the other still starts (CI saw it killed by the
     # SIGTERM below before its handler was installed): both must be running first. A worker
     # registers from its own thread just as its handlers go in.
-    wait_until(lambda: {w.id for w in q.workers() if w.alive} >= {"w0", "w1"}, 60, "both workers to run",
-               interval=0.05, children=workers)
+    wait_until(
+        lambda: {w.id for w in q.workers() if w.alive} >= {"w0", "w1"},
+        60,
+        "both workers to run",
+        interval=0.05,
+        children=workers,
+    )
     time.sleep(0.2)
     for w in workers:
         w.send(15)  # SIGTERM: graceful stop
@@ -213,15 +223,17 @@ def test_eight_processes_create_the_same_new_file(tmp_path: Path, procs: Procs, 
     db = tmp_path / "new.db"
     go, leave = tmp_path / "go", tmp_path / "leave"
     script = procs.script("opener", OPENER)
-    openers = [procs.start(script, db, who, go, tmp_path / f"done-{who}", leave, label=f"opener-{who}")
-               for who in range(8)]
+    openers = [
+        procs.start(script, db, who, go, tmp_path / f"done-{who}", leave, label=f"opener-{who}") for who in range(8)
+    ]
     # Let every interpreter start and reach the barrier before releasing them together.
     wait_until(lambda: all(c.alive() for c in openers), 10, "openers to start", children=openers)
     time.sleep(0.5)
     assert not db.exists()
     go.touch()
-    wait_until(lambda: all((tmp_path / f"done-{w}").exists() for w in range(8)), 60,
-               "all openers to enqueue", children=openers)
+    wait_until(
+        lambda: all((tmp_path / f"done-{w}").exists() for w in range(8)), 60, "all openers to enqueue", children=openers
+    )
 
     # While all 8 hold the file open: the database, its WAL and shared-memory file are 0600.
     modes = {}
@@ -244,13 +256,17 @@ def test_eight_processes_create_the_same_new_file(tmp_path: Path, procs: Procs, 
         assert r["counts"]["pending"] >= 1
 
     # Migrations ran exactly once: one row per version, one copy of every table.
-    probe = sqlite3_probe(tmp_path, db, {
-        "migrations": "SELECT version, count(*) FROM schema_migrations GROUP BY version",
-        "tables": "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
-        "journal": "PRAGMA journal_mode",
-        "tasks": "SELECT count(*) FROM tasks",
-        "history": "SELECT count(*) FROM task_history",
-    })
+    probe = sqlite3_probe(
+        tmp_path,
+        db,
+        {
+            "migrations": "SELECT version, count(*) FROM schema_migrations GROUP BY version",
+            "tables": "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
+            "journal": "PRAGMA journal_mode",
+            "tasks": "SELECT count(*) FROM tasks",
+            "history": "SELECT count(*) FROM task_history",
+        },
+    )
     versions = list(range(1, ferroq._core.SCHEMA_VERSION + 1))
     assert probe["migrations"] == [[v, 1] for v in versions]
     assert probe["journal"] == [["wal"]]

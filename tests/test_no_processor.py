@@ -26,20 +26,23 @@ FERROQ = Path(sys.executable).with_name("ferroq")
 NEW = "billing.new_thing"
 WARNING = f"has no processor for task {NEW!r}"
 
-OLD_APP = '''
+OLD_APP = """
 import ferroq
 q = ferroq.Queue({db!r}, durability="normal")
 
 @q.task(name="billing.invoice")
 def invoice(n: int) -> int:
     return n
-'''
+"""
 
-NEW_APP = OLD_APP + '''
+NEW_APP = (
+    OLD_APP
+    + """
 @q.task(name="{new}")
 def new_thing(n: int) -> int:
     return n * 10
-'''
+"""
+)
 
 
 def setup(tmp_path: Path, db: Path | str) -> tuple[Path | str, ferroq.Queue]:
@@ -59,7 +62,8 @@ def deferrals(q: ferroq.Queue, task_id: int) -> int:
 
 
 def test_an_old_worker_gives_the_task_back_and_a_new_worker_runs_it(
-        tmp_path: Path, queue_location: Path | str, procs: Procs) -> None:
+    tmp_path: Path, queue_location: Path | str, procs: Procs
+) -> None:
     db, q = setup(tmp_path, queue_location)
     ids = enqueue_new(q, 1, 2, 3)
     invoice = q.task(name="billing.invoice")(lambda n: n).enqueue(7)
@@ -71,8 +75,13 @@ def test_an_old_worker_gives_the_task_back_and_a_new_worker_runs_it(
         info = q.get(i)
         assert (info.status, info.attempts) == ("pending", 0), info
 
-    status = subprocess.run([sys.executable, "-m", "ferroq.cli", "--db", str(db), "status"], env=child_env(),
-                            capture_output=True, text=True, timeout=60)
+    status = subprocess.run(
+        [sys.executable, "-m", "ferroq.cli", "--db", str(db), "status"],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert status.returncode == 0, status.stderr
     assert f"3 tasks of {NEW!r}" in status.stdout and "have no processor in the running workers" in status.stdout
 
@@ -86,16 +95,34 @@ def test_an_old_worker_gives_the_task_back_and_a_new_worker_runs_it(
         info = q.get(i)
         assert (info.status, info.result, info.attempts) == ("completed", n * 10, 1), info
     assert WARNING not in new.stderr()
-    assert NEW not in subprocess.run([sys.executable, "-m", "ferroq.cli", "--db", str(db), "status"],
-                                     env=child_env(), capture_output=True, text=True, timeout=60).stdout
+    assert (
+        NEW
+        not in subprocess.run(
+            [sys.executable, "-m", "ferroq.cli", "--db", str(db), "status"],
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+    )
 
 
 def test_a_task_no_worker_can_run_goes_dead_after_the_grace(
-        tmp_path: Path, queue_location: Path | str, procs: Procs) -> None:
+    tmp_path: Path, queue_location: Path | str, procs: Procs
+) -> None:
     db, q = setup(tmp_path, queue_location)
     (task_id,) = enqueue_new(q, 1)
-    old = procs.start(FERROQ, "worker", "old_app:q", "--until-empty", "--unknown-task-grace", "2",
-                      "--log-level", "warning", label="old-worker")
+    old = procs.start(
+        FERROQ,
+        "worker",
+        "old_app:q",
+        "--until-empty",
+        "--unknown-task-grace",
+        "2",
+        "--log-level",
+        "warning",
+        label="old-worker",
+    )
     old.check(120)
     info = q.get(task_id)
     assert info.status == "dead", info
@@ -109,6 +136,12 @@ def test_the_grace_is_checked(tmp_path: Path, queue_location: Path | str) -> Non
     db, q = setup(tmp_path, queue_location)
     with pytest.raises(ferroq.InvalidArgument, match="unknown_task_grace"):
         ferroq.Worker(q, unknown_task_grace=-1.0)
-    done = subprocess.run([str(FERROQ), "worker", "old_app:q", "--unknown-task-grace", "-1"], cwd=tmp_path,
-                          env=child_env(), capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [str(FERROQ), "worker", "old_app:q", "--unknown-task-grace", "-1"],
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2 and "--unknown-task-grace" in done.stderr and "Traceback" not in done.stderr

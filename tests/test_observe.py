@@ -53,8 +53,7 @@ def test_run_percentiles_match_a_known_distribution_of_sleeps(queue: ferroq.Queu
 
 
 def test_failures_count_as_retried_and_dead(queue: ferroq.Queue) -> None:
-    @queue.task(max_attempts=2, retry=ferroq.RetryPolicy(base_delay=0, max_delay=0, jitter=0),
-                resource_group="api")
+    @queue.task(max_attempts=2, retry=ferroq.RetryPolicy(base_delay=0, max_delay=0, jitter=0), resource_group="api")
     def boom() -> None:
         raise RuntimeError("no")
 
@@ -130,8 +129,14 @@ def test_events_arrive_in_order_in_another_process(queue_location: Path | str, t
     ferroq.Worker(q, handle_signals=False).run(until_idle=True)
     watcher.check(30)
     got = [(r["kind"], r["task"]) for r in watcher.records()]
-    assert got == [("enqueued", h.id), ("enqueued", other.id), ("cancelled", other.id),
-                   ("started", h.id), ("failed", h.id), ("dead", h.id)]
+    assert got == [
+        ("enqueued", h.id),
+        ("enqueued", other.id),
+        ("cancelled", other.id),
+        ("started", h.id),
+        ("failed", h.id),
+        ("dead", h.id),
+    ]
     ids = [r["id"] for r in watcher.records()]
     assert ids == sorted(ids)
 
@@ -187,9 +192,14 @@ def test_health_reports_a_corrupt_database_without_raising(tmp_path: Path) -> No
 
 
 def test_retention_prunes_events_and_metrics(queue_location: Path | str) -> None:
-    q = ferroq.Queue(queue_location, durability="normal",
-                     observability=ferroq.Observability(events_age=0.01, metrics_raw_age=0.01,
-                                                        metrics_hourly_age=0.01, workers_age=0.01))
+    q = ferroq.Queue(
+        queue_location,
+        durability="normal",
+        observability=ferroq.Observability(
+            events_age=0.01, metrics_raw_age=0.01, metrics_hourly_age=0.01, workers_age=0.01
+        ),
+    )
+
     @q.task
     def t() -> None: ...
 

@@ -48,8 +48,10 @@ ENTRY_POINTS: dict[str, tuple[str, Callable[[ferroq.Queue, Path], Any]]] = {
     "using-unique-key": ("unique_key", lambda q, p: _task(q).using(unique_key=LONE).enqueue()),
     "bound-using-unique-key": ("unique_key", lambda q, p: _task(q).using(priority=1).using(unique_key=LONE)),
     "task-options-unique-key": ("unique_key", lambda q, p: ferroq.TaskOptions(unique_key=LONE)),
-    "enqueue-many-task-call": ("task name", lambda q, p: q.enqueue_many(
-        [ferroq.TaskCall(LONE, b'{"args":[],"kwargs":{}}', _task(q).options)])),
+    "enqueue-many-task-call": (
+        "task name",
+        lambda q, p: q.enqueue_many([ferroq.TaskCall(LONE, b'{"args":[],"kwargs":{}}', _task(q).options)]),
+    ),
     "worker-groups": ("group name", lambda q, p: ferroq.Worker(q, groups=["ok", LONE])),
     "worker-name": ("worker name", lambda q, p: ferroq.Worker(q, name=LONE)),
     "circuit": ("group name", lambda q, p: q.circuit(LONE)),
@@ -64,7 +66,8 @@ ENTRY_POINTS: dict[str, tuple[str, Callable[[ferroq.Queue, Path], Any]]] = {
 
 @pytest.mark.parametrize("argument, call", list(ENTRY_POINTS.values()), ids=list(ENTRY_POINTS))
 def test_a_lone_surrogate_is_an_invalid_argument_naming_it(
-        queue: ferroq.Queue, tmp_path: Path, argument: str, call: Callable[[ferroq.Queue, Path], Any]) -> None:
+    queue: ferroq.Queue, tmp_path: Path, argument: str, call: Callable[[ferroq.Queue, Path], Any]
+) -> None:
     with pytest.raises(ferroq.InvalidArgument) as caught:
         call(queue, tmp_path / "other.db")
     message = str(caught.value)
@@ -95,8 +98,12 @@ def test_cli_arguments_holding_undecodable_bytes(queue: ferroq.Queue, db_path: P
     a usage error naming the argument, not a traceback."""
     queue.close()
     for args in ([b"--queue", b"q\xff", b"status"], [b"list", b"--name", b"n\xff"], [b"list", b"--group", b"g\xff"]):
-        done = subprocess.run([os.fsencode(sys.executable), b"-m", b"ferroq.cli", b"--db", os.fsencode(db_path),
-                               *args], env=child_env(), capture_output=True, timeout=60)
+        done = subprocess.run(
+            [os.fsencode(sys.executable), b"-m", b"ferroq.cli", b"--db", os.fsencode(db_path), *args],
+            env=child_env(),
+            capture_output=True,
+            timeout=60,
+        )
         stderr = done.stderr.decode("utf-8", "replace")
         assert done.returncode == 2, (args, stderr)
         assert "surrogate" in stderr and "Traceback" not in stderr, (args, stderr)
@@ -142,6 +149,7 @@ def test_an_exception_carrying_a_lone_surrogate_is_stored_escaped(queue: ferroq.
     """The stored error must be UTF-8: the message of a processor's exception (a file name
     from os.fsdecode...) used to kill the runner thread while recording the failure, and the
     worker waited for the lost run forever."""
+
     @queue.task(name="job", max_attempts=1)
     def job() -> None:
         raise ValueError(f"cannot read {LONE}")
@@ -159,8 +167,7 @@ def test_an_exception_carrying_a_lone_surrogate_is_stored_escaped(queue: ferroq.
 
 
 @pytest.mark.parametrize("bound", [False, True], ids=["task", "bound-task"])
-def test_an_unknown_using_option_is_an_invalid_argument_listing_the_options(queue: ferroq.Queue,
-                                                                            bound: bool) -> None:
+def test_an_unknown_using_option_is_an_invalid_argument_listing_the_options(queue: ferroq.Queue, bound: bool) -> None:
     job = _task(queue)
     target = job.using(priority=1) if bound else job
     with pytest.raises(ferroq.InvalidArgument) as caught:
@@ -218,6 +225,7 @@ def test_retry_delays_are_checked(value: Any) -> None:
 def test_a_processor_raising_retry_with_an_infinite_delay_fails_its_run(queue: ferroq.Queue) -> None:
     """Retry(delay=inf) used to pass its check, then kill the runner thread (OverflowError
     turning it into milliseconds): the worker waited for the lost run forever."""
+
     @queue.task(name="job", max_attempts=1)
     def job() -> None:
         raise ferroq.Retry(delay=math.inf)
@@ -238,10 +246,14 @@ def test_subscribe_after_is_checked(queue: ferroq.Queue) -> None:
 # -- paths SQLite does not read as file names ----------------------------------------------------
 
 
-@pytest.mark.parametrize("path", [":memory:", "file:q.db?mode=memory", "file:q.db", "", "file::memory:"],
-                         ids=["memory", "uri-memory", "uri", "empty", "uri-shared-memory"])
+@pytest.mark.parametrize(
+    "path",
+    [":memory:", "file:q.db?mode=memory", "file:q.db", "", "file::memory:"],
+    ids=["memory", "uri-memory", "uri", "empty", "uri-shared-memory"],
+)
 def test_a_path_sqlite_would_not_read_as_a_file_is_refused_before_anything_is_created(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
     """Queue(":memory:") used to leave an empty 0600 file named ":memory:" and fail with a
     generic StorageError (WAL cannot be set in memory); "file:..." opened a URI."""
     monkeypatch.chdir(tmp_path)
@@ -275,10 +287,10 @@ def table_leaves(db: bytes, root: int) -> list[int]:
     if kind == 13:
         return [root]
     assert kind == 5, f"page {root} is not a table b-tree page (type {kind})"
-    cells = int.from_bytes(db[header + 3:header + 5], "big")
-    pointers = [int.from_bytes(db[header + 12 + 2 * i:header + 14 + 2 * i], "big") for i in range(cells)]
-    children = [int.from_bytes(db[start + p:start + p + 4], "big") for p in pointers]
-    children.append(int.from_bytes(db[header + 8:header + 12], "big"))  # the right-most child
+    cells = int.from_bytes(db[header + 3 : header + 5], "big")
+    pointers = [int.from_bytes(db[header + 12 + 2 * i : header + 14 + 2 * i], "big") for i in range(cells)]
+    children = [int.from_bytes(db[start + p : start + p + 4], "big") for p in pointers]
+    children.append(int.from_bytes(db[header + 8 : header + 12], "big"))  # the right-most child
     return [leaf for child in children for leaf in table_leaves(db, child)]
 
 
@@ -300,13 +312,13 @@ q.close()
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120, env=child_env())
     assert sorted(os.listdir(directory)) == ["queue.db"], "the subprocess left the file open"
     root = sqlite3_probe(directory, path, {"root": "SELECT rootpage FROM sqlite_master WHERE name = 'tasks'"})
-    (root_page,), = root["root"]
+    ((root_page,),) = root["root"]
     (directory / "sqlite3_probe.py").unlink()
     content = bytearray(path.read_bytes())
     leaves = table_leaves(bytes(content), root_page)
     assert len(leaves) >= 6, leaves
     for page in leaves[-3:]:
-        content[(page - 1) * PAGE:page * PAGE] = b"\xde\xad\xbe\xef" * (PAGE // 4)
+        content[(page - 1) * PAGE : page * PAGE] = b"\xde\xad\xbe\xef" * (PAGE // 4)
     path.write_bytes(bytes(content))
     return path
 
@@ -349,8 +361,14 @@ def test_the_cli_worker_exits_on_a_damaged_file_with_a_message(damaged_copy: Pat
         "def job(x):\n"
         "    print('ran', x, flush=True)\n"
     )
-    done = subprocess.run([sys.executable, "-m", "ferroq.cli", "worker", "app:queue", "--until-idle"],
-                          cwd=damaged_copy.parent, env=child_env(), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "ferroq.cli", "worker", "app:queue", "--until-idle"],
+        cwd=damaged_copy.parent,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 3, done.stderr
     assert "damaged" in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert "ran" not in done.stdout
@@ -371,14 +389,21 @@ def _listening_address(port: int) -> str:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads listening sockets from /proc/net/tcp")
-@pytest.mark.parametrize("host, listens_on", [(None, "0.0.0.0"), ("127.0.0.1", "127.0.0.1")],
-                         ids=["default", "loopback"])
+@pytest.mark.parametrize(
+    "host, listens_on", [(None, "0.0.0.0"), ("127.0.0.1", "127.0.0.1")], ids=["default", "loopback"]
+)
 def test_the_metrics_endpoint_listens_where_told(tmp_path: Path, host: str | None, listens_on: str) -> None:
     db, q = make_app(tmp_path, tmp_path / "app.db")
     q.close()
     args = ["--metrics-port", "0"] + ([] if host is None else ["--metrics-host", host])
-    with subprocess.Popen([sys.executable, "-m", "ferroq.cli", "worker", "app:queue", *args], cwd=tmp_path,
-                          env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(
+        [sys.executable, "-m", "ferroq.cli", "worker", "app:queue", *args],
+        cwd=tmp_path,
+        env=child_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
         try:
             assert proc.stderr is not None
             port = None
@@ -395,8 +420,24 @@ def test_the_metrics_endpoint_listens_where_told(tmp_path: Path, host: str | Non
 
 def test_a_metrics_host_that_cannot_be_bound_is_a_message(tmp_path: Path) -> None:
     make_app(tmp_path, tmp_path / "app.db")[1].close()
-    done = subprocess.run([sys.executable, "-m", "ferroq.cli", "worker", "app:queue", "--until-idle",
-                           "--metrics-port", "0", "--metrics-host", "256.0.0.1"],
-                          cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ferroq.cli",
+            "worker",
+            "app:queue",
+            "--until-idle",
+            "--metrics-port",
+            "0",
+            "--metrics-host",
+            "256.0.0.1",
+        ],
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1, done.stderr
     assert "cannot serve metrics on 256.0.0.1" in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -41,8 +41,11 @@ def make_queue(db: Path | str, cron: str, missed: str = "once") -> Queue:
 def ticks(q: Queue) -> list[datetime]:
     """The ticks enqueued, from their unique keys, in order."""
     keys = [t.unique_key for t in q.list(limit=10_000)]
-    return sorted(datetime.strptime(k.rsplit(":", 2)[1] + ":" + k.rsplit(":", 1)[1], "%Y-%m-%dT%H:%MZ")
-                  .replace(tzinfo=UTC) for k in keys if k)
+    return sorted(
+        datetime.strptime(k.rsplit(":", 2)[1] + ":" + k.rsplit(":", 1)[1], "%Y-%m-%dT%H:%MZ").replace(tzinfo=UTC)
+        for k in keys
+        if k
+    )
 
 
 def step(q: Queue, clock: Clock, until: datetime, every: timedelta = timedelta(minutes=1)) -> Scheduler:
@@ -177,8 +180,9 @@ emit({"done": True})
 
 
 @pytest.mark.slow
-def test_two_schedulers_in_two_processes_enqueue_each_tick_once(queue_location: Path | str, tmp_path: Path,
-                                                                 procs) -> None:
+def test_two_schedulers_in_two_processes_enqueue_each_tick_once(
+    queue_location: Path | str, tmp_path: Path, procs
+) -> None:
     db = queue_location
     Queue(db).close()
     go = tmp_path / "go"

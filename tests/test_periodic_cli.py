@@ -23,11 +23,12 @@ LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not LIBFAKETIME.exists(), reason="libfaketime not installed (Debian: faketime; "
-                       "`make system-deps` installs it)"),
+    pytest.mark.skipif(
+        not LIBFAKETIME.exists(), reason="libfaketime not installed (Debian: faketime; `make system-deps` installs it)"
+    ),
 ]
 
-APP = '''
+APP = """
 import os
 import ferroq
 
@@ -40,18 +41,22 @@ def every_minute():
     fd = os.open("runs.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     os.write(fd, f"{ctx.id} {os.getpid()}\\n".encode())
     os.close(fd)
-'''
+"""
 
 #: ``ferroq ARGS...`` in a process the procs fixture owns (its output in files, killed at the end).
-CLI = '''
+CLI = """
 from ferroq.cli import main
 main(sys.argv[1:], prog_name="ferroq")
-'''
+"""
 
 
 def faked(offset_s: int) -> dict[str, str]:
-    return {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME": f"{offset_s:+d}",
-            "FAKETIME_DONT_FAKE_MONOTONIC": "1", "FAKETIME_NO_CACHE": "1"}
+    return {
+        "LD_PRELOAD": str(LIBFAKETIME),
+        "FAKETIME": f"{offset_s:+d}",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        "FAKETIME_NO_CACHE": "1",
+    }
 
 
 def offset_to_just_before_a_minute(runway: float) -> int:
@@ -75,8 +80,10 @@ def test_two_cli_workers_enqueue_a_tick_once_and_run_it_once(tmp_path: Path, pro
     ferroq.Queue(tmp_path / "periodic.db").close()  # the worker does not create one
     cli = procs.script("cli", CLI)
     env = faked(offset_to_just_before_a_minute(runway=5))
-    workers = [procs.start(cli, "worker", "app:q", "--concurrency", "2", "--shutdown-grace", "5",
-                           env=env, label=f"worker-{i}") for i in range(2)]
+    workers = [
+        procs.start(cli, "worker", "app:q", "--concurrency", "2", "--shutdown-grace", "5", env=env, label=f"worker-{i}")
+        for i in range(2)
+    ]
     wait_until(lambda: runs(tmp_path), timeout=60, what="the first tick's run")
     # Both schedulers poll every 0.1 s: give the other one time to try the same tick.
     time.sleep(2)
@@ -92,10 +99,13 @@ def test_two_cli_workers_enqueue_a_tick_once_and_run_it_once(tmp_path: Path, pro
     tasks = q.list(name="app.every_minute")
     assert [(t.id, t.status) for t in tasks] == [(task_id, "completed")]
     assert tasks[0].unique_key is not None
-    listed = subprocess.run([sys.executable, "-m", "ferroq.cli", "--db", str(tmp_path / "periodic.db"),
-                             "schedules", "-o", "json"], env=child_env(), capture_output=True, text=True,
-                            timeout=60)
+    listed = subprocess.run(
+        [sys.executable, "-m", "ferroq.cli", "--db", str(tmp_path / "periodic.db"), "schedules", "-o", "json"],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert listed.returncode == 0, listed.stderr
     (schedule,) = json.loads(listed.stdout)
-    assert (schedule["name"], schedule["cron"], schedule["last_task_id"]) == ("app.every_minute", "* * * * *",
-                                                                              task_id)
+    assert (schedule["name"], schedule["cron"], schedule["last_task_id"]) == ("app.every_minute", "* * * * *", task_id)

@@ -37,8 +37,10 @@ def test_the_schema_and_the_connections_left_open_go_after_the_test(request: pyt
     left_open = ferroq.Queue(url)  # never closed: the teardown must not wait for it
     left_open.task(name="t")(lambda: None).enqueue()
     request.node.stash[LEFT_OPEN] = left_open
-    open_now = ("SELECT string_agg(pid::text, ',') FROM pg_stat_activity"
-                " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    open_now = (
+        "SELECT string_agg(pid::text, ',') FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
     pids = pg_cluster.psql(None, database, open_now).strip()
     assert pids, "the queue holds connections"
     request.node.stash[DROPPED_CHECK] = (database, schema, pids)

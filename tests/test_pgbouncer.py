@@ -40,7 +40,7 @@ def through(bouncer: pgbouncer.PgBouncer, pg_url: str, flag: bool = True) -> str
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
-WORKER = '''
+WORKER = """
 import os, sys
 import ferroq
 q = ferroq.Queue(sys.argv[1])
@@ -54,11 +54,12 @@ def work(n: int) -> int:
     return n * 2
 
 ferroq.Worker(q, concurrency=4, handle_signals=False).run(until_empty=True)
-'''
+"""
 
 
-def test_workers_behind_pgbouncer_run_every_task_once(tmp_path: Path, pg_url: str,
-                                                      bouncer: pgbouncer.PgBouncer) -> None:
+def test_workers_behind_pgbouncer_run_every_task_once(
+    tmp_path: Path, pg_url: str, bouncer: pgbouncer.PgBouncer
+) -> None:
     url = through(bouncer, pg_url)
     with ferroq.Queue(url) as q:
         assert "pgbouncer=true" in q.path  # what worker processes reopen
@@ -69,8 +70,12 @@ def test_workers_behind_pgbouncer_run_every_task_once(tmp_path: Path, pg_url: st
         assert work.using(unique_key="k").enqueue(1_600).id == keyed.id
         script, log = tmp_path / "worker.py", tmp_path / "runs.log"
         script.write_text(textwrap.dedent(WORKER))
-        workers = [subprocess.Popen([sys.executable, str(script), url, str(log)], env=child_env(),
-                                    stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        workers = [
+            subprocess.Popen(
+                [sys.executable, str(script), url, str(log)], env=child_env(), stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(2)
+        ]
         for w in workers:
             _, err = w.communicate(timeout=240)
             assert w.returncode == 0, err
@@ -82,7 +87,8 @@ def test_workers_behind_pgbouncer_run_every_task_once(tmp_path: Path, pg_url: st
 
 
 def test_a_waiting_worker_behind_pgbouncer_polls_and_finds_another_process_s_task(
-        tmp_path: Path, pg_url: str, bouncer: pgbouncer.PgBouncer) -> None:
+    tmp_path: Path, pg_url: str, bouncer: pgbouncer.PgBouncer
+) -> None:
     url = through(bouncer, pg_url)
     with ferroq.Queue(url) as q:
         ran: list[int] = []

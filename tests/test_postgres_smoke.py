@@ -17,7 +17,7 @@ from procs import child_env
 
 pytestmark = pytest.mark.slow
 
-APP = '''
+APP = """
 import ferroq
 
 queue = ferroq.Queue({url!r})
@@ -25,7 +25,7 @@ queue = ferroq.Queue({url!r})
 @queue.task(name="double")
 def double(n: int) -> int:
     return n * 2
-'''
+"""
 
 
 def test_a_worker_drains_a_postgres_queue_completing_each_task_once(tmp_path: Path, pg_url: str) -> None:
@@ -35,9 +35,25 @@ def test_a_worker_drains_a_postgres_queue_completing_each_task_once(tmp_path: Pa
         double = q.task(name="double")(lambda n: n * 2)
         ids = q.enqueue_many([double.call(i) for i in range(1000)])
         assert q.counts()["pending"] == 1000
-        done = subprocess.run([sys.executable, "-m", "ferroq.cli", "worker", "app:queue", "--until-empty",
-                               "--concurrency", "8", "--db", url], cwd=tmp_path, env=child_env(),
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ferroq.cli",
+                "worker",
+                "app:queue",
+                "--until-empty",
+                "--concurrency",
+                "8",
+                "--db",
+                url,
+            ],
+            cwd=tmp_path,
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr
         counts = q.counts()
         assert counts["completed"] == 1000, counts
@@ -53,8 +69,14 @@ def test_the_cli_reads_a_postgres_queue(tmp_path: Path, pg_url: str) -> None:
     url = pg_url
     with ferroq.Queue(url) as q:
         q.task(name="noop")(lambda: None).enqueue()
-    shown = subprocess.run([sys.executable, "-m", "ferroq.cli", "--db", url, "status"], cwd=tmp_path,
-                           env=child_env(), capture_output=True, text=True, timeout=120)
+    shown = subprocess.run(
+        [sys.executable, "-m", "ferroq.cli", "--db", url, "status"],
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert shown.returncode == 0, shown.stderr
     assert "Traceback" not in shown.stderr
 

@@ -146,8 +146,18 @@ if __name__ == "__main__":
 """
 
 # Retry limits as the worker declares them (max_attempts is stored at enqueue).
-ATTEMPTS = {"ok": 3, "hang": 2, "exit_first": 3, "segv": 2, "slow": 3, "late": 2, "aio": 3, "aio_hang": 1,
-            "picky": 3, "guarded": 3}
+ATTEMPTS = {
+    "ok": 3,
+    "hang": 2,
+    "exit_first": 3,
+    "segv": 2,
+    "slow": 3,
+    "late": 2,
+    "aio": 3,
+    "aio_hang": 1,
+    "picky": 3,
+    "guarded": 3,
+}
 
 
 def _never(*args: Any, **kwargs: Any) -> None:
@@ -258,14 +268,12 @@ def test_child_calling_os_exit_costs_one_attempt_and_the_worker_lives_on(tmp_pat
 
 
 @pytest.mark.timeout(120)
-def test_sigterm_during_long_tasks_lets_them_finish_and_leaves_nothing_running(
-        tmp_path: Path, procs: Procs) -> None:
+def test_sigterm_during_long_tasks_lets_them_finish_and_leaves_nothing_running(tmp_path: Path, procs: Procs) -> None:
     db, log = tmp_path / "q.db", tmp_path / "runs.log"
     q = client(db)
     ids = [q.enqueue("slow", 1.5).id for _ in range(5)]  # 2 run, the rest wait in the buffer
     worker = start(procs, db, log, "forever", concurrency=2, shutdown_grace=30.0)
-    started = wait_until(lambda: len(events(log)) >= 2 and events(log), 60, "two tasks to start",
-                         children=[worker])
+    started = wait_until(lambda: len(events(log)) >= 2 and events(log), 60, "two tasks to start", children=[worker])
     # systemd and a terminal's Ctrl-C signal the whole process group: children ignore it.
     for _, _, _, pid in started:
         os.kill(pid, signal.SIGTERM)
@@ -291,8 +299,13 @@ def test_mixed_soak_keeps_memory_and_descriptors_flat(tmp_path: Path) -> None:
     from procs import child_env
 
     bench = Path(__file__).resolve().parent.parent / "benches" / "soak_process_pool.py"
-    done = subprocess.run([sys.executable, str(bench), "--seconds", "6", "--json", "--dir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=110, env=child_env())
+    done = subprocess.run(
+        [sys.executable, str(bench), "--seconds", "6", "--json", "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        env=child_env(),
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads(done.stdout.splitlines()[-1])
     assert report["lost"] == 0 and report["completed_twice"] == 0, report
@@ -404,8 +417,14 @@ def test_async_processors_run_in_the_child_with_their_context(tmp_path: Path, pr
     assert info.status == "completed"
     result = info.result
     assert result["pid"] != worker.pid
-    assert {k: result[k] for k in ("x", "id", "name", "attempt", "max_attempts", "cancelled")} == \
-        {"x": 42, "id": good, "name": "aio", "attempt": 1, "max_attempts": 3, "cancelled": False}
+    assert {k: result[k] for k in ("x", "id", "name", "attempt", "max_attempts", "cancelled")} == {
+        "x": 42,
+        "id": good,
+        "name": "aio",
+        "attempt": 1,
+        "max_attempts": 3,
+        "cancelled": False,
+    }
     assert result["refused"].startswith("progress must be between 0.0 and 1.0")
     dead = q.get(stuck)
     assert dead.status == "dead" and dead.last_error is not None

@@ -109,7 +109,7 @@ def test_the_cli_prints_the_profile_or_says_there_is_none(db_path: Path, queue: 
     assert {t["name"] for t in as_json["tasks"]} == {"sleepy", "alloc"}
 
 
-APP = '''
+APP = """
 import os, time
 import ferroq
 
@@ -119,7 +119,7 @@ queue = ferroq.Queue({db!r})
 def step(i):
     time.sleep(0.01)
     return i
-'''
+"""
 
 
 @pytest.mark.slow
@@ -130,14 +130,24 @@ def test_ferroq_profile_reads_a_running_worker_from_another_process(tmp_path: Pa
     q = ferroq.Queue(db)
     step = q.task(name="step")(lambda i: i)
     q.enqueue_many(step.call(i) for i in range(3000))  # ~30 s of work: still running when read
-    worker = subprocess.Popen([sys.executable, "-m", "ferroq.cli", "worker", "app:queue", "--profile", "on",
-                               "--concurrency", "1"], cwd=tmp_path, env=child_env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "ferroq.cli", "worker", "app:queue", "--profile", "on", "--concurrency", "1"],
+        cwd=tmp_path,
+        env=child_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
+
         def shown() -> str | None:
-            done = subprocess.run([sys.executable, "-m", "ferroq.cli", "--db", str(db), "profile", "--no-wait",
-                                   "--seconds", "60"], cwd=tmp_path, env=child_env(), capture_output=True,
-                                  text=True, timeout=60)
+            done = subprocess.run(
+                [sys.executable, "-m", "ferroq.cli", "--db", str(db), "profile", "--no-wait", "--seconds", "60"],
+                cwd=tmp_path,
+                env=child_env(),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert done.returncode == 0, done.stderr
             return done.stdout if "step" in done.stdout else None
 

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 README = Path(__file__).resolve().parent.parent / "README.md"
 FERROQ = str(Path(sys.executable).with_name("ferroq"))
 
-APP = '''
+APP = """
 import time
 import ferroq
 
@@ -35,7 +35,7 @@ queue = ferroq.Queue("shop.db")
 def slow_add(a: int, b: int) -> int:
     time.sleep(0.05)
     return a + b
-'''
+"""
 
 
 def section(title: str) -> str:
@@ -43,7 +43,7 @@ def section(title: str) -> str:
     start = text.index(f"### {title}\n")
     end = text.find("\n## ", start)
     nxt = text.find("\n### ", start + 1)
-    return text[start:min(e for e in (end, nxt) if e != -1)]
+    return text[start : min(e for e in (end, nxt) if e != -1)]
 
 
 def block(title: str, lang: str) -> str:
@@ -122,8 +122,11 @@ def test_the_docker_services_command_runs_and_its_grace_period_covers_the_worker
     with open(tmp_path / "worker.log", "w") as err:
         worker = subprocess.Popen(argv, cwd=root, env=child_env(), stderr=err)
         try:
-            wait_until(lambda: q.counts()["completed"] == 20 and any(w.alive for w in q.workers()), 60,
-                       "the queue drained by a live worker")
+            wait_until(
+                lambda: q.counts()["completed"] == 20 and any(w.alive for w in q.workers()),
+                60,
+                "the queue drained by a live worker",
+            )
             done = subprocess.run(probe, env=child_env(), capture_output=True, text=True, timeout=60)
             assert done.returncode == 0, done.stdout + done.stderr
             worker.send_signal(signal.SIGTERM)
@@ -150,11 +153,18 @@ def test_the_health_probe_exit_codes(tmp_path: Path) -> None:
     q = enqueue(root / "data" / "shop.db", 20)
     assert probe() == 1, "no live worker"
     with open(tmp_path / "worker.log", "w") as err:
-        worker = subprocess.Popen([FERROQ, "worker", "shop.tasks:queue", "--db", str(root / "data" / "shop.db")],
-                                  cwd=root, env=child_env(), stderr=err)
+        worker = subprocess.Popen(
+            [FERROQ, "worker", "shop.tasks:queue", "--db", str(root / "data" / "shop.db")],
+            cwd=root,
+            env=child_env(),
+            stderr=err,
+        )
         try:
-            wait_until(lambda: q.counts()["completed"] == 20 and any(w.alive for w in q.workers()), 60,
-                       "a live worker drained the queue")
+            wait_until(
+                lambda: q.counts()["completed"] == 20 and any(w.alive for w in q.workers()),
+                60,
+                "a live worker drained the queue",
+            )
             assert probe() == 0
             assert probe("--queue", "nosuchq") == 4
         finally:

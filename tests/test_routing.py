@@ -109,9 +109,15 @@ def test_the_route_shows_in_inspect(db_path: Path, queue: ferroq.Queue) -> None:
 def test_bad_routes_are_refused_and_a_failing_predicate_enqueues_nothing(queue: ferroq.Queue) -> None:
     resize, _ = declare(queue)
     bad: list[dict[str, Any]] = [
-        {"to": ""}, {"to": "a\nb"}, {"to": "x", "when": 3}, {"to": "x", "slower_than": -1},
-        {"to": "x", "slower_than": 0}, {"to": "x", "task": []}, {"to": "x", "window": 0},
-        {"to": "x", "min_runs": 0}, {"to": "x", "task": 5},
+        {"to": ""},
+        {"to": "a\nb"},
+        {"to": "x", "when": 3},
+        {"to": "x", "slower_than": -1},
+        {"to": "x", "slower_than": 0},
+        {"to": "x", "task": []},
+        {"to": "x", "window": 0},
+        {"to": "x", "min_runs": 0},
+        {"to": "x", "task": 5},
     ]
     for kwargs in bad:
         with pytest.raises(ferroq.InvalidArgument):

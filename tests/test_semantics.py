@@ -64,8 +64,6 @@ def wait_for(condition: Any, what: str) -> None:
         time.sleep(0.01)
 
 
-
-
 class QuotaExceeded(Exception):
     """A user-defined error, to check its full name is stored."""
 
@@ -80,8 +78,18 @@ def test_higher_priority_first_then_fifo(queue: ferroq.Queue) -> None:
     def record(tag: str) -> None:
         order.append(tag)
 
-    plan = [(0, "a"), (5, "b"), (0, "c"), (-3, "d"), (5, "e"), (10, "f"), (0, "g"),
-            (ferroq.PRIORITY_MIN, "min"), (ferroq.PRIORITY_MAX, "max"), (-3, "h")]
+    plan = [
+        (0, "a"),
+        (5, "b"),
+        (0, "c"),
+        (-3, "d"),
+        (5, "e"),
+        (10, "f"),
+        (0, "g"),
+        (ferroq.PRIORITY_MIN, "min"),
+        (ferroq.PRIORITY_MAX, "max"),
+        (-3, "h"),
+    ]
     for priority, tag in plan:
         record.using(priority=priority).enqueue(tag)
     run_idle(queue)
@@ -169,8 +177,9 @@ def test_delayed_tasks_run_once_due(queue: ferroq.Queue) -> None:
     handles = {
         "delay": job.using(delay=0.3).enqueue("delay"),
         "run_at": job.using(run_at=enqueued_at + 0.3).enqueue("run_at"),
-        "run_at-datetime": job.using(
-            run_at=datetime.fromtimestamp(enqueued_at + 0.3, tz=timezone.utc)).enqueue("run_at-datetime"),
+        "run_at-datetime": job.using(run_at=datetime.fromtimestamp(enqueued_at + 0.3, tz=timezone.utc)).enqueue(
+            "run_at-datetime"
+        ),
     }
     run_empty(queue)
     assert in_past.status() == "completed"
@@ -207,9 +216,12 @@ def test_failing_task_retries_with_backoff_then_dead(queue: ferroq.Queue) -> Non
     history = queue.history(h.id)
     assert [(t.from_status, t.to_status) for t in history] == [
         (None, "pending"),
-        ("pending", "running"), ("running", "pending"),
-        ("pending", "running"), ("running", "pending"),
-        ("pending", "running"), ("running", "dead"),
+        ("pending", "running"),
+        ("running", "pending"),
+        ("pending", "running"),
+        ("running", "pending"),
+        ("pending", "running"),
+        ("running", "dead"),
     ]
     # Each retry waited out its backoff: 50 ms after the first failure, 100 ms after the second.
     for fail_index, backoff_ms in ((2, 50), (4, 100)):
@@ -307,8 +319,11 @@ def test_retry_signal_delays_the_next_run(queue: ferroq.Queue) -> None:
     assert info.attempts == 2  # a Retry still counts as an attempt
     history = queue.history(h.id)
     assert [(t.from_status, t.to_status) for t in history] == [
-        (None, "pending"), ("pending", "running"), ("running", "pending"),
-        ("pending", "running"), ("running", "completed"),
+        (None, "pending"),
+        ("pending", "running"),
+        ("running", "pending"),
+        ("pending", "running"),
+        ("running", "completed"),
     ]
     retry = history[2]
     assert retry.error is not None
@@ -388,9 +403,13 @@ def test_unique_key_held_by_pending_task_returns_existing_id(queue: ferroq.Queue
     assert queue.counts()["pending"] == 2
     assert queue.get(first.id).args == ["first"]  # the existing task is unchanged
 
-    ids = queue.enqueue_many([sync_account.using(unique_key="acct-1").call("batch"),
-                              sync_account.using(unique_key="acct-3").call("batch"),
-                              sync_account.using(unique_key="acct-3").call("batch-dup")])
+    ids = queue.enqueue_many(
+        [
+            sync_account.using(unique_key="acct-1").call("batch"),
+            sync_account.using(unique_key="acct-3").call("batch"),
+            sync_account.using(unique_key="acct-3").call("batch-dup"),
+        ]
+    )
     assert ids[0] == first.id
     assert ids[1] == ids[2]
     assert queue.counts()["pending"] == 3
@@ -450,7 +469,10 @@ def test_results_are_stored(queue: ferroq.Queue) -> None:
     handles = {k: produce.enqueue(k) for k in ("none", "list", "str", "int")}
     run_empty(queue)
     assert {k: h.result(timeout=WAIT) for k, h in handles.items()} == {
-        "none": None, "list": [1, "two", 3.0], "str": "é", "int": 2**62,
+        "none": None,
+        "list": [1, "two", 3.0],
+        "str": "é",
+        "int": 2**62,
     }
     # Another Queue object on the same file reads the same results.
     other = ferroq.Queue(queue.path, durability="normal")
@@ -518,8 +540,7 @@ def test_retention_prunes_by_count_and_age(queue: ferroq.Queue) -> None:
 
 
 def test_worker_applies_the_queue_retention(queue_location: Path | str) -> None:
-    q = ferroq.Queue(queue_location, durability="normal",
-                     retention=ferroq.Retention(completed_count=1, interval=0.05))
+    q = ferroq.Queue(queue_location, durability="normal", retention=ferroq.Retention(completed_count=1, interval=0.05))
     ran: list[int] = []
 
     @q.task
@@ -558,7 +579,9 @@ def test_sync_timeout_fails_the_run_and_retries_per_policy(queue: ferroq.Queue) 
     assert info.last_error is not None and info.last_error.type == "TimeoutError"
     assert "timeout" in info.last_error.message
     assert [(t.from_status, t.to_status) for t in queue.history(h.id)][-3:] == [
-        ("running", "pending"), ("pending", "running"), ("running", "dead"),
+        ("running", "pending"),
+        ("pending", "running"),
+        ("running", "dead"),
     ]
     assert (stats.retried, stats.dead, stats.completed) == (1, 1, 0)
 
@@ -568,8 +591,7 @@ def test_sync_timeout_respects_a_fatal_policy(queue: ferroq.Queue) -> None:
     for async processors and for any exception the processor raises."""
     calls: list[int] = []
 
-    @queue.task(timeout=0.2, max_attempts=3,
-                retry=ferroq.RetryPolicy(base_delay=0, jitter=0, fatal=(TimeoutError,)))
+    @queue.task(timeout=0.2, max_attempts=3, retry=ferroq.RetryPolicy(base_delay=0, jitter=0, fatal=(TimeoutError,)))
     def slow() -> None:
         calls.append(1)
         time.sleep(0.6)
@@ -606,8 +628,7 @@ def test_async_timeout_cancels_and_retries_per_policy(queue: ferroq.Queue) -> No
 
 
 def test_async_timeout_with_fatal_policy_goes_dead_at_once(queue: ferroq.Queue) -> None:
-    @queue.task(timeout=0.2, max_attempts=3,
-                retry=ferroq.RetryPolicy(base_delay=0, jitter=0, fatal=(TimeoutError,)))
+    @queue.task(timeout=0.2, max_attempts=3, retry=ferroq.RetryPolicy(base_delay=0, jitter=0, fatal=(TimeoutError,)))
     async def slow() -> None:
         await asyncio.sleep(1)
 

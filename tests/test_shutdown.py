@@ -38,8 +38,12 @@ def start_worker(tmp_path: Path, db: Path | str, seconds: float, grace: float) -
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     marker = tmp_path / "started"
-    proc = subprocess.Popen([sys.executable, str(script), str(db), str(marker), str(seconds), str(grace)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(db), str(marker), str(seconds), str(grace)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     return proc, marker
 
 

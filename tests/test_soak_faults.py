@@ -24,8 +24,13 @@ SCRIPT = Path(__file__).resolve().parent.parent / "benches" / "soak_faults.py"
 def test_nothing_lost_completed_twice_or_charged_without_a_run_under_kills_and_stops(tmp_path: Path) -> None:
     # Generous: on a loaded 2-core machine the drain alone can take a while. Nothing here
     # asserts how long anything took.
-    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "-o", "json", "--dir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=540, env=child_env())
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "-o", "json", "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=540,
+        env=child_env(),
+    )
     lines = done.stdout.splitlines()
     assert lines, f"no report (exit {done.returncode})\n{done.stderr[-4000:]}"
     r = json.loads(lines[-1])

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.both_engines]
 #: The installed ``ferroq`` console script, next to this interpreter.
 FERROQ = str(Path(sys.executable).with_name("ferroq"))
 
-APP = '''
+APP = """
 import json, sys
 import ferroq
 
@@ -38,7 +38,7 @@ if __name__ == "__main__":
         ferroq.Worker(q, pool=pool, concurrency=1, handle_signals=False).run(until_idle=True)
     else:
         print(json.dumps({{"name": resize.name, "id": resize.enqueue(21).id}}))
-'''
+"""
 
 
 def write_app(path: Path, db: Path | str) -> None:
@@ -58,8 +58,7 @@ def ran(db: Path | str, task_id: int) -> tuple[str, object]:
         return info.status, info.result
 
 
-def test_a_script_run_directly_enqueues_what_ferroq_worker_runs(
-        tmp_path: Path, queue_location: Path | str) -> None:
+def test_a_script_run_directly_enqueues_what_ferroq_worker_runs(tmp_path: Path, queue_location: Path | str) -> None:
     db = queue_location
     write_app(tmp_path / "app.py", db)
     enqueued = json.loads(run(tmp_path, sys.executable, "app.py").stdout)
@@ -68,8 +67,7 @@ def test_a_script_run_directly_enqueues_what_ferroq_worker_runs(
     assert ran(db, enqueued["id"]) == ("completed", 42)
 
 
-def test_a_module_run_with_python_m_is_named_by_its_import_path(
-        tmp_path: Path, queue_location: Path | str) -> None:
+def test_a_module_run_with_python_m_is_named_by_its_import_path(tmp_path: Path, queue_location: Path | str) -> None:
     db = queue_location
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "__init__.py").write_text("")
@@ -81,16 +79,24 @@ def test_a_module_run_with_python_m_is_named_by_its_import_path(
 
 
 @pytest.mark.parametrize("pool", ["thread", "process"])
-def test_the_script_as_worker_runs_what_an_import_of_it_enqueued(tmp_path: Path, queue_location: Path | str,
-                                                                 pool: str) -> None:
+def test_the_script_as_worker_runs_what_an_import_of_it_enqueued(
+    tmp_path: Path, queue_location: Path | str, pool: str
+) -> None:
     """The reverse: code that imports ``app`` enqueues, ``python app.py work`` runs it (with
     a process pool, whose children import the script as ``__mp_main__``)."""
     db = queue_location
     write_app(tmp_path / "app.py", db)
-    enqueued = json.loads(run(tmp_path, sys.executable, "-c", textwrap.dedent("""
+    enqueued = json.loads(
+        run(
+            tmp_path,
+            sys.executable,
+            "-c",
+            textwrap.dedent("""
         import json, app
         print(json.dumps({"name": app.resize.name, "id": app.resize.enqueue(21).id}))
-    """)).stdout)
+    """),
+        ).stdout
+    )
     assert enqueued["name"] == "app.resize"
     run(tmp_path, sys.executable, "app.py", "work", *(["--processes"] if pool == "process" else []))
     assert ran(db, enqueued["id"]) == ("completed", 42)

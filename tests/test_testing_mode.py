@@ -194,12 +194,19 @@ def _pytest(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:
     comes from ferroq's entry point, not from this suite's conftest."""
     test_file = tmp_path / "test_user.py"
     test_file.write_text(source)
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
-                           str(test_file)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", str(test_file)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_pytest_plugin_gives_a_fresh_queue_per_test_and_closes_it(tmp_path: Path) -> None:
-    done = _pytest(tmp_path, textwrap.dedent('''
+    done = _pytest(
+        tmp_path,
+        textwrap.dedent("""
         import os
         import ferroq
         from ferroq.testing import eager
@@ -226,7 +233,8 @@ def test_pytest_plugin_gives_a_fresh_queue_per_test_and_closes_it(tmp_path: Path
             assert os.path.realpath(ferroq_queue.path) != paths[0]
             assert ferroq_queue.counts()["completed"] == 0
             assert not open_files(paths[0]), "the first test's queue was not closed"
-    '''))
+    """),
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 passed" in done.stdout
 

@@ -68,8 +68,9 @@ def _recursive(n: int = 50) -> None:
     _recursive(n - 1)
 
 
-@pytest.mark.parametrize("raiser", [_nested, _caused, _during, _suppressed, _noted, _recursive],
-                         ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    "raiser", [_nested, _caused, _during, _suppressed, _noted, _recursive], ids=lambda f: f.__name__
+)
 def test_same_text_as_the_standard_library(raiser: Callable[[], object]) -> None:
     exc = _caught(raiser)
     assert format_traceback(exc) == _standard(exc)

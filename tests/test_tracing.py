@@ -94,8 +94,7 @@ def _process_span(spans: list[dict[str, Any]], task_id: int) -> dict[str, Any]:
     return found[0]
 
 
-def test_runs_are_spans_children_of_the_enqueue_span(tmp_path: Path, queue_location: Path | str,
-                                                      procs: Procs) -> None:
+def test_runs_are_spans_children_of_the_enqueue_span(tmp_path: Path, queue_location: Path | str, procs: Procs) -> None:
     app = procs.run(procs.script("app.py", SCRIPT), queue_location, "app", tmp_path / "unused", timeout=60)
     out = app.last()
     traced, failing, untraced = out["ids"]
@@ -126,8 +125,9 @@ def test_runs_are_spans_children_of_the_enqueue_span(tmp_path: Path, queue_locat
     assert len([s for s in spans if s["kind"] == "PRODUCER"]) == 2
 
 
-def test_the_trace_context_crosses_to_a_process_pool_child(tmp_path: Path, queue_location: Path | str,
-                                                            procs: Procs) -> None:
+def test_the_trace_context_crosses_to_a_process_pool_child(
+    tmp_path: Path, queue_location: Path | str, procs: Procs
+) -> None:
     """Enqueued in one process, run by a worker process's child: the run's span (made in
     the child) is a child of the publish span made by the enqueuer."""
     db, spans_path = queue_location, tmp_path / "spans.jsonl"

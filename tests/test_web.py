@@ -107,12 +107,22 @@ def test_keyset_paging_and_search(q: ferroq.Queue) -> None:
     assert f"after={ids[4]}" in page  # the "older" link
 
 
-@pytest.mark.parametrize("path,status", [
-    ("/tasks/999", 404), ("/tasks/abc", 404), ("/api/tasks/999", 404), ("/api/tasks/abc", 404),
-    ("/api/tasks?status=nope", 400), ("/api/tasks?after=-1", 400), ("/tasks?queue=nope", 404),
-    ("/api/tasks?queue=nope", 404), ("/api/tasks/bulk/explode", 404), ("/api/events?limit=0", 400),
-    ("/nowhere", 404),
-])
+@pytest.mark.parametrize(
+    "path,status",
+    [
+        ("/tasks/999", 404),
+        ("/tasks/abc", 404),
+        ("/api/tasks/999", 404),
+        ("/api/tasks/abc", 404),
+        ("/api/tasks?status=nope", 400),
+        ("/api/tasks?after=-1", 400),
+        ("/tasks?queue=nope", 404),
+        ("/api/tasks?queue=nope", 404),
+        ("/api/tasks/bulk/explode", 404),
+        ("/api/events?limit=0", 400),
+        ("/nowhere", 404),
+    ],
+)
 def test_not_found_and_bad_input(q: ferroq.Queue, path: str, status: int) -> None:
     r = get(create_app(q, timing=FAST), path)
     assert r.status_code == status, r.text
@@ -184,8 +194,12 @@ def test_cross_site_posts_are_refused(q: ferroq.Queue, filled: dict[str, int]) -
 
 def test_read_only_is_enforced_by_the_server(q: ferroq.Queue, filled: dict[str, int]) -> None:
     app = create_app(q, read_only=True, timing=FAST)
-    for path in [f"/api/tasks/{filled['pending']}/cancel", f"/api/tasks/{filled['bad']}/retry", "/api/queue/pause",
-                 "/api/tasks/bulk/retry"]:
+    for path in [
+        f"/api/tasks/{filled['pending']}/cancel",
+        f"/api/tasks/{filled['bad']}/retry",
+        "/api/queue/pause",
+        "/api/tasks/bulk/retry",
+    ]:
         r = post(app, path, {"status": ["dead"], "confirm": 1})
         assert r.status_code == 403 and "read-only" in r.json()["error"], path
     assert q.get(filled["pending"]).status == "pending" and q.get(filled["bad"]).status == "dead"
@@ -264,6 +278,7 @@ def test_create_app_from_a_path(tmp_path: Path) -> None:
 
 # -- streams ------------------------------------------------------------------------------
 
+
 def test_stream_resumes_after_last_event_id(q: ferroq.Queue, filled: dict[str, int]) -> None:
     app = create_app(q, timing=FAST)
     ids = [e.id for e in q.events(after=0)]
@@ -287,7 +302,8 @@ def test_stream_from_now_sends_only_new_events(q: ferroq.Queue, filled: dict[str
     msgs = sse_messages(get(create_app(q, timing=FAST), "/api/stream").text)
     assert [m for m in msgs if m.get("event") == "ferroq"] == []
     assert json.loads(next(m for m in msgs if m.get("event") == "hello")["data"]) == {
-        "last_event_id": q.last_event_id()}
+        "last_event_id": q.last_event_id()
+    }
 
 
 def test_task_stream(q: ferroq.Queue, filled: dict[str, int]) -> None:
@@ -328,10 +344,12 @@ def test_static_client_is_served(q: ferroq.Queue) -> None:
 
 # -- the command ----------------------------------------------------------------------------
 
+
 def _dashboard(*args: str) -> tuple[int, str]:
     from click.testing import CliRunner
 
     from ferroq.cli import main
+
     result = CliRunner().invoke(main, ["dashboard", *args])
     return result.exit_code, result.output
 
@@ -367,8 +385,10 @@ def test_a_stopping_server_ends_every_stream(q: ferroq.Queue, filled: dict[str, 
     async def main() -> list[str]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-            streams = [asyncio.create_task(client.get(path)) for path in
-                       ["/api/stream", "/api/stream", f"/api/tasks/{filled['pending']}/stream"]]
+            streams = [
+                asyncio.create_task(client.get(path))
+                for path in ["/api/stream", "/api/stream", f"/api/tasks/{filled['pending']}/stream"]
+            ]
             while app.state.dashboard.tail.subscribers < 3:
                 await asyncio.sleep(0.01)
             app.state.dashboard.tail.end_streams()

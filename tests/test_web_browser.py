@@ -36,8 +36,10 @@ def _require_browser() -> None:
         missing.append("selenium (pip)")
     if not missing:
         return
-    message = (f"*** BROWSER TESTS SKIPPED: {', '.join(missing)} missing "
-               f"(Debian: apt-get install chromium chromium-driver) ***")
+    message = (
+        f"*** BROWSER TESTS SKIPPED: {', '.join(missing)} missing "
+        f"(Debian: apt-get install chromium chromium-driver) ***"
+    )
     if os.environ.get("CI") == "true":
         pytest.fail(message.replace("SKIPPED", "CANNOT RUN UNDER CI"))
     print(message, file=sys.stderr)
@@ -52,8 +54,14 @@ def browser() -> Iterator[Any]:
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,900", "--disable-extensions"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,900",
+        "--disable-extensions",
+    ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
@@ -189,8 +197,9 @@ def open_page(browser: Any, url: str) -> None:
     wait_for(lambda: state(browser) == "live", 15, f"{url} to go live")
 
 
-def test_every_page_renders_without_console_errors_or_csp_violations(browser: Any, server: Server,
-                                                                     procs: Procs, db: Path) -> None:
+def test_every_page_renders_without_console_errors_or_csp_violations(
+    browser: Any, server: Server, procs: Procs, db: Path
+) -> None:
     run_tasks(procs, db, "fail", 1)
     console_errors(browser)
     shots = os.environ.get("FERROQ_SCREENSHOTS")
@@ -204,28 +213,35 @@ def test_every_page_renders_without_console_errors_or_csp_violations(browser: An
             browser.save_screenshot(str(Path(shots) / f"dashboard-{name.replace('/', '-')}.png"))
 
 
-def test_a_task_finished_by_another_process_appears_within_a_second(browser: Any, server: Server,
-                                                                    procs: Procs, db: Path) -> None:
+def test_a_task_finished_by_another_process_appears_within_a_second(
+    browser: Any, server: Server, procs: Procs, db: Path
+) -> None:
     open_page(browser, server.url + "/tasks")
     before = len(browser.find_elements("css selector", "table.tasks tbody tr[data-id]"))
     child = run_tasks(procs, db, "fail", 1)
     done_at = child.last()["done"]
-    wait_for(lambda: len(browser.find_elements("css selector", "table.tasks tbody tr.st-dead")) >= 1, 10,
-             "the dead task on the page")
+    wait_for(
+        lambda: len(browser.find_elements("css selector", "table.tasks tbody tr.st-dead")) >= 1,
+        10,
+        "the dead task on the page",
+    )
     seen_at = time.time()
     assert len(browser.find_elements("css selector", "table.tasks tbody tr[data-id]")) == before + 1
     assert seen_at - done_at < 1.0, f"shown {seen_at - done_at:.2f}s after the other process finished it"
     open_page(browser, server.url + "/")
-    completed = wait_for(lambda: browser.find_element("css selector", '.counts [data-status="completed"]').text, 5,
-                         "the completed count")
+    completed = wait_for(
+        lambda: browser.find_element("css selector", '.counts [data-status="completed"]').text, 5, "the completed count"
+    )
     run_tasks(procs, db, "work", 1)
-    wait_for(lambda: browser.find_element("css selector", '.counts [data-status="completed"]').text != completed,
-             1.5, "the overview's completed count to move")
+    wait_for(
+        lambda: browser.find_element("css selector", '.counts [data-status="completed"]').text != completed,
+        1.5,
+        "the overview's completed count to move",
+    )
     assert console_errors(browser) == []
 
 
-def test_server_restart_reconnects_without_losing_events(browser: Any, server: Server,
-                                                         procs: Procs, db: Path) -> None:
+def test_server_restart_reconnects_without_losing_events(browser: Any, server: Server, procs: Procs, db: Path) -> None:
     open_page(browser, server.url + "/events")
     run_tasks(procs, db, "fail", 2)
     server.stop()
@@ -240,9 +256,13 @@ def test_server_restart_reconnects_without_losing_events(browser: Any, server: S
     q.close()
 
     def shown() -> list[int]:
-        return sorted(browser.execute_script(
-            "return Array.from(document.querySelectorAll('#event-rows tr[data-event-id]'))"
-            ".map(function (r) { return Number(r.getAttribute('data-event-id')); });"))
+        return sorted(
+            browser.execute_script(
+                "return Array.from(document.querySelectorAll('#event-rows tr[data-event-id]'))"
+                ".map(function (r) { return Number(r.getAttribute('data-event-id')); });"
+            )
+        )
+
     wait_for(lambda: shown() == expected, 10, "every event, once")
     # The stop ended the open streams cleanly (uvicorn cut none after its grace period).
     assert "graceful shutdown exceeded" not in server.child.stderr()
@@ -275,6 +295,7 @@ def test_xss_payloads_never_run(browser: Any, server: Server, tmp_path: Path) ->
 
 def _alert_open(browser: Any) -> bool:
     from selenium.common.exceptions import NoAlertPresentException
+
     try:
         browser.switch_to.alert.dismiss()
         return True
@@ -307,19 +328,24 @@ def test_bulk_retry_with_typed_confirmation(browser: Any, server: Server, procs:
 def test_hidden_tab_closes_its_stream(browser: Any, server: Server) -> None:
     open_page(browser, server.url + "/workers")
     stream = "window.ferroqDashboard.stream"
-    browser.execute_script("Object.defineProperty(document, 'hidden', {value: true, configurable: true});"
-                           "document.dispatchEvent(new Event('visibilitychange'));")
+    browser.execute_script(
+        "Object.defineProperty(document, 'hidden', {value: true, configurable: true});"
+        "document.dispatchEvent(new Event('visibilitychange'));"
+    )
     assert browser.execute_script(f"return {stream}.source === null")
     assert state(browser) == "hidden"
-    browser.execute_script("Object.defineProperty(document, 'hidden', {value: false, configurable: true});"
-                           "document.dispatchEvent(new Event('visibilitychange'));")
+    browser.execute_script(
+        "Object.defineProperty(document, 'hidden', {value: false, configurable: true});"
+        "document.dispatchEvent(new Event('visibilitychange'));"
+    )
     wait_for(lambda: state(browser) == "live", 10, "live again once shown")
 
 
 def test_backoff_policy(browser: Any, server: Server) -> None:
     open_page(browser, server.url + "/workers")
     delays = browser.execute_script(
-        "var b = FerroqProgress.backoff; return [1,2,3,4,5,6,7,8].map(function (k) { return [b(k, 0), b(k, 1)]; });")
+        "var b = FerroqProgress.backoff; return [1,2,3,4,5,6,7,8].map(function (k) { return [b(k, 0), b(k, 1)]; });"
+    )
     bases = [1, 2, 4, 8, 16, 30, 30, 30]
     for (low, high), base in zip(delays, bases):
         assert low == pytest.approx(base * 0.9) and high == pytest.approx(base * 1.1)
@@ -337,8 +363,13 @@ def test_task_progress_client(browser: Any, server: Server, procs: Procs, db: Pa
           onProgress: function (f) { window.seen.push(['progress', f]); },
           onDone: function (d) { window.seen.push(['done', d.status, d.result]); }});
     """)
-    seen = wait_for(lambda: (lambda s: s if ["error", 404] in s and any(x[0] == "done" for x in s) else None)(
-        browser.execute_script("return window.seen")), 10, "both streams to end")
+    seen = wait_for(
+        lambda: (lambda s: s if ["error", 404] in s and any(x[0] == "done" for x in s) else None)(
+            browser.execute_script("return window.seen")
+        ),
+        10,
+        "both streams to end",
+    )
     assert ["done", "completed", 1] in seen and ["progress", 1] in seen
 
 
@@ -347,8 +378,9 @@ def test_inline_script_is_blocked_and_reported(browser: Any, server: Server) -> 
     check for is really seen."""
     open_page(browser, server.url + "/tasks")
     console_errors(browser)
-    browser.execute_script("var s = document.createElement('script'); s.textContent = 'window.ran = 1;';"
-                           "document.body.appendChild(s);")
+    browser.execute_script(
+        "var s = document.createElement('script'); s.textContent = 'window.ran = 1;';document.body.appendChild(s);"
+    )
     time.sleep(0.2)
     assert browser.execute_script("return window.ran === undefined")
     assert any("Content Security Policy" in e["message"] for e in console_errors(browser))

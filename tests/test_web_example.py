@@ -30,8 +30,9 @@ def test_the_progress_example_streams_a_task(tmp_path: Path, monkeypatch: pytest
         page = get(example.app, f"/reports/{task_id}").text
         assert "/ferroq/static/ferroq-progress.js" in page and f'watchTask("/ferroq", {task_id},' in page
         assert "FerroqProgress" in get(example.app, "/ferroq/static/ferroq-progress.js").text
-        worker = threading.Thread(target=ferroq.Worker(example.q, handle_signals=False).run,
-                                  kwargs={"until_empty": True})
+        worker = threading.Thread(
+            target=ferroq.Worker(example.q, handle_signals=False).run, kwargs={"until_empty": True}
+        )
         worker.start()
         worker.join()
         msgs = sse_messages(get(example.app, f"/ferroq/api/tasks/{task_id}/stream").text)

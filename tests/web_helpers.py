@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-XSS = '<img src=x onerror=alert(1)></script><script>alert(2)</script>'
+XSS = "<img src=x onerror=alert(1)></script><script>alert(2)</script>"
 
 
 def call(app: Any, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -17,6 +17,7 @@ def call(app: Any, method: str, path: str, **kwargs: Any) -> httpx.Response:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8555") as client:
             return await client.request(method, path, **kwargs)
+
     return asyncio.run(go())
 
 

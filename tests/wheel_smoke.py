@@ -10,7 +10,7 @@ import tempfile
 
 import ferroq
 
-APP = '''
+APP = """
 import ferroq
 
 queue = ferroq.Queue("smoke.db")
@@ -18,7 +18,7 @@ queue = ferroq.Queue("smoke.db")
 @queue.task(name="add")
 def add(a, b):
     return a + b
-'''
+"""
 
 installed = os.path.realpath(ferroq.__file__)
 assert installed.startswith(os.path.realpath(sys.prefix)), f"ferroq imported from {installed}, not the venv"
@@ -30,13 +30,22 @@ with tempfile.TemporaryDirectory() as d:
     q = ferroq.Queue(os.path.join(d, "smoke.db"))
     add = q.task(name="add")(lambda a, b: a + b)
     handles = [add.enqueue(i, 1) for i in range(20)]
-    worker = subprocess.run([script, "worker", "smoke_app:queue", "--until-empty", "--concurrency", "4",
-                             "--log-level", "warning"], cwd=d, capture_output=True, text=True, timeout=120)
+    worker = subprocess.run(
+        [script, "worker", "smoke_app:queue", "--until-empty", "--concurrency", "4", "--log-level", "warning"],
+        cwd=d,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert worker.returncode == 0, worker.stderr
     assert [h.result(timeout=10) for h in handles] == list(range(1, 21))
     assert q.counts()["completed"] == 20
-    status = subprocess.run([script, "--db", os.path.join(d, "smoke.db"), "status", "-o", "json"],
-                            capture_output=True, text=True, timeout=60)
+    status = subprocess.run(
+        [script, "--db", os.path.join(d, "smoke.db"), "status", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert status.returncode == 0, status.stderr
     q.close()
 

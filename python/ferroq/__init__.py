@@ -1,12 +1,12 @@
 """ferroq: a durable, embedded task queue for Python with a Rust engine.
 
-    q = ferroq.Queue("app.db")
+q = ferroq.Queue("app.db")
 
-    @q.task(max_attempts=5)
-    def resize(path: str, width: int) -> dict: ...
+@q.task(max_attempts=5)
+def resize(path: str, width: int) -> dict: ...
 
-    resize.enqueue("a.png", width=200)
-    ferroq.Worker(q).run(until_idle=True)
+resize.enqueue("a.png", width=200)
+ferroq.Worker(q).run(until_idle=True)
 """
 
 from . import _core

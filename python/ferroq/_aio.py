@@ -96,9 +96,9 @@ class Batcher:
         _forget(self)  # the next call of this loop starts a new batch
         calls, futures = self.calls, self.futures
         for i in range(0, len(calls), MAX_BATCH):
-            chunk = futures[i:i + MAX_BATCH]
+            chunk = futures[i : i + MAX_BATCH]
             try:
-                done = self.loop.run_in_executor(_pool(), _enqueue_batch, self.queue, calls[i:i + MAX_BATCH])
+                done = self.loop.run_in_executor(_pool(), _enqueue_batch, self.queue, calls[i : i + MAX_BATCH])
             except RuntimeError as e:  # the pool is shut down (the interpreter is exiting)
                 for future in chunk:
                     if not future.done():
@@ -126,8 +126,9 @@ def _enqueue_batch(queue: Queue, calls: list[NewTask]) -> list[tuple[int, bool] 
     return answers
 
 
-def _deliver(futures: list[asyncio.Future[tuple[int, bool]]],
-             done: asyncio.Future[list[tuple[int, bool] | BaseException]]) -> None:
+def _deliver(
+    futures: list[asyncio.Future[tuple[int, bool]]], done: asyncio.Future[list[tuple[int, bool] | BaseException]]
+) -> None:
     error = done.exception()
     for i, future in enumerate(futures):
         if future.done():  # its coroutine was cancelled (the task may still be stored)
@@ -201,8 +202,7 @@ class ChangeWatcher:
         with self._lock:
             self._waiters.add(waiter)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=f"ferroq-aio-watch {self._path}",
-                                                daemon=True)
+                self._thread = threading.Thread(target=self._run, name=f"ferroq-aio-watch {self._path}", daemon=True)
                 self._thread.start()
         return waiter
 

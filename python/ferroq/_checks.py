@@ -45,8 +45,10 @@ def text(name: str, value: Any) -> str:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as e:
-            raise InvalidArgument(f"{name} {value!r} is not valid Unicode: it holds the lone surrogate "
-                                  f"{value[e.start]!r} at index {e.start}") from None
+            raise InvalidArgument(
+                f"{name} {value!r} is not valid Unicode: it holds the lone surrogate "
+                f"{value[e.start]!r} at index {e.start}"
+            ) from None
     return value
 
 

@@ -5,9 +5,24 @@ from os import PathLike
 from typing import Any, final
 
 __all__ = [
-    "DEFAULT_MAX_PAYLOAD", "NAME_MAX_LEN", "PRIORITY_MAX", "PRIORITY_MIN", "SCHEMA_VERSION",
-    "ClaimedTask", "ManualClock", "NewTask", "Outcomes", "RunJournal", "RunJournalView", "Store",
-    "backoff_delay_ms", "check_max_attempts", "check_name", "check_priority", "hold_closes", "release_closes",
+    "DEFAULT_MAX_PAYLOAD",
+    "NAME_MAX_LEN",
+    "PRIORITY_MAX",
+    "PRIORITY_MIN",
+    "SCHEMA_VERSION",
+    "ClaimedTask",
+    "ManualClock",
+    "NewTask",
+    "Outcomes",
+    "RunJournal",
+    "RunJournalView",
+    "Store",
+    "backoff_delay_ms",
+    "check_max_attempts",
+    "check_name",
+    "check_priority",
+    "hold_closes",
+    "release_closes",
     "__version__",
 ]
 
@@ -20,8 +35,10 @@ SCHEMA_VERSION: int
 
 def hold_closes() -> None:
     """Just before fork(): waits for stores closing on their own threads, holds new ones."""
+
 def release_closes() -> None:
     """Right after fork(), in the parent and in the child."""
+
 def backoff_delay_ms(base: float, max: float, jitter: float, attempt: int) -> int:
     """Delay in ms before retrying after the ``attempt``-th failed run (jitter drawn at random)."""
 
@@ -37,6 +54,7 @@ def check_max_attempts(value: int) -> None:
 @final
 class NewTask:
     """A task to insert."""
+
     name: str
     group: str
     payload: bytes
@@ -45,12 +63,22 @@ class NewTask:
     max_attempts: int
     unique_key: str | None
     cache_ttl_ms: int | None
-    def __new__(cls, name: str, group: str, payload: bytes, priority: int, run_at_ms: int | None,
-                max_attempts: int, unique_key: str | None, cache_ttl_ms: int | None = None) -> NewTask: ...
+    def __new__(
+        cls,
+        name: str,
+        group: str,
+        payload: bytes,
+        priority: int,
+        run_at_ms: int | None,
+        max_attempts: int,
+        unique_key: str | None,
+        cache_ttl_ms: int | None = None,
+    ) -> NewTask: ...
 
 @final
 class ClaimedTask:
     """A task a claim leased to a worker; outcomes of its run are fenced by ``token``."""
+
     id: int
     token: int
     name: str
@@ -60,8 +88,18 @@ class ClaimedTask:
     attempt: int
     max_attempts: int
     created_at_ms: int
-    def __new__(cls, id: int, token: int, name: str, group: str, payload: bytes, priority: int, attempt: int,
-                max_attempts: int, created_at_ms: int) -> ClaimedTask: ...
+    def __new__(
+        cls,
+        id: int,
+        token: int,
+        name: str,
+        group: str,
+        payload: bytes,
+        priority: int,
+        attempt: int,
+        max_attempts: int,
+        created_at_ms: int,
+    ) -> ClaimedTask: ...
 
 @final
 class Outcomes:
@@ -69,8 +107,16 @@ class Outcomes:
     def __new__(cls) -> Outcomes: ...
     def completed(self, id: int, token: int, result: bytes | None, run_us: int | None = None) -> None:
         """The run returned ``result`` (serialized; None: null)."""
-    def failed(self, id: int, token: int, error: str, retry_delay_ms: int | None, counts: bool = False,
-               hold_ms: int | None = None, run_us: int | None = None) -> None:
+    def failed(
+        self,
+        id: int,
+        token: int,
+        error: str,
+        retry_delay_ms: int | None,
+        counts: bool = False,
+        hold_ms: int | None = None,
+        run_us: int | None = None,
+    ) -> None:
         """The run failed: retried after ``retry_delay_ms``, or dead when None; ``counts``: toward
         the group's breaker; ``hold_ms``: holds the group that long."""
     def __len__(self) -> int: ...
@@ -111,8 +157,14 @@ class Store:
     """One SQLite task store file; every method releases the GIL around storage work."""
 
     def __new__(
-        cls, path: str | PathLike[str], *, durability: str = "full", busy_timeout: float = 30.0,
-        max_payload: int = ..., task_events: str = "failures", clock: ManualClock | None = None,
+        cls,
+        path: str | PathLike[str],
+        *,
+        durability: str = "full",
+        busy_timeout: float = 30.0,
+        max_payload: int = ...,
+        task_events: str = "failures",
+        clock: ManualClock | None = None,
     ) -> Store: ...
     @property
     def path(self) -> str:
@@ -136,8 +188,9 @@ class Store:
         """Current time in epoch milliseconds by the store's clock."""
     def enqueue(self, queue: str, tasks: list[NewTask]) -> list[tuple[int, bool]]:
         """Inserts tasks in one transaction; (id, created) per task."""
-    def enqueue_calls(self, queue: str, calls: Iterable[Any], call_type: type, encoded_type: type,
-                      check: Callable[[bytes], None]) -> list[int]:
+    def enqueue_calls(
+        self, queue: str, calls: Iterable[Any], call_type: type, encoded_type: type, check: Callable[[bytes], None]
+    ) -> list[int]:
         """Inserts ``calls`` (instances of ``call_type``: name, payload, options) in one
         transaction, reading their attributes directly; their ids, in order. Calls that are
         not exactly ``encoded_type`` (hand-built) have their payload passed to ``check``."""
@@ -179,8 +232,12 @@ class Store:
     def counts(self, queue: str) -> list[tuple[str, int]]:
         """(status, count) for every status."""
     def prune(
-        self, queue: str, completed_age_ms: int | None = None, completed_count: int | None = None,
-        dead_age_ms: int | None = None, dead_count: int | None = None,
+        self,
+        queue: str,
+        completed_age_ms: int | None = None,
+        completed_count: int | None = None,
+        dead_age_ms: int | None = None,
+        dead_count: int | None = None,
     ) -> int:
         """Deletes finished tasks beyond the limits; how many."""
     def next_run_at(self, queue: str) -> int | None:
@@ -192,7 +249,9 @@ class Store:
     def quick_check(self) -> list[str]:
         """SQLite quick_check findings; ["ok"] when intact."""
     def configure_group(
-        self, queue: str, group: str,
+        self,
+        queue: str,
+        group: str,
         breaker: tuple[int, int, int, int, int] | None,
         throttle: tuple[float | None, float, int | None, tuple[int, int | None, float, int] | None] | None,
     ) -> None:
@@ -208,9 +267,7 @@ class Store:
         """Pauses or resumes a queue (resuming deletes its row); whether it changed."""
     def queue_paused(self, queue: str) -> bool:
         """Whether the queue is paused."""
-    def circuit(
-        self, queue: str, group: str, command: str, duration_ms: int | None = None, reason: str = ""
-    ) -> str:
+    def circuit(self, queue: str, group: str, command: str, duration_ms: int | None = None, reason: str = "") -> str:
         """Opens, closes or resets a group's breaker; its state after."""
     def group_info(self, queue: str, group: str) -> dict[str, Any]:
         """A group's pause, breaker, throttle and task counts."""
@@ -247,8 +304,9 @@ class Store:
         """Records (group, kind, detail JSON) events of ``queue``."""
     def take_turn(self, queue: str, duty: str, every_ms: int) -> tuple[int, str] | None:
         """A shared duty's turn: (fence, saved state JSON), or None if another's is recent."""
-    def end_turn(self, queue: str, duty: str, fence: int, state: str,
-                 happened: list[tuple[str | None, str, str]]) -> bool:
+    def end_turn(
+        self, queue: str, duty: str, fence: int, state: str, happened: list[tuple[str | None, str, str]]
+    ) -> bool:
         """Saves the turn's state and records its events unless a later turn was taken."""
     def metric_series(
         self, queue: str, group: str | None, name: str, bucket_ms: int, since_ms: int
@@ -258,17 +316,27 @@ class Store:
         self, bounds_us: list[int]
     ) -> list[tuple[str, str, dict[str, int], tuple[int, int, list[int]], tuple[int, int, list[int]]]]:
         """This process's totals: (queue, group, counters, wait buckets, run buckets)."""
-    def prune_observability(self, events_ms: int, raw_metrics_ms: int, hourly_metrics_ms: int,
-                            workers_ms: int) -> int:
+    def prune_observability(self, events_ms: int, raw_metrics_ms: int, hourly_metrics_ms: int, workers_ms: int) -> int:
         """Deletes events, metrics and worker rows past their ages; how many."""
     def worker_seen(self, id: str, queue: str, hostname: str, pid: int, concurrency: int, pool: str) -> None:
         """Registers or renews a worker."""
     def declare_schedule(
-        self, queue: str, name: str, task: str, cron: str, tz: str, missed: str, now_ms: int,
+        self,
+        queue: str,
+        name: str,
+        task: str,
+        cron: str,
+        tz: str,
+        missed: str,
+        now_ms: int,
     ) -> dict[str, Any]:
         """Records or renews a schedule; returns it as stored."""
     def enqueue_tick(
-        self, queue: str, name: str, tick_ms: int, task: NewTask,
+        self,
+        queue: str,
+        name: str,
+        tick_ms: int,
+        task: NewTask,
     ) -> tuple[int, bool] | None:
         """Enqueues a schedule's tick unless it (or a later one) was; raises its last tick."""
     def schedules(self, queue: str) -> list[dict[str, Any]]:
@@ -286,8 +354,15 @@ class Store:
         tasks of that name)."""
     # -- operations (rust/py/listing.rs) --
     def list_tasks(
-        self, queue: str, statuses: list[str], group: str | None, name: str | None, after: int | None,
-        newest_first: bool, limit: int, until: int | None = None,
+        self,
+        queue: str,
+        statuses: list[str],
+        group: str | None,
+        name: str | None,
+        after: int | None,
+        newest_first: bool,
+        limit: int,
+        until: int | None = None,
     ) -> list[dict[str, Any]]:
         """One page of tasks (dicts like ``get``) by id after ``after`` (descending if ``newest_first``),
         reading no id beyond ``until``."""
@@ -296,13 +371,25 @@ class Store:
     ) -> int:
         """Finished tasks of ``status`` matching, finished before the time (ms)."""
     def purge_batch(
-        self, queue: str, status: str, finished_before: int | None, group: str | None, name: str | None,
-        after: tuple[int, int] | None, limit: int,
+        self,
+        queue: str,
+        status: str,
+        finished_before: int | None,
+        group: str | None,
+        name: str | None,
+        after: tuple[int, int] | None,
+        limit: int,
     ) -> tuple[int, list[int], tuple[int, int] | None]:
         """Deletes one batch in one transaction: (deleted, [], next cursor or None when done)."""
     def requeue_batch(
-        self, queue: str, status: str, finished_before: int | None, group: str | None, name: str | None,
-        after: tuple[int, int] | None, limit: int,
+        self,
+        queue: str,
+        status: str,
+        finished_before: int | None,
+        group: str | None,
+        name: str | None,
+        after: tuple[int, int] | None,
+        limit: int,
     ) -> tuple[int, list[int], tuple[int, int] | None]:
         """Requeues one batch of dead/cancelled tasks: (requeued, skipped ids, next cursor or None)."""
     def claim_in_groups(
@@ -315,11 +402,13 @@ class Store:
         """Stored task names equal to ``name`` or ending in ``.name``, sorted."""
     def record_samples(self, queue: str, group: str, name: str, values: list[int]) -> None:
         """Adds values to this process's histogram ``name`` (flushed with the metrics)."""
-    def named_metrics(self, queue: str, prefix: str, since_ms: int, raw_keep_ms: int
-                      ) -> list[tuple[str, str, tuple[int, int, int, int, int, int]]]:
+    def named_metrics(
+        self, queue: str, prefix: str, since_ms: int, raw_keep_ms: int
+    ) -> list[tuple[str, str, tuple[int, int, int, int, int, int]]]:
         """(group, name, (count, sum, max, p50, p95, p99)) of stored histograms named prefix..."""
-    def task_run_times(self, queue: str, since_ms: int, raw_keep_ms: int
-                       ) -> list[tuple[str, tuple[int, int, int, int, int, int]]]:
+    def task_run_times(
+        self, queue: str, since_ms: int, raw_keep_ms: int
+    ) -> list[tuple[str, tuple[int, int, int, int, int, int]]]:
         """(task name, (count, sum, max, p50, p95, p99) µs) of run times since since_ms."""
     def clear_cache(self, queue: str, name: str, key: str | None = None) -> int:
         """Ends the cache entries of task ``name`` (one key, or all); how many."""

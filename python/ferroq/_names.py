@@ -36,4 +36,5 @@ def module_of(fn: Callable[..., Any]) -> str:
     qualname = getattr(fn, "__qualname__", repr(fn))
     raise InvalidArgument(
         f"task {qualname!r} is defined in __main__ without a file (python -c, or an interactive session), so it "
-        f"has no name a worker could find it by: pass one, e.g. @queue.task(name={qualname!r})")
+        f"has no name a worker could find it by: pass one, e.g. @queue.task(name={qualname!r})"
+    )

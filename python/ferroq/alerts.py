@@ -36,9 +36,23 @@ from .info import from_ms
 if TYPE_CHECKING:
     from .queue import Queue
 
-__all__ = ["Alert", "AlertState", "ArrivalAnomaly", "BacklogGrowth", "CircuitOpen", "DeadTasks", "ErrorRate",
-           "ForecastOverCapacity", "NoWorker", "Rule", "Transition", "WaitAnomaly", "WaitP95", "check_alerts",
-           "WEBHOOK_TASK"]
+__all__ = [
+    "Alert",
+    "AlertState",
+    "ArrivalAnomaly",
+    "BacklogGrowth",
+    "CircuitOpen",
+    "DeadTasks",
+    "ErrorRate",
+    "ForecastOverCapacity",
+    "NoWorker",
+    "Rule",
+    "Transition",
+    "WaitAnomaly",
+    "WaitP95",
+    "check_alerts",
+    "WEBHOOK_TASK",
+]
 
 log = logging.getLogger("ferroq.alerts")
 
@@ -111,8 +125,11 @@ class ErrorRate:
         failed = sum(m.failed for m in ms)
         finished = failed + sum(m.completed for m in ms)
         rate = failed / finished if finished else 0.0
-        return (finished >= self.min_runs and rate > self.above, rate,
-                f"error rate {rate:.1%} of {finished} runs over {self.window:g} s (limit {self.above:.1%})")
+        return (
+            finished >= self.min_runs and rate > self.above,
+            rate,
+            f"error rate {rate:.1%} of {finished} runs over {self.window:g} s (limit {self.above:.1%})",
+        )
 
 
 @dataclass(frozen=True)
@@ -144,8 +161,11 @@ class BacklogGrowth:
     def check(self, view: View) -> tuple[bool, float, str]:
         ms = view.metrics(self.window)
         growth = (sum(m.enqueued for m in ms) - sum(m.started for m in ms)) / (self.window / 60)
-        return (growth > self.per_minute, growth,
-                f"backlog growing {growth:.1f}/min over {self.window:g} s (limit {self.per_minute:g}/min)")
+        return (
+            growth > self.per_minute,
+            growth,
+            f"backlog growing {growth:.1f}/min over {self.window:g} s (limit {self.per_minute:g}/min)",
+        )
 
 
 @dataclass(frozen=True)
@@ -176,8 +196,11 @@ class CircuitOpen:
         now = from_ms(view.now_ms)
         assert now is not None
         longest, name = max(((now - at).total_seconds(), g) for g, at in opened.items()) if opened else (0.0, "")
-        return (longest > self.longer_than, longest,
-                f"circuit of {name!r} open {longest:.0f} s (limit {self.longer_than:g} s)")
+        return (
+            longest > self.longer_than,
+            longest,
+            f"circuit of {name!r} open {longest:.0f} s (limit {self.longer_than:g} s)",
+        )
 
 
 @dataclass(frozen=True)
@@ -194,8 +217,15 @@ class ArrivalAnomaly:
     def check(self, view: View) -> tuple[bool, float, str]:
         q, step = view.q, int(self.interval * 1000)
         start = view.now_ms - view.now_ms % step - step  # the last complete interval
-        f = _forecast(q._store, q.name, view.group, horizon=self.interval, interval=self.interval, now_ms=start,
-                      raw_keep_ms=int(q.observability.metrics_raw_age * 1000))
+        f = _forecast(
+            q._store,
+            q.name,
+            view.group,
+            horizon=self.interval,
+            interval=self.interval,
+            now_ms=start,
+            raw_keep_ms=int(q.observability.metrics_raw_age * 1000),
+        )
         if f.method == "none":
             return False, 0.0, "no history to judge arrivals by"
         point = f.points[0]
@@ -203,9 +233,12 @@ class ArrivalAnomaly:
         actual = sum(v for s, v in rows if s < start + step)
         sigma = max((point.high - point.expected) / 1.96, math.sqrt(max(point.expected, 1.0)))
         z = (actual - point.expected) / sigma
-        return (abs(z) > self.z, z,
-                f"{actual:.0f} arrivals in {self.interval:g} s, forecast {point.expected:.0f} "
-                f"[{point.low:.0f}, {point.high:.0f}]: z {z:+.1f} (limit {self.z:g})")
+        return (
+            abs(z) > self.z,
+            z,
+            f"{actual:.0f} arrivals in {self.interval:g} s, forecast {point.expected:.0f} "
+            f"[{point.low:.0f}, {point.high:.0f}]: z {z:+.1f} (limit {self.z:g})",
+        )
 
 
 @dataclass(frozen=True)
@@ -235,8 +268,11 @@ class WaitAnomaly:
         spread = max(1.4826 * _median([abs(x - middle) for x in before]), 0.001 + 0.05 * middle)
         now = _median(recent)
         z = (now - middle) / spread
-        return (z > self.z and now > self.min_wait, z,
-                f"p95 wait {now:.3f} s lately against {middle:.3f} s usually: z {z:+.1f} (limit {self.z:g})")
+        return (
+            z > self.z and now > self.min_wait,
+            z,
+            f"p95 wait {now:.3f} s lately against {middle:.3f} s usually: z {z:+.1f} (limit {self.z:g})",
+        )
 
 
 def _median(xs: list[float]) -> float:
@@ -266,13 +302,25 @@ class ForecastOverCapacity:
         capacity = threads / run_time
         f = view.q.forecast(view.group, horizon=max(60.0, round(self.horizon / 60) * 60), interval=60)
         peak = f.peak_rate
-        return (peak > capacity, peak,
-                f"forecast peak {peak:.2f}/s within {self.horizon:g} s, capacity {capacity:.2f}/s "
-                f"({threads} threads / run {run_time * 1000:.0f} ms)")
+        return (
+            peak > capacity,
+            peak,
+            f"forecast peak {peak:.2f}/s within {self.horizon:g} s, capacity {capacity:.2f}/s "
+            f"({threads} threads / run {run_time * 1000:.0f} ms)",
+        )
 
 
-RULES = (WaitP95, ErrorRate, DeadTasks, BacklogGrowth, NoWorker, CircuitOpen, ArrivalAnomaly, WaitAnomaly,
-         ForecastOverCapacity)
+RULES = (
+    WaitP95,
+    ErrorRate,
+    DeadTasks,
+    BacklogGrowth,
+    NoWorker,
+    CircuitOpen,
+    ArrivalAnomaly,
+    WaitAnomaly,
+    ForecastOverCapacity,
+)
 
 
 @dataclass(frozen=True)
@@ -341,7 +389,8 @@ def check_alerts(q: Queue, alerts: dict[str, Alert], *, every: float | None = No
     now = store.now_ms()
     happened = [t for a in alerts.values() if (t := _step(q, a, state, now)) is not None]
     rows: list[tuple[str | None, str, str]] = [
-        (t.group, t.kind, json.dumps({"alert": t.alert, "value": t.value, "detail": t.detail})) for t in happened]
+        (t.group, t.kind, json.dumps({"alert": t.alert, "value": t.value, "detail": t.detail})) for t in happened
+    ]
     if not store.end_turn(q.name, DUTY, fence, json.dumps(state), rows):
         return None  # a later turn was taken meanwhile: it decides
     for t in happened:
@@ -379,8 +428,15 @@ def _deliver(q: Queue, a: Alert, t: Transition) -> None:
         except Exception:
             log.exception("alert %r: notify callback failed", a.name)
     if a.webhook is not None:
-        body = {"alert": t.alert, "event": t.kind, "group": t.group, "value": t.value, "detail": t.detail,
-                "at": t.at.isoformat(), "queue": q.name}
+        body = {
+            "alert": t.alert,
+            "event": t.kind,
+            "group": t.group,
+            "value": t.value,
+            "detail": t.detail,
+            "at": t.at.isoformat(),
+            "queue": q.name,
+        }
         try:
             q._tasks[WEBHOOK_TASK].enqueue(a.webhook, body)
         except Exception:
@@ -390,8 +446,12 @@ def _deliver(q: Queue, a: Alert, t: Transition) -> None:
 def post_webhook(url: str, body: dict[str, Any]) -> None:
     """The webhook task: POSTs ``body`` as JSON; a failure (or a non-2xx answer) raises,
     so the task is retried with backoff."""
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json", "User-Agent": "ferroq-alerts"})
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "User-Agent": "ferroq-alerts"},
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         if not 200 <= response.status < 300:
             raise RuntimeError(f"webhook {url} answered {response.status}")
@@ -402,10 +462,21 @@ def states(q: Queue) -> list[AlertState]:
     latest: dict[str, Any] = {}
     for e in q.latest_events(1000, kinds=["alert_fired", "alert_resolved"]):
         latest[e.detail.get("alert", "?")] = e
-    out = [AlertState(name, e.kind == "alert_fired", e.group, e.at, str(e.detail.get("detail", "")))
-           for name, e in latest.items()]
+    out = [
+        AlertState(name, e.kind == "alert_fired", e.group, e.at, str(e.detail.get("detail", "")))
+        for name, e in latest.items()
+    ]
     return sorted(out, key=lambda s: (not s.firing, s.name))
 
 
-AnyRule = Union[WaitP95, ErrorRate, DeadTasks, BacklogGrowth, NoWorker, CircuitOpen, ArrivalAnomaly, WaitAnomaly,
-                ForecastOverCapacity]
+AnyRule = Union[
+    WaitP95,
+    ErrorRate,
+    DeadTasks,
+    BacklogGrowth,
+    NoWorker,
+    CircuitOpen,
+    ArrivalAnomaly,
+    WaitAnomaly,
+    ForecastOverCapacity,
+]

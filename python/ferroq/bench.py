@@ -83,9 +83,12 @@ def raw_rate(sync: str, n: int, mode: str, payload: int = 0) -> float:
     """Rows per second SQLite itself does for ``mode``, in a separate process; ``payload``:
     rows carry a string argument of that many characters (else a number)."""
     with tempfile.TemporaryDirectory() as d:
-        out = subprocess.run([sys.executable, "-c", _RAW, os.path.join(d, "raw.db"), sync, str(n), mode,
-                              str(payload)],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _RAW, os.path.join(d, "raw.db"), sync, str(n), mode, str(payload)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return float(out.stdout)
 
 
@@ -95,8 +98,7 @@ def _scratch(durability: str) -> Iterator[tuple[ferroq.Queue, ferroq.Task[[int |
     the garbage collector (a queue and its tasks refer to each other), a queue was closed
     inside a later scenario's collection, with the GIL held (SQLite checkpoints on the
     last close): in-process latency then showed 20-35 ms pauses that belonged to no scenario."""
-    with tempfile.TemporaryDirectory() as d, \
-            ferroq.Queue(os.path.join(d, "bench.db"), durability=durability) as q:
+    with tempfile.TemporaryDirectory() as d, ferroq.Queue(os.path.join(d, "bench.db"), durability=durability) as q:
 
         @q.task(name="noop")
         def noop(i: int | str) -> None:
@@ -124,8 +126,9 @@ def bench_enqueue(durability: str, n: int, threads: int) -> Figure:
         for th in pool:
             th.join()
         rate = per * threads / (time.perf_counter() - t)
-    return Figure(f"enqueue, {threads} thread(s), {durability}", rate, "tasks/s",
-                  raw_rate(_sync(durability), n, "commit"))
+    return Figure(
+        f"enqueue, {threads} thread(s), {durability}", rate, "tasks/s", raw_rate(_sync(durability), n, "commit")
+    )
 
 
 def bench_enqueue_many(durability: str, n: int) -> Figure:
@@ -150,8 +153,9 @@ def _drain_child(path: str, durability: str, concurrency: int, out: Any, is_asyn
     out.put(stats.completed)
 
 
-def bench_drain(durability: str, n: int, processes: int, concurrency: int = 4, payload: int = 0,
-                is_async: bool = False) -> Figure:
+def bench_drain(
+    durability: str, n: int, processes: int, concurrency: int = 4, payload: int = 0, is_async: bool = False
+) -> Figure:
     """``payload``: each task's argument is a string of that many characters (else its number);
     ``is_async``: the worker runs an ``async def`` processor (on its event loop)."""
     with _scratch(durability) as (q, noop):
@@ -160,8 +164,10 @@ def bench_drain(durability: str, n: int, processes: int, concurrency: int = 4, p
             q.enqueue_many(noop.call(text or i) for i in range(start, min(n, start + 50_000)))
         ctx = multiprocessing.get_context("spawn")
         results = ctx.Queue()
-        workers = [ctx.Process(target=_drain_child, args=(q.path, durability, concurrency, results, is_async))
-                   for _ in range(processes)]
+        workers = [
+            ctx.Process(target=_drain_child, args=(q.path, durability, concurrency, results, is_async))
+            for _ in range(processes)
+        ]
         t = time.perf_counter()
         for w in workers:
             w.start()
@@ -170,11 +176,14 @@ def bench_drain(durability: str, n: int, processes: int, concurrency: int = 4, p
         for w in workers:
             w.join()
     # Start-up of the worker processes is inside the timing: it is part of draining.
-    name = (f"drain no-op, {payload:,} B args, {processes} proc., {durability}" if payload
-            else f"drain async no-op, {processes} process(es), {durability}" if is_async
-            else f"drain no-op, {processes} process(es), {durability}")
-    return Figure(name, rate, "tasks/s",
-                  raw_rate(_sync(durability), min(n, 200_000), "claim_ack", payload))
+    name = (
+        f"drain no-op, {payload:,} B args, {processes} proc., {durability}"
+        if payload
+        else f"drain async no-op, {processes} process(es), {durability}"
+        if is_async
+        else f"drain no-op, {processes} process(es), {durability}"
+    )
+    return Figure(name, rate, "tasks/s", raw_rate(_sync(durability), min(n, 200_000), "claim_ack", payload))
 
 
 def _always_fails(i: int) -> None:
@@ -226,14 +235,17 @@ def _stamp(sent: float) -> float:
     return time.time() - sent
 
 
-def bench_latency(rate: float, seconds: float, cross_process: bool, label: str = "",
-                  location: str | None = None) -> list[Figure]:
+def bench_latency(
+    rate: float, seconds: float, cross_process: bool, label: str = "", location: str | None = None
+) -> list[Figure]:
     """Enqueue -> processor start at a fixed rate, the worker waking on commits (not
     polling). Above 1,000/s the producer enqueues each millisecond's tasks together (one
     ``enqueue_many``), each stamped with the time it was sent. ``location``: an empty queue
     to use (a PostgreSQL database) instead of a new file."""
-    with tempfile.TemporaryDirectory() as d, \
-            ferroq.Queue(location or os.path.join(d, "lat.db"), durability="normal") as q:
+    with (
+        tempfile.TemporaryDirectory() as d,
+        ferroq.Queue(location or os.path.join(d, "lat.db"), durability="normal") as q,
+    ):
         stamp = q.task(name="stamp")(_stamp)
         if cross_process:
             ctx = multiprocessing.get_context("spawn")
@@ -255,6 +267,7 @@ def bench_latency(rate: float, seconds: float, cross_process: bool, label: str =
             def stop_worker() -> None:
                 worker.stop()
                 th.join(30)
+
         ids: list[int] = []
         tick = max(1.0 / rate, 0.001)
         per_tick = max(1, round(rate * tick))
@@ -276,9 +289,9 @@ def bench_latency(rate: float, seconds: float, cross_process: bool, label: str =
     where = "cross-process" if cross_process else "in-process"
     qs = statistics.quantiles(waits, n=100)
     name = label or f"at {rate:,.0f}/s"
-    return [Figure(f"latency {p} {name}, {where}", qs[i - 1], "ms") for p, i in
-            (("p50", 50), ("p95", 95), ("p99", 99))] + (
-        [Figure(f"latency load {name}, {where}", achieved, "tasks/s")] if label else [])
+    return [
+        Figure(f"latency {p} {name}, {where}", qs[i - 1], "ms") for p, i in (("p50", 50), ("p95", 95), ("p99", 99))
+    ] + ([Figure(f"latency load {name}, {where}", achieved, "tasks/s")] if label else [])
 
 
 def _claim_ack_rate(q: ferroq.Queue, tasks: int, batch: int = 100) -> float:
@@ -389,8 +402,10 @@ def bench_worker_rss(total: int) -> list[Figure]:
         proc.start()
         samples, processed = out.get(timeout=3600)
         proc.join()
-    return [Figure("worker RSS after 100,000 tasks", samples["100k"] / 2**20, "MiB"),
-            Figure(f"worker RSS after {processed:,} tasks", samples["end"] / 2**20, "MiB")]
+    return [
+        Figure("worker RSS after 100,000 tasks", samples["100k"] / 2**20, "MiB"),
+        Figure(f"worker RSS after {processed:,} tasks", samples["end"] / 2**20, "MiB"),
+    ]
 
 
 def median_of(runs: int, scenario: Callable[[], list[Figure]]) -> list[Figure]:
@@ -402,10 +417,15 @@ def median_of(runs: int, scenario: Callable[[], list[Figure]]) -> list[Figure]:
         present = [v for v in values if v is not None]
         return statistics.median(present) if present else None
 
-    return [Figure(first.scenario + (f" (median of {runs})" if runs > 1 else ""),
-                   statistics.median(r[i].value for r in results), first.unit,
-                   median([r[i].ceiling for r in results]))
-            for i, first in enumerate(results[0])]
+    return [
+        Figure(
+            first.scenario + (f" (median of {runs})" if runs > 1 else ""),
+            statistics.median(r[i].value for r in results),
+            first.unit,
+            median([r[i].ceiling for r in results]),
+        )
+        for i, first in enumerate(results[0])
+    ]
 
 
 def run(quick: bool = False, big: bool = False) -> list[Figure]:
@@ -455,12 +475,16 @@ def render(figures: list[Figure], ceiling: str = "raw SQLite") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ferroq.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m ferroq.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
     parser.add_argument("--quick", action="store_true", help="smaller counts, throughput only")
-    parser.add_argument("--big", action="store_true",
-                        help="also claim cost with 1M finished tasks and worker RSS over 1M tasks (minutes)")
+    parser.add_argument(
+        "--big",
+        action="store_true",
+        help="also claim cost with 1M finished tasks and worker RSS over 1M tasks (minutes)",
+    )
     args = parser.parse_args(argv)
     figures = run(quick=args.quick, big=args.big)
     if args.output == "json":

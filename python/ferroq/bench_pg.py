@@ -27,8 +27,9 @@ __all__ = ["run"]
 def _pg_ceiling() -> ModuleType:
     benches = Path(__file__).resolve().parents[2] / "benches"
     if not (benches / "pg_ceiling.py").exists():
-        raise InvalidArgument(f"ferroq bench --db postgresql:// needs the repository's {benches}/pg_ceiling.py "
-                              "(a source checkout)")
+        raise InvalidArgument(
+            f"ferroq bench --db postgresql:// needs the repository's {benches}/pg_ceiling.py (a source checkout)"
+        )
     # On sys.path, not loaded from its file: spawned children import their target by module name.
     if str(benches) not in sys.path:
         sys.path.insert(0, str(benches))

@@ -21,11 +21,19 @@ class TaskContext:
     """The run in progress: its ids and counters, plus progress, heartbeat and cancellation."""
 
     # Slots and plain attributes: one of these is made per run, on the hot path.
-    __slots__ = ("id", "name", "resource_group", "attempt", "max_attempts", "_created_ms", "token",
-                 "worker", "stopped")
+    __slots__ = ("id", "name", "resource_group", "attempt", "max_attempts", "_created_ms", "token", "worker", "stopped")
 
-    def __init__(self, id: int, name: str, resource_group: str, attempt: int, max_attempts: int,
-                 created_ms: int, token: int, worker: Worker) -> None:
+    def __init__(
+        self,
+        id: int,
+        name: str,
+        resource_group: str,
+        attempt: int,
+        max_attempts: int,
+        created_ms: int,
+        token: int,
+        worker: Worker,
+    ) -> None:
         self.id = id
         self.name = name
         self.resource_group = resource_group
@@ -38,8 +46,10 @@ class TaskContext:
         self.stopped = False
 
     def __repr__(self) -> str:
-        return (f"TaskContext(id={self.id}, name={self.name!r}, attempt={self.attempt}/{self.max_attempts}, "
-                f"resource_group={self.resource_group!r})")
+        return (
+            f"TaskContext(id={self.id}, name={self.name!r}, attempt={self.attempt}/{self.max_attempts}, "
+            f"resource_group={self.resource_group!r})"
+        )
 
     @property
     def enqueued_at(self) -> datetime:
@@ -51,8 +61,9 @@ class TaskContext:
         a ``progress`` event. Raises ``LeaseLost`` if the run was taken over."""
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
             raise InvalidArgument(f"progress must be a number between 0 and 1, got {fraction!r}")
-        self.worker.queue._store.progress(self.id, self.token, float(fraction),
-                                          _checks.optional_text("progress message", message))
+        self.worker.queue._store.progress(
+            self.id, self.token, float(fraction), _checks.optional_text("progress message", message)
+        )
 
     def heartbeat(self) -> None:
         """Extends the lease now (the worker also does so on its own while the processor runs)."""

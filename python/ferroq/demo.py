@@ -32,8 +32,11 @@ def build(path: str) -> tuple[ferroq.Queue, dict[str, ferroq.TaskBase[..., Any]]
     q = ferroq.Queue(path, durability="full", retention=ferroq.Retention(completed_age=7 * 86400))
     calls: Counter[int] = Counter()
     # The partner API takes at most 2 calls at once and 200 per second, from every worker.
-    q.group("partner-api", breaker=ferroq.CircuitBreaker(failure_threshold=20, window=60, open_for=5),
-            throttle=ferroq.Throttle(rate=200, max_concurrency=2))
+    q.group(
+        "partner-api",
+        breaker=ferroq.CircuitBreaker(failure_threshold=20, window=60, open_for=5),
+        throttle=ferroq.Throttle(rate=200, max_concurrency=2),
+    )
 
     @q.task(name="thumbnail", priority=0)
     def thumbnail(image: str, width: int) -> dict[str, object]:
@@ -45,8 +48,12 @@ def build(path: str) -> tuple[ferroq.Queue, dict[str, ferroq.TaskBase[..., Any]]
         await asyncio.sleep(0.002)
         return f"sent {subject!r} to {to}"
 
-    @q.task(name="sync_inventory", max_attempts=5, retry=ferroq.RetryPolicy(base_delay=0.05, max_delay=1.0),
-            resource_group="partner-api")
+    @q.task(
+        name="sync_inventory",
+        max_attempts=5,
+        retry=ferroq.RetryPolicy(base_delay=0.05, max_delay=1.0),
+        resource_group="partner-api",
+    )
     def sync_inventory(sku: str) -> int:
         ctx = ferroq.current_task()
         calls[ctx.id] += 1
@@ -54,15 +61,18 @@ def build(path: str) -> tuple[ferroq.Queue, dict[str, ferroq.TaskBase[..., Any]]
             raise UpstreamUnavailable(f"partner API timed out for {sku}")
         return len(sku)
 
-    @q.task(name="charge", max_attempts=3, retry=ferroq.RetryPolicy(base_delay=0.05, fatal=(CardDeclined,)),
-            resource_group="payments")
+    @q.task(
+        name="charge",
+        max_attempts=3,
+        retry=ferroq.RetryPolicy(base_delay=0.05, fatal=(CardDeclined,)),
+        resource_group="payments",
+    )
     def charge(order: int, cents: int) -> str:
         if cents > 100_000:
             raise CardDeclined(f"order {order}: card declined for {cents} cents")
         return f"charged {cents}"
 
-    return q, {"thumbnail": thumbnail, "send_email": send_email,
-               "sync_inventory": sync_inventory, "charge": charge}
+    return q, {"thumbnail": thumbnail, "send_email": send_email, "sync_inventory": sync_inventory, "charge": charge}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"ferroq {ferroq.__version__} demo on {path}")
     started = time.perf_counter()
-    ids = q.enqueue_many(t["thumbnail"].call(f"img-{i}.png", width=w)
-                         for i in range(args.thumbnails) for w in (128,))
+    ids = q.enqueue_many(t["thumbnail"].call(f"img-{i}.png", width=w) for i in range(args.thumbnails) for w in (128,))
     urgent = t["thumbnail"].using(priority=9).enqueue("hero.png", width=1920)
     reminder = t["send_email"].using(delay=0.5).enqueue("ada@example.com", "your order shipped")
     welcome = t["send_email"].enqueue("grace@example.com", "welcome")
@@ -87,8 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     ok_charge = t["charge"].enqueue(1001, 4_999)
     bad_charge = t["charge"].enqueue(1002, 250_000)
     enqueued = time.perf_counter() - started
-    print(f"enqueued {len(ids) + 7} tasks ({len(ids)} in one enqueue_many) in {enqueued * 1000:.1f} ms; "
-          f"unique key deduplicated: {dup.id == again.id and not again.created}")
+    print(
+        f"enqueued {len(ids) + 7} tasks ({len(ids)} in one enqueue_many) in {enqueued * 1000:.1f} ms; "
+        f"unique key deduplicated: {dup.id == again.id and not again.created}"
+    )
 
     worker = ferroq.Worker(q, concurrency=8, lease=10.0)
     began = time.perf_counter()
@@ -118,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     assert counts["completed"] == expected_completed and counts["dead"] == 1, counts
     print("\nper resource group (q.metrics), times in ms:")
     for group, m in q.metrics(window=300).items():
-        print(f"  {group:<12} completed {m.completed:>4}  retried {m.retried:>2}  dead {m.dead}  "
-              f"wait p95 {m.wait.p95 * 1000:6.1f}  run p50 {m.run.p50 * 1000:5.2f}  p99 {m.run.p99 * 1000:5.2f}")
+        print(
+            f"  {group:<12} completed {m.completed:>4}  retried {m.retried:>2}  dead {m.dead}  "
+            f"wait p95 {m.wait.p95 * 1000:6.1f}  run p50 {m.run.p50 * 1000:5.2f}  p99 {m.run.p99 * 1000:5.2f}"
+        )
     partner = q.group("partner-api").state()
     print(f"partner-api circuit: {partner.circuit}, concurrency cap {partner.concurrency_limit}")
     print("\nok: nothing lost, one dead letter, everything else completed")

@@ -118,8 +118,9 @@ class CorruptTask(StorageError):
     raises it for a row it cannot read; listings show the row (``TaskInfo.corrupt``).
     """
 
-    def __init__(self, message: str, task_id: int | None = None, column: str | None = None,
-                 raw: bytes | list[int] | None = None) -> None:
+    def __init__(
+        self, message: str, task_id: int | None = None, column: str | None = None, raw: bytes | list[int] | None = None
+    ) -> None:
         super().__init__(message)
         self.task_id = task_id
         self.column = column

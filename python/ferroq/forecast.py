@@ -207,7 +207,7 @@ def _backtest(hours: Sequence[float], first_hour: int, period: int | None) -> fl
         return factor_at(profile, (first_hour + t) * HOUR_MS + HOUR_MS / 2)
 
     deseasoned = [v / factor(t) for t, v in enumerate(train)]
-    level = fit_holt(deseasoned[-7 * 24:]).level
+    level = fit_holt(deseasoned[-7 * 24 :]).level
     alpha, err = 0.3, 0.0
     for i, actual in enumerate(test):
         f = factor(len(train) + i)
@@ -235,13 +235,17 @@ def choose_season(hours: Sequence[float], first_hour: int) -> tuple[str | None, 
 
 def _hourly(store: Store, queue: str, group: str | None, now: int) -> tuple[list[float], int]:
     """Complete hours from the first with arrivals on, zero-filled; and the first's index."""
-    rows = [(s, v) for s, v in store.metric_series(queue, group, "enqueued", HOUR_MS, now - HOURLY_LOOKBACK_MS)
-            if s + HOUR_MS <= now]
+    rows = [
+        (s, v)
+        for s, v in store.metric_series(queue, group, "enqueued", HOUR_MS, now - HOURLY_LOOKBACK_MS)
+        if s + HOUR_MS <= now
+    ]
     return _filled(rows, HOUR_MS, now)
 
 
-def _raw(store: Store, queue: str, group: str | None, now: int, interval_ms: int,
-         keep_ms: int) -> tuple[list[float], int]:
+def _raw(
+    store: Store, queue: str, group: str | None, now: int, interval_ms: int, keep_ms: int
+) -> tuple[list[float], int]:
     """Complete intervals of ``interval_ms`` from the raw rows, summed, zero-filled."""
     by_interval: dict[int, float] = {}
     for s, v in store.metric_series(queue, group, "enqueued", RAW_MS, now - keep_ms):
@@ -263,8 +267,9 @@ def _filled(rows: Sequence[tuple[int, float]], step: int, now: int) -> tuple[lis
     return values, first
 
 
-def forecast(store: Store, queue: str, group: str | None, *, horizon: float, interval: float,
-             now_ms: int, raw_keep_ms: int) -> Forecast:
+def forecast(
+    store: Store, queue: str, group: str | None, *, horizon: float, interval: float, now_ms: int, raw_keep_ms: int
+) -> Forecast:
     """See ``Queue.forecast``."""
     interval_ms = _interval_ms(interval)
     horizon = _checks.seconds("horizon", horizon, positive=True)
@@ -288,8 +293,7 @@ def forecast(store: Store, queue: str, group: str | None, *, horizon: float, int
         method = "hourly"
     else:
         points = tuple(ForecastPoint(_at(start + i * interval_ms), 0.0, 0.0, 0.0) for i in range(steps))
-        return Forecast(group, interval, horizon, "none", None, "no arrivals recorded yet: forecasting none",
-                        points)
+        return Forecast(group, interval, horizon, "none", None, "no arrivals recorded yet: forecasting none", points)
     deseasoned = [v / factor_at(profile, first + i * step_ms + step_ms / 2) for i, v in enumerate(series)]
     holt = fit_holt(deseasoned)
     last_ahead = max(1, math.ceil((start + (steps - 1) * interval_ms - last_seen) / step_ms))
@@ -302,8 +306,10 @@ def forecast(store: Store, queue: str, group: str | None, *, horizon: float, int
         expected = holt.ahead(ahead) * f * scale
         half = Z95 * _spread(holt, measured, ahead) * f * scale
         out.append(ForecastPoint(_at(at), expected, max(expected - half, 0.0), expected + half))
-    explanation = (f"season: {season or 'none'} ({why}); level: Holt damped trend (alpha {holt.alpha}, "
-                   f"beta {holt.beta}, phi {PHI}) over {len(series)} intervals of {step_ms // 1000:g} s")
+    explanation = (
+        f"season: {season or 'none'} ({why}); level: Holt damped trend (alpha {holt.alpha}, "
+        f"beta {holt.beta}, phi {PHI}) over {len(series)} intervals of {step_ms // 1000:g} s"
+    )
     return Forecast(group, interval, horizon, method, season, explanation, tuple(out))
 
 

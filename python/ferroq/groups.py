@@ -53,11 +53,21 @@ class GroupState:
     @classmethod
     def from_core(cls, d: dict[str, Any]) -> GroupState:
         return cls(
-            queue=d["queue"], name=d["name"], paused=d["paused"], circuit=d["circuit"],
-            recent_failures=d["recent_failures"], open_until=from_ms(d["open_until"]), trips=d["trips"],
-            tokens=d["tokens"], concurrency_limit=d["concurrency_limit"],
-            blocked_until=from_ms(d["blocked_until"]), running=d["running"], pending=d["pending"],
-            has_breaker=d["has_breaker"], rate=d["rate"], max_concurrency=d["max_concurrency"],
+            queue=d["queue"],
+            name=d["name"],
+            paused=d["paused"],
+            circuit=d["circuit"],
+            recent_failures=d["recent_failures"],
+            open_until=from_ms(d["open_until"]),
+            trips=d["trips"],
+            tokens=d["tokens"],
+            concurrency_limit=d["concurrency_limit"],
+            blocked_until=from_ms(d["blocked_until"]),
+            running=d["running"],
+            pending=d["pending"],
+            has_breaker=d["has_breaker"],
+            rate=d["rate"],
+            max_concurrency=d["max_concurrency"],
             adaptive=d["adaptive"],
         )
 
@@ -146,8 +156,7 @@ class Circuit:
         return [e for e in self._queue.events(group=self.group) if e.kind.startswith("circuit_")]
 
     def _command(self, command: str, duration_ms: int | None, reason: str) -> None:
-        self._queue._store.circuit(self._queue.name, self.group, command, duration_ms,
-                                   _checks.text("reason", reason))
+        self._queue._store.circuit(self._queue.name, self.group, command, duration_ms, _checks.text("reason", reason))
         self._queue._notify()
 
 
@@ -155,8 +164,7 @@ class ResourceGroup:
     """A named pool of capacity that tasks share (an external API, a database, a model).
     Returned by ``Queue.group``; pass it (or its name) as a task's ``resource_group``."""
 
-    def __init__(self, queue: Queue, name: str, breaker: CircuitBreaker | None,
-                 throttle: Throttle | None) -> None:
+    def __init__(self, queue: Queue, name: str, breaker: CircuitBreaker | None, throttle: Throttle | None) -> None:
         self._queue = queue
         self.name = name
         #: The breaker declared in this process (the policy that classifies failures).

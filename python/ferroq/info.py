@@ -84,8 +84,9 @@ class TaskError:
     def to_json(self) -> str:
         """The stored form: message and traceback clipped (see MESSAGE_MAX)."""
         traceback = None if self.traceback is None else storable(clip_traceback(self.traceback))
-        return orjson.dumps({"type": self.type, "message": storable(clip_message(self.message)),
-                             "traceback": traceback}).decode()
+        return orjson.dumps(
+            {"type": self.type, "message": storable(clip_message(self.message)), "traceback": traceback}
+        ).decode()
 
 
 class _Unreadable:
@@ -245,8 +246,12 @@ def _corrupt_row(row: dict[str, Any]) -> CorruptTask | None:
 def _undecodable(row: dict[str, Any], column: str, loads: Callable[[bytes], Any], e: Exception) -> CorruptTask:
     owner = getattr(loads, "__self__", None)
     by = type(owner).__name__ if owner is not None else "the serializer"
-    return CorruptTask(f"task {row['id']} cannot be read: column {column} cannot be decoded by {by}: "
-                       f"{type(e).__name__}: {e}", row["id"], column, row[column])
+    return CorruptTask(
+        f"task {row['id']} cannot be read: column {column} cannot be decoded by {by}: {type(e).__name__}: {e}",
+        row["id"],
+        column,
+        row[column],
+    )
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ def _checkpoint(dst: Queue, token: str) -> tuple[int, bool] | None:
     prefix, found = f"{MARKER}:{token}:", None
     for t in dst.iter_tasks(name=MARKER):
         if t.unique_key and t.unique_key.startswith(prefix):
-            paused, last = t.unique_key[len(prefix):].split(":")
+            paused, last = t.unique_key[len(prefix) :].split(":")
             if found is None or int(last) > found[0]:
                 found = (int(last), paused == "1")
     return found
@@ -68,15 +68,18 @@ def _new_task(row: dict[str, Any]) -> NewTask:
     the runs it has left are kept (max_attempts less the attempts made, at least one: the
     interrupted run recorded nothing)."""
     left = max(1, int(row["max_attempts"]) - int(row["attempts"]))
-    return NewTask(row["name"], row["resource_group"], row["payload"], row["priority"], row["run_at"], left,
-                   row["unique_key"])
+    return NewTask(
+        row["name"], row["resource_group"], row["payload"], row["priority"], row["run_at"], left, row["unique_key"]
+    )
 
 
 def _refuse_live_workers(src: Queue, force: bool) -> None:
     alive = [w.id for w in src.workers() if w.alive]
     if alive and not force:
-        raise InvalidTransition(f"workers are alive on queue {src.name!r} of {src.path}: {', '.join(alive[:5])}; "
-                                "stop them first (or pass --force: their running tasks then run on both stores)")
+        raise InvalidTransition(
+            f"workers are alive on queue {src.name!r} of {src.path}: {', '.join(alive[:5])}; "
+            "stop them first (or pass --force: their running tasks then run on both stores)"
+        )
 
 
 def _copy_groups(src: Queue, dst: Queue, report: QueueReport, dry_run: bool) -> None:
@@ -88,8 +91,16 @@ def _copy_groups(src: Queue, dst: Queue, report: QueueReport, dry_run: bool) -> 
                 dst._store.set_group_paused(dst.name, name, True)
 
 
-def migrate_queue(src_path: str, dst_path: str, queue: str, *, batch: int = 1000, dry_run: bool = False,
-                  force: bool = False, progress: Callable[[QueueReport], None] | None = None) -> QueueReport:
+def migrate_queue(
+    src_path: str,
+    dst_path: str,
+    queue: str,
+    *,
+    batch: int = 1000,
+    dry_run: bool = False,
+    force: bool = False,
+    progress: Callable[[QueueReport], None] | None = None,
+) -> QueueReport:
     """Moves one queue's unfinished tasks from ``src_path`` to ``dst_path`` (see the module)."""
     report = QueueReport(queue)
     with Queue(src_path, name=queue) as src, Queue(dst_path, name=queue) as dst:
@@ -108,8 +119,15 @@ def migrate_queue(src_path: str, dst_path: str, queue: str, *, batch: int = 1000
             page_end = int(page[-1]["id"])
             rows = [r for r in page if r["name"] != MARKER]  # a back-migration's own trail stays
             if rows and not dry_run:
-                marker = NewTask(MARKER, "default", _marker_payload(src), 0, _NEVER_MS, 1,
-                                 f"{MARKER}:{token}:{int(was_paused)}:{page_end}")
+                marker = NewTask(
+                    MARKER,
+                    "default",
+                    _marker_payload(src),
+                    0,
+                    _NEVER_MS,
+                    1,
+                    f"{MARKER}:{token}:{int(was_paused)}:{page_end}",
+                )
                 created = dst._store.enqueue(queue, [*map(_new_task, rows), marker])[:-1]
                 report.deduped += sum(1 for _, c in created if not c)
                 report.copied += sum(1 for _, c in created if c)
@@ -158,9 +176,16 @@ def _close_checkpoints(dst: Queue, token: str) -> None:
             dst.cancel(t.id)
 
 
-def migrate(src_path: str, dst_path: str, *, batch: int = 1000, dry_run: bool = False, force: bool = False,
-            progress: Callable[[QueueReport], None] | None = None,
-            queues: list[str] | None = None) -> list[QueueReport]:
+def migrate(
+    src_path: str,
+    dst_path: str,
+    *,
+    batch: int = 1000,
+    dry_run: bool = False,
+    force: bool = False,
+    progress: Callable[[QueueReport], None] | None = None,
+    queues: list[str] | None = None,
+) -> list[QueueReport]:
     """Moves the unfinished tasks of every queue of ``src_path`` (or of ``queues``) to ``dst_path``."""
     if not 1 <= batch <= 100_000:
         raise InvalidArgument(f"batch must be between 1 and 100000, got {batch}")
@@ -173,8 +198,10 @@ def migrate(src_path: str, dst_path: str, *, batch: int = 1000, dry_run: bool = 
     for name in names:  # every queue checked before any is moved
         with Queue(src_path, name=name) as q:
             _refuse_live_workers(q, force)
-    return [migrate_queue(src_path, dst_path, n, batch=batch, dry_run=dry_run, force=force, progress=progress)
-            for n in names]
+    return [
+        migrate_queue(src_path, dst_path, n, batch=batch, dry_run=dry_run, force=force, progress=progress)
+        for n in names
+    ]
 
 
 def _same(a: str, b: str) -> bool:

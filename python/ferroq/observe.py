@@ -22,8 +22,17 @@ if TYPE_CHECKING:
     from ._core import Store
     from .profiling import Profile
 
-__all__ = ["Observability", "Percentiles", "GroupMetrics", "WorkerState", "MissingProcessor", "HealthCheck", "Health",
-           "Subscription", "Observable"]
+__all__ = [
+    "Observability",
+    "Percentiles",
+    "GroupMetrics",
+    "WorkerState",
+    "MissingProcessor",
+    "HealthCheck",
+    "Health",
+    "Subscription",
+    "Observable",
+]
 
 _DAY = 86_400.0
 
@@ -44,8 +53,11 @@ class Observability:
 
     def prune(self, q: Observable) -> int:
         """Deletes rows past these ages; returns how many."""
-        return int(q._store.prune_observability(_ms(self.events_age), _ms(self.metrics_raw_age),
-                                                _ms(self.metrics_hourly_age), _ms(self.workers_age)))
+        return int(
+            q._store.prune_observability(
+                _ms(self.events_age), _ms(self.metrics_raw_age), _ms(self.metrics_hourly_age), _ms(self.workers_age)
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -196,10 +208,18 @@ class Observable:
         raw = self._store.metrics(self.name, since, _ms(self.observability.metrics_raw_age))
         return {
             group: GroupMetrics(
-                group=group, window=seconds, enqueued=d["enqueued"], started=d["started"],
-                completed=d["completed"], retried=d["retried"], dead=d["dead"], cancelled=d["cancelled"],
-                wait=Percentiles.from_core(d["wait"]), run=Percentiles.from_core(d["run"]),
-                cache_hits=d["cache_hits"], cache_misses=d["cache_misses"],
+                group=group,
+                window=seconds,
+                enqueued=d["enqueued"],
+                started=d["started"],
+                completed=d["completed"],
+                retried=d["retried"],
+                dead=d["dead"],
+                cancelled=d["cancelled"],
+                wait=Percentiles.from_core(d["wait"]),
+                run=Percentiles.from_core(d["run"]),
+                cache_hits=d["cache_hits"],
+                cache_misses=d["cache_misses"],
             )
             for group, d in sorted(raw.items())
         }
@@ -214,8 +234,15 @@ class Observable:
         if group is not None:
             group = group_name(group)
             _core.check_name("resource group", _checks.text("group", group))
-        return _forecast(self._store, self.name, group, horizon=horizon, interval=interval,
-                         now_ms=self._store.now_ms(), raw_keep_ms=_ms(self.observability.metrics_raw_age))
+        return _forecast(
+            self._store,
+            self.name,
+            group,
+            horizon=horizon,
+            interval=interval,
+            now_ms=self._store.now_ms(),
+            raw_keep_ms=_ms(self.observability.metrics_raw_age),
+        )
 
     def run_times(self, window: float = 600.0) -> dict[str, Percentiles]:
         """Run times per task name over the last ``window`` seconds, whatever group ran
@@ -241,20 +268,31 @@ class Observable:
         out = []
         for d in self._store.workers(self.name):
             alive = d["stopped_at"] is None and now - d["last_seen"] <= WORKER_ALIVE_WITHIN * 1000
-            out.append(WorkerState(
-                id=d["id"], queue=d["queue"], hostname=d["hostname"], pid=d["pid"],
-                concurrency=d["concurrency"], pool=d["pool"], started_at=_dt(d["started_at"]),
-                last_seen=_dt(d["last_seen"]), stopped_at=from_ms(d["stopped_at"]), alive=alive,
-                running=d["running"],
-            ))
+            out.append(
+                WorkerState(
+                    id=d["id"],
+                    queue=d["queue"],
+                    hostname=d["hostname"],
+                    pid=d["pid"],
+                    concurrency=d["concurrency"],
+                    pool=d["pool"],
+                    started_at=_dt(d["started_at"]),
+                    last_seen=_dt(d["last_seen"]),
+                    stopped_at=from_ms(d["stopped_at"]),
+                    alive=alive,
+                    running=d["running"],
+                )
+            )
         return out
 
     def missing_processors(self) -> list[MissingProcessor]:
         """Task names that running workers have no processor for (each worker records a
         name when it first gives such a task back), with the pending tasks of each."""
         alive_since = self._store.now_ms() - int(WORKER_ALIVE_WITHIN * 1000)
-        return [MissingProcessor(task, tuple(workers), pending)
-                for task, workers, pending in self._store.no_processor(self.name, alive_since)]
+        return [
+            MissingProcessor(task, tuple(workers), pending)
+            for task, workers, pending in self._store.no_processor(self.name, alive_since)
+        ]
 
     def health(
         self,
@@ -294,11 +332,19 @@ class Observable:
         if require_workers:
             checks.append(HealthCheck("workers", bool(alive), f"{len(alive)} alive of {len(workers)} registered"))
         age = max(0.0, (now - oldest) / 1000) if oldest is not None else 0.0
-        checks.append(HealthCheck("pending", age <= max_pending_age,
-                                  f"oldest due task waited {duration(age)} (limit {duration(max_pending_age)})"))
+        checks.append(
+            HealthCheck(
+                "pending",
+                age <= max_pending_age,
+                f"oldest due task waited {duration(age)} (limit {duration(max_pending_age)})",
+            )
+        )
         if max_dead is not None:
-            checks.append(HealthCheck("dead", dead <= max_dead,
-                                      f"{dead} dead in the last {duration(dead_window)} (limit {max_dead})"))
+            checks.append(
+                HealthCheck(
+                    "dead", dead <= max_dead, f"{dead} dead in the last {duration(dead_window)} (limit {max_dead})"
+                )
+            )
         return Health(all(c.ok for c in checks), tuple(checks), workers, age, dead)
 
     def watch_events(
@@ -351,12 +397,16 @@ class Observable:
         if after is not None:
             _checks.integer("after", after, 0, _checks.INT64_MAX)
         _checks.optional_seconds("timeout", timeout)
-        wanted = None if kinds is None else frozenset(
-            _checks.text("kind", k) for k in ([kinds] if isinstance(kinds, str) else kinds))
+        wanted = (
+            None
+            if kinds is None
+            else frozenset(_checks.text("kind", k) for k in ([kinds] if isinstance(kinds, str) else kinds))
+        )
         return self._aevents(after, wanted, timeout)
 
-    async def _aevents(self, after: int | None, wanted: frozenset[str] | None,
-                       timeout: float | None) -> AsyncIterator[Event]:
+    async def _aevents(
+        self, after: int | None, wanted: frozenset[str] | None, timeout: float | None
+    ) -> AsyncIterator[Event]:
         store, watcher = self._store, _aio.watcher(self)  # type: ignore[arg-type]
         cursor = after if after is not None else await _aio.run(_last_event_id, store, self.name)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -380,8 +430,9 @@ class Observable:
             if deadline is not None:
                 deadline = time.monotonic() + timeout  # type: ignore[operator]
 
-    def subscribe(self, callback: Callable[[Event], Any], *, kinds: Iterable[str] | None = None,
-                  after: int | None = None) -> Subscription:
+    def subscribe(
+        self, callback: Callable[[Event], Any], *, kinds: Iterable[str] | None = None, after: int | None = None
+    ) -> Subscription:
         """Calls ``callback(event)`` on a background thread for every new event (from any
         process), in order, until ``close()``. An exception in the callback is logged and
         the subscription goes on."""
@@ -396,6 +447,7 @@ class Observable:
 
         def pump() -> None:
             import logging
+
             log = logging.getLogger("ferroq.events")
             cursor = start
             while not stop.is_set():

@@ -143,5 +143,14 @@ def state(row: dict[str, Any], now_ms: int) -> ScheduleState:
         next_run = None
     seen = _dt(row["seen_at"])
     assert seen is not None
-    return ScheduleState(row["name"], row["task"], row["cron"], row["tz"], row["missed"], _dt(row["last_tick"]),
-                         row["last_task_id"], next_run, seen)
+    return ScheduleState(
+        row["name"],
+        row["task"],
+        row["cron"],
+        row["tz"],
+        row["missed"],
+        _dt(row["last_tick"]),
+        row["last_task_id"],
+        next_run,
+        seen,
+    )

@@ -87,9 +87,7 @@ def _ms(seconds: float | None) -> int | None:
 
 
 def _exception_classes(name: str, classes: object) -> None:
-    if not isinstance(classes, tuple) or not all(
-        isinstance(c, type) and issubclass(c, BaseException) for c in classes
-    ):
+    if not isinstance(classes, tuple) or not all(isinstance(c, type) and issubclass(c, BaseException) for c in classes):
         raise InvalidArgument(f"{name} must be a tuple of exception classes, got {classes!r}")
 
 
@@ -139,8 +137,13 @@ class CircuitBreaker:
     def as_core_args(self) -> tuple[int, int, int, int, int]:
         """(threshold, window_ms, open_ms, max_open_ms, probes) for the core."""
         max_open = self.max_open_for if self.max_open_for is not None else 10 * self.open_for
-        return (self.failure_threshold, _ms_at_least_1(self.window), _ms_at_least_1(self.open_for),
-                _ms_at_least_1(max_open), self.half_open_probes)
+        return (
+            self.failure_threshold,
+            _ms_at_least_1(self.window),
+            _ms_at_least_1(self.open_for),
+            _ms_at_least_1(max_open),
+            self.half_open_probes,
+        )
 
 
 @dataclass(frozen=True)
@@ -170,14 +173,22 @@ class Throttle:
         if self.rate is None and self.max_concurrency is None:
             raise InvalidArgument("a Throttle needs a rate, a max_concurrency or both")
         if self.rate is not None:
-            if (isinstance(self.rate, bool) or not isinstance(self.rate, (int, float))
-                    or not math.isfinite(self.rate) or self.rate <= 0):
+            if (
+                isinstance(self.rate, bool)
+                or not isinstance(self.rate, (int, float))
+                or not math.isfinite(self.rate)
+                or self.rate <= 0
+            ):
                 raise InvalidArgument(f"rate must be a positive number of tasks per second, got {self.rate!r}")
         if self.burst is not None:
             if self.rate is None:
                 raise InvalidArgument("burst applies to a rate; give rate too")
-            if (isinstance(self.burst, bool) or not isinstance(self.burst, (int, float))
-                    or not math.isfinite(self.burst) or self.burst < 1):
+            if (
+                isinstance(self.burst, bool)
+                or not isinstance(self.burst, (int, float))
+                or not math.isfinite(self.burst)
+                or self.burst < 1
+            ):
                 raise InvalidArgument(f"burst must be a number >= 1, got {self.burst!r}")
         if self.max_concurrency is not None:
             _checks.integer("max_concurrency", self.max_concurrency, 1, 1_000_000)
@@ -187,8 +198,11 @@ class Throttle:
             raise InvalidArgument("adaptive mode moves the concurrency cap: give max_concurrency")
         _checks.integer("min_concurrency", self.min_concurrency, 1, self.max_concurrency or 1_000_000)
         _checks.optional_seconds("target_latency", self.target_latency, positive=True)
-        if (isinstance(self.error_rate, bool) or not isinstance(self.error_rate, (int, float))
-                or not 0 <= self.error_rate < 1):
+        if (
+            isinstance(self.error_rate, bool)
+            or not isinstance(self.error_rate, (int, float))
+            or not 0 <= self.error_rate < 1
+        ):
             raise InvalidArgument(f"error_rate must be a fraction in [0, 1), got {self.error_rate!r}")
         _checks.seconds("cooldown", self.cooldown)
 

@@ -62,17 +62,23 @@ class Profile:
         total = sum(s.total for s in self.stages) or 1.0
         lines = [f"{'stage':8} {'tasks':>9} {'total s':>10} {'share':>7} {'mean':>10} {'p95':>10}  what"]
         for s in self.stages:
-            lines.append(f"{s.stage:8} {s.tasks:9,d} {s.total:10.3f} {s.total / total:7.1%} "
-                         f"{_t(s.time.mean):>10} {_t(s.time.p95):>10}  {STAGE_HELP.get(s.stage, '')}")
+            lines.append(
+                f"{s.stage:8} {s.tasks:9,d} {s.total:10.3f} {s.total / total:7.1%} "
+                f"{_t(s.time.mean):>10} {_t(s.time.p95):>10}  {STAGE_HELP.get(s.stage, '')}"
+            )
         if self.tasks:
             lines.append("")
-            lines.append(f"{'task':32} {'runs':>9} {'wall mean':>10} {'wall p95':>10} {'cpu mean':>10} "
-                         f"{'cpu/wall':>8} {'mem p95':>9} {'mem max':>9}")
+            lines.append(
+                f"{'task':32} {'runs':>9} {'wall mean':>10} {'wall p95':>10} {'cpu mean':>10} "
+                f"{'cpu/wall':>8} {'mem p95':>9} {'mem max':>9}"
+            )
             for t in self.tasks:
                 ratio = t.cpu.mean / t.wall.mean if t.wall.mean else 0.0
-                lines.append(f"{t.name[:32]:32} {t.runs:9,d} {_t(t.wall.mean):>10} {_t(t.wall.p95):>10} "
-                             f"{_t(t.cpu.mean):>10} {ratio:8.0%} {_b(t.memory_peak_p95):>9} "
-                             f"{_b(t.memory_peak_max):>9}")
+                lines.append(
+                    f"{t.name[:32]:32} {t.runs:9,d} {_t(t.wall.mean):>10} {_t(t.wall.p95):>10} "
+                    f"{_t(t.cpu.mean):>10} {ratio:8.0%} {_b(t.memory_peak_p95):>9} "
+                    f"{_b(t.memory_peak_max):>9}"
+                )
         return "\n".join(lines)
 
 
@@ -101,20 +107,23 @@ def build(window: float, rows: list[tuple[str, str, Summary]]) -> Profile:
     tasks: dict[str, dict[str, Summary]] = {}
     for _group, name, summary in rows:
         if name.startswith(STAGE):
-            stages[name[len(STAGE):]] = summary
+            stages[name[len(STAGE) :]] = summary
         elif name.startswith(TASK):
-            task, _, figure = name[len(TASK):].rpartition(":")
+            task, _, figure = name[len(TASK) :].rpartition(":")
             tasks.setdefault(task, {})[figure] = summary
     order = {s: i for i, s in enumerate(STAGES)}
-    stage_list = [StageProfile(stage, s[0], s[1] / 1e6, Percentiles.from_core(s))
-                  for stage, s in sorted(stages.items(), key=lambda kv: order.get(kv[0], len(order)))]
+    stage_list = [
+        StageProfile(stage, s[0], s[1] / 1e6, Percentiles.from_core(s))
+        for stage, s in sorted(stages.items(), key=lambda kv: order.get(kv[0], len(order)))
+    ]
     task_list = []
     for task, figures in sorted(tasks.items()):
         wall = figures.get("wall")
         if wall is None:
             continue
         cpu, mem = figures.get("cpu", (0,) * 6), figures.get("mem", (0,) * 6)
-        task_list.append(TaskProfile(task, wall[0], Percentiles.from_core(wall), Percentiles.from_core(cpu),
-                                     mem[4], mem[2]))
+        task_list.append(
+            TaskProfile(task, wall[0], Percentiles.from_core(wall), Percentiles.from_core(cpu), mem[4], mem[2])
+        )
     task_list.sort(key=lambda t: t.wall.mean * t.runs, reverse=True)
     return Profile(window, stage_list, task_list)

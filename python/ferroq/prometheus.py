@@ -28,8 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["FerroqCollector", "register", "make_asgi_app", "make_wsgi_app", "BUCKETS"]
 
 #: Histogram bucket bounds in seconds (the HDR histograms behind them are finer).
-BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-           60.0, 300.0)
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 _CIRCUIT_STATES = ("closed", "open", "half_open")
 
 
@@ -41,13 +40,18 @@ class FerroqCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         store, name = self.queue._engine, self.queue.name
-        tasks = CounterMetricFamily("ferroq_tasks", "Tasks by what happened to them, by this process.",
-                                    labels=["queue", "group", "status"])
-        wait = HistogramMetricFamily("ferroq_task_wait_seconds",
-                                     "From when a task was due until a worker claimed it.", labels=["queue", "group"])
+        tasks = CounterMetricFamily(
+            "ferroq_tasks", "Tasks by what happened to them, by this process.", labels=["queue", "group", "status"]
+        )
+        wait = HistogramMetricFamily(
+            "ferroq_task_wait_seconds", "From when a task was due until a worker claimed it.", labels=["queue", "group"]
+        )
         run = HistogramMetricFamily("ferroq_task_run_seconds", "How long processors ran.", labels=["queue", "group"])
-        cache = CounterMetricFamily("ferroq_cache_lookups", "Enqueues of cached tasks by this process: hit "
-                                    "(no new run) or miss.", labels=["queue", "group", "result"])
+        cache = CounterMetricFamily(
+            "ferroq_cache_lookups",
+            "Enqueues of cached tasks by this process: hit (no new run) or miss.",
+            labels=["queue", "group", "result"],
+        )
         for queue, group, counts, wait_b, run_b in store.metrics_totals([int(b * 1e6) for b in BUCKETS]):
             for status, n in counts.items():
                 if status.startswith("cache_"):
@@ -72,12 +76,17 @@ class FerroqCollector(Collector):
         for status, n in self.queue.counts().items():
             depth.add_metric([name, status], n)
         yield depth
-        running = GaugeMetricFamily("ferroq_group_running", "Running tasks of a resource group.",
-                                    labels=["queue", "group"])
-        circuit = GaugeMetricFamily("ferroq_circuit_state", "1 for the circuit breaker's current state.",
-                                    labels=["queue", "group", "state"])
-        limit = GaugeMetricFamily("ferroq_group_concurrency_limit", "The running cap now (adaptive throttles move it).",
-                                  labels=["queue", "group"])
+        running = GaugeMetricFamily(
+            "ferroq_group_running", "Running tasks of a resource group.", labels=["queue", "group"]
+        )
+        circuit = GaugeMetricFamily(
+            "ferroq_circuit_state", "1 for the circuit breaker's current state.", labels=["queue", "group", "state"]
+        )
+        limit = GaugeMetricFamily(
+            "ferroq_group_concurrency_limit",
+            "The running cap now (adaptive throttles move it).",
+            labels=["queue", "group"],
+        )
         for g in self.queue.groups():
             running.add_metric([name, g.name], g.running)
             for state in _CIRCUIT_STATES:

@@ -34,6 +34,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
 
+
 class TaskDecorator(Protocol):
     """What ``@q.task(...)`` with options returns."""
 
@@ -75,8 +76,7 @@ def _after_fork_in_child() -> None:
     _core.release_closes()
 
 
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
-                    after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
 
 def _close_at_exit() -> None:
@@ -87,8 +87,9 @@ def _close_at_exit() -> None:
         try:
             store.close()
         except Exception as e:  # noqa: BLE001 - whatever it is, the other stores still close
-            logging.getLogger("ferroq").warning("could not close %s at exit (the next open recovers it): %s",
-                                                store.path, e)
+            logging.getLogger("ferroq").warning(
+                "could not close %s at exit (the next open recovers it): %s", store.path, e
+            )
 
 
 atexit.register(_close_at_exit)
@@ -152,8 +153,12 @@ class Queue(Observable):
         self.observability = observability or Observability()
         self.serializer: Serializer = serializer or JsonSerializer()
         self._store = _core.Store(
-            _worker_path(_path(path)), durability=durability, busy_timeout=busy_timeout, max_payload=max_payload,
-            task_events=events, clock=clock,
+            _worker_path(_path(path)),
+            durability=durability,
+            busy_timeout=busy_timeout,
+            max_payload=max_payload,
+            task_events=events,
+            clock=clock,
         )
         _open_stores.add(self._store)
         self._tasks: dict[str, TaskBase[Any, Any]] = {}
@@ -227,8 +232,14 @@ class Queue(Observable):
         thread cannot be killed, so its run is failed and its late result discarded.
         ``cache`` (a ``ferroq.Cache``): identical calls share one run and its result.
         """
-        options = TaskOptions(priority=priority, resource_group=group_name(resource_group), max_attempts=max_attempts,
-                              retry=retry or RetryPolicy(), timeout=timeout, cache=cache)
+        options = TaskOptions(
+            priority=priority,
+            resource_group=group_name(resource_group),
+            max_attempts=max_attempts,
+            retry=retry or RetryPolicy(),
+            timeout=timeout,
+            cache=cache,
+        )
 
         def register(fn: Callable[..., Any]) -> TaskBase[Any, Any]:
             task_name = self._task_name(fn, name)
@@ -266,8 +277,12 @@ class Queue(Observable):
         at most ``max_wait`` seconds for a batch to fill."""
         _checks.integer("max_size", max_size, 1, 10_000)
         _checks.seconds("max_wait", max_wait)
-        options = TaskOptions(priority=priority, resource_group=group_name(resource_group), max_attempts=max_attempts,
-                              retry=retry or RetryPolicy())
+        options = TaskOptions(
+            priority=priority,
+            resource_group=group_name(resource_group),
+            max_attempts=max_attempts,
+            retry=retry or RetryPolicy(),
+        )
 
         def register(fn: Callable[[list[T]], Sequence[R | BaseException]]) -> BatchTask[T, R]:
             task_name = self._task_name(fn, name)
@@ -301,8 +316,9 @@ class Queue(Observable):
         if name in self._alerts:
             raise InvalidArgument(f"an alert named {name!r} is already declared")
         if webhook is not None and alerts_module.WEBHOOK_TASK not in self._tasks:
-            self.task(name=alerts_module.WEBHOOK_TASK, max_attempts=10,
-                      retry=RetryPolicy(base_delay=5.0, max_delay=600.0))(alerts_module.post_webhook)
+            self.task(
+                name=alerts_module.WEBHOOK_TASK, max_attempts=10, retry=RetryPolicy(base_delay=5.0, max_delay=600.0)
+            )(alerts_module.post_webhook)
         self._alerts[name] = entry
         return entry
 
@@ -348,7 +364,12 @@ class Queue(Observable):
         return entry
 
     def periodic(
-        self, cron: str, *, tz: str = "UTC", missed: str = "once", name: str | None = None,
+        self,
+        cron: str,
+        *,
+        tz: str = "UTC",
+        missed: str = "once",
+        name: str | None = None,
     ) -> Callable[[Callable[..., Any]], TaskBase[Any, Any]]:
         """Declares a task (if the function is not one yet) run with no arguments at every
         tick of ``cron``: ``@q.periodic("*/5 * * * *", tz="Europe/Berlin")``. See ``schedule``."""
@@ -401,12 +422,19 @@ class Queue(Observable):
         try:
             data = self.serializer.loads(payload)
         except Exception as e:  # noqa: BLE001 - whatever the serializer raises
-            raise PayloadError(f"the payload of a hand-built TaskCall cannot be decoded by the queue's serializer "
-                               f"({serializer}): {type(e).__name__}: {e}") from None
-        if not (isinstance(data, dict) and isinstance(data.get("args"), (list, tuple))
-                and isinstance(data.get("kwargs"), dict)):
-            raise PayloadError(f"the payload of a hand-built TaskCall must decode ({serializer}) to "
-                               f"{{'args': [...], 'kwargs': {{...}}}}, got {data!r:.200}")
+            raise PayloadError(
+                f"the payload of a hand-built TaskCall cannot be decoded by the queue's serializer "
+                f"({serializer}): {type(e).__name__}: {e}"
+            ) from None
+        if not (
+            isinstance(data, dict)
+            and isinstance(data.get("args"), (list, tuple))
+            and isinstance(data.get("kwargs"), dict)
+        ):
+            raise PayloadError(
+                f"the payload of a hand-built TaskCall must decode ({serializer}) to "
+                f"{{'args': [...], 'kwargs': {{...}}}}, got {data!r:.200}"
+            )
 
     def _enqueue_one(self, call: TaskCall[R]) -> TaskHandle[R]:
         ((task_id, created),) = self._store.enqueue(self.name, [call.core_task()])
@@ -498,8 +526,10 @@ class Queue(Observable):
         findings = self.check()
         if findings != ["ok"]:
             shown = "; ".join(findings[:3]) + (f" (and {len(findings) - 3} more)" if len(findings) > 3 else "")
-            raise CorruptDatabase(f"database {self.path} is damaged (quick_check: {shown[:1000]}); "
-                                  f"restore it from a backup (`ferroq health` reports it)")
+            raise CorruptDatabase(
+                f"database {self.path} is damaged (quick_check: {shown[:1000]}); "
+                f"restore it from a backup (`ferroq health` reports it)"
+            )
 
     # -- resource groups, pausing, events ------------------------------------------------
 
@@ -555,7 +585,8 @@ class Queue(Observable):
         new_breaker = (known.breaker if known else None) if isinstance(breaker, _Unset) else breaker
         new_throttle = (known.throttle if known else None) if isinstance(throttle, _Unset) else throttle
         self._store.configure_group(
-            self.name, name,
+            self.name,
+            name,
             None if new_breaker is None else new_breaker.as_core_args(),
             None if new_throttle is None else new_throttle.as_core_args(),
         )
@@ -596,13 +627,15 @@ class Queue(Observable):
         _checks.integer("limit", limit, 1, 1_000_000)
         return [Event.from_core(row) for row in self._store.events(self.name, _group_or_none(group), after, limit)]
 
-    def latest_events(self, n: int = 20, *, kinds: Iterable[str] | None = None,
-                      up_to: int | None = None) -> builtins.list[Event]:
+    def latest_events(
+        self, n: int = 20, *, kinds: Iterable[str] | None = None, up_to: int | None = None
+    ) -> builtins.list[Event]:
         """The newest ``n`` events (of ``kinds``, if given) with id at most ``up_to``
         (default: all so far), oldest first. The kinds are filtered before the ``n`` are taken."""
         _checks.integer("n", n, 1, 1_000_000)
-        wanted = [] if kinds is None else [_checks.text("kind", k) for k in ([kinds] if isinstance(kinds, str)
-                                                                             else kinds)]
+        wanted = (
+            [] if kinds is None else [_checks.text("kind", k) for k in ([kinds] if isinstance(kinds, str) else kinds)]
+        )
         last = self.last_event_id() if up_to is None else _checks.integer("up_to", up_to, 0, _checks.INT64_MAX)
         return [Event.from_core(row) for row in self._store.latest_events(self.name, wanted, last, n)]
 
@@ -664,8 +697,16 @@ class Queue(Observable):
             _task_id(after_id)
         if until_id is not None:
             _checks.integer("until_id", until_id, 0, _checks.INT64_MAX)
-        rows = self._store.list_tasks(self.name, _statuses(status), _group_or_none(group), _name_or_none(name),
-                                      after_id, bool(newest_first), limit, until_id)
+        rows = self._store.list_tasks(
+            self.name,
+            _statuses(status),
+            _group_or_none(group),
+            _name_or_none(name),
+            after_id,
+            bool(newest_first),
+            limit,
+            until_id,
+        )
         return [TaskInfo.from_core(row, self.serializer.loads) for row in rows]
 
     def iter_tasks(
@@ -682,8 +723,9 @@ class Queue(Observable):
         _checks.integer("page_size", page_size, 1, 100_000)
         after: int | None = None
         while True:
-            page = self.list(status=status, group=group, name=name, limit=page_size, after_id=after,
-                             newest_first=newest_first)
+            page = self.list(
+                status=status, group=group, name=name, limit=page_size, after_id=after, newest_first=newest_first
+            )
             yield from page
             if len(page) < page_size:
                 return
@@ -700,8 +742,9 @@ class Queue(Observable):
         """Finished tasks (``completed``, ``dead`` or ``cancelled``) that ``purge`` with the
         same arguments would delete."""
         group_, name_ = _group_or_none(group), _name_or_none(name)
-        return sum(self._store.count_finished(self.name, s, self._cutoff(older_than), group_, name_)
-                   for s in _statuses(status))
+        return sum(
+            self._store.count_finished(self.name, s, self._cutoff(older_than), group_, name_) for s in _statuses(status)
+        )
 
     def purge(
         self,
@@ -811,8 +854,10 @@ def _path(path: str | os.PathLike[str]) -> str:
     try:
         os.fsencode(path)
     except UnicodeEncodeError as e:
-        raise DatabasePathError(f"database path {path!r} cannot be encoded as a file name: {e.reason} "
-                                f"({path[e.start]!r} at index {e.start})") from None
+        raise DatabasePathError(
+            f"database path {path!r} cannot be encoded as a file name: {e.reason} "
+            f"({path[e.start]!r} at index {e.start})"
+        ) from None
     return path
 
 
@@ -839,19 +884,23 @@ def _worker_path(path: str) -> str:
     if override:
         if os.path.abspath(path) != os.path.abspath(override):
             logging.getLogger("ferroq.cli").warning(
-                "opening the queue at %s (--db), not at %s as the code says", os.path.abspath(override),
-                os.path.abspath(path))
+                "opening the queue at %s (--db), not at %s as the code says",
+                os.path.abspath(override),
+                os.path.abspath(path),
+            )
         path = override
     create = os.environ.get(WORKER_CREATE_ENV)
     if create == "1" and not os.path.exists(path):
-        logging.getLogger("ferroq.cli").warning("creating a new empty queue database at %s (--create)",
-                                                os.path.abspath(path))
+        logging.getLogger("ferroq.cli").warning(
+            "creating a new empty queue database at %s (--create)", os.path.abspath(path)
+        )
     if create == "0" and not os.path.exists(path):
         given = "from --db" if override else f"the code opens {path!r}"
         raise DatabasePathError(
             f"no database at {os.path.abspath(path)} ({given}; working directory {os.getcwd()}): "
             "ferroq worker does not create a new empty queue. Run it in the directory the path is "
-            "relative to, give the file with --db PATH, or pass --create to start a new queue there")
+            "relative to, give the file with --db PATH, or pass --create to start a new queue there"
+        )
     return path
 
 

@@ -104,16 +104,24 @@ class Router:
         return None
 
 
-def make_route(to: str, tasks: Collection[Any] | Any | None, when: Any, slower_than: Any, window: Any,
-               min_runs: Any, name: str | None) -> Route:
+def make_route(
+    to: str,
+    tasks: Collection[Any] | Any | None,
+    when: Any,
+    slower_than: Any,
+    window: Any,
+    min_runs: Any,
+    name: str | None,
+) -> Route:
     """A checked ``Route`` from ``Queue.route``'s arguments."""
     if tasks is None:
         names: frozenset[str] = frozenset()
     else:
         items = [tasks] if isinstance(tasks, (str, TaskBase)) else tasks
         if not isinstance(items, (list, tuple, set, frozenset)) or not items:
-            raise InvalidArgument(f"task must be a task, a task name, or a non-empty list of them "
-                                  f"(None: every task), got {tasks!r}")
+            raise InvalidArgument(
+                f"task must be a task, a task name, or a non-empty list of them (None: every task), got {tasks!r}"
+            )
         names = frozenset(t.name if isinstance(t, TaskBase) else _checks.text("task name", t) for t in items)
     if when is not None and not callable(when):
         raise InvalidArgument(f"when must be a function of the task's arguments, got {when!r}")

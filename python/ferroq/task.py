@@ -288,8 +288,9 @@ class _Enqueuer(Generic[P, R]):
         key = self._cache_key(options.cache, args, kwargs)
         return _EncodedCall(self.name, payload, options._with({"unique_key": key}))
 
-    def _routed(self, options: TaskOptions, envelope: dict[str, Any], args: tuple[Any, ...],
-                kwargs: dict[str, Any]) -> TaskOptions:
+    def _routed(
+        self, options: TaskOptions, envelope: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> TaskOptions:
         """The options with the group the queue's routes pick; the reason goes in the
         envelope (``TaskInfo.route``)."""
         router = self.queue._router
@@ -314,8 +315,7 @@ class _Enqueuer(Generic[P, R]):
         else:
             custom = cache.key(*args, **kwargs)
             if not isinstance(custom, str):
-                raise InvalidArgument(f"the cache key function of task {self.name!r} must return a str, "
-                                      f"got {custom!r}")
+                raise InvalidArgument(f"the cache key function of task {self.name!r} must return a str, got {custom!r}")
             material = _checks.text("cache key", custom).encode()
         return f"cache:{self.name}:{hashlib.sha256(material).hexdigest()}"
 
@@ -373,8 +373,10 @@ USING_OPTIONS = ("delay", "max_attempts", "priority", "resource_group", "run_at"
 def _override(options: TaskOptions, overrides: dict[str, Any]) -> TaskOptions:
     unknown = sorted(set(overrides).difference(USING_OPTIONS))
     if unknown:
-        raise InvalidArgument(f"unknown option{'s' if len(unknown) > 1 else ''} for using(): "
-                              f"{', '.join(map(repr, unknown))}; the options are {', '.join(USING_OPTIONS)}")
+        raise InvalidArgument(
+            f"unknown option{'s' if len(unknown) > 1 else ''} for using(): "
+            f"{', '.join(map(repr, unknown))}; the options are {', '.join(USING_OPTIONS)}"
+        )
     if "unique_key" in overrides and options.cache is not None:
         raise InvalidArgument("a cached task's unique key is its cache key: give Cache(key=...) instead")
     if "resource_group" in overrides:
@@ -413,11 +415,14 @@ class TaskBase(_Enqueuer[P, R]):
         imports the module and finds the same task there. Raises ``TaskNotImportable`` for a
         task that cannot be found that way (a lambda, a nested function)."""
         if by_reference(self.__module__, self.__qualname__, self.name) is not self:
-            raise TaskNotImportable(f"task {self.name!r} cannot be pickled by reference: "
-                                    f"{self.__module__}.{self.__qualname__} is a different object")
+            raise TaskNotImportable(
+                f"task {self.name!r} cannot be pickled by reference: "
+                f"{self.__module__}.{self.__qualname__} is a different object"
+            )
         return (_unpickle_task, (self.__module__, self.__qualname__, self.name))
 
     if TYPE_CHECKING:  # what type checkers see; at run time any keyword reaches _override
+
         def using(
             self,
             *,
@@ -429,6 +434,7 @@ class TaskBase(_Enqueuer[P, R]):
             max_attempts: int | None = None,
         ) -> BoundTask[P, R]: ...
     else:
+
         def using(self, **options):
             """This task with options for the next enqueue: priority, delay (seconds) or run_at,
             unique_key, resource_group, max_attempts (None: as declared). An unknown option is
@@ -448,16 +454,17 @@ def by_reference(module: str, qualname: str, name: str) -> Any:
     """The object at ``module.qualname`` in this process: how a task is found again in a
     child process. Raises ``TaskNotImportable`` with the reason when there is none."""
     if "<lambda>" in qualname or "<locals>" in qualname:
-        raise TaskNotImportable(f"task {name!r} ({module}.{qualname}) cannot be found by reference: "
-                                f"{_IMPORTABLE_HINT}")
+        raise TaskNotImportable(f"task {name!r} ({module}.{qualname}) cannot be found by reference: {_IMPORTABLE_HINT}")
     try:
         obj: Any = importlib.import_module(module)
         for part in qualname.split("."):
             obj = getattr(obj, part)
     except Exception as e:  # noqa: BLE001 - ImportError, AttributeError, or whatever the import raised
         where = " (the script, re-imported in the child without its __main__ block)" if module == "__main__" else ""
-        raise TaskNotImportable(f"task {name!r} cannot be found by reference as {module}.{qualname}{where}: "
-                                f"{type(e).__name__}: {e}; {_IMPORTABLE_HINT}") from None
+        raise TaskNotImportable(
+            f"task {name!r} cannot be found by reference as {module}.{qualname}{where}: "
+            f"{type(e).__name__}: {e}; {_IMPORTABLE_HINT}"
+        ) from None
     return obj
 
 
@@ -492,8 +499,15 @@ class BatchTask(TaskBase[[T], R]):
     seconds to fill it. The function returns one result per item, in order; an exception
     instance in that list fails only its own item (a raised exception fails them all)."""
 
-    def __init__(self, queue: Queue, fn: Callable[[list[T]], Any], name: str, options: TaskOptions,
-                 max_size: int, max_wait: float) -> None:
+    def __init__(
+        self,
+        queue: Queue,
+        fn: Callable[[list[T]], Any],
+        name: str,
+        options: TaskOptions,
+        max_size: int,
+        max_wait: float,
+    ) -> None:
         super().__init__(queue, fn, name, options)  # type: ignore[arg-type]
         self.batch_fn = fn
         if self.is_async:

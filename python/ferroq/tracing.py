@@ -62,22 +62,38 @@ if _trace is not None:
         """A ``publish`` span around an enqueue made inside an active span (else nothing)."""
         if not _trace.get_current_span().get_span_context().is_valid:
             return nullcontext(None)
-        return _tracer.start_as_current_span(f"{task} publish", kind=_PRODUCER, attributes={
-            "messaging.system": _SYSTEM, "messaging.operation.name": "publish",
-            "messaging.operation.type": "publish", "messaging.destination.name": queue,
-            "ferroq.task.name": task})
+        return _tracer.start_as_current_span(
+            f"{task} publish",
+            kind=_PRODUCER,
+            attributes={
+                "messaging.system": _SYSTEM,
+                "messaging.operation.name": "publish",
+                "messaging.operation.type": "publish",
+                "messaging.destination.name": queue,
+                "ferroq.task.name": task,
+            },
+        )
 
     def _process_span(ctx: TaskContext, parent: Any) -> AbstractContextManager[Any]:
         context = _propagator.extract({"traceparent": parent}) if isinstance(parent, str) else None
-        return _tracer.start_as_current_span(f"{ctx.name} process", context=context, kind=_CONSUMER, attributes={
-            "messaging.system": _SYSTEM, "messaging.operation.name": "process",
-            "messaging.operation.type": "process", "messaging.message.id": str(ctx.id),
-            "ferroq.task.name": ctx.name, "ferroq.attempt": ctx.attempt})
+        return _tracer.start_as_current_span(
+            f"{ctx.name} process",
+            context=context,
+            kind=_CONSUMER,
+            attributes={
+                "messaging.system": _SYSTEM,
+                "messaging.operation.name": "process",
+                "messaging.operation.type": "process",
+                "messaging.message.id": str(ctx.id),
+                "ferroq.task.name": ctx.name,
+                "ferroq.attempt": ctx.attempt,
+            },
+        )
+
 
 #: Each None without OpenTelemetry (callers test for None once, not call a no-op).
 traceparent: Callable[[], str | None] | None = _traceparent if _trace is not None else None
-publish_span: Callable[[str, str], AbstractContextManager[Any]] | None = \
-    _publish_span if _trace is not None else None
+publish_span: Callable[[str, str], AbstractContextManager[Any]] | None = _publish_span if _trace is not None else None
 
 
 def process_span(ctx: TaskContext, parent: Any) -> AbstractContextManager[Any]:

@@ -16,13 +16,27 @@ _REASON = {"open": "opened by hand", "close": "closed by hand", "reset": "reset 
 @output_option
 @click.argument("action", type=click.Choice(["open", "close", "reset"]))
 @click.argument("group", metavar="GROUP")
-@option("--for", "duration", type=Duration(), default=None,
-        help="With open: turn half-open after this long (30s, 15m, 1h). Default: open until closed.")
+@option(
+    "--for",
+    "duration",
+    type=Duration(),
+    default=None,
+    help="With open: turn half-open after this long (30s, 15m, 1h). Default: open until closed.",
+)
 @option("--reason", default=None, help="Recorded with the transition (ferroq events).")
 @option("--create", is_flag=True, help="Act on a group that has no settings and no unfinished tasks yet.")
 @click.pass_context
-def circuit(ctx: click.Context, db: str | None, queue_name: str | None, output: str, action: str, group: str,
-            duration: float | None, reason: str | None, create: bool) -> None:
+def circuit(
+    ctx: click.Context,
+    db: str | None,
+    queue_name: str | None,
+    output: str,
+    action: str,
+    group: str,
+    duration: float | None,
+    reason: str | None,
+    create: bool,
+) -> None:
     """Open, close or reset the circuit breaker of GROUP. open: its tasks stay pending (with
     --for, it turns half-open after that long, as a tripped breaker does); close: they run
     again; reset: close and forget the failure count and open-time backoff."""
@@ -41,5 +55,6 @@ def circuit(ctx: click.Context, db: str | None, queue_name: str | None, output: 
             c.reset(reason=why)
         state = c.state
     text = f"circuit of group {group!r} (queue {s.queue!r}) is {state}"
-    click.echo(dumps({"queue": s.queue, "group": group, "action": action, "state": state}) if output == "json"
-               else text)
+    click.echo(
+        dumps({"queue": s.queue, "group": group, "action": action, "state": state}) if output == "json" else text
+    )

@@ -16,8 +16,17 @@ import orjson
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..errors import CorruptDatabase, DatabasePathError, FerroqError, ForeignDatabase, InvalidArgument, \
-    InvalidTransition, SchemaTooNew, StorageError, UnknownTask
+from ..errors import (
+    CorruptDatabase,
+    DatabasePathError,
+    FerroqError,
+    ForeignDatabase,
+    InvalidArgument,
+    InvalidTransition,
+    SchemaTooNew,
+    StorageError,
+    UnknownTask,
+)
 from .._units import duration
 from ..queue import Queue, is_database_url
 
@@ -97,10 +106,21 @@ def _on_command_line(ctx: click.Context, name: str) -> bool:
 
 def db_options(fn: F) -> F:
     """``--db`` and ``--queue`` on a command too (``ferroq list --db x.db`` reads naturally)."""
-    fn = option("--queue", "queue_name", envvar="FERROQ_QUEUE", default=None,
-                help="Queue name [default: the group's --queue, or 'default'].")(fn)
-    return option("--db", "db", envvar="FERROQ_DB", type=click.Path(dir_okay=False),
-                  default=None, help="Database file [default: the group's --db].")(fn)
+    fn = option(
+        "--queue",
+        "queue_name",
+        envvar="FERROQ_QUEUE",
+        default=None,
+        help="Queue name [default: the group's --queue, or 'default'].",
+    )(fn)
+    return option(
+        "--db",
+        "db",
+        envvar="FERROQ_DB",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Database file [default: the group's --db].",
+    )(fn)
 
 
 def settings(ctx: click.Context, db: str | None = None, queue: str | None = None) -> Settings:
@@ -157,8 +177,9 @@ def _require_queue(q: Queue) -> None:
         return
     q.close()
     known = ", ".join(repr(n) for n in names[:10]) or "none"
-    raise CliError(f"no queue {q.name!r} in {q.path} (queues there: {known}); check --queue or FERROQ_QUEUE",
-                   Exit.NOT_FOUND)
+    raise CliError(
+        f"no queue {q.name!r} in {q.path} (queues there: {known}); check --queue or FERROQ_QUEUE", Exit.NOT_FOUND
+    )
 
 
 def translate(e: FerroqError, busy_timeout: float) -> CliError:
@@ -174,17 +195,28 @@ def translate(e: FerroqError, busy_timeout: float) -> CliError:
         return CliError(text, Exit.DATABASE)
     if isinstance(e, StorageError):
         if re.search(r"locked|busy", text, re.IGNORECASE):
-            return CliError(f"the database is locked by another process (waited {busy_timeout:g}s; "
-                            f"raise --busy-timeout or try again): {text}", Exit.DATABASE)
+            return CliError(
+                f"the database is locked by another process (waited {busy_timeout:g}s; "
+                f"raise --busy-timeout or try again): {text}",
+                Exit.DATABASE,
+            )
         return CliError(text, Exit.DATABASE)
     return CliError(text, Exit.FAILED)
 
 
 # -- output ------------------------------------------------------------------------------
 
+
 def output_option(fn: F) -> F:
-    return option("-o", "--output", envvar="FERROQ_OUTPUT", type=click.Choice(["table", "json"]),
-                  default="table", show_default=True, help="Output format.")(fn)
+    return option(
+        "-o",
+        "--output",
+        envvar="FERROQ_OUTPUT",
+        type=click.Choice(["table", "json"]),
+        default="table",
+        show_default=True,
+        help="Output format.",
+    )(fn)
 
 
 def console(stderr: bool = False) -> Console:
@@ -241,8 +273,15 @@ def split_list(values: tuple[str, ...]) -> list[str]:
 def progress_bar(what: str) -> Progress:
     """A bar on stderr for long operations, only when stderr is a terminal (pipes, logs and
     ``-o json`` stay clean)."""
-    return Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console(stderr=True), disable=not sys.stderr.isatty(), transient=True)
+    return Progress(
+        TextColumn(what),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console(stderr=True),
+        disable=not sys.stderr.isatty(),
+        transient=True,
+    )
 
 
 def resolve_name(q: Queue, name: str | None) -> str | None:

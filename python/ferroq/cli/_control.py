@@ -9,8 +9,22 @@ import click
 from ..errors import InvalidTransition, UnknownTask
 from ..queue import Queue
 from .._units import duration
-from ._common import ERROR_PREFIX, CliError, Duration, Exit, Settings, db_options, dumps, open_queue, option, \
-    output_option, progress_bar, resolve_name, settings, split_list
+from ._common import (
+    ERROR_PREFIX,
+    CliError,
+    Duration,
+    Exit,
+    Settings,
+    db_options,
+    dumps,
+    open_queue,
+    option,
+    output_option,
+    progress_bar,
+    resolve_name,
+    settings,
+    split_list,
+)
 from ._groups import create_option, require_group
 
 FINISHED = ("completed", "dead", "cancelled")
@@ -55,8 +69,16 @@ def _finish_each(output: str, verb: str, done: list[int], failed: dict[int, str]
 @option("--group", default=None, help="With --all-dead: only this resource group.")
 @option("--name", default=None, help="With --all-dead: only this task name.")
 @click.pass_context
-def retry(ctx: click.Context, db: str | None, queue_name: str | None, output: str, task_ids: tuple[int, ...],
-          all_dead: bool, group: str | None, name: str | None) -> None:
+def retry(
+    ctx: click.Context,
+    db: str | None,
+    queue_name: str | None,
+    output: str,
+    task_ids: tuple[int, ...],
+    all_dead: bool,
+    group: str | None,
+    name: str | None,
+) -> None:
     """Send dead (or cancelled) tasks back to pending with fresh attempts: the IDs given,
     or --all-dead."""
     if bool(task_ids) == all_dead:
@@ -75,8 +97,11 @@ def retry(ctx: click.Context, db: str | None, queue_name: str | None, output: st
             result = q.retry_dead(group=group, name=name, progress=lambda n: progress.update(bar, completed=n))
     text = f"requeued {result.count:,} dead task(s)"
     if result.skipped:
-        text += f"; {len(result.skipped)} left dead, their unique key is held by an unfinished task: " + \
-            ", ".join(map(str, result.skipped[:20])) + (" ..." if len(result.skipped) > 20 else "")
+        text += (
+            f"; {len(result.skipped)} left dead, their unique key is held by an unfinished task: "
+            + ", ".join(map(str, result.skipped[:20]))
+            + (" ..." if len(result.skipped) > 20 else "")
+        )
     # One shape for both forms (see _finish_each): a count, the ids left dead, the failures by id.
     _report(output, {"requeued": result.count, "skipped": result.skipped, "failed": {}}, text)
 
@@ -86,8 +111,7 @@ def retry(ctx: click.Context, db: str | None, queue_name: str | None, output: st
 @output_option
 @click.argument("task_ids", metavar="ID...", nargs=-1, type=int, required=True)
 @click.pass_context
-def cancel(ctx: click.Context, db: str | None, queue_name: str | None, output: str,
-           task_ids: tuple[int, ...]) -> None:
+def cancel(ctx: click.Context, db: str | None, queue_name: str | None, output: str, task_ids: tuple[int, ...]) -> None:
     """Cancel pending tasks (a running task cannot be cancelled: exit code 1)."""
     with open_queue(settings(ctx, db, queue_name)) as q:
         done, failed = _each(q, task_ids, q.cancel)
@@ -97,17 +121,36 @@ def cancel(ctx: click.Context, db: str | None, queue_name: str | None, output: s
 @click.command()
 @db_options
 @output_option
-@option("--status", multiple=True, required=True, metavar="STATUS",
-        help="completed, dead and/or cancelled; repeat or comma-separate.")
-@option("--older-than", type=Duration(), default=None,
-        help="Only tasks finished longer ago than this (30s, 15m, 12h, 7d, 2w). Default: all.")
+@option(
+    "--status",
+    multiple=True,
+    required=True,
+    metavar="STATUS",
+    help="completed, dead and/or cancelled; repeat or comma-separate.",
+)
+@option(
+    "--older-than",
+    type=Duration(),
+    default=None,
+    help="Only tasks finished longer ago than this (30s, 15m, 12h, 7d, 2w). Default: all.",
+)
 @option("--group", default=None, help="Only this resource group.")
 @option("--name", default=None, help="Only this task name.")
 @option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @option("--dry-run", is_flag=True, help="Only count what would be deleted.")
 @click.pass_context
-def purge(ctx: click.Context, db: str | None, queue_name: str | None, output: str, status: tuple[str, ...],
-          older_than: float | None, group: str | None, name: str | None, yes: bool, dry_run: bool) -> None:
+def purge(
+    ctx: click.Context,
+    db: str | None,
+    queue_name: str | None,
+    output: str,
+    status: tuple[str, ...],
+    older_than: float | None,
+    group: str | None,
+    name: str | None,
+    yes: bool,
+    dry_run: bool,
+) -> None:
     """Delete finished tasks (with their results and history), in small transactions."""
     statuses = split_list(status)
     for st in statuses:
@@ -117,24 +160,33 @@ def purge(ctx: click.Context, db: str | None, queue_name: str | None, output: st
     with open_queue(s) as q:
         name = resolve_name(q, name)
         total = q.count_finished(statuses, older_than=older_than, group=group, name=name)
-        what = f"{total:,} {'/'.join(statuses)} task(s)" + \
-            (f" finished more than {duration(older_than)} ago" if older_than is not None else "") + \
-            f" from queue {q.name!r}"
+        what = (
+            f"{total:,} {'/'.join(statuses)} task(s)"
+            + (f" finished more than {duration(older_than)} ago" if older_than is not None else "")
+            + f" from queue {q.name!r}"
+        )
         if dry_run or total == 0:
-            _report(output, {"deleted": 0, "matching": total, "dry_run": dry_run},
-                    f"would delete {what}" if dry_run else "nothing to purge")
+            _report(
+                output,
+                {"deleted": 0, "matching": total, "dry_run": dry_run},
+                f"would delete {what}" if dry_run else "nothing to purge",
+            )
             return
         if not yes:
             click.confirm(f"Delete {what}?", abort=True, err=True)
         with progress_bar("purging") as progress:
             bar = progress.add_task("purging", total=total)
-            deleted = q.purge(statuses, older_than=older_than, group=group, name=name,
-                              progress=lambda n: progress.update(bar, completed=n))
+            deleted = q.purge(
+                statuses,
+                older_than=older_than,
+                group=group,
+                name=name,
+                progress=lambda n: progress.update(bar, completed=n),
+            )
     _report(output, {"deleted": deleted, "matching": total, "dry_run": False}, f"deleted {deleted:,} task(s)")
 
 
-def _pause(ctx: click.Context, s: Settings, group: str | None, output: str, paused: bool,
-           create: bool = False) -> None:
+def _pause(ctx: click.Context, s: Settings, group: str | None, output: str, paused: bool, create: bool = False) -> None:
     verb = "paused" if paused else "resumed"
     if group is None and not s.queue_given:
         raise CliError(f"name a GROUP, or pass --queue NAME to {verb[:-1]} a whole queue", Exit.USAGE)
@@ -158,8 +210,9 @@ def _pause(ctx: click.Context, s: Settings, group: str | None, output: str, paus
 @click.argument("group", required=False)
 @create_option("Pause")
 @click.pass_context
-def pause(ctx: click.Context, db: str | None, queue_name: str | None, output: str, group: str | None,
-          create: bool) -> None:
+def pause(
+    ctx: click.Context, db: str | None, queue_name: str | None, output: str, group: str | None, create: bool
+) -> None:
     """Stop workers claiming a resource group's tasks (or, with --queue and no GROUP, a whole
     queue's). Running tasks finish; the pause is stored in the file, every worker obeys.
     An unknown group or queue is refused (exit 4) unless --create."""

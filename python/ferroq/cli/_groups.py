@@ -25,13 +25,16 @@ def require_group(q: Queue, group: str, create: bool, what: str | None) -> None:
         return
     known = ", ".join(repr(n) for n in names[:10]) or "none"
     hint = f"; pass --create to {what} it anyway" if what else ""
-    raise CliError(f"no group {group!r} in queue {q.name!r} (groups with settings or unfinished tasks: {known})"
-                   f"{hint}", Exit.NOT_FOUND)
+    raise CliError(
+        f"no group {group!r} in queue {q.name!r} (groups with settings or unfinished tasks: {known}){hint}",
+        Exit.NOT_FOUND,
+    )
 
 
 def create_option(what: str) -> Callable[[F], F]:
-    return option("--create", is_flag=True,
-                  help=f"{what} a group (or --queue) that has no settings and no unfinished tasks yet.")
+    return option(
+        "--create", is_flag=True, help=f"{what} a group (or --queue) that has no settings and no unfinished tasks yet."
+    )
 
 
 @click.group()
@@ -53,6 +56,9 @@ def forget(ctx: click.Context, db: str | None, queue_name: str | None, output: s
     s = settings(ctx, db, queue_name)
     with open_queue(s) as q:
         forgot = q.group(name).forget(force=force)
-    text = f"forgot group {name!r} of queue {s.queue!r}" if forgot else \
-        f"group {name!r} of queue {s.queue!r} had nothing stored"
+    text = (
+        f"forgot group {name!r} of queue {s.queue!r}"
+        if forgot
+        else f"group {name!r} of queue {s.queue!r} had nothing stored"
+    )
     click.echo(dumps({"queue": s.queue, "group": name, "forgotten": forgot}) if output == "json" else text)

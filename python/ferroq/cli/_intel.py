@@ -16,8 +16,12 @@ from ._common import Duration, console, db_options, dumps, open_queue, option, o
 
 def _forecast_table(f: Forecast) -> Table:
     who = "every group" if f.group is None else f"group {f.group!r}"
-    table = Table(title=f"Arrivals per {duration(f.interval)}, {who}, next {duration(f.horizon)}",
-                  title_justify="left", caption=escape(f"{f.method}: {f.explanation}"), caption_justify="left")
+    table = Table(
+        title=f"Arrivals per {duration(f.interval)}, {who}, next {duration(f.horizon)}",
+        title_justify="left",
+        caption=escape(f"{f.method}: {f.explanation}"),
+        caption_justify="left",
+    )
     for col in ("from", "expected", "low (95%)", "high (95%)"):
         table.add_column(col, justify="left" if col == "from" else "right")
     for p in f.points:
@@ -30,11 +34,23 @@ def _forecast_table(f: Forecast) -> Table:
 @output_option
 @option("--group", default=None, help="One resource group (default: the whole queue).")
 @option("--horizon", type=Duration(), default="10m", show_default=True, help="How far ahead: 10m, 1h, 1d.")
-@option("--interval", type=Duration(), default="1m", show_default=True,
-        help="Width of each predicted interval (a multiple of 10 s).")
+@option(
+    "--interval",
+    type=Duration(),
+    default="1m",
+    show_default=True,
+    help="Width of each predicted interval (a multiple of 10 s).",
+)
 @click.pass_context
-def forecast(ctx: click.Context, db: str | None, queue_name: str | None, output: str, group: str | None,
-             horizon: float, interval: float) -> None:
+def forecast(
+    ctx: click.Context,
+    db: str | None,
+    queue_name: str | None,
+    output: str,
+    group: str | None,
+    horizon: float,
+    interval: float,
+) -> None:
     """Predicted arrivals per interval with a 95% band, from the stored metrics: a daily or
     weekly season when the history shows one, a damped-trend level from the last day; the
     caption says what was chosen and why."""
@@ -67,6 +83,11 @@ def alerts(ctx: click.Context, db: str | None, queue_name: str | None, output: s
     for col in ("alert", "state", "group", "since", "detail"):
         table.add_column(col)
     for a in found:
-        table.add_row(escape(a.name), "[red]firing[/red]" if a.firing else "resolved", escape(a.group or "-"),
-                      stamp(a.since), escape(a.detail))
+        table.add_row(
+            escape(a.name),
+            "[red]firing[/red]" if a.firing else "resolved",
+            escape(a.group or "-"),
+            stamp(a.since),
+            escape(a.detail),
+        )
     console().print(table)

@@ -11,8 +11,13 @@ from ._common import Settings, open_queue, option
 @click.command("migrate")
 @click.argument("src")
 @click.argument("dst")
-@option("--batch", type=click.IntRange(1, 100_000), default=1000, show_default=True,
-        help="Tasks per DST transaction (each with its checkpoint).")
+@option(
+    "--batch",
+    type=click.IntRange(1, 100_000),
+    default=1000,
+    show_default=True,
+    help="Tasks per DST transaction (each with its checkpoint).",
+)
 @option("--dry-run", is_flag=True, help="Count what would move; change nothing.")
 @option("--force", is_flag=True, help="Run even while workers are alive on SRC.")
 @click.pass_context

@@ -16,14 +16,28 @@ from rich.table import Table
 from .._units import duration
 from ..groups import Event
 from ..observe import GroupMetrics, Percentiles
-from ._common import Duration, Exit, console, db_options, dumps, open_queue, option, output_option, settings, \
-    split_list, stamp
+from ._common import (
+    Duration,
+    Exit,
+    console,
+    db_options,
+    dumps,
+    open_queue,
+    option,
+    output_option,
+    settings,
+    split_list,
+    stamp,
+)
 
 
 def stats_data(m: GroupMetrics) -> dict[str, Any]:
     data = asdict(m)
-    data.update(failed=m.failed, error_rate=m.error_rate,
-                rates={c: m.rate(c) for c in ("enqueued", "started", "completed", "retried", "dead")})
+    data.update(
+        failed=m.failed,
+        error_rate=m.error_rate,
+        rates={c: m.rate(c) for c in ("enqueued", "started", "completed", "retried", "dead")},
+    )
     return data
 
 
@@ -34,8 +48,13 @@ def _percentile_cells(p: Percentiles) -> list[str]:
 @click.command()
 @db_options
 @output_option
-@option("--window", type=Duration(), default="1h", show_default=True,
-        help="How far back: 90s, 15m, 1h, 7d (beyond a day: hourly figures).")
+@option(
+    "--window",
+    type=Duration(),
+    default="1h",
+    show_default=True,
+    help="How far back: 90s, 15m, 1h, 7d (beyond a day: hourly figures).",
+)
 @click.pass_context
 def stats(ctx: click.Context, db: str | None, queue_name: str | None, output: str, window: float) -> None:
     """Throughput, error rate and wait/run percentiles per resource group, summed over every
@@ -44,16 +63,39 @@ def stats(ctx: click.Context, db: str | None, queue_name: str | None, output: st
     with open_queue(s) as q:
         by_group = q.metrics(window=window)
     if output == "json":
-        click.echo(dumps({"queue": s.queue, "window": window,
-                          "groups": {g: stats_data(m) for g, m in by_group.items()}}))
+        click.echo(
+            dumps({"queue": s.queue, "window": window, "groups": {g: stats_data(m) for g, m in by_group.items()}})
+        )
         return
     table = Table(title=f"Queue {s.queue!r}, last {duration(window)}", title_justify="left")
-    for col in ("group", "completed", "done/s", "retried", "dead", "errors", "wait p50", "p95", "p99", "max",
-                "run p50", "p95", "p99", "max"):
+    for col in (
+        "group",
+        "completed",
+        "done/s",
+        "retried",
+        "dead",
+        "errors",
+        "wait p50",
+        "p95",
+        "p99",
+        "max",
+        "run p50",
+        "p95",
+        "p99",
+        "max",
+    ):
         table.add_column(col, justify="left" if col == "group" else "right")
     for g, m in by_group.items():
-        table.add_row(escape(g), f"{m.completed:,}", f"{m.rate('completed'):,.1f}", f"{m.retried:,}", f"{m.dead:,}",
-                      f"{m.error_rate:.1%}", *_percentile_cells(m.wait), *_percentile_cells(m.run))
+        table.add_row(
+            escape(g),
+            f"{m.completed:,}",
+            f"{m.rate('completed'):,.1f}",
+            f"{m.retried:,}",
+            f"{m.dead:,}",
+            f"{m.error_rate:.1%}",
+            *_percentile_cells(m.wait),
+            *_percentile_cells(m.run),
+        )
     if not by_group:
         console().print(f"no figures for queue {s.queue!r} in the last {duration(window)}")
         return
@@ -63,20 +105,35 @@ def stats(ctx: click.Context, db: str | None, queue_name: str | None, output: st
 @click.command()
 @db_options
 @output_option
-@option("--max-pending-age", type=Duration(), default="5m", show_default=True,
-        help="Unhealthy if a due task has waited longer.")
+@option(
+    "--max-pending-age",
+    type=Duration(),
+    default="5m",
+    show_default=True,
+    help="Unhealthy if a due task has waited longer.",
+)
 @option("--dead-window", type=Duration(), default="1h", show_default=True, help="Window for --max-dead.")
 @option("--max-dead", type=click.IntRange(0), default=None, help="Unhealthy if more tasks went dead in the window.")
-@option("--require-workers/--no-require-workers", default=True, show_default=True,
-        help="Unhealthy without a live worker.")
+@option(
+    "--require-workers/--no-require-workers", default=True, show_default=True, help="Unhealthy without a live worker."
+)
 @click.pass_context
-def health(ctx: click.Context, db: str | None, queue_name: str | None, output: str, max_pending_age: float,
-           dead_window: float, max_dead: int | None, require_workers: bool) -> None:
+def health(
+    ctx: click.Context,
+    db: str | None,
+    queue_name: str | None,
+    output: str,
+    max_pending_age: float,
+    dead_window: float,
+    max_dead: int | None,
+    require_workers: bool,
+) -> None:
     """Database intact, workers alive, nothing waiting too long: exit 0 if healthy, 1 if not."""
     s = settings(ctx, db, queue_name)
     with open_queue(s) as q:
-        h = q.health(max_pending_age=max_pending_age, dead_window=dead_window, max_dead=max_dead,
-                     require_workers=require_workers)
+        h = q.health(
+            max_pending_age=max_pending_age, dead_window=dead_window, max_dead=max_dead, require_workers=require_workers
+        )
     if output == "json":
         click.echo(dumps(asdict(h)))
     else:
@@ -91,14 +148,31 @@ def health(ctx: click.Context, db: str | None, queue_name: str | None, output: s
 @click.command()
 @db_options
 @output_option
-@option("--after", "after_id", type=click.IntRange(0), default=None,
-        help="Start after this event id (default: the last 20 events).")
-@option("--kind", "kinds", multiple=True, metavar="KIND",
-        help="Only these kinds (failed, dead, circuit_opened, ...); repeat or comma-separate.")
+@option(
+    "--after",
+    "after_id",
+    type=click.IntRange(0),
+    default=None,
+    help="Start after this event id (default: the last 20 events).",
+)
+@option(
+    "--kind",
+    "kinds",
+    multiple=True,
+    metavar="KIND",
+    help="Only these kinds (failed, dead, circuit_opened, ...); repeat or comma-separate.",
+)
 @option("--follow", "-f", is_flag=True, help="Keep printing new events until Ctrl-C.")
 @click.pass_context
-def events(ctx: click.Context, db: str | None, queue_name: str | None, output: str, after_id: int | None,
-           kinds: tuple[str, ...], follow: bool) -> None:
+def events(
+    ctx: click.Context,
+    db: str | None,
+    queue_name: str | None,
+    output: str,
+    after_id: int | None,
+    kinds: tuple[str, ...],
+    follow: bool,
+) -> None:
     """Lifecycle events in commit order, from every process: task failures, retries, dead
     tasks, cancels, progress (all transitions with Queue(events="all")), circuit and
     throttle changes, pauses. One JSON line per event with -o json."""
@@ -144,13 +218,23 @@ def _detail_text(detail: dict[str, Any]) -> str:
 @click.command()
 @db_options
 @output_option
-@option("--seconds", type=click.FloatRange(1, 86_400), default=10.0, show_default=True,
-        help="How long to watch (or, with --no-wait, how far back to look).")
-@option("--wait/--no-wait", default=True, show_default=True,
-        help="Watch for --seconds, then show them; --no-wait: show the last --seconds at once.")
+@option(
+    "--seconds",
+    type=click.FloatRange(1, 86_400),
+    default=10.0,
+    show_default=True,
+    help="How long to watch (or, with --no-wait, how far back to look).",
+)
+@option(
+    "--wait/--no-wait",
+    default=True,
+    show_default=True,
+    help="Watch for --seconds, then show them; --no-wait: show the last --seconds at once.",
+)
 @click.pass_context
-def profile(ctx: click.Context, db: str | None, queue_name: str | None, output: str, seconds: float,
-            wait: bool) -> None:
+def profile(
+    ctx: click.Context, db: str | None, queue_name: str | None, output: str, seconds: float, wait: bool
+) -> None:
     """Where profiling workers' time goes (workers run with --profile, or Worker(profile=True)):
     per stage (claim, decode, wait for a runner, run, encode, record, commit) and per task
     name (wall and CPU time, peak memory delta), read live from the metrics table (they add
@@ -161,12 +245,22 @@ def profile(ctx: click.Context, db: str | None, queue_name: str | None, output: 
             time.sleep(seconds + 1.5)  # a profiling worker adds its figures every second
         prof = q.profile(window=seconds)
     if output == "json":
-        click.echo(dumps({"queue": s.queue, "window": seconds, "stages": [asdict(x) for x in prof.stages],
-                          "tasks": [asdict(x) for x in prof.tasks]}))
+        click.echo(
+            dumps(
+                {
+                    "queue": s.queue,
+                    "window": seconds,
+                    "stages": [asdict(x) for x in prof.stages],
+                    "tasks": [asdict(x) for x in prof.tasks],
+                }
+            )
+        )
         return
     if prof.empty:
-        console().print(f"no profile recorded on queue {s.queue!r} in the last {duration(seconds)}: run a worker "
-                        f"with --profile (or Worker(profile=True))")
+        console().print(
+            f"no profile recorded on queue {s.queue!r} in the last {duration(seconds)}: run a worker "
+            f"with --profile (or Worker(profile=True))"
+        )
         return
     click.echo(f"Queue {s.queue!r}, last {duration(seconds)} (profiling workers)")
     click.echo(prof.table())

@@ -34,6 +34,15 @@ def schedules(ctx: click.Context, db: str | None, queue_name: str | None, output
         table.add_column(col, justify="right" if col == "last task" else "left")
     for x in found:
         last_task = "-" if x.last_task_id is None else str(x.last_task_id)
-        table.add_row(escape(x.name), escape(x.task), escape(x.cron), escape(x.tz), x.missed, stamp(x.last_run),
-                      last_task, stamp(x.next_run), ago(x.seen_at))
+        table.add_row(
+            escape(x.name),
+            escape(x.task),
+            escape(x.cron),
+            escape(x.tz),
+            x.missed,
+            stamp(x.last_run),
+            last_task,
+            stamp(x.next_run),
+            ago(x.seen_at),
+        )
     console().print(table)

@@ -57,9 +57,12 @@ def _rates(m: dict[str, Any] | None) -> list[str]:
         return ["-"] * 4
     window = m["window"]
     wait, run = m["wait"], m["run"]
-    return [f"{m['completed'] / window:,.1f}", f"{m['failed'] / window:,.1f}",
-            duration(wait["p95"]) if wait["count"] else "-",
-            duration(run["p95"]) if run["count"] else "-"]
+    return [
+        f"{m['completed'] / window:,.1f}",
+        f"{m['failed'] / window:,.1f}",
+        duration(wait["p95"]) if wait["count"] else "-",
+        duration(run["p95"]) if run["count"] else "-",
+    ]
 
 
 def _limit(g: dict[str, Any]) -> str:
@@ -83,8 +86,21 @@ def _circuit(g: dict[str, Any]) -> str:
 #: and hold columns, and the queue column when the file has one queue (the full table
 #: needs about 140).
 COMPACT_BELOW = 120
-_GROUP_COLUMNS = ("queue", "group", "state", "pending", "running/limit", "done/s", "failed/s", "wait p95",
-                  "run p95", "rate", "tokens", "circuit", "held until")
+_GROUP_COLUMNS = (
+    "queue",
+    "group",
+    "state",
+    "pending",
+    "running/limit",
+    "done/s",
+    "failed/s",
+    "wait p95",
+    "run p95",
+    "rate",
+    "tokens",
+    "circuit",
+    "held until",
+)
 _COMPACT_DROPS = ("rate", "tokens", "held until")
 _NUMERIC = ("pending", "running/limit", "tokens", "done/s", "failed/s", "wait p95", "run p95")
 
@@ -110,42 +126,63 @@ def render(data: dict[str, Any], width: int = 200) -> Stack:
         dropped.add("queue")
     shown = [c for c in _GROUP_COLUMNS if c not in dropped]
     for col in shown:
-        groups.add_column(_COMPACT_HEADERS.get(col, col) if compact else col,
-                          justify="right" if col in _NUMERIC else "left", no_wrap=True)
+        groups.add_column(
+            _COMPACT_HEADERS.get(col, col) if compact else col,
+            justify="right" if col in _NUMERIC else "left",
+            no_wrap=True,
+        )
     for entry in data["queues"]:
         counts = entry["counts"]
-        queues.add_row(entry["name"], "paused" if entry["paused"] else "running",
-                       *(f"{counts[st]:,}" for st in STATUSES))
+        queues.add_row(
+            entry["name"], "paused" if entry["paused"] else "running", *(f"{counts[st]:,}" for st in STATUSES)
+        )
         for g in entry["groups"]:
             cells = dict(zip(_GROUP_COLUMNS, _group_cells(entry, g)))
             groups.add_row(*(cells[c] for c in shown))
     lines = [_missing_line(entry, m) for entry in data["queues"] for m in entry["missing_processors"] if m["pending"]]
-    lines += [Text(f"alert {a['name']!r} firing on queue {entry['name']!r}"
-                   f"{'' if a['group'] is None else ', group ' + repr(a['group'])}: {a['detail']}", style="red")
-              for entry in data["queues"] for a in entry["alerts_firing"]]
+    lines += [
+        Text(
+            f"alert {a['name']!r} firing on queue {entry['name']!r}"
+            f"{'' if a['group'] is None else ', group ' + repr(a['group'])}: {a['detail']}",
+            style="red",
+        )
+        for entry in data["queues"]
+        for a in entry["alerts_firing"]
+    ]
     return Stack(queues, *([groups] if groups.row_count else []), *lines)
 
 
 def _missing_line(entry: dict[str, Any], m: dict[str, Any]) -> Text:
     """A task name running workers cannot run: in a rolling deploy, until new workers run."""
     workers = list(m["workers"])
-    which = ("the running workers" if len(workers) >= entry["alive_workers"]
-             else f"{len(workers)} of {entry['alive_workers']} running workers")
+    which = (
+        "the running workers"
+        if len(workers) >= entry["alive_workers"]
+        else f"{len(workers)} of {entry['alive_workers']} running workers"
+    )
     shown = ", ".join(workers[:3]) + (f" and {len(workers) - 3} more" if len(workers) > 3 else "")
     tasks = "1 task" if m["pending"] == 1 else f"{m['pending']:,} tasks"
     verb = "has" if m["pending"] == 1 else "have"
-    return Text(f"{tasks} of {m['task']!r} in queue {entry['name']!r} {verb} no processor in {which} ({shown}), "
-                f"which give such tasks back until a worker that has it runs them", style="yellow")
+    return Text(
+        f"{tasks} of {m['task']!r} in queue {entry['name']!r} {verb} no processor in {which} ({shown}), "
+        f"which give such tasks back until a worker that has it runs them",
+        style="yellow",
+    )
 
 
 def _group_cells(entry: dict[str, Any], g: dict[str, Any]) -> list[str]:
     m = entry["metrics"].get(g["name"])
     return [
-        entry["name"], g["name"], "paused" if g["paused"] else "active", f"{g['pending']:,}", _limit(g),
+        entry["name"],
+        g["name"],
+        "paused" if g["paused"] else "active",
+        f"{g['pending']:,}",
+        _limit(g),
         *_rates(m),
         "-" if g["rate"] is None else f"{g['rate']:g}/s",
         "-" if g["tokens"] is None else f"{g['tokens']:.1f}",
-        _circuit(g), ago(g["blocked_until"]) if g["blocked_until"] else "-",
+        _circuit(g),
+        ago(g["blocked_until"]) if g["blocked_until"] else "-",
     ]
 
 
@@ -153,11 +190,17 @@ def _group_cells(entry: dict[str, Any], g: dict[str, Any]) -> list[str]:
 @db_options
 @output_option
 @option("--watch", is_flag=True, help="Refresh live until Ctrl-C (with -o json: one JSON line per refresh).")
-@option("--interval", type=click.FloatRange(0.1, 3600), default=1.0, show_default=True,
-        help="Seconds between refreshes with --watch.")
+@option(
+    "--interval",
+    type=click.FloatRange(0.1, 3600),
+    default=1.0,
+    show_default=True,
+    help="Seconds between refreshes with --watch.",
+)
 @click.pass_context
-def status(ctx: click.Context, db: str | None, queue_name: str | None, output: str, watch: bool,
-           interval: float) -> None:
+def status(
+    ctx: click.Context, db: str | None, queue_name: str | None, output: str, watch: bool, interval: float
+) -> None:
     """Depths per status, pauses, and each resource group's limits and circuit.
 
     Every queue in the file, or only --queue when given. Under 120 columns the groups'

@@ -18,11 +18,27 @@ from rich.table import Table
 from ..errors import CorruptTask
 from ..info import STATUSES, TaskInfo
 from ..queue import LIST_LIMIT, Queue
-from ._common import ago, console, db_options, dumps, open_queue, option, output_option, progress_bar, \
-    resolve_name, settings, split_list, stamp
+from ._common import (
+    ago,
+    console,
+    db_options,
+    dumps,
+    open_queue,
+    option,
+    output_option,
+    progress_bar,
+    resolve_name,
+    settings,
+    split_list,
+    stamp,
+)
 
-STATUS_OPTION = option("--status", multiple=True, metavar="STATUS",
-                       help=f"Only these statuses ({', '.join(STATUSES)}); repeat or comma-separate.")
+STATUS_OPTION = option(
+    "--status",
+    multiple=True,
+    metavar="STATUS",
+    help=f"Only these statuses ({', '.join(STATUSES)}); repeat or comma-separate.",
+)
 
 
 def _error_line(t: TaskInfo, width: int = 60) -> str:
@@ -67,7 +83,7 @@ def _get(q: Queue, task_id: int) -> TaskInfo:
     try:
         return q.get(task_id)
     except CorruptTask as e:
-        listed = q.list(after_id=task_id - 1, limit=1) if task_id > -2**63 else []
+        listed = q.list(after_id=task_id - 1, limit=1) if task_id > -(2**63) else []
         if listed and listed[0].id == task_id:
             return listed[0]
         raise e from None
@@ -92,10 +108,16 @@ def _run_at(t: TaskInfo) -> str:
 def _list_cells(t: TaskInfo) -> dict[str, str]:
     # A row that cannot be read (t.corrupt) may lack any field but its id and status: "?".
     return {
-        "id": str(t.id), "name": t.name or "?", "status": t.status, "run at": _run_at(t),
+        "id": str(t.id),
+        "name": t.name or "?",
+        "status": t.status,
+        "run at": _run_at(t),
         "group": t.resource_group or "?",
-        "tries": f"{t.attempts}/{t.max_attempts}", "prio": str(t.priority), "created": ago(t.created_at),
-        "finished": ago(t.finished_at), "last error": _error_line(t, 200),
+        "tries": f"{t.attempts}/{t.max_attempts}",
+        "prio": str(t.priority),
+        "created": ago(t.created_at),
+        "finished": ago(t.finished_at),
+        "last error": _error_line(t, 200),
     }
 
 
@@ -120,26 +142,51 @@ def list_columns(rows: list[dict[str, str]], width: int) -> dict[str, int]:
     return {c: shown[c] for c in order if c in shown}
 
 
-@click.command("list", epilog="Columns: id, name and status always; in a narrow terminal the others are "
-               f"dropped in this order: {', '.join(LIST_DROPPED)} (the name is cut first). "
-               "\"run at\" is when a pending task will run, or since when it has been due.")
+@click.command(
+    "list",
+    epilog="Columns: id, name and status always; in a narrow terminal the others are "
+    f"dropped in this order: {', '.join(LIST_DROPPED)} (the name is cut first). "
+    '"run at" is when a pending task will run, or since when it has been due.',
+)
 @db_options
 @output_option
 @STATUS_OPTION
 @option("--group", default=None, help="Only this resource group.")
-@option("--name", default=None,
-        help="Only this task name, or a unique suffix of one at a dot (charge: shop.tasks.charge).")
+@option(
+    "--name", default=None, help="Only this task name, or a unique suffix of one at a dot (charge: shop.tasks.charge)."
+)
 @option("--limit", type=click.IntRange(1, 100_000), default=LIST_LIMIT, show_default=True, help="At most this many.")
-@option("--after", "after_id", type=int, default=None,
-        help="Page on: tasks after this id in the listing order (the last id of the previous page).")
+@option(
+    "--after",
+    "after_id",
+    type=int,
+    default=None,
+    help="Page on: tasks after this id in the listing order (the last id of the previous page).",
+)
 @option("--oldest-first", is_flag=True, help="Oldest first (default: newest first).")
 @click.pass_context
-def list_command(ctx: click.Context, db: str | None, queue_name: str | None, output: str, status: tuple[str, ...],
-                 group: str | None, name: str | None, limit: int, after_id: int | None, oldest_first: bool) -> None:
+def list_command(
+    ctx: click.Context,
+    db: str | None,
+    queue_name: str | None,
+    output: str,
+    status: tuple[str, ...],
+    group: str | None,
+    name: str | None,
+    limit: int,
+    after_id: int | None,
+    oldest_first: bool,
+) -> None:
     """Tasks by id, newest first, filtered by status, group and name."""
     with open_queue(settings(ctx, db, queue_name)) as q:
-        tasks = q.list(status=split_list(status), group=group, name=resolve_name(q, name), limit=limit,
-                       after_id=after_id, newest_first=not oldest_first)
+        tasks = q.list(
+            status=split_list(status),
+            group=group,
+            name=resolve_name(q, name),
+            limit=limit,
+            after_id=after_id,
+            newest_first=not oldest_first,
+        )
     if output == "json":
         click.echo(dumps([_record(t) for t in tasks]))
         return
@@ -148,8 +195,13 @@ def list_command(ctx: click.Context, db: str | None, queue_name: str | None, out
     table = Table(box=None, pad_edge=False)
     columns = list_columns(rows, out.width)
     for col, width in columns.items():
-        table.add_column(col, justify="right" if col in ("id", "prio", "tries") else "left", no_wrap=True,
-                         width=width, overflow="ellipsis")
+        table.add_column(
+            col,
+            justify="right" if col in ("id", "prio", "tries") else "left",
+            no_wrap=True,
+            width=width,
+            overflow="ellipsis",
+        )
     for row in rows:
         table.add_row(*(escape(row[c]) for c in columns))
     out.print(table)
@@ -176,14 +228,25 @@ def inspect(ctx: click.Context, db: str | None, queue_name: str | None, output: 
     table_of_fields.add_column(style="bold")
     table_of_fields.add_column()
     rows: list[tuple[str, Any]] = [
-        ("id", info.id), ("queue", info.queue), ("name", info.name), ("status", info.status),
-        ("resource group", info.resource_group), ("routed", info.route), ("priority", info.priority),
-        ("attempts", f"{info.attempts}/{info.max_attempts}"), ("unique key", info.unique_key),
-        ("progress", info.progress), ("progress message", info.progress_message), ("created", info.created_at),
+        ("id", info.id),
+        ("queue", info.queue),
+        ("name", info.name),
+        ("status", info.status),
+        ("resource group", info.resource_group),
+        ("routed", info.route),
+        ("priority", info.priority),
+        ("attempts", f"{info.attempts}/{info.max_attempts}"),
+        ("unique key", info.unique_key),
+        ("progress", info.progress),
+        ("progress message", info.progress_message),
+        ("created", info.created_at),
         ("run at", info.run_at),
-        ("started", info.started_at), ("finished", info.finished_at), ("lease owner", info.lease_owner),
+        ("started", info.started_at),
+        ("finished", info.finished_at),
+        ("lease owner", info.lease_owner),
         ("lease expires", info.lease_expires_at),
-        ("args", _readable(lambda: info.args)), ("kwargs", _readable(lambda: info.kwargs)),
+        ("args", _readable(lambda: info.args)),
+        ("kwargs", _readable(lambda: info.kwargs)),
         ("result", _readable(lambda: info.result)),
     ]
     for key, value in rows:
@@ -192,8 +255,11 @@ def inspect(ctx: click.Context, db: str | None, queue_name: str | None, output: 
     out.print(table_of_fields)
     if info.corrupt is not None:
         raw = base64.b64encode(info.corrupt.raw or b"").decode()
-        out.print(f"\n[bold]cannot be read[/bold]: {escape(str(info.corrupt))}\n"
-                  f"column {escape(str(info.corrupt.column))}, raw bytes (base64): {raw}", soft_wrap=True)
+        out.print(
+            f"\n[bold]cannot be read[/bold]: {escape(str(info.corrupt))}\n"
+            f"column {escape(str(info.corrupt.column))}, raw bytes (base64): {raw}",
+            soft_wrap=True,
+        )
     if info.last_error is not None:
         out.print(f"\n[bold]last error[/bold]: {escape(info.last_error.type)}: {escape(info.last_error.message)}")
         if info.last_error.traceback:
@@ -213,11 +279,23 @@ def inspect(ctx: click.Context, db: str | None, queue_name: str | None, output: 
 @STATUS_OPTION
 @option("--group", default=None, help="Only this resource group.")
 @option("--name", default=None, help="Only this task name (or a unique suffix of one at a dot).")
-@option("--page-size", type=click.IntRange(1, 100_000), default=1000, show_default=True,
-        help="Tasks read per query (memory is bounded by one page).")
+@option(
+    "--page-size",
+    type=click.IntRange(1, 100_000),
+    default=1000,
+    show_default=True,
+    help="Tasks read per query (memory is bounded by one page).",
+)
 @click.pass_context
-def export(ctx: click.Context, db: str | None, queue_name: str | None, status: tuple[str, ...], group: str | None,
-           name: str | None, page_size: int) -> None:
+def export(
+    ctx: click.Context,
+    db: str | None,
+    queue_name: str | None,
+    status: tuple[str, ...],
+    group: str | None,
+    name: str | None,
+    page_size: int,
+) -> None:
     """Every matching task as JSON lines on stdout, oldest first (ferroq export > tasks.jsonl).
 
     Streams page by page: memory stays flat whatever the number of tasks.
@@ -231,8 +309,16 @@ def export(ctx: click.Context, db: str | None, queue_name: str | None, status: t
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def _export(ctx: click.Context, db: str | None, queue_name: str | None, statuses: list[str], group: str | None,
-            name: str | None, page_size: int, out: BinaryIO) -> None:
+def _export(
+    ctx: click.Context,
+    db: str | None,
+    queue_name: str | None,
+    statuses: list[str],
+    group: str | None,
+    name: str | None,
+    page_size: int,
+    out: BinaryIO,
+) -> None:
     with open_queue(settings(ctx, db, queue_name)) as q:
         name = resolve_name(q, name)
         # The total is known cheaply only per status (counts use the status indexes).
@@ -244,4 +330,3 @@ def _export(ctx: click.Context, db: str | None, queue_name: str | None, statuses
                 if i % page_size == 0:
                     progress.update(bar, completed=i)
     out.flush()
-

@@ -43,51 +43,127 @@ def load_queue(spec: str) -> Queue:
 
 @click.command()
 @click.argument("spec", metavar="MODULE:QUEUE")
-@option("--db", "db", envvar="FERROQ_DB", type=click.Path(dir_okay=False), default=None,
-        help="Open the module's queue in this file instead of the path in the code.")
-@option("--create", is_flag=True,
-        help="Allow creating the database if it does not exist (default: refuse, exit 3).")
-@option("--concurrency", type=click.IntRange(1, 10_000), default=None,
-        help="Runner threads (default 8).")
-@option("--processes", type=click.IntRange(1, 1_000), default=None,
-        help="Run processors in N child processes (pool='process') instead of threads.")
-@option("--autoscale", default=None, metavar="MIN:MAX",
-        help="Move the runner threads between MIN and MAX with the load (forecast, backlog, run times); "
-             "child processes autoscale through Worker(pool='process', autoscale=...).")
+@option(
+    "--db",
+    "db",
+    envvar="FERROQ_DB",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Open the module's queue in this file instead of the path in the code.",
+)
+@option("--create", is_flag=True, help="Allow creating the database if it does not exist (default: refuse, exit 3).")
+@option("--concurrency", type=click.IntRange(1, 10_000), default=None, help="Runner threads (default 8).")
+@option(
+    "--processes",
+    type=click.IntRange(1, 1_000),
+    default=None,
+    help="Run processors in N child processes (pool='process') instead of threads.",
+)
+@option(
+    "--autoscale",
+    default=None,
+    metavar="MIN:MAX",
+    help="Move the runner threads between MIN and MAX with the load (forecast, backlog, run times); "
+    "child processes autoscale through Worker(pool='process', autoscale=...).",
+)
 @option("--groups", default=None, help="Claim only tasks of these resource groups (comma-separated).")
 @option("--lease", type=float, default=30.0, show_default=True, help="Lease seconds (renewed every lease/3).")
 @option("--prefetch", type=click.IntRange(0, 100_000), default=None, help="Buffered tasks (default: adaptive).")
-@option("--shutdown-grace", type=float, default=30.0, show_default=True,
-        help="Seconds running tasks get to finish on SIGTERM/SIGINT.")
+@option(
+    "--shutdown-grace",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds running tasks get to finish on SIGTERM/SIGINT.",
+)
 @option("--name", default=None, help="Worker id (default host:pid:random).")
-@option("--unknown-task-grace", type=click.FloatRange(0, 100 * 365.25 * 86400), default=3600.0, show_default=True,
-        help="A task this worker has no processor for is given back (newer code may run it); it goes dead this "
-             "many seconds after it was first given back if no worker ran it.")
-@option("--on-start", "on_start", default=None, metavar="MODULE:FUNC",
-        help="Call FUNC() once when the worker starts, before it claims anything (fails the start if it raises).")
-@option("--on-stop", "on_stop", default=None, metavar="MODULE:FUNC",
-        help="Call FUNC() once when the worker has stopped.")
-@option("--before-run", "before_run", default=None, metavar="MODULE:FUNC",
-        help="Call FUNC(ctx) before each run, where it runs (a child with --processes).")
-@option("--after-run", "after_run", default=None, metavar="MODULE:FUNC",
-        help="Call FUNC(ctx, outcome) after each run, where it runs.")
+@option(
+    "--unknown-task-grace",
+    type=click.FloatRange(0, 100 * 365.25 * 86400),
+    default=3600.0,
+    show_default=True,
+    help="A task this worker has no processor for is given back (newer code may run it); it goes dead this "
+    "many seconds after it was first given back if no worker ran it.",
+)
+@option(
+    "--on-start",
+    "on_start",
+    default=None,
+    metavar="MODULE:FUNC",
+    help="Call FUNC() once when the worker starts, before it claims anything (fails the start if it raises).",
+)
+@option(
+    "--on-stop", "on_stop", default=None, metavar="MODULE:FUNC", help="Call FUNC() once when the worker has stopped."
+)
+@option(
+    "--before-run",
+    "before_run",
+    default=None,
+    metavar="MODULE:FUNC",
+    help="Call FUNC(ctx) before each run, where it runs (a child with --processes).",
+)
+@option(
+    "--after-run",
+    "after_run",
+    default=None,
+    metavar="MODULE:FUNC",
+    help="Call FUNC(ctx, outcome) after each run, where it runs.",
+)
 @option("--until-idle", is_flag=True, help="Stop when nothing is ready to run.")
 @option("--until-empty", is_flag=True, help="Stop when nothing is pending or running (waits for delays).")
-@option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-        default="info", show_default=True, help="Log level (stderr).")
-@option("--metrics-port", type=click.IntRange(0, 65535), default=None,
-        help="Serve Prometheus metrics on this port (0: any free port, logged).")
-@option("--metrics-host", default="0.0.0.0", show_default=True,
-        help="Address the metrics endpoint listens on (0.0.0.0: every IPv4 address; 127.0.0.1: this host only).")
-@option("--profile", type=click.Choice(["off", "on", "time"]), default="off", show_default=True,
-        help="Record where the worker's time goes (per stage and task), for `ferroq profile`; "
-             "'time': without the per-task peak memory (tracemalloc, most of the cost).")
+@option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="Log level (stderr).",
+)
+@option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve Prometheus metrics on this port (0: any free port, logged).",
+)
+@option(
+    "--metrics-host",
+    default="0.0.0.0",
+    show_default=True,
+    help="Address the metrics endpoint listens on (0.0.0.0: every IPv4 address; 127.0.0.1: this host only).",
+)
+@option(
+    "--profile",
+    type=click.Choice(["off", "on", "time"]),
+    default="off",
+    show_default=True,
+    help="Record where the worker's time goes (per stage and task), for `ferroq profile`; "
+    "'time': without the per-task peak memory (tracemalloc, most of the cost).",
+)
 @click.pass_context
-def worker(ctx: click.Context, spec: str, db: str | None, create: bool, concurrency: int | None,
-           processes: int | None, autoscale: str | None, groups: str | None, lease: float, prefetch: int | None,
-           shutdown_grace: float, name: str | None, unknown_task_grace: float, on_start: str | None,
-           on_stop: str | None, before_run: str | None, after_run: str | None, until_idle: bool, until_empty: bool,
-           log_level: str, metrics_port: int | None, metrics_host: str, profile: str) -> None:
+def worker(
+    ctx: click.Context,
+    spec: str,
+    db: str | None,
+    create: bool,
+    concurrency: int | None,
+    processes: int | None,
+    autoscale: str | None,
+    groups: str | None,
+    lease: float,
+    prefetch: int | None,
+    shutdown_grace: float,
+    name: str | None,
+    unknown_task_grace: float,
+    on_start: str | None,
+    on_stop: str | None,
+    before_run: str | None,
+    after_run: str | None,
+    until_idle: bool,
+    until_empty: bool,
+    log_level: str,
+    metrics_port: int | None,
+    metrics_host: str,
+    profile: str,
+) -> None:
     """Run a worker on the queue MODULE:QUEUE (e.g. myapp.tasks:queue) until SIGINT/SIGTERM.
 
     The database is the one the Queue in your code opens, unless --db (or FERROQ_DB) names
@@ -97,8 +173,9 @@ def worker(ctx: click.Context, spec: str, db: str | None, create: bool, concurre
     """
     if concurrency is not None and processes is not None:
         raise CliError("give --concurrency (threads) or --processes (child processes), not both", Exit.USAGE)
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     _open_policy(settings(ctx, db).db, create)
     q = load_queue(spec)
     if metrics_port is not None:
@@ -112,12 +189,23 @@ def worker(ctx: click.Context, spec: str, db: str | None, create: bool, concurre
             scaling = Autoscale.parse(autoscale)
         except InvalidArgument as e:
             raise CliError(f"--autoscale: {e}", Exit.USAGE) from None
-    w = Worker(q, concurrency=processes or concurrency or 8, pool="process" if processes else "thread",
-               lease=lease, prefetch=prefetch, shutdown_grace=shutdown_grace, name=name, groups=only,
-                unknown_task_grace=unknown_task_grace, autoscale=scaling,
-                on_start=_reported(on_start, load_hook("--on-start", on_start)),
-                on_stop=load_hook("--on-stop", on_stop), before_run=load_hook("--before-run", before_run),
-                after_run=load_hook("--after-run", after_run), profile=PROFILE_SETTINGS[profile])
+    w = Worker(
+        q,
+        concurrency=processes or concurrency or 8,
+        pool="process" if processes else "thread",
+        lease=lease,
+        prefetch=prefetch,
+        shutdown_grace=shutdown_grace,
+        name=name,
+        groups=only,
+        unknown_task_grace=unknown_task_grace,
+        autoscale=scaling,
+        on_start=_reported(on_start, load_hook("--on-start", on_start)),
+        on_stop=load_hook("--on-stop", on_stop),
+        before_run=load_hook("--before-run", before_run),
+        after_run=load_hook("--after-run", after_run),
+        profile=PROFILE_SETTINGS[profile],
+    )
     stats = w.run(until_idle=until_idle, until_empty=until_empty)
     logging.getLogger("ferroq.cli").info("done: %s", stats)
 
@@ -155,8 +243,10 @@ def _reported(spec: str | None, hook: Callable[..., Any] | None) -> Callable[[],
         try:
             return hook()
         except Exception as e:  # noqa: BLE001 - whatever the user's hook raised
-            raise CliError(f"--on-start {spec} failed, the worker did not start: {type(e).__name__}: {e}",
-                           Exit.FAILED) from None
+            raise CliError(
+                f"--on-start {spec} failed, the worker did not start: {type(e).__name__}: {e}", Exit.FAILED
+            ) from None
+
     return on_start
 
 
@@ -186,5 +276,4 @@ def _serve_metrics(q: Queue, host: str, port: int) -> None:
         server, _thread = start_http_server(port, addr=host, registry=registry)
     except OSError as e:
         raise CliError(f"cannot serve metrics on {host}:{port}: {e}", Exit.FAILED) from None
-    logging.getLogger("ferroq.cli").info("serving Prometheus metrics on http://%s:%d/metrics",
-                                         host, server.server_port)
+    logging.getLogger("ferroq.cli").info("serving Prometheus metrics on http://%s:%d/metrics", host, server.server_port)

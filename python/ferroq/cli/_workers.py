@@ -33,6 +33,15 @@ def workers(ctx: click.Context, db: str | None, queue_name: str | None, output: 
         table.add_column(col, justify="right" if col in ("pid", "concurrency", "running") else "left")
     for w in found:
         state = "[green]alive[/]" if w.alive else "stopped" if w.stopped_at else "[red]lost[/]"
-        table.add_row(escape(w.id), state, escape(w.hostname), str(w.pid), str(w.concurrency), w.pool,
-                      stamp(w.started_at), ago(w.last_seen), str(w.running))
+        table.add_row(
+            escape(w.id),
+            state,
+            escape(w.hostname),
+            str(w.pid),
+            str(w.concurrency),
+            w.pool,
+            stamp(w.started_at),
+            ago(w.last_seen),
+            str(w.running),
+        )
     console().print(table)

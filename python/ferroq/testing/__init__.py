@@ -85,8 +85,10 @@ def drain(queue: Queue, *, timeout: float | None = 30.0, skip_backoff: bool = Fa
     if expired.is_set():
         counts = queue.counts()
         if counts["pending"] or counts["running"]:
-            raise DrainTimeout(f"queue {queue.name!r} still has {counts['pending']} pending and "
-                               f"{counts['running']} running task(s) after {timeout}s")
+            raise DrainTimeout(
+                f"queue {queue.name!r} still has {counts['pending']} pending and "
+                f"{counts['running']} running task(s) after {timeout}s"
+            )
     return stats
 
 

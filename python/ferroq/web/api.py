@@ -32,6 +32,7 @@ def json_response(content: Any, status_code: int = 200) -> Response:
 
 def guarded(fn: Handler) -> Callable[[Request], Any]:
     """Turns bad input and refused operations into JSON errors: 400, 404, 409."""
+
     def handler(request: Request) -> Response:
         try:
             return fn(request)  # type: ignore[no-any-return]
@@ -43,6 +44,7 @@ def guarded(fn: Handler) -> Callable[[Request], Any]:
             return json_response({"error": str(e)}, 409)
         except InvalidArgument as e:
             return json_response({"error": str(e)}, 400)
+
     handler.__name__ = fn.__name__
     return handler
 
@@ -73,6 +75,7 @@ def _body(request: Request, raw: bytes) -> dict[str, Any]:
 
 # -- reading ------------------------------------------------------------------------------
 
+
 def api_overview(request: Request) -> Response:
     return json_response({"queues": dashboard(request).overview()})
 
@@ -80,8 +83,13 @@ def api_overview(request: Request) -> Response:
 def api_tasks(request: Request) -> Response:
     q, f = queue_of(request), Filter.of(request.query_params)
     tasks, after, note = listing(request, q, f)
-    return json_response({"tasks": [task_view(t, dashboard(request).redact, full=False) for t in tasks],
-                          "next_after": after, "note": note})
+    return json_response(
+        {
+            "tasks": [task_view(t, dashboard(request).redact, full=False) for t in tasks],
+            "next_after": after,
+            "note": note,
+        }
+    )
 
 
 def api_task(request: Request) -> Response:
@@ -110,8 +118,12 @@ def api_events(request: Request) -> Response:
     limit = request.query_params.get("limit", "100")
     if not limit.isdigit() or not 1 <= int(limit) <= 1000:
         raise BadRequest("limit must be from 1 to 1000")
-    return json_response({"events": [event_view(e) for e in q.latest_events(int(limit), kinds=kinds)],
-                          "last_event_id": q.last_event_id()})
+    return json_response(
+        {
+            "events": [event_view(e) for e in q.latest_events(int(limit), kinds=kinds)],
+            "last_event_id": q.last_event_id(),
+        }
+    )
 
 
 def api_bulk_count(request: Request) -> Response:
@@ -121,13 +133,16 @@ def api_bulk_count(request: Request) -> Response:
 
 # -- actions --------------------------------------------------------------------------------
 
+
 async def _action(request: Request, fn: Callable[[Request, dict[str, Any]], Response]) -> Response:
     from starlette.concurrency import run_in_threadpool
+
     raw = await request.body()
 
     def act(r: Request) -> Response:
         _writable(r)  # the middleware refused already; the handlers check again
         return fn(r, _body(r, raw))
+
     return await run_in_threadpool(guarded(act), request)
 
 
@@ -249,16 +264,18 @@ async def stream(request: Request) -> Response:
     except BadRequest as e:
         return json_response({"error": str(e)}, 400)
     kinds = frozenset(k for raw in request.query_params.getlist("kind") for k in raw.split(",") if k) or None
-    return StreamingResponse(dashboard_stream(dash.tail, after, kinds, dash.timing), media_type="text/event-stream",
-                             headers=_SSE_HEADERS)
+    return StreamingResponse(
+        dashboard_stream(dash.tail, after, kinds, dash.timing), media_type="text/event-stream", headers=_SSE_HEADERS
+    )
 
 
 async def task_events(request: Request) -> Response:
     dash = dashboard(request)
     raw = request.path_params["id"]
     tid = int(raw) if raw.isdigit() and len(raw) < 19 else None
-    return StreamingResponse(task_stream(dash.tail, tid, dash.redact, dash.timing), media_type="text/event-stream",
-                             headers=_SSE_HEADERS)
+    return StreamingResponse(
+        task_stream(dash.tail, tid, dash.redact, dash.timing), media_type="text/event-stream", headers=_SSE_HEADERS
+    )
 
 
 def task_stream_route() -> Route:
@@ -282,4 +299,3 @@ def routes() -> list[Route]:
         Route("/api/events", guarded(api_events)),
         Route("/api/stream", stream),
     ]
-

@@ -107,12 +107,24 @@ def create_app(
     templates = Jinja2Templates(env=env)
     templates.env.filters["tojson_pretty"] = lambda v: _json(v, orjson.OPT_INDENT_2)
     templates.env.filters["tojson_compact"] = lambda v: _json(v, 0)
-    dash = Dashboard(queue=queue, read_only=bool(read_only), redact=redact, timing=timing or Timing(),
-                     templates=templates, tail=Tail(queue))
+    dash = Dashboard(
+        queue=queue,
+        read_only=bool(read_only),
+        redact=redact,
+        timing=timing or Timing(),
+        templates=templates,
+        tail=Tail(queue),
+    )
     static = Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static")
     routes = [api.task_stream_route(), static] if streams_only else [*pages.routes(), *api.routes(), static]
-    app = Starlette(routes=routes, middleware=[
-        Middleware(SecurityMiddleware, credentials=Credentials.parse(auth), read_only=bool(read_only or streams_only))])
+    app = Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(
+                SecurityMiddleware, credentials=Credentials.parse(auth), read_only=bool(read_only or streams_only)
+            )
+        ],
+    )
     app.state.dashboard = dash
     return app
 
@@ -127,5 +139,3 @@ def _chain(first: Redact, then: Redact | None) -> Redact:
     if then is None:
         return first
     return lambda task, name, value: then(task, name, first(task, name, value))
-
-

@@ -16,18 +16,34 @@ from .views import event_view, group_events, group_view, history_view, task_view
 
 __all__ = ["routes"]
 
-NAV = [("overview", "/", "Overview"), ("groups", "/groups", "Groups"), ("tasks", "/tasks", "Tasks"),
-       ("workers", "/workers", "Workers"), ("events", "/events", "Events")]
+NAV = [
+    ("overview", "/", "Overview"),
+    ("groups", "/groups", "Groups"),
+    ("tasks", "/tasks", "Tasks"),
+    ("workers", "/workers", "Workers"),
+    ("events", "/events", "Events"),
+]
 
 
 def _render(request: Request, template: str, page: str, status_code: int = 200, **context: Any) -> Response:
     dash = dashboard(request)
     q = context.get("queue_obj") or dash.queue
-    return dash.templates.TemplateResponse(request, template, {
-        "page": page, "nav": NAV, "root": request.scope.get("root_path", "").rstrip("/"),
-        "nonce": request.state.nonce, "read_only": dash.read_only, "queue": q.name,
-        "queue_query": "" if q.name == dash.queue.name else q.name, "statuses": STATUSES, **context,
-    }, status_code=status_code)
+    return dash.templates.TemplateResponse(
+        request,
+        template,
+        {
+            "page": page,
+            "nav": NAV,
+            "root": request.scope.get("root_path", "").rstrip("/"),
+            "nonce": request.state.nonce,
+            "read_only": dash.read_only,
+            "queue": q.name,
+            "queue_query": "" if q.name == dash.queue.name else q.name,
+            "statuses": STATUSES,
+            **context,
+        },
+        status_code=status_code,
+    )
 
 
 def _page(template: str, page: str, build: Any) -> Any:
@@ -37,6 +53,7 @@ def _page(template: str, page: str, build: Any) -> Any:
         except (BadRequest, UnknownTask) as e:
             status = getattr(e, "status", 404)
             return _render(request, "error.html", page, status_code=status, message=str(e))
+
     handler.__name__ = page
     return handler
 
@@ -56,8 +73,14 @@ def _groups(request: Request) -> dict[str, Any]:
 def _tasks(request: Request) -> dict[str, Any]:
     q, f = queue_of(request), Filter.of(request.query_params)
     tasks, after, note = listing(request, q, f)
-    return {"queue_obj": q, "filter": f, "tasks": [task_view(t, dashboard(request).redact, full=False) for t in tasks],
-            "next_after": after, "note": note, "query": f.query()}
+    return {
+        "queue_obj": q,
+        "filter": f,
+        "tasks": [task_view(t, dashboard(request).redact, full=False) for t in tasks],
+        "next_after": after,
+        "note": note,
+        "query": f.query(),
+    }
 
 
 def _task(request: Request) -> dict[str, Any]:
@@ -75,8 +98,12 @@ def _events(request: Request) -> dict[str, Any]:
     q = queue_of(request)
     kind = request.query_params.get("kind") or None
     events = q.latest_events(100, kinds=None if kind is None else [kind])
-    return {"queue_obj": q, "events": [event_view(e) for e in reversed(events)], "kind": kind or "",
-            "last_event_id": q.last_event_id()}
+    return {
+        "queue_obj": q,
+        "events": [event_view(e) for e in reversed(events)],
+        "kind": kind or "",
+        "last_event_id": q.last_event_id(),
+    }
 
 
 def routes() -> list[Route]:

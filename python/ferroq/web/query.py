@@ -16,8 +16,20 @@ from ..queue import Queue
 if TYPE_CHECKING:
     from .app import Dashboard
 
-__all__ = ["BadRequest", "NotFound", "Filter", "dashboard", "queue_of", "task_id", "listing", "bulk_count",
-           "PAGE", "SEARCH_SCAN", "SCAN_IDS", "WINDOW"]
+__all__ = [
+    "BadRequest",
+    "NotFound",
+    "Filter",
+    "dashboard",
+    "queue_of",
+    "task_id",
+    "listing",
+    "bulk_count",
+    "PAGE",
+    "SEARCH_SCAN",
+    "SCAN_IDS",
+    "WINDOW",
+]
 
 #: Tasks per listing page.
 PAGE = 50
@@ -83,12 +95,17 @@ class Filter:
         bad = [s for s in statuses if s not in STATUSES]
         if bad:
             raise BadRequest(f"unknown status {bad[0]!r} (one of {', '.join(STATUSES)})")
-        return cls(statuses, params.get("group") or None, params.get("name") or None,
-                   (params.get("q") or "").strip() or None)
+        return cls(
+            statuses, params.get("group") or None, params.get("name") or None, (params.get("q") or "").strip() or None
+        )
 
     def query(self) -> dict[str, str]:
-        out = {"status": ",".join(self.statuses), "group": self.group or "", "name": self.name or "",
-               "q": self.text or ""}
+        out = {
+            "status": ",".join(self.statuses),
+            "group": self.group or "",
+            "name": self.name or "",
+            "q": self.text or "",
+        }
         return {k: v for k, v in out.items() if v}
 
 
@@ -123,8 +140,9 @@ def _matches(t: TaskInfo, needle: str) -> bool:
         return False
 
 
-def _scan(q: Queue, f: Filter, after: int | None, limit: int, budget: int,
-          needle: str | None) -> tuple[list[TaskInfo], int | None, str | None]:
+def _scan(
+    q: Queue, f: Filter, after: int | None, limit: int, budget: int, needle: str | None
+) -> tuple[list[TaskInfo], int | None, str | None]:
     """Matching tasks newest first below ``after``, reading windows of ids (``Queue.list``
     with ``until_id``) until the page is full or ``budget`` ids were read: a filter that
     matches few of a million tasks answers in bounded time, with a cursor to go on."""
@@ -140,8 +158,9 @@ def _scan(q: Queue, f: Filter, after: int | None, limit: int, budget: int,
         low = max(1, top - window)
         # A search decodes and tests every task of the window; a listing takes what it needs.
         want = window if needle is not None else limit - len(found)
-        for t in q.list(status=statuses, group=f.group, name=f.name, limit=want, after_id=top, until_id=low,
-                        newest_first=True):
+        for t in q.list(
+            status=statuses, group=f.group, name=f.name, limit=want, after_id=top, until_id=low, newest_first=True
+        ):
             if needle is None or _matches(t, needle):
                 found.append(t)
                 if len(found) == limit:

@@ -78,8 +78,10 @@ def _same(given: str, expected: str) -> bool:
 def csp(nonce: str) -> str:
     """Scripts only with this response's nonce, styles and everything else only from the
     dashboard itself, no framing, no plugins, no inline anything."""
-    return (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'self'; img-src 'self' data:; "
-            f"connect-src 'self'; font-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+    return (
+        f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'self'; img-src 'self' data:; "
+        f"connect-src 'self'; font-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    )
 
 
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -118,13 +120,15 @@ class SecurityMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 out = message.setdefault("headers", [])
-                out.extend([
-                    (b"content-security-policy", csp(nonce).encode()),
-                    (b"x-content-type-options", b"nosniff"),
-                    (b"x-frame-options", b"DENY"),
-                    (b"referrer-policy", b"same-origin"),
-                    (b"cache-control", b"no-store"),
-                ])
+                out.extend(
+                    [
+                        (b"content-security-policy", csp(nonce).encode()),
+                        (b"x-content-type-options", b"nosniff"),
+                        (b"x-frame-options", b"DENY"),
+                        (b"referrer-policy", b"same-origin"),
+                        (b"cache-control", b"no-store"),
+                    ]
+                )
             await send(message)
 
         if refusal is not None:
@@ -134,8 +138,12 @@ class SecurityMiddleware:
 
     def _refusal(self, scope: Scope, headers: Headers) -> Response | None:
         if self.credentials is not None and not self.credentials.allows(headers.get("authorization")):
-            return Response("authentication required\n", status_code=401, media_type="text/plain",
-                            headers={"WWW-Authenticate": 'Basic realm="ferroq", charset="UTF-8"'})
+            return Response(
+                "authentication required\n",
+                status_code=401,
+                media_type="text/plain",
+                headers={"WWW-Authenticate": 'Basic realm="ferroq", charset="UTF-8"'},
+            )
         if scope["method"] in _UNSAFE:
             if cross_site(headers):
                 return JSONResponse({"error": "cross-site request refused"}, status_code=403)

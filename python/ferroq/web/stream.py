@@ -157,8 +157,9 @@ class Tail:
                 return  # the file is busy or gone for now: the next change retries
             for event in events:
                 self.cursor = event.id
-                self._publish(("event", _Message(event.id, event.kind,
-                                                 sse(data=event_view(event), event="ferroq", id=event.id))))
+                self._publish(
+                    ("event", _Message(event.id, event.kind, sse(data=event_view(event), event="ferroq", id=event.id)))
+                )
             if len(events) < 1000:
                 return
 
@@ -186,8 +187,9 @@ async def _backlog(queue: Queue, after: int) -> AsyncIterator[Event]:
             return
 
 
-async def dashboard_stream(tail: Tail, after: int | None, kinds: frozenset[str] | None,
-                           timing: Timing) -> AsyncIterator[bytes]:
+async def dashboard_stream(
+    tail: Tail, after: int | None, kinds: frozenset[str] | None, timing: Timing
+) -> AsyncIterator[bytes]:
     """The dashboard's stream: every event after ``after`` (None: from now on) as it is
     recorded, with ``id:`` = its id, and a ``change`` message (no id) when anything commits."""
     sub = tail.subscribe()
@@ -266,8 +268,10 @@ async def task_stream(tail: Tail, task_id: int | None, redact: Redact | None, ti
                 info = await asyncio.to_thread(q.get, task_id)
             except (UnknownTask, FerroqError) as e:
                 status = 404 if isinstance(e, UnknownTask) or task_id is None else 500
-                yield sse(data={"status": status, "error": str(e) if task_id is not None else "bad task id"},
-                          event="task_error")
+                yield sse(
+                    data={"status": status, "error": str(e) if task_id is not None else "bad task id"},
+                    event="task_error",
+                )
                 return
             view = task_view(info, redact)
             for chunk in _task_changes(view, last):
@@ -288,12 +292,26 @@ async def task_stream(tail: Tail, task_id: int | None, redact: Redact | None, ti
 def _task_changes(view: dict[str, Any], last: dict[str, Any]) -> list[bytes]:
     out = []
     if view["status"] != last.get("status") or view["attempts"] != last.get("attempts"):
-        out.append(sse(data={"id": view["id"], "status": view["status"], "attempts": view["attempts"],
-                             "max_attempts": view["max_attempts"], "error": view["error"]}, event="status"))
+        out.append(
+            sse(
+                data={
+                    "id": view["id"],
+                    "status": view["status"],
+                    "attempts": view["attempts"],
+                    "max_attempts": view["max_attempts"],
+                    "error": view["error"],
+                },
+                event="status",
+            )
+        )
     progress = (view["progress"], view["progress_message"])
     if view["progress"] is not None and progress != last.get("progress"):
-        out.append(sse(data={"id": view["id"], "progress": view["progress"], "message": view["progress_message"]},
-                       event="progress"))
+        out.append(
+            sse(
+                data={"id": view["id"], "progress": view["progress"], "message": view["progress_message"]},
+                event="progress",
+            )
+        )
     last.update(status=view["status"], attempts=view["attempts"], progress=progress)
     return out
 

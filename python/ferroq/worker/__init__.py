@@ -42,5 +42,12 @@ from .maintenance import METRICS_INTERVAL, WORKER_SEEN_INTERVAL
 from .runs import WorkerStats
 
 # The constants are public too (tests and user code tune against them).
-__all__ = ["Autoscale", "METRICS_INTERVAL", "PREFETCH_MAX", "WORKER_SEEN_INTERVAL", "RunOutcome", "Worker",
-           "WorkerStats"]
+__all__ = [
+    "Autoscale",
+    "METRICS_INTERVAL",
+    "PREFETCH_MAX",
+    "WORKER_SEEN_INTERVAL",
+    "RunOutcome",
+    "Worker",
+    "WorkerStats",
+]

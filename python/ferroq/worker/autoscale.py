@@ -130,8 +130,10 @@ def decide(load: Load, current: int, cfg: Autoscale) -> Decision:
         catch_up = load.backlog * per_task / cfg.drain / workers
         wanted = math.ceil(steady + catch_up)
         growing = f" + backlog growth {load.growth:.2f}/s" if load.growth else ""
-        reason = (f"({which} {rate:.2f}/s x {cfg.headroom:g}{growing}) x {what} {per_task * 1000:.0f} ms / "
-                  f"{workers} worker(s) = {steady:.1f}; backlog {load.backlog} over {cfg.drain:g} s = {catch_up:.1f}")
+        reason = (
+            f"({which} {rate:.2f}/s x {cfg.headroom:g}{growing}) x {what} {per_task * 1000:.0f} ms / "
+            f"{workers} worker(s) = {steady:.1f}; backlog {load.backlog} over {cfg.drain:g} s = {catch_up:.1f}"
+        )
     if load.cap is not None and wanted > load.cap:
         wanted, reason = load.cap, f"{reason}; groups' running caps {load.cap}"
     if load.rate_limit is not None and load.run_time is not None:
@@ -214,8 +216,17 @@ class Autoscaler:
         rate_limit = sum(r for r in rates if r is not None) if states and all(r is not None for r in rates) else None
         alive = sum(1 for x in q.workers() if x.alive) or 1
         service, growth = self.since_last(now, backlog)
-        return Load(max(minute, recent), self.forecast_rate(now, served), run_time, backlog, alive, cap,
-                    service, growth, rate_limit)
+        return Load(
+            max(minute, recent),
+            self.forecast_rate(now, served),
+            run_time,
+            backlog,
+            alive,
+            cap,
+            service,
+            growth,
+            rate_limit,
+        )
 
     def since_last(self, now: float, backlog: int) -> tuple[float | None, float]:
         """Since the last decision: thread-seconds per task finished here when a backlog

@@ -61,8 +61,11 @@ class ClaimLoop:
                     continue
                 # Idle only if nothing committed since the claim: a run that finished
                 # meanwhile may have put a retry back in the queue.
-                if (not w._inflight and (until_idle or (until_empty and self.queue_empty()))
-                        and not store.wait_for_change(token, 0)):
+                if (
+                    not w._inflight
+                    and (until_idle or (until_empty and self.queue_empty()))
+                    and not store.wait_for_change(token, 0)
+                ):
                     return
                 wait = self.idle_wait()
             wait = min(wait, self.dispatch_due_batches())
@@ -80,8 +83,7 @@ class ClaimLoop:
         if w.prefetch is not None:
             return w.prefetch
         # Room for a full batch of every batch task, so batches can fill.
-        floor = max([w.concurrency] + [t.max_size for t in w.queue._tasks.values()
-                                       if isinstance(t, BatchTask)])
+        floor = max([w.concurrency] + [t.max_size for t in w.queue._tasks.values() if isinstance(t, BatchTask)])
         return min(PREFETCH_MAX, max(floor, int(w._completer.rate * 0.05)))
 
     def dispatch_due_batches(self) -> float:
@@ -139,8 +141,11 @@ class ClaimLoop:
                     unknown.append((row.id, row.token, name))
                     continue
                 group = row.group
-                run = Run(TaskContext(row.id, name, group, row.attempt, row.max_attempts, row.created_at_ms,
-                                      row.token, w), task, row.payload)
+                run = Run(
+                    TaskContext(row.id, name, group, row.attempt, row.max_attempts, row.created_at_ms, row.token, w),
+                    task,
+                    row.payload,
+                )
                 inflight[row.id] = run
                 if isinstance(task, BatchTask):
                     key = (name, group)

@@ -94,20 +94,36 @@ class Completer:
             ctx = run.ctx
             if status is None:
                 counts["lost"] += 1
-                log.warning("task %d (%s) finished after its lease was lost; outcome discarded", ctx.id, ctx.name,
-                            extra=self.log_extra(ctx, "lost"))
+                log.warning(
+                    "task %d (%s) finished after its lease was lost; outcome discarded",
+                    ctx.id,
+                    ctx.name,
+                    extra=self.log_extra(ctx, "lost"),
+                )
             elif status == "completed":
                 counts["completed"] += 1
             elif status == "dead":
                 counts["dead"] += 1
-                log.warning("task %d (%s) is dead after attempt %d: %s",
-                            ctx.id, ctx.name, ctx.attempt, describe(exc), extra=self.log_extra(ctx, "dead"))
+                log.warning(
+                    "task %d (%s) is dead after attempt %d: %s",
+                    ctx.id,
+                    ctx.name,
+                    ctx.attempt,
+                    describe(exc),
+                    extra=self.log_extra(ctx, "dead"),
+                )
             else:
                 counts["retried"] += 1
                 if log_retries:
-                    log.info("task %d (%s) failed attempt %d, retrying in %.3fs: %s",
-                             ctx.id, ctx.name, ctx.attempt, (delay or 0) / 1000, describe(exc),
-                             extra=self.log_extra(ctx, "retried"))
+                    log.info(
+                        "task %d (%s) failed attempt %d, retrying in %.3fs: %s",
+                        ctx.id,
+                        ctx.name,
+                        ctx.attempt,
+                        (delay or 0) / 1000,
+                        describe(exc),
+                        extra=self.log_extra(ctx, "retried"),
+                    )
         with w._lock:
             stats = w.stats
             for counter, n in counts.items():
@@ -118,8 +134,9 @@ class Completer:
                 if inflight.get(run.ctx.id) is run:
                     del inflight[run.ctx.id]
         forget(w._journal, [run for run, *_ in batch])
-        counted = () if all_completed else \
-            [run.ctx.resource_group for run, _d, _e, _dl, _x, counts_, _h in batch if counts_]
+        counted = (
+            () if all_completed else [run.ctx.resource_group for run, _d, _e, _dl, _x, counts_, _h in batch if counts_]
+        )
         if counted:
             w._holds.learn(counted)
         w.queue._notify()
@@ -131,6 +148,12 @@ class Completer:
     def log_extra(self, ctx: TaskContext, outcome: str) -> dict[str, Any]:
         """Structured fields on task log records (for JSON log formatters)."""
         w = self.worker
-        return {"ferroq_task_id": ctx.id, "ferroq_task": ctx.name, "ferroq_queue": w.queue.name,
-                "ferroq_group": ctx.resource_group, "ferroq_attempt": ctx.attempt,
-                "ferroq_outcome": outcome, "ferroq_worker": w.id}
+        return {
+            "ferroq_task_id": ctx.id,
+            "ferroq_task": ctx.name,
+            "ferroq_queue": w.queue.name,
+            "ferroq_group": ctx.resource_group,
+            "ferroq_attempt": ctx.attempt,
+            "ferroq_outcome": outcome,
+            "ferroq_worker": w.id,
+        }

@@ -134,14 +134,20 @@ class Worker:
             try:  # each child gets its own copy
                 pickle.dumps(queue.serializer)
             except Exception as e:  # noqa: BLE001 - pickling can fail in many ways
-                raise InvalidArgument(f'pool="process" sends the queue\'s serializer to its child processes, '
-                                      f"and {queue.serializer!r} cannot be pickled: {e}") from None
+                raise InvalidArgument(
+                    f'pool="process" sends the queue\'s serializer to its child processes, '
+                    f"and {queue.serializer!r} cannot be pickled: {e}"
+                ) from None
         if autoscale is not None and not isinstance(autoscale, Autoscale):
             raise InvalidArgument(f"autoscale must be a ferroq.Autoscale, got {autoscale!r}")
         #: How concurrency moves with the load (None: it stays ``concurrency``).
         self.autoscale = autoscale
-        for hook_name, hook in (("on_start", on_start), ("on_stop", on_stop), ("before_run", before_run),
-                                ("after_run", after_run)):
+        for hook_name, hook in (
+            ("on_start", on_start),
+            ("on_stop", on_stop),
+            ("before_run", before_run),
+            ("after_run", after_run),
+        ):
             check_hook(hook_name, hook, pool)
         self._on_start, self._on_stop = on_start, on_stop
         #: Around each processor call (None: no hook and no tracing, processors are called directly).
@@ -262,8 +268,14 @@ class Worker:
             self._async.start()
         previous = self._signals.install() if self.handle_signals else {}
         scaling = "" if self.autoscale is None else f", autoscaled within {self.autoscale.min}..{self.autoscale.max}"
-        log.info("worker %s started on %s (queue %r, concurrency %d%s)",
-                 self.id, os.path.abspath(self.queue.path), self.queue.name, self.concurrency, scaling)
+        log.info(
+            "worker %s started on %s (queue %r, concurrency %d%s)",
+            self.id,
+            os.path.abspath(self.queue.path),
+            self.queue.name,
+            self.concurrency,
+            scaling,
+        )
         try:
             self._claims.run(until_idle, until_empty)
             self._drain(self.shutdown_grace)

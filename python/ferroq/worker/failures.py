@@ -60,8 +60,11 @@ def internal_failure(job: Job, exc: Exception) -> list[Outcome]:
     """Fails the unsettled runs of a job that hit a bug in the worker (retried per the
     default policy), so none is left holding its lease forever."""
     error = TaskError.from_exception(exc, format_traceback(exc)).to_json()
-    return [(run, None, error, DEFAULT_POLICY.delay_ms(run.ctx.attempt), exc, False, None)
-            for run in runs_of(job) if run.settle()]
+    return [
+        (run, None, error, DEFAULT_POLICY.delay_ms(run.ctx.attempt), exc, False, None)
+        for run in runs_of(job)
+        if run.settle()
+    ]
 
 
 class Outcomes:
@@ -83,8 +86,9 @@ class Outcomes:
         try:
             data = self.queue.serializer.dumps(result)
         except PayloadError as e:
-            return self.failure(run, PayloadError(f"result of task {run.ctx.name!r} cannot be stored: {e}"),
-                                None, fatal=True)
+            return self.failure(
+                run, PayloadError(f"result of task {run.ctx.name!r} cannot be stored: {e}"), None, fatal=True
+            )
         return self.encoded(run, data)
 
     def settled_encoded(self, run: Run, data: bytes) -> Outcome | None:
@@ -93,8 +97,10 @@ class Outcomes:
 
     def encoded(self, run: Run, data: bytes) -> Outcome:
         if len(data) > self.max_payload:
-            exc = PayloadError(f"result of task {run.ctx.name!r} cannot be stored: it is {len(data)} bytes, "
-                               f"over the limit of {self.max_payload} bytes")
+            exc = PayloadError(
+                f"result of task {run.ctx.name!r} cannot be stored: it is {len(data)} bytes, "
+                f"over the limit of {self.max_payload} bytes"
+            )
             return self.failure(run, exc, None, fatal=True)
         stop_clock(run)
         return (run, data, None, None, None, False, None)
@@ -114,8 +120,11 @@ class Outcomes:
         # A rate limit holds the group (and gives the attempt back); the group's breaker
         # policy decides whether anything else counts toward opening it.
         hold = delay if matches(exc, (RateLimited,)) else None
-        counts = (hold is None and not matches(exc, (UnknownTaskName, PayloadError))
-                  and self.breaker_policy(run.ctx.resource_group).counts_failure(exc, matches))
+        counts = (
+            hold is None
+            and not matches(exc, (UnknownTaskName, PayloadError))
+            and self.breaker_policy(run.ctx.resource_group).counts_failure(exc, matches)
+        )
         if counts:  # as the run ends, before its outcome is written: see breaker_view
             self.breakers.failed(run.ctx.resource_group)
         stop_clock(run)

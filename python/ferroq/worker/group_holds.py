@@ -73,11 +73,14 @@ class GroupHolds:
         or in a runner's share): they stay pending with their attempts."""
         w = self.worker
         with w._lock:
-            waiting = [run for run in w._inflight.values()
-                       if run.started is None and run.ctx.resource_group in groups]
+            waiting = [run for run in w._inflight.values() if run.started is None and run.ctx.resource_group in groups]
         # _release settles each run first: one a runner starts meanwhile keeps its outcome.
         # A runner skips a released run when it reaches it (its context is stopped).
         if waiting:
-            log.warning("group(s) %s held (%s): giving back %d claimed task(s) not started yet",
-                        ", ".join(sorted(groups)), why, len(waiting))
+            log.warning(
+                "group(s) %s held (%s): giving back %d claimed task(s) not started yet",
+                ", ".join(sorted(groups)),
+                why,
+                len(waiting),
+            )
             w._release(waiting)

@@ -48,9 +48,11 @@ def check_hook(name: str, hook: Any, pool: str) -> None:
     try:  # what a spawned child receives: a reference it imports by module and name
         same = pickle.loads(pickle.dumps(hook))
     except Exception as e:  # noqa: BLE001 - pickling can fail in many ways
-        raise InvalidArgument(f'{name}={hook!r}: with pool="process" it runs in the child processes, so it must be '
-                              f"importable by reference (a module-level function, not a lambda or a nested "
-                              f"function): {e}") from None
+        raise InvalidArgument(
+            f'{name}={hook!r}: with pool="process" it runs in the child processes, so it must be '
+            f"importable by reference (a module-level function, not a lambda or a nested "
+            f"function): {e}"
+        ) from None
     if not callable(same):
         raise InvalidArgument(f"{name}={hook!r} does not come back callable in a child process")
 
@@ -61,8 +63,12 @@ class RunHooks:
 
     __slots__ = ("before", "after", "traced")
 
-    def __init__(self, before: Callable[[TaskContext], Any] | None,
-                 after: Callable[[TaskContext, RunOutcome], Any] | None, traced: bool) -> None:
+    def __init__(
+        self,
+        before: Callable[[TaskContext], Any] | None,
+        after: Callable[[TaskContext, RunOutcome], Any] | None,
+        traced: bool,
+    ) -> None:
         self.before = before
         self.after = after
         self.traced = traced
@@ -118,8 +124,9 @@ class RunHooks:
         self._after(ctx, RunOutcome(True, result, None))
         return result
 
-    def call_batch(self, fn: Callable[[list[Any]], Any], name: str, contexts: list[TaskContext],
-                   items: list[Any]) -> list[Any]:
+    def call_batch(
+        self, fn: Callable[[list[Any]], Any], name: str, contexts: list[TaskContext], items: list[Any]
+    ) -> list[Any]:
         """``fn(items)`` between each run's hooks. Returns one result per item, as a batch
         function does: an exception instance fails only its item (a run whose
         ``before_run`` raised gets that error). A batch function that raises or returns
@@ -150,8 +157,7 @@ class RunHooks:
             failed = isinstance(result, BaseException)
             reset = _current.set(contexts[i])
             try:
-                self._after(contexts[i], RunOutcome(not failed, None if failed else result,
-                                                    result if failed else None))
+                self._after(contexts[i], RunOutcome(not failed, None if failed else result, result if failed else None))
             finally:
                 _current.reset(reset)
         return results
@@ -162,13 +168,20 @@ class RunHooks:
         try:
             self.after(ctx, outcome)
         except Exception:
-            log.exception("after_run hook %r failed for task %d (%s); the run's outcome is unchanged",
-                          self.after, ctx.id, ctx.name)
+            log.exception(
+                "after_run hook %r failed for task %d (%s); the run's outcome is unchanged",
+                self.after,
+                ctx.id,
+                ctx.name,
+            )
 
 
 def check_batch_results(name: str, results: Any, n: int) -> None:
     """Raises TypeError unless a batch function returned a list (or tuple) of ``n`` results."""
     if not isinstance(results, (list, tuple)) or len(results) != n:
-        got = f"{type(results).__name__} of length {len(results)}" if isinstance(results, (list, tuple)) \
+        got = (
+            f"{type(results).__name__} of length {len(results)}"
+            if isinstance(results, (list, tuple))
             else type(results).__name__
+        )
         raise TypeError(f"batch task {name!r} must return a list of {n} results, got {got}")

@@ -19,14 +19,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ferroq.worker")
 
+
 def open_journal(store: _core.Store, worker_id: str, capacity: int) -> _core.RunJournal | None:
     """This worker's journal, with room for ``capacity`` runs at once (running, or outcomes
     waiting to be recorded)."""
     try:
         return store.run_journal(worker_id, capacity)
     except StorageError as e:
-        log.warning("no run journal (%s): if this worker dies, each task it holds will count "
-                    "as run once, started or not", e)
+        log.warning(
+            "no run journal (%s): if this worker dies, each task it holds will count as run once, started or not", e
+        )
         return None
 
 
@@ -56,4 +58,3 @@ def forget(journal: _core.RunJournal | None, runs: Iterable[Run]) -> None:
     recorded or given back, whichever settles it)."""
     if journal is not None:
         journal.forget([run.slot for run in runs])
-

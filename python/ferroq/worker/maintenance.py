@@ -75,8 +75,9 @@ class Maintenance:
                     rescued = store.rescue(queue.name)
                     if rescued:
                         w._count("rescued", len(rescued))
-                        log.warning("rescued %d task(s) whose worker stopped heartbeating: %s",
-                                    len(rescued), rescued[:10])
+                        log.warning(
+                            "rescued %d task(s) whose worker stopped heartbeating: %s", len(rescued), rescued[:10]
+                        )
                         queue._notify()
                     next_rescue = now + w.rescue_interval
                 if not w._stopping.is_set():
@@ -133,15 +134,20 @@ class Maintenance:
         be killed; their late results are discarded)."""
         w = self.worker
         with w._lock:
-            late = [r for r in w._inflight.values()
-                    if r.deadline is not None and now >= r.deadline and r.task is not None and not r.task.is_async]
+            late = [
+                r
+                for r in w._inflight.values()
+                if r.deadline is not None and now >= r.deadline and r.task is not None and not r.task.is_async
+            ]
         for run in late:
             if run.settle():
                 run.ctx.stopped = True
                 timeout = run.task.options.timeout if run.task else None
                 w._count("timed_out")
-                exc = TimeoutError(f"task {run.ctx.name!r} exceeded its timeout of {timeout}s "
-                                   "(its thread keeps running; its late result will be discarded)")
+                exc = TimeoutError(
+                    f"task {run.ctx.name!r} exceeded its timeout of {timeout}s "
+                    "(its thread keeps running; its late result will be discarded)"
+                )
                 w._to_record.put([w._outcomes.failure(run, exc, None, fatal=is_fatal(run, exc))])
         if w._breakers.tripped:
             w._holds.give_back_tripped()

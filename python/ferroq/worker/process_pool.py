@@ -60,8 +60,10 @@ _mp = multiprocessing.get_context("spawn")
 STARTUP_TIMEOUT = 60.0  # a child imports the user's modules, which may be slow
 _TICK = 0.1  # how often a runner waiting on its child checks for a stop or a lost lease
 _REQUESTS = ("progress", "heartbeat", "cancelled")
-_MAIN_GUARD_HINT = ('a script that runs a process-pool worker must start it under `if __name__ == "__main__":` '
-                    "(the child re-imports the script), and its imports must work in a fresh process")
+_MAIN_GUARD_HINT = (
+    'a script that runs a process-pool worker must start it under `if __name__ == "__main__":` '
+    "(the child re-imports the script), and its imports must work in a fresh process"
+)
 
 # Context fields sent with each run: id, name, resource group, attempt, max attempts, created (ms).
 _Fields = tuple[int, str, str, int, int, int]
@@ -95,8 +97,9 @@ def check_importable(tasks: Iterable[TaskBase[Any, Any]]) -> None:
 # -- the child -----------------------------------------------------------------------------
 
 
-def _child_main(conn: Connection, serializer: Serializer, journal_path: str | None,
-                hooks: RunHooks | None = None) -> None:
+def _child_main(
+    conn: Connection, serializer: Serializer, journal_path: str | None, hooks: RunHooks | None = None
+) -> None:
     # The parent manages shutdown: a Ctrl-C or a SIGTERM sent to the whole process group
     # (systemd does that) must not kill a task the parent means to let finish.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -202,8 +205,13 @@ def _describe(exc: BaseException, tb: str | None) -> _ErrorInfo:
 
 
 class _ChildRunner:
-    def __init__(self, conn: Connection, serializer: Serializer, journal: _core.RunJournalView | None,
-                 hooks: RunHooks | None = None) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        serializer: Serializer,
+        journal: _core.RunJournalView | None,
+        hooks: RunHooks | None = None,
+    ) -> None:
         self.conn = conn
         self.hooks = hooks  # before_run, after_run, tracing: around each run here, in the child
         self.serializer = serializer
@@ -243,8 +251,7 @@ class _ChildRunner:
             self.functions[ref] = fn
         return fn
 
-    def one(self, fn: Any, name: str, payload: bytes, fields: _Fields,
-            marks: list[tuple[int, int]]) -> tuple[Any, ...]:
+    def one(self, fn: Any, name: str, payload: bytes, fields: _Fields, marks: list[tuple[int, int]]) -> tuple[Any, ...]:
         ctx = _ChildContext(self.conn, fields, self.lock)
         reset = _current.set(ctx)
         try:
@@ -268,8 +275,9 @@ class _ChildRunner:
             _current.reset(reset)
         return self.encode(name, result)
 
-    def batch(self, fn: Any, name: str, payloads: list[bytes], fields: list[_Fields],
-              marks: list[tuple[int, int]]) -> tuple[Any, ...]:
+    def batch(
+        self, fn: Any, name: str, payloads: list[bytes], fields: list[_Fields], marks: list[tuple[int, int]]
+    ) -> tuple[Any, ...]:
         try:
             items = []
             for payload in payloads:
@@ -358,10 +366,16 @@ class Slot:
     def spawn(self) -> None:
         parent_end, child_end = _mp.Pipe(duplex=True)
         journal = self.worker._journal
-        process = _mp.Process(target=_child_main, args=(child_end, self.worker.queue.serializer,
-                                                        None if journal is None else journal.path,
-                                                        self.worker._hooks),
-                              name=f"ferroq-child-{self.index}")
+        process = _mp.Process(
+            target=_child_main,
+            args=(
+                child_end,
+                self.worker.queue.serializer,
+                None if journal is None else journal.path,
+                self.worker._hooks,
+            ),
+            name=f"ferroq-child-{self.index}",
+        )
         try:
             process.start()
         finally:
@@ -378,8 +392,10 @@ class Slot:
         except (EOFError, OSError):
             what = "died while starting"
         code = self.kill()
-        raise ProcessCrashed(f"the worker's child process (pid {child.pid}) {what} ({_exit_text(code)}); "
-                             f"see its output above; {_MAIN_GUARD_HINT}")
+        raise ProcessCrashed(
+            f"the worker's child process (pid {child.pid}) {what} ({_exit_text(code)}); "
+            f"see its output above; {_MAIN_GUARD_HINT}"
+        )
 
     def ensure(self) -> _Child:
         if self.child is None:
@@ -458,8 +474,9 @@ class Slot:
             return None
         if reply == _TIMED_OUT:
             w._count("timed_out")
-            exc = TimeoutError(f"task {c.name!r} exceeded its timeout of {task.options.timeout}s; "
-                               "its process was killed")
+            exc = TimeoutError(
+                f"task {c.name!r} exceeded its timeout of {task.options.timeout}s; its process was killed"
+            )
             return outcomes.settled_failure(run, exc, None)
         if reply[0] == "ok":
             return outcomes.settled_encoded(run, reply[1])
@@ -475,10 +492,13 @@ class Slot:
             note_handed(w._journal, run)
         marks = [(run.slot, run.ctx.id) for run in runs]
         try:
-            fields = [(r.ctx.id, r.ctx.name, r.ctx.resource_group, r.ctx.attempt, r.ctx.max_attempts,
-                       r.ctx._created_ms) for r in runs]
-            reply = self._call(("batch", _reference(task), [r.payload for r in runs], fields, marks), runs,
-                               task.options.timeout)
+            fields = [
+                (r.ctx.id, r.ctx.name, r.ctx.resource_group, r.ctx.attempt, r.ctx.max_attempts, r.ctx._created_ms)
+                for r in runs
+            ]
+            reply = self._call(
+                ("batch", _reference(task), [r.payload for r in runs], fields, marks), runs, task.options.timeout
+            )
         finally:
             for run in runs:
                 note_return(w._journal, run)
@@ -492,15 +512,19 @@ class Slot:
             return []
         elif reply == _TIMED_OUT:
             w._count("timed_out")
-            exc = TimeoutError(f"batch task {task.name!r} exceeded its timeout of {task.options.timeout}s; "
-                               "its process was killed")
+            exc = TimeoutError(
+                f"batch task {task.name!r} exceeded its timeout of {task.options.timeout}s; its process was killed"
+            )
             outcomes = [made.settled_failure(run, exc, None) for run in runs]
         elif reply[0] == "err":
             outcomes = [made.settled_failure(run, ChildError(reply[1]), None) for run in runs]
         else:
-            outcomes = [made.settled_encoded(run, item[1]) if item[0] == "ok"
-                        else made.settled_failure(run, ChildError(item[1]), None)
-                        for run, item in zip(runs, reply[1])]
+            outcomes = [
+                made.settled_encoded(run, item[1])
+                if item[0] == "ok"
+                else made.settled_failure(run, ChildError(item[1]), None)
+                for run, item in zip(runs, reply[1])
+            ]
         return [o for o in outcomes if o is not None]
 
     def _call(self, message: tuple[Any, ...], runs: list[Run], timeout: float | None) -> Any:

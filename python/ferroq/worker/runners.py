@@ -61,6 +61,7 @@ class ThreadRunners:
         if index < len(pool.slots):
             return pool.slots[index], False
         from .process_pool import Slot
+
         pool.slots.append(Slot(self.worker, index))
         return pool.slots[-1], True
 

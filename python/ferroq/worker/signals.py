@@ -14,8 +14,9 @@ log = logging.getLogger("ferroq.worker")
 
 
 class StopSignals:
-    def __init__(self, stopping: threading.Event, hard_stop: threading.Event, notify: Callable[[], None],
-                 grace: float) -> None:
+    def __init__(
+        self, stopping: threading.Event, hard_stop: threading.Event, notify: Callable[[], None], grace: float
+    ) -> None:
         self.stopping = stopping
         self.hard_stop = hard_stop
         self.notify = notify
@@ -50,8 +51,11 @@ class StopSignals:
         first = next(self._received) == 0 and not self.stopping.is_set()
         if first:
             self.stopping.set()
-            log.warning("%s: finishing running tasks (up to %.0fs); send again to stop now",
-                        signal.Signals(signum).name, self.grace)
+            log.warning(
+                "%s: finishing running tasks (up to %.0fs); send again to stop now",
+                signal.Signals(signum).name,
+                self.grace,
+            )
         else:
             self.stopping.set()
             self.hard_stop.set()

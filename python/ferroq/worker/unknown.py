@@ -38,9 +38,15 @@ class UnknownTasks:
             status, deferrals, _run_at = answer
             if status == "dead":
                 dead += 1
-                log.warning("task %d (%s) is dead: no worker ran it within unknown_task_grace=%gs of its "
-                            "first deferral (%d deferrals) and worker %s has no processor for it",
-                            task_id, name, self.grace, deferrals, worker)
+                log.warning(
+                    "task %d (%s) is dead: no worker ran it within unknown_task_grace=%gs of its "
+                    "first deferral (%d deferrals) and worker %s has no processor for it",
+                    task_id,
+                    name,
+                    self.grace,
+                    deferrals,
+                    worker,
+                )
             else:
                 deferred += 1
                 self._warn(worker, name)
@@ -50,12 +56,18 @@ class UnknownTasks:
         if name in self._warned:
             return
         self._warned.add(name)
-        log.warning("worker %s has no processor for task %r (older code, or a name no processor has): "
-                    "giving such tasks back without using an attempt, to be claimed again later (by a worker "
-                    "that has it); each goes dead %gs after its first deferral (unknown_task_grace)",
-                    worker, name, self.grace)
+        log.warning(
+            "worker %s has no processor for task %r (older code, or a name no processor has): "
+            "giving such tasks back without using an attempt, to be claimed again later (by a worker "
+            "that has it); each goes dead %gs after its first deferral (unknown_task_grace)",
+            worker,
+            name,
+            self.grace,
+        )
 
     def _error(self, worker: str, name: str) -> str:
-        exc = UnknownTaskName(f"no processor is registered for task {name!r} in worker {worker}, nor in any "
-                              f"worker that claimed it within unknown_task_grace={self.grace:g}s")
+        exc = UnknownTaskName(
+            f"no processor is registered for task {name!r} in worker {worker}, nor in any "
+            f"worker that claimed it within unknown_task_grace={self.grace:g}s"
+        )
         return TaskError.from_exception(exc, None).to_json()

@@ -26,14 +26,19 @@ def _modules() -> tuple[str, dict[str, Any]]:
     else:
         normalize = importlib.import_module("django_tasks.utils").normalize_json
     return root, {
-        "Task": base.Task, "TaskContext": base.TaskContext, "TaskError": base.TaskError,
-        "TaskResult": base.TaskResult, "TaskResultStatus": base.TaskResultStatus,
+        "Task": base.Task,
+        "TaskContext": base.TaskContext,
+        "TaskError": base.TaskError,
+        "TaskResult": base.TaskResult,
+        "TaskResultStatus": base.TaskResultStatus,
         "task_backends": package.task_backends,
         "BaseTaskBackend": importlib.import_module(f"{root}.backends.base").BaseTaskBackend,
         "InvalidTask": getattr(exceptions, "InvalidTask", None) or exceptions.InvalidTaskError,
         "TaskResultDoesNotExist": exceptions.TaskResultDoesNotExist,
-        "task_enqueued": signals.task_enqueued, "task_started": signals.task_started,
-        "task_finished": signals.task_finished, "normalize_json": normalize,
+        "task_enqueued": signals.task_enqueued,
+        "task_started": signals.task_started,
+        "task_finished": signals.task_finished,
+        "normalize_json": normalize,
     }
 
 

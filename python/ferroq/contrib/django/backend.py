@@ -78,17 +78,26 @@ class FerroqTask(Task):  # type: ignore[misc]  # (Task is Any to mypy: see _comp
     resource_group: str | None = None
     unique_key: str | None = None
 
-    def using(self, *, priority: int | None = None, queue_name: str | None = None,
-              run_after: datetime | None = None, backend: str | None = None,
-              **extras: Any) -> FerroqTask:
+    def using(
+        self,
+        *,
+        priority: int | None = None,
+        queue_name: str | None = None,
+        run_after: datetime | None = None,
+        backend: str | None = None,
+        **extras: Any,
+    ) -> FerroqTask:
         """Django's ``using()``, plus ferroq's ``max_attempts``, ``resource_group`` and
         ``unique_key`` (None leaves a value as it is)."""
         unknown = sorted(set(extras).difference(EXTRA_FIELDS))
         if unknown:
-            raise TypeError(f"using() got unexpected option(s) {', '.join(map(repr, unknown))}; "
-                            f"ferroq's are {', '.join(EXTRA_FIELDS)}")
-        task: FerroqTask = Task.using(self, priority=priority, queue_name=queue_name, run_after=run_after,
-                                      backend=backend)
+            raise TypeError(
+                f"using() got unexpected option(s) {', '.join(map(repr, unknown))}; "
+                f"ferroq's are {', '.join(EXTRA_FIELDS)}"
+            )
+        task: FerroqTask = Task.using(
+            self, priority=priority, queue_name=queue_name, run_after=run_after, backend=backend
+        )
         changes = {k: v for k, v in extras.items() if v is not None}
         return dataclasses.replace(task, **changes) if changes else task
 
@@ -112,8 +121,10 @@ class FerroqBackend(BaseTaskBackend):  # type: ignore[misc]
         where = f'TASKS["{alias}"]["OPTIONS"]'
         unknown = sorted(set(options).difference(("path", *QUEUE_OPTIONS, *TASK_OPTIONS)))
         if unknown:
-            raise ImproperlyConfigured(f"{where} has unknown option(s) {', '.join(map(repr, unknown))}; ferroq's "
-                                       f"are path, {', '.join(QUEUE_OPTIONS + TASK_OPTIONS)}")
+            raise ImproperlyConfigured(
+                f"{where} has unknown option(s) {', '.join(map(repr, unknown))}; ferroq's "
+                f"are path, {', '.join(QUEUE_OPTIONS + TASK_OPTIONS)}"
+            )
         if not options.get("path"):
             raise ImproperlyConfigured(f'{where} needs "path": the queue\'s SQLite file (e.g. BASE_DIR / "tasks.db")')
         self.path = os.path.abspath(os.fspath(options["path"]))
@@ -220,10 +231,20 @@ class FerroqBackend(BaseTaskBackend):  # type: ignore[misc]
         return processor.using(**per_call), args, kwargs
 
     def _enqueued(self, task: Any, handle: TaskHandle[Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
-        return TaskResult(task=task, id=str(handle.id), status=TaskResultStatus.READY,
-                          enqueued_at=timezone.now(), started_at=None, finished_at=None,
-                          last_attempted_at=None, args=args, kwargs=kwargs, backend=self.alias,
-                          errors=[], worker_ids=[])
+        return TaskResult(
+            task=task,
+            id=str(handle.id),
+            status=TaskResultStatus.READY,
+            enqueued_at=timezone.now(),
+            started_at=None,
+            finished_at=None,
+            last_attempted_at=None,
+            args=args,
+            kwargs=kwargs,
+            backend=self.alias,
+            errors=[],
+            worker_ids=[],
+        )
 
     def processor(self, q: Queue, task: Any) -> TaskBase[Any, Any]:
         """The ferroq task that runs ``task`` on queue ``q``, registered on first use."""
@@ -235,8 +256,12 @@ class FerroqBackend(BaseTaskBackend):  # type: ignore[misc]
 
         options = self.options_for(task)
         registered: TaskBase[Any, Any] = q.task(
-            name=name, max_attempts=options.max_attempts, retry=options.retry, timeout=options.timeout,
-            resource_group=options.resource_group)(run_task)
+            name=name,
+            max_attempts=options.max_attempts,
+            retry=options.retry,
+            timeout=options.timeout,
+            resource_group=options.resource_group,
+        )(run_task)
         return registered
 
     def _resolve(self, q: Queue, name: str) -> None:
@@ -277,20 +302,37 @@ class FerroqBackend(BaseTaskBackend):  # type: ignore[misc]
         except FerroqError as e:
             raise TaskResultDoesNotExist(f"{info.id} cannot be read: {e}") from None
         starts = [t for t in history if t.to_status == "running"]
-        errors = [TaskError(exception_class_path=_class_path(t.error.type),
-                            traceback=t.error.traceback or f"{t.error.type}: {t.error.message}")
-                  for t in history if t.error is not None]
+        errors = [
+            TaskError(
+                exception_class_path=_class_path(t.error.type),
+                traceback=t.error.traceback or f"{t.error.type}: {t.error.message}",
+            )
+            for t in history
+            if t.error is not None
+        ]
         if info.status == "cancelled":
-            errors.append(TaskError(exception_class_path="ferroq.errors.TaskCancelled",
-                                    traceback=f"ferroq.errors.TaskCancelled: task {info.id} was cancelled"))
+            errors.append(
+                TaskError(
+                    exception_class_path="ferroq.errors.TaskCancelled",
+                    traceback=f"ferroq.errors.TaskCancelled: task {info.id} was cancelled",
+                )
+            )
         status = _STATUS[info.status]
         finished = status in (TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED)
-        result = TaskResult(task=task, id=str(info.id), status=status, enqueued_at=_when(info.created_at),
-                            started_at=_when(starts[0].at) if starts else None,
-                            finished_at=_when(info.finished_at) if finished else None,
-                            last_attempted_at=_when(starts[-1].at) if starts else None,
-                            args=args, kwargs=kwargs, backend=self.alias, errors=errors,
-                            worker_ids=[t.worker or "" for t in starts])
+        result = TaskResult(
+            task=task,
+            id=str(info.id),
+            status=status,
+            enqueued_at=_when(info.created_at),
+            started_at=_when(starts[0].at) if starts else None,
+            finished_at=_when(info.finished_at) if finished else None,
+            last_attempted_at=_when(starts[-1].at) if starts else None,
+            args=args,
+            kwargs=kwargs,
+            backend=self.alias,
+            errors=errors,
+            worker_ids=[t.worker or "" for t in starts],
+        )
         if status == TaskResultStatus.SUCCESSFUL:
             object.__setattr__(result, "_return_value", info.result)
         return result

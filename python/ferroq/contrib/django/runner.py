@@ -75,8 +75,11 @@ def run_task(*args: Any, **kwargs: Any) -> Any:
     except BaseException as exc:
         object.__setattr__(result, "finished_at", timezone.now())
         object.__setattr__(result, "status", TaskResultStatus.FAILED)
-        result.errors.append(TaskError(exception_class_path=f"{type(exc).__module__}.{type(exc).__qualname__}",
-                                       traceback=format_traceback(exc)))
+        result.errors.append(
+            TaskError(
+                exception_class_path=f"{type(exc).__module__}.{type(exc).__qualname__}", traceback=format_traceback(exc)
+            )
+        )
         _finished(sender, result)
         raise
     object.__setattr__(result, "finished_at", timezone.now())

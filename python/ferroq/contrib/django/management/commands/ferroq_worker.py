@@ -23,6 +23,7 @@ from ferroq.contrib.django.runner import after_run, before_run
 
 def _int_range(low: int, high: int) -> Any:
     """An argparse type: a whole number in low..high (as the CLI's click.IntRange)."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -31,6 +32,7 @@ def _int_range(low: int, high: int) -> Any:
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"{value} is not in the range {low}..{high}")
         return value
+
     return parse
 
 
@@ -45,50 +47,84 @@ def _seconds(text: str) -> float:
 
 
 class Command(BaseCommand):  # type: ignore[misc]  # (BaseCommand is Any to mypy without Django's types)
-    help = ("Run a ferroq worker for the Django tasks of a FerroqBackend (TASKS setting) until SIGINT/SIGTERM, "
-            "or with --until-idle/--until-empty until the queue is done.")
+    help = (
+        "Run a ferroq worker for the Django tasks of a FerroqBackend (TASKS setting) until SIGINT/SIGTERM, "
+        "or with --until-idle/--until-empty until the queue is done."
+    )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--backend", default="default", help="The TASKS alias of the FerroqBackend [default].")
         parser.add_argument("--queue-name", default="default", help="The Django queue (queue_name) to run [default].")
-        parser.add_argument("--create", action="store_true",
-                            help="Allow creating the queue file if it does not exist (default: refuse).")
+        parser.add_argument(
+            "--create",
+            action="store_true",
+            help="Allow creating the queue file if it does not exist (default: refuse).",
+        )
         parser.add_argument("--concurrency", type=_int_range(1, 10_000), default=None, help="Runner threads (8).")
-        parser.add_argument("--processes", type=_int_range(1, 1_000), default=None,
-                            help="Run tasks in N child processes (pool='process') instead of threads.")
-        parser.add_argument("--groups", default=None,
-                            help="Claim only tasks of these resource groups (comma-separated).")
+        parser.add_argument(
+            "--processes",
+            type=_int_range(1, 1_000),
+            default=None,
+            help="Run tasks in N child processes (pool='process') instead of threads.",
+        )
+        parser.add_argument(
+            "--groups", default=None, help="Claim only tasks of these resource groups (comma-separated)."
+        )
         parser.add_argument("--lease", type=_seconds, default=30.0, help="Lease seconds (renewed every lease/3) [30].")
-        parser.add_argument("--prefetch", type=_int_range(0, 100_000), default=None,
-                            help="Buffered tasks (default: adaptive).")
-        parser.add_argument("--shutdown-grace", type=_seconds, default=30.0,
-                            help="Seconds running tasks get to finish on SIGTERM/SIGINT [30].")
+        parser.add_argument(
+            "--prefetch", type=_int_range(0, 100_000), default=None, help="Buffered tasks (default: adaptive)."
+        )
+        parser.add_argument(
+            "--shutdown-grace",
+            type=_seconds,
+            default=30.0,
+            help="Seconds running tasks get to finish on SIGTERM/SIGINT [30].",
+        )
         parser.add_argument("--name", default=None, help="Worker id (default host:pid:random).")
-        parser.add_argument("--unknown-task-grace", type=_seconds, default=3600.0,
-                            help="A task no worker here can run goes dead this many seconds after it was first "
-                                 "given back [3600].")
+        parser.add_argument(
+            "--unknown-task-grace",
+            type=_seconds,
+            default=3600.0,
+            help="A task no worker here can run goes dead this many seconds after it was first given back [3600].",
+        )
         parser.add_argument("--until-idle", action="store_true", help="Stop when nothing is ready to run.")
-        parser.add_argument("--until-empty", action="store_true",
-                            help="Stop when nothing is pending or running (waits for delays).")
-        parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
-                            help="Log level (stderr) [info].")
-        parser.add_argument("--metrics-port", type=_int_range(0, 65535), default=None,
-                            help="Serve Prometheus metrics on this port (0: any free port, logged).")
+        parser.add_argument(
+            "--until-empty", action="store_true", help="Stop when nothing is pending or running (waits for delays)."
+        )
+        parser.add_argument(
+            "--log-level",
+            choices=["debug", "info", "warning", "error"],
+            default="info",
+            help="Log level (stderr) [info].",
+        )
+        parser.add_argument(
+            "--metrics-port",
+            type=_int_range(0, 65535),
+            default=None,
+            help="Serve Prometheus metrics on this port (0: any free port, logged).",
+        )
         parser.add_argument("--metrics-host", default="0.0.0.0", help="Address the metrics endpoint listens on.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["concurrency"] is not None and options["processes"] is not None:
             raise CommandError("give --concurrency (threads) or --processes (child processes), not both")
-        logging.basicConfig(level=options["log_level"].upper(), stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=options["log_level"].upper(),
+            stream=sys.stderr,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
         backend = self._backend(options["backend"])
         queue_name = options["queue_name"]
         if not backend.serves(queue_name):
-            raise CommandError(f"queue {queue_name!r} is not one of backend {options['backend']!r}'s QUEUES "
-                               f"({', '.join(sorted(backend.queues))})")
+            raise CommandError(
+                f"queue {queue_name!r} is not one of backend {options['backend']!r}'s QUEUES "
+                f"({', '.join(sorted(backend.queues))})"
+            )
         if not options["create"] and not os.path.exists(backend.path):
-            raise CommandError(f"no queue file at {backend.path} (TASKS[{options['backend']!r}]['OPTIONS']['path']); "
-                               "the worker does not create an empty queue: pass --create to start one there")
+            raise CommandError(
+                f"no queue file at {backend.path} (TASKS[{options['backend']!r}]['OPTIONS']['path']); "
+                "the worker does not create an empty queue: pass --create to start one there"
+            )
         try:
             self._run(backend, queue_name, options)
         except FerroqError as e:
@@ -113,10 +149,18 @@ class Command(BaseCommand):  # type: ignore[misc]  # (BaseCommand is Any to mypy
             _serve_metrics(q, options["metrics_host"], options["metrics_port"])
         groups = [g.strip() for g in options["groups"].split(",") if g.strip()] if options["groups"] else None
         processes = options["processes"]
-        worker = Worker(q, concurrency=processes or options["concurrency"] or 8,
-                        pool="process" if processes else "thread", lease=options["lease"],
-                        prefetch=options["prefetch"], shutdown_grace=options["shutdown_grace"], name=options["name"],
-                        groups=groups, unknown_task_grace=options["unknown_task_grace"],
-                        before_run=before_run, after_run=after_run)
+        worker = Worker(
+            q,
+            concurrency=processes or options["concurrency"] or 8,
+            pool="process" if processes else "thread",
+            lease=options["lease"],
+            prefetch=options["prefetch"],
+            shutdown_grace=options["shutdown_grace"],
+            name=options["name"],
+            groups=groups,
+            unknown_task_grace=options["unknown_task_grace"],
+            before_run=before_run,
+            after_run=after_run,
+        )
         stats = worker.run(until_idle=options["until_idle"], until_empty=options["until_empty"])
         logging.getLogger("ferroq.cli").info("done: %s", stats)
