@@ -38,7 +38,7 @@ pub struct Pool {
 impl Pool {
     pub fn new(target: Target) -> Result<Self> {
         let tls = if url::wants_tls(&target.config) {
-            Some(super::tls::connector()?)
+            Some(super::tls::connector(&target.tls)?)
         } else {
             None
         };

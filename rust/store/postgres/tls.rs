@@ -1,15 +1,49 @@
-//! TLS for `sslmode=prefer|require`, with rustls (pure Rust: the abi3 wheel needs no system
-//! OpenSSL). As libpq does for these two modes, the connection is encrypted but the server's
-//! certificate is not verified (libpq verifies only with `verify-ca`/`verify-full`, which
-//! this client does not offer yet): it protects against eavesdropping, not impersonation.
+//! TLS with rustls (pure Rust: the abi3 wheel needs no system OpenSSL), by libpq's `sslmode`:
+//! `prefer`/`require` encrypt without verifying the server's certificate (as libpq: against
+//! eavesdropping, not impersonation); `verify-ca` checks that a trusted root signed it;
+//! `verify-full` also that it names the host connected to. The roots come from `sslrootcert`
+//! (a PEM file; `~/.postgresql/root.crt` by default, as libpq; `system` for the system's).
 
 use std::sync::Arc;
 
+use std::path::PathBuf;
+
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, ring};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::error::Error;
+
+/// What of the server's certificate is checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verify {
+    /// Nothing (`prefer`, `require`): encrypted, the server unauthenticated.
+    Nothing,
+    /// Signed by a trusted root (`verify-ca`), whatever host it names.
+    Ca,
+    /// Signed by a trusted root and naming the host connected to (`verify-full`).
+    Full,
+}
+
+/// Where the trusted roots come from (`sslrootcert`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Roots {
+    /// libpq's default, `~/.postgresql/root.crt`.
+    Default,
+    File(PathBuf),
+    /// The system's store (`sslrootcert=system`).
+    System,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub verify: Verify,
+    pub roots: Roots,
+}
 
 /// Accepts any certificate, but still checks the handshake's signatures (so the session key
 /// belongs to whoever holds the certificate's key).
@@ -61,14 +95,113 @@ impl ServerCertVerifier for EncryptOnly {
     }
 }
 
+/// `verify-ca`: the chain is checked as `verify-full` checks it, but a certificate that
+/// names another host is accepted.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// The trusted roots `roots` names; a missing or empty file is an `InvalidArgument`.
+fn load_roots(roots: &Roots) -> crate::error::Result<RootCertStore> {
+    let mut store = RootCertStore::empty();
+    let path = match roots {
+        Roots::System => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = store.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(Error::InvalidArgument(
+                    "sslrootcert=system: no root certificate found in the system's store".into(),
+                ));
+            }
+            return Ok(store);
+        }
+        Roots::File(path) => path.clone(),
+        Roots::Default => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default()
+            .join(".postgresql/root.crt"),
+    };
+    let bad = |why: String| {
+        Error::InvalidArgument(format!(
+            "sslmode=verify-ca/verify-full needs trusted root certificates: {why} \
+             (give sslrootcert=PATH to a PEM file, or sslrootcert=system)"
+        ))
+    };
+    let certs = CertificateDer::pem_file_iter(&path)
+        .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("{} is not PEM: {e}", path.display())))?;
+    let (added, _) = store.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(bad(format!("no certificate in {}", path.display())));
+    }
+    Ok(store)
+}
+
 /// The connector every TLS connection of a store uses.
-pub fn connector() -> crate::error::Result<MakeRustlsConnect> {
+pub fn connector(settings: &TlsSettings) -> crate::error::Result<MakeRustlsConnect> {
     let provider = Arc::new(ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let verifier: Arc<dyn ServerCertVerifier> = match settings.verify {
+        Verify::Nothing => Arc::new(EncryptOnly(provider.clone())),
+        Verify::Ca | Verify::Full => {
+            let roots = Arc::new(load_roots(&settings.roots)?);
+            let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .map_err(|e| Error::Storage(format!("TLS setup failed: {e}")))?;
+            if settings.verify == Verify::Full {
+                webpki
+            } else {
+                Arc::new(ChainOnly(webpki))
+            }
+        }
+    };
+    let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| crate::error::Error::Storage(format!("TLS setup failed: {e}")))?
+        .map_err(|e| Error::Storage(format!("TLS setup failed: {e}")))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
+        .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     Ok(MakeRustlsConnect::new(config))
 }

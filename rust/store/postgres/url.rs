@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 use postgres::config::SslMode;
 
+use super::tls::{Roots, TlsSettings, Verify};
 use crate::error::{Error, Result};
 
 /// Whether `location` names a PostgreSQL database rather than a SQLite file.
@@ -24,6 +25,8 @@ pub struct Target {
     /// transaction mode): no session state (no LISTEN, so waiters poll; no startup options,
     /// so the schema is set in each transaction; no statement outlives its transaction).
     pub pgbouncer: bool,
+    /// What of the server's certificate is checked (libpq's `sslmode`), and against what.
+    pub tls: TlsSettings,
 }
 
 impl std::fmt::Debug for Target {
@@ -38,11 +41,27 @@ pub fn parse(url: &str) -> Result<Target> {
     let (base, query) = url.split_once('?').unwrap_or((url, ""));
     let mut schema = "public".to_string();
     let mut pgbouncer = false;
+    let mut tls = TlsSettings {
+        verify: Verify::Nothing,
+        roots: Roots::Default,
+    };
     let mut kept = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
             Some(("schema", value)) => schema = value.to_string(),
             Some(("pgbouncer", value)) => pgbouncer = parse_flag("pgbouncer", value)?,
+            // The client knows disable/prefer/require: the verifying modes require TLS,
+            // and the certificate is checked by our connector (`tls.rs`).
+            Some(("sslmode", mode @ ("verify-ca" | "verify-full"))) => {
+                tls.verify = if mode == "verify-ca" {
+                    Verify::Ca
+                } else {
+                    Verify::Full
+                };
+                kept.push("sslmode=require");
+            }
+            Some(("sslrootcert", "system")) => tls.roots = Roots::System,
+            Some(("sslrootcert", path)) => tls.roots = Roots::File(path.into()),
             _ => kept.push(pair),
         }
     }
@@ -92,12 +111,13 @@ pub fn parse(url: &str) -> Result<Target> {
     if !pgbouncer {
         config.options(&format!("-c search_path={schema}"));
     }
-    let shown = shown(&config, &schema, pgbouncer);
+    let shown = shown(&config, &schema, pgbouncer, &tls);
     Ok(Target {
         config,
         schema,
         shown,
         pgbouncer,
+        tls,
     })
 }
 
@@ -141,7 +161,7 @@ fn validate_schema(schema: &str) -> Result<()> {
 
 /// The URL as logs and errors show it, and as worker processes reopen it (`Queue.path`):
 /// user, hosts, database, schema and a TLS mode other than the default; never the password.
-fn shown(config: &postgres::Config, schema: &str, pgbouncer: bool) -> String {
+fn shown(config: &postgres::Config, schema: &str, pgbouncer: bool, tls: &TlsSettings) -> String {
     use postgres::config::Host;
     let ports = config.get_ports().iter().chain(std::iter::repeat(&5432));
     let mut tcp = Vec::new();
@@ -164,10 +184,17 @@ fn shown(config: &postgres::Config, schema: &str, pgbouncer: bool) -> String {
     if pgbouncer {
         params.push("pgbouncer=true".into());
     }
-    match config.get_ssl_mode() {
-        SslMode::Disable => params.push("sslmode=disable".into()),
-        SslMode::Require => params.push("sslmode=require".into()),
+    match (config.get_ssl_mode(), tls.verify) {
+        (SslMode::Disable, _) => params.push("sslmode=disable".into()),
+        (_, Verify::Ca) => params.push("sslmode=verify-ca".into()),
+        (_, Verify::Full) => params.push("sslmode=verify-full".into()),
+        (SslMode::Require, _) => params.push("sslmode=require".into()),
         _ => {}
+    }
+    match &tls.roots {
+        Roots::Default => {}
+        Roots::System => params.push("sslrootcert=system".into()),
+        Roots::File(path) => params.push(format!("sslrootcert={}", path.display())),
     }
     let mut out = format!("postgresql://{user}@{}/{db}", tcp.join(","));
     if !params.is_empty() {
@@ -230,6 +257,8 @@ mod tests {
         for url in [
             "postgresql://u:pw@h1:5433/db?schema=s1&sslmode=require",
             "postgresql://u@h:6432/db?pgbouncer=true&schema=s2",
+            "postgresql://u@h/db?sslmode=verify-full&sslrootcert=/etc/ca.pem",
+            "postgresql://u@h/db?sslmode=verify-ca&sslrootcert=system",
             "postgres://u@/db?host=/run/postgresql&port=5434",
             "postgresql://u@h/db",
         ] {
@@ -245,6 +274,7 @@ mod tests {
             );
             assert_eq!(again.schema, first.schema, "{url}");
             assert_eq!(again.pgbouncer, first.pgbouncer, "{url}");
+            assert_eq!(again.tls, first.tls, "{url}");
         }
     }
 

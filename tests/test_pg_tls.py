@@ -1,0 +1,163 @@
+"""TLS to a real PostgreSQL server with a certificate of a test CA: ``sslmode=verify-full``
+checks the chain and the host, ``verify-ca`` the chain only, ``require`` encrypts without
+checking (as libpq). Certificates from the ``openssl`` command (Debian's postgresql depends
+on it)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+import ferroq
+import pg_cluster
+
+pytestmark = pytest.mark.slow  # a PostgreSQL server of its own
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _make_certs(d: Path) -> None:
+    """Two CAs; a server certificate signed by the first, naming 127.0.0.1 only."""
+    for ca in ("ca", "other_ca"):
+        _openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{ca}.key",
+            "-out",
+            f"{ca}.pem",
+            "-days",
+            "2",
+            "-subj",
+            f"/CN=ferroq test {ca}",
+            cwd=d,
+        )
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+        cwd=d,
+    )
+    (d / "ext.cnf").write_text(
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+        "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        cwd=d,
+    )
+
+
+@pytest.fixture(scope="module")
+def tls_server() -> Iterator[tuple[pg_cluster.Cluster, Path]]:
+    if pg_cluster.find_bindir() is None or shutil.which("openssl") is None:
+        if pg_cluster.in_ci():
+            pytest.fail("PostgreSQL or openssl is missing (CI=true)")
+        pytest.skip("*** PostgreSQL or openssl not found: the TLS tests SKIPPED ***")
+    # Not under pytest's base directory: that is private to its owner, the server another user.
+    d = Path(tempfile.mkdtemp(prefix="ferroq-tls-"))
+    d.chmod(0o755)
+    _make_certs(d)
+    user = pg_cluster._server_user()
+    if user:  # the server reads its key, which must be its own and private
+        pw = pg_cluster.pwd.getpwnam(user)
+        for name in ("server.key", "server.pem"):
+            os.chown(d / name, pw.pw_uid, pw.pw_gid)
+    (d / "server.key").chmod(0o600)
+    settings = ("ssl=on", f"ssl_cert_file={d / 'server.pem'}", f"ssl_key_file={d / 'server.key'}")
+    try:
+        with pg_cluster.Cluster(settings=settings) as cluster:
+            yield cluster, d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def url(cluster: pg_cluster.Cluster, mode: str, root: Path | None, host: str = "127.0.0.1") -> str:
+    query = f"sslmode={mode}" + (f"&sslrootcert={root}" if root else "")
+    return f"postgresql://postgres@{host}:{cluster.port}/postgres?{query}"
+
+
+def encrypted_connections(cluster: pg_cluster.Cluster) -> int:
+    return int(
+        cluster.psql(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)"
+            " WHERE s.ssl AND a.application_name = 'ferroq'"
+        )
+    )
+
+
+def test_verify_full_with_the_right_root_connects_encrypted(tls_server: tuple[pg_cluster.Cluster, Path]) -> None:
+    cluster, d = tls_server
+    with ferroq.Queue(url(cluster, "verify-full", d / "ca.pem")) as q:
+        assert "sslmode=verify-full" in q.path and f"sslrootcert={d / 'ca.pem'}" in q.path  # workers reopen it
+        task = q.task(name="t")(lambda: None)
+        task.enqueue()
+        assert q.counts()["pending"] == 1
+        assert encrypted_connections(cluster) >= 1
+
+
+def test_verify_full_refuses_a_server_an_untrusted_root_signed(tls_server: tuple[pg_cluster.Cluster, Path]) -> None:
+    cluster, d = tls_server
+    with pytest.raises(ferroq.StorageError, match="UnknownIssuer"):
+        ferroq.Queue(url(cluster, "verify-full", d / "other_ca.pem"))
+
+
+def test_verify_full_checks_the_host_and_verify_ca_does_not(tls_server: tuple[pg_cluster.Cluster, Path]) -> None:
+    cluster, d = tls_server
+    # The certificate names 127.0.0.1, not localhost (which resolves to it).
+    with pytest.raises(ferroq.StorageError, match="not valid for name"):
+        ferroq.Queue(url(cluster, "verify-full", d / "ca.pem", host="localhost"))
+    with ferroq.Queue(url(cluster, "verify-ca", d / "ca.pem", host="localhost")) as q:
+        assert q.counts()["pending"] >= 0
+    with pytest.raises(ferroq.StorageError, match="UnknownIssuer"):
+        ferroq.Queue(url(cluster, "verify-ca", d / "other_ca.pem", host="localhost"))
+
+
+def test_require_encrypts_without_checking_the_certificate(tls_server: tuple[pg_cluster.Cluster, Path]) -> None:
+    cluster, d = tls_server
+    with ferroq.Queue(url(cluster, "require", None)) as q:
+        assert q.counts()["pending"] >= 0
+        assert encrypted_connections(cluster) >= 1
+
+
+def test_a_missing_or_empty_root_file_is_a_clear_error(
+    tls_server: tuple[pg_cluster.Cluster, Path], tmp_path: Path
+) -> None:
+    cluster, _ = tls_server
+    with pytest.raises(ferroq.InvalidArgument, match="sslrootcert"):
+        ferroq.Queue(url(cluster, "verify-full", tmp_path / "missing.pem"))
+    (tmp_path / "empty.pem").write_text("")
+    with pytest.raises(ferroq.InvalidArgument, match="no certificate"):
+        ferroq.Queue(url(cluster, "verify-full", tmp_path / "empty.pem"))
