@@ -131,7 +131,7 @@ pub struct ClaimedTask {
 }
 
 /// A stored task, as `get` returns it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TaskRecord {
     pub id: TaskId,
     pub queue: String,

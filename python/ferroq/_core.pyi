@@ -76,6 +76,21 @@ class NewTask:
     ) -> NewTask: ...
 
 @final
+class FinishedTask:
+    """A finished task with its history, read by ``export_finished`` (opaque to Python)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def corrupt(self) -> str | None: ...
+    @staticmethod
+    def checkpoint(name: str, payload: bytes, unique_key: str, at_ms: int) -> FinishedTask: ...
+
+@final
 class ClaimedTask:
     """A task a claim leased to a worker; outcomes of its run are fenced by ``token``."""
 
@@ -412,3 +427,7 @@ class Store:
         """(task name, (count, sum, max, p50, p95, p99) µs) of run times since since_ms."""
     def clear_cache(self, queue: str, name: str, key: str | None = None) -> int:
         """Ends the cache entries of task ``name`` (one key, or all); how many."""
+    def export_finished(self, queue: str, after: int, until: int, limit: int) -> list[FinishedTask]:
+        """Up to ``limit`` finished tasks with ids in (after, until], with their histories."""
+    def import_finished(self, queue: str, tasks: list[FinishedTask]) -> list[int]:
+        """Stores finished tasks of another store in one transaction; their new ids."""

@@ -12,17 +12,25 @@ runs (its run_at is far away) whose unique key names SRC, the queue and the last
 A re-run resumes after the highest checkpoint. Once a queue is copied, its copied pending
 tasks are cancelled on SRC and the checkpoints are cancelled (kept as the migration's trail, so
 a re-run after a finished migration copies nothing).
+
+With ``history=True`` the finished tasks (completed, dead, cancelled, with their results,
+errors and histories) are copied first, up to the highest SRC id when the first run began
+(the *bound*), under checkpoints of their own (cancelled ``ferroq.migrate`` tasks naming the
+bound and the last SRC id copied). SRC keeps them. The pass must come with the first run: once
+the unfinished tasks are moved, SRC's copied pending tasks are cancelled, and they could no
+longer be told apart from tasks cancelled before.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._core import NewTask
+from ._core import FinishedTask, NewTask
 from .errors import InvalidArgument, InvalidTransition
 from .queue import Queue
 
@@ -44,11 +52,76 @@ class QueueReport:
     cancelled_on_src: int = 0
     groups: list[str] = field(default_factory=list)
     paused: bool = False
+    history: int = 0  # finished tasks copied (with --history)
+    history_already: int = 0  # SRC id up to which an earlier run copied them
+    history_damaged: list[int] = field(default_factory=list)  # SRC ids not copied: damaged rows
 
 
 def _location_token(q: Queue, queue: str) -> str:
     """A short id of (SRC, queue) for checkpoint keys: a re-run from the same SRC finds them."""
     return hashlib.sha256(f"{q.path}\0{queue}".encode()).hexdigest()[:16]
+
+
+def _history_token(q: Queue, queue: str) -> str:
+    return _location_token(q, f"{queue}\0history")
+
+
+def _history_checkpoint(dst: Queue, token: str) -> tuple[int, int] | None:
+    """(the bound, the last SRC id copied) of a previous history pass; None if none ran."""
+    prefix, found = f"{MARKER}:{token}:", None
+    for t in dst.iter_tasks(name=MARKER):
+        if t.unique_key and t.unique_key.startswith(prefix):
+            bound, last = map(int, t.unique_key[len(prefix) :].split(":"))
+            if found is None or last > found[1]:
+                found = (bound, last)
+    return found
+
+
+def _copy_history(
+    src: Queue,
+    dst: Queue,
+    report: QueueReport,
+    batch: int,
+    dry_run: bool,
+    progress: Callable[[QueueReport], None] | None,
+) -> None:
+    """Copies SRC's finished tasks up to the bound, one DST transaction per batch with its
+    checkpoint; resumes after the last checkpoint (see the module)."""
+    queue = src.name
+    token = _history_token(src, queue)
+    found = _history_checkpoint(dst, token)
+    if found is None:
+        if _checkpoint(dst, _location_token(src, queue)) is not None:
+            raise InvalidArgument(
+                f"queue {queue!r}: its unfinished tasks were migrated without --history; their "
+                "copies cancelled on SRC can no longer be told apart from its history"
+            )
+        newest = src._store.list_tasks(queue, [], None, None, None, True, 1)
+        bound, after = (int(newest[0]["id"]) if newest else 0), 0
+    else:
+        bound, after = found
+    report.history_already = after
+
+    def checkpoint(last: int) -> FinishedTask:
+        key = f"{MARKER}:{token}:{bound}:{last}"
+        return FinishedTask.checkpoint(MARKER, _marker_payload(src), key, int(time.time() * 1000))
+
+    while after < bound:
+        page = src._store.export_finished(queue, after, bound, batch)
+        if not page:
+            break
+        after = page[-1].id
+        report.history_damaged += [t.id for t in page if t.corrupt is not None]
+        rows = [t for t in page if t.corrupt is None and t.name != MARKER]  # a trail stays
+        report.history += len(rows)
+        if not dry_run:
+            dst._store.import_finished(queue, [*rows, checkpoint(after)])
+        if progress is not None:
+            progress(report)
+    if not dry_run and (found is None or found[1] < bound):
+        # Done up to the bound: a re-run skips the ids past the last finished task too (tasks
+        # the unfinished pass will cancel on SRC).
+        dst._store.import_finished(queue, [checkpoint(bound)])
 
 
 def _checkpoint(dst: Queue, token: str) -> tuple[int, bool] | None:
@@ -99,9 +172,11 @@ def migrate_queue(
     batch: int = 1000,
     dry_run: bool = False,
     force: bool = False,
+    history: bool = False,
     progress: Callable[[QueueReport], None] | None = None,
 ) -> QueueReport:
-    """Moves one queue's unfinished tasks from ``src_path`` to ``dst_path`` (see the module)."""
+    """Moves one queue's unfinished tasks from ``src_path`` to ``dst_path``, after copying its
+    finished ones with ``history`` (see the module)."""
     report = QueueReport(queue)
     with Queue(src_path, name=queue) as src, Queue(dst_path, name=queue) as dst:
         _refuse_live_workers(src, force)
@@ -111,6 +186,8 @@ def migrate_queue(
         after, was_paused = _checkpoint(dst, token) or (0, src.paused)
         if not dry_run:
             src.pause()  # no worker started later on SRC claims a task being moved
+        if history:
+            _copy_history(src, dst, report, batch, dry_run, progress)
         report.already = after
         while True:
             page = src._store.list_tasks(queue, _UNFINISHED, None, None, after, False, batch)
@@ -183,10 +260,12 @@ def migrate(
     batch: int = 1000,
     dry_run: bool = False,
     force: bool = False,
+    history: bool = False,
     progress: Callable[[QueueReport], None] | None = None,
     queues: list[str] | None = None,
 ) -> list[QueueReport]:
-    """Moves the unfinished tasks of every queue of ``src_path`` (or of ``queues``) to ``dst_path``."""
+    """Moves the unfinished tasks of every queue of ``src_path`` (or of ``queues``) to
+    ``dst_path``; with ``history``, copies their finished tasks first."""
     if not 1 <= batch <= 100_000:
         raise InvalidArgument(f"batch must be between 1 and 100000, got {batch}")
     if _same(src_path, dst_path):
@@ -199,7 +278,9 @@ def migrate(
         with Queue(src_path, name=name) as q:
             _refuse_live_workers(q, force)
     return [
-        migrate_queue(src_path, dst_path, n, batch=batch, dry_run=dry_run, force=force, progress=progress)
+        migrate_queue(
+            src_path, dst_path, n, batch=batch, dry_run=dry_run, force=force, history=history, progress=progress
+        )
         for n in names
     ]
 

@@ -5,6 +5,7 @@ mod errors;
 mod groups;
 mod journal;
 mod listing;
+mod migration;
 mod observe;
 mod queue;
 mod schedules;
@@ -63,6 +64,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<boundary::PyNewTask>()?;
     m.add_class::<boundary::PyClaimedTask>()?;
     m.add_class::<boundary::PyOutcomes>()?;
+    m.add_class::<migration::PyFinishedTask>()?;
     m.add_class::<queue::PyManualClock>()?;
     m.add_class::<journal::PyRunJournal>()?;
     m.add_class::<journal::PyRunJournalView>()?;

@@ -2,6 +2,7 @@
 //! the same trait, and one shared test suite (`store::conformance`) runs against both.
 
 pub mod host;
+pub mod import;
 pub mod lease_watch;
 pub mod model;
 pub mod operations;

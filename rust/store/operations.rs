@@ -8,6 +8,7 @@ use crate::error::Result;
 use crate::task::{ClaimedTask, Enqueued, NewTask, TaskId, TaskRecord, TaskStatus};
 
 use super::Store;
+use super::import::FinishedTask;
 
 /// Which tasks a listing returns. Empty `statuses`: every status.
 #[derive(Debug, Clone, Default)]
@@ -139,4 +140,42 @@ pub trait Operations: Store {
     /// of them): the next identical enqueue runs again. The completed runs stay. Returns
     /// how many entries were live or expired-but-kept.
     fn clear_cache(&self, queue: &str, name: &str, key: Option<&str>) -> Result<u64>;
+
+    /// Stores finished tasks of another store in `queue`, in one transaction, under new ids
+    /// given in order: status, attempts, times, payload, result, last error, progress, the
+    /// worker of the last run and the history. No events, metrics or wake-ups: nothing
+    /// happened here. Refuses (writing nothing) unless every task is finished and sound.
+    fn import_finished(&self, queue: &str, tasks: &[FinishedTask]) -> Result<Vec<TaskId>>;
+
+    /// Up to `limit` finished tasks of `queue` with ids in (`after`, `until`], in id order,
+    /// each with its history: what `import_finished` takes.
+    fn export_finished(
+        &self,
+        queue: &str,
+        after: TaskId,
+        until: TaskId,
+        limit: usize,
+    ) -> Result<Vec<FinishedTask>> {
+        let filter = TaskFilter {
+            statuses: vec![
+                TaskStatus::Completed,
+                TaskStatus::Dead,
+                TaskStatus::Cancelled,
+            ],
+            ..TaskFilter::default()
+        };
+        let page = Page {
+            after: Some(after),
+            newest_first: false,
+            limit,
+            until: Some(until),
+        };
+        self.list(queue, &filter, page)?
+            .into_iter()
+            .map(|record| {
+                let history = self.history(queue, record.id)?;
+                Ok(FinishedTask { record, history })
+            })
+            .collect()
+    }
 }

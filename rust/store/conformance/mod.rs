@@ -13,6 +13,7 @@ use crate::task::{FailAction, NewTask, TaskStatus};
 mod cache;
 mod clock_steps;
 mod groups;
+mod import;
 mod listing;
 mod no_processor;
 mod observability;

@@ -14,6 +14,7 @@ mod finish;
 mod groups;
 mod history;
 mod host;
+mod import;
 mod listing;
 mod local;
 mod migrations;

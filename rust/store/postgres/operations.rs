@@ -1,14 +1,21 @@
 //! What operators and dedicated workers need beyond the scheduler (`store::Operations`):
 //! schedules, listings, bulk purge and requeue, restricted claims.
 
-use super::{PgStore, admin, enqueue, events, listing, schedules};
+use super::{PgStore, admin, enqueue, events, import, listing, schedules};
 use crate::clock::Millis;
 use crate::error::Result;
+use crate::store::import::FinishedTask;
 use crate::store::operations::{Cursor, Finished, Operations, Page, Schedule, Step, TaskFilter};
-use crate::task::{ClaimedTask, Enqueued, NewTask, TaskRecord};
+use crate::task::{ClaimedTask, Enqueued, NewTask, TaskId, TaskRecord};
 use crate::validate;
 
 impl Operations for PgStore {
+    fn import_finished(&self, queue: &str, tasks: &[FinishedTask]) -> Result<Vec<TaskId>> {
+        validate::name("queue", queue)?;
+        crate::store::import::validate(tasks, self.options.max_payload)?;
+        self.write(|db, _| import::insert_all(db, queue, tasks))
+    }
+
     fn clear_cache(&self, queue: &str, name: &str, key: Option<&str>) -> Result<u64> {
         validate::name("queue", queue)?;
         self.write(|db, _| enqueue::clear_cache(db, queue, name, key))

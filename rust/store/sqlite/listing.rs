@@ -8,6 +8,7 @@ use super::{SqliteStore, admin, schedules};
 use crate::clock::Millis;
 use crate::error::{Error, Result};
 use crate::json;
+use crate::store::import::FinishedTask;
 use crate::store::operations::{Cursor, Finished, Operations, Page, Schedule, Step, TaskFilter};
 use crate::task::{ClaimedTask, Enqueued, NewTask, TaskId, TaskRecord, TaskStatus};
 use crate::validate;
@@ -326,6 +327,12 @@ impl Operations for SqliteStore {
 
     fn clear_cache(&self, queue: &str, name: &str, key: Option<&str>) -> Result<u64> {
         self.write(|tx, _| super::enqueue::clear_cache(tx, queue, name, key))
+    }
+
+    fn import_finished(&self, queue: &str, tasks: &[FinishedTask]) -> Result<Vec<TaskId>> {
+        validate::name("queue", queue)?;
+        crate::store::import::validate(tasks, self.options.max_payload)?;
+        self.write(|tx, _| super::import::insert_all(tx, queue, tasks))
     }
 }
 

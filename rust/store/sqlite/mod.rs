@@ -16,6 +16,7 @@ mod finish;
 pub(crate) mod group;
 pub mod health;
 mod history;
+mod import;
 mod listing;
 mod local;
 mod metrics;
