@@ -190,13 +190,10 @@ emit(stats.__dict__)
 def write_lock_free(db: Path) -> bool:
     """Whether a write can get the lock within 0.5 s (a process frozen inside a write
     transaction would hold it forever)."""
-    probe = ferroq.Queue(db, name="probe", busy_timeout=0.5)
-
-    @probe.task(name="noop")
-    def noop() -> None: ...
-
     try:
-        noop.enqueue()
+        # Opening can wait for the lock as well, so it is inside the try.
+        with ferroq.Queue(db, name="probe", busy_timeout=0.5) as probe:
+            probe.task(name="noop")(lambda: None).enqueue()
         return True
     except ferroq.StorageError:
         return False
