@@ -1,7 +1,8 @@
 """TLS to a real PostgreSQL server with a certificate of a test CA: ``sslmode=verify-full``
 checks the chain and the host, ``verify-ca`` the chain only, ``require`` encrypts without
-checking (as libpq). Certificates from the ``openssl`` command (Debian's postgresql depends
-on it)."""
+checking (as libpq); a role the server authenticates by client certificate (``cert`` in
+pg_hba.conf) connects with ``sslcert``/``sslkey`` (or libpq's default files) and only so.
+Certificates from the ``openssl`` command (Debian's postgresql depends on it)."""
 
 from __future__ import annotations
 
@@ -78,6 +79,15 @@ def _make_certs(d: Path) -> None:
         "ext.cnf",
         cwd=d,
     )
+    # A client certificate for the role CERT_USER (cert authentication maps the CN to it).
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "client.key", "-out", "client.csr",
+             "-subj", f"/CN={CERT_USER}", cwd=d)  # fmt: skip
+    (d / "client.cnf").write_text("basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n")
+    _openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "client.pem", "-days", "2", "-extfile", "client.cnf", cwd=d)  # fmt: skip
+
+
+CERT_USER = "certuser"
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +106,20 @@ def tls_server() -> Iterator[tuple[pg_cluster.Cluster, Path]]:
         for name in ("server.key", "server.pem"):
             os.chown(d / name, pw.pw_uid, pw.pw_gid)
     (d / "server.key").chmod(0o600)
-    settings = ("ssl=on", f"ssl_cert_file={d / 'server.pem'}", f"ssl_key_file={d / 'server.key'}")
+    settings = (
+        "ssl=on",
+        f"ssl_cert_file={d / 'server.pem'}",
+        f"ssl_key_file={d / 'server.key'}",
+        f"ssl_ca_file={d / 'ca.pem'}",  # the roots client certificates are checked against
+    )
     try:
         with pg_cluster.Cluster(settings=settings) as cluster:
+            # CERT_USER logs in by client certificate only (the first matching line wins).
+            hba = Path(cluster.datadir) / "pg_hba.conf"
+            hba.write_text(
+                f"hostssl all {CERT_USER} 127.0.0.1/32 cert\nhost all {CERT_USER} all reject\n" + hba.read_text()
+            )
+            cluster.psql(f"CREATE ROLE {CERT_USER} LOGIN SUPERUSER; SELECT pg_reload_conf()")
             yield cluster, d
     finally:
         shutil.rmtree(d, ignore_errors=True)
@@ -161,3 +182,53 @@ def test_a_missing_or_empty_root_file_is_a_clear_error(
     (tmp_path / "empty.pem").write_text("")
     with pytest.raises(ferroq.InvalidArgument, match="no certificate"):
         ferroq.Queue(url(cluster, "verify-full", tmp_path / "empty.pem"))
+
+
+def cert_url(cluster: pg_cluster.Cluster, query: str) -> str:
+    return f"postgresql://{CERT_USER}@127.0.0.1:{cluster.port}/postgres?sslmode=require{query}"
+
+
+def test_a_client_certificate_logs_in_a_role_that_requires_one(
+    tls_server: tuple[pg_cluster.Cluster, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster, d = tls_server
+    monkeypatch.setenv("HOME", str(tmp_path))  # no default client certificate
+    files = f"&sslcert={d / 'client.pem'}&sslkey={d / 'client.key'}"
+    with ferroq.Queue(cert_url(cluster, files)) as q:
+        assert f"sslcert={d / 'client.pem'}" in q.path and f"sslkey={d / 'client.key'}" in q.path  # workers reopen it
+        task_id = q.task(name="t")(lambda: None).enqueue().id
+        assert q.get(task_id).status == "pending"
+        dn = cluster.psql(
+            "SELECT s.client_dn FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)"
+            f" WHERE a.usename = '{CERT_USER}' LIMIT 1"
+        )
+        assert f"CN={CERT_USER}" in dn
+    # Without one the server refuses, with its reason.
+    with pytest.raises(ferroq.StorageError, match="requires a valid client certificate"):
+        ferroq.Queue(cert_url(cluster, ""))
+
+
+def test_libpq_default_client_certificate_files_are_used(
+    tls_server: tuple[pg_cluster.Cluster, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster, d = tls_server
+    home = tmp_path / ".postgresql"
+    home.mkdir()
+    shutil.copy(d / "client.pem", home / "postgresql.crt")
+    shutil.copy(d / "client.key", home / "postgresql.key")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with ferroq.Queue(cert_url(cluster, "")) as q:
+        assert q.counts()["pending"] >= 0
+
+
+def test_unusable_client_certificate_files_are_a_clear_error(
+    tls_server: tuple[pg_cluster.Cluster, Path], tmp_path: Path
+) -> None:
+    cluster, d = tls_server
+    with pytest.raises(ferroq.InvalidArgument, match="sslcert"):
+        ferroq.Queue(cert_url(cluster, f"&sslcert={tmp_path / 'missing.pem'}"))
+    (tmp_path / "no.key").write_text("")
+    with pytest.raises(ferroq.InvalidArgument, match="private key"):
+        ferroq.Queue(cert_url(cluster, f"&sslcert={d / 'client.pem'}&sslkey={tmp_path / 'no.key'}"))
+    with pytest.raises(ferroq.InvalidArgument, match="does not fit"):  # another key than the certificate's
+        ferroq.Queue(cert_url(cluster, f"&sslcert={d / 'client.pem'}&sslkey={d / 'server.key'}"))

@@ -3,6 +3,9 @@
 //! eavesdropping, not impersonation); `verify-ca` checks that a trusted root signed it;
 //! `verify-full` also that it names the host connected to. The roots come from `sslrootcert`
 //! (a PEM file; `~/.postgresql/root.crt` by default, as libpq; `system` for the system's).
+//! A client certificate (for servers that authenticate clients by certificate, `cert` in
+//! pg_hba.conf) comes from `sslcert` and `sslkey`, by default `~/.postgresql/postgresql.crt`
+//! and `.key` when the certificate file exists (as libpq).
 
 use std::sync::Arc;
 
@@ -12,7 +15,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, ring};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -39,10 +42,18 @@ pub enum Roots {
     System,
 }
 
+/// The client's certificate and key files (`sslcert`, `sslkey`); `None`: libpq's default.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientCert {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsSettings {
     pub verify: Verify,
     pub roots: Roots,
+    pub client: ClientCert,
 }
 
 /// Accepts any certificate, but still checks the handshake's signatures (so the session key
@@ -180,6 +191,52 @@ fn load_roots(roots: &Roots) -> crate::error::Result<RootCertStore> {
     Ok(store)
 }
 
+/// libpq's directory of defaults, `~/.postgresql`.
+fn libpq_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default()
+        .join(".postgresql")
+}
+
+type ClientIdentity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+/// The certificate chain and key to present, or `None` when there is none to present (no
+/// `sslcert` and no default file). A named file that cannot be used is an `InvalidArgument`.
+fn load_client_cert(client: &ClientCert) -> crate::error::Result<Option<ClientIdentity>> {
+    let cert_path = match &client.cert {
+        Some(path) => path.clone(),
+        None => {
+            let default = libpq_dir().join("postgresql.crt");
+            if !default.exists() {
+                return Ok(None);
+            }
+            default
+        }
+    };
+    let key_path = client
+        .key
+        .clone()
+        .unwrap_or_else(|| libpq_dir().join("postgresql.key"));
+    let bad =
+        |why: String| Error::InvalidArgument(format!("client certificate (sslcert/sslkey): {why}"));
+    let chain = CertificateDer::pem_file_iter(&cert_path)
+        .map_err(|e| bad(format!("cannot read {}: {e}", cert_path.display())))?
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("{} is not PEM: {e}", cert_path.display())))?;
+    if chain.is_empty() {
+        return Err(bad(format!("no certificate in {}", cert_path.display())));
+    }
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
+        bad(format!(
+            "no usable private key in {}: {e} (an encrypted key is not supported: \
+             decrypt it with `openssl pkey`)",
+            key_path.display()
+        ))
+    })?;
+    Ok(Some((chain, key)))
+}
+
 /// The connector every TLS connection of a store uses.
 pub fn connector(settings: &TlsSettings) -> crate::error::Result<MakeRustlsConnect> {
     let provider = Arc::new(ring::default_provider());
@@ -201,7 +258,14 @@ pub fn connector(settings: &TlsSettings) -> crate::error::Result<MakeRustlsConne
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Storage(format!("TLS setup failed: {e}")))?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(verifier);
+    let config = match load_client_cert(&settings.client)? {
+        Some((chain, key)) => config.with_client_auth_cert(chain, key).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "client certificate (sslcert/sslkey): the key does not fit: {e}"
+            ))
+        })?,
+        None => config.with_no_client_auth(),
+    };
     Ok(MakeRustlsConnect::new(config))
 }

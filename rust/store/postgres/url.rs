@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use postgres::config::SslMode;
 
-use super::tls::{Roots, TlsSettings, Verify};
+use super::tls::{ClientCert, Roots, TlsSettings, Verify};
 use crate::error::{Error, Result};
 
 /// Whether `location` names a PostgreSQL database rather than a SQLite file.
@@ -44,6 +44,7 @@ pub fn parse(url: &str) -> Result<Target> {
     let mut tls = TlsSettings {
         verify: Verify::Nothing,
         roots: Roots::Default,
+        client: ClientCert::default(),
     };
     let mut kept = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -62,6 +63,8 @@ pub fn parse(url: &str) -> Result<Target> {
             }
             Some(("sslrootcert", "system")) => tls.roots = Roots::System,
             Some(("sslrootcert", path)) => tls.roots = Roots::File(path.into()),
+            Some(("sslcert", path)) => tls.client.cert = Some(path.into()),
+            Some(("sslkey", path)) => tls.client.key = Some(path.into()),
             _ => kept.push(pair),
         }
     }
@@ -196,6 +199,12 @@ fn shown(config: &postgres::Config, schema: &str, pgbouncer: bool, tls: &TlsSett
         Roots::System => params.push("sslrootcert=system".into()),
         Roots::File(path) => params.push(format!("sslrootcert={}", path.display())),
     }
+    if let Some(path) = &tls.client.cert {
+        params.push(format!("sslcert={}", path.display()));
+    }
+    if let Some(path) = &tls.client.key {
+        params.push(format!("sslkey={}", path.display()));
+    }
     let mut out = format!("postgresql://{user}@{}/{db}", tcp.join(","));
     if !params.is_empty() {
         out.push('?');
@@ -259,6 +268,7 @@ mod tests {
             "postgresql://u@h:6432/db?pgbouncer=true&schema=s2",
             "postgresql://u@h/db?sslmode=verify-full&sslrootcert=/etc/ca.pem",
             "postgresql://u@h/db?sslmode=verify-ca&sslrootcert=system",
+            "postgresql://u@h/db?sslmode=require&sslcert=/c/me.crt&sslkey=/c/me.key",
             "postgres://u@/db?host=/run/postgresql&port=5434",
             "postgresql://u@h/db",
         ] {
