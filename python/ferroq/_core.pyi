@@ -11,6 +11,7 @@ __all__ = [
     "PRIORITY_MIN",
     "SCHEMA_VERSION",
     "ClaimedTask",
+    "FinishedTask",
     "ManualClock",
     "NewTask",
     "Outcomes",
