@@ -77,6 +77,20 @@ pub struct NewTask<'a> {
 }
 
 impl NewTask<'_> {
+    /// The same task borrowing this one's data (nothing copied).
+    pub fn borrowed(&self) -> NewTask<'_> {
+        NewTask {
+            name: Cow::Borrowed(&self.name),
+            resource_group: Cow::Borrowed(&self.resource_group),
+            payload: Cow::Borrowed(&self.payload),
+            priority: self.priority,
+            run_at: self.run_at,
+            max_attempts: self.max_attempts,
+            unique_key: self.unique_key.as_deref().map(Cow::Borrowed),
+            cache_ttl: self.cache_ttl,
+        }
+    }
+
     /// The same task owning its data (to hand to another thread).
     pub fn to_owned(&self) -> NewTask<'static> {
         NewTask {

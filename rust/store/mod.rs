@@ -1,6 +1,7 @@
 //! The storage engine interface. SQLite implements it today; PostgreSQL will implement
 //! the same trait, and one shared test suite (`store::conformance`) runs against both.
 
+pub mod group_commit;
 pub mod host;
 pub mod import;
 pub mod lease_watch;

@@ -968,3 +968,51 @@ fn large_batches_keep_order_ids_and_unique_keys() {
         assert_eq!(payload, format!("{{\"i\":{i}}}").into_bytes(), "task {i}");
     }
 }
+
+/// Small enqueues from many threads at once (which engines merge into shared transactions):
+/// each caller gets its own tasks' ids, in its order, and a unique key several callers share
+/// gives them all the one task that holds it.
+#[test]
+fn concurrent_small_enqueues_each_get_their_own_answer() {
+    let Some(f) = fixture() else { return };
+    let store = &f.store;
+    std::thread::scope(|s| {
+        for t in 0..16_u32 {
+            s.spawn(move || {
+                for round in 0..40_u32 {
+                    let payload = |i: u32| format!("{{\"t\":{t},\"r\":{round},\"i\":{i}}}");
+                    let mut tasks: Vec<NewTask> = (0..1 + round % 3)
+                        .map(|i| NewTask {
+                            payload: payload(i).into_bytes().into(),
+                            ..task("t", 0)
+                        })
+                        .collect();
+                    if round % 5 == 0 {
+                        tasks.push(NewTask {
+                            payload: b"{\"shared\":1}".into(),
+                            unique_key: Some(format!("shared-{round}").into()),
+                            ..task("t", 0)
+                        });
+                    }
+                    let done = store.enqueue(Q, &tasks).unwrap();
+                    assert_eq!(done.len(), tasks.len());
+                    for (task, e) in tasks.iter().zip(&done) {
+                        let got = store.get(Q, e.id).unwrap();
+                        assert_eq!(got.payload, &*task.payload, "thread {t} round {round}");
+                        assert_eq!(got.unique_key.as_deref(), task.unique_key.as_deref());
+                    }
+                    assert!(done.windows(2).all(|w| w[0].id < w[1].id) || round % 5 == 0);
+                }
+            });
+        }
+    });
+    let counts = store.counts(Q).unwrap();
+    let pending: u64 = counts
+        .iter()
+        .filter(|(s, _)| *s == TaskStatus::Pending)
+        .map(|(_, n)| n)
+        .sum();
+    // 16 threads x (40 rounds of 1-3 tasks: 13 full cycles + 1) + one task per shared key.
+    let per_thread: u64 = (0..40_u64).map(|r| 1 + r % 3).sum();
+    assert_eq!(pending, 16 * per_thread + 8);
+}

@@ -12,10 +12,10 @@ use super::url::Target;
 use super::wakeup::Wakeup;
 use crate::error::Result;
 use crate::metrics::Recorder;
-use crate::store::sqlite::group::GroupCommit;
+use crate::store::group_commit::GroupCommit;
 use crate::task::{Enqueued, NewTask};
 
-/// An enqueue waiting to share a transaction (see `store::sqlite::group`).
+/// An enqueue waiting to share a transaction (see `store::group_commit`).
 pub type EnqueueRequest = (String, Vec<NewTask<'static>>);
 
 pub struct Local {

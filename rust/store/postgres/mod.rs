@@ -394,13 +394,29 @@ impl Store for PgStore {
             );
             local.enqueues.submit(request, |requests| {
                 self.write(|db, now| {
-                    requests
-                        .iter()
-                        .map(|(queue, tasks)| {
-                            let channel = channel_for(db, queue);
-                            enqueue::insert_all(db, queue, tasks, events, channel, now)
-                        })
-                        .collect()
+                    // One insert per queue over the group's tasks in order, not one per
+                    // caller: each statement is a round trip to the server. The same
+                    // answers (unique keys are checked in order within the batch too).
+                    let mut answers = vec![Vec::new(); requests.len()];
+                    let mut queues: Vec<&str> = requests.iter().map(|(q, _)| q.as_str()).collect();
+                    queues.sort_unstable();
+                    queues.dedup();
+                    for queue in queues {
+                        let mine: Vec<usize> = (0..requests.len())
+                            .filter(|&i| requests[i].0 == queue)
+                            .collect();
+                        let tasks: Vec<NewTask<'_>> = mine
+                            .iter()
+                            .flat_map(|&i| requests[i].1.iter().map(NewTask::borrowed))
+                            .collect();
+                        let channel = channel_for(db, queue);
+                        let done = enqueue::insert_all(db, queue, &tasks, events, channel, now)?;
+                        let mut done = done.into_iter();
+                        for &i in &mine {
+                            answers[i] = done.by_ref().take(requests[i].1.len()).collect();
+                        }
+                    }
+                    Ok(answers)
                 })
             })?
         };

@@ -14,10 +14,10 @@ use parking_lot::Mutex;
 use rusqlite::Connection;
 
 use super::checkpoint::Checkpointer;
-use super::group::GroupCommit;
 use super::open::Options;
 use super::wakeup::Changes;
 use crate::metrics::Recorder;
+use crate::store::group_commit::GroupCommit;
 use crate::task::{Enqueued, NewTask};
 
 /// One process's share of a store.

@@ -13,7 +13,6 @@ mod duties;
 mod enqueue;
 mod events;
 mod finish;
-pub(crate) mod group;
 pub mod health;
 mod history;
 mod import;

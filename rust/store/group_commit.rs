@@ -24,14 +24,20 @@ pub struct GroupCommit<R, T> {
     state: Mutex<State<R, T>>,
 }
 
-impl<R, T: Clone> GroupCommit<R, T> {
-    pub fn new() -> Self {
+impl<R, T> Default for GroupCommit<R, T> {
+    fn default() -> Self {
         Self {
             state: Mutex::new(State {
                 waiting: Vec::new(),
                 leader: false,
             }),
         }
+    }
+}
+
+impl<R, T: Clone> GroupCommit<R, T> {
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Submits `request`; `run` executes a whole group in one transaction and returns one
