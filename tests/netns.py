@@ -20,6 +20,8 @@ import ipaddress
 import os
 import shutil
 import subprocess
+import sys
+import tempfile
 import time
 from typing import Any, Iterator, Sequence
 
@@ -29,6 +31,9 @@ import pg_cluster
 #: process takes its own block of /30s (by pid) so concurrent runs on one machine don't collide.
 _POOL = ipaddress.IPv4Network("100.64.0.0/10")
 MAX_HOSTS = 16
+
+#: Run inside a fresh UTS namespace: names the host ``argv[1]``, then execs ``argv[2:]``.
+_SET_HOSTNAME_AND_EXEC = "import os, socket, sys; socket.sethostname(sys.argv[1]); os.execvp(sys.argv[2], sys.argv[2:])"
 
 
 class NetnsUnavailable(RuntimeError):
@@ -70,6 +75,9 @@ class Hosts:
         self.count = count
         self.tag = os.getpid()
         self.created: list[str] = []
+        self._dir = tempfile.mkdtemp(prefix=f"ferroq-hosts-{self.tag}-")
+        for i in range(count):
+            os.mkdir(self.runtime_dir(i), 0o700)
 
     # -- names and addresses -----------------------------------------------------------------
 
@@ -100,9 +108,24 @@ class Hosts:
 
     # -- running and partitions --------------------------------------------------------------
 
+    def hostname(self, i: int) -> str:
+        """Host ``i``'s name, as its processes see it (``socket.gethostname()``)."""
+        return f"ferroq-host-{i}"
+
+    def runtime_dir(self, i: int) -> str:
+        """Host ``i``'s own temp and runtime directory (``TMPDIR``, ``XDG_RUNTIME_DIR``): files
+        one host keeps there (run journals) are not seen by the others, as on separate machines."""
+        return os.path.join(self._dir, f"host-{i}")
+
     def exec_prefix(self, i: int) -> list[str]:
-        """The argv prefix that runs a command on host ``i`` (``ip netns exec`` execs it: same pid)."""
-        return ["ip", "netns", "exec", self.name(i)]
+        """The argv prefix that runs a command on host ``i``: in its network namespace, with its
+        own hostname (a UTS namespace) and runtime directory. Every wrapper execs the next, so
+        the command keeps the pid the caller started."""
+        return [
+            "ip", "netns", "exec", self.name(i),
+            "env", f"TMPDIR={self.runtime_dir(i)}", f"XDG_RUNTIME_DIR={self.runtime_dir(i)}",
+            "unshare", "--uts", sys.executable, "-c", _SET_HOSTNAME_AND_EXEC, self.hostname(i),
+        ]  # fmt: skip
 
     def run(self, i: int, argv: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Runs ``argv`` on host ``i`` to the end."""
@@ -168,6 +191,7 @@ class Hosts:
                 ip("netns", "del", ns)
             except NetnsUnavailable as e:
                 errors.append(str(e))
+        shutil.rmtree(self._dir, ignore_errors=True)
         if errors:
             raise NetnsUnavailable("; ".join(errors))
 

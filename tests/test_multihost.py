@@ -15,7 +15,7 @@ import pytest
 import ferroq
 import netns
 import pg_cluster
-from procs import Procs, procs, wait_until  # noqa: F401 (the fixture)
+from procs import Child, Procs, procs, wait_until  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -139,3 +139,68 @@ def test_a_partitioned_worker_loses_its_task_and_its_late_completion_is_refused(
         assert (after.status, after.result, after.attempts) == ("completed", done.result, 2)
         completions = [h for h in q.history(task_id) if h.to_status == "completed"]
     assert len(completions) == 1
+
+
+PREFETCHING_WORKER = """
+url, markers, name, rescue_interval = sys.argv[1:5]
+q = ferroq.Queue(url)
+
+@q.task(name="job", max_attempts=3)
+def job(n):
+    ctx = ferroq.current_task()
+    touch(os.path.join(markers, f"started-{n}-{ctx.attempt}-{name}"))
+    if name == "doomed":
+        wait_for_file(os.path.join(markers, "never"), timeout=300)
+    return {"n": n, "worker": name, "attempt": ctx.attempt}
+
+worker = ferroq.Worker(q, concurrency=1, prefetch=3, lease=2.0, rescue_interval=float(rescue_interval),
+                       poll_interval=0.1, name=name, handle_signals=False)
+emit(worker.run(until_empty=True).__dict__)
+"""
+
+
+def test_a_dead_workers_unstarted_tasks_keep_their_attempts_with_a_rescuer_on_another_host(
+    two_hosts: tuple[netns.Hosts, pg_cluster.Cluster, str], procs: Procs, tmp_path: Path
+) -> None:
+    """A worker is SIGKILLed holding one running task and three it had claimed but not started.
+    Its run journal is a file on its host. A rescuer on the other host, which cannot read that
+    file and checks every 0.1 s, leaves the tasks to the slower rescuer (every 1 s) on the dead
+    worker's host, which reads the journal: only the task that ran is charged an attempt."""
+    hosts, cluster, database = two_hosts
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    script = procs.script("prefetching", PREFETCHING_WORKER)
+    with ferroq.Queue(cluster.url_for(database)) as q:
+        job = q.task(name="job", max_attempts=3)(lambda n: None)
+        ids = q.enqueue_many(job.call(n) for n in range(4))
+
+        def start(name: str, host: int, rescue_interval: float) -> Child:
+            url = url_on(hosts, cluster, database, host)
+            return procs.start(script, url, markers, name, rescue_interval, prefix=hosts.exec_prefix(host), label=name)
+
+        doomed = start("doomed", 0, 1.0)
+        wait_until(
+            lambda: all(q.get(i).status == "running" for i in ids) and any(markers.glob("started-*")),
+            60,
+            "the doomed worker to claim all four tasks and start one",
+            children=[doomed],
+        )
+        sibling, foreign = start("sibling", 0, 1.0), start("foreign", 1, 0.1)
+        wait_until(
+            lambda: {"sibling", "foreign"} <= {w.id for w in q.workers()},
+            60,
+            "the other workers to register",
+            children=[sibling, foreign],
+        )
+        doomed.kill()
+        stats = [w.check(timeout=120).last() for w in (sibling, foreign)]
+        assert sum(s["completed"] for s in stats) == 4
+        results = {q.get(i).result["n"]: q.get(i) for i in ids}
+
+    (ran,) = [int(m.name.split("-")[1]) for m in markers.glob("started-*-doomed")]
+    for n, task in results.items():
+        runs = sorted(m.name for m in markers.glob(f"started-{n}-*"))
+        assert task.status == "completed"
+        # Attempts count runs: 2 for the task the dead worker ran, 1 for each it never started.
+        assert task.attempts == task.result["attempt"] == (2 if n == ran else 1), (n, runs)
+        assert len(runs) == task.attempts, runs

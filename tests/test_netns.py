@@ -3,7 +3,10 @@ does not (and the others still do), a healed one does again, and nothing is left
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
+import sys
 from typing import Iterator
 
 import pytest
@@ -97,6 +100,21 @@ def test_a_cut_stalls_an_open_connection_instead_of_resetting_it(
     hosts.cut(0)
     go.touch()
     assert child.check(timeout=60).last() == {"answer": "timeout"}
+
+
+def test_each_host_has_its_own_name_and_runtime_dir_and_keeps_the_pid() -> None:
+    needs_netns()
+    probe = "import os, socket, tempfile; print(socket.gethostname(), tempfile.gettempdir(), os.getpid())"
+    with netns.Hosts(2) as hosts:
+        for i in range(2):
+            child = subprocess.Popen(
+                [*hosts.exec_prefix(i), sys.executable, "-c", probe], stdout=subprocess.PIPE, text=True
+            )
+            out, _ = child.communicate(timeout=60)
+            assert out.split() == [hosts.hostname(i), hosts.runtime_dir(i), str(child.pid)]
+        assert socket.gethostname() not in (hosts.hostname(0), hosts.hostname(1))  # ours is untouched
+        runtime_dirs = [hosts.runtime_dir(i) for i in range(2)]
+    assert not any(os.path.exists(d) for d in runtime_dirs)
 
 
 def test_everything_is_removed_afterwards() -> None:

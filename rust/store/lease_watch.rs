@@ -62,6 +62,31 @@ impl LeaseWatch {
         self.still_since = still_since;
         overdue
     }
+
+    /// How long (monotonic) this rescuer has watched `lease` stand still; 0 if it has not.
+    pub fn watched_for(&self, lease: &Sighting, monotonic: Millis) -> Millis {
+        match self.still_since.get(&(lease.id, lease.token)) {
+            Some(&(expires_at, since)) if expires_at == lease.expires_at => monotonic - since,
+            _ => 0,
+        }
+    }
+}
+
+/// Whether a rescuer that found no run journal of a lease's holder should leave the lease,
+/// this pass, to a rescuer on the holder's host, which can read that journal (and so give
+/// back the attempt of a task the holder claimed but never started): yes while another
+/// worker on that host was seen after the holder's last renewal (`sibling_seen`: both times
+/// by that host's clock, so no clocks are compared across hosts), for at most one more lease
+/// after this rescuer would have taken it over. A host that died whole is taken over that
+/// much later, charged as before.
+pub fn leave_to_holders_host(
+    lease: &Sighting,
+    sibling_seen: Option<Millis>,
+    watched_for: Millis,
+) -> bool {
+    let takeover = lease.length() / 2;
+    sibling_seen.is_some_and(|seen| seen > lease.renewed_at)
+        && watched_for < takeover + lease.length()
 }
 
 #[cfg(test)]
@@ -123,6 +148,30 @@ mod tests {
             watch.overdue(&[last], far_ahead, monotonic + LEASE / 2),
             [last]
         );
+    }
+
+    #[test]
+    fn a_foreign_rescuer_waits_for_the_holders_host_while_a_sibling_there_lives() {
+        let s = lease(1, 0);
+        // A sibling seen after the holder's last renewal: leave it, up to 1.5 leases of watching.
+        assert!(leave_to_holders_host(&s, Some(1), 0));
+        assert!(leave_to_holders_host(&s, Some(1), LEASE / 2 + LEASE - 1));
+        assert!(!leave_to_holders_host(&s, Some(1), LEASE / 2 + LEASE));
+        // No sibling, or none seen since the holder's last renewal: take it over now.
+        assert!(!leave_to_holders_host(&s, None, 0));
+        assert!(!leave_to_holders_host(&s, Some(0), 0));
+    }
+
+    #[test]
+    fn tells_how_long_a_lease_was_watched_standing_still() {
+        let mut watch = LeaseWatch::default();
+        let s = lease(1, 0);
+        assert_eq!(watch.watched_for(&s, 5), 0);
+        watch.overdue(&[s], LEASE / 2, 100);
+        watch.overdue(&[s], LEASE, 700);
+        assert_eq!(watch.watched_for(&s, 700), 600);
+        // Renewed: a new expiry is watched afresh.
+        assert_eq!(watch.watched_for(&lease(1, 10), 700), 0);
     }
 
     #[test]

@@ -42,8 +42,8 @@ use crate::metrics::{Counter, Series, SeriesMap};
 use crate::policy::breaker::CircuitState;
 use crate::policy::retention::Retention;
 use crate::resource_group::{Event, GroupConfig, GroupInfo};
-use crate::run_journal;
-use crate::store::lease_watch::LeaseWatch;
+use crate::run_journal::{self, RunState};
+use crate::store::lease_watch::{LeaseWatch, leave_to_holders_host};
 use crate::store::sqlite::Options;
 use crate::store::{
     CircuitCommand, CircuitView, Deferral, Lease, NoProcessor, ObservabilityRetention, Store,
@@ -103,6 +103,8 @@ pub struct PgStore {
     watches: Mutex<HashMap<String, LeaseWatch>>,
     /// Where this host keeps its workers' run journals (see `journal_base`).
     journal_db: PathBuf,
+    /// This host's name, as workers register it (`socket.gethostname()`).
+    hostname: String,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -130,6 +132,7 @@ impl PgStore {
         let clock = Arc::new(SteadyClock::new(clock));
         let store = Self {
             journal_db: journal_base(&target),
+            hostname: gethostname::gethostname().to_string_lossy().into_owned(),
             target,
             options,
             clock,
@@ -549,11 +552,49 @@ impl Store for PgStore {
             .map(|s| (s.id, s.token, owners[&(s.id, s.token)].clone()))
             .collect();
         let runs = run_journal::classify(&self.journal_db, &leases);
-        let overdue: Vec<rescue::Overdue> = overdue
-            .into_iter()
-            .zip(runs)
-            .map(|(lease, run)| rescue::Overdue { lease, run })
+        // A holder's journal is a file on its own host: leave what only that host can tell
+        // apart (claimed but never started) to a rescuer there while one lives.
+        let mut unknown: Vec<String> = leases
+            .iter()
+            .zip(&runs)
+            .filter(|(_, run)| **run == RunState::Unknown)
+            .map(|(lease, _)| lease.2.clone())
             .collect();
+        unknown.sort_unstable();
+        unknown.dedup();
+        let siblings = if unknown.is_empty() {
+            HashMap::new()
+        } else {
+            self.read(|db, _| rescue::siblings_seen(db, queue, &unknown, &self.hostname))?
+        };
+        let overdue: Vec<rescue::Overdue> = {
+            let watches = self.watches.lock();
+            let watch = &watches[queue];
+            overdue
+                .into_iter()
+                .zip(runs)
+                .zip(&leases)
+                .filter(|((lease, run), (_, _, owner))| {
+                    let leave = *run == RunState::Unknown
+                        && leave_to_holders_host(
+                            lease,
+                            siblings.get(owner).copied(),
+                            watch.watched_for(lease, monotonic),
+                        );
+                    if leave {
+                        log::debug!(
+                            "task {} of {owner}: left to a rescuer on its worker's host",
+                            lease.id
+                        );
+                    }
+                    !leave
+                })
+                .map(|((lease, run), _)| rescue::Overdue { lease, run })
+                .collect()
+        };
+        if overdue.is_empty() {
+            return Ok(Vec::new());
+        }
         let channel = self.channel();
         let (ends, now) = self.write(|db, now| {
             let ends = rescue::rescue(db, &overdue, now)?;

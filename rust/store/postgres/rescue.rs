@@ -2,6 +2,8 @@
 //! token and by the expiry it watched (a renewal or a completion since then wins: unlike
 //! River's rescuer, river#1302, this never overwrites a task that was just completed).
 
+use std::collections::HashMap;
+
 use postgres::GenericClient;
 
 use super::finish::{Ended, record_failed_runs};
@@ -57,6 +59,28 @@ pub fn latest_renewal<C: GenericClient>(db: &mut Db<'_, C>, queue: &str) -> Resu
             &[&queue],
         )?
         .map(|r| r.get(0)))
+}
+
+/// For each holder in `owners` registered on a host other than `here`: the latest time
+/// another worker of `queue` on its host, not stopped, was seen (by that host's clock).
+pub fn siblings_seen<C: GenericClient>(
+    db: &mut Db<'_, C>,
+    queue: &str,
+    owners: &[String],
+    here: &str,
+) -> Result<HashMap<String, Millis>> {
+    Ok(db
+        .query(
+            "SELECT o.id, max(s.last_seen) FROM workers o
+             JOIN workers s ON s.hostname = o.hostname AND s.queue = o.queue AND s.id <> o.id
+                           AND s.stopped_at IS NULL
+             WHERE o.id = ANY($1) AND o.queue = $2 AND o.hostname <> $3
+             GROUP BY o.id",
+            &[&owners, &queue, &here],
+        )?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
 }
 
 /// A lease the rescuer takes over, and what the run journals say of its run.

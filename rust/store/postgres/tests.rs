@@ -47,7 +47,7 @@ use crate::error::Error;
 use crate::policy::throttle::ThrottleConfig;
 use crate::resource_group::GroupConfig;
 use crate::store::testing::task;
-use crate::store::{Host, Store};
+use crate::store::{Host, Store, WorkerInfo};
 use crate::task::TaskStatus;
 
 /// A fresh schema on the test server (and the temp dir naming it), or `None` without one.
@@ -331,6 +331,82 @@ fn a_rescue_on_the_workers_host_returns_an_attempt_never_started() {
         vec![(id, TaskStatus::Pending)]
     );
     assert_eq!(store.get("q", id).unwrap().attempts, 0);
+}
+
+fn worker_on(store: &PgStore, id: &str, hostname: &str) {
+    let info = WorkerInfo {
+        id: id.into(),
+        queue: "q".into(),
+        hostname: hostname.into(),
+        pid: 1,
+        concurrency: 1,
+        pool: "thread".into(),
+        started_at: 0,
+        last_seen: 0,
+        stopped_at: None,
+        running: 0,
+    };
+    store.worker_seen(&info).unwrap();
+}
+
+/// A rescuer with no journal of a dead worker on another host leaves its task, for up to
+/// one more lease, to the rescuers of that host (which can read the journal) while a
+/// sibling there heartbeats; then takes it over, charged, as when that host died whole.
+#[test]
+fn a_rescuer_leaves_a_task_to_its_workers_host_while_a_sibling_there_lives() {
+    let Some((dir, _)) = fresh() else { return };
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let url = schema_url(dir.path());
+    let store = PgStore::open_with_clock(&url, Options::default(), clock.clone()).unwrap();
+    worker_on(&store, "far:1", "far-host");
+    worker_on(&store, "far:2", "far-host");
+    let id = store.enqueue("q", &[task("t", 0)]).unwrap()[0].id;
+    store.claim("q", "far:1", 1, 30_000).unwrap();
+    clock.advance(15_000);
+    assert!(store.rescue_expired("q").unwrap().is_empty()); // sighted
+    worker_on(&store, "far:2", "far-host"); // the sibling outlives far:1's last renewal
+    clock.advance(30_000);
+    assert!(store.rescue_expired("q").unwrap().is_empty()); // due, but left to far-host
+    clock.advance(14_999);
+    assert!(store.rescue_expired("q").unwrap().is_empty());
+    clock.advance(1);
+    assert_eq!(
+        store.rescue_expired("q").unwrap(),
+        vec![(id, TaskStatus::Pending)]
+    );
+    assert_eq!(store.get("q", id).unwrap().attempts, 1); // no journal: charged
+}
+
+/// Without a live sibling on the dead worker's host, or when that host is this one (whose
+/// journals this rescuer has read), nothing is left to wait for: taken over when due.
+#[test]
+fn a_rescuer_takes_over_at_once_when_no_other_rescuer_could_read_the_journal() {
+    let Some((dir, _)) = fresh() else { return };
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let url = schema_url(dir.path());
+    let store = PgStore::open_with_clock(&url, Options::default(), clock.clone()).unwrap();
+    let here = gethostname::gethostname().to_string_lossy().into_owned();
+    worker_on(&store, "lone:1", "lone-host");
+    worker_on(&store, "here:1", &here);
+    worker_on(&store, "here:2", &here);
+    let ids: Vec<_> = store
+        .enqueue("q", &[task("t", 0), task("t", 0)])
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    store.claim("q", "lone:1", 1, 30_000).unwrap();
+    store.claim("q", "here:1", 1, 30_000).unwrap();
+    clock.advance(15_000);
+    assert!(store.rescue_expired("q").unwrap().is_empty());
+    worker_on(&store, "here:2", &here);
+    clock.advance(30_000);
+    let mut rescued = store.rescue_expired("q").unwrap();
+    rescued.sort_by_key(|(id, _)| *id);
+    assert_eq!(
+        rescued,
+        vec![(ids[0], TaskStatus::Pending), (ids[1], TaskStatus::Pending)]
+    );
 }
 
 /// After a server restart every pooled connection is closed; the first claim and the
