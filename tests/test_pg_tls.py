@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import urllib.parse
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -85,9 +86,16 @@ def _make_certs(d: Path) -> None:
     (d / "client.cnf").write_text("basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n")
     _openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
              "-out", "client.pem", "-days", "2", "-extfile", "client.cnf", cwd=d)  # fmt: skip
+    # The same key under a passphrase: PKCS#8 (PBES2, as `openssl pkcs8 -topk8` writes it), and
+    # OpenSSL's legacy PEM encryption (not supported: refused with the command that converts it).
+    _openssl("pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in", "client.key", "-out", "client.enc.key",
+             "-passout", f"pass:{KEY_PASSPHRASE}", cwd=d)  # fmt: skip
+    _openssl("rsa", "-traditional", "-aes256", "-in", "client.key", "-out", "client.legacy.key",
+             "-passout", f"pass:{KEY_PASSPHRASE}", cwd=d)  # fmt: skip
 
 
 CERT_USER = "certuser"
+KEY_PASSPHRASE = "open sesame&co"
 
 
 @pytest.fixture(scope="module")
@@ -232,3 +240,23 @@ def test_unusable_client_certificate_files_are_a_clear_error(
         ferroq.Queue(cert_url(cluster, f"&sslcert={d / 'client.pem'}&sslkey={tmp_path / 'no.key'}"))
     with pytest.raises(ferroq.InvalidArgument, match="does not fit"):  # another key than the certificate's
         ferroq.Queue(cert_url(cluster, f"&sslcert={d / 'client.pem'}&sslkey={d / 'server.key'}"))
+
+
+def test_an_encrypted_client_key_is_decrypted_with_sslpassword(
+    tls_server: tuple[pg_cluster.Cluster, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster, d = tls_server
+    monkeypatch.setenv("HOME", str(tmp_path))
+    files = f"&sslcert={d / 'client.pem'}&sslkey={d / 'client.enc.key'}"
+    passphrase = urllib.parse.quote(KEY_PASSPHRASE, safe="")
+    with ferroq.Queue(cert_url(cluster, f"{files}&sslpassword={passphrase}")) as q:
+        assert "sesame" not in q.path  # a secret, as the password
+        assert q.get(q.task(name="t")(lambda: None).enqueue().id).status == "pending"
+    with pytest.raises(ferroq.InvalidArgument, match="encrypted: give its passphrase as sslpassword"):
+        ferroq.Queue(cert_url(cluster, files))
+    with pytest.raises(ferroq.InvalidArgument, match="wrong sslpassword") as wrong:
+        ferroq.Queue(cert_url(cluster, f"{files}&sslpassword=not-it"))
+    assert "not-it" not in str(wrong.value)
+    legacy = f"&sslcert={d / 'client.pem'}&sslkey={d / 'client.legacy.key'}&sslpassword={passphrase}"
+    with pytest.raises(ferroq.InvalidArgument, match="legacy format.*openssl pkcs8 -topk8"):
+        ferroq.Queue(cert_url(cluster, legacy))

@@ -165,7 +165,7 @@ def bench_drain(
         ctx = multiprocessing.get_context("spawn")
         results = ctx.Queue()
         workers = [
-            ctx.Process(target=_drain_child, args=(q.path, durability, concurrency, results, is_async))
+            ctx.Process(target=_drain_child, args=(q._opened_as, durability, concurrency, results, is_async))
             for _ in range(processes)
         ]
         t = time.perf_counter()
@@ -208,7 +208,7 @@ def bench_drain_failing(n: int) -> Figure:
         q.enqueue_many(flaky.call(i) for i in range(n))
         ctx = multiprocessing.get_context("spawn")
         results = ctx.Queue()
-        proc = ctx.Process(target=_failing_child, args=(q.path, results))
+        proc = ctx.Process(target=_failing_child, args=(q._opened_as, results))
         t = time.perf_counter()
         proc.start()
         failed = results.get(timeout=600)
@@ -250,7 +250,7 @@ def bench_latency(
         if cross_process:
             ctx = multiprocessing.get_context("spawn")
             ready, stop = ctx.Event(), ctx.Event()
-            proc = ctx.Process(target=_latency_child, args=(q.path, ready, stop))
+            proc = ctx.Process(target=_latency_child, args=(q._opened_as, ready, stop))
             proc.start()
             ready.wait(60)
             time.sleep(0.5)
@@ -398,7 +398,7 @@ def bench_worker_rss(total: int) -> list[Figure]:
             q.enqueue_many(noop.call(i) for i in range(start, min(total, start + 50_000)))
         ctx = multiprocessing.get_context("spawn")
         out = ctx.Queue()
-        proc = ctx.Process(target=_rss_child, args=(q.path, total, out))
+        proc = ctx.Process(target=_rss_child, args=(q._opened_as, total, out))
         proc.start()
         samples, processed = out.get(timeout=3600)
         proc.join()

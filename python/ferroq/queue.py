@@ -152,8 +152,11 @@ class Queue(Observable):
         self.task_events = events
         self.observability = observability or Observability()
         self.serializer: Serializer = serializer or JsonSerializer()
+        #: What this queue opened, secrets included (``path`` shows a URL without its
+        #: password): other queues of the same store are opened from it.
+        self._opened_as = _worker_path(_path(path))
         self._store = _core.Store(
-            _worker_path(_path(path)),
+            self._opened_as,
             durability=durability,
             busy_timeout=busy_timeout,
             max_payload=max_payload,
@@ -187,8 +190,12 @@ class Queue(Observable):
 
     @property
     def path(self) -> str:
-        """The database file."""
+        """The database file (for a PostgreSQL URL: the URL without its password)."""
         return str(self._store.path)
+
+    def _reopen(self, name: str, **options: Any) -> Queue:
+        """Queue ``name`` of the same store, opened with its credentials."""
+        return Queue(self._opened_as, name=name, **options)
 
     # -- declaring tasks ---------------------------------------------------------------
 

@@ -29,7 +29,7 @@ def collect(s: Settings) -> dict[str, Any]:
     flushed them: every 10 s)."""
     with open_queue(s) as q:
         names = [s.queue] if s.queue_given else (q.queue_names() or [s.queue])
-        return {"queues": [_queue_entry(Queue(q.path, name=n, busy_timeout=s.busy_timeout)) for n in names]}
+        return {"queues": [_queue_entry(q._reopen(n, busy_timeout=s.busy_timeout)) for n in names]}
 
 
 def _queue_entry(q: Queue) -> dict[str, Any]:

@@ -65,7 +65,7 @@ class Dashboard:
         if name not in self._others:
             if name not in self.queue.queue_names():
                 return None
-            self._others[name] = Queue(self.queue.path, name=name, busy_timeout=5.0)
+            self._others[name] = self.queue._reopen(name, busy_timeout=5.0)
         return self._others[name]
 
     def all_queues(self) -> list[Queue]:

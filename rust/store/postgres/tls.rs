@@ -5,11 +5,12 @@
 //! (a PEM file; `~/.postgresql/root.crt` by default, as libpq; `system` for the system's).
 //! A client certificate (for servers that authenticate clients by certificate, `cert` in
 //! pg_hba.conf) comes from `sslcert` and `sslkey`, by default `~/.postgresql/postgresql.crt`
-//! and `.key` when the certificate file exists (as libpq).
+//! and `.key` when the certificate file exists (as libpq); a key encrypted with a passphrase
+//! (PKCS#8) is decrypted with `sslpassword`.
 
 use std::sync::Arc;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -42,11 +43,23 @@ pub enum Roots {
     System,
 }
 
-/// The client's certificate and key files (`sslcert`, `sslkey`); `None`: libpq's default.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The client's certificate and key files (`sslcert`, `sslkey`; `None`: libpq's default), and
+/// the passphrase of an encrypted key (`sslpassword`).
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct ClientCert {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for ClientCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCert")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -227,14 +240,38 @@ fn load_client_cert(client: &ClientCert) -> crate::error::Result<Option<ClientId
     if chain.is_empty() {
         return Err(bad(format!("no certificate in {}", cert_path.display())));
     }
-    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
-        bad(format!(
-            "no usable private key in {}: {e} (an encrypted key is not supported: \
-             decrypt it with `openssl pkey`)",
-            key_path.display()
-        ))
-    })?;
+    let key = load_key(&key_path, client.password.as_deref()).map_err(bad)?;
     Ok(Some((chain, key)))
+}
+
+/// The private key in the PEM file `path`, decrypted with `password` if it is encrypted.
+fn load_key(path: &Path, password: Option<&str>) -> Result<PrivateKeyDer<'static>, String> {
+    let shown = path.display();
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let text = String::from_utf8_lossy(&pem);
+    if text.contains("Proc-Type: 4,ENCRYPTED") {
+        return Err(format!(
+            "{shown} is encrypted in OpenSSL's legacy format, which is not supported: \
+             convert it with `openssl pkcs8 -topk8 -in OLD -out NEW` (it keeps a passphrase)"
+        ));
+    }
+    if !text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
+        return PrivateKeyDer::from_pem_slice(&pem)
+            .map_err(|e| format!("no usable private key in {shown}: {e}"));
+    }
+    let Some(password) = password else {
+        return Err(format!(
+            "the private key in {shown} is encrypted: give its passphrase as sslpassword"
+        ));
+    };
+    let (_, document) = pkcs8::Document::from_pem(&text)
+        .map_err(|e| format!("the encrypted private key in {shown} is not PEM: {e}"))?;
+    let info = pkcs8::EncryptedPrivateKeyInfo::try_from(document.as_bytes())
+        .map_err(|e| format!("the encrypted private key in {shown} is damaged: {e}"))?;
+    let key = info
+        .decrypt(password)
+        .map_err(|_| format!("cannot decrypt the private key in {shown}: wrong sslpassword?"))?;
+    Ok(PrivateKeyDer::Pkcs8(key.as_bytes().to_vec().into()))
 }
 
 /// The connector every TLS connection of a store uses.

@@ -62,9 +62,11 @@ pub fn parse(url: &str) -> Result<Target> {
                 kept.push("sslmode=require");
             }
             Some(("sslrootcert", "system")) => tls.roots = Roots::System,
-            Some(("sslrootcert", path)) => tls.roots = Roots::File(path.into()),
-            Some(("sslcert", path)) => tls.client.cert = Some(path.into()),
-            Some(("sslkey", path)) => tls.client.key = Some(path.into()),
+            Some(("sslrootcert", path)) => tls.roots = Roots::File(decoded(path)?.into()),
+            Some(("sslcert", path)) => tls.client.cert = Some(decoded(path)?.into()),
+            Some(("sslkey", path)) => tls.client.key = Some(decoded(path)?.into()),
+            // A secret: kept out of the shown URL, as the password.
+            Some(("sslpassword", value)) => tls.client.password = Some(decoded(value)?),
             _ => kept.push(pair),
         }
     }
@@ -197,13 +199,15 @@ fn shown(config: &postgres::Config, schema: &str, pgbouncer: bool, tls: &TlsSett
     match &tls.roots {
         Roots::Default => {}
         Roots::System => params.push("sslrootcert=system".into()),
-        Roots::File(path) => params.push(format!("sslrootcert={}", path.display())),
+        Roots::File(path) => {
+            params.push(format!("sslrootcert={}", encoded(&path.to_string_lossy())))
+        }
     }
     if let Some(path) = &tls.client.cert {
-        params.push(format!("sslcert={}", path.display()));
+        params.push(format!("sslcert={}", encoded(&path.to_string_lossy())));
     }
     if let Some(path) = &tls.client.key {
-        params.push(format!("sslkey={}", path.display()));
+        params.push(format!("sslkey={}", encoded(&path.to_string_lossy())));
     }
     let mut out = format!("postgresql://{user}@{}/{db}", tcp.join(","));
     if !params.is_empty() {
@@ -213,19 +217,54 @@ fn shown(config: &postgres::Config, schema: &str, pgbouncer: bool, tls: &TlsSett
     out
 }
 
+/// A query value, percent-decoded (as libpq reads a URI).
+fn decoded(value: &str) -> Result<String> {
+    percent_encoding::percent_decode_str(value)
+        .decode_utf8()
+        .map(|v| v.into_owned())
+        .map_err(|_| Error::InvalidArgument("a value in the URL's query is not UTF-8".into()))
+}
+
 /// `url` with any password replaced, for an error message about a URL that did not parse.
 fn without_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
     };
-    let (auth, tail) = match rest.find('@') {
-        Some(at) => (&rest[..at], &rest[at..]),
-        None => return url.to_string(),
+    let mut out = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.rfind('@').map(|at| rest.split_at(at)) {
+            Some((auth, tail)) => match auth.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***{tail}"),
+                None => base.to_string(),
+            },
+            None => base.to_string(),
+        },
+        None => base.to_string(),
     };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***{tail}"),
-        None => url.to_string(),
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key @ ("password" | "sslpassword"), _)) => format!("{key}=***"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
     }
+    out
+}
+
+/// A query value as the shown URL writes it: percent-encoded where `decoded` would misread it.
+fn encoded(value: &str) -> String {
+    const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+        .add(b' ')
+        .add(b'%')
+        .add(b'&')
+        .add(b'=')
+        .add(b'#')
+        .add(b'+');
+    percent_encoding::utf8_percent_encode(value, QUERY_VALUE).to_string()
 }
 
 /// Whether the connection asks for TLS at all.
@@ -236,6 +275,7 @@ pub fn wants_tls(config: &postgres::Config) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn schema_is_taken_out_and_the_password_never_shown() {
@@ -257,6 +297,26 @@ mod tests {
         assert!(!e.to_string().contains("secret"), "{e}");
         let e = parse("postgresql://h/db?schema=Robert');DROP").unwrap_err();
         assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+    }
+
+    /// The key's passphrase is a secret like the password: in no shown URL, debug output or
+    /// error. Query values are percent-decoded (as libpq), and the shown URL encodes them.
+    #[test]
+    fn sslpassword_is_never_shown_and_values_are_percent_decoded() {
+        let t = parse(
+            "postgresql://u@h/db?sslmode=require&sslkey=/k/a%26b.key&sslpassword=top%26secret",
+        )
+        .unwrap();
+        assert_eq!(t.tls.client.password.as_deref(), Some("top&secret"));
+        assert_eq!(t.tls.client.key.as_deref(), Some(Path::new("/k/a&b.key")));
+        assert!(!t.shown.contains("secret") && !format!("{t:?}").contains("secret"));
+        assert_eq!(parse(&t.shown).unwrap().tls.client.key, t.tls.client.key);
+        let e = parse("postgresql://u:pw@h/db?sslmode=bogus&sslpassword=topsecret&password=pw2")
+            .unwrap_err();
+        assert!(
+            !e.to_string().contains("secret") && !e.to_string().contains("pw2"),
+            "{e}"
+        );
     }
 
     /// What `location` shows is what worker processes reopen: it must parse to the same
