@@ -43,3 +43,8 @@ def test_soak_memory_stays_flat(tmp_path: Path) -> None:
 def test_profiler_overhead_script_runs(tmp_path: Path) -> None:
     rates = load("profiler_overhead").measure(tasks=300, work_us=0, rounds=1, directory=str(tmp_path))
     assert set(rates) == {False, "time", True} and all(r > 0 for r in rates.values())
+
+
+def test_bulk_cancel_script_runs(tmp_path: Path) -> None:
+    f = load("bulk_cancel").measure(tasks=50, directory=str(tmp_path))
+    assert f.tasks == 50 and f.one_by_one_per_s > 0 and f.cancel_pending_per_s > 0

@@ -153,6 +153,28 @@ def test_cancel_only_pending(shop: ferroq.Queue, db: Path | str) -> None:
     assert again.exit_code == 1 and "it is cancelled" in again.output
 
 
+def test_cancel_all_pending_asks_then_cancels_what_matches(shop: ferroq.Queue, db: Path | str) -> None:
+    shop.requeue(shop.list(status="dead", group="smtp")[0].id)  # pending in group smtp
+    before = shop.counts()
+    assert before["pending"] == 3  # ok(100), ok(101) delayed an hour, mail(1)
+    assert run(db, "cancel").exit_code == 2  # IDs or --all-pending
+    assert run(db, "cancel", "1", "--all-pending").exit_code == 2
+    assert run(db, "cancel", "1", "--group", "smtp").exit_code == 2  # --group goes with --all-pending
+    assert ok_json(db, "cancel", "--all-pending", "--dry-run") == {"cancelled": 0, "matching": 3, "dry_run": True}
+    declined = run(db, "cancel", "--all-pending", input="n\n")
+    assert declined.exit_code == 1 and "Cancel 3 pending task(s) of queue 'default'?" in declined.output
+    assert shop.counts() == before
+    assert ok_json(db, "cancel", "--all-pending", "--group", "smtp", "-y") == {
+        "cancelled": 1,
+        "matching": 1,
+        "dry_run": False,
+    }
+    done = run(db, "cancel", "--all-pending", "--name", "ok", input="y\n")
+    assert done.exit_code == 0 and "cancelled 2 task(s)" in done.output  # the delayed one too
+    assert shop.counts()["pending"] == 0 and shop.counts()["cancelled"] == 3
+    assert "nothing to cancel" in run(db, "cancel", "--all-pending").output
+
+
 def test_purge_asks_then_deletes_only_what_matches(shop: ferroq.Queue, db: Path | str) -> None:
     before = shop.counts()
     # Nothing finished a day ago.

@@ -60,6 +60,8 @@ ENTRY_POINTS: dict[str, tuple[str, Callable[[ferroq.Queue, Path], Any]]] = {
     "count-finished-name": ("name", lambda q, p: q.count_finished("dead", name=LONE)),
     "purge-group": ("group", lambda q, p: q.purge("dead", group=LONE)),
     "retry-dead-name": ("name", lambda q, p: q.retry_dead(name=LONE)),
+    "cancel-pending-name": ("name", lambda q, p: q.cancel_pending(name=LONE)),
+    "count-pending-group": ("group", lambda q, p: q.count_pending(group=LONE)),
     "events-group": ("group", lambda q, p: q.events(group=LONE)),
 }
 

@@ -408,6 +408,12 @@ class Store:
         limit: int,
     ) -> tuple[int, list[int], tuple[int, int] | None]:
         """Requeues one batch of dead/cancelled tasks: (requeued, skipped ids, next cursor or None)."""
+    def count_pending(self, queue: str, group: str | None, name: str | None) -> int:
+        """Pending tasks (ready or delayed) matching."""
+    def cancel_batch(
+        self, queue: str, group: str | None, name: str | None, at: tuple[int, int] | None, limit: int
+    ) -> tuple[int, tuple[int, int] | None]:
+        """Cancels one batch of matching pending tasks: (cancelled, next cursor or None)."""
     def claim_in_groups(
         self, queue: str, groups: list[str], worker: str, limit: int, lease_ms: int
     ) -> list[ClaimedTask]:

@@ -753,6 +753,35 @@ class Queue(Observable):
             self._store.count_finished(self.name, s, self._cutoff(older_than), group_, name_) for s in _statuses(status)
         )
 
+    def count_pending(self, *, group: str | ResourceGroup | None = None, name: str | None = None) -> int:
+        """Pending tasks (ready or delayed) that ``cancel_pending`` with the same arguments
+        would cancel."""
+        return self._store.count_pending(self.name, _group_or_none(group), _name_or_none(name))
+
+    def cancel_pending(
+        self,
+        *,
+        group: str | ResourceGroup | None = None,
+        name: str | None = None,
+        batch_size: int = 500,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Cancels every pending task (ready or delayed) of the group and/or task name given
+        (of the queue: neither), ``batch_size`` per transaction, each as ``cancel`` would;
+        ``progress(n)`` after each batch. Running tasks finish their runs, and tasks enqueued
+        after the call began are left alone (it ends under a busy producer). Returns how many
+        were cancelled."""
+        _checks.integer("batch_size", batch_size, 1, 100_000)
+        group_, name_, done = _group_or_none(group), _name_or_none(name), 0
+        at: tuple[int, int] | None = None
+        while True:
+            n, at = self._store.cancel_batch(self.name, group_, name_, at, batch_size)
+            done += n
+            if progress is not None:
+                progress(done)
+            if at is None:
+                return done
+
     def purge(
         self,
         status: str | Iterable[str],

@@ -7,7 +7,9 @@ use pyo3::types::{PyBytes, PyDict, PyList};
 use super::queue::{PyStore, claimed_list};
 use crate::clock::Millis;
 
-use crate::store::operations::{Cursor, Finished, Page, Step, TaskFilter};
+use crate::store::operations::{
+    CancelCursor, Cursor, Finished, Page, PendingTasks, Step, TaskFilter,
+};
 use crate::task::{TaskRecord, TaskStatus};
 
 /// (done, skipped ids, next cursor | None)
@@ -150,6 +152,36 @@ impl PyStore {
         let which = finished(status, finished_before, group, name)?;
         let step = py.detach(|| self.store.requeue_batch(queue, &which, after, limit))?;
         Ok(step_tuple(step))
+    }
+
+    /// Pending tasks (ready or delayed) matching.
+    fn count_pending(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        group: Option<String>,
+        name: Option<String>,
+    ) -> PyResult<u64> {
+        let which = PendingTasks { group, name };
+        Ok(py.detach(|| self.store.count_pending(queue, &which))?)
+    }
+
+    /// Cancels one batch of matching pending tasks: (cancelled, next cursor | None); the
+    /// cursor is (last id passed, newest id taken).
+    #[pyo3(signature = (queue, group, name, at, limit))]
+    fn cancel_batch(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        group: Option<String>,
+        name: Option<String>,
+        at: Option<(i64, i64)>,
+        limit: usize,
+    ) -> PyResult<(u64, Option<(i64, i64)>)> {
+        let which = PendingTasks { group, name };
+        let at = at.map(|(after, through)| CancelCursor { after, through });
+        let step = py.detach(|| self.store.cancel_batch(queue, &which, at, limit))?;
+        Ok((step.done, step.next.map(|c| (c.after, c.through))))
     }
 
     /// `claim`, from these groups' tasks only.

@@ -56,6 +56,39 @@ pub struct Step {
     pub next: Option<Cursor>,
 }
 
+/// Pending tasks (ready or delayed) of a group and/or a task name: what a bulk cancel takes.
+#[derive(Debug, Clone, Default)]
+pub struct PendingTasks {
+    pub group: Option<String>,
+    pub name: Option<String>,
+}
+
+/// Where a bulk cancel stands: the last id it passed, and the newest id it takes (the newest
+/// task when it began: tasks enqueued since are left alone, so it ends under a busy producer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CancelCursor {
+    pub after: TaskId,
+    pub through: TaskId,
+}
+
+/// What one batch of a bulk cancel did: tasks cancelled, and where to go on (`None`: done).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CancelStep {
+    pub done: u64,
+    pub next: Option<CancelCursor>,
+}
+
+impl CancelStep {
+    /// The step after a batch of `found` ids (up to `limit`), `done` of them cancelled.
+    pub fn after_batch(found: &[TaskId], limit: usize, done: u64, through: TaskId) -> Self {
+        let next = (found.len() >= limit).then(|| CancelCursor {
+            after: *found.last().expect("a full batch"),
+            through,
+        });
+        Self { done, next }
+    }
+}
+
 /// A periodic task as a worker declares it (see `Operations::declare_schedule`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Schedule {
@@ -117,6 +150,20 @@ pub trait Operations: Store {
         after: Option<Cursor>,
         limit: usize,
     ) -> Result<Step>;
+
+    /// How many pending tasks (ready or delayed) of `queue` match.
+    fn count_pending(&self, queue: &str, which: &PendingTasks) -> Result<u64>;
+
+    /// Cancels up to `limit` matching pending tasks after `at` (from the start: `None`), in
+    /// one transaction, each as `Store::cancel` would (history, event, metrics). A task
+    /// claimed meanwhile is left to its run.
+    fn cancel_batch(
+        &self,
+        queue: &str,
+        which: &PendingTasks,
+        at: Option<CancelCursor>,
+        limit: usize,
+    ) -> Result<CancelStep>;
 
     /// `Store::claim`, taking only tasks of `groups` (still within each group's limits).
     fn claim_in_groups(

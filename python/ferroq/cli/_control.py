@@ -109,13 +109,50 @@ def retry(
 @click.command()
 @db_options
 @output_option
-@click.argument("task_ids", metavar="ID...", nargs=-1, type=int, required=True)
+@click.argument("task_ids", metavar="[ID]...", nargs=-1, type=int)
+@option(
+    "--all-pending", is_flag=True, help="Every pending task, delayed ones included (with --group/--name: those only)."
+)
+@option("--group", default=None, help="With --all-pending: only this resource group.")
+@option("--name", default=None, help="With --all-pending: only this task name.")
+@option("-y", "--yes", is_flag=True, help="With --all-pending: do not ask for confirmation.")
+@option("--dry-run", is_flag=True, help="With --all-pending: only count what would be cancelled.")
 @click.pass_context
-def cancel(ctx: click.Context, db: str | None, queue_name: str | None, output: str, task_ids: tuple[int, ...]) -> None:
-    """Cancel pending tasks (a running task cannot be cancelled: exit code 1)."""
+def cancel(
+    ctx: click.Context,
+    db: str | None,
+    queue_name: str | None,
+    output: str,
+    task_ids: tuple[int, ...],
+    all_pending: bool,
+    group: str | None,
+    name: str | None,
+    yes: bool,
+    dry_run: bool,
+) -> None:
+    """Cancel pending tasks: the IDs given, or --all-pending (a running task cannot be
+    cancelled: exit code 1 for an ID; --all-pending leaves running tasks to their runs)."""
+    if bool(task_ids) == all_pending:
+        raise CliError("give task IDs or --all-pending (one of them)", Exit.USAGE)
+    if (group or name or yes or dry_run) and not all_pending:
+        raise CliError("--group, --name, --yes and --dry-run apply to --all-pending", Exit.USAGE)
     with open_queue(settings(ctx, db, queue_name)) as q:
-        done, failed = _each(q, task_ids, q.cancel)
-    _finish_each(output, "cancelled", done, failed, {})
+        if task_ids:
+            done, failed = _each(q, task_ids, q.cancel)
+            _finish_each(output, "cancelled", done, failed, {})
+            return
+        name = resolve_name(q, name)
+        total = q.count_pending(group=group, name=name)
+        if dry_run or total == 0:
+            text = f"would cancel {total:,} pending task(s) of queue {q.name!r}" if dry_run else "nothing to cancel"
+            _report(output, {"cancelled": 0, "matching": total, "dry_run": dry_run}, text)
+            return
+        if not yes:
+            click.confirm(f"Cancel {total:,} pending task(s) of queue {q.name!r}?", abort=True, err=True)
+        with progress_bar("cancelling") as progress:
+            bar = progress.add_task("cancelling", total=total)
+            cancelled = q.cancel_pending(group=group, name=name, progress=lambda n: progress.update(bar, completed=n))
+    _report(output, {"cancelled": cancelled, "matching": total, "dry_run": False}, f"cancelled {cancelled:,} task(s)")
 
 
 @click.command()

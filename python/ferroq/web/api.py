@@ -171,20 +171,8 @@ def _bulk_action(request: Request, body: dict[str, Any]) -> Response:
     elif action == "purge":
         done = q.purge(statuses, group=f.group, name=f.name)
     else:
-        done = _cancel_all(q, f)
+        done = q.cancel_pending(group=f.group, name=f.name)
     return json_response({"action": action, "done": done, "matched": count})
-
-
-def _cancel_all(q: Any, f: Filter) -> int:
-    done = 0
-    ids = [t.id for t in q.iter_tasks(status="pending", group=f.group, name=f.name)]
-    for tid in ids:
-        try:
-            q.cancel(tid)
-            done += 1
-        except (InvalidTransition, UnknownTask):  # claimed or gone meanwhile
-            pass
-    return done
 
 
 class _Params(dict[str, Any]):

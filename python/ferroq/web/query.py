@@ -189,5 +189,5 @@ def bulk_statuses(action: str, f: Filter) -> list[str]:
 def bulk_count(q: Queue, action: str, f: Filter) -> int:
     statuses = bulk_statuses(action, f)
     if action == "cancel":
-        return sum(1 for _ in q.iter_tasks(status="pending", group=f.group, name=f.name))
+        return q.count_pending(group=f.group, name=f.name)
     return sum(q.count_finished(s, group=f.group, name=f.name) for s in statuses)

@@ -4,7 +4,7 @@ use super::{LEASE, Q, fixture, ids, task};
 use crate::clock::Clock;
 use crate::policy::throttle::ThrottleConfig;
 use crate::resource_group::GroupConfig;
-use crate::store::operations::{Finished, Page, TaskFilter};
+use crate::store::operations::{Finished, Page, PendingTasks, TaskFilter};
 use crate::task::{FailAction, NewTask, TaskStatus};
 
 fn in_group(group: &str, priority: i64) -> NewTask<'_> {
@@ -236,6 +236,80 @@ fn requeue_batch_revives_dead_tasks_and_skips_held_unique_keys() {
             .requeue_batch(Q, &dead(TaskStatus::Completed), None, 10)
             .is_err()
     );
+}
+
+/// A bulk cancel takes every matching pending task, ready or delayed, over several batches,
+/// each as a single cancel would (history, counts); it leaves running tasks, other groups and
+/// queues, and tasks enqueued after it began (so it ends under a busy producer).
+#[test]
+fn cancel_batch_takes_the_matching_pending_tasks_present_when_it_began() {
+    let Some(f) = fixture() else { return };
+    let later = f.clock.now_ms() + 60_000;
+    let delayed = NewTask {
+        run_at: Some(later),
+        ..in_group("a", 0)
+    };
+    let running = f.store.enqueue(Q, &[in_group("a", 9)]).unwrap()[0].id;
+    f.store.claim(Q, "w", 1, LEASE).unwrap();
+    let e = f
+        .store
+        .enqueue(
+            Q,
+            &[
+                in_group("a", 0),
+                in_group("b", 0),
+                delayed.clone(),
+                in_group("a", 3),
+                in_group("a", 0),
+            ],
+        )
+        .unwrap();
+    f.store.enqueue("other", &[in_group("a", 0)]).unwrap();
+    let of_a = PendingTasks {
+        group: Some("a".into()),
+        name: None,
+    };
+    assert_eq!(f.store.count_pending(Q, &of_a).unwrap(), 4);
+    assert_eq!(
+        f.store.count_pending(Q, &PendingTasks::default()).unwrap(),
+        5
+    );
+
+    let first = f.store.cancel_batch(Q, &of_a, None, 2).unwrap();
+    assert_eq!(first.done, 2);
+    let at = first.next.expect("a full batch goes on");
+    // Enqueued after the bulk cancel began: not its business.
+    let newcomer = f.store.enqueue(Q, &[in_group("a", 0)]).unwrap()[0].id;
+    let mut done = first.done;
+    let mut next = Some(at);
+    while let Some(at) = next {
+        let step = f.store.cancel_batch(Q, &of_a, Some(at), 2).unwrap();
+        done += step.done;
+        next = step.next;
+    }
+    assert_eq!(done, 4);
+    let status = |id| f.store.get(Q, id).unwrap().status;
+    for id in [e[0].id, e[2].id, e[3].id, e[4].id] {
+        assert_eq!(status(id), TaskStatus::Cancelled);
+        let history = f.store.history(Q, id).unwrap();
+        let last = history.last().unwrap();
+        assert_eq!(
+            (last.from, last.to),
+            (Some(TaskStatus::Pending), TaskStatus::Cancelled)
+        );
+    }
+    assert_eq!(status(e[1].id), TaskStatus::Pending); // group b
+    assert_eq!(status(newcomer), TaskStatus::Pending);
+    assert_eq!(status(running), TaskStatus::Running);
+    assert_eq!(f.store.count_pending("other", &of_a).unwrap(), 1);
+    assert_eq!(f.store.count_pending(Q, &of_a).unwrap(), 1);
+    // By name: nothing of that name, nothing done, done at once.
+    let by_name = PendingTasks {
+        group: None,
+        name: Some("nobody".into()),
+    };
+    let step = f.store.cancel_batch(Q, &by_name, None, 10).unwrap();
+    assert_eq!((step.done, step.next), (0, None));
 }
 
 #[test]

@@ -34,6 +34,29 @@ pub fn record_task<C: GenericClient>(
     Ok(())
 }
 
+/// Appends one event of `kind` for each task of `ids` (in `groups`, alike), in one statement.
+pub fn record_tasks<C: GenericClient>(
+    db: &mut Db<'_, C>,
+    queue: &str,
+    ids: &[TaskId],
+    groups: &[String],
+    kind: &str,
+    detail: &str,
+    now: Millis,
+) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    db.execute(
+        "INSERT INTO events (at, queue, resource_group, task_id, kind, detail)
+         SELECT $1, $2, g, t, $5, $6
+         FROM unnest($3::text[], $4::bigint[]) WITH ORDINALITY AS u(g, t, ord)
+         ORDER BY ord",
+        &[&now, &queue, &groups, &ids, &kind, &detail],
+    )?;
+    Ok(())
+}
+
 /// Appends one event of the task of run `end`.
 pub fn record_run<C: GenericClient>(
     db: &mut Db<'_, C>,

@@ -5,10 +5,13 @@ use postgres::GenericClient;
 
 use super::admin::{self, RECORD_COLUMNS, record};
 use super::pool::Db;
+use super::{events, history};
 use crate::clock::Millis;
 use crate::error::{Error, Result};
-use crate::store::operations::{Cursor, Finished, Page, Step, TaskFilter};
-use crate::task::{TaskId, TaskRecord};
+use crate::store::operations::{
+    CancelCursor, CancelStep, Cursor, Finished, Page, PendingTasks, Step, TaskFilter,
+};
+use crate::task::{TaskId, TaskRecord, TaskStatus};
 
 /// One page in id order (a primary-key range: the same cost at any depth).
 pub fn list<C: GenericClient>(
@@ -152,6 +155,102 @@ pub fn requeue_batch<C: GenericClient>(
         }
     }
     Ok(step)
+}
+
+/// Matching pending tasks, ready and delayed (each arm on its partial index).
+pub fn count_pending<C: GenericClient>(
+    db: &mut Db<'_, C>,
+    queue: &str,
+    which: &PendingTasks,
+) -> Result<u64> {
+    let n: i64 = db
+        .query_one(
+            "SELECT
+               (SELECT count(*) FROM tasks
+                WHERE queue = $1 AND status = 'pending' AND run_at <= updated_at
+                  AND ($2::text IS NULL OR resource_group = $2)
+                  AND ($3::text IS NULL OR name = $3))
+             + (SELECT count(*) FROM tasks
+                WHERE queue = $1 AND status = 'pending' AND run_at > updated_at
+                  AND ($2::text IS NULL OR resource_group = $2)
+                  AND ($3::text IS NULL OR name = $3))",
+            &[&queue, &which.group, &which.name],
+        )?
+        .get(0);
+    Ok(n as u64)
+}
+
+/// Cancels the next batch of matching pending tasks by id (see the SQLite engine's), set-based:
+/// a statement each to pick, cancel, and write their history and events, whatever the batch
+/// size. Rows a claim holds are skipped (they are running: left to their runs). Returns the
+/// step and the groups cancelled in.
+pub fn cancel_batch<C: GenericClient>(
+    db: &mut Db<'_, C>,
+    queue: &str,
+    which: &PendingTasks,
+    at: Option<CancelCursor>,
+    limit: usize,
+    now: Millis,
+) -> Result<(CancelStep, Vec<String>)> {
+    let CancelCursor { after, through } = match at {
+        Some(at) => at,
+        None => CancelCursor {
+            after: 0,
+            through: db
+                .query_one("SELECT coalesce(max(id), 0) FROM tasks", &[])?
+                .get(0),
+        },
+    };
+    let picked: Vec<TaskId> = db
+        .query(
+            "SELECT id FROM tasks
+             WHERE id > $4 AND id <= $5 AND queue = $1 AND status = 'pending'
+               AND ($2::text IS NULL OR resource_group = $2) AND ($3::text IS NULL OR name = $3)
+             ORDER BY id LIMIT $6
+             FOR UPDATE SKIP LOCKED",
+            &[
+                &queue,
+                &which.group,
+                &which.name,
+                &after,
+                &through,
+                &(limit as i64),
+            ],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut cancelled: Vec<(TaskId, String)> = if picked.is_empty() {
+        Vec::new()
+    } else {
+        db.query(
+            "UPDATE tasks SET status = 'cancelled', finished_at = $2, updated_at = $2
+             WHERE id = ANY($1) AND status = 'pending'
+             RETURNING id, resource_group",
+            &[&picked, &now],
+        )?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+    };
+    cancelled.sort_unstable();
+    let rows: Vec<history::Row<'_>> = cancelled
+        .iter()
+        .map(|&(task_id, _)| history::Row {
+            task_id,
+            from: Some(TaskStatus::Pending),
+            to: TaskStatus::Cancelled,
+            at: now,
+            worker: None,
+            error: None,
+        })
+        .collect();
+    history::append(db, &rows)?;
+    let ids: Vec<TaskId> = cancelled.iter().map(|(id, _)| *id).collect();
+    let groups: Vec<String> = cancelled.into_iter().map(|(_, group)| group).collect();
+    events::record_tasks(db, queue, &ids, &groups, "cancelled", "{}", now)?;
+    let step = CancelStep::after_batch(&picked, limit, ids.len() as u64, through);
+    Ok((step, groups))
 }
 
 /// Names equal to `name` or ending in `.{name}` (a dot boundary), sorted.

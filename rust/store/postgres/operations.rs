@@ -4,8 +4,12 @@
 use super::{PgStore, admin, enqueue, events, import, listing, schedules};
 use crate::clock::Millis;
 use crate::error::Result;
+use crate::metrics::Counter;
 use crate::store::import::FinishedTask;
-use crate::store::operations::{Cursor, Finished, Operations, Page, Schedule, Step, TaskFilter};
+use crate::store::operations::{
+    CancelCursor, CancelStep, Cursor, Finished, Operations, Page, PendingTasks, Schedule, Step,
+    TaskFilter,
+};
 use crate::task::{ClaimedTask, Enqueued, NewTask, TaskId, TaskRecord};
 use crate::validate;
 
@@ -91,6 +95,33 @@ impl Operations for PgStore {
             }
             Ok(step)
         })
+    }
+
+    fn count_pending(&self, queue: &str, which: &PendingTasks) -> Result<u64> {
+        self.read(|db, _| listing::count_pending(db, queue, which))
+    }
+
+    fn cancel_batch(
+        &self,
+        queue: &str,
+        which: &PendingTasks,
+        at: Option<CancelCursor>,
+        limit: usize,
+    ) -> Result<CancelStep> {
+        let channel = self.channel();
+        let (step, groups) = self.write(|db, now| {
+            let done = listing::cancel_batch(db, queue, which, at, limit.max(1), now)?;
+            if done.0.done > 0 {
+                events::notify(db, &channel, queue)?;
+            }
+            Ok(done)
+        })?;
+        if let Some(mut m) = self.metrics() {
+            for group in &groups {
+                m.count(queue, group, Counter::Cancelled, 1);
+            }
+        }
+        Ok(step)
     }
 
     fn claim_in_groups(

@@ -8,8 +8,12 @@ use super::{SqliteStore, admin, schedules};
 use crate::clock::Millis;
 use crate::error::{Error, Result};
 use crate::json;
+use crate::metrics::Counter;
 use crate::store::import::FinishedTask;
-use crate::store::operations::{Cursor, Finished, Operations, Page, Schedule, Step, TaskFilter};
+use crate::store::operations::{
+    CancelCursor, CancelStep, Cursor, Finished, Operations, Page, PendingTasks, Schedule, Step,
+    TaskFilter,
+};
 use crate::task::{ClaimedTask, Enqueued, NewTask, TaskId, TaskRecord, TaskStatus};
 use crate::validate;
 
@@ -211,6 +215,66 @@ pub fn requeue_batch(
     Ok(step)
 }
 
+/// Matching pending tasks: one arm per partial index (ready, delayed), each read alone.
+const COUNT_PENDING_SQL: &str = "SELECT
+     (SELECT count(*) FROM tasks INDEXED BY tasks_ready
+      WHERE queue = ?1 AND status = 'pending' AND run_at <= updated_at
+        AND (?2 IS NULL OR resource_group = ?2) AND (?3 IS NULL OR name = ?3))
+   + (SELECT count(*) FROM tasks INDEXED BY tasks_due
+      WHERE queue = ?1 AND status = 'pending' AND run_at > updated_at
+        AND (?2 IS NULL OR resource_group = ?2) AND (?3 IS NULL OR name = ?3))";
+
+pub fn count_pending(conn: &Connection, queue: &str, which: &PendingTasks) -> Result<u64> {
+    let n: i64 = conn
+        .prepare_cached(COUNT_PENDING_SQL)?
+        .query_row((queue, &which.group, &which.name), |r| r.get(0))?;
+    Ok(n as u64)
+}
+
+/// Cancels the next batch of matching pending tasks by id (one pass over the ids, bounded by
+/// the newest task when the bulk cancel began); returns the step and the groups cancelled in.
+pub fn cancel_batch(
+    tx: &Transaction<'_>,
+    queue: &str,
+    which: &PendingTasks,
+    at: Option<CancelCursor>,
+    limit: usize,
+    now: Millis,
+) -> Result<(CancelStep, Vec<String>)> {
+    let CancelCursor { after, through } = match at {
+        Some(at) => at,
+        None => CancelCursor {
+            after: 0,
+            through: tx.query_row("SELECT coalesce(max(id), 0) FROM tasks", [], |r| r.get(0))?,
+        },
+    };
+    let ids: Vec<TaskId> = tx
+        .prepare_cached(
+            "SELECT id FROM tasks
+             WHERE id > ?4 AND id <= ?5 AND queue = ?1 AND status = 'pending'
+               AND (?2 IS NULL OR resource_group = ?2) AND (?3 IS NULL OR name = ?3)
+             ORDER BY id LIMIT ?6",
+        )?
+        .query_map(
+            (
+                queue,
+                &which.group,
+                &which.name,
+                after,
+                through,
+                limit as i64,
+            ),
+            |r| r.get(0),
+        )?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut groups = Vec::with_capacity(ids.len());
+    for &id in &ids {
+        groups.push(admin::cancel(tx, queue, id, now)?);
+    }
+    let step = CancelStep::after_batch(&ids, limit, groups.len() as u64, through);
+    Ok((step, groups))
+}
+
 /// One arm per partial index (pending tasks are in two: ready and delayed), so no arm
 /// walks the table.
 pub(super) const QUEUE_NAMES_SQL: &str = "SELECT queue FROM queues
@@ -272,6 +336,26 @@ impl Operations for SqliteStore {
     ) -> Result<Step> {
         validate::requeue(which)?;
         self.write(|tx, now| requeue_batch(tx, queue, which, after, limit.max(1), now))
+    }
+
+    fn count_pending(&self, queue: &str, which: &PendingTasks) -> Result<u64> {
+        self.read(|conn, _| count_pending(conn, queue, which))
+    }
+
+    fn cancel_batch(
+        &self,
+        queue: &str,
+        which: &PendingTasks,
+        at: Option<CancelCursor>,
+        limit: usize,
+    ) -> Result<CancelStep> {
+        let (step, groups) =
+            self.write(|tx, now| cancel_batch(tx, queue, which, at, limit.max(1), now))?;
+        let mut metrics = self.local.get().metrics.lock();
+        for group in &groups {
+            metrics.count(queue, group, Counter::Cancelled, 1);
+        }
+        Ok(step)
     }
 
     fn claim_in_groups(
