@@ -198,8 +198,18 @@ def test_worker_autoscales_and_refuses_bad_autoscale_options(tmp_path: Path, que
     done = ferroq_cli(tmp_path, "worker", "app:queue", "--until-empty", "--autoscale", "1:4")
     assert done.returncode == 0, done.stderr
     assert q.counts()["completed"] == 20
-    assert "autoscaled within 1..4" in done.stderr
-    for bad in (["--autoscale", "4:1"], ["--autoscale", "x"], ["--autoscale", "1:4", "--concurrency", "2"]):
+    assert "thread pool, autoscaled within 1..4" in done.stderr
+    enqueue(q, "double", 6, "cpu", 21)
+    done = ferroq_cli(tmp_path, "worker", "app:queue", "--until-empty", "--autoscale", "1:2", "--pool", "process")
+    assert done.returncode == 0, done.stderr
+    assert q.counts()["completed"] == 26
+    assert "process pool, autoscaled within 1..2" in done.stderr
+    for bad in (
+        ["--autoscale", "4:1"],
+        ["--autoscale", "x"],
+        ["--autoscale", "1:4", "--concurrency", "2"],
+        ["--pool", "process"],
+    ):
         refused = ferroq_cli(tmp_path, "worker", "app:queue", "--until-empty", *bad)
         assert refused.returncode == 2, refused.stderr
         assert "autoscale" in refused.stderr and "Traceback" not in refused.stderr

@@ -63,8 +63,14 @@ def load_queue(spec: str) -> Queue:
     "--autoscale",
     default=None,
     metavar="MIN:MAX",
-    help="Move the runner threads between MIN and MAX with the load (forecast, backlog, run times); "
-    "child processes autoscale through Worker(pool='process', autoscale=...).",
+    help="Move the runners between MIN and MAX with the load (forecast, backlog, run times): "
+    "threads, or child processes with --pool process.",
+)
+@option(
+    "--pool",
+    type=click.Choice(["thread", "process"]),
+    default=None,
+    help="With --autoscale: what the runners are (default thread).",
 )
 @option("--groups", default=None, help="Claim only tasks of these resource groups (comma-separated).")
 @option("--lease", type=float, default=30.0, show_default=True, help="Lease seconds (renewed every lease/3).")
@@ -147,6 +153,7 @@ def worker(
     concurrency: int | None,
     processes: int | None,
     autoscale: str | None,
+    pool: str | None,
     groups: str | None,
     lease: float,
     prefetch: int | None,
@@ -182,6 +189,8 @@ def worker(
         _serve_metrics(q, metrics_host, metrics_port)
     only = split_list((groups,)) if groups else None
     scaling = None
+    if pool is not None and autoscale is None:
+        raise CliError("--pool goes with --autoscale (else --concurrency N threads or --processes N)", Exit.USAGE)
     if autoscale is not None:
         if concurrency is not None or processes is not None:
             raise CliError("give --autoscale MIN:MAX or a fixed --concurrency/--processes, not both", Exit.USAGE)
@@ -192,7 +201,7 @@ def worker(
     w = Worker(
         q,
         concurrency=processes or concurrency or 8,
-        pool="process" if processes else "thread",
+        pool="process" if processes or pool == "process" else "thread",
         lease=lease,
         prefetch=prefetch,
         shutdown_grace=shutdown_grace,

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable
 from .. import _checks, _core
 from ..context import TaskContext
 from ..errors import InvalidArgument, LeaseLost, StorageError
-from ..queue import Queue
+from ..queue import Queue, is_database_url
 from ..task import BatchTask
 from .async_runner import AsyncRunner
 from .autoscale import Autoscale, Autoscaler
@@ -268,12 +268,14 @@ class Worker:
             self._async.start()
         previous = self._signals.install() if self.handle_signals else {}
         scaling = "" if self.autoscale is None else f", autoscaled within {self.autoscale.min}..{self.autoscale.max}"
+        where = self.queue.path
         log.info(
-            "worker %s started on %s (queue %r, concurrency %d%s)",
+            "worker %s started on %s (queue %r, concurrency %d, %s pool%s)",
             self.id,
-            os.path.abspath(self.queue.path),
+            where if is_database_url(where) else os.path.abspath(where),
             self.queue.name,
             self.concurrency,
+            self.pool,
             scaling,
         )
         try:
