@@ -472,7 +472,7 @@ def test_the_tail_reads_what_commits_while_it_publishes(q: ferroq.Queue, monkeyp
 
     def slow_publish(item: tuple[str, object]) -> None:
         publish(item)
-        if item[0] == "event":
+        if item[0] == "events":
             published.append(item)
             if len(published) == 1:
                 q.cancel(q.enqueue("work", "during").id)  # commits while the first batch goes out
@@ -491,9 +491,10 @@ def test_the_tail_reads_what_commits_while_it_publishes(q: ferroq.Queue, monkeyp
                 kind, value = await asyncio.wait_for(sub.items.get(), 0.5)
             except asyncio.TimeoutError:
                 continue
-            if kind == "event" and value.kind == "enqueued":
-                event = json.loads(value.sse.split(b"data: ", 1)[1])
-                kinds.append(q.get(event["task_id"]).args[0])
+            for message in value if kind == "events" else []:
+                if message.kind == "enqueued":
+                    event = json.loads(message.sse.split(b"data: ", 1)[1])
+                    kinds.append(q.get(event["task_id"]).args[0])
         tail.unsubscribe(sub)
         return kinds
 

@@ -25,9 +25,10 @@ from .views import Redact, event_view, task_view
 
 __all__ = ["Tail", "Timing", "sse", "dashboard_stream", "task_stream"]
 
-#: A subscriber further behind than this many items is dropped: its stream ends and the
-#: browser resumes from the file (by Last-Event-ID), so a slow client costs no memory.
-BACKLOG_MAX = 20_000
+#: A subscriber further behind than this many items (a read's events, or a change tick) is
+#: dropped: its stream ends and the browser resumes from the file (by Last-Event-ID), so a
+#: slow client costs no memory.
+BACKLOG_MAX = 2_000
 #: Commits closer together than this are read as one batch (a burst is one read, one tick).
 BATCH_WINDOW = 0.05
 FINAL = {"completed": "result", "dead": "failed", "cancelled": "cancelled"}
@@ -155,11 +156,12 @@ class Tail:
                 events = self.queue.events(after=self.cursor, limit=1000)
             except StorageError:
                 return  # the file is busy or gone for now: the next change retries
-            for event in events:
-                self.cursor = event.id
-                self._publish(
-                    ("event", _Message(event.id, event.kind, sse(data=event_view(event), event="ferroq", id=event.id)))
-                )
+            # One item per read for every stream, not one per event: a wake-up of the
+            # server's loop per event and stream made a burst cost the server a core.
+            messages = [_Message(e.id, e.kind, sse(data=event_view(e), event="ferroq", id=e.id)) for e in events]
+            if messages:
+                self.cursor = messages[-1].id
+                self._publish(("events", messages))
             if len(events) < 1000:
                 return
 
@@ -212,7 +214,7 @@ async def dashboard_stream(
         tail.unsubscribe(sub)
 
 
-#: Messages written to a stream in one chunk at most (a burst goes out in few writes).
+#: Messages gathered into one chunk before it is written (a burst goes out in few writes).
 CHUNK_MAX = 500
 _CHANGE = sse(data={}, event="change")
 
@@ -238,10 +240,12 @@ async def _live(sub: _Subscriber, after: int, kinds: frozenset[str] | None, timi
                 return
             if kind == "change":
                 changed = True
-            elif value.id > after:  # the backlog may have sent it already
-                after = value.id
-                if kinds is None or value.kind in kinds:
-                    chunk.append(value.sse)
+            else:
+                for message in value:
+                    if message.id > after:  # the backlog may have sent it already
+                        after = message.id
+                        if kinds is None or message.kind in kinds:
+                            chunk.append(message.sse)
             item = sub.items.get_nowait() if not sub.items.empty() and len(chunk) < CHUNK_MAX else None
         if changed and sub.items.empty():  # one change message after the events it follows
             chunk.append(_CHANGE)
