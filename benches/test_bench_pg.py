@@ -50,3 +50,23 @@ def test_the_drain_after_a_history_of_finished_tasks_counts_only_its_own(server_
         assert pg.ferroq_drain_in(db, 300, 1) > 0  # checks each of its 300 ran once
         with ferroq.Queue(db) as q:
             assert q.counts()["completed"] == 800 and sum(q.counts().values()) == 800
+
+
+def test_pgbouncer_wake_script_runs(server_url: str) -> None:
+    import importlib.util
+
+    import pgbouncer
+
+    if pgbouncer.find() is None:
+        if pg_cluster.in_ci():
+            pytest.fail(pgbouncer.SKIPPED + " (CI=true)")
+        pytest.skip(pgbouncer.SKIPPED)
+    spec = importlib.util.spec_from_file_location("pgbouncer_wake", Path(__file__).with_name("pgbouncer_wake.py"))
+    assert spec is not None and spec.loader is not None
+    wake = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wake)
+    database = server_url.partition("?")[0].rsplit("/", 1)[1] or "postgres"
+    with pgbouncer.PgBouncer(server_url, pool_size=4) as bouncer:
+        figures = wake.measure(bouncer.url_for(database) + "?pgbouncer=true", server_url, seconds=0.5)
+    assert set(figures) == {"polling", "listening"}
+    assert all(f.value > 0 for fs in figures.values() for f in fs)

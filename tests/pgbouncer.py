@@ -2,7 +2,8 @@
 
     python tests/pgbouncer.py run -- CMD ARGS...   # under tests/pg_cluster.py run
 
-runs CMD with ``FERROQ_TEST_PG_URL`` pointing through it (``pgbouncer=true``): `make test` runs
+runs CMD with ``FERROQ_TEST_PG_URL`` pointing through it (``pgbouncer=true``) and
+``FERROQ_TEST_PG_SERVER_URL`` at the server itself: `make test` runs
 the Rust conformance suite so. From Python::
 
     with PgBouncer(server_url, pool_size=1) as bouncer:
@@ -111,6 +112,10 @@ class PgBouncer:
             self.dir = None
 
 
+#: Set by ``run`` for its command: the server's own URL, beside the one through PgBouncer.
+SERVER_URL_VAR = "FERROQ_TEST_PG_SERVER_URL"
+
+
 def run(command: list[str]) -> int:
     """Runs ``command`` with ``FERROQ_TEST_PG_URL`` (a server's) replaced by the same server
     through a PgBouncer in transaction mode (``pgbouncer=true``); its exit code."""
@@ -126,6 +131,7 @@ def run(command: list[str]) -> int:
     # Four server connections: a test may hold a transaction open while another client works.
     with PgBouncer(server, pool_size=4) as bouncer:
         env = dict(os.environ, **{pg_cluster.URL_VAR: bouncer.url_for(database) + "?pgbouncer=true"})
+        env[SERVER_URL_VAR] = server  # the server itself (for a listener that bypasses PgBouncer)
         return subprocess.call(command, env=env)
 
 

@@ -109,6 +109,34 @@ def test_a_waiting_worker_behind_pgbouncer_polls_and_finds_another_process_s_tas
             thread.join(30)
 
 
+def test_behind_pgbouncer_the_listener_can_go_to_the_server_itself(
+    tmp_path: Path, pg_url: str, bouncer: pgbouncer.PgBouncer
+) -> None:
+    """With ``listen_host``/``listen_port`` (the server's own address) the one LISTEN session
+    of a process bypasses PgBouncer, so waiters wake on NOTIFY; tasks still go through it."""
+    server = urlsplit(pg_url)
+    url = through(bouncer, pg_url) + f"&listen_host={server.hostname}&listen_port={server.port}"
+    with ferroq.Queue(url) as q:
+        assert f"listen_port={server.port}" in q.path
+        ran: list[int] = []
+        q.task(name="work")(lambda n: ran.append(n))
+        worker = ferroq.Worker(q, concurrency=1, handle_signals=False)
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        try:
+            database = pg_url.partition("?")[0]
+            listening = (
+                "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'LISTEN%' AND application_name = 'ferroq'"
+            )
+            wait_until(lambda: pg_cluster.psql(None, database, listening).strip() == "1", 30, "the listener")
+            producer = "import ferroq, sys; q = ferroq.Queue(sys.argv[1]); q.task(name='work')(print).enqueue(7)"
+            subprocess.run([sys.executable, "-c", producer, url], env=child_env(), check=True, timeout=60)
+            wait_until(lambda: ran == [7], 30, "the worker to find the task")
+        finally:
+            worker.stop()
+            thread.join(30)
+
+
 def test_without_the_flag_pgbouncer_s_refusal_says_what_to_add(pg_url: str, bouncer: pgbouncer.PgBouncer) -> None:
     with pytest.raises(ferroq.StorageError, match="pgbouncer=true"):
         ferroq.Queue(through(bouncer, pg_url, flag=False))

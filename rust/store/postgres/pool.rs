@@ -50,16 +50,27 @@ impl Pool {
         })
     }
 
-    /// Whether connections go through PgBouncer in transaction mode (`pgbouncer=true`).
-    pub fn through_pgbouncer(&self) -> bool {
-        self.target.pgbouncer
+    /// Whether this process can LISTEN: not through PgBouncer in transaction mode
+    /// (`pgbouncer=true`), unless the URL names the server's own address for it.
+    pub fn can_listen(&self) -> bool {
+        !self.target.pgbouncer || self.target.listen.is_some()
     }
 
-    /// A new connection (not pooled): also the listener's.
+    /// A new connection (not pooled).
     pub fn connect(&self) -> Result<Client> {
+        self.connect_to(&self.target.config)
+    }
+
+    /// The listener's connection: to the server itself when the URL names its address
+    /// (behind PgBouncer), else as any other.
+    pub fn connect_listener(&self) -> Result<Client> {
+        self.connect_to(self.target.listen.as_ref().unwrap_or(&self.target.config))
+    }
+
+    fn connect_to(&self, config: &postgres::Config) -> Result<Client> {
         let connected = match &self.tls {
-            Some(tls) => self.target.config.connect(tls.clone()),
-            None => self.target.config.connect(NoTls),
+            Some(tls) => config.connect(tls.clone()),
+            None => config.connect(NoTls),
         };
         connected.map_err(|e| {
             let why = describe(&e);

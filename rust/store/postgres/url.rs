@@ -25,6 +25,9 @@ pub struct Target {
     /// transaction mode): no session state (no LISTEN, so waiters poll; no startup options,
     /// so the schema is set in each transaction; no statement outlives its transaction).
     pub pgbouncer: bool,
+    /// Behind PgBouncer: the server's own address for this process's one LISTEN session
+    /// (`listen_host`, `listen_port`), so waiters wake on NOTIFY instead of polling.
+    pub listen: Option<postgres::Config>,
     /// What of the server's certificate is checked (libpq's `sslmode`), and against what.
     pub tls: TlsSettings,
 }
@@ -41,6 +44,7 @@ pub fn parse(url: &str) -> Result<Target> {
     let (base, query) = url.split_once('?').unwrap_or((url, ""));
     let mut schema = "public".to_string();
     let mut pgbouncer = false;
+    let (mut listen_host, mut listen_port) = (None, None);
     let mut tls = TlsSettings {
         verify: Verify::Nothing,
         roots: Roots::Default,
@@ -51,6 +55,8 @@ pub fn parse(url: &str) -> Result<Target> {
         match pair.split_once('=') {
             Some(("schema", value)) => schema = value.to_string(),
             Some(("pgbouncer", value)) => pgbouncer = parse_flag("pgbouncer", value)?,
+            Some(("listen_host", value)) => listen_host = Some(decoded(value)?),
+            Some(("listen_port", value)) => listen_port = Some(parse_port(value)?),
             // The client knows disable/prefer/require: the verifying modes require TLS,
             // and the certificate is checked by our connector (`tls.rs`).
             Some(("sslmode", mode @ ("verify-ca" | "verify-full"))) => {
@@ -116,13 +122,84 @@ pub fn parse(url: &str) -> Result<Target> {
     if !pgbouncer {
         config.options(&format!("-c search_path={schema}"));
     }
-    let shown = shown(&config, &schema, pgbouncer, &tls);
+    let listen = match (listen_host, listen_port) {
+        (None, None) => None,
+        _ if !pgbouncer => {
+            return Err(Error::InvalidArgument(
+                "listen_host/listen_port name the server's own address for LISTEN behind \
+                 PgBouncer: they go with pgbouncer=true"
+                    .into(),
+            ));
+        }
+        (host, port) => Some(direct(&config, host.as_deref(), port)),
+    };
+    let shown = shown(&config, &schema, pgbouncer, listen.as_ref(), &tls);
     Ok(Target {
         config,
         schema,
         shown,
         pgbouncer,
+        listen,
         tls,
+    })
+}
+
+/// `config` with the server's own address: `host` (default: the URL's first host) and
+/// `port` (default 5432), everything else alike.
+fn direct(config: &postgres::Config, host: Option<&str>, port: Option<u16>) -> postgres::Config {
+    use postgres::config::Host;
+    let mut direct = postgres::Config::new();
+    match (host, config.get_hosts().first()) {
+        (Some(host), _) => {
+            direct.host(host);
+        }
+        (None, Some(Host::Tcp(host))) => {
+            direct.host(host);
+        }
+        (None, Some(Host::Unix(path))) => {
+            direct.host_path(path);
+        }
+        (None, None) => {
+            direct.host("localhost");
+        }
+    }
+    direct.port(port.unwrap_or(5432));
+    if let Some(user) = config.get_user() {
+        direct.user(user);
+    }
+    if let Some(password) = config.get_password() {
+        direct.password(password);
+    }
+    if let Some(db) = config.get_dbname() {
+        direct.dbname(db);
+    }
+    if let Some(name) = config.get_application_name() {
+        direct.application_name(name);
+    }
+    if let Some(timeout) = config.get_connect_timeout() {
+        direct.connect_timeout(*timeout);
+    }
+    if let Some(timeout) = config.get_tcp_user_timeout() {
+        direct.tcp_user_timeout(*timeout);
+    }
+    direct
+        .ssl_mode(config.get_ssl_mode())
+        .keepalives(config.get_keepalives())
+        .keepalives_idle(config.get_keepalives_idle());
+    if let Some(interval) = config.get_keepalives_interval() {
+        direct.keepalives_interval(interval);
+    }
+    if let Some(retries) = config.get_keepalives_retries() {
+        direct.keepalives_retries(retries);
+    }
+    direct
+}
+
+fn parse_port(value: &str) -> Result<u16> {
+    value.parse().map_err(|_| {
+        Error::InvalidArgument(format!(
+            "invalid listen_port={value:?} in the PostgreSQL URL: a port number"
+        ))
     })
 }
 
@@ -166,7 +243,13 @@ fn validate_schema(schema: &str) -> Result<()> {
 
 /// The URL as logs and errors show it, and as worker processes reopen it (`Queue.path`):
 /// user, hosts, database, schema and a TLS mode other than the default; never the password.
-fn shown(config: &postgres::Config, schema: &str, pgbouncer: bool, tls: &TlsSettings) -> String {
+fn shown(
+    config: &postgres::Config,
+    schema: &str,
+    pgbouncer: bool,
+    listen: Option<&postgres::Config>,
+    tls: &TlsSettings,
+) -> String {
     use postgres::config::Host;
     let ports = config.get_ports().iter().chain(std::iter::repeat(&5432));
     let mut tcp = Vec::new();
@@ -188,6 +271,18 @@ fn shown(config: &postgres::Config, schema: &str, pgbouncer: bool, tls: &TlsSett
     }
     if pgbouncer {
         params.push("pgbouncer=true".into());
+    }
+    if let Some(listen) = listen {
+        match listen.get_hosts().first() {
+            Some(Host::Tcp(name)) => params.push(format!("listen_host={}", encoded(name))),
+            Some(Host::Unix(path)) => {
+                params.push(format!("listen_host={}", encoded(&path.to_string_lossy())))
+            }
+            None => {}
+        }
+        if let Some(port) = listen.get_ports().first() {
+            params.push(format!("listen_port={port}"));
+        }
     }
     match (config.get_ssl_mode(), tls.verify) {
         (SslMode::Disable, _) => params.push("sslmode=disable".into()),
@@ -317,6 +412,47 @@ mod tests {
             !e.to_string().contains("secret") && !e.to_string().contains("pw2"),
             "{e}"
         );
+    }
+
+    /// Behind PgBouncer the listener may go to the server itself: its host and port from
+    /// the URL, the rest (user, password, database, TLS) as the pooled connections'.
+    #[test]
+    fn listen_host_and_port_name_the_servers_own_address_behind_pgbouncer() {
+        use postgres::config::Host;
+        let t = parse(
+            "postgresql://u:pw@bouncer:6432/db?pgbouncer=true&listen_host=db1&listen_port=5433",
+        )
+        .unwrap();
+        let listen = t.listen.as_ref().unwrap();
+        assert_eq!(listen.get_hosts(), &[Host::Tcp("db1".into())]);
+        assert_eq!(listen.get_ports(), &[5433]);
+        assert_eq!(listen.get_user(), Some("u"));
+        assert_eq!(listen.get_password(), Some(&b"pw"[..]));
+        assert_eq!(listen.get_dbname(), Some("db"));
+        assert!(
+            t.shown
+                .ends_with("pgbouncer=true&listen_host=db1&listen_port=5433"),
+            "{}",
+            t.shown
+        );
+        let again = parse(&t.shown).unwrap();
+        assert_eq!(again.listen.unwrap().get_hosts(), listen.get_hosts());
+        // Only the port: the URL's host; only the host: PostgreSQL's port.
+        let t = parse("postgresql://u@bouncer:6432/db?pgbouncer=true&listen_port=5432").unwrap();
+        assert_eq!(
+            t.listen.unwrap().get_hosts(),
+            &[Host::Tcp("bouncer".into())]
+        );
+        let t = parse("postgresql://u@bouncer:6432/db?pgbouncer=true&listen_host=db1").unwrap();
+        assert_eq!(t.listen.unwrap().get_ports(), &[5432]);
+        assert!(parse("postgresql://u@h/db").unwrap().listen.is_none());
+        for bad in [
+            "postgresql://u@h/db?listen_host=db1",
+            "postgresql://u@h/db?pgbouncer=true&listen_port=x",
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument(_)), "{bad}: {e:?}");
+        }
     }
 
     /// What `location` shows is what worker processes reopen: it must parse to the same

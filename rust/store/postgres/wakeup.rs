@@ -2,7 +2,8 @@
 //! counter that `wait_for_change` waits on; writers NOTIFY from their transaction (delivered
 //! at commit, to every listening process). If the listener's connection is lost, waiters
 //! fall back to polling (they wake every `POLL` and look) while it reconnects with backoff.
-//! Behind PgBouncer in transaction mode there is no listener: waiters always poll.
+//! Behind PgBouncer in transaction mode there is no listener (waiters always poll) unless the
+//! URL names the server's own address for it (`listen_host`, `listen_port`).
 //!
 //! Enqueues NOTIFY at most once per `NOTIFY_EVERY` per queue from a process (a NOTIFY
 //! serialises commits on the server): one skipped is sent by the listener thread once the
@@ -45,6 +46,8 @@ pub struct Wakeup {
     sent: Mutex<HashMap<String, Instant>>,
     /// NOTIFYs skipped by committed enqueues, by queue: when the listener sends each.
     trailing: Mutex<HashMap<String, Instant>>,
+    /// Polling periods count from here (see `poll_period`).
+    origin: Instant,
 }
 
 impl Default for Wakeup {
@@ -57,6 +60,7 @@ impl Default for Wakeup {
             started: std::sync::Once::new(),
             sent: Mutex::new(HashMap::new()),
             trailing: Mutex::new(HashMap::new()),
+            origin: Instant::now(),
         }
     }
 }
@@ -67,14 +71,27 @@ impl Wakeup {
         self.changed.notify_all();
     }
 
+    /// The count, and while no listener is connected the polling period: a waiter whose
+    /// token is from an earlier period looks again, however its wait is sliced (a caller
+    /// waiting in 50 ms slices would otherwise never see a 100 ms poll come due).
     pub fn token(&self) -> ChangeToken {
-        (*self.count.lock(), 0)
+        (*self.count.lock(), self.poll_period())
     }
 
-    /// Starts this process's listener once (on the first wait). Behind PgBouncer none: a
-    /// LISTEN holds a session, which transaction pooling does not keep; waiters poll.
+    /// The number of `POLL`s since `origin` while polling; 0 while listening.
+    fn poll_period(&self) -> i64 {
+        if self.listening.load(Ordering::Relaxed) {
+            0
+        } else {
+            (self.origin.elapsed().as_millis() / POLL.as_millis()) as i64 + 1
+        }
+    }
+
+    /// Starts this process's listener once (on the first wait). Behind PgBouncer none (a
+    /// LISTEN holds a session, which transaction pooling does not keep: waiters poll) unless
+    /// the URL names the server's own address for it.
     pub fn ensure_listener(self: &Arc<Self>, pool: &Arc<Pool>, schema: &str) {
-        if pool.through_pgbouncer() {
+        if !pool.can_listen() {
             return;
         }
         self.started.call_once(|| {
@@ -154,7 +171,7 @@ impl Wakeup {
     fn listen(&self, pool: &Pool, channel: &str) {
         let mut backoff = BACKOFF_FIRST;
         while !self.stop.load(Ordering::Relaxed) {
-            let connected = pool.connect().and_then(|mut client| {
+            let connected = pool.connect_listener().and_then(|mut client| {
                 client.batch_execute(&format!("LISTEN {channel}"))?;
                 Ok(client)
             });
@@ -186,28 +203,65 @@ impl Wakeup {
     }
 
     /// Waits until the count moves past `token`, or `timeout` passes; while no listener is
-    /// connected, returns `true` every `POLL` (the caller looks for itself).
-    pub fn wait(&self, (seen, _): ChangeToken, timeout: Duration) -> bool {
+    /// connected, returns `true` once a polling period has begun since the token was taken
+    /// (the caller looks for itself).
+    pub fn wait(&self, (seen, period): ChangeToken, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut count = self.count.lock();
         loop {
             if *count != seen {
                 return true;
             }
+            let polling = !self.listening.load(Ordering::Relaxed);
+            if polling && self.poll_period() != period {
+                return true;
+            }
             let now = Instant::now();
             if now >= deadline {
                 return false;
             }
-            let listening = self.listening.load(Ordering::Relaxed);
-            let pause = if listening {
-                deadline - now
+            let pause = if polling {
+                let into = self.origin.elapsed().as_millis() % POLL.as_millis();
+                let to_next = POLL - Duration::from_millis(into as u64);
+                to_next.min(deadline - now)
             } else {
-                POLL.min(deadline - now)
+                deadline - now
             };
-            let timed_out = self.changed.wait_for(&mut count, pause).timed_out();
-            if timed_out && !listening && Instant::now() < deadline {
-                return true;
-            }
+            self.changed.wait_for(&mut count, pause);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// While polling, a waiter sees the next poll come due however it slices its wait (the
+    /// Python binding waits in 50 ms slices, to run signal handlers): it used to time out
+    /// every slice and look only at its caller's own timeout (0.5 s for an idle worker).
+    #[test]
+    fn a_sliced_wait_sees_the_next_poll_while_polling() {
+        let wakeup = Wakeup::default();
+        let token = wakeup.token();
+        let slices = (0..40)
+            .position(|_| wakeup.wait(token, Duration::from_millis(30)))
+            .expect("a poll came due within 40 slices of 30 ms (12 polls)");
+        assert!(slices < 40);
+        // A bump wakes at once, polling or not.
+        let token = wakeup.token();
+        wakeup.bump();
+        assert!(wakeup.wait(token, Duration::from_secs(60)));
+    }
+
+    /// While a listener is connected nothing wakes a waiter but a bump.
+    #[test]
+    fn a_listening_waiter_wakes_only_on_a_bump() {
+        let wakeup = Wakeup::default();
+        wakeup.listening.store(true, Ordering::Relaxed);
+        let token = wakeup.token();
+        assert_eq!(token.1, 0);
+        assert!(!wakeup.wait(token, Duration::from_millis(250)));
+        wakeup.bump();
+        assert!(wakeup.wait(token, Duration::from_millis(250)));
     }
 }
