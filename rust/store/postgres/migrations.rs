@@ -10,6 +10,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_duties.sql")),
     (3, include_str!("migrations/0003_result_cache.sql")),
+    (4, include_str!("migrations/0004_event_written.sql")),
 ];
 
 /// The newest schema this version knows.

@@ -319,6 +319,16 @@ impl PgStore {
         }
     }
 
+    /// After a read held back at an unsettled event id: wakes this process's waiters once it
+    /// may have settled, so a tail reads again even if nothing else commits.
+    fn look_again_if(&self, held: bool) {
+        if let (true, Ok(local)) = (held, self.local.get()) {
+            local
+                .wakeup
+                .bump_after(Duration::from_millis(events::SETTLE_MS as u64));
+        }
+    }
+
     fn metrics(&self) -> Option<parking_lot::MutexGuard<'_, crate::metrics::Recorder>> {
         self.local.get().ok().map(|l| l.metrics.lock())
     }
@@ -758,7 +768,9 @@ impl Store for PgStore {
         after: i64,
         limit: usize,
     ) -> Result<Vec<Event>> {
-        self.read(|db, _| events::read(db, queue, group, after, limit))
+        let (events, held) = self.read(|db, _| events::read(db, queue, group, after, limit))?;
+        self.look_again_if(held);
+        Ok(events)
     }
 
     fn latest_events(
@@ -790,11 +802,9 @@ impl Store for PgStore {
     }
 
     fn last_event_id(&self) -> Result<i64> {
-        self.read(|db, _| {
-            Ok(db
-                .query_one("SELECT coalesce(max(id), 0) FROM events", &[])?
-                .get(0))
-        })
+        let (id, held) = self.read(|db, _| events::last_settled(db))?;
+        self.look_again_if(held);
+        Ok(id)
     }
 
     fn flush_metrics(&self) -> Result<()> {

@@ -409,6 +409,67 @@ fn a_rescuer_takes_over_at_once_when_no_other_rescuer_could_read_the_journal() {
     );
 }
 
+/// A connection of its own to the test schema, outside the store (another host's writer).
+fn raw_client(url: &str) -> postgres::Client {
+    let target = super::url::parse(url).unwrap();
+    target.config.connect(postgres::NoTls).unwrap()
+}
+
+fn kinds_after(store: &PgStore, after: i64) -> Vec<String> {
+    store
+        .events("q", None, after, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect()
+}
+
+/// Event ids come from a sequence, and transactions commit in any order: an event whose
+/// transaction took its id first but commits last must still reach a tail that read the
+/// later one. A tail holds back at the gap until it fills.
+#[test]
+fn a_tail_is_held_at_an_event_id_still_in_flight_and_skips_nothing() {
+    let Some((_dir, url)) = fresh() else { return };
+    let store = open(&url);
+    let id = store.enqueue("q", &[task("t", 0)]).unwrap()[0].id;
+    let start = store.last_event_id().unwrap();
+    let mut slow = raw_client(&url);
+    let mut tx = slow.transaction().unwrap();
+    tx.execute(
+        "INSERT INTO events (at, queue, kind) VALUES (0, 'q', 'slow')",
+        &[],
+    )
+    .unwrap();
+    store.cancel("q", id).unwrap(); // a later id, committed first
+    assert!(kinds_after(&store, start).is_empty());
+    assert_eq!(store.last_event_id().unwrap(), start);
+    tx.commit().unwrap();
+    assert_eq!(kinds_after(&store, start), ["slow", "cancelled"]);
+    assert!(store.last_event_id().unwrap() > start);
+}
+
+/// A rolled-back transaction's id never fills: the tail goes past it once it is older than
+/// `SETTLE_MS`.
+#[test]
+fn a_rolled_back_event_id_holds_a_tail_back_only_until_it_settles() {
+    let Some((_dir, url)) = fresh() else { return };
+    let store = open(&url);
+    let id = store.enqueue("q", &[task("t", 0)]).unwrap()[0].id;
+    let start = store.last_event_id().unwrap();
+    let mut aborted = raw_client(&url);
+    let mut tx = aborted.transaction().unwrap();
+    tx.execute(
+        "INSERT INTO events (at, queue, kind) VALUES (0, 'q', 'never')",
+        &[],
+    )
+    .unwrap();
+    tx.rollback().unwrap();
+    store.cancel("q", id).unwrap();
+    assert!(kinds_after(&store, start).is_empty());
+    std::thread::sleep(Duration::from_millis(super::events::SETTLE_MS as u64 + 300));
+    assert_eq!(kinds_after(&store, start), ["cancelled"]);
+}
+
 /// After a server restart every pooled connection is closed; the first claim and the
 /// first write after it succeed all the same (no failure per stale connection).
 #[test]

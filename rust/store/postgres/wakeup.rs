@@ -48,6 +48,8 @@ pub struct Wakeup {
     trailing: Mutex<HashMap<String, Instant>>,
     /// Polling periods count from here (see `poll_period`).
     origin: Instant,
+    /// When to wake every waiter without a notification (`bump_after`).
+    bump_at: Mutex<Option<Instant>>,
 }
 
 impl Default for Wakeup {
@@ -61,6 +63,7 @@ impl Default for Wakeup {
             sent: Mutex::new(HashMap::new()),
             trailing: Mutex::new(HashMap::new()),
             origin: Instant::now(),
+            bump_at: Mutex::new(None),
         }
     }
 }
@@ -69,6 +72,30 @@ impl Wakeup {
     pub fn bump(&self) {
         *self.count.lock() += 1;
         self.changed.notify_all();
+    }
+
+    /// Wakes every waiter `delay` from now (the earliest of those asked for wins), though
+    /// nothing commits: the listener does it, and while polling, waiters look anyway.
+    pub fn bump_after(&self, delay: Duration) {
+        let at = Instant::now() + delay;
+        let mut bump_at = self.bump_at.lock();
+        if bump_at.is_none_or(|due| at < due) {
+            *bump_at = Some(at);
+        }
+    }
+
+    /// The listener's turn: bumps if a `bump_after` came due.
+    fn bump_if_due(&self) {
+        let due = {
+            let mut bump_at = self.bump_at.lock();
+            match *bump_at {
+                Some(at) if at <= Instant::now() => bump_at.take().is_some(),
+                _ => false,
+            }
+        };
+        if due {
+            self.bump();
+        }
     }
 
     /// The count, and while no listener is connected the polling period: a waiter whose
@@ -196,6 +223,7 @@ impl Wakeup {
                     Err(_) => break,
                 }
                 self.send_trailing(&mut client, channel);
+                self.bump_if_due();
             }
             self.listening.store(false, Ordering::Relaxed);
             self.bump();
